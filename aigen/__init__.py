@@ -1,0 +1,1 @@
+"""AI text generation from templates, through the resilient upstream client."""

@@ -1,0 +1,17 @@
+"""Test-run environment, set before Django reads its settings.
+
+Tests use a Redis database of their own (TEST_REDIS_DB, default 15) so a run
+never touches the data of a service sharing the server.
+"""
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+os.environ.setdefault("DEBUG", "false")
+os.environ.setdefault("CACHE_KEY_PREFIX", "rsltest")
+_test_db = os.environ.get("TEST_REDIS_DB", "15")
+if os.environ.get("REDIS_URL"):
+    from urllib.parse import urlsplit, urlunsplit
+
+    _parts = urlsplit(os.environ["REDIS_URL"])
+    os.environ["REDIS_URL"] = urlunsplit(_parts._replace(path=f"/{_test_db}"))
+os.environ.setdefault("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_test_db}")

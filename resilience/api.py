@@ -1,0 +1,83 @@
+"""DRF glue shared by every API in the project: Bearer token authentication
+and the exception handler that gives every error one JSON shape:
+
+    {"success": false, "error": {"code": "...", "message": "...", ...}}
+
+`AppError`s keep their own code and status; DRF's errors map to 400/401/403/
+404/405/415/429; anything unexpected is logged and answered as a 500 in the same
+shape, never as a stack trace.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.response import Response
+
+from resilience.exceptions import AppError
+
+logger = logging.getLogger(__name__)
+
+
+class BearerTokenAuthentication(TokenAuthentication):
+    """DRF token auth that accepts `Authorization: Bearer <token>`."""
+
+    keyword = "Bearer"
+
+
+def error_response(code: str, message: str, http_status: int, *,
+                   retry_after: float | None = None, **extra: Any) -> Response:
+    response = Response({"success": False, "error": {"code": code, "message": message, **extra}},
+                        status=http_status)
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
+
+
+def _first_problem(detail: Any, path: str = "") -> tuple[str, str]:
+    """The first (field path, message) in a DRF validation error detail."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            field = key if key != "non_field_errors" else ""
+            return _first_problem(value, f"{path}.{field}" if path and field else (field or path))
+    if isinstance(detail, list) and detail:
+        for index, value in enumerate(detail):
+            if isinstance(value, (dict, list)):
+                return _first_problem(value, f"{path}[{index}]")
+            return path, str(value)
+    return path, str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    if isinstance(exc, AppError):
+        return error_response(exc.code, exc.message, exc.status, retry_after=exc.retry_after,
+                              **exc.extra)
+    if isinstance(exc, Http404):
+        return error_response("not_found", str(exc) or "Not found.", status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if isinstance(exc, RequestDataTooBig):
+        return error_response("request_too_large", "Request body exceeds the size limit.",
+                              status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, exceptions.ValidationError):
+        field, message = _first_problem(exc.detail)
+        text = f"{field}: {message}" if field else message
+        return error_response("invalid", text, status.HTTP_400_BAD_REQUEST,
+                              field=field or None, fields=exc.detail)
+    if isinstance(exc, exceptions.Throttled):
+        return error_response("throttled", str(exc.detail), exc.status_code, retry_after=exc.wait)
+    if isinstance(exc, exceptions.APIException):
+        code = exc.default_code if isinstance(exc.default_code, str) else "error"
+        response = error_response(code, str(exc.detail), exc.status_code)
+        if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+            response.status_code = status.HTTP_401_UNAUTHORIZED
+            response["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
+    logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
+    return error_response("internal_error", "Internal server error.",
+                          status.HTTP_500_INTERNAL_SERVER_ERROR)

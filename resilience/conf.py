@@ -1,0 +1,53 @@
+"""The resilience app's settings: `settings.RESILIENCE` over `DEFAULTS`.
+
+Read through `resilience_settings.NAME` at use time (never copied into module
+constants), reloaded on Django's `setting_changed` so `override_settings` works.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Call logs: rows older than this are removed by prune_call_logs.
+    "CALL_LOG_RETENTION_DAYS": 7,
+    # Buffered call-log rows are bulk-written at least this often (seconds)...
+    "CALL_LOG_FLUSH_INTERVAL": 1.0,
+    # ...or as soon as this many are waiting.
+    "CALL_LOG_BUFFER_MAX": 500,
+    # Each process checks the policy version key at most this often (seconds).
+    "POLICY_CHECK_INTERVAL": 1.0,
+    # /metrics: open on loopback; elsewhere this bearer token is required.
+    "METRICS_TOKEN": "",
+    # API requests slower than this are logged once with their request id.
+    "SLOW_REQUEST_SECONDS": 1.0,
+}
+
+
+class ResilienceSettings:
+    def __init__(self) -> None:
+        self._cached: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"invalid RESILIENCE setting: {name!r}")
+        if name not in self._cached:
+            user = getattr(settings, "RESILIENCE", {}) or {}
+            self._cached[name] = user.get(name, DEFAULTS[name])
+        return self._cached[name]
+
+    def reload(self) -> None:
+        self._cached.clear()
+
+
+resilience_settings = ResilienceSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "RESILIENCE":
+        resilience_settings.reload()
+
+
+setting_changed.connect(_reload)

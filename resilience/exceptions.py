@@ -1,0 +1,108 @@
+"""The project's error types: one base, `AppError`, that the API turns into
+`{"success": false, "error": {"code", "message", ...}}` with its HTTP status.
+
+Upstream failures are `UpstreamError` kinds; `aigen` adds `GenerationError`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    """Base of every error the service reports on purpose.
+
+    `code` is machine-readable and stable; `status` is the HTTP status the API
+    answers with; `extra` lands in the JSON error body; `retry_after` (seconds)
+    becomes a `Retry-After` header.
+    """
+
+    code = "error"
+    status = 500
+    retry_after: float | None = None
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.extra}
+
+
+class UpstreamError(AppError):
+    """A call to an upstream API did not produce a usable response."""
+
+    code = "upstream_error"
+    status = 502
+
+    def __init__(self, message: str, *, upstream: str, **extra: Any) -> None:
+        super().__init__(message, upstream=upstream, **extra)
+        self.upstream = upstream
+
+
+class UnknownUpstream(UpstreamError):
+    code = "unknown_upstream"
+    status = 404
+
+
+class UpstreamDisabled(UpstreamError):
+    code = "upstream_disabled"
+    status = 503
+
+
+class InvalidUpstreamPath(UpstreamError):
+    """The path would leave the upstream's base URL (absolute URL, //host, ..)."""
+
+    code = "invalid_upstream_path"
+    status = 400
+
+
+class BreakerOpen(UpstreamError):
+    """The upstream's circuit breaker is open; `retry_after` says when it probes."""
+
+    code = "breaker_open"
+    status = 503
+
+    def __init__(self, message: str, *, upstream: str, retry_after: float) -> None:
+        super().__init__(message, upstream=upstream, retry_after=round(retry_after, 3))
+        self.retry_after = max(retry_after, 0.0)
+
+
+class UpstreamTimeout(UpstreamError):
+    """A connect/read timeout, or the call's overall deadline, passed."""
+
+    code = "upstream_timeout"
+    status = 504
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = "upstream_connection_error"
+    status = 502
+
+
+class RetriesExhausted(UpstreamError):
+    """Every allowed attempt failed; `last_status` / `last_error` say how."""
+
+    code = "upstream_retries_exhausted"
+    status = 502
+
+    def __init__(self, message: str, *, upstream: str, last_status: int | None = None,
+                 last_error: str | None = None, response: Any = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, upstream=upstream, last_status=last_status, last_error=last_error)
+        self.last_status = last_status
+        self.last_error = last_error
+        self.response = response
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class UpstreamHTTPError(UpstreamError):
+    """A non-retryable error status; the response is kept on `.response`."""
+
+    code = "upstream_http_error"
+    status = 502
+
+    def __init__(self, message: str, *, upstream: str, response: Any) -> None:
+        super().__init__(message, upstream=upstream, upstream_status=response.status_code)
+        self.response = response

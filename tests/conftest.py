@@ -1,0 +1,42 @@
+"""Shared fixtures: real Redis (shared server and throwaway processes) and a
+clean cache for every test."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.core.cache import cache
+
+from resilience.cache import reset_engines
+from tests.support.redis_server import RedisProcess, ping, require
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache():
+    reset_engines()
+    cache.clear()
+    yield
+    reset_engines()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The shared test Redis database (TEST_REDIS_URL), flushed for the run."""
+    url = os.environ["TEST_REDIS_URL"]
+    if not ping(url):
+        require(f"no Redis answering at {url}")
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def redis_process():
+    """A private redis-server on a free port; the test may kill and restart it."""
+    server = RedisProcess()
+    if not server.binary:
+        require("redis-server is not installed")
+    server.start()
+    yield server
+    server.stop()
