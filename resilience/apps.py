@@ -7,4 +7,4 @@ class ResilienceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from resilience import checks  # noqa: F401  (registers the system checks)
+        from resilience import checks, receivers  # noqa: F401  (register checks and receivers)

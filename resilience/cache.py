@@ -401,11 +401,20 @@ def _engine_for(server: str, params: dict[str, Any]) -> _Engine:
 
 
 def reset_engines() -> None:
-    """Forget every engine (tests): the next backend instance starts fresh."""
+    """Forget every engine (tests): the next backend instance starts fresh.
+
+    Django keeps one backend instance per thread, each bound to its engine, so
+    those instances are dropped too (as Django's own tests do when CACHES
+    changes); otherwise one thread would keep a forgotten engine.
+    """
+    from asgiref.local import Local
+    from django.core.cache import caches
+
     with _engines_lock:
         for engine in _engines.values():
             engine._stop.set()
         _engines.clear()
+        caches._connections = Local()
 
 
 def _flush_all_at_exit() -> None:

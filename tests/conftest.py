@@ -13,9 +13,15 @@ from tests.support.redis_server import RedisProcess, ping, require
 
 @pytest.fixture(autouse=True)
 def _clean_cache():
+    from resilience.calllog import call_log_discard
+    from resilience.client import reset_clients
+
     reset_engines()
+    reset_clients()
+    call_log_discard()
     cache.clear()
     yield
+    reset_clients()
     reset_engines()
 
 

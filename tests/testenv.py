@@ -1,5 +1,8 @@
 """Test-run environment, set before Django reads its settings.
 
+Loaded as an early plugin (`-p tests.testenv` in pyproject.toml): pytest-django
+reads the settings before any conftest.py runs, so a conftest is too late.
+
 Tests use a Redis database of their own (TEST_REDIS_DB, default 15) so a run
 never touches the data of a service sharing the server.
 """
@@ -8,6 +11,8 @@ import os
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("CACHE_KEY_PREFIX", "rsltest")
+# Call logs are flushed explicitly in tests (no writer thread racing the test DB).
+os.environ.setdefault("CALL_LOG_FLUSH_INTERVAL", "0")
 _test_db = os.environ.get("TEST_REDIS_DB", "15")
 if os.environ.get("REDIS_URL"):
     from urllib.parse import urlsplit, urlunsplit

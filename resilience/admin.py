@@ -1,0 +1,118 @@
+"""Admin: live-editable upstream policies with history and rollback
+(django-simple-history), read-only call logs and breaker events."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+from simple_history.admin import SimpleHistoryAdmin
+
+from resilience import services
+from resilience.models import BreakerEvent, CallLog, Upstream
+from resilience.selectors import WINDOWS, breaker_status, upstream_stats
+
+BREAKER_COLOURS = {"closed": "#2e7d32", "half-open": "#ef6c00", "open": "#c62828", "disabled": "#757575"}
+
+
+@admin.register(Upstream)
+class UpstreamAdmin(SimpleHistoryAdmin):
+    list_display = ("name", "base_url", "enabled", "breaker_state", "error_rate_5m", "calls_5m", "updated_at")
+    list_filter = ("enabled", "breaker_enabled")
+    search_fields = ("name", "base_url", "description")
+    readonly_fields = ("created_at", "updated_at")
+    actions = ["reset_breaker", "clear_cache", "probe_now"]
+    fieldsets = (
+        (None, {"fields": ("name", "base_url", "enabled", "description", "health_path")}),
+        ("Timeouts", {"fields": ("connect_timeout", "read_timeout", "deadline")}),
+        ("Retries", {"fields": ("retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_jitter",
+                                "retry_statuses", "retry_methods", "retry_respect_retry_after",
+                                "retry_after_max")}),
+        ("Circuit breaker", {"fields": ("breaker_enabled", "breaker_fail_max", "breaker_reset_timeout",
+                                        "breaker_success_threshold", "breaker_half_open_max")}),
+        ("Response cache", {"fields": ("cache_ttl", "cache_methods", "cache_vary_headers",
+                                       "cache_serve_stale", "cache_stale_max_age", "single_flight")}),
+        ("Connection", {"fields": ("pool_size", "default_headers")}),
+        ("Authentication", {"fields": ("auth_kind", "auth_env_var", "auth_name"),
+                            "description": "The secret stays in the environment; only its variable "
+                                           "name is stored."}),
+        ("Record", {"fields": ("created_at", "updated_at")}),
+    )
+
+    def _stats(self, obj: Upstream) -> dict[str, Any]:
+        cache = getattr(self, "_stats_cache", None)
+        if cache is None:
+            cache = self._stats_cache = {}
+        if obj.pk not in cache:
+            cache[obj.pk] = upstream_stats(name=obj.name, window=WINDOWS["5m"])
+        return cache[obj.pk]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        self._stats_cache = {}
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="breaker")
+    def breaker_state(self, obj: Upstream) -> str:
+        status = breaker_status(obj)
+        colour = BREAKER_COLOURS.get(status["state"], "#000")
+        extra = f" ({status['retry_after']:.0f}s)" if status.get("retry_after") else ""
+        return format_html('<b style="color:{}">{}</b>{}', colour, status["state"], extra)
+
+    @admin.display(description="errors (5 min)")
+    def error_rate_5m(self, obj: Upstream) -> str:
+        return f"{self._stats(obj)['error_rate'] * 100:.1f}%"
+
+    @admin.display(description="calls (5 min)")
+    def calls_5m(self, obj: Upstream) -> int:
+        return self._stats(obj)["calls"]
+
+    @admin.action(description="Reset circuit breaker")
+    def reset_breaker(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
+        for upstream in queryset:
+            services.breaker_reset(name=upstream.name)
+        self.message_user(request, f"Breaker reset for {queryset.count()} upstream(s).", messages.SUCCESS)
+
+    @admin.action(description="Clear cached responses")
+    def clear_cache(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
+        removed = sum(services.upstream_cache_clear(name=u.name) for u in queryset)
+        self.message_user(request, f"Removed {removed} cached response(s).", messages.SUCCESS)
+
+    @admin.action(description="Probe now")
+    def probe_now(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
+        for upstream in queryset:
+            result = services.upstream_probe(name=upstream.name)
+            if result["ok"]:
+                self.message_user(request, f"{upstream.name}: {result['status']} in "
+                                           f"{result['latency_ms']} ms", messages.SUCCESS)
+            else:
+                problem = result["status"] or (result["error"] or {}).get("message")
+                self.message_user(request, f"{upstream.name}: failed ({problem})", messages.ERROR)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(CallLog)
+class CallLogAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "upstream", "method", "path", "status", "outcome", "latency_ms",
+                    "attempts", "cache_hit", "breaker_state", "request_id")
+    list_filter = ("upstream", "outcome", "status", "cache_hit", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("path", "request_id", "error")
+    date_hierarchy = "created_at"
+    list_per_page = 100
+
+
+@admin.register(BreakerEvent)
+class BreakerEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "upstream", "from_state", "to_state", "reason")
+    list_filter = ("upstream", "to_state")

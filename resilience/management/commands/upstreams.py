@@ -1,0 +1,45 @@
+"""`manage.py upstreams`: every upstream's breaker and statistics as a table."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from resilience.calllog import call_log_flush
+from resilience.models import Upstream
+from resilience.selectors import WINDOWS, breaker_status, upstream_stats
+
+COLUMNS = ("upstream", "breaker", "calls", "err%", "p50ms", "p95ms", "p99ms", "hit%", "retries", "trips")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+class Command(BaseCommand):
+    help = "Show each upstream's breaker state and call statistics over a window."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--window", default="1h", help=f"one of {', '.join(WINDOWS)} (default 1h)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        window = WINDOWS.get(options["window"])
+        if window is None:
+            raise CommandError(f"unknown window {options['window']!r}; use one of {', '.join(WINDOWS)}")
+        call_log_flush()
+        rows = [COLUMNS]
+        for upstream in Upstream.objects.all():
+            s = upstream_stats(name=upstream.name, window=window)
+            rows.append((upstream.name + ("" if upstream.enabled else " (disabled)"),
+                         breaker_status(upstream)["state"], s["calls"],
+                         f"{s['error_rate'] * 100:.1f}", _fmt(s["p50_ms"]), _fmt(s["p95_ms"]),
+                         _fmt(s["p99_ms"]), f"{s['cache_hit_rate'] * 100:.1f}", s["retries"],
+                         s["breaker_trips"]))
+        if len(rows) == 1:
+            self.stdout.write("no upstreams configured (see the admin, or manage.py seed_upstreams)")
+            return
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(COLUMNS))]
+        for index, row in enumerate(rows):
+            line = "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                             for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+            self.stdout.write(self.style.MIGRATE_HEADING(line) if index == 0 else line)

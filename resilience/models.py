@@ -1,0 +1,220 @@
+"""Upstream policies (edited live in the admin, with history) and call logs."""
+from __future__ import annotations
+
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from simple_history.models import HistoricalRecords
+
+KNOWN_STATUSES = {s.value for s in HTTPStatus}
+HTTP_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
+ENV_VAR_NAME = RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "Use an environment variable name like GITHUB_TOKEN.")
+
+
+def default_retry_statuses() -> list[int]:
+    return [429, 502, 503, 504]
+
+
+def default_retry_methods() -> list[str]:
+    return ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
+
+
+def default_cache_methods() -> list[str]:
+    return ["GET"]
+
+
+def _seconds(default: float, *, low: float, high: float, help_text: str) -> models.FloatField:
+    return models.FloatField(default=default, help_text=help_text,
+                             validators=[MinValueValidator(low), MaxValueValidator(high)])
+
+
+class Upstream(models.Model):
+    """How the service talks to one external HTTP API.
+
+    A saved change reaches every worker within about a second (see
+    resilience.client); secrets are never stored here, only the name of the
+    environment variable that holds them.
+    """
+
+    class AuthKind(models.TextChoices):
+        NONE = "none", "None"
+        BEARER = "bearer", "Authorization: Bearer <secret>"
+        HEADER = "header", "Custom header"
+        QUERY = "query", "Query parameter"
+
+    name = models.SlugField(max_length=64, unique=True,
+                            help_text="Identifier used in code: upstream(\"name\").")
+    base_url = models.URLField(max_length=500, help_text=(
+        "http(s) URL every call is joined to; a call can never leave it."))
+    enabled = models.BooleanField(default=True, help_text="Disabled upstreams refuse every call.")
+    description = models.CharField(max_length=200, blank=True)
+
+    connect_timeout = _seconds(3.0, low=0.01, high=60, help_text="Seconds to establish a connection.")
+    read_timeout = _seconds(10.0, low=0.01, high=600, help_text="Seconds to wait for each read.")
+    deadline = _seconds(30.0, low=0.05, high=1800, help_text=(
+        "Seconds one call may take in all, retries and their waits included."))
+
+    retry_total = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(20)],
+                                                   help_text="Retries after the first attempt (0 = none).")
+    retry_backoff_factor = _seconds(0.5, low=0, high=60, help_text=(
+        "Wait before retry n is factor * 2^(n-1) seconds: factor 2 gives 2 s, 4 s, 8 s."))
+    retry_backoff_max = _seconds(30.0, low=0, high=600, help_text="Longest wait between retries.")
+    retry_jitter = _seconds(0.1, low=0, high=60, help_text="Random extra wait, 0..jitter seconds.")
+    retry_statuses = models.JSONField(default=default_retry_statuses, blank=True, help_text=(
+        "Status codes that are retried, e.g. [429, 502, 503, 504]."))
+    retry_methods = models.JSONField(default=default_retry_methods, blank=True, help_text=(
+        "Methods that may be retried after the request was sent. Connection failures are "
+        "retried for every method (nothing was sent)."))
+    retry_respect_retry_after = models.BooleanField(default=True, help_text=(
+        "Wait as long as the upstream's Retry-After asks, up to the cap below."))
+    retry_after_max = _seconds(30.0, low=0, high=3600, help_text="Cap on a Retry-After wait (seconds).")
+
+    breaker_enabled = models.BooleanField(default=True)
+    breaker_fail_max = models.PositiveSmallIntegerField(default=5, validators=[MinValueValidator(1)],
+                                                        help_text="Consecutive failures that open it.")
+    breaker_reset_timeout = _seconds(30.0, low=0.01, high=3600, help_text=(
+        "Seconds an open breaker waits before letting probes through."))
+    breaker_success_threshold = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)], help_text="Successful probes that close it.")
+    breaker_half_open_max = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)],
+        help_text="Probes let through at once while half-open, across all workers.")
+
+    cache_ttl = models.PositiveIntegerField(default=0, help_text=(
+        "Seconds a successful response is served from the cache (0 = no caching)."))
+    cache_methods = models.JSONField(default=default_cache_methods, blank=True,
+                                     help_text="Methods whose responses may be cached.")
+    cache_vary_headers = models.JSONField(default=list, blank=True, help_text=(
+        "Request headers that are part of the cache key, e.g. [\"Accept-Language\"]."))
+    cache_serve_stale = models.BooleanField(default=False, help_text=(
+        "On failure or open breaker, answer with an expired copy (marked stale)."))
+    cache_stale_max_age = models.PositiveIntegerField(default=3600, help_text=(
+        "Seconds an expired copy is kept for serve-stale."))
+    single_flight = models.BooleanField(default=True, help_text=(
+        "Concurrent identical cacheable calls make one upstream request."))
+
+    pool_size = models.PositiveSmallIntegerField(default=10, validators=[MinValueValidator(1),
+                                                                          MaxValueValidator(1000)],
+                                                 help_text="Connections kept per host.")
+    default_headers = models.JSONField(default=dict, blank=True, help_text=(
+        "Headers sent with every call (no secrets: use the authentication fields)."))
+    auth_kind = models.CharField(max_length=10, choices=AuthKind.choices, default=AuthKind.NONE)
+    auth_env_var = models.CharField(max_length=100, blank=True, validators=[ENV_VAR_NAME], help_text=(
+        "Environment variable holding the secret. The secret itself is never stored."))
+    auth_name = models.CharField(max_length=100, blank=True, help_text=(
+        "Header name (custom header) or query parameter name (query parameter)."))
+    health_path = models.CharField(max_length=300, blank=True, help_text=(
+        "Path called by 'probe now', relative to the base URL."))
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        parts = urlsplit(self.base_url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            errors["base_url"] = "Use an http:// or https:// URL with a host."
+        elif parts.query or parts.fragment or parts.username or parts.password:
+            errors["base_url"] = "No query, fragment or credentials in the base URL."
+
+        statuses = self.retry_statuses
+        if not isinstance(statuses, list) or not all(isinstance(s, int) for s in statuses):
+            errors["retry_statuses"] = "A list of status codes, e.g. [502, 503]."
+        elif bad := [s for s in statuses if s not in KNOWN_STATUSES or s < 400]:
+            errors["retry_statuses"] = f"Not an error status code: {bad}."
+        for field in ("retry_methods", "cache_methods"):
+            value = getattr(self, field)
+            if not isinstance(value, list) or any(m not in HTTP_METHODS for m in value):
+                errors[field] = f"A list of methods from {', '.join(HTTP_METHODS)}."
+        vary = self.cache_vary_headers
+        if not isinstance(vary, list) or not all(isinstance(h, str) and h for h in vary):
+            errors["cache_vary_headers"] = "A list of header names."
+        elif any(h.lower() in ("authorization", "cookie", "proxy-authorization") for h in vary):
+            errors["cache_vary_headers"] = "Credentials never go into a cache key."
+        headers = self.default_headers
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            errors["default_headers"] = "An object of header names to string values."
+        elif any(k.lower() in ("authorization", "cookie") for k in headers):
+            errors["default_headers"] = "Put credentials in an environment variable (authentication)."
+        if self.auth_kind != self.AuthKind.NONE and not self.auth_env_var:
+            errors["auth_env_var"] = "Name the environment variable that holds the secret."
+        if self.auth_kind in (self.AuthKind.HEADER, self.AuthKind.QUERY) and not self.auth_name:
+            errors["auth_name"] = "Name the header or query parameter."
+        if self.connect_timeout and self.deadline and self.connect_timeout > self.deadline:
+            errors["deadline"] = "The deadline must be at least the connect timeout."
+        if self.health_path and ("://" in self.health_path or self.health_path.startswith("//")):
+            errors["health_path"] = "A path relative to the base URL."
+        if errors:
+            raise ValidationError(errors)
+
+    def save(self, *args, **kwargs) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        super().save(*args, **kwargs)
+
+
+class Outcome(models.TextChoices):
+    OK = "ok", "ok"
+    HTTP_ERROR = "http_error", "HTTP error"
+    TIMEOUT = "timeout", "timeout"
+    CONNECTION_ERROR = "connection_error", "connection error"
+    BREAKER_OPEN = "breaker_open", "breaker open"
+    CACHE_HIT = "cache_hit", "cache hit"
+    STALE = "stale", "stale (served on error)"
+    SHARED = "shared", "shared by single-flight"
+    REFUSED = "refused", "refused (disabled, bad path)"
+
+
+FAILED_OUTCOMES = (Outcome.HTTP_ERROR, Outcome.TIMEOUT, Outcome.CONNECTION_ERROR, Outcome.BREAKER_OPEN)
+CACHED_OUTCOMES = (Outcome.CACHE_HIT, Outcome.STALE, Outcome.SHARED)
+
+
+class CallLog(models.Model):
+    """One row per logical call through resilience.client (never credentials)."""
+
+    created_at = models.DateTimeField(db_index=True)
+    upstream = models.CharField(max_length=64, db_index=True)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=1000, help_text="Path and query, secrets redacted.")
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, db_index=True)
+    latency_ms = models.FloatField()
+    attempts = models.PositiveSmallIntegerField(default=0)
+    retries = models.JSONField(default=list, blank=True, help_text="One entry per failed attempt.")
+    cache_hit = models.BooleanField(default=False)
+    breaker_state = models.CharField(max_length=10, blank=True)
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["upstream", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.upstream}{self.path} -> {self.status or self.outcome}"
+
+
+class BreakerEvent(models.Model):
+    """A circuit breaker state change (written by the process that made it)."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    upstream = models.CharField(max_length=64, db_index=True)
+    from_state = models.CharField(max_length=10)
+    to_state = models.CharField(max_length=10)
+    reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.upstream}: {self.from_state} -> {self.to_state}"

@@ -1,0 +1,93 @@
+"""Write-side operations on upstreams, shared by the admin, the API and the
+management commands (they stay thin and call these)."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from resilience import exceptions as errors
+from resilience.calllog import call_log_flush
+from resilience.client import reset_clients, upstream_client
+from resilience.models import CallLog, Upstream
+from resilience.selectors import breaker_status
+
+
+def _get(name: str) -> Upstream:
+    try:
+        return Upstream.objects.get(name=name)
+    except Upstream.DoesNotExist:
+        raise errors.UnknownUpstream(f"no upstream named {name!r}", upstream=name) from None
+
+
+def breaker_reset(*, name: str) -> dict[str, Any]:
+    """Close upstream `name`'s breaker now; returns its new status."""
+    upstream = _get(name)
+    if upstream.breaker_enabled:
+        breaker = upstream_client(name).breaker
+        if breaker is not None:
+            breaker.reset()
+    return breaker_status(upstream)
+
+
+def upstream_cache_clear(*, name: str) -> int:
+    """Remove upstream `name`'s cached responses; returns how many."""
+    _get(name)
+    return cache.delete_pattern(f"http:{name}:*")
+
+
+def upstream_probe(*, name: str) -> dict[str, Any]:
+    """One real call to the upstream's health path (bypassing the cache)."""
+    upstream = _get(name)
+    started = time.perf_counter()
+    try:
+        response = upstream_client(name).get(upstream.health_path or "/", cache=False,
+                                             raise_for_status=False)
+    except errors.UpstreamError as err:
+        return {"ok": False, "status": None, "error": err.as_dict(),
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return {"ok": response.status_code < 400, "status": response.status_code, "error": None,
+            "attempts": response.attempts,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def call_logs_prune(*, older_than: timedelta) -> int:
+    """Delete call logs older than `older_than`; returns how many."""
+    call_log_flush()
+    deleted, _ = CallLog.objects.filter(created_at__lt=timezone.now() - older_than).delete()
+    return deleted
+
+
+def upstreams_seed() -> list[str]:
+    """Create the built-in upstreams that do not exist yet; returns the created names.
+
+    Existing rows are left alone: the admin owns them once they exist.
+    """
+    seeds = {
+        # The OpenAI-compatible provider (aigen): 30 s reads, 3 retries
+        # waiting 2 s, 4 s, 8 s on 429/5xx/timeouts; POST is retried because
+        # a completion request has no side effects.
+        "openai": {
+            "base_url": settings.AIGEN.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            "description": "OpenAI-compatible chat completions (aigen)",
+            "connect_timeout": 5.0, "read_timeout": 30.0, "deadline": 60.0,
+            "retry_total": 3, "retry_backoff_factor": 2.0, "retry_backoff_max": 8.0,
+            "retry_jitter": 0.0, "retry_statuses": [429, 500, 502, 503, 504],
+            "retry_methods": ["GET", "POST"], "retry_after_max": 8.0,
+            "breaker_fail_max": 5, "breaker_reset_timeout": 30.0,
+        },
+    }
+    created = []
+    for name, fields in seeds.items():
+        upstream = Upstream(name=name, **fields)
+        upstream.full_clean()
+        _, was_created = Upstream.objects.get_or_create(name=name, defaults=fields)
+        if was_created:
+            created.append(name)
+    if created:
+        reset_clients()
+    return created

@@ -1,0 +1,55 @@
+"""Fixtures for client tests: a fake upstream on loopback and policies for it."""
+from __future__ import annotations
+
+import pytest
+
+from resilience.breaker import SharedBreaker
+from resilience.client import reset_clients
+from resilience.models import Upstream
+from tests.support.fake_upstream import FakeUpstream
+
+# Fast policies: tests wait milliseconds, not seconds.
+FAST = {
+    "connect_timeout": 0.1, "read_timeout": 2.0, "deadline": 5.0,
+    "retry_total": 2, "retry_backoff_factor": 0.0, "retry_jitter": 0.0,
+    "retry_after_max": 0.05, "breaker_fail_max": 3, "breaker_reset_timeout": 30.0,
+}
+
+
+@pytest.fixture
+def fake():
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def make_upstream(db, fake):
+    def make(name: str = "api", **fields) -> Upstream:
+        values = {"base_url": fake.url, **FAST, **fields}
+        row = Upstream(name=name, **values)
+        row.full_clean()
+        row.save()
+        reset_clients()
+        return row
+
+    return make
+
+
+class Clock:
+    """A movable clock for the breaker (its `clock` seam)."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def breaker_clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(SharedBreaker, "clock", staticmethod(clock))
+    return clock

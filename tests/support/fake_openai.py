@@ -1,0 +1,185 @@
+"""A fake OpenAI-compatible server on loopback for the real openai SDK.
+
+This module owns `FakeOpenAI`: `POST /v1/chat/completions` (plain and
+server-sent-event streaming) and `GET /v1/models`, answering deterministically
+so tests can assert their prompt reached the model: the assistant's content is
+"FAKE-LLM: " followed by the last user message. It runs on the machinery of
+`tests.support.fake_upstream` and misbehaves through the same `Reply` type.
+
+Failure behaviour: a request without `model` or `messages`, or with a body that
+is not JSON, gets a 400 with OpenAI's error shape; `fail_next()` queues replies
+(429, 500, slow, reset, malformed, `MALFORMED_JSON`) that chat requests consume
+one each before normal answers resume.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+from tests.support.fake_upstream import HTTPFake, Recorded, Reply
+
+MODEL_ID = "fake-model"
+CONTENT_PREFIX = "FAKE-LLM: "
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+
+# A 200 that claims JSON but is cut off mid-object, as a broken proxy might send.
+MALFORMED_JSON = Reply(
+    200, body=b'{"id": "chatcmpl-broken", "choices": [', headers={"Content-Type": "application/json"},
+)
+
+# The error `type`/`code` OpenAI sends with each status, so the SDK's error
+# objects look like the ones production code will meet.
+_ERROR_KINDS = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+def tokens(text: str) -> int:
+    """The fake's token count for `text`: deterministic, roughly OpenAI's 4 chars a token."""
+    return len(text) // 4 + 1
+
+
+def error_body(status: int, message: str, *, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error JSON for `status`."""
+    default = ("server_error" if status >= 500 else "invalid_request_error", None)
+    kind, code = _ERROR_KINDS.get(status, default)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _text(content: Any) -> str:
+    # Message content is a string or a list of parts ({"type": "text", "text": ...}).
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _pieces(text: str, count: int = 4) -> list[str]:
+    step = max(1, -(-len(text) // count))
+    return [text[i:i + step] for i in range(0, len(text), step)] or [""]
+
+
+class FakeOpenAI(HTTPFake):
+    """A fake OpenAI API; point the SDK at `url` (http://127.0.0.1:PORT/v1).
+
+        with FakeOpenAI() as fake:
+            client = openai.OpenAI(api_key="test", base_url=fake.url, max_retries=0)
+            fake.fail_next(Reply(429, retry_after="1"))
+            ...  # first chat call raises RateLimitError, the next one answers
+
+    A queued 200 Reply without a body stands for the normal answer sent with
+    that Reply's delay, body_delay, headers, close, reset or malformed; any
+    other queued Reply is sent as it is, a 4xx or 5xx without a body getting an
+    OpenAI-style error body.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._failures: deque[Reply] = deque()
+        self._sequence = 0  # numbers completion and request ids
+
+    @property
+    def url(self) -> str:
+        """The SDK's base_url: http://127.0.0.1:PORT/v1."""
+        return self.root_url + "/v1"
+
+    def fail_next(self, *replies: Reply) -> None:
+        """Queue `replies` for the next chat requests, one each, after any already queued."""
+        with self._lock:
+            self._failures.extend(replies)
+
+    @property
+    def chat_calls(self) -> int:
+        """Chat completion requests received, failed ones included."""
+        return self.count(CHAT_PATH, "POST")
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """The JSON bodies of the chat requests received, oldest first (ValueError if one is not JSON)."""
+        return [r.json() for r in self.requests if r.path == CHAT_PATH and r.method == "POST"]
+
+    def reset(self) -> None:
+        """Forget queued failures as well as records."""
+        with self._lock:
+            self._failures.clear()
+        super().reset()
+
+    def respond(self, request: Recorded) -> Reply:
+        if request.path == MODELS_PATH and request.method == "GET":
+            return Reply(200, body={"object": "list", "data": [
+                {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "fake-openai"},
+            ]})
+        if request.path != CHAT_PATH or request.method != "POST":
+            return Reply(404, body=error_body(404, f"Unknown request URL: {request.method} {request.path}"))
+        with self._lock:
+            queued = self._failures.popleft() if self._failures else None
+        if queued is not None and (queued.status != 200 or queued.body):
+            if not queued.body and queued.status >= 400:
+                return replace(queued, body=error_body(queued.status, f"Fake failure {queued.status}"))
+            return queued
+        answer = self._chat(request)
+        if queued is None:
+            return answer
+        return replace(
+            answer, headers={**answer.headers, **queued.headers}, delay=queued.delay,
+            body_delay=queued.body_delay, retry_after=queued.retry_after, reset=queued.reset,
+            malformed=queued.malformed, close=queued.close,
+        )
+
+    def _chat(self, request: Recorded) -> Reply:
+        try:
+            payload = request.json()
+        except ValueError:
+            return Reply(400, body=error_body(400, "We could not parse the JSON body of your request."))
+        if not isinstance(payload, dict):
+            return Reply(400, body=error_body(400, "The request body must be a JSON object."))
+        for name in ("model", "messages"):
+            if not payload.get(name):
+                return Reply(400, body=error_body(400, f"Missing required parameter: '{name}'.", param=name))
+        messages = payload["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return Reply(400, body=error_body(400, "'messages' must be a list of objects.", param="messages"))
+
+        last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+        content = CONTENT_PREFIX + _text(last_user.get("content"))
+        prompt_tokens = sum(tokens(_text(m.get("content"))) for m in messages)
+        completion_tokens = tokens(content)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        with self._lock:
+            self._sequence += 1
+            sequence = self._sequence
+        head = {"id": f"chatcmpl-fake{sequence}", "created": int(time.time()), "model": payload["model"]}
+        headers = {"x-request-id": f"req_fake{sequence}"}
+
+        if not payload.get("stream"):
+            message = {"role": "assistant", "content": content, "refusal": None}
+            return Reply(200, headers=headers, body={
+                **head, "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage,
+            })
+
+        # OpenAI's stream: a role chunk, content chunks, a finish chunk, and with
+        # include_usage a last chunk with usage and no choices (the others
+        # carrying "usage": null).
+        with_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            body = {**head, "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            return {**body, "usage": None} if with_usage else body
+
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": piece}) for piece in _pieces(content)]
+        events.append(chunk({}, "stop"))
+        if with_usage:
+            events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        frames = [f"data: {json.dumps(event)}\n\n".encode() for event in events] + [b"data: [DONE]\n\n"]
+        return Reply(200, headers={**headers, "Content-Type": "text/event-stream; charset=utf-8",
+                                   "Cache-Control": "no-cache"}, chunks=tuple(frames))
