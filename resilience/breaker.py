@@ -27,7 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pybreaker
-from django.core.cache import cache
+
+from resilience.cache import default_cache
 
 logger = logging.getLogger(__name__)
 
@@ -67,26 +68,26 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
 
     def snapshot(self) -> tuple[str, float, int]:
         """(state, opened_at, consecutive failures) in one round trip."""
-        got = cache.get_many([self.k_state, self.k_opened, self.k_fails])
+        got = default_cache().get_many([self.k_state, self.k_opened, self.k_fails])
         return got.get(self.k_state, CLOSED), got.get(self.k_opened, 0.0), got.get(self.k_fails, 0)
 
     def _incr(self, key: str, ttl: float | None = None) -> int:
-        if cache.add(key, 1, timeout=ttl):
+        if default_cache().add(key, 1, timeout=ttl):
             return 1
         try:
-            return cache.incr(key)
+            return default_cache().incr(key)
         except ValueError:  # expired (or the store switched) between add and incr
-            cache.set(key, 1, timeout=ttl)
+            default_cache().set(key, 1, timeout=ttl)
             return 1
 
     # -- pybreaker.CircuitBreakerStorage ----------------------------------------
     @property
     def state(self) -> str:
-        return cache.get(self.k_state, CLOSED)
+        return default_cache().get(self.k_state, CLOSED)
 
     @state.setter
     def state(self, state: str) -> None:
-        cache.set(self.k_state, state, timeout=None)
+        default_cache().set(self.k_state, state, timeout=None)
 
     def increment_counter(self) -> None:
         self._incr(self.k_fails)
@@ -95,7 +96,7 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
         return self._incr(self.k_fails)
 
     def reset_counter(self) -> None:
-        cache.delete(self.k_fails)
+        default_cache().delete(self.k_fails)
 
     def increment_success_counter(self) -> None:
         self._incr(self.k_successes)
@@ -104,25 +105,25 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
         return self._incr(self.k_successes)
 
     def reset_success_counter(self) -> None:
-        cache.delete(self.k_successes)
+        default_cache().delete(self.k_successes)
 
     @property
     def counter(self) -> int:
-        return cache.get(self.k_fails, 0)
+        return default_cache().get(self.k_fails, 0)
 
     @property
     def success_counter(self) -> int:
-        return cache.get(self.k_successes, 0)
+        return default_cache().get(self.k_successes, 0)
 
     @property
     def opened_at(self) -> datetime | None:
-        value = cache.get(self.k_opened)
+        value = default_cache().get(self.k_opened)
         return None if value is None else datetime.fromtimestamp(value, UTC)
 
     @opened_at.setter
     def opened_at(self, value: datetime) -> None:
         # pybreaker passes datetime.now(); the breaker's own clock is the truth.
-        cache.set(self.k_opened, self.clock(), timeout=None)
+        default_cache().set(self.k_opened, self.clock(), timeout=None)
 
     # -- half-open probe slots ------------------------------------------------------
     def take_probe(self, limit: int, ttl: float) -> bool:
@@ -132,12 +133,12 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
 
     def release_probe(self) -> None:
         try:
-            cache.decr(self.k_probes)
+            default_cache().decr(self.k_probes)
         except ValueError:
             pass
 
     def reset_probes(self) -> None:
-        cache.delete(self.k_probes)
+        default_cache().delete(self.k_probes)
 
 
 class SharedBreaker(pybreaker.CircuitBreaker):
@@ -152,6 +153,11 @@ class SharedBreaker(pybreaker.CircuitBreaker):
     """
 
     clock = staticmethod(time.time)
+    #: A process that saw the breaker open rejects from memory, re-reading the
+    #: shared state at most this often (seconds): an open breaker answers
+    #: without a round trip to Redis, and an operator's reset elsewhere is seen
+    #: within this time.
+    open_recheck = 0.25
 
     def __init__(self, name: str, *, fail_max: int = 5, reset_timeout: float = 30,
                  success_threshold: int = 1, half_open_max: int = 1, probe_ttl: float = 60,
@@ -166,6 +172,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
         # worth a write; consecutive-failure counting stays exact all the same,
         # because the failure count read on admission is the shared one.
         self._local = threading.local()
+        self._open_memo: tuple[float, float] | None = None  # (recheck at, monotonic; probe at, clock)
 
     @property
     def storage(self) -> CacheBreakerStorage:
@@ -175,13 +182,21 @@ class SharedBreaker(pybreaker.CircuitBreaker):
     def admit(self) -> Admission:
         """Let a call through, or raise `CircuitOpen`. Never blocks on a lock
         held around another call."""
+        memo = self._open_memo
+        if memo is not None:
+            now = self.clock()
+            if now < memo[1] and time.monotonic() < memo[0]:
+                raise CircuitOpen(self.name, memo[1] - now)
+            self._open_memo = None
         state, opened_at, fails = self.storage.snapshot()
         self._local.fails_seen = fails
         if state == CLOSED:
             return Admission(probe=False, state=CLOSED)
         if state == OPEN:
-            remaining = opened_at + self.reset_timeout - self.clock()
+            now = self.clock()
+            remaining = opened_at + self.reset_timeout - now
             if remaining > 0:
+                self._open_memo = (time.monotonic() + self.open_recheck, now + remaining)
                 raise CircuitOpen(self.name, remaining)
             self._transition(OPEN, HALF_OPEN, "reset timeout elapsed")
         if self.storage.take_probe(self.half_open_max, self.probe_ttl):
@@ -220,6 +235,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
 
     def reset(self) -> bool:
         """Force the breaker closed (operator action). True when it was not closed."""
+        self._open_memo = None
         state = self.storage.state
         if state == CLOSED:
             self.storage.reset_counter()
@@ -232,7 +248,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
         The cache lock makes this a compare-and-set across processes; the
         winner alone notifies listeners (one log line, one event per change).
         """
-        lock = cache.lock(self.storage.k_lock, timeout=5, blocking_timeout=2)
+        lock = default_cache().lock(self.storage.k_lock, timeout=5, blocking_timeout=2)
         if not lock.acquire():
             return False
         try:

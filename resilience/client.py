@@ -21,7 +21,9 @@ against the breaker; 4xx do not (they are the caller's business). With
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import json as json_module
 import logging
 import os
 import threading
@@ -29,18 +31,18 @@ import time
 import uuid
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import requests
-from django.core.cache import cache
-from django.utils import timezone
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
 
 from resilience import exceptions as errors
 from resilience.breaker import BreakerLogListener, CircuitOpen, SharedBreaker
+from resilience.cache import default_cache
 from resilience.calllog import call_log_record
 from resilience.conf import resilience_settings
 from resilience.context import current_request_id
@@ -65,10 +67,11 @@ def _version_key(name: str) -> str:
 
 def policy_changed(name: str) -> None:
     """Tell every worker that upstream `name`'s policy changed (post_save hook)."""
-    cache.set(_version_key(name), uuid.uuid4().hex, timeout=None)
+    default_cache().set(_version_key(name), uuid.uuid4().hex, timeout=None)
 
 
 # -- URLs -------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
 def join_url(base_url: str, path: str, *, upstream: str) -> str:
     """Join `path` under `base_url`; refuse anything that could leave it.
 
@@ -122,21 +125,87 @@ def redact_path(path_url: str, secret_names: frozenset[str]) -> str:
     return f"{path}?{urlencode(pairs, quote_via=quote, safe='')}"
 
 
-def canonical_key(upstream: str, prepared: requests.PreparedRequest, vary: tuple[str, ...]) -> str:
-    """Cache key of a request: method, URL with sorted query, body, varying headers.
+class RequestSpec:
+    """What a call asks for, before `requests` prepares it.
 
-    Computed before credentials are added, so they never enter a key.
+    `requests.Session.prepare_request` costs hundreds of microseconds; a cache
+    hit or an open breaker must not pay it. The spec gives the cache key and
+    the logged path cheaply; the request is only prepared when it is sent.
     """
-    parts = urlsplit(prepared.url or "")
-    query = urlencode(sorted(parse_qsl(parts.query, keep_blank_values=True)))
-    digest = hashlib.sha256()
-    for piece in (prepared.method or "", parts.scheme, parts.netloc, parts.path, query):
-        digest.update(piece.encode() + b"\0")
-    body = prepared.body or b""
-    digest.update(body.encode() if isinstance(body, str) else body)
-    for header in vary:
-        digest.update(f"\0{header}={prepared.headers.get(header, '')}".encode())
-    return f"http:{upstream}:{digest.hexdigest()}"
+
+    __slots__ = ("body_key", "data", "headers", "json", "method", "params", "query", "url", "url_path")
+
+    def __init__(self, method: str, url: str, *, params: Any, headers: dict[str, str], data: Any,
+                 json: Any) -> None:
+        self.method, self.url, self.params, self.headers = method, url, params, headers
+        self.data, self.json = data, json
+        self.url_path, _, own_query = url.partition("?")
+        own = parse_qsl(own_query, keep_blank_values=True) if own_query else []
+        self.query = own + _param_pairs(params)
+        self.body_key = _body_key(data, json)
+
+    @property
+    def cacheable(self) -> bool:
+        return self.body_key is not None
+
+    def path_for_log(self, secret_names: frozenset[str]) -> str:
+        path = "/" + self.url_path.split("://", 1)[-1].partition("/")[2]
+        if not self.query:
+            return path
+        return redact_path(f"{path}?{urlencode(self.query, quote_via=quote, safe='')}", secret_names)
+
+    def cache_key(self, upstream: str, vary: tuple[str, ...]) -> str:
+        """Method, URL with sorted query, body, varying headers (never credentials:
+        they are added after this, to the prepared request only)."""
+        digest = hashlib.sha256()
+        for piece in (self.method, self.url_path, urlencode(sorted(self.query))):
+            digest.update(piece.encode() + b"\0")
+        digest.update(self.body_key or b"")
+        if vary:
+            lowered = {k.lower(): v for k, v in self.headers.items()}
+            for header in vary:
+                digest.update(f"\0{header}={lowered.get(header, '')}".encode())
+        return f"http:{upstream}:{digest.hexdigest()}"
+
+    def light_request(self) -> requests.PreparedRequest:
+        """A PreparedRequest for responses that never went out (cache, stale)."""
+        prepared = requests.PreparedRequest()
+        prepared.method = self.method
+        prepared.url = self.url_path + (f"?{urlencode(self.query)}" if self.query else "")
+        prepared.headers = CaseInsensitiveDict(self.headers)
+        return prepared
+
+
+def _param_pairs(params: Any) -> list[tuple[str, str]]:
+    """Query pairs the way requests encodes `params` (None values dropped)."""
+    if not params:
+        return []
+    if isinstance(params, (str, bytes)):
+        text = params.decode() if isinstance(params, bytes) else params
+        return parse_qsl(text, keep_blank_values=True)
+    items = params.items() if hasattr(params, "items") else params
+    pairs: list[tuple[str, str]] = []
+    for key, value in items:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        pairs.extend((str(key), str(v)) for v in values if v is not None)
+    return pairs
+
+
+def _body_key(data: Any, json_body: Any) -> bytes | None:
+    """Canonical bytes of a body for the cache key; None when it cannot be keyed
+    (files, generators: such calls are never cached)."""
+    if json_body is not None:
+        return b"json:" + json_module.dumps(json_body, sort_keys=True, separators=(",", ":"),
+                                            default=str).encode()
+    if data is None:
+        return b""
+    if isinstance(data, bytes):
+        return b"raw:" + data
+    if isinstance(data, str):
+        return b"raw:" + data.encode()
+    if isinstance(data, dict):
+        return b"form:" + urlencode(sorted(_param_pairs(data))).encode()
+    return None
 
 
 # -- responses ----------------------------------------------------------------------
@@ -225,7 +294,7 @@ class _Call:
     def finish(self) -> None:
         latency_ms = (time.perf_counter() - self.started) * 1000
         row = {
-            "created_at": timezone.now(), "upstream": self.upstream, "method": self.method,
+            "created_at": datetime.now(UTC), "upstream": self.upstream, "method": self.method,
             "path": self.path[:1000], "status": self.status, "outcome": str(self.outcome),
             "latency_ms": round(latency_ms, 3), "attempts": self.attempts, "retries": self.retries,
             "cache_hit": self.cache_hit, "breaker_state": self.breaker_state,
@@ -248,7 +317,7 @@ class UpstreamClient:
 
     # -- policy, live ------------------------------------------------------------------
     def _load(self) -> tuple[Upstream, Any]:
-        version = cache.get(_version_key(self.name))
+        version = default_cache().get(_version_key(self.name))
         try:
             row = Upstream.objects.get(name=self.name)
         except Upstream.DoesNotExist:
@@ -285,12 +354,12 @@ class UpstreamClient:
             if now - self._checked_at < resilience_settings.POLICY_CHECK_INTERVAL:
                 return self._built
             self._checked_at = now
-            if getattr(cache, "in_fallback", False):
+            if getattr(default_cache(), "in_fallback", False):
                 # Other workers' version bumps went to Redis; ask the database.
                 stale = Upstream.objects.filter(name=self.name).values_list("updated_at", flat=True).first()
                 changed = stale != built.updated_at
             else:
-                changed = cache.get(_version_key(self.name)) != built.version
+                changed = default_cache().get(_version_key(self.name)) != built.version
             if changed:
                 self._built = self._build(self._load())
                 logger.info("upstream %s: policy reloaded", self.name)
@@ -336,26 +405,24 @@ class UpstreamClient:
         built = self._current()
         policy = built.policy
         method = method.upper()
-        call = _Call(self.name, method, redact_path(path.split("#")[0] if isinstance(path, str) else "?",
-                                                    self._secret_names(policy)))
+        call = _Call(self.name, method, "")
         try:
             try:
                 if not policy.enabled:
                     raise errors.UpstreamDisabled(f"upstream {self.name!r} is disabled", upstream=self.name)
                 url = join_url(policy.base_url, path, upstream=self.name)
-                prepared = built.session.prepare_request(requests.Request(
-                    method, url, params=params, headers={**policy.default_headers, **(headers or {})},
-                    data=data, json=json))
             except errors.UpstreamError as err:
                 call.outcome, call.error = Outcome.REFUSED, err.message
+                call.path = redact_path(str(path)[:200], self._secret_names(policy))
                 raise
-            call.path = redact_path(prepared.path_url, self._secret_names(policy))
+            merged = {**policy.default_headers, **headers} if headers else policy.default_headers
+            spec = RequestSpec(method, url, params=params, headers=merged, data=data, json=json)
+            call.path = spec.path_for_log(self._secret_names(policy))
             cacheable = (policy.cache_ttl > 0 and method in policy.cache_methods
-                         and cache is not False and not stream)
+                         and cache is not False and not stream and spec.cacheable)
             if not cacheable:
-                self._authorize(prepared, policy)
-                return self._fetch(built, prepared, call, stream=stream, raise_for_status=raise_for_status)
-            return self._cached_fetch(built, prepared, call, raise_for_status)
+                return self._fetch(built, spec, call, stream=stream, raise_for_status=raise_for_status)
+            return self._cached_fetch(built, spec, call, raise_for_status)
         except errors.UpstreamError as err:
             if call.outcome == Outcome.OK:  # failed before or outside _fetch (config, shared failure)
                 call.outcome, call.error = _outcome_for(err), err.message
@@ -364,33 +431,33 @@ class UpstreamClient:
             call.finish()
 
     # -- steps ----------------------------------------------------------------------------
-    def _cached_fetch(self, built: _Built, prepared: requests.PreparedRequest, call: _Call,
+    def _cached_fetch(self, built: _Built, spec: RequestSpec, call: _Call,
                       raise_for_status: bool) -> requests.Response:
         policy = built.policy
-        key = canonical_key(self.name, prepared, policy.cache_vary_headers)
-        entry = cache.get(key)
+        key = spec.cache_key(self.name, policy.cache_vary_headers)
+        entry = default_cache().get(key)
         if entry is not None and entry["expires"] > wall_clock():
             call.outcome, call.cache_hit, call.status = Outcome.CACHE_HIT, True, entry["status"]
-            return _mark(_response_from(entry, prepared), from_cache=True, stale=False, attempts=0)
+            return _mark(_response_from(entry, spec.light_request()), from_cache=True, stale=False,
+                         attempts=0)
         stale_entry = entry if policy.cache_serve_stale else None
-        self._authorize(prepared, policy)
 
         def fetch() -> dict[str, Any]:
-            response = self._fetch(built, prepared, call, stream=False, raise_for_status=raise_for_status,
+            response = self._fetch(built, spec, call, stream=False, raise_for_status=raise_for_status,
                                    stale_entry=stale_entry)
             if getattr(response, "stale", False):
                 return {"stale_response": response}
             if 200 <= response.status_code < 300:
                 fresh = _entry_from(response, policy.cache_ttl)
                 keep = policy.cache_ttl + (policy.cache_stale_max_age if policy.cache_serve_stale else 0)
-                cache.set(key, fresh, timeout=keep)
+                default_cache().set(key, fresh, timeout=keep)
             return {"response": response, "attempts": response.attempts}
 
         if not policy.single_flight:
             return fetch()["response"]
 
         def stored() -> dict[str, Any] | None:
-            found = cache.get(key)
+            found = default_cache().get(key)
             return {"entry": found} if found is not None and found["expires"] > wall_clock() else None
 
         try:
@@ -407,16 +474,17 @@ class UpstreamClient:
         # Another caller made the request: answer from its result.
         source = result.get("entry") or _entry_from(result["response"], policy.cache_ttl)
         call.outcome, call.cache_hit, call.status = Outcome.SHARED, True, source["status"]
-        response = _response_from(source, prepared)
+        response = _response_from(source, spec.light_request())
         if raise_for_status and response.status_code >= 400:
             raise errors.UpstreamHTTPError(f"{self.name} answered {response.status_code}",
                                            upstream=self.name, response=response)
         return _mark(response, from_cache=True, stale=False, attempts=0, shared=True)
 
-    def _fetch(self, built: _Built, prepared: requests.PreparedRequest, call: _Call, *, stream: bool,
+    def _fetch(self, built: _Built, spec: RequestSpec, call: _Call, *, stream: bool,
                raise_for_status: bool, stale_entry: dict[str, Any] | None = None) -> requests.Response:
         """One logical upstream call through the breaker and the retrying adapter."""
         policy, breaker = built.policy, built.breaker
+        secret = self._secret(policy)  # before admission: a misconfiguration takes no probe slot
         admission = None
         if breaker is not None:
             try:
@@ -427,8 +495,21 @@ class UpstreamClient:
                     f"circuit breaker for {self.name!r} is open", upstream=self.name,
                     retry_after=err.retry_after)
                 call.outcome, call.error = Outcome.BREAKER_OPEN, failure.message
-                return self._stale_or_raise(failure, stale_entry, prepared, call)
+                return self._stale_or_raise(failure, stale_entry, spec, call)
             call.breaker_state = admission.state
+
+        try:
+            prepared = built.session.prepare_request(requests.Request(
+                spec.method, spec.url, params=spec.params, headers=spec.headers, data=spec.data,
+                json=spec.json))
+            self._authorize(prepared, policy, secret)
+        except BaseException as exc:  # a bad body, say: nothing was sent, nothing to count
+            if breaker is not None and admission is not None and admission.probe:
+                breaker.storage.release_probe()
+            if isinstance(exc, errors.UpstreamError):
+                raise
+            raise errors.UpstreamError(f"{self.name}: could not build the request ({exc})",
+                                       upstream=self.name) from exc
 
         trace = Trace(deadline=time.monotonic() + policy.deadline)
         token = current_trace.set(trace)
@@ -447,7 +528,7 @@ class UpstreamClient:
             call.error = failure.message
             if breaker is not None and admission is not None:
                 breaker.record_failure(admission, exc)
-            return self._stale_or_raise(failure, stale_entry, prepared, call, cause=exc)
+            return self._stale_or_raise(failure, stale_entry, spec, call, cause=exc)
         finally:
             current_trace.reset(token)
 
@@ -476,19 +557,19 @@ class UpstreamClient:
                                                response=response)
         call.error = failure.message
         if upstream_failed and stale_entry is not None:
-            return self._stale_or_raise(failure, stale_entry, prepared, call)
+            return self._stale_or_raise(failure, stale_entry, spec, call)
         if not raise_for_status:
             return _mark(response, from_cache=False, stale=False, attempts=call.attempts)
         raise failure
 
     def _stale_or_raise(self, failure: errors.UpstreamError, stale_entry: dict[str, Any] | None,
-                        prepared: requests.PreparedRequest, call: _Call,
+                        spec: RequestSpec, call: _Call,
                         cause: BaseException | None = None) -> requests.Response:
         if stale_entry is None:
             raise failure from cause
         call.outcome, call.cache_hit, call.status = Outcome.STALE, True, stale_entry["status"]
         logger.debug("upstream %s: serving stale copy after %s", self.name, failure.code)
-        response = _response_from(stale_entry, prepared)
+        response = _response_from(stale_entry, spec.light_request())
         return _mark(response, from_cache=True, stale=True, attempts=call.attempts)
 
     @staticmethod
@@ -547,19 +628,23 @@ class UpstreamClient:
             return SECRET_PARAMS | {policy.auth_name.lower()}
         return SECRET_PARAMS
 
-    def _authorize(self, prepared: requests.PreparedRequest, policy: Policy) -> None:
+    def _secret(self, policy: Policy) -> str:
         if policy.auth_kind == Upstream.AuthKind.NONE:
-            return
+            return ""
         secret = os.environ.get(policy.auth_env_var, "")
         if not secret:
             raise errors.UpstreamError(
                 f"credentials for {self.name!r} are not configured (environment variable "
                 f"{policy.auth_env_var} is empty)", upstream=self.name)
+        return secret
+
+    @staticmethod
+    def _authorize(prepared: requests.PreparedRequest, policy: Policy, secret: str) -> None:
         if policy.auth_kind == Upstream.AuthKind.BEARER:
             prepared.headers["Authorization"] = f"Bearer {secret}"
         elif policy.auth_kind == Upstream.AuthKind.HEADER:
             prepared.headers[policy.auth_name] = secret
-        else:
+        elif policy.auth_kind == Upstream.AuthKind.QUERY:
             prepared.prepare_url(prepared.url, {policy.auth_name: secret})
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from django.core.cache import cache
+from resilience.cache import default_cache
 
 T = TypeVar("T")
 
@@ -63,7 +63,7 @@ class SingleFlight:
 
     def _run_across_processes(self, key: str, fn: Callable[[], T], wait: float,
                               shared_result: Callable[[], Any]) -> tuple[T | Any, bool]:
-        lock = cache.lock(f"flight:{key}", timeout=wait + 1)
+        lock = default_cache().lock(f"flight:{key}", timeout=wait + 1)
         if lock.acquire(blocking=False):
             try:
                 return fn(), False

@@ -1,0 +1,61 @@
+"""Cache benchmark: get-hit cost of the fallback backend against plain
+django-redis and LocMemCache, and the cost of a get while Redis is down.
+
+Targets: wrapper overhead at most 10% over plain django-redis; a get with
+Redis down at most twice a LocMemCache get.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+from bench.common import compare, django_setup, fmt_time, table, verdict
+
+
+def _dead_redis_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+
+
+def main() -> None:
+    django_setup()
+    from django.core.cache.backends.locmem import LocMemCache
+    from django_redis.cache import RedisCache
+
+    from resilience.cache import FallbackCache
+
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    params = {"KEY_PREFIX": "bench", "TIMEOUT": 300}
+    options = {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25}
+    plain_redis = RedisCache(redis_url, {**params, "OPTIONS": options})
+    fallback = FallbackCache(redis_url, {**params, "OPTIONS": {**options, "STATS_FLUSH_INTERVAL": 1}})
+    locmem = LocMemCache("bench", params)
+    down = FallbackCache(_dead_redis_url(), {**params, "OPTIONS": {**options, "PROBE_INTERVAL": 3600}})
+    value = {"user": 42, "items": list(range(20)), "name": "x" * 100}
+    for cache in (plain_redis, fallback, locmem, down):
+        cache.set("misc:bench", value)
+    assert down.in_fallback and fallback.backend_name == "redis"
+
+    got = compare({
+        "django-redis get (hit)": lambda: plain_redis.get("misc:bench"),
+        "FallbackCache on Redis get (hit)": lambda: fallback.get("misc:bench"),
+        "LocMemCache get (hit)": lambda: locmem.get("misc:bench"),
+        "FallbackCache, Redis down, get (hit)": lambda: down.get("misc:bench"),
+    }, n=2000)
+    overhead = got["FallbackCache on Redis get (hit)"] / got["django-redis get (hit)"]
+    down_ratio = got["FallbackCache, Redis down, get (hit)"] / got["LocMemCache get (hit)"]
+    table("Cache: get hit (median of interleaved rounds)", ("contender", "per get", "ratio", "target"), [
+        ("django-redis get", fmt_time(got["django-redis get (hit)"]), "1.00 (baseline)", ""),
+        ("FallbackCache on Redis", fmt_time(got["FallbackCache on Redis get (hit)"]),
+         f"{overhead:.3f}", f"<= 1.10: {verdict(overhead <= 1.10)}"),
+        ("LocMemCache get", fmt_time(got["LocMemCache get (hit)"]), "1.00 (baseline)", ""),
+        ("FallbackCache, Redis down", fmt_time(got["FallbackCache, Redis down, get (hit)"]),
+         f"{down_ratio:.3f}", f"<= 2.0: {verdict(down_ratio <= 2.0)}"),
+    ])
+    for cache in (plain_redis, fallback):
+        cache.delete("misc:bench")
+
+
+if __name__ == "__main__":
+    main()

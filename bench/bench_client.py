@@ -1,0 +1,127 @@
+"""Client benchmark against a fast loopback upstream, side by side in one run:
+
+- miss path with everything on (retrying adapter, breaker, response cache
+  lookup and store, call log, signals) vs a bare `requests.Session`: <= 1.15x;
+- cache-hit path vs a `requests_cache.CachedSession` hit on the same URL:
+  >= 10x faster, with local memory and with Redis;
+- an open breaker's rejection: < 50 µs;
+- 16 threads against a 100 ms upstream: wall time close to one call.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+
+from bench.common import compare, django_setup, fmt_time, table, verdict
+
+N = 300
+
+
+def _make_upstream(name: str, url: str, **fields: object) -> None:
+    from resilience.models import Upstream
+
+    Upstream.objects.update_or_create(name=name, defaults={
+        "base_url": url, "retry_total": 2, "retry_backoff_factor": 0.1, "breaker_fail_max": 5,
+        "pool_size": 32, "connect_timeout": 1, "read_timeout": 5, "deadline": 10, **fields})
+
+
+def main() -> None:
+    django_setup()
+    import requests
+    import requests_cache
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    from resilience import exceptions, upstream
+    from resilience.cache import reset_engines
+    from resilience.client import reset_clients
+    from tests.support.fake_upstream import FakeUpstream, Reply
+
+    fake = FakeUpstream().start()
+    fake.script("/slow", Reply(200, body={"ok": True}, delay=0.1))
+    fake.script("/down", Reply(500))
+    _make_upstream("bench", fake.url, cache_ttl=300)
+    _make_upstream("bench-open", fake.url, retry_total=0, breaker_fail_max=1, breaker_reset_timeout=3600)
+    counter = itertools.count()
+
+    bare = requests.Session()
+    client = upstream("bench")
+    miss = compare({
+        "bare requests.Session GET": lambda: bare.get(f"{fake.url}/item?i={next(counter)}").content,
+        "resilient client GET, cache miss": lambda: client.get(f"/item?i={next(counter)}").content,
+    }, n=N)
+    miss_ratio = miss["resilient client GET, cache miss"] / miss["bare requests.Session GET"]
+
+    rows = [("bare requests.Session GET", fmt_time(miss["bare requests.Session GET"]), "1.00 (baseline)", ""),
+            ("client miss: retries+breaker+cache+log", fmt_time(miss["resilient client GET, cache miss"]),
+             f"{miss_ratio:.3f}", f"<= 1.15: {verdict(miss_ratio <= 1.15)}")]
+
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    for label, location, rc_backend in (("local memory", "", "memory"), ("Redis", redis_url, "redis")):
+        caches_setting = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": location,
+                                      "KEY_PREFIX": "rslbench"}}
+        with override_settings(CACHES=caches_setting):
+            reset_engines()
+            reset_clients()
+            hit_client = upstream("bench")
+            hit_client.get("/hit")
+            if rc_backend == "redis":
+                backend = requests_cache.RedisCache(connection=__import__("redis").Redis.from_url(redis_url))
+            else:
+                backend = "memory"
+            cached_session = requests_cache.CachedSession(backend=backend, expire_after=300)
+            cached_session.cache.clear()
+            cached_session.get(f"{fake.url}/hit")
+            assert hit_client.get("/hit").from_cache and cached_session.get(f"{fake.url}/hit").from_cache
+            hit = compare({
+                "requests_cache": lambda s=cached_session: s.get(f"{fake.url}/hit").content,
+                "client": lambda c=hit_client: c.get("/hit").content,
+            }, n=N * 3)
+            speedup = hit["requests_cache"] / hit["client"]
+            rows.append((f"requests_cache hit ({label})", fmt_time(hit["requests_cache"]),
+                         "1.00 (baseline)", ""))
+            rows.append((f"client cache hit ({label})", fmt_time(hit["client"]), f"{speedup:.1f}x faster",
+                         f">= 10x: {verdict(speedup >= 10)}"))
+            caches["default"].clear()
+    reset_engines()
+    reset_clients()
+
+    opened = upstream("bench-open")
+    try:
+        opened.get("/down")
+    except exceptions.UpstreamError:
+        pass
+
+    def rejected() -> None:
+        try:
+            opened.get("/down")
+        except exceptions.BreakerOpen:
+            return
+        raise AssertionError("breaker did not reject")
+
+    open_cost = compare({"open breaker rejection": rejected}, n=N * 10)["open breaker rejection"]
+    rows.append(("open breaker rejection", fmt_time(open_cost), "",
+                 f"< 50 µs: {verdict(open_cost < 50e-6)}"))
+
+    wave_client = upstream("bench")
+    walls = []
+    for _ in range(3):
+        threads = [threading.Thread(target=wave_client.get, args=("/slow",), kwargs={"cache": False})
+                   for _ in range(16)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        walls.append(time.perf_counter() - started)
+    wave = min(walls)
+    rows.append(("16 threads x 100 ms upstream, wall", fmt_time(wave), f"{wave / 0.1:.2f} calls' time",
+                 f"close to 1 (< 1.5): {verdict(wave / 0.1 < 1.5)}"))
+    table("Resilient client (median of interleaved rounds)", ("path", "per call", "ratio", "target"), rows)
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Shared benchmark plumbing: Django set-up on a scratch database, interleaved
+timing rounds (so drift hits every contender alike) and table printing."""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+_ready = False
+
+
+def django_setup(**env: str) -> None:
+    """Configure Django for a benchmark process (a scratch SQLite file)."""
+    global _ready
+    if _ready:
+        return
+    scratch = tempfile.mkdtemp(prefix="bench-")
+    defaults = {
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "SECRET_KEY": "bench-only",
+        "DEBUG": "false",
+        "DATABASE_URL": f"sqlite:///{scratch}/bench.sqlite3",
+        "LOG_LEVEL": "WARNING",
+        "CACHE_KEY_PREFIX": "rslbench",
+    }
+    for key, value in {**defaults, **env}.items():
+        os.environ.setdefault(key, value)
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    _ready = True
+
+
+def per_op(fn: Callable[[], object], n: int) -> float:
+    """Seconds per call of `fn`, over `n` calls."""
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def compare(contenders: dict[str, Callable[[], object]], *, n: int, rounds: int = 7,
+            warmup: int = 50) -> dict[str, float]:
+    """Median seconds per op of each contender, measured in interleaved rounds."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            samples[name].append(per_op(fn, n))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def table(title: str, header: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+def verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
