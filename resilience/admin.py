@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from resilience import services
+from resilience.calllog import call_log_flush
 from resilience.models import BreakerEvent, CallLog, Upstream
 from resilience.selectors import WINDOWS, breaker_status, upstream_stats
 
@@ -50,6 +51,7 @@ class UpstreamAdmin(SimpleHistoryAdmin):
         return cache[obj.pk]
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        call_log_flush()  # this process's latest calls count too
         self._stats_cache = {}
         return super().changelist_view(request, extra_context)
 

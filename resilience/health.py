@@ -16,15 +16,17 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 
-def database_status() -> dict[str, Any]:
+def database_status(conn: Any = None) -> dict[str, Any]:
+    """Can the database (the default connection, or `conn`) run a query?"""
+    conn = conn or connection
     started = time.perf_counter()
     try:
-        with connection.cursor() as cursor:
+        with conn.cursor() as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except DatabaseError as err:
-        return {"ok": False, "vendor": connection.vendor, "error": type(err).__name__}
-    return {"ok": True, "vendor": connection.vendor,
+        return {"ok": False, "vendor": conn.vendor, "error": type(err).__name__}
+    return {"ok": True, "vendor": conn.vendor,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 

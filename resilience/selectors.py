@@ -52,7 +52,7 @@ def upstream_stats(*, name: str, window: timedelta, now: Any = None) -> dict[str
         calls=Count("id"),
         errors=Count("id", filter=Q(outcome__in=FAILED_OUTCOMES)),
         cached=Count("id", filter=Q(outcome__in=CACHED_OUTCOMES)),
-        attempts=Sum("attempts", filter=Q(attempts__gt=0)),
+        attempts_total=Sum("attempts", filter=Q(attempts__gt=0)),
         upstream_calls=Count("id", filter=Q(attempts__gt=0)),
     )
     calls = totals["calls"]
@@ -70,7 +70,7 @@ def upstream_stats(*, name: str, window: timedelta, now: Any = None) -> dict[str
         "p95_ms": _percentile(latencies, 0.95),
         "p99_ms": _percentile(latencies, 0.99),
         "cache_hit_rate": round(totals["cached"] / calls, 4) if calls else 0.0,
-        "retries": (totals["attempts"] or 0) - totals["upstream_calls"],
+        "retries": (totals["attempts_total"] or 0) - totals["upstream_calls"],
         "breaker_trips": trips,
         "outcomes": {str(k): v for k, v in outcomes.items()},
     }

@@ -84,7 +84,7 @@ def upstreams_seed() -> list[str]:
     created = []
     for name, fields in seeds.items():
         upstream = Upstream(name=name, **fields)
-        upstream.full_clean()
+        upstream.full_clean(validate_unique=False)  # the seed itself must be valid
         _, was_created = Upstream.objects.get_or_create(name=name, defaults=fields)
         if was_created:
             created.append(name)

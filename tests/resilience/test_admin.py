@@ -1,0 +1,118 @@
+"""The admin: policies validated with clear messages, history with rollback,
+live breaker state in the list, and the operator actions."""
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from resilience import exceptions as errors
+from resilience import upstream
+from resilience.models import Upstream
+from tests.support.fake_upstream import Reply
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(client, django_user_model):
+    user = django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-ops-123")
+    client.force_login(user)
+    return client
+
+
+def form_data(form) -> dict:
+    """What a browser would post for a rendered model form."""
+    data = {}
+    for name, field in form.fields.items():
+        value = form[name].value()
+        if value is None or value is False:
+            continue
+        if value is True:
+            data[name] = "on"
+        elif isinstance(value, str):  # already as rendered (JSON fields render JSON text)
+            data[name] = value
+        else:
+            data[name] = field.prepare_value(value)
+    return data
+
+
+def test_add_form_rejects_bad_values_with_clear_messages(staff_client):
+    page = staff_client.get(reverse("admin:resilience_upstream_add"))
+    data = form_data(page.context["adminform"].form)
+    data.update(name="bad", base_url="ftp://files.example", retry_statuses="[200, 999]",
+                cache_vary_headers='["Authorization"]', connect_timeout="-1")
+    response = staff_client.post(reverse("admin:resilience_upstream_add"), data)
+    assert response.status_code == 200
+    errors_by_field = response.context["adminform"].form.errors
+    assert "http://" in str(errors_by_field["base_url"]) or "valid URL" in str(errors_by_field["base_url"])
+    assert "connect_timeout" in errors_by_field
+    assert not Upstream.objects.filter(name="bad").exists()
+
+
+def test_history_and_rollback(staff_client, make_upstream):
+    row = make_upstream(read_timeout=5.0)
+    change_url = reverse("admin:resilience_upstream_change", args=[row.pk])
+    page = staff_client.get(change_url)
+    data = form_data(page.context["adminform"].form)
+    data["read_timeout"] = "9.5"
+    response = staff_client.post(change_url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    row.refresh_from_db()
+    assert row.read_timeout == 9.5
+    assert row.history.count() == 2
+    assert row.history.first().history_user.username == "ops"
+
+    first = row.history.earliest()
+    revert_url = reverse("admin:resilience_upstream_simple_history", args=[row.pk, first.history_id])
+    page = staff_client.get(revert_url)
+    assert page.status_code == 200 and "Revert" in page.content.decode()
+    assert staff_client.post(revert_url, form_data(page.context["adminform"].form)).status_code == 302
+    row.refresh_from_db()
+    assert row.read_timeout == 5.0
+    assert row.history.count() == 3
+
+
+def test_list_shows_live_breaker_state_and_error_rate(staff_client, fake, make_upstream):
+    make_upstream(retry_total=0, breaker_fail_max=2)
+    fake.script("/x", Reply(500))
+    for _ in range(2):
+        with pytest.raises(errors.UpstreamHTTPError):
+            upstream("api").get("/x")
+    page = staff_client.get(reverse("admin:resilience_upstream_changelist")).content.decode()
+    assert ">open</b>" in page
+    assert "100.0%" in page
+
+
+def test_actions_reset_breaker_clear_cache_and_probe(staff_client, fake, make_upstream):
+    row = make_upstream(retry_total=0, breaker_fail_max=1, cache_ttl=60, health_path="/health")
+    upstream("api").get("/cached")
+    fake.script("/x", Reply(500))
+    with pytest.raises(errors.UpstreamHTTPError):
+        upstream("api").get("/x")
+    assert upstream("api").breaker.status()["state"] == "open"
+    changelist = reverse("admin:resilience_upstream_changelist")
+
+    staff_client.post(changelist, {"action": "reset_breaker", "_selected_action": [row.pk]})
+    assert upstream("api").breaker.status()["state"] == "closed"
+
+    response = staff_client.post(changelist, {"action": "clear_cache", "_selected_action": [row.pk]},
+                                 follow=True)
+    assert "Removed 1 cached response" in response.content.decode()
+    assert not upstream("api").get("/cached").from_cache
+
+    response = staff_client.post(changelist, {"action": "probe_now", "_selected_action": [row.pk]},
+                                 follow=True)
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("api: 200 in") for m in shown), shown
+    assert fake.count("/health") == 1
+
+
+def test_call_log_admin_is_read_only(staff_client, fake, make_upstream):
+    make_upstream()
+    upstream("api").get("/a")
+    from resilience.calllog import call_log_flush
+
+    call_log_flush()
+    page = staff_client.get(reverse("admin:resilience_calllog_changelist") + "?outcome=ok")
+    assert page.status_code == 200 and "/a" in page.content.decode()
+    assert staff_client.get(reverse("admin:resilience_calllog_add")).status_code == 403
