@@ -25,6 +25,12 @@ def _clean_cache():
     reset_engines()
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The production hasher is slow on purpose; tests log users in by the dozen.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The shared test Redis database (TEST_REDIS_URL), flushed for the run."""

@@ -37,7 +37,8 @@ def run(env: dict[str, str], *args: str, timeout: float = 60) -> dict:
 
 def spawn(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.support.worker", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def gather(procs: list[subprocess.Popen]) -> list[dict]:
@@ -56,8 +57,15 @@ def setup_upstream(env: dict[str, str], fake: FakeUpstream, **policy) -> None:
 
 
 def call_together(env: dict[str, str], path: str, count: int) -> list[list[str]]:
-    start_at = time.time() + 2.5  # every process is up and has built its client by then
-    procs = [spawn(env, "call", "api", path, str(count), str(start_at)) for _ in range(PROCESSES)]
+    """Every process boots and builds its client, then all start at once."""
+    procs = [spawn(env, "call", "api", path, str(count), "sync") for _ in range(PROCESSES)]
+    for proc in procs:
+        line = proc.stdout.readline()
+        assert line and json.loads(line)["ready"], proc.stderr.read()[-3000:]
+    go = time.time() + 0.1
+    for proc in procs:
+        proc.stdin.write(f"go {go}\n")
+        proc.stdin.flush()
     return [r["outcomes"] for r in gather(procs)]
 
 
@@ -82,7 +90,8 @@ def test_half_open_lets_the_configured_probes_through_across_processes(shared):
     run(env, "call", "api", "/x", "1", "0")
     assert fake.count("/x") == 1
     fake.script("/x", Reply(200, delay=0.5))  # a slow probe keeps its slot taken
-    results = call_together(env, "/x", 1)  # starts > 1 s later: the reset timeout has passed
+    time.sleep(1.0)  # the breaker's reset timeout (it runs on wall time in other processes)
+    results = call_together(env, "/x", 1)
     flat = [o for r in results for o in r]
     assert flat.count("ok") == 1
     assert flat.count("breaker_open") == PROCESSES - 1

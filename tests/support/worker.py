@@ -3,7 +3,7 @@ real client, sharing a SQLite file (the policies) and Redis (cache, breaker
 state, single-flight locks) with its siblings.
 
     python -m tests.support.worker setup '{"name": "api", "base_url": ...}'
-    python -m tests.support.worker call api /path 3 <start-at-epoch>
+    python -m tests.support.worker call api /path 3 sync   (then: ready / go <epoch>)
     python -m tests.support.worker watch api read_timeout 5
 
 Each prints one JSON line with its result. The environment (DATABASE_URL,
@@ -51,10 +51,16 @@ def _setup(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _call(name: str, path: str, count: int, start_at: float) -> dict[str, Any]:
+    """`count` calls; `start_at` 0 starts at once, otherwise the worker says
+    it is ready and waits for a `go <epoch>` line on stdin (processes boot at
+    very different speeds on a loaded machine: a fixed head start is a race)."""
     from resilience import exceptions, upstream
 
     client = upstream(name)  # built (DB read) before the synchronised start
-    time.sleep(max(0.0, start_at - time.time()))
+    if start_at:
+        print(json.dumps({"ready": True}), flush=True)
+        start_at = float(sys.stdin.readline().split()[1])
+        time.sleep(max(0.0, start_at - time.time()))
     outcomes = []
     for _ in range(count):
         try:
@@ -89,7 +95,7 @@ def main(argv: list[str]) -> None:
     if action == "setup":
         result = _setup(json.loads(args[0]))
     elif action == "call":
-        result = _call(args[0], args[1], int(args[2]), float(args[3]))
+        result = _call(args[0], args[1], int(args[2]), 1.0 if args[3] == "sync" else float(args[3]))
     elif action == "watch":
         result = _watch(args[0], args[1], float(args[2]))
     else:
