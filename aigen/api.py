@@ -1,0 +1,231 @@
+"""The AI generation REST API (mounted at /api/ai/):
+
+    POST   generate       template + section + data -> content (cached; SSE with "stream": true)
+    GET    templates      the registry with each section's fields
+    GET    cache/stats    AI cache statistics
+    DELETE cache          clear cached AI answers (staff; optional template_id)
+
+Authentication and the error shape are the project's (resilience.api): every
+error is `{"success": false, "error": {"code", "message", ...}}`.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import IsAdminUser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aigen.exceptions import GenerationError, InvalidInput, RequestTooLarge
+from aigen.registry import get_registry
+from aigen.selectors import ai_cache_stats, template_list
+from aigen.services import text_generate, text_generate_stream
+from aigen.throttling import GenerateThrottle
+from resilience.cache_ops import cache_clear
+
+
+class LimitedJSONParser(JSONParser):
+    """JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE bytes; larger ones are a 400.
+
+    DRF reads the body stream itself, so Django's own size check never runs.
+    """
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        request = (parser_context or {}).get("request")
+        if limit is not None and request is not None:
+            try:
+                declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                declared = 0
+            if declared > limit:
+                raise RequestTooLarge(f"Request body exceeds the size limit of {limit} bytes.", limit=limit)
+        if limit is not None and stream is not None:
+            body = stream.read(limit + 1)
+            if len(body) > limit:
+                raise RequestTooLarge(f"Request body exceeds the size limit of {limit} bytes.", limit=limit)
+            from io import BytesIO
+
+            stream = BytesIO(body)
+        return super().parse(stream, media_type, parser_context)
+
+
+class EventStreamRenderer(BaseRenderer):
+    """Lets clients that accept only text/event-stream through content
+    negotiation; errors reach them as one `error` event."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: str | None = None,
+               renderer_context: Any = None) -> bytes:
+        if data is None:
+            return b""
+        event = "error" if isinstance(data, dict) and data.get("success") is False else "message"
+        return sse(event, data).encode()
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def generate_args(body: Any) -> dict[str, Any]:
+    """Validate the generate request body (`GenerateRequestSerializer` documents it).
+
+    Hand-written rather than a DRF serializer: building one costs about 0.3 ms,
+    a third of a whole cache hit. Raises `InvalidInput` naming the field.
+    """
+    if not isinstance(body, dict):
+        raise InvalidInput("", "Expected a JSON object.")
+    args: dict[str, Any] = {}
+    for name in ("template_id", "section_id"):
+        value = body.get(name)
+        if value is None:
+            raise InvalidInput(name, "This field is required.")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InvalidInput(name, "Expected a string.")
+        value = str(value).strip()
+        if not value:
+            raise InvalidInput(name, "This field may not be blank.")
+        if len(value) > 64:
+            raise InvalidInput(name, "At most 64 characters.")
+        args[name] = value
+    data = body.get("data")
+    if data is None:
+        raise InvalidInput("data", "This field is required.")
+    if not isinstance(data, dict):
+        raise InvalidInput("data", "Expected an object.")
+    args["data"] = data
+    for name, default in (("use_cache", True), ("stream", False)):
+        value = body.get(name, default)
+        if not isinstance(value, bool):
+            raise InvalidInput(name, "Expected true or false.")
+        args[name] = value
+    return args
+
+
+class GenerateRequestSerializer(serializers.Serializer):
+    """The generate request body, for the API schema (validated by `generate_args`)."""
+
+    template_id = serializers.CharField(max_length=64)
+    section_id = serializers.CharField(max_length=64)
+    data = serializers.DictField(help_text="The section's fields, see GET /api/ai/templates.")
+    use_cache = serializers.BooleanField(default=True,
+                                         help_text="false: ask the provider and refresh the cache.")
+    stream = serializers.BooleanField(default=False, help_text="true: answer with server-sent events.")
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField(allow_null=True)
+    completion_tokens = serializers.IntegerField(allow_null=True)
+    total_tokens = serializers.IntegerField(allow_null=True)
+
+
+class GenerateResponseSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    content = serializers.CharField()
+    section_title = serializers.CharField()
+    cached = serializers.BooleanField()
+    template_id = serializers.CharField()
+    section_id = serializers.CharField()
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    usage = UsageSerializer()
+    latency_ms = serializers.IntegerField()
+
+
+class _AigenView(APIView):
+    parser_classes = [LimitedJSONParser]
+
+
+class GenerateView(_AigenView):
+    throttle_classes = [GenerateThrottle]
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(
+        request=GenerateRequestSerializer,
+        responses={200: GenerateResponseSerializer},
+        summary="Generate one section's text",
+        description=(
+            'With "stream": true the answer is text/event-stream: a `start` event (section_title, '
+            "cached, provider, model), `delta` events ({\"content\": ...}), then `done` (the full "
+            "result without content) or `error` ({\"code\", \"message\"})."
+        ),
+    )
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        args = generate_args(request.data)
+        kwargs = {"template_id": args["template_id"], "section_id": args["section_id"], "data": args["data"],
+                  "use_cache": args["use_cache"], "user": request.user}
+        if args["stream"]:
+            return _event_stream(text_generate_stream(**kwargs))
+        result = text_generate(**kwargs)
+        return Response({"success": True, **result.as_dict()})
+
+
+def _event_stream(stream: Any) -> StreamingHttpResponse:
+    def events() -> Iterator[str]:
+        try:
+            yield sse("start", stream.meta)
+            for chunk in stream:
+                yield sse("delta", {"content": chunk})
+            done = stream.result.as_dict()
+            done.pop("content")
+            yield sse("done", {"success": True, **done})
+        except GenerationError as err:
+            yield sse("error", {"success": False, "error": err.as_dict()})
+        finally:
+            stream.close()
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
+    # no-transform: proxies (and our compression middleware) pass events through as they come.
+    response["Cache-Control"] = "no-cache, no-transform"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come
+    return response
+
+
+class TemplatesView(_AigenView):
+    @extend_schema(summary="The template registry", responses={200: inline_serializer(
+        "TemplateList", {"success": serializers.BooleanField(), "templates": serializers.ListField(),
+                         "provider": serializers.CharField(), "model": serializers.CharField()})})
+    def get(self, request: Request) -> Response:
+        return Response({"success": True, **template_list()})
+
+
+class CacheStatsView(_AigenView):
+    @extend_schema(summary="AI cache statistics", responses={200: inline_serializer(
+        "AICacheStats", {"success": serializers.BooleanField(), "stats": serializers.DictField(),
+                         "backend": serializers.CharField(), "fallback": serializers.BooleanField(),
+                         "scope": serializers.CharField()})})
+    def get(self, request: Request) -> Response:
+        return Response({"success": True, **ai_cache_stats()})
+
+
+class CacheClearView(_AigenView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        summary="Clear cached AI answers (staff)",
+        parameters=[OpenApiParameter("template_id", str, description="Only this template's answers.")],
+        responses={200: inline_serializer("AICacheCleared", {
+            "success": serializers.BooleanField(), "deleted": serializers.IntegerField(),
+            "template_id": serializers.CharField(allow_null=True)})},
+    )
+    def delete(self, request: Request) -> Response:
+        template_id = request.query_params.get("template_id")
+        if template_id is None and isinstance(request.data, dict):
+            template_id = request.data.get("template_id")
+        if template_id is not None:
+            template_id = get_registry().template(str(template_id)).id  # 404 when unknown
+        pattern = f"{template_id}:*" if template_id else "*"
+        deleted = cache_clear(namespaces=["ai"], pattern=pattern)["ai"]
+        return Response({"success": True, "deleted": deleted, "namespace": "ai", "template_id": template_id})

@@ -1,0 +1,25 @@
+"""Read-side queries for the API: the registry as shown to clients, AI cache statistics."""
+from __future__ import annotations
+
+from typing import Any
+
+from aigen.providers import provider_info
+from aigen.registry import get_registry
+from resilience.cache_ops import cache_stats
+
+
+def template_list() -> dict[str, Any]:
+    """Every template with its sections' fields, and the provider that serves."""
+    registry = get_registry()
+    return {"templates": [t.describe() for t in registry.templates.values()], **provider_info()}
+
+
+def ai_cache_stats() -> dict[str, Any]:
+    """Statistics of the `ai` cache namespace, hit rate as a percentage string."""
+    stats = cache_stats(namespace="ai")
+    fields = ("hits", "misses", "sets", "deletes", "errors", "fallbacks")
+    counts = {name: stats.get(name, 0) for name in fields}
+    counts["total_requests"] = stats.get("total_requests", counts["hits"] + counts["misses"])
+    counts["hit_rate"] = f"{float(stats.get('hit_rate') or 0.0) * 100:.2f}%"
+    return {"stats": counts, "backend": stats.get("backend"), "fallback": stats.get("fallback", False),
+            "scope": stats.get("scope"), "namespace": "ai"}

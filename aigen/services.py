@@ -1,0 +1,352 @@
+"""The generation service: `text_generate()` and `text_generate_stream()`.
+
+A request names a template, a section and its data. The data is validated and
+made canonical (declared fields only, strings trimmed), which with the template
+version, the prompt-body hash, the provider, the model and the model parameters
+gives the cache key (`ai:<template>:<section>:<digest>`): the same request
+written differently hits the same entry. Answers are kept in Django's cache
+(Redis, or local memory while Redis is down) for the section's TTL.
+
+Identical requests that miss together make one provider call
+(`resilience.flight.SingleFlight`): threads of a process wait for the first
+one's result; other processes see its cache lock (`flight:ai:...`, shared
+through Redis while it is up) and wait for the answer to appear in the cache.
+Every request queues one `Generation` record.
+
+On failure: `GenerationError` kinds only (400 bad data, 404 unknown template or
+section, 502/503/504 from the provider, see aigen.exceptions); a request that
+waited on another's flight gets that flight's error. Cache outages never fail
+a request (the cache falls back to memory).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.core.cache import cache
+
+from aigen.conf import aigen_settings
+from aigen.exceptions import SingleFlightTimeout
+from aigen.models import Generation
+from aigen.providers import CompletionStream, Prompt, Provider, Usage, get_provider, provider_info
+from aigen.records import generation_record, generation_row
+from aigen.registry import Section, get_registry
+from resilience.cache import cache_key
+from resilience.flight import SingleFlight
+
+logger = logging.getLogger(__name__)
+
+#: Test seam: the clock latencies are measured with.
+clock = time.monotonic
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One answer. `cached` is true when no provider call was made for it (a
+    cache hit, or an identical concurrent request's answer)."""
+
+    content: str
+    section_title: str
+    cached: bool
+    provider: str
+    model: str
+    usage: Usage
+    latency_ms: int
+    cache_key: str
+    template_id: str
+    section_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "content": self.content,
+            "section_title": self.section_title,
+            "cached": self.cached,
+            "template_id": self.template_id,
+            "section_id": self.section_id,
+            "provider": self.provider,
+            "model": self.model,
+            "usage": self.usage.as_dict(),
+            "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass(frozen=True)
+class _Request:
+    section: Section
+    data: dict[str, Any]
+    provider: Provider
+    key: str
+    digest: str
+
+    def prompt(self) -> Prompt:
+        section = self.section
+        return Prompt(messages=section.messages(self.data), params=dict(section.params),
+                      template_title=section.template_title, section_title=section.title,
+                      data=self.data, labels=dict(section.labels))
+
+
+# -- cache keys ----------------------------------------------------------------------
+
+def generation_cache_key(section: Section, data: dict[str, Any], provider: Provider) -> str:
+    """The cache key for canonical `data` (as returned by `section.clean`)."""
+    return _key_and_digest(section, data, provider)[0]
+
+
+def _key_and_digest(section: Section, data: dict[str, Any], provider: Provider) -> tuple[str, str]:
+    canonical = {
+        "template": section.template_id,
+        "section": section.id,
+        "version": section.template_version,
+        "prompt": section.prompt_hash,
+        "provider": provider.name,
+        "model": provider.model,
+        "params": dict(section.params),
+        "data": data,
+    }
+    encoded = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(encoded.encode()).hexdigest()[:40]
+    return cache_key("ai", section.template_id, section.id, digest), digest
+
+
+def generation_key_pattern(template_id: str | None = None) -> str:
+    """The glob (inside the `ai` namespace) matching one template's entries, or all."""
+    return f"{template_id}:*" if template_id else "*"
+
+
+def _prepare(template_id: str, section_id: str, data: Any) -> _Request:
+    section = get_registry().section(str(template_id), str(section_id))
+    clean = section.clean(data)
+    provider = get_provider()
+    key, digest = _key_and_digest(section, clean, provider)
+    return _Request(section, clean, provider, key, digest)
+
+
+# -- the cache -----------------------------------------------------------------------
+
+def _cache_get(key: str) -> dict[str, Any] | None:
+    value = cache.get(key)
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value
+    return None
+
+
+def _entry(req: _Request, content: str, usage: Usage, latency_ms: int) -> dict[str, Any]:
+    return {
+        "content": content,
+        "section_title": req.section.title,
+        "provider": req.provider.name,
+        "model": req.provider.model,
+        "usage": usage.as_dict(),
+        "latency_ms": latency_ms,
+        "generated_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _result(req: _Request, entry: dict[str, Any], *, cached: bool, started: float) -> GenerationResult:
+    usage = entry.get("usage") or {}
+    return GenerationResult(
+        content=entry["content"], section_title=req.section.title, cached=cached,
+        provider=entry.get("provider", req.provider.name), model=entry.get("model", req.provider.model),
+        usage=Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens")),
+        latency_ms=_ms_since(started), cache_key=req.key, template_id=req.section.template_id,
+        section_id=req.section.id,
+    )
+
+
+def _ms_since(started: float) -> int:
+    return max(0, round((clock() - started) * 1000))
+
+
+# -- single flight -------------------------------------------------------------------
+
+_flight = SingleFlight()
+
+
+def _cache_peek(key: str) -> dict[str, Any] | None:
+    # Polled while another process generates: has_key is not counted as a
+    # miss, so waiting does not skew the hit rate.
+    return _cache_get(key) if cache.has_key(key) else None
+
+
+def _single_flight(req: _Request) -> tuple[dict[str, Any], bool]:
+    """The entry for `req.key` and whether it came without a provider call."""
+    wait = float(aigen_settings.SINGLE_FLIGHT_TIMEOUT)
+    try:
+        return _flight.run(req.key, lambda: _produce(req), wait=wait,
+                           shared_result=lambda: _cache_peek(req.key))
+    except TimeoutError:  # concurrent.futures' wait limit, not a provider timeout
+        raise SingleFlightTimeout("An identical request is still generating; try again shortly.",
+                                  template_id=req.section.template_id, section_id=req.section.id) from None
+
+
+def _produce(req: _Request) -> dict[str, Any]:
+    """Call the provider and store its answer."""
+    started = clock()
+    completion = req.provider.complete(req.prompt())
+    entry = _entry(req, completion.content, completion.usage, _ms_since(started))
+    cache.set(req.key, entry, timeout=req.section.cache_ttl)
+    return entry
+
+
+# -- records -------------------------------------------------------------------------
+
+def _record(*, template_id: str, section_id: str, req: _Request | None, user: Any, started: float,
+            stream: bool, result: GenerationResult | None = None, error: BaseException | None = None,
+            aborted: bool = False) -> None:
+    provider = req.provider if req is not None else None
+    info = {"provider": provider.name, "model": provider.model} if provider else provider_info()
+    row = generation_row(
+        template_id=str(template_id)[:64], section_id=str(section_id)[:64],
+        template_version=req.section.template_version if req else None,
+        cache_key=req.key if req else "", stream=stream,
+        provider=info["provider"], model=info["model"][:100], latency_ms=_ms_since(started),
+        user_id=getattr(user, "pk", None) if getattr(user, "is_authenticated", False) else None,
+    )
+    if result is not None:
+        row["cached"] = result.cached
+        if not result.cached:
+            row["prompt_tokens"] = result.usage.prompt_tokens
+            row["completion_tokens"] = result.usage.completion_tokens
+            row["total_tokens"] = result.usage.total_tokens
+    if aborted:
+        row["outcome"] = Generation.Outcome.ABORTED.value
+    elif error is not None:
+        row["outcome"] = Generation.Outcome.ERROR.value
+        row["error_code"] = str(getattr(error, "code", type(error).__name__))[:64]
+        row["error"] = (getattr(error, "message", None) or str(error))[:500]
+    try:
+        generation_record(row)
+    except Exception:  # a record must never break generation
+        logger.exception("aigen: could not queue a generation record")
+
+
+# -- the service ---------------------------------------------------------------------
+
+def text_generate(*, template_id: str, section_id: str, data: Any, use_cache: bool = True,
+                  user: Any = None) -> GenerationResult:
+    """Generate (or fetch from the cache) the text for one section.
+
+    `use_cache=False` skips the lookup and the single flight, asks the provider
+    and refreshes the cached entry with its answer. Raises `GenerationError`
+    kinds (see module docstring); records the request either way.
+    """
+    started = clock()
+    req: _Request | None = None
+    try:
+        req = _prepare(template_id, section_id, data)
+        if not use_cache:
+            result = _result(req, _produce(req), cached=False, started=started)
+        elif (hit := _cache_get(req.key)) is not None:
+            result = _result(req, hit, cached=True, started=started)
+        else:
+            entry, cached = _single_flight(req)
+            result = _result(req, entry, cached=cached, started=started)
+    except Exception as err:
+        _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
+                stream=False, error=err)
+        raise
+    _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
+            stream=False, result=result)
+    return result
+
+
+class GenerationStream:
+    """A generation delivered piece by piece.
+
+    Iterate (once) for text chunks; errors after the start raise
+    `GenerationError` while iterating. Once exhausted, `result` holds the
+    `GenerationResult` (and a fresh answer is cached). `close()` before the end
+    abandons it: nothing is cached and the record says `aborted`.
+    """
+
+    def __init__(self, req: _Request, *, started: float, user: Any,
+                 completion: CompletionStream | None = None,
+                 cached_entry: dict[str, Any] | None = None) -> None:
+        self._req = req
+        self._started = started
+        self._user = user
+        self._completion = completion
+        self._cached_entry = cached_entry
+        self._finished = False
+        self.cached = cached_entry is not None
+        self.result: GenerationResult | None = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What is known before the first chunk."""
+        req = self._req
+        return {"template_id": req.section.template_id, "section_id": req.section.id,
+                "section_title": req.section.title, "cached": self.cached,
+                "provider": req.provider.name, "model": req.provider.model}
+
+    def __iter__(self) -> Iterator[str]:
+        return self._run()
+
+    def _run(self) -> Iterator[str]:
+        req = self._req
+        if self._cached_entry is not None:
+            yield self._cached_entry["content"]
+            self.result = _result(req, self._cached_entry, cached=True, started=self._started)
+            self._finish()
+            return
+        assert self._completion is not None
+        parts: list[str] = []
+        try:
+            for chunk in self._completion:
+                parts.append(chunk)
+                yield chunk
+        except GeneratorExit:
+            self._finish(aborted=True)
+            raise
+        except Exception as err:
+            self._finish(error=err)
+            raise
+        entry = _entry(req, "".join(parts), self._completion.usage, _ms_since(self._started))
+        cache.set(req.key, entry, timeout=req.section.cache_ttl)
+        self.result = _result(req, entry, cached=False, started=self._started)
+        self._finish()
+
+    def _finish(self, *, error: BaseException | None = None, aborted: bool = False) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._completion is not None:
+            self._completion.close()
+        section = self._req.section
+        _record(template_id=section.template_id, section_id=section.id, req=self._req, user=self._user,
+                started=self._started, stream=True, result=self.result, error=error, aborted=aborted)
+
+    def close(self) -> None:
+        """Abandon the stream (a no-op once it finished)."""
+        self._finish(aborted=True)
+
+
+def text_generate_stream(*, template_id: str, section_id: str, data: Any, use_cache: bool = True,
+                         user: Any = None) -> GenerationStream:
+    """Like `text_generate`, streamed. Validation, the cache lookup and the
+    provider's first response happen here (their errors raise here); the text
+    follows while iterating the returned `GenerationStream`.
+
+    A cache hit is delivered as one chunk. A streamed miss is not
+    single-flighted (waiting for another request's whole answer would defeat
+    streaming): it streams from the provider and caches the answer at the end.
+    """
+    started = clock()
+    req: _Request | None = None
+    try:
+        req = _prepare(template_id, section_id, data)
+        entry = _cache_get(req.key) if use_cache else None
+        if entry is not None:
+            return GenerationStream(req, started=started, user=user, cached_entry=entry)
+        completion = req.provider.stream(req.prompt())
+    except Exception as err:
+        _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
+                stream=True, error=err)
+        raise
+    return GenerationStream(req, started=started, user=user, completion=completion)

@@ -1,0 +1,59 @@
+"""The per-user throttle on generate: a fixed-window counter in the cache.
+
+DRF's `UserRateThrottle` keeps a list of request times per user, read and
+rewritten on every request: its cost grows with the rate, and two workers
+updating it at once lose each other's entries. Here each user has one counter
+per window (`throttle:generate:<user>:<window>`), bumped with the cache's
+atomic `incr` (Redis INCR while Redis serves): one round trip, exact across
+workers. The price is the usual fixed-window burst: up to twice the rate
+across a window boundary.
+
+The rate is `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["generate"]` (e.g.
+"60/min"), read when the throttle is built, so `override_settings` works.
+On a cache outage the fallback cache counts in local memory (per process).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.core.cache import cache as default_cache
+from rest_framework.settings import api_settings
+from rest_framework.throttling import SimpleRateThrottle
+
+
+class GenerateThrottle(SimpleRateThrottle):
+    scope = "generate"
+    #: Test seams, as in DRF.
+    cache = default_cache
+    timer = time.time
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        user = getattr(request, "user", None)
+        ident = user.pk if user is not None and user.is_authenticated else self.get_ident(request)
+        return f"throttle:{self.scope}:{ident}"
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        if self.rate is None:
+            return True
+        base = self.get_cache_key(request, view)
+        if base is None:
+            return True
+        now = self.timer()
+        window = int(now // self.duration)
+        self._wait = (window + 1) * self.duration - now
+        return self._count(f"{base}:{window}") <= self.num_requests
+
+    def _count(self, key: str) -> int:
+        try:
+            return self.cache.incr(key)
+        except ValueError:  # first request of the window
+            if self.cache.add(key, 1, timeout=self.duration + 1):
+                return 1
+            return self.cache.incr(key)  # another request created it meanwhile
+
+    def wait(self) -> float:
+        return max(getattr(self, "_wait", 0.0), 0.0)

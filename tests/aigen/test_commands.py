@@ -1,0 +1,109 @@
+"""Management commands: cache_warmup and issue_token, through call_command."""
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+import yaml
+from django.core.management import CommandError, call_command
+from rest_framework.authtoken.models import Token
+
+from aigen.models import Generation
+from aigen.services import text_generate
+from tests.support.fake_upstream import Reply
+
+pytestmark = pytest.mark.django_db
+
+
+def _warmup(*args: str) -> str:
+    out = StringIO()
+    call_command("cache_warmup", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_warmup_a_template_from_its_sample_data(sample):
+    out = _warmup("--template", "emergency_plan", "--concurrency", "3")
+    assert "Warming 5 request(s), 3 at a time" in out
+    assert out.count(": generated in") == 5 and "[5/5]" in out
+    assert "5 generated, 0 already cached, 0 failed" in out
+    assert Generation.objects.filter(cached=False).count() == 5  # records written at the end
+    cached = text_generate(template_id="emergency_plan", section_id="4", data=sample("emergency_plan"))
+    assert cached.cached is True
+
+    again = _warmup("--template", "emergency_plan")
+    assert "0 generated, 5 already cached, 0 failed" in again
+    forced = _warmup("--template", "emergency_plan", "--force")
+    assert "5 generated, 0 already cached, 0 failed" in forced
+
+
+def test_warmup_from_json_and_yaml_files(tmp_path, sample, section2_data):
+    requests = [
+        {"template_id": "emergency_plan", "section_id": "2", "data": section2_data},
+        {"template_id": "meeting_minutes", "section_id": "3", "data": sample("meeting_minutes")},
+    ]
+    as_json = tmp_path / "warm.json"
+    as_json.write_text(json.dumps(requests, ensure_ascii=False), encoding="utf-8")
+    assert "2 generated, 0 already cached, 0 failed" in _warmup("--file", str(as_json))
+    as_yaml = tmp_path / "warm.yaml"
+    as_yaml.write_text(yaml.safe_dump(requests, allow_unicode=True), encoding="utf-8")
+    assert "0 generated, 2 already cached, 0 failed" in _warmup("--file", str(as_yaml), "--concurrency", "2")
+
+
+def test_warmup_reports_failures_and_exits_non_zero(tmp_path, section2_data):
+    bad = dict(section2_data, enterprise_info={**section2_data["enterprise_info"], "employees_count": "x"})
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump([
+        {"template_id": "emergency_plan", "section_id": "2", "data": section2_data},
+        {"template_id": "emergency_plan", "section_id": "2", "data": bad},
+        {"template_id": "nope", "section_id": "1", "data": {}},
+        {"template_id": "emergency_plan"},
+    ], allow_unicode=True), encoding="utf-8")
+    out = StringIO()
+    with pytest.raises(CommandError, match="3 of 4 warmup request"):
+        call_command("cache_warmup", "--file", str(path), stdout=out)
+    text = out.getvalue()
+    assert "1 generated, 0 already cached, 3 failed" in text
+    assert "data.enterprise_info.employees_count" in text and "template_not_found" in text
+    assert "missing section_id, data" in text
+
+
+def test_warmup_through_openai_reports_provider_failures(openai_policy, openai_fake, section2_data, tmp_path):
+    openai_policy(retry_total=0)
+    openai_fake.fail_next(Reply(500))
+    with pytest.raises(CommandError, match="1 of 5"):
+        _warmup("--template", "emergency_plan", "--concurrency", "1")
+    assert openai_fake.chat_calls == 5
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--template", "nope"], "Unknown template"),
+    (["--file", "/no/such/file.yaml"], "cannot read"),
+    (["--template", "emergency_plan", "--concurrency", "0"], "at least 1"),
+])
+def test_warmup_refuses_bad_arguments(args, message):
+    with pytest.raises(CommandError, match=message):
+        _warmup(*args)
+
+
+def test_warmup_needs_a_source():
+    with pytest.raises(CommandError):
+        _warmup()
+
+
+def test_issue_token(user):
+    out, err = StringIO(), StringIO()
+    call_command("issue_token", "alice", stdout=out, stderr=err)
+    key = out.getvalue().strip()
+    assert Token.objects.get(user=user).key == key
+    assert "Issued token for alice" in err.getvalue()
+
+    out = StringIO()
+    call_command("issue_token", "alice", stdout=out, stderr=StringIO())
+    assert out.getvalue().strip() == key
+
+    out = StringIO()
+    call_command("issue_token", "alice", "--reset", stdout=out, stderr=StringIO())
+    assert out.getvalue().strip() not in ("", key)
+    with pytest.raises(CommandError, match="No user"):
+        call_command("issue_token", "bob", stdout=StringIO(), stderr=StringIO())
