@@ -26,11 +26,14 @@ run: setup
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py seed_upstreams
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-# Production-style server: gunicorn, several workers (needs SECRET_KEY).
+# Production-style server: gunicorn, several workers (needs SECRET_KEY;
+# set REDIS_URL so the workers share breakers, caches and statistics).
 serve: setup
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_upstreams
-	$(BIN)/gunicorn project.wsgi --bind $(HOST):$(PORT) --workers $${WORKERS:-4} --threads $${THREADS:-4}
+	$(BIN)/python manage.py collectstatic --noinput -v 0
+	PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/var/prometheus} \
+		$(BIN)/gunicorn project.wsgi --config gunicorn.conf.py --bind $(HOST):$(PORT)
 
 test: setup-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -40,6 +43,15 @@ lint: setup-dev
 
 bench: setup-dev
 	$(BIN)/python -m bench
+
+# The tour: serve on embedded defaults with a flaky demo upstream and drive
+# traffic through it; watch breakers trip and recover on the dashboard.
+# One process serves and drives (the local-memory cache is per process), so
+# Ctrl-C stops both. Creates the staff user admin/admin if missing (DEBUG only).
+demo: setup
+	DEBUG=true $(BIN)/python manage.py migrate --noinput
+	DEBUG=true $(BIN)/python manage.py seed_upstreams
+	DEBUG=true $(BIN)/python manage.py demo --serve $(HOST):$(PORT) --create-staff $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

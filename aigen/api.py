@@ -31,6 +31,7 @@ from aigen.selectors import ai_cache_stats, template_list
 from aigen.services import text_generate, text_generate_stream
 from aigen.throttling import GenerateThrottle
 from resilience.cache_ops import cache_clear
+from resilience.serializers import error_responses
 
 
 class LimitedJSONParser(JSONParser):
@@ -154,7 +155,15 @@ class GenerateView(_AigenView):
 
     @extend_schema(
         request=GenerateRequestSerializer,
-        responses={200: GenerateResponseSerializer},
+        responses={200: GenerateResponseSerializer, **error_responses(
+            400, 404, 429, 502, 503, 504,
+            e400="Malformed JSON, a missing or mistyped field (`error.field`), or a body over the "
+                 "size limit (`invalid`, `request_too_large`).",
+            e404="Unknown template or section (`template_not_found`, `section_not_found`).",
+            e502="The provider failed (`provider_error`).",
+            e503="The provider's breaker is open (`provider_unavailable`; see `Retry-After`).",
+            e504="The provider did not answer in time (`provider_timeout`)."),
+        },
         summary="Generate one section's text",
         description=(
             'With "stream": true the answer is text/event-stream: a `start` event (section_title, '
@@ -218,7 +227,8 @@ class CacheClearView(_AigenView):
         parameters=[OpenApiParameter("template_id", str, description="Only this template's answers.")],
         responses={200: inline_serializer("AICacheCleared", {
             "success": serializers.BooleanField(), "deleted": serializers.IntegerField(),
-            "template_id": serializers.CharField(allow_null=True)})},
+            "template_id": serializers.CharField(allow_null=True)}),
+            **error_responses(403, 404, e404="Unknown template (`template_not_found`).")},
     )
     def delete(self, request: Request) -> Response:
         template_id = request.query_params.get("template_id")

@@ -9,6 +9,7 @@ their `conf.py`; unsafe combinations are reported by system checks
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import environ
@@ -46,6 +47,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every response gets the id, timing covers the whole stack,
+    # and compression sees the final body (static files from WhiteNoise too).
+    "resilience.middleware.RequestIdMiddleware",
+    "resilience.middleware.RequestTimingMiddleware",
+    "resilience.middleware.CompressionMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -128,6 +134,9 @@ STORAGES = {
 # Serve straight from the apps' static folders, so the offline API docs work
 # under runserver and gunicorn alike without a collectstatic step.
 WHITENOISE_USE_FINDERS = True
+# STATIC_ROOT only exists after collectstatic (make serve); until then the
+# finders serve everything and whitenoise's "No directory at" is noise.
+warnings.filterwarnings("ignore", message="No directory at: ")
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # --- REST framework --------------------------------------------------------------
@@ -157,6 +166,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The schema and the docs are public (they expose no data); the API is not.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "resilience.serializers.error_responses_hook",
+    ],
 }
 
 # Request bodies above this size are refused with 400 (the API's own limit).
@@ -170,12 +186,23 @@ RESILIENCE = {
     "POLICY_CHECK_INTERVAL": env.float("POLICY_CHECK_INTERVAL", default=1.0),
     "METRICS_TOKEN": env.str("METRICS_TOKEN", default=""),
     "SLOW_REQUEST_SECONDS": env.float("SLOW_REQUEST_SECONDS", default=1.0),
+    "COMPRESS_MIN_SIZE": env.int("COMPRESS_MIN_BYTES", default=1024),
+    # The variable prometheus_client itself reads in every worker (multiprocess mode).
+    "METRICS_MULTIPROC_DIR": env.str("PROMETHEUS_MULTIPROC_DIR", default=""),
+    # The flaky demo upstream (/demo/flaky/...) is served with DEBUG on, or with this.
+    "DEMO_ENABLED": env.bool("DEMO_ENABLED", default=False),
 }
 
 AIGEN = {
     "OPENAI_API_KEY": env.str("OPENAI_API_KEY", default=""),
     "OPENAI_BASE_URL": env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1"),
     "MODEL": env.str("AI_MODEL", default="gpt-4o-mini"),
+    # Seconds an answer is cached when its registry section names no cache_ttl.
+    "CACHE_TTL": env.int("AI_CACHE_TTL", default=24 * 3600),
+    # Longest wait for an identical request already generating (seconds).
+    "SINGLE_FLIGHT_TIMEOUT": env.float("AI_SINGLE_FLIGHT_TIMEOUT", default=120.0),
+    # Generation records are bulk-written this often (seconds) off the request path.
+    "RECORD_FLUSH_INTERVAL": env.float("AI_RECORD_FLUSH_INTERVAL", default=1.0),
 }
 
 LOGGING = {
@@ -184,5 +211,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # The openai SDK's transport logs each request against its placeholder
+        # host; the resilient client's call log records the real call.
+        "httpx2": {"level": "WARNING"},
+    },
 }

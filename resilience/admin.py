@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -25,6 +26,8 @@ class UpstreamAdmin(SimpleHistoryAdmin):
     search_fields = ("name", "base_url", "description")
     readonly_fields = ("created_at", "updated_at")
     actions = ["reset_breaker", "clear_cache", "probe_now"]
+    # A base URL typed without a scheme means https (Django 6's default).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = (
         (None, {"fields": ("name", "base_url", "enabled", "description", "health_path")}),
         ("Timeouts", {"fields": ("connect_timeout", "read_timeout", "deadline")}),

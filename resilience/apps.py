@@ -7,4 +7,6 @@ class ResilienceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from resilience import checks, receivers  # noqa: F401  (register checks and receivers)
+        # Register system checks, model receivers and the metrics' signal receivers
+        # (so management commands count their upstream calls too).
+        from resilience import checks, metrics, receivers  # noqa: F401

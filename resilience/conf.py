@@ -23,6 +23,14 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_TOKEN": "",
     # API requests slower than this are logged once with their request id.
     "SLOW_REQUEST_SECONDS": 1.0,
+    # Responses at least this big (bytes) are gzip/brotli-compressed when the
+    # client accepts it (resilience.middleware.CompressionMiddleware).
+    "COMPRESS_MIN_SIZE": 1024,
+    # prometheus_client multiprocess directory (PROMETHEUS_MULTIPROC_DIR): when
+    # set, /metrics sums every worker process's metric files found there.
+    "METRICS_MULTIPROC_DIR": "",
+    # Serve the flaky demo upstream (/demo/flaky/...) without DEBUG (resilience.demo).
+    "DEMO_ENABLED": False,
 }
 
 

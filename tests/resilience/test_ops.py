@@ -16,8 +16,8 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from resilience import checks, upstream
-from resilience.calllog import call_log_flush, call_log_record
 from resilience.cache import cache_key
+from resilience.calllog import call_log_flush, call_log_record
 from resilience.models import CallLog, Upstream
 from tests.support.worker import worker_env
 
@@ -127,7 +127,8 @@ def test_startup_refuses_to_serve_with_failed_checks():
     from project.startup import run_startup_checks
 
     dev_key = "django-insecure-development-only-never-in-production"
-    with override_settings(DEBUG=False, SECRET_KEY=dev_key), pytest.raises(ImproperlyConfigured, match="E001"):
+    with override_settings(DEBUG=False, SECRET_KEY=dev_key), \
+            pytest.raises(ImproperlyConfigured, match="E001"):
         run_startup_checks()
 
 

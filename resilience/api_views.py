@@ -1,0 +1,180 @@
+"""The operations REST API (mounted at /api/resilience/, routes in
+resilience.urls): upstreams with their live breaker and statistics, the call
+log, breaker reset, probe and cache control, cache statistics.
+
+Views stay thin: reads go through resilience.selectors (after flushing this
+process's buffered call logs, so calls made a moment ago count), writes
+through resilience.services. Reading needs an authenticated user, writing a
+staff user. Errors use the project's shape (resilience.api); an unknown
+upstream is a 404 `unknown_upstream`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.generics import ListAPIView
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from resilience import exceptions as errors
+from resilience import serializers as s
+from resilience.cache_ops import cache_stats
+from resilience.calllog import call_log_flush
+from resilience.models import CallLog, Upstream
+from resilience.selectors import (
+    WINDOWS,
+    breaker_status,
+    call_logs,
+    recent_failures,
+    upstream_overview,
+    upstream_stats,
+)
+from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
+
+RECENT_FAILURES = 10
+
+NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="The upstream's name (a slug).")
+
+
+def _upstream(name: str) -> Upstream:
+    try:
+        return Upstream.objects.get(name=name)
+    except Upstream.DoesNotExist:
+        raise errors.UnknownUpstream(f"no upstream named {name!r}", upstream=name) from None
+
+
+class CallLogPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+    def get_paginated_response(self, data: Any) -> Response:
+        response = super().get_paginated_response(data)
+        response.data = {"success": True, **response.data}
+        return response
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        paginated = super().get_paginated_response_schema(schema)
+        paginated["properties"] = {"success": {"type": "boolean"}, **paginated["properties"]}
+        paginated["required"] = ["success", *paginated.get("required", [])]
+        return paginated
+
+
+class UpstreamListView(APIView):
+    @extend_schema(
+        operation_id="resilience_upstreams_list",
+        summary="Every upstream: policy summary, live breaker, the last 5 minutes",
+        responses={200: s.UpstreamListResponseSerializer, **s.error_responses(401)},
+    )
+    def get(self, request: Request) -> Response:
+        call_log_flush()
+        items = [{**upstream_overview(upstream, window=WINDOWS["5m"]), "policy": upstream}
+                 for upstream in Upstream.objects.all()]
+        return Response(s.UpstreamListResponseSerializer({"success": True, "upstreams": items}).data)
+
+
+class UpstreamDetailView(APIView):
+    @extend_schema(
+        operation_id="resilience_upstreams_retrieve",
+        summary="One upstream: full policy, statistics per window, recent failures",
+        parameters=[NAME],
+        responses={200: s.UpstreamDetailResponseSerializer, **s.error_responses(401, 404)},
+    )
+    def get(self, request: Request, name: str) -> Response:
+        upstream = _upstream(name)
+        call_log_flush()
+        data = {
+            "success": True,
+            "upstream": upstream,
+            "breaker": breaker_status(upstream),
+            "stats": {label: upstream_stats(name=name, window=window) for label, window in WINDOWS.items()},
+            "recent_failures": list(recent_failures(name=name, limit=RECENT_FAILURES)),
+        }
+        return Response(s.UpstreamDetailResponseSerializer(data).data)
+
+
+class UpstreamCallsView(ListAPIView):
+    serializer_class = s.CallLogSerializer
+    pagination_class = CallLogPagination
+
+    @extend_schema(
+        operation_id="resilience_upstreams_calls_list",
+        summary="The upstream's call log, newest first",
+        parameters=[NAME, s.CallLogFilterSerializer],
+        responses={200: s.CallLogSerializer(many=True),
+                   **s.error_responses(400, 401, 404, e404="Unknown upstream or page out of range.")},
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet[CallLog]:
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return CallLog.objects.none()
+        name = _upstream(self.kwargs["name"]).name
+        filters = s.CallLogFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        call_log_flush()
+        return call_logs(name=name, **filters.validated_data)
+
+
+class BreakerResetView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        operation_id="resilience_upstreams_breaker_reset",
+        summary="Close the upstream's circuit breaker now (staff)",
+        parameters=[NAME], request=None,
+        responses={200: s.BreakerResetResponseSerializer, **s.error_responses(401, 403, 404)},
+    )
+    def post(self, request: Request, name: str) -> Response:
+        status = breaker_reset(name=name)
+        return Response(s.BreakerResetResponseSerializer(
+            {"success": True, "upstream": name, "breaker": status}).data)
+
+
+class ProbeView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        operation_id="resilience_upstreams_probe",
+        summary="One real call to the upstream's health path (staff)",
+        description=("Bypasses the response cache but not the breaker. A failed probe is still a 200: "
+                     "`probe.ok` is false and `probe.error` says why."),
+        parameters=[NAME], request=None,
+        responses={200: s.ProbeResponseSerializer, **s.error_responses(401, 403, 404)},
+    )
+    def post(self, request: Request, name: str) -> Response:
+        upstream = _upstream(name)
+        result = upstream_probe(name=name)
+        return Response(s.ProbeResponseSerializer({
+            "success": True, "upstream": name, "path": upstream.health_path or "/", "probe": result}).data)
+
+
+class UpstreamCacheView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        operation_id="resilience_upstreams_cache_clear",
+        summary="Remove the upstream's cached responses (staff)",
+        parameters=[NAME], request=None,
+        responses={200: s.CacheClearedResponseSerializer, **s.error_responses(401, 403, 404)},
+    )
+    def delete(self, request: Request, name: str) -> Response:
+        deleted = upstream_cache_clear(name=name)
+        return Response(s.CacheClearedResponseSerializer(
+            {"success": True, "upstream": name, "deleted": deleted}).data)
+
+
+class CacheStatsView(APIView):
+    @extend_schema(
+        operation_id="resilience_cache_stats",
+        summary="The cache backend's statistics, across workers while Redis is up",
+        responses={200: s.CacheStatsResponseSerializer, **s.error_responses(401)},
+    )
+    def get(self, request: Request) -> Response:
+        return Response(s.CacheStatsResponseSerializer({"success": True, **cache_stats()}).data)
