@@ -184,6 +184,7 @@ RESILIENCE = {
     "CALL_LOG_FLUSH_INTERVAL": env.float("CALL_LOG_FLUSH_INTERVAL", default=1.0),
     "CALL_LOG_BUFFER_MAX": env.int("CALL_LOG_BUFFER_MAX", default=500),
     "POLICY_CHECK_INTERVAL": env.float("POLICY_CHECK_INTERVAL", default=1.0),
+    "HTTP_CACHE_NEAR_SECONDS": env.float("HTTP_CACHE_NEAR_SECONDS", default=1.0),
     "METRICS_TOKEN": env.str("METRICS_TOKEN", default=""),
     "SLOW_REQUEST_SECONDS": env.float("SLOW_REQUEST_SECONDS", default=1.0),
     "COMPRESS_MIN_SIZE": env.int("COMPRESS_MIN_BYTES", default=1024),

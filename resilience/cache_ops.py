@@ -43,6 +43,10 @@ def cache_clear(*, namespaces: Iterable[str] | None = None, pattern: str = "*",
             removed[name] = sum(1 for _ in cache.iter_keys(glob))
         else:
             removed[name] = cache.delete_pattern(glob)
+    if "http" in names and not dry_run:
+        from resilience.client import near_caches_clear
+
+        near_caches_clear()
     return removed
 
 

@@ -17,10 +17,11 @@ COLUMNS = ("created_at", "upstream", "method", "path", "status", "outcome", "lat
            "retries", "cache_hit", "breaker_state", "request_id", "error")
 
 
-def _write(rows: list[dict[str, Any]]) -> None:
+def _write(rows: list[Any]) -> None:
     from resilience.models import CallLog
 
-    insert_rows(CallLog, COLUMNS, rows)
+    # The client queues its call objects as they are; rows are built here.
+    insert_rows(CallLog, COLUMNS, [r if isinstance(r, dict) else r.as_row() for r in rows])
 
 
 _buffer = BufferedWriter(
@@ -30,8 +31,9 @@ _buffer = BufferedWriter(
 )
 
 
-def call_log_record(row: dict[str, Any]) -> None:
-    """Queue one call-log row (the fields of resilience.models.CallLog)."""
+def call_log_record(row: Any) -> None:
+    """Queue one call-log row: a dict of resilience.models.CallLog fields, or
+    an object whose `as_row()` gives one (built later, by the writer)."""
     _buffer.record(row)
 
 

@@ -13,7 +13,8 @@ kind (see resilience.exceptions). One call goes through, in order:
 6. one pooled `requests.Session` per upstream with urllib3 `PolicyRetry`,
    every wait and timeout bounded by the call's deadline;
 7. one call-log row, buffered (resilience.calllog), and the `call_completed`
-   signal for metrics.
+   signal (`call=`: upstream, method, path, status, outcome, latency_ms,
+   attempts, retries, cache_hit, breaker_state, request_id, error) for metrics.
 
 On failure: connection errors, timeouts, exhausted retries and 5xx count
 against the breaker; 4xx do not (they are the caller's business). With
@@ -29,6 +30,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -275,10 +277,11 @@ class _Built:
 
 
 class _Call:
-    """Accumulates one call-log row."""
+    """One logical call as it happens; queued as is for the call log (the
+    writer thread turns it into a row) and sent with `call_completed`."""
 
-    __slots__ = ("attempts", "breaker_state", "cache_hit", "error", "method", "outcome", "path",
-                 "retries", "started", "status", "upstream")
+    __slots__ = ("attempts", "breaker_state", "cache_hit", "created", "error", "latency_ms", "method",
+                 "outcome", "path", "request_id", "retries", "started", "status", "upstream")
 
     def __init__(self, upstream: str, method: str, path: str) -> None:
         self.upstream, self.method, self.path = upstream, method, path
@@ -292,16 +295,57 @@ class _Call:
         self.error = ""
 
     def finish(self) -> None:
-        latency_ms = (time.perf_counter() - self.started) * 1000
-        row = {
-            "created_at": datetime.now(UTC), "upstream": self.upstream, "method": self.method,
-            "path": self.path[:1000], "status": self.status, "outcome": str(self.outcome),
-            "latency_ms": round(latency_ms, 3), "attempts": self.attempts, "retries": self.retries,
-            "cache_hit": self.cache_hit, "breaker_state": self.breaker_state,
-            "request_id": current_request_id.get() or "", "error": self.error[:500],
+        self.latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        self.created = time.time()
+        self.request_id = current_request_id.get() or ""
+        call_log_record(self)
+        call_completed.send(sender=UpstreamClient, call=self)
+
+    def as_row(self) -> dict[str, Any]:
+        """The CallLog fields (built by the writer, off the hot path)."""
+        return {
+            "created_at": datetime.fromtimestamp(self.created, UTC), "upstream": self.upstream,
+            "method": self.method, "path": self.path[:1000], "status": self.status,
+            "outcome": str(self.outcome), "latency_ms": self.latency_ms, "attempts": self.attempts,
+            "retries": self.retries, "cache_hit": self.cache_hit, "breaker_state": self.breaker_state,
+            "request_id": self.request_id, "error": self.error[:500],
         }
-        call_log_record(row)
-        call_completed.send(sender=UpstreamClient, **row)
+
+
+class NearCache:
+    """A small per-process copy of hot response entries in front of Redis.
+
+    A hit on Redis costs a network round trip; a hot entry is kept here for at
+    most `HTTP_CACHE_NEAR_SECONDS` (and never past its own TTL). The price: a
+    clear made by another process is seen here up to that long after (this
+    process's clears empty it at once). Unused when the cache is local memory.
+    """
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found[0] <= time.monotonic():
+            with self._lock:
+                self._entries.pop(key, None)
+            return None
+        return found[1]
+
+    def put(self, key: str, entry: dict[str, Any], seconds: float) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic() + seconds, entry)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 class UpstreamClient:
@@ -312,6 +356,7 @@ class UpstreamClient:
         self.name = name
         self._lock = threading.Lock()
         self._flight = SingleFlight()
+        self.near = NearCache()
         self._built = self._build(self._load())
         self._checked_at = time.monotonic()
 
@@ -362,6 +407,7 @@ class UpstreamClient:
                 changed = default_cache().get(_version_key(self.name)) != built.version
             if changed:
                 self._built = self._build(self._load())
+                self.near.clear()  # a new TTL or cache policy applies from now on
                 logger.info("upstream %s: policy reloaded", self.name)
             return self._built
 
@@ -435,8 +481,16 @@ class UpstreamClient:
                       raise_for_status: bool) -> requests.Response:
         policy = built.policy
         key = spec.cache_key(self.name, policy.cache_vary_headers)
-        entry = default_cache().get(key)
-        if entry is not None and entry["expires"] > wall_clock():
+        shared = default_cache()
+        near_seconds = (resilience_settings.HTTP_CACHE_NEAR_SECONDS
+                        if getattr(shared, "backend_name", "") == "redis" else 0)
+        entry = self.near.get(key) if near_seconds else None
+        if entry is None:
+            entry = shared.get(key)
+        now = wall_clock()
+        if entry is not None and entry["expires"] > now:
+            if near_seconds:
+                self.near.put(key, entry, min(near_seconds, entry["expires"] - now))
             call.outcome, call.cache_hit, call.status = Outcome.CACHE_HIT, True, entry["status"]
             return _mark(_response_from(entry, spec.light_request()), from_cache=True, stale=False,
                          attempts=0)
@@ -685,6 +739,12 @@ def upstream_client(name: str) -> UpstreamClient:
             if client is None:
                 client = _clients[name] = UpstreamClient(name)
     return client
+
+
+def near_caches_clear() -> None:
+    """Empty every client's near cache in this process (after clearing `http`)."""
+    for client in list(_clients.values()):
+        client.near.clear()
 
 
 def reset_clients() -> None:

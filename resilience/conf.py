@@ -19,6 +19,10 @@ DEFAULTS: dict[str, Any] = {
     "CALL_LOG_BUFFER_MAX": 500,
     # Each process checks the policy version key at most this often (seconds).
     "POLICY_CHECK_INTERVAL": 1.0,
+    # Hot cached responses are also kept in process for at most this long
+    # (seconds) when the cache is Redis, saving a round trip per hit; a clear
+    # made by another process is seen after at most this long. 0 turns it off.
+    "HTTP_CACHE_NEAR_SECONDS": 1.0,
     # /metrics: open on loopback; elsewhere this bearer token is required.
     "METRICS_TOKEN": "",
     # API requests slower than this are logged once with their request id.

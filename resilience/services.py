@@ -37,6 +37,7 @@ def breaker_reset(*, name: str) -> dict[str, Any]:
 def upstream_cache_clear(*, name: str) -> int:
     """Remove upstream `name`'s cached responses; returns how many."""
     _get(name)
+    upstream_client(name).near.clear()
     return cache.delete_pattern(f"http:{name}:*")
 
 

@@ -1,11 +1,15 @@
 """Signals other parts (metrics, dashboards) subscribe to.
 
-- `call_completed`: after every logical upstream call, with the call-log row's
-  fields as keyword arguments.
+- `call_completed`: after every logical upstream call, with `call`: an object
+  with the call-log fields as attributes (upstream, method, path, status,
+  outcome, latency_ms, attempts, retries, cache_hit, breaker_state,
+  request_id, error). Receivers must not keep or change it.
 - `breaker_state_changed`: `upstream`, `old`, `new`, sent once per change by
   the process that made it.
 """
 from django.dispatch import Signal
 
-call_completed = Signal()
-breaker_state_changed = Signal()
+# use_caching: sent once per upstream call, so receivers are looked up once
+# per sender instead of on every send.
+call_completed = Signal(use_caching=True)
+breaker_state_changed = Signal(use_caching=True)

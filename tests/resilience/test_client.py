@@ -460,3 +460,66 @@ def test_reset_clients_rebuilds_from_the_database(fake, make_upstream):
     reset_clients()
     with pytest.raises(errors.UnknownUpstream):
         upstream("api")
+
+
+# -- the near cache in front of Redis ---------------------------------------------------------------
+@pytest.fixture
+def on_redis(redis_url):
+    from django.test import override_settings
+
+    from resilience.cache import reset_engines
+
+    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
+                          "KEY_PREFIX": "rsltest-near"}}
+    with override_settings(CACHES=caches):
+        from django.core.cache import cache
+
+        reset_engines()
+        reset_clients()
+        cache.clear()
+        yield
+        cache.clear()
+    reset_engines()
+
+
+def test_hot_entries_skip_the_redis_round_trip(fake, make_upstream, on_redis, monkeypatch):
+    from django.core.cache import cache
+
+    make_upstream(cache_ttl=60)
+    upstream("api").get("/hot")
+    assert upstream("api").get("/hot").from_cache
+    before = cache.stats(namespace="http")["hits"]
+    for _ in range(5):
+        assert upstream("api").get("/hot").from_cache
+    assert cache.stats(namespace="http")["hits"] == before  # served in process
+
+    # Another process's clear is seen once the near copy ages out (1 s by default).
+    cache.delete_pattern("http:*")
+    assert upstream("api").get("/hot").from_cache
+    later = time.monotonic() + 1.01
+    monkeypatch.setattr("resilience.client.time.monotonic", lambda: later)
+    assert not upstream("api").get("/hot").from_cache
+    assert fake.count("/hot") == 2
+
+
+def test_clears_in_this_process_reach_the_near_cache_at_once(fake, make_upstream, on_redis):
+    from resilience.cache_ops import cache_clear
+    from resilience.services import upstream_cache_clear
+
+    make_upstream(cache_ttl=60)
+    upstream("api").get("/hot")
+    assert upstream("api").get("/hot").from_cache
+    assert upstream_cache_clear(name="api") == 1
+    assert not upstream("api").get("/hot").from_cache
+    cache_clear(namespaces=["http"])
+    assert not upstream("api").get("/hot").from_cache
+    assert fake.count("/hot") == 3
+
+
+def test_the_near_cache_never_outlives_the_ttl(fake, make_upstream, on_redis, monkeypatch):
+    make_upstream(cache_ttl=1)
+    upstream("api").get("/short")
+    assert upstream("api").get("/short").from_cache
+    later = time.time() + 1.5
+    monkeypatch.setattr("resilience.client.wall_clock", lambda: later)
+    assert not upstream("api").get("/short").from_cache
