@@ -56,6 +56,25 @@ def compare(contenders: dict[str, Callable[[], object]], *, n: int, rounds: int 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def paired_ratio(contender: Callable[[], object], baseline: Callable[[], object], *, n: int = 300,
+                 rounds: int = 41, warmup: int = 200) -> tuple[float, float, float]:
+    """Median of per-round time ratios contender/baseline over many short,
+    alternating rounds: both see the same moment's machine, so drift cancels.
+    Returns (ratio, contender seconds per op, baseline seconds per op)."""
+    for _ in range(warmup):
+        contender()
+        baseline()
+    ratios, mine, theirs = [], [], []
+    for index in range(rounds):
+        first, second = (contender, baseline) if index % 2 else (baseline, contender)
+        a, b = per_op(first, n), per_op(second, n)
+        c, base = (a, b) if first is contender else (b, a)
+        ratios.append(c / base)
+        mine.append(c)
+        theirs.append(base)
+    return statistics.median(ratios), statistics.median(mine), statistics.median(theirs)
+
+
 def fmt_time(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:.1f} µs"

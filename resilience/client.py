@@ -280,11 +280,14 @@ class _Call:
     """One logical call as it happens; queued as is for the call log (the
     writer thread turns it into a row) and sent with `call_completed`."""
 
-    __slots__ = ("attempts", "breaker_state", "cache_hit", "created", "error", "latency_ms", "method",
-                 "outcome", "path", "request_id", "retries", "started", "status", "upstream")
+    __slots__ = ("_path", "attempts", "breaker_state", "cache_hit", "created", "error", "latency_ms",
+                 "method", "outcome", "request_id", "retries", "secret_names", "spec", "started", "status",
+                 "upstream")
 
     def __init__(self, upstream: str, method: str, path: str) -> None:
-        self.upstream, self.method, self.path = upstream, method, path
+        self.upstream, self.method, self._path = upstream, method, path
+        self.spec: RequestSpec | None = None
+        self.secret_names: frozenset[str] = SECRET_PARAMS
         self.started = time.perf_counter()
         self.status: int | None = None
         self.outcome = Outcome.OK
@@ -300,6 +303,14 @@ class _Call:
         self.request_id = current_request_id.get() or ""
         call_log_record(self)
         call_completed.send(sender=UpstreamClient, call=self)
+
+    @property
+    def path(self) -> str:
+        """Path and query as logged, secrets redacted (computed when first read:
+        by the writer thread, off the hot path)."""
+        if self.spec is not None:
+            self._path, self.spec = self.spec.path_for_log(self.secret_names), None
+        return self._path
 
     def as_row(self) -> dict[str, Any]:
         """The CallLog fields (built by the writer, off the hot path)."""
@@ -459,11 +470,11 @@ class UpstreamClient:
                 url = join_url(policy.base_url, path, upstream=self.name)
             except errors.UpstreamError as err:
                 call.outcome, call.error = Outcome.REFUSED, err.message
-                call.path = redact_path(str(path)[:200], self._secret_names(policy))
+                call._path = redact_path(str(path)[:200], self._secret_names(policy))
                 raise
             merged = {**policy.default_headers, **headers} if headers else policy.default_headers
             spec = RequestSpec(method, url, params=params, headers=merged, data=data, json=json)
-            call.path = spec.path_for_log(self._secret_names(policy))
+            call.spec, call.secret_names = spec, self._secret_names(policy)
             cacheable = (policy.cache_ttl > 0 and method in policy.cache_methods
                          and cache is not False and not stream and spec.cacheable)
             if not cacheable:
@@ -481,12 +492,12 @@ class UpstreamClient:
                       raise_for_status: bool) -> requests.Response:
         policy = built.policy
         key = spec.cache_key(self.name, policy.cache_vary_headers)
-        shared = default_cache()
+        store = default_cache()
         near_seconds = (resilience_settings.HTTP_CACHE_NEAR_SECONDS
-                        if getattr(shared, "backend_name", "") == "redis" else 0)
+                        if getattr(store, "backend_name", "") == "redis" else 0)
         entry = self.near.get(key) if near_seconds else None
         if entry is None:
-            entry = shared.get(key)
+            entry = store.get(key)
         now = wall_clock()
         if entry is not None and entry["expires"] > now:
             if near_seconds:
@@ -514,8 +525,10 @@ class UpstreamClient:
             found = default_cache().get(key)
             return {"entry": found} if found is not None and found["expires"] > wall_clock() else None
 
+        # Across processes only while Redis serves: local memory is this process's alone.
+        across = stored if getattr(store, "backend_name", "") == "redis" else None
         try:
-            result, shared = self._flight.run(key, fetch, wait=policy.deadline, shared_result=stored)
+            result, shared = self._flight.run(key, fetch, wait=policy.deadline, shared_result=across)
         except FutureTimeout:
             raise errors.UpstreamTimeout(f"{self.name}: deadline passed waiting for a shared call",
                                          upstream=self.name) from None
