@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.core.signals import setting_changed
+from resilience.conf import AppSettings
 
 DEFAULTS: dict[str, Any] = {
     # No key: the mock provider serves (deterministic, marked as mock content).
@@ -40,32 +39,10 @@ def default_registry_file() -> Path:
     return Path(__file__).resolve().parent / "templates.yaml"
 
 
-class AigenSettings:
-    def __init__(self) -> None:
-        self._cached: dict[str, Any] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
-            raise AttributeError(f"invalid AIGEN setting: {name!r}")
-        if name not in self._cached:
-            user = getattr(settings, "AIGEN", {}) or {}
-            self._cached[name] = user.get(name, DEFAULTS[name])
-        return self._cached[name]
-
+class AigenSettings(AppSettings):
     @property
     def registry_file(self) -> Path:
         return Path(self.REGISTRY_FILE) if self.REGISTRY_FILE else default_registry_file()
 
-    def reload(self) -> None:
-        self._cached.clear()
 
-
-aigen_settings = AigenSettings()
-
-
-def _reload(*, setting: str, **kwargs: Any) -> None:
-    if setting == "AIGEN":
-        aigen_settings.reload()
-
-
-setting_changed.connect(_reload)
+aigen_settings = AigenSettings("AIGEN", DEFAULTS)

@@ -97,6 +97,11 @@ class UpstreamAdmin(SimpleHistoryAdmin):
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records to browse and filter, never to add, edit or delete."""
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in self.model._meta.fields]
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

@@ -57,3 +57,15 @@ def check_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
                 id="resilience.E004",
             ))
     return errors
+
+
+@checks.register(checks.Tags.security)
+def check_demo(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    resilience = getattr(settings, "RESILIENCE", {}) or {}
+    if resilience.get("DEMO_ENABLED") and not settings.DEBUG:
+        return [checks.Warning(
+            "DEMO_ENABLED serves the flaky demo upstream (/demo/flaky/) with DEBUG off.",
+            hint="Unset DEMO_ENABLED outside a demo.",
+            id="resilience.W001",
+        )]
+    return []

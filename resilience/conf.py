@@ -38,28 +38,31 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class ResilienceSettings:
-    def __init__(self) -> None:
+class AppSettings:
+    """An app's settings: `getattr(settings, setting_name)` over `defaults`,
+    read at use time and reloaded on `setting_changed` (so `override_settings`
+    works). Unknown names raise AttributeError."""
+
+    def __init__(self, setting_name: str, defaults: dict[str, Any]) -> None:
+        self._setting_name = setting_name
+        self._defaults = defaults
         self._cached: dict[str, Any] = {}
+        setting_changed.connect(self._on_setting_changed, weak=False)
 
     def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
-            raise AttributeError(f"invalid RESILIENCE setting: {name!r}")
+        if name.startswith("_") or name not in self._defaults:
+            raise AttributeError(f"invalid {self._setting_name} setting: {name!r}")
         if name not in self._cached:
-            user = getattr(settings, "RESILIENCE", {}) or {}
-            self._cached[name] = user.get(name, DEFAULTS[name])
+            user = getattr(settings, self._setting_name, {}) or {}
+            self._cached[name] = user.get(name, self._defaults[name])
         return self._cached[name]
 
     def reload(self) -> None:
         self._cached.clear()
 
-
-resilience_settings = ResilienceSettings()
-
-
-def _reload(*, setting: str, **kwargs: Any) -> None:
-    if setting == "RESILIENCE":
-        resilience_settings.reload()
+    def _on_setting_changed(self, *, setting: str, **kwargs: Any) -> None:
+        if setting == self._setting_name:
+            self.reload()
 
 
-setting_changed.connect(_reload)
+resilience_settings = AppSettings("RESILIENCE", DEFAULTS)

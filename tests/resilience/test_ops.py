@@ -245,3 +245,11 @@ def test_no_call_log_is_lost_on_a_clean_shutdown(tmp_path, redis_url, fake):
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         [(count,)] = db.execute("SELECT COUNT(*) FROM resilience_calllog WHERE path = '/shutdown'")
     assert count == 25
+
+
+def test_w001_demo_outside_debug(settings):
+    settings.DEBUG = False
+    settings.RESILIENCE = {**settings.RESILIENCE, "DEMO_ENABLED": True}
+    assert [w.id for w in checks.check_demo()] == ["resilience.W001"]
+    settings.RESILIENCE = {**settings.RESILIENCE, "DEMO_ENABLED": False}
+    assert checks.check_demo() == []
