@@ -128,7 +128,7 @@ def test_deadline_holds_when_retry_after_asks_for_more(fake, make_upstream):
     started = time.monotonic()
     with pytest.raises(errors.UpstreamTimeout, match="deadline"):
         upstream("api").get("/wait")
-    assert time.monotonic() - started < 0.3 + 0.05
+    assert time.monotonic() - started < 0.3 + 0.1  # scheduling slack on a busy machine
     assert fake.count("/wait") == 1  # no point waiting 2 s to try again
     assert logs()[0].outcome == "timeout"
 
@@ -139,7 +139,7 @@ def test_deadline_bounds_a_slow_upstream_across_retries(fake, make_upstream):
     started = time.monotonic()
     with pytest.raises(errors.UpstreamTimeout):
         upstream("api").get("/slow")
-    assert time.monotonic() - started < 0.4 + 0.05
+    assert time.monotonic() - started < 0.4 + 0.1
 
 
 def test_deadline_bounds_a_slow_body(fake, make_upstream):
