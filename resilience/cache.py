@@ -35,7 +35,7 @@ import time
 import uuid
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
@@ -65,6 +65,7 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 
 _MISSING = object()
 NO, UP, PROBE = 0, 1, 2  # Engine.redis_mode()
+NOT_SERVED = object()  # Engine.on_redis(): Redis did not (or could not) answer
 STAT_FIELDS = ("hits", "misses", "sets", "deletes", "errors", "fallbacks")
 
 
@@ -289,9 +290,6 @@ class _Engine:
             self.retry_at = now + self.probe_interval
             return PROBE
 
-    def redis_usable(self) -> bool:
-        return self.redis_mode() != NO
-
     def fall_back(self, err: BaseException) -> None:
         with self.lock:
             self.counts["all:errors"] += 1
@@ -313,19 +311,28 @@ class _Engine:
         self.memory.clear()
         logger.info("cache: redis is back, serving from redis again")
 
+    def on_redis(self, fn: Callable[[RedisCache], Any]) -> Any:
+        """`fn(redis)` when Redis should serve, else `NOT_SERVED`.
+
+        The one place that decides: an outage falls back (and `NOT_SERVED`
+        tells the caller to use memory); a successful probe declares Redis back.
+        """
+        mode = self.redis_mode() if self.redis is not None else NO
+        if not mode:
+            return NOT_SERVED
+        try:
+            result = fn(self.redis)  # type: ignore[arg-type]
+        except OUTAGE_ERRORS as err:
+            self.fall_back(err)
+            return NOT_SERVED
+        if mode == PROBE:
+            self.recovered()
+        return result
+
     def run(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """Run cache method `op` on Redis when usable, else (or on outage) memory."""
-        mode = self.redis_mode() if self.redis is not None else NO
-        if mode:
-            try:
-                result = getattr(self.redis, op)(*args, **kwargs)
-            except OUTAGE_ERRORS as err:
-                self.fall_back(err)
-            else:
-                if mode == PROBE:
-                    self.recovered()
-                return result
-        return getattr(self.memory, op)(*args, **kwargs)
+        result = self.on_redis(lambda redis: getattr(redis, op)(*args, **kwargs))
+        return getattr(self.memory, op)(*args, **kwargs) if result is NOT_SERVED else result
 
     # -- statistics --------------------------------------------------------------
     def count(self, key: str, field: str, n: int = 1) -> None:
@@ -367,26 +374,16 @@ class _Engine:
 
     def shared_counts(self) -> Counter[str] | None:
         """Every worker's flushed counts, or None when Redis cannot answer."""
-        mode = self.redis_mode() if self.redis is not None else NO
-        if not mode:
+        raw = self.on_redis(lambda redis: redis.client.get_client(write=False).hgetall(
+            redis.make_key(self.stats_key)))
+        if raw is NOT_SERVED:
             return None
-        try:
-            client = self.redis.client.get_client(write=False)
-            raw = client.hgetall(self.redis.make_key(self.stats_key))
-        except OUTAGE_ERRORS as err:
-            self.fall_back(err)
-            return None
-        if mode == PROBE:
-            self.recovered()
         return Counter({k.decode(): int(v) for k, v in raw.items()})
 
     def reset_counts(self) -> None:
         self.take_counts()
-        if self.redis is not None and self.redis_usable():
-            try:
-                self.redis.client.get_client(write=True).delete(self.redis.make_key(self.stats_key))
-            except OUTAGE_ERRORS as err:
-                self.fall_back(err)
+        self.on_redis(lambda redis: redis.client.get_client(write=True).delete(
+            redis.make_key(self.stats_key)))
 
     def _start_flusher(self) -> None:
         ref = weakref.ref(self)
@@ -515,19 +512,15 @@ class _FallbackLock:
 
     def acquire(self, blocking: bool | None = None, blocking_timeout: float | None = None) -> bool:
         engine = self._engine
-        mode = engine.redis_mode() if engine.redis is not None else NO
-        if mode:
-            try:
-                lock = engine.redis.lock(self._key, **self._kwargs)
-                acquired = lock.acquire(blocking=blocking, blocking_timeout=blocking_timeout)
-            except OUTAGE_ERRORS as err:
-                engine.fall_back(err)
-            else:
-                if mode == PROBE:
-                    engine.recovered()
-                if acquired:
-                    self._held = lock
-                return bool(acquired)
+
+        def on_redis(redis: RedisCache) -> Any:
+            lock = redis.lock(self._key, **self._kwargs)
+            return lock if lock.acquire(blocking=blocking, blocking_timeout=blocking_timeout) else None
+
+        held = engine.on_redis(on_redis)
+        if held is not NOT_SERVED:
+            self._held = held
+            return held is not None
         lock = engine.memory.lock(self._key, **self._kwargs)
         if lock.acquire(blocking=blocking, blocking_timeout=blocking_timeout):
             self._held = lock
@@ -674,18 +667,8 @@ class FallbackCache(BaseCache):
     def iter_keys(self, pattern: str, version: int | None = None) -> Iterator[str]:
         """Yield user keys matching a glob. An outage mid-scan ends on memory."""
         engine = self._engine
-        mode = engine.redis_mode() if engine.redis is not None else NO
-        if mode:
-            try:
-                keys = list(engine.redis.iter_keys(pattern, version=version))
-            except OUTAGE_ERRORS as err:
-                engine.fall_back(err)
-            else:
-                if mode == PROBE:
-                    engine.recovered()
-                yield from keys
-                return
-        yield from engine.memory.iter_keys(pattern, version=version)
+        keys = engine.on_redis(lambda redis: list(redis.iter_keys(pattern, version=version)))
+        yield from engine.memory.iter_keys(pattern, version=version) if keys is NOT_SERVED else keys
 
     def ttl(self, key: str, version: int | None = None) -> int | None:
         """Seconds to live; None for no expiry; 0 when the key is missing."""
