@@ -46,6 +46,3 @@ def call_log_discard() -> int:
     """Drop buffered rows unwritten (tests start from an empty buffer)."""
     return _buffer.discard()
 
-
-def call_log_pending() -> int:
-    return _buffer.pending()

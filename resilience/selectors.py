@@ -29,12 +29,6 @@ def breaker_status(upstream: Upstream) -> dict[str, Any]:
     return breaker.status()
 
 
-def breakers_open() -> list[str]:
-    """Names of upstreams whose breaker is open right now."""
-    return [u.name for u in Upstream.objects.filter(breaker_enabled=True)
-            if breaker_status(u)["state"] == OPEN]
-
-
 def _percentiles(latencies: QuerySet, count: int, qs: tuple[float, ...]) -> list[float | None]:
     """Nearest-rank percentiles computed by the database (one ORDER BY ...
     OFFSET per percentile), so a busy 24 h window is never loaded into Python."""
@@ -107,5 +101,5 @@ def recent_failures(*, name: str, limit: int = 10) -> QuerySet[CallLog]:
     return call_logs(name=name).filter(outcome__in=FAILED_OUTCOMES)[:limit]
 
 
-__all__ = ["CLOSED", "OPEN", "WINDOWS", "Outcome", "breaker_status", "breakers_open", "call_logs",
+__all__ = ["CLOSED", "OPEN", "WINDOWS", "Outcome", "breaker_status", "call_logs",
            "recent_failures", "upstream_overview", "upstream_stats"]
