@@ -6,15 +6,14 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis
 
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.worker import worker_env
+from tests.support.worker import ROOT, worker_env
+from tests.support.worker import run_worker as run
 
-ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 4
 
 
@@ -26,13 +25,6 @@ def shared(tmp_path, redis_url):
     with FakeUpstream() as fake:
         yield fake, env
     redis.Redis.from_url(redis_url).flushdb()
-
-
-def run(env: dict[str, str], *args: str, timeout: float = 60) -> dict:
-    done = subprocess.run([sys.executable, "-m", "tests.support.worker", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def spawn(env: dict[str, str], *args: str) -> subprocess.Popen:

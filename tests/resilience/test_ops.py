@@ -3,11 +3,8 @@ validation and call-log durability."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -19,9 +16,7 @@ from resilience import checks, upstream
 from resilience.cache import cache_key
 from resilience.calllog import call_log_flush, call_log_record
 from resilience.models import CallLog, Upstream
-from tests.support.worker import worker_env
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.worker import run_worker, worker_env
 
 
 def run(*args: str) -> str:
@@ -231,15 +226,9 @@ def test_no_call_log_is_lost_on_a_clean_shutdown(tmp_path, redis_url, fake):
     env = worker_env(str(tmp_path / "db.sqlite3"), redis_url, CALL_LOG_FLUSH_INTERVAL="3600")
     spec = {"name": "api", "base_url": fake.url, "retry_total": 0}
 
-    def worker(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "tests.support.worker", *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    worker("setup", json.dumps(spec))
+    run_worker(env, "setup", json.dumps(spec))
     # 25 calls, a writer that would wait an hour: only the exit hook can save them.
-    assert worker("call", "api", "/shutdown", "25", "0")["outcomes"] == ["ok"] * 25
+    assert run_worker(env, "call", "api", "/shutdown", "25", "0")["outcomes"] == ["ok"] * 25
     import sqlite3
 
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:

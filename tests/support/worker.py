@@ -13,9 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_worker(env: dict[str, str], *args: str, timeout: float = 60) -> dict[str, Any]:
+    """Run one worker action to completion; its last output line, parsed."""
+    done = subprocess.run([sys.executable, "-m", "tests.support.worker", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def worker_env(database_file: str, redis_url: str, **extra: str) -> dict[str, str]:
