@@ -226,11 +226,17 @@ class SharedBreaker(pybreaker.CircuitBreaker):
     # -- state --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Live state for dashboards and APIs."""
-        state, opened_at, fails = self.storage.snapshot()
+        return self.status_of(self.name, fail_max=self.fail_max, reset_timeout=self.reset_timeout)
+
+    @classmethod
+    def status_of(cls, name: str, *, fail_max: int, reset_timeout: float) -> dict[str, Any]:
+        """Live state of breaker `name` from one read of the shared storage,
+        without building a breaker (which would read it once more)."""
+        state, opened_at, fails = CacheBreakerStorage(name).snapshot()
         retry_after = None
         if state == OPEN:
-            retry_after = round(max(0.0, opened_at + self.reset_timeout - self.clock()), 3)
-        return {"state": state, "failures": fails, "fail_max": self.fail_max,
+            retry_after = round(max(0.0, opened_at + reset_timeout - cls.clock()), 3)
+        return {"state": state, "failures": fails, "fail_max": fail_max,
                 "opened_at": opened_at or None, "retry_after": retry_after}
 
     def reset(self) -> bool:

@@ -24,9 +24,8 @@ def breaker_status(upstream: Upstream) -> dict[str, Any]:
     if not upstream.breaker_enabled:
         return {"state": "disabled", "failures": 0, "fail_max": upstream.breaker_fail_max,
                 "opened_at": None, "retry_after": None}
-    breaker = SharedBreaker(upstream.name, fail_max=upstream.breaker_fail_max,
-                            reset_timeout=upstream.breaker_reset_timeout)
-    return breaker.status()
+    return SharedBreaker.status_of(upstream.name, fail_max=upstream.breaker_fail_max,
+                                   reset_timeout=upstream.breaker_reset_timeout)
 
 
 def _percentiles(latencies: QuerySet, count: int, qs: tuple[float, ...]) -> list[float | None]:
