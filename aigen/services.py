@@ -8,7 +8,7 @@ written differently hits the same entry. Answers are kept in Django's cache
 (Redis, or local memory while Redis is down) for the section's TTL.
 
 Identical requests that miss together make one provider call
-(`resilience.flight.SingleFlight`): threads of a process wait for the first
+(`resilience.client.flight.SingleFlight`): threads of a process wait for the first
 one's result; other processes see its cache lock (`flight:ai:...`, shared
 through Redis while it is up) and wait for the answer to appear in the cache.
 Every request queues one `Generation` record.
@@ -38,7 +38,7 @@ from aigen.providers import CompletionStream, Prompt, Provider, Usage, get_provi
 from aigen.records import generation_record, generation_row
 from aigen.registry import Section, get_registry
 from resilience.cache import cache_key
-from resilience.flight import SingleFlight
+from resilience.client.flight import SingleFlight
 
 logger = logging.getLogger(__name__)
 

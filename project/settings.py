@@ -9,6 +9,7 @@ their `conf.py`; unsafe combinations are reported by system checks
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -192,6 +193,8 @@ RESILIENCE = {
     "METRICS_MULTIPROC_DIR": env.str("PROMETHEUS_MULTIPROC_DIR", default=""),
     # The flaky demo upstream (/demo/flaky/...) is served with DEBUG on, or with this.
     "DEMO_ENABLED": env.bool("DEMO_ENABLED", default=False),
+    # Upstream credentials: a policy names a variable, its value is read from here.
+    "SECRETS": os.environ,
 }
 
 AIGEN = {

@@ -5,6 +5,10 @@ background thread writes them every `CALL_LOG_FLUSH_INTERVAL` seconds or as
 soon as `CALL_LOG_BUFFER_MAX` wait, and an exit hook writes what is left on a
 clean shutdown (see resilience.buffered for the failure behaviour). With
 `CALL_LOG_FLUSH_INTERVAL` 0 there is no thread: `call_log_flush()` writes.
+
+Breaker transitions (`BreakerEvent` rows) take the same road: the process
+that made a transition queues its record here (resilience.receivers), so no
+request waits on that write.
 """
 from __future__ import annotations
 
@@ -31,6 +35,24 @@ _buffer = BufferedWriter(
 )
 
 
+def _write_events(rows: list[Any]) -> None:
+    from resilience.models import BreakerEvent
+
+    insert_rows(BreakerEvent, ("created_at", "upstream", "from_state", "to_state", "reason"), rows)
+
+
+_events = BufferedWriter(
+    "breaker-event-writer", write=_write_events,
+    interval=lambda: resilience_settings.CALL_LOG_FLUSH_INTERVAL,
+    max_rows=lambda: resilience_settings.CALL_LOG_BUFFER_MAX,
+)
+
+
+def breaker_event_record(row: dict[str, Any]) -> None:
+    """Queue one BreakerEvent row (a dict of its fields)."""
+    _events.record(row)
+
+
 def call_log_record(row: Any) -> None:
     """Queue one call-log row: a dict of resilience.models.CallLog fields, or
     an object whose `as_row()` gives one (built later, by the writer)."""
@@ -38,11 +60,14 @@ def call_log_record(row: Any) -> None:
 
 
 def call_log_flush() -> int:
-    """Write buffered call logs now; returns the number written."""
+    """Write buffered call logs (and breaker events) now; returns the number
+    of call logs written."""
+    _events.flush()
     return _buffer.flush()
 
 
 def call_log_discard() -> int:
     """Drop buffered rows unwritten (tests start from an empty buffer)."""
+    _events.discard()
     return _buffer.discard()
 

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     # prometheus_client multiprocess directory (PROMETHEUS_MULTIPROC_DIR): when
     # set, /metrics sums every worker process's metric files found there.
     "METRICS_MULTIPROC_DIR": "",
+    # Where credentials are read from: a mapping of variable name -> secret
+    # (project/settings.py hands over the environment). Policies name a variable.
+    "SECRETS": {},
     # Serve the flaky demo upstream (/demo/flaky/...) without DEBUG (resilience.demo).
     "DEMO_ENABLED": False,
 }

@@ -68,6 +68,30 @@ class BreakerOpen(UpstreamError):
         self.retry_after = max(retry_after, 0.0)
 
 
+class LocalCapacityExhausted(UpstreamError):
+    """This process has no room for the call right now: nothing was sent, and
+    the upstream is not to blame (never counted against its breaker)."""
+
+    status = 503
+
+    def __init__(self, message: str, *, upstream: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, upstream=upstream)
+        self.retry_after = retry_after
+
+
+class BulkheadFull(LocalCapacityExhausted):
+    """The upstream's bulkhead (calls in flight per process) stayed full for
+    the whole bulkhead wait."""
+
+    code = "bulkhead_full"
+
+
+class PoolExhausted(LocalCapacityExhausted):
+    """No pooled connection came free before the call's deadline."""
+
+    code = "pool_exhausted"
+
+
 class UpstreamTimeout(UpstreamError):
     """A connect/read timeout, or the call's overall deadline, passed."""
 

@@ -98,7 +98,14 @@ class Upstream(models.Model):
 
     pool_size = models.PositiveSmallIntegerField(default=10, validators=[MinValueValidator(1),
                                                                           MaxValueValidator(1000)],
-                                                 help_text="Connections kept per host.")
+                                                 help_text=(
+        "Connections per process to the upstream. A call beyond it waits for a free one until its "
+        "deadline (then fails as pool_exhausted, which never counts against the breaker)."))
+    bulkhead_max = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(100_000)], help_text=(
+        "Most calls in flight to this upstream per process (0 = no limit). Calls beyond it wait up "
+        "to the bulkhead wait, then fail fast with 503 bulkhead_full."))
+    bulkhead_wait = _seconds(0.5, low=0, high=60, help_text=(
+        "Seconds a call may queue for a bulkhead slot before failing fast."))
     default_headers = models.JSONField(default=dict, blank=True, help_text=(
         "Headers sent with every call (no secrets: use the authentication fields)."))
     auth_kind = models.CharField(max_length=10, choices=AuthKind.choices, default=AuthKind.NONE)
@@ -173,9 +180,11 @@ class Outcome(models.TextChoices):
     STALE = "stale", "stale (served on error)"
     SHARED = "shared", "shared by single-flight"
     REFUSED = "refused", "refused (disabled, bad path)"
+    REJECTED = "rejected", "rejected (bulkhead or pool full)"
 
 
-FAILED_OUTCOMES = (Outcome.HTTP_ERROR, Outcome.TIMEOUT, Outcome.CONNECTION_ERROR, Outcome.BREAKER_OPEN)
+FAILED_OUTCOMES = (Outcome.HTTP_ERROR, Outcome.TIMEOUT, Outcome.CONNECTION_ERROR, Outcome.BREAKER_OPEN,
+                   Outcome.REJECTED)
 CACHED_OUTCOMES = (Outcome.CACHE_HIT, Outcome.STALE, Outcome.SHARED)
 
 

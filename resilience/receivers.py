@@ -1,4 +1,5 @@
-"""Model signal receivers: a saved or deleted policy reaches every worker."""
+"""Signal receivers: a saved or deleted policy reaches every worker; a
+breaker transition is recorded (queued, written off the request path)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,8 +7,11 @@ from typing import Any
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+from django.utils import timezone
 
+from resilience.calllog import breaker_event_record
 from resilience.models import Upstream
+from resilience.signals import breaker_state_changed
 
 
 @receiver(post_save, sender=Upstream)
@@ -17,3 +21,9 @@ def upstream_policy_changed(sender: type, instance: Upstream, **kwargs: Any) -> 
 
     # After commit: a worker that reloads must see the new row.
     transaction.on_commit(lambda: policy_changed(instance.name))
+
+
+@receiver(breaker_state_changed, dispatch_uid="resilience.receivers.breaker_event")
+def breaker_event(sender: Any, *, upstream: str, old: str, new: str, reason: str = "", **kwargs: Any) -> None:
+    breaker_event_record({"created_at": timezone.now(), "upstream": upstream, "from_state": old,
+                          "to_state": new, "reason": reason[:200]})

@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
-from resilience.breaker import CLOSED, OPEN, SharedBreaker
+from resilience.client.breaker import CLOSED, OPEN, SharedBreaker
 from resilience.models import CACHED_OUTCOMES, FAILED_OUTCOMES, BreakerEvent, CallLog, Outcome, Upstream
 
 WINDOWS: dict[str, timedelta] = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1),

@@ -15,7 +15,7 @@ from aigen.providers import provider_reset
 from aigen.records import GenerationLog, generation_log
 from aigen.registry import get_registry, registry_reset
 from resilience.client import reset_clients
-from resilience.flight import SingleFlight
+from resilience.client.flight import SingleFlight
 from resilience.models import Upstream
 from tests.support.fake_openai import MODEL_ID, FakeOpenAI
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from resilience.breaker import SharedBreaker
 from resilience.client import reset_clients
+from resilience.client.breaker import SharedBreaker
 from resilience.models import Upstream
 from tests.support.fake_upstream import FakeUpstream
 

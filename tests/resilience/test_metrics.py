@@ -86,7 +86,7 @@ def test_upstream_calls_latency_retries_and_breaker(fake, make_upstream, name, b
 
 
 def test_breaker_state_is_read_from_the_shared_storage(make_upstream, name):
-    from resilience.breaker import OPEN, SharedBreaker
+    from resilience.client.breaker import OPEN, SharedBreaker
 
     make_upstream(name)
     make_upstream(f"{name}-off", breaker_enabled=False)

@@ -1,6 +1,11 @@
 """The resolved policy of one upstream: an immutable snapshot of its row, and
 the urllib3 pieces built from it (`PolicyRetry`, `DeadlineTimeout`).
 
+Both transports use the same pieces: urllib3 drives `PolicyRetry` for the
+sync client (requests), and the async client's attempt loop calls the same
+`increment` / `is_retry` / `wait_for` (resilience.client.asend), so when to
+retry, how long to wait and when to give up are decided in one place.
+
 Every call carries a `Trace` in a context variable: its deadline and the
 history of failed attempts. urllib3 runs retries in the calling thread, so
 `PolicyRetry` and `DeadlineTimeout` read the deadline from there and no call
@@ -53,6 +58,9 @@ class Policy:
     cache_stale_max_age: int
     single_flight: bool
     pool_size: int
+    bulkhead_max: int
+    bulkhead_wait: float
+    log_sample_rate: float
     default_headers: dict[str, str]
     auth_kind: str
     auth_env_var: str
@@ -78,6 +86,9 @@ class Policy:
             cache_vary_headers=tuple(sorted(h.lower() for h in row.cache_vary_headers or ())),
             cache_serve_stale=row.cache_serve_stale, cache_stale_max_age=row.cache_stale_max_age,
             single_flight=row.single_flight, pool_size=row.pool_size,
+            bulkhead_max=row.bulkhead_max, bulkhead_wait=row.bulkhead_wait,
+            # Call-log sampling arrives with the telemetry rollups; until then every row is kept.
+            log_sample_rate=float(getattr(row, "log_sample_rate", 1.0)),
             default_headers=dict(row.default_headers or {}),
             auth_kind=row.auth_kind, auth_env_var=row.auth_env_var, auth_name=row.auth_name,
             health_path=row.health_path,
@@ -191,7 +202,10 @@ class PolicyRetry(Retry):
         seconds = super().get_retry_after(response)
         return None if seconds is None else min(seconds, self.retry_after_max)
 
-    def sleep(self, response: Any = None) -> None:
+    def wait_for(self, response: Any = None) -> float:
+        """Seconds to wait before the next attempt: Retry-After when the
+        policy honours it (capped), else the backoff. Raises
+        `DeadlineExceeded` when the wait would end past the call's deadline."""
         wait = None
         if self.respect_retry_after_header and response is not None:
             wait = self.get_retry_after(response)
@@ -204,5 +218,9 @@ class PolicyRetry(Retry):
                 trace.history[-1]["wait_s"] = round(wait, 3)
             if wait >= remaining:
                 raise DeadlineExceeded(wait, remaining)
+        return wait
+
+    def sleep(self, response: Any = None) -> None:
+        wait = self.wait_for(response)
         if wait > 0:
             self.sleeper(wait)

@@ -11,8 +11,20 @@ cache lock that makes each transition a compare-and-set across processes, so N
 workers failing together open the breaker once, at the threshold.
 
 State lives in the Django cache (`breaker:<name>:...`): Redis while it is up,
-so every worker shares it; process memory while Redis is down. A hot-path
-call costs one cache round trip (`get_many` of state, opened-at and failures).
+so every worker shares it; process memory while Redis is down. A healthy call
+costs no round trip: each process keeps the last snapshot it read (state,
+opened-at, consecutive failures) and re-reads it at most every
+`closed_recheck` seconds (`open_recheck` while open). Failures are counted in
+the shared store at once (atomic `incr`), so N workers failing together open
+the breaker at the threshold; what another worker's failure or an operator's
+reset changes is seen here within the recheck interval.
+
+pybreaker is composed, not subclassed: its state machine (`open()`,
+`half_open()`, `close()` over our shared storage) makes each transition, and
+its locked `call()` is never used. Listeners receive a `Transition` value
+after the transition's lock is released, so no call waits on what a listener
+does (the client's listener queues a database record, see
+resilience.receivers).
 
 On failure of the cache itself the breaker keeps working on whichever store
 the fallback backend serves from; it never raises cache errors.
@@ -20,13 +32,14 @@ the fallback backend serves from; it never raises cache errors.
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pybreaker
+from redis.exceptions import LockError
 
 from resilience.cache import default_cache
 
@@ -43,12 +56,33 @@ class CircuitOpen(Exception):
         self.retry_after = max(0.0, retry_after)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Admission:
-    """What `admit()` granted: a normal call, or one of the half-open probes."""
+    """What `admit()` granted: a normal call, or one of the half-open probes.
+    `fails_seen` is the shared failure count this process knew of, so a
+    success resets the count only when there is one to reset."""
 
     probe: bool
     state: str
+    fails_seen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change, as listeners receive it."""
+
+    upstream: str
+    old: str
+    new: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    state: str
+    opened_at: float
+    fails: int
+    read_at: float  # time.monotonic()
 
 
 class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
@@ -134,71 +168,84 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
     def release_probe(self) -> None:
         try:
             default_cache().decr(self.k_probes)
-        except ValueError:
+        except ValueError:  # the slot counter expired meanwhile: nothing to give back
             pass
 
     def reset_probes(self) -> None:
         default_cache().delete(self.k_probes)
 
 
-class SharedBreaker(pybreaker.CircuitBreaker):
-    """A pybreaker.CircuitBreaker whose state is shared through the cache and
-    whose guarded call runs without any lock (see the module docstring).
+class SharedBreaker:
+    """A circuit breaker shared by every worker, with no lock held around the
+    guarded call (see the module docstring).
 
     Parameters: `fail_max` consecutive failures open it; after
     `reset_timeout` seconds it lets `half_open_max` probes through at once
     (across all processes); `success_threshold` successful probes close it,
     one failed probe opens it again. `probe_ttl` bounds how long a crashed
-    probe can hold its slot. `clock` is a seam for tests.
+    probe can hold its slot. `listeners` are called with a `Transition` by the
+    process that made it. `clock` is a seam for tests.
     """
 
     clock = staticmethod(time.time)
-    #: A process that saw the breaker open rejects from memory, re-reading the
-    #: shared state at most this often (seconds): an open breaker answers
-    #: without a round trip to Redis, and an operator's reset elsewhere is seen
-    #: within this time.
+    #: Seconds between re-reads of the shared state while it was open (an
+    #: open breaker answers from memory) and while it was closed (a healthy
+    #: call makes no round trip).
     open_recheck = 0.25
+    closed_recheck = 0.25
 
     def __init__(self, name: str, *, fail_max: int = 5, reset_timeout: float = 30,
                  success_threshold: int = 1, half_open_max: int = 1, probe_ttl: float = 60,
-                 listeners: list[pybreaker.CircuitBreakerListener] | None = None) -> None:
-        storage = CacheBreakerStorage(name, clock=lambda: type(self).clock())
-        super().__init__(fail_max=fail_max, reset_timeout=reset_timeout,
-                         success_threshold=success_threshold, listeners=listeners or [],
-                         state_storage=storage, name=name, throw_new_error_on_trip=False)
+                 listeners: list[Callable[[Transition], None]] | None = None) -> None:
+        self.name = name
+        self.fail_max = fail_max
+        self.reset_timeout = reset_timeout
+        self.success_threshold = success_threshold
         self.half_open_max = half_open_max
         self.probe_ttl = probe_ttl
-        # Only this process's failures since the last reset make a success
-        # worth a write; consecutive-failure counting stays exact all the same,
-        # because the failure count read on admission is the shared one.
-        self._local = threading.local()
-        self._open_memo: tuple[float, float] | None = None  # (recheck at, monotonic; probe at, clock)
+        self.listeners = list(listeners or [])
+        self.storage = CacheBreakerStorage(name, clock=lambda: type(self).clock())
+        self._machine: pybreaker.CircuitBreaker | None = None
+        self._snapshot: _Snapshot | None = None
 
     @property
-    def storage(self) -> CacheBreakerStorage:
-        return self._state_storage  # type: ignore[return-value]
+    def machine(self) -> pybreaker.CircuitBreaker:
+        """pybreaker's state machine over the shared storage (built on the
+        first transition: building it reads the shared state)."""
+        if self._machine is None:
+            self._machine = pybreaker.CircuitBreaker(
+                fail_max=self.fail_max, reset_timeout=self.reset_timeout,
+                success_threshold=self.success_threshold, state_storage=self.storage, name=self.name,
+                throw_new_error_on_trip=False)
+        return self._machine
 
     # -- the three steps of a guarded call ------------------------------------------
+    def _read(self) -> _Snapshot:
+        state, opened_at, fails = self.storage.snapshot()
+        snap = self._snapshot = _Snapshot(state, opened_at, fails, time.monotonic())
+        return snap
+
     def admit(self) -> Admission:
         """Let a call through, or raise `CircuitOpen`. Never blocks on a lock
-        held around another call."""
-        memo = self._open_memo
-        if memo is not None:
+        held around another call; a healthy call reads process memory only."""
+        snap = self._snapshot
+        if snap is None or time.monotonic() - snap.read_at >= (
+                self.closed_recheck if snap.state == CLOSED else self.open_recheck):
+            snap = self._read()
+        if snap.state == CLOSED:
+            return Admission(probe=False, state=CLOSED, fails_seen=snap.fails)
+        if snap.state == OPEN:
             now = self.clock()
-            if now < memo[1] and time.monotonic() < memo[0]:
-                raise CircuitOpen(self.name, memo[1] - now)
-            self._open_memo = None
-        state, opened_at, fails = self.storage.snapshot()
-        self._local.fails_seen = fails
-        if state == CLOSED:
-            return Admission(probe=False, state=CLOSED)
-        if state == OPEN:
-            now = self.clock()
-            remaining = opened_at + self.reset_timeout - now
+            remaining = snap.opened_at + self.reset_timeout - now
             if remaining > 0:
-                self._open_memo = (time.monotonic() + self.open_recheck, now + remaining)
                 raise CircuitOpen(self.name, remaining)
-            self._transition(OPEN, HALF_OPEN, "reset timeout elapsed")
+            snap = self._read()  # the memo said open: is it still, everywhere?
+            if snap.state == CLOSED:
+                return Admission(probe=False, state=CLOSED, fails_seen=snap.fails)
+            if snap.state == OPEN:
+                if snap.opened_at + self.reset_timeout > now:
+                    raise CircuitOpen(self.name, snap.opened_at + self.reset_timeout - now)
+                self._transition(OPEN, HALF_OPEN, "reset timeout elapsed")
         if self.storage.take_probe(self.half_open_max, self.probe_ttl):
             return Admission(probe=True, state=HALF_OPEN)
         # Every probe slot is taken: wait for a probe's verdict.
@@ -209,19 +256,28 @@ class SharedBreaker(pybreaker.CircuitBreaker):
             self.storage.release_probe()
             if self.storage.add_success() >= self.success_threshold:
                 self._transition(HALF_OPEN, CLOSED, "probe succeeded")
-        elif getattr(self._local, "fails_seen", 0):
+        elif admission.fails_seen:
             self.storage.reset_counter()
-        for listener in self.listeners:
-            listener.success(self)
+            self._remember(fails=0)
 
     def record_failure(self, admission: Admission, exc: BaseException) -> None:
-        for listener in self.listeners:
-            listener.failure(self, exc)
         if admission.probe:
             self.storage.release_probe()
             self._transition(HALF_OPEN, OPEN, f"probe failed: {type(exc).__name__}")
-        elif self.storage.add_failure() >= self.fail_max:
+            return
+        fails = self.storage.add_failure()
+        if fails >= self.fail_max:
             self._transition(CLOSED, OPEN, f"{self.fail_max} consecutive failures")
+            self._read()  # opened here or by another worker: stop admitting now, not at the next re-read
+        else:
+            self._remember(fails=fails)
+
+    def _remember(self, *, fails: int) -> None:
+        """Keep this process's own count change in its snapshot (so the next
+        success knows there is a count to reset)."""
+        snap = self._snapshot
+        if snap is not None and snap.state == CLOSED:
+            self._snapshot = _Snapshot(CLOSED, snap.opened_at, fails, snap.read_at)
 
     # -- state --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -231,7 +287,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
     @classmethod
     def status_of(cls, name: str, *, fail_max: int, reset_timeout: float) -> dict[str, Any]:
         """Live state of breaker `name` from one read of the shared storage,
-        without building a breaker (which would read it once more)."""
+        without building a breaker."""
         state, opened_at, fails = CacheBreakerStorage(name).snapshot()
         retry_after = None
         if state == OPEN:
@@ -241,7 +297,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
 
     def reset(self) -> bool:
         """Force the breaker closed (operator action). True when it was not closed."""
-        self._open_memo = None
+        self._snapshot = None
         state = self.storage.state
         if state == CLOSED:
             self.storage.reset_counter()
@@ -252,36 +308,45 @@ class SharedBreaker(pybreaker.CircuitBreaker):
         """Move expected -> target unless another worker already moved it.
 
         The cache lock makes this a compare-and-set across processes; the
-        winner alone notifies listeners (one log line, one event per change).
+        winner alone notifies listeners (one log line, one event per change),
+        after the lock is released. A worker that cannot get the lock within
+        `transition_wait` leaves the change to the one holding it.
         """
-        lock = default_cache().lock(self.storage.k_lock, timeout=5, blocking_timeout=2)
+        lock = default_cache().lock(self.storage.k_lock, timeout=5, blocking_timeout=self.transition_wait)
         if not lock.acquire():
             return False
         try:
             if self.storage.state != expected:
                 return False
-            self._reason, self._from = reason, expected
+            machine = self.machine
             if target == OPEN:
-                self.open()
+                machine.open()
             elif target == HALF_OPEN:
                 self.storage.reset_probes()
-                self.half_open()
+                machine.half_open()
             else:
                 self.storage.reset_probes()
-                self.close()
-            return True
+                machine.close()
         finally:
-            try:
-                lock.release()
-            except Exception:  # expired: the transition itself is done
-                pass
+            _release(lock, self.name)
+        self._snapshot = None
+        change = Transition(self.name, expected, target, reason)
+        for listener in self.listeners:
+            listener(change)
+        return True
+
+    #: Longest wait (seconds) for another worker's transition in progress.
+    transition_wait = 0.5
 
 
-class BreakerLogListener(pybreaker.CircuitBreakerListener):
-    """One log line per state change."""
+def _release(lock: Any, name: str) -> None:
+    try:
+        lock.release()
+    except LockError:  # expired under us: the transition itself is done
+        logger.debug("breaker %s: transition lock had expired", name)
 
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
-        # The cached old state may be stale in this process; the transition knows.
-        old = getattr(cb, "_from", None) or getattr(old_state, "name", "?")
-        log = logger.warning if new_state.name == OPEN else logger.info
-        log("breaker %s: %s -> %s (%s)", cb.name, old, new_state.name, getattr(cb, "_reason", ""))
+
+def log_transition(change: Transition) -> None:
+    """One log line per state change (a listener)."""
+    log = logger.warning if change.new == OPEN else logger.info
+    log("breaker %s: %s -> %s (%s)", change.upstream, change.old, change.new, change.reason)

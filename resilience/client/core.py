@@ -1,0 +1,566 @@
+"""The resilient client: one logic of steps, two faces (sync and async).
+
+`UpstreamClient._steps` is the whole logic of a call as a generator: the
+response cache, single-flight, the breaker, the bulkhead, sending, error
+classification and the stale fallback. Where it needs I/O it yields a
+command (`Send`, `Sleep`, `Follow`, `Acquire`); `request()` performs them
+with requests and threads, `arequest()` with httpx2 and the event loop, and
+both send the outcome back in. Everything else (what to cache, what counts
+against the breaker, what is logged) is decided once, here.
+
+A call ends as an `Answer`: a `Result` (what the call-log row says), the
+caller's response, and the error to raise. The record is built from it in
+one place (resilience.client.record).
+
+Under ASGI the sync face must not run on the event loop (it blocks while it
+waits on the network): from async code use `aget()`/`arequest()`, or
+`asgiref.sync.sync_to_async(upstream(name).get)`. The async face reads the
+cache and the breaker's shared state on the loop (sub-millisecond Redis
+commands bounded by the cache's 0.25 s socket timeout) and loads the policy
+from the database in a worker thread when a check is due.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx2
+import requests
+from asgiref.sync import sync_to_async
+from requests.structures import CaseInsensitiveDict
+
+from resilience import exceptions as errors
+from resilience.cache import default_cache
+from resilience.client.asend import asend, build_request
+from resilience.client.breaker import CircuitOpen
+from resilience.client.bulkhead import Bulkhead
+from resilience.client.credentials import Credentials
+from resilience.client.failures import classify
+from resilience.client.flight import SingleFlight, release_lock
+from resilience.client.live import Built, LivePolicy, cache_is_shared
+from resilience.client.policy import Trace
+from resilience.client.record import CallRecord, Result, call_record_emit
+from resilience.client import responses
+from resilience.client.responses import AsyncUpstreamResponse, CacheEntry, CallMeta, NearCache, UpstreamResponse
+from resilience.client.send import send
+from resilience.client.spec import RequestSpec
+from resilience.client.urls import join_url, redact_path
+from resilience.conf import resilience_settings
+from resilience.context import current_request_id
+from resilience.models import Outcome
+
+logger = logging.getLogger(__name__)
+
+
+# -- commands the steps yield ----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Send:
+    built: Built
+    spec: RequestSpec
+    credentials: Credentials
+    trace: Trace
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """Wait (up to `timeout`) for another caller's flight to finish."""
+
+    future: Future
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    bulkhead: Bulkhead
+    timeout: float
+
+
+Command = Send | Sleep | Follow | Acquire
+Steps = Generator[Command, Any, "Answer"]
+#: Builds the face's response from a cache entry.
+FromEntry = Callable[[CacheEntry, RequestSpec, CallMeta], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How a call ended: `error` is raised always, `http_error` (an error
+    status) only when the caller asked for `raise_for_status`."""
+
+    result: Result
+    response: Any = None
+    error: errors.UpstreamError | None = None
+    http_error: errors.UpstreamError | None = None
+
+    def unwrap(self, raise_for_status: bool) -> Any:
+        if self.error is not None:
+            raise self.error from None
+        if self.http_error is not None and raise_for_status:
+            raise self.http_error from None
+        return self.response
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A checked call: its steps to run, or the answer refusing it."""
+
+    method: str
+    path: str
+    spec: RequestSpec | None
+    steps: Steps | None = None
+    refusal: Answer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What a flight hands to the callers that waited: data, never the
+    leader's response object."""
+
+    result: Result
+    entry: CacheEntry | None
+    stale: bool = False
+    retried: bool = False
+
+
+def http_failure(name: str, status: int, response: Any, *, retried: bool, attempts: int,
+                 retry_after: float | None) -> errors.UpstreamError:
+    if retried:
+        return errors.RetriesExhausted(f"{name}: still {status} after {attempts} attempts", upstream=name,
+                                       last_status=status, response=response, retry_after=retry_after)
+    return errors.UpstreamHTTPError(f"{name} answered {status}", upstream=name, response=response)
+
+
+def retry_after_of(headers: Any) -> float | None:
+    value = headers.get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else None
+
+
+def outcome_of(err: errors.UpstreamError) -> Outcome:
+    if isinstance(err, errors.BreakerOpen):
+        return Outcome.BREAKER_OPEN
+    if isinstance(err, errors.LocalCapacityExhausted):
+        return Outcome.REJECTED
+    if isinstance(err, errors.UpstreamTimeout):
+        return Outcome.TIMEOUT
+    if isinstance(err, (errors.UpstreamConnectionError, errors.RetriesExhausted)):
+        return Outcome.CONNECTION_ERROR
+    return Outcome.REFUSED
+
+
+def _light_request(spec: RequestSpec) -> requests.PreparedRequest:
+    """A PreparedRequest for responses that never went out (cache, stale)."""
+    prepared = requests.PreparedRequest()
+    prepared.method = spec.method
+    prepared.url = spec.full_url()
+    prepared.headers = CaseInsensitiveDict(spec.headers)
+    return prepared
+
+
+def sync_from_entry(entry: CacheEntry, spec: RequestSpec, meta: CallMeta) -> UpstreamResponse:
+    return UpstreamResponse.from_entry(entry, _light_request(spec), meta)
+
+
+def async_from_entry(entry: CacheEntry, spec: RequestSpec, meta: CallMeta) -> AsyncUpstreamResponse:
+    return AsyncUpstreamResponse.from_entry(entry, httpx2.Request(spec.method, spec.full_url()), meta)
+
+
+def _fresh(found: Any) -> CacheEntry | None:
+    return found if isinstance(found, CacheEntry) and found.fresh() else None
+
+
+class UpstreamClient:
+    """Process-wide client for one upstream (thread- and task-safe). Get it
+    with `resilience.upstream(name)`; never construct one per call."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._live = LivePolicy(name)
+        self._flight = SingleFlight()
+        self.near = NearCache()
+        # A new TTL or cache policy applies from the reload on.
+        self._live.on_reload.append(self.near.clear)
+
+    # -- state ------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the policy now (raises UnknownUpstream)."""
+        self._live.current()
+
+    @property
+    def policy(self):
+        return self._live.current().policy
+
+    @property
+    def breaker(self):
+        return self._live.current().breaker
+
+    @property
+    def bulkhead(self) -> Bulkhead | None:
+        return self._live.current().bulkhead
+
+    def close(self) -> None:
+        self._live.close()
+
+    # -- the sync face -------------------------------------------------------------------
+    def get(self, path: str, **kwargs: Any) -> UpstreamResponse:
+        return self.request("GET", path, **kwargs)
+
+    def head(self, path: str, **kwargs: Any) -> UpstreamResponse:
+        return self.request("HEAD", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> UpstreamResponse:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> UpstreamResponse:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> UpstreamResponse:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> UpstreamResponse:
+        return self.request("DELETE", path, **kwargs)
+
+    def request(self, method: str, path: str, *, params: Any = None, headers: dict[str, str] | None = None,
+                data: Any = None, json: Any = None, cache: bool | None = None, stream: bool = False,
+                raise_for_status: bool = True) -> UpstreamResponse:
+        """Call the upstream; returns an `UpstreamResponse` (`from_cache`,
+        `stale`, `shared`, `attempts`) or raises an `UpstreamError` kind.
+
+        `cache=False` bypasses the response cache (and single-flight);
+        `stream=True` returns before a successful body is read (never cached;
+        close the response); `raise_for_status=False` returns 4xx/5xx answers
+        instead of raising (they still count as the policy says).
+        """
+        started = time.perf_counter()
+        built = self._live.current()
+        plan = self._begin(built, method, path, params, headers, data, json, cache, stream, sync_from_entry)
+        answer = plan.refusal or self._drive(plan.steps)  # type: ignore[arg-type]
+        self._emit(built, plan, answer, started)
+        return answer.unwrap(raise_for_status)
+
+    def _drive(self, steps: Steps) -> Answer:
+        value: Any = None
+        failure: Exception | None = None
+        try:
+            while True:
+                try:
+                    command = steps.throw(failure) if failure is not None else steps.send(value)
+                except StopIteration as stop:
+                    return stop.value
+                value, failure = None, None
+                try:
+                    value = self._perform(command)
+                except Exception as err:  # handed to the steps, which classify it
+                    failure = err
+        finally:
+            steps.close()
+
+    @staticmethod
+    def _perform(command: Command) -> Any:
+        if isinstance(command, Send):
+            built = command.built
+            return send(built.session, built.policy, command.spec, command.credentials, command.trace,
+                        stream=command.stream)
+        if isinstance(command, Acquire):
+            return command.bulkhead.acquire(command.timeout)
+        if isinstance(command, Follow):
+            command.future.exception(timeout=command.timeout)  # TimeoutError when the wait runs out
+            return None
+        time.sleep(command.seconds)
+        return None
+
+    # -- the async face ------------------------------------------------------------------
+    async def aget(self, path: str, **kwargs: Any) -> AsyncUpstreamResponse:
+        return await self.arequest("GET", path, **kwargs)
+
+    async def ahead(self, path: str, **kwargs: Any) -> AsyncUpstreamResponse:
+        return await self.arequest("HEAD", path, **kwargs)
+
+    async def apost(self, path: str, **kwargs: Any) -> AsyncUpstreamResponse:
+        return await self.arequest("POST", path, **kwargs)
+
+    async def aput(self, path: str, **kwargs: Any) -> AsyncUpstreamResponse:
+        return await self.arequest("PUT", path, **kwargs)
+
+    async def apatch(self, path: str, **kwargs: Any) -> AsyncUpstreamResponse:
+        return await self.arequest("PATCH", path, **kwargs)
+
+    async def adelete(self, path: str, **kwargs: Any) -> AsyncUpstreamResponse:
+        return await self.arequest("DELETE", path, **kwargs)
+
+    async def arequest(self, method: str, path: str, *, params: Any = None,
+                       headers: dict[str, str] | None = None, data: Any = None, json: Any = None,
+                       cache: bool | None = None, stream: bool = False,
+                       raise_for_status: bool = True) -> AsyncUpstreamResponse:
+        """`request()` for async code: the same steps, errors and call-log
+        rows; returns an `AsyncUpstreamResponse` (an httpx2.Response; with
+        `stream=True` iterate it with `aiter_bytes()` and `aclose()` it)."""
+        started = time.perf_counter()
+        if self._live.due():
+            built = await sync_to_async(self._live.current, thread_sensitive=False)()
+        else:
+            built = self._live.current()
+        plan = self._begin(built, method, path, params, headers, data, json, cache, stream,
+                           async_from_entry)
+        answer = plan.refusal or await self._adrive(plan.steps)  # type: ignore[arg-type]
+        self._emit(built, plan, answer, started)
+        return answer.unwrap(raise_for_status)
+
+    async def _adrive(self, steps: Steps) -> Answer:
+        value: Any = None
+        failure: Exception | None = None
+        try:
+            while True:
+                try:
+                    command = steps.throw(failure) if failure is not None else steps.send(value)
+                except StopIteration as stop:
+                    return stop.value
+                value, failure = None, None
+                try:
+                    value = await self._aperform(command)
+                except Exception as err:  # handed to the steps, which classify it
+                    failure = err
+        finally:
+            steps.close()
+
+    @staticmethod
+    async def _aperform(command: Command) -> Any:
+        if isinstance(command, Send):
+            built = command.built
+            return await asend(built.apool, built.policy, build_request(command.spec, command.credentials),
+                               command.trace, stream=command.stream)
+        if isinstance(command, Acquire):
+            return await command.bulkhead.aacquire(command.timeout)
+        if isinstance(command, Follow):
+            if not command.future.done():
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(command.future)), command.timeout)
+            return None
+        await asyncio.sleep(command.seconds)
+        return None
+
+    # -- the one logic ---------------------------------------------------------------------
+    def _begin(self, built: Built, method: str, path: str, params: Any, headers: dict[str, str] | None,
+               data: Any, json: Any, cache: bool | None, stream: bool, from_entry: FromEntry) -> Plan:
+        """Check the call and plan its steps, or refuse it."""
+        policy = built.policy
+        method = method.upper()
+        try:
+            if not policy.enabled:
+                raise errors.UpstreamDisabled(f"upstream {self.name!r} is disabled", upstream=self.name)
+            url = join_url(policy.base_url, path, upstream=self.name)
+        except errors.UpstreamError as err:
+            return Plan(method, redact_path(str(path)[:200], built.credentials.secret_names), None,
+                        refusal=Answer(Result(Outcome.REFUSED, error=err.message), error=err))
+        merged = {**policy.default_headers, **headers} if headers else policy.default_headers
+        spec = RequestSpec(method, url, params, merged, data, json)
+        if policy.cache_ttl > 0 and method in policy.cache_methods and cache is not False \
+                and not stream and spec.cacheable:
+            steps = self._cached(built, spec, from_entry)
+        else:
+            steps = self._fetch(built, spec, from_entry, stream=stream, stale=None)
+        return Plan(method, path, spec, steps=steps)
+
+    def _cached(self, built: Built, spec: RequestSpec, from_entry: FromEntry) -> Steps:
+        """The response cache and single-flight in front of `_fetch`."""
+        policy = built.policy
+        key = spec.cache_key(self.name, policy.cache_vary_headers)
+        store = default_cache()
+        shared_store = cache_is_shared(store)
+        near_seconds = resilience_settings.HTTP_CACHE_NEAR_SECONDS if shared_store else 0
+        found = self.near.get(key) if near_seconds else None
+        if found is None:
+            found = store.get(key)
+        entry = found if isinstance(found, CacheEntry) else None
+        now = responses.wall_clock()
+        if entry is not None and entry.fresh(now):
+            if near_seconds:
+                self.near.put(key, entry, min(near_seconds, entry.expires - now))
+            return Answer(Result(Outcome.CACHE_HIT, status=entry.status, cache_hit=True),
+                          response=from_entry(entry, spec, CallMeta(from_cache=True)))
+        stale = entry if policy.cache_serve_stale else None
+
+        if not policy.single_flight:
+            answer = yield from self._fetch(built, spec, from_entry, stream=False, stale=stale)
+            self._store(key, answer, policy)
+            return answer
+
+        future, leader = self._flight.join(key)
+        if not leader:
+            try:
+                yield Follow(future, policy.deadline)
+            except TimeoutError:
+                failure = errors.UpstreamTimeout(f"{self.name}: deadline passed waiting for a shared call",
+                                                 upstream=self.name)
+                return Answer(Result(Outcome.TIMEOUT, error=failure.message), error=failure)
+            try:
+                shared = SingleFlight.outcome(future)
+            except errors.UpstreamError as err:
+                return Answer(Result(outcome_of(err), error=err.message), error=err)
+            return self._follow(shared, spec, from_entry)
+
+        lock = None
+        try:
+            if shared_store:
+                across = SingleFlight.across(key, policy.deadline, lambda: _fresh(default_cache().get(key)))
+                while True:
+                    try:
+                        seconds = next(across)
+                    except StopIteration as stop:
+                        kind, value = stop.value
+                        break
+                    yield Sleep(seconds)
+                if kind == "found":
+                    shared = Shared(Result(Outcome.SHARED, status=value.status, cache_hit=True), value)
+                    self._flight.finish(key, future, result=shared)
+                    return self._follow(shared, spec, from_entry)
+                lock = value
+            answer = yield from self._fetch(built, spec, from_entry, stream=False, stale=stale)
+            self._store(key, answer, policy)
+        except GeneratorExit:
+            self._flight.finish(key, future, error=errors.UpstreamError(
+                f"{self.name}: the call this one waited for was abandoned", upstream=self.name))
+            raise
+        except BaseException as err:
+            self._flight.finish(key, future, error=err)
+            raise
+        finally:
+            release_lock(lock)
+        self._flight.finish(key, future, result=self._shareable(answer, policy))
+        return answer
+
+    def _shareable(self, answer: Answer, policy: Any) -> Shared | None:
+        response = answer.response
+        if response is None:
+            return None
+        entry = response.to_entry(policy.cache_ttl)
+        return Shared(answer.result, entry, stale=response.stale,
+                      retried=isinstance(answer.http_error, errors.RetriesExhausted))
+
+    def _follow(self, shared: Shared | None, spec: RequestSpec, from_entry: FromEntry) -> Answer:
+        """A waiting caller's own answer from the flight's data."""
+        if shared is None:  # the leader failed and had no stale copy: the error came as an exception
+            failure = errors.UpstreamError(f"{self.name}: the shared call failed", upstream=self.name)
+            return Answer(Result(Outcome.CONNECTION_ERROR, error=failure.message), error=failure)
+        entry = shared.entry
+        assert entry is not None
+        response = from_entry(entry, spec, CallMeta(from_cache=True, stale=shared.stale, shared=True))
+        outcome = Outcome.STALE if shared.stale else Outcome.SHARED
+        result = Result(outcome, status=entry.status, cache_hit=True, error=shared.result.error)
+        http_error = None
+        if entry.status >= 400:
+            http_error = http_failure(self.name, entry.status, response, retried=shared.retried,
+                                      attempts=shared.result.attempts,
+                                      retry_after=retry_after_of(response.headers))
+        return Answer(result, response=response, http_error=http_error)
+
+    @staticmethod
+    def _store(key: str, answer: Answer, policy: Any) -> None:
+        response = answer.response
+        if response is None or response.stale or not 200 <= response.status_code < 300:
+            return
+        keep = policy.cache_ttl + (policy.cache_stale_max_age if policy.cache_serve_stale else 0)
+        default_cache().set(key, response.to_entry(policy.cache_ttl), timeout=keep)
+
+    def _fetch(self, built: Built, spec: RequestSpec, from_entry: FromEntry, *, stream: bool,
+               stale: CacheEntry | None) -> Steps:
+        """One logical upstream call: breaker, bulkhead, send, classification."""
+        policy, breaker, bulkhead = built.policy, built.breaker, built.bulkhead
+        credentials = built.credentials_now()
+        if credentials.needed and not credentials.secret:  # before admission: takes no probe slot
+            failure = credentials.missing_error()
+            return Answer(Result(Outcome.REFUSED, error=failure.message), error=failure)
+        admission = None
+        if breaker is not None:
+            try:
+                admission = breaker.admit()
+            except CircuitOpen as err:
+                failure = errors.BreakerOpen(f"circuit breaker for {self.name!r} is open", upstream=self.name,
+                                             retry_after=err.retry_after)
+                result = Result(Outcome.BREAKER_OPEN, breaker_state="open", error=failure.message)
+                return self._stale_or(result, failure, stale, spec, from_entry)
+        state = admission.state if admission is not None else ""
+        if bulkhead is not None:
+            granted = yield Acquire(bulkhead, policy.bulkhead_wait)
+            if not granted:
+                if admission is not None and admission.probe:
+                    breaker.storage.release_probe()  # type: ignore[union-attr]
+                failure = errors.BulkheadFull(
+                    f"{self.name}: {bulkhead.limit} calls already in flight (bulkhead)", upstream=self.name,
+                    retry_after=max(1.0, policy.bulkhead_wait))
+                return self._stale_or(Result(Outcome.REJECTED, breaker_state=state, error=failure.message),
+                                      failure, stale, spec, from_entry)
+        release = bulkhead.release if bulkhead is not None else None
+        trace = Trace(deadline=time.monotonic() + policy.deadline)
+        try:
+            try:
+                response = yield Send(built, spec, credentials, trace, stream)
+            except Exception as exc:
+                failure = classify(exc, trace, upstream=self.name)
+                failure.message = credentials.redact(failure.message)
+                attempts, retries = max(1, len(trace.history)), tuple(trace.history)
+                local = isinstance(failure, errors.LocalCapacityExhausted)
+                if admission is not None:
+                    if not local:
+                        breaker.record_failure(admission, exc)  # type: ignore[union-attr]
+                    elif admission.probe:
+                        breaker.storage.release_probe()  # type: ignore[union-attr]
+                result = Result(outcome_of(failure), attempts=attempts, retries=retries, breaker_state=state,
+                                error=failure.message)
+                return self._stale_or(result, failure, stale, spec, from_entry)
+
+            status = response.status_code
+            retryable = status in policy.retry_statuses and spec.method in policy.retry_methods
+            retried = retryable and bool(trace.history)
+            attempts = len(trace.history) + (0 if retried else 1)
+            upstream_failed = status >= 500 or retried
+            if admission is not None:
+                if upstream_failed:
+                    breaker.record_failure(admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
+                        f"status {status}", upstream=self.name, response=response))
+                else:
+                    breaker.record_success(admission)  # type: ignore[union-attr]
+            response.meta = CallMeta(attempts=attempts)
+            result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
+                            breaker_state=state)
+            if status < 400:
+                if stream and release is not None:
+                    response.when_closed(release)  # the slot is held while the caller reads
+                    release = None
+                return Answer(result, response=response)
+            failure = http_failure(self.name, status, response, retried=retried, attempts=attempts,
+                                   retry_after=retry_after_of(response.headers))
+            result = replace(result, outcome=Outcome.HTTP_ERROR, error=failure.message)
+            if upstream_failed and stale is not None:
+                return self._stale_or(result, failure, stale, spec, from_entry)
+            return Answer(result, response=response, http_error=failure)
+        finally:
+            if release is not None:
+                release()
+
+    def _stale_or(self, result: Result, failure: errors.UpstreamError, stale: CacheEntry | None,
+                  spec: RequestSpec, from_entry: FromEntry) -> Answer:
+        """The failure, or the expired copy when the policy serves stale."""
+        if stale is None:
+            return Answer(result, error=failure)
+        logger.debug("upstream %s: serving stale copy after %s", self.name, failure.code)
+        response = from_entry(stale, spec, CallMeta(from_cache=True, stale=True, attempts=result.attempts))
+        return Answer(replace(result, outcome=Outcome.STALE, status=stale.status, cache_hit=True),
+                      response=response)
+
+    # -- the record ------------------------------------------------------------------------
+    def _emit(self, built: Built, plan: Plan, answer: Answer, started: float) -> None:
+        record = CallRecord(
+            upstream=self.name, method=plan.method, spec=plan.spec, raw_path=plan.path,
+            secret_names=built.credentials.secret_names, result=answer.result,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3), created=time.time(),
+            request_id=current_request_id.get() or "", sample_rate=built.policy.log_sample_rate)
+        call_record_emit(record, sender=UpstreamClient)

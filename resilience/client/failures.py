@@ -1,0 +1,89 @@
+"""Turning transport failures into `UpstreamError` kinds, with messages that
+name the cause (exception type, errno and its text) and never a URL, query or
+header: exception texts from requests, urllib3 and httpx quote the URL, and
+with it any credential sent as a query parameter.
+
+Both faces use `classify`: the async transport maps httpx errors onto
+urllib3's exception types first (resilience.client.asend), so one table
+decides what is a timeout, a refused connection or local exhaustion.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    EmptyPoolError,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
+
+from resilience import exceptions as errors
+from resilience.client.policy import DeadlineExceeded, Trace
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception: the OSError under requests' and urllib3's wrappers."""
+    seen = {id(exc)}
+    current = exc
+    while True:
+        nxt: Any = None
+        if isinstance(current, MaxRetryError) and current.reason is not None:
+            nxt = current.reason
+        elif isinstance(current, requests.RequestException) and current.args \
+                and isinstance(current.args[0], BaseException):
+            nxt = current.args[0]
+        else:
+            nxt = current.__cause__ or current.__context__
+        if nxt is None or id(nxt) in seen:
+            return current
+        seen.add(id(nxt))
+        current = nxt
+
+
+def describe_cause(exc: BaseException) -> str:
+    """`ConnectionRefusedError [Errno 111] Connection refused`: the root cause's
+    type, errno and strerror, the parts that never quote a URL."""
+    cause = root_cause(exc)
+    name = type(cause).__name__
+    errno = getattr(cause, "errno", None)
+    strerror = getattr(cause, "strerror", None)
+    if errno is not None and strerror:
+        return f"{name} [Errno {errno}] {strerror}"
+    return name
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    reason: Any = exc
+    if isinstance(exc, requests.RequestException) and exc.args:
+        reason = getattr(exc.args[0], "reason", exc.args[0])
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return reason
+
+
+def classify(exc: BaseException, trace: Trace, *, upstream: str) -> errors.UpstreamError:
+    """The UpstreamError kind for a failed send (see the module docstring)."""
+    tries = len(trace.history)
+    reason = _unwrap(exc)
+    if isinstance(reason, EmptyPoolError) or isinstance(exc, EmptyPoolError):
+        return errors.PoolExhausted(f"{upstream}: no pooled connection came free before the deadline",
+                                    upstream=upstream, retry_after=1.0)
+    if isinstance(exc, DeadlineExceeded) or isinstance(reason, DeadlineExceeded) or trace.remaining() <= 0:
+        return errors.UpstreamTimeout(
+            f"{upstream}: deadline of the call exceeded after {max(tries, 1)} attempt(s) "
+            f"({describe_cause(exc)})", upstream=upstream)
+    # NewConnectionError subclasses ConnectTimeoutError (urllib3 history): a refusal is no timeout.
+    timed_out = not isinstance(reason, NewConnectionError) and (
+        isinstance(exc, requests.Timeout) or isinstance(reason, (ReadTimeoutError, ConnectTimeoutError)))
+    if timed_out:
+        return errors.UpstreamTimeout(f"{upstream}: timed out after {max(tries, 1)} attempt(s)",
+                                      upstream=upstream)
+    described = describe_cause(exc)
+    if tries > 1:
+        return errors.RetriesExhausted(f"{upstream}: connection failed after {tries} attempts ({described})",
+                                       upstream=upstream, last_error=described)
+    return errors.UpstreamConnectionError(f"{upstream}: connection failed ({described})", upstream=upstream)
+

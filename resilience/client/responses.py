@@ -1,0 +1,214 @@
+"""What a call answers with: cached entries, call metadata, and the response
+classes of the two faces.
+
+`CacheEntry` is a response as immutable data: what the response cache
+stores, what single-flight hands to the callers that waited, what a stale
+answer is rebuilt from. Each caller builds its own response object from it
+(never a shared, mutable one). `UpstreamResponse` (requests) and
+`AsyncUpstreamResponse` (httpx2) carry a `CallMeta` saying where the answer
+came from; their `close()` also frees the call's bulkhead slot when the
+caller streamed the body.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import requests
+from requests.structures import CaseInsensitiveDict
+
+# Response headers never replayed from the cache.
+UNCACHED_HEADERS = frozenset({"set-cookie", "connection", "keep-alive", "transfer-encoding",
+                              "content-encoding", "content-length"})
+
+
+def wall_clock() -> float:
+    """Wall time for cache-entry expiry (shared across processes); a test seam."""
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class CallMeta:
+    """Where an answer came from: `from_cache` (cache, stale copy or another
+    caller's flight), `stale`, `shared` (another caller's flight) and how
+    many `attempts` this call made upstream (0 when none)."""
+
+    from_cache: bool = False
+    stale: bool = False
+    shared: bool = False
+    attempts: int = 0
+
+
+FRESH = CallMeta()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    url: str
+    expires: float
+
+    @classmethod
+    def of(cls, *, status: int, reason: str, headers: Any, body: bytes, url: str, ttl: float) -> CacheEntry:
+        kept = tuple((k, v) for k, v in headers.items() if k.lower() not in UNCACHED_HEADERS)
+        return cls(status, reason or "", kept, body, str(url), wall_clock() + ttl)
+
+    def fresh(self, now: float | None = None) -> bool:
+        return self.expires > (wall_clock() if now is None else now)
+
+
+class _Closing:
+    """Runs the call's release callbacks once, when the response is closed."""
+
+    _on_close: Callable[[], None] | None = None
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        self._on_close = callback
+
+    def _closed(self) -> None:
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            callback()
+
+
+class UpstreamResponse(_Closing, requests.Response):
+    """A requests.Response from the resilient client (sync face)."""
+
+    meta: CallMeta = FRESH
+
+    @property
+    def from_cache(self) -> bool:
+        return self.meta.from_cache
+
+    @property
+    def stale(self) -> bool:
+        return self.meta.stale
+
+    @property
+    def shared(self) -> bool:
+        return self.meta.shared
+
+    @property
+    def attempts(self) -> int:
+        return self.meta.attempts
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._closed()
+
+    @classmethod
+    def from_entry(cls, entry: CacheEntry, request: requests.PreparedRequest,
+                   meta: CallMeta) -> UpstreamResponse:
+        response = cls()
+        response.status_code = entry.status
+        response.reason = entry.reason
+        response.headers = CaseInsensitiveDict(entry.headers)
+        response._content = entry.body
+        response._content_consumed = True
+        response.url = entry.url
+        response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+        response.request = request
+        response.meta = meta
+        return response
+
+    def to_entry(self, ttl: float) -> CacheEntry:
+        return CacheEntry.of(status=self.status_code, reason=self.reason, headers=self.headers,
+                             body=self.content, url=self.url, ttl=ttl)
+
+
+class AsyncUpstreamResponse(_Closing, httpx2.Response):
+    """An httpx2.Response from the resilient client (async face)."""
+
+    meta: CallMeta = FRESH
+
+    @property
+    def from_cache(self) -> bool:
+        return self.meta.from_cache
+
+    @property
+    def stale(self) -> bool:
+        return self.meta.stale
+
+    @property
+    def shared(self) -> bool:
+        return self.meta.shared
+
+    @property
+    def attempts(self) -> int:
+        return self.meta.attempts
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            self._closed()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._closed()
+
+    @classmethod
+    def from_entry(cls, entry: CacheEntry, request: httpx2.Request, meta: CallMeta) -> AsyncUpstreamResponse:
+        response = cls(entry.status, headers=list(entry.headers), content=entry.body, request=request,
+                       extensions={"reason_phrase": entry.reason.encode("latin-1", "replace")})
+        response.meta = meta
+        return response
+
+    def to_entry(self, ttl: float) -> CacheEntry:
+        return CacheEntry.of(status=self.status_code, reason=self.reason_phrase, headers=self.headers,
+                             body=self.content, url=str(self.request.url), ttl=ttl)
+
+
+class NearCache:
+    """A small per-process copy of hot response entries in front of Redis.
+
+    A hit on Redis costs a network round trip; a hot entry is kept here for at
+    most `HTTP_CACHE_NEAR_SECONDS` (and never past its own TTL). The price: a
+    clear made by another process is seen here up to that long after (this
+    process's clears empty it at once). Unused when the cache is local memory.
+    """
+
+    #: Test seam: the clock entries age by.
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self._entries: OrderedDict[str, tuple[float, CacheEntry]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, key: str) -> CacheEntry | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found[0] <= self.clock():
+            with self._lock:
+                self._entries.pop(key, None)
+            return None
+        return found[1]
+
+    def put(self, key: str, entry: CacheEntry, seconds: float) -> None:
+        with self._lock:
+            self._entries[key] = (self.clock() + seconds, entry)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

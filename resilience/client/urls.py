@@ -1,0 +1,98 @@
+"""URL safety and redaction: where a call may go, and what of it may be shown.
+
+`join_url` keeps every call under its upstream's base URL; `redact_path` and
+`redact_text` take credentials out of anything that is logged, stored or
+raised. Called by the client's steps; nothing here does I/O.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from resilience import exceptions as errors
+
+#: Query parameters whose values are never shown (plus the upstream's own
+#: query credential, see `Credentials.secret_names`).
+SECRET_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "auth", "secret",
+                           "client_secret", "password", "signature", "sig", "code"})
+REDACTED = "REDACTED"
+# Secrets shorter than this are not searched for in free text: they would
+# match ordinary words (and are weak enough to be a configuration error).
+_MIN_SECRET_LEN = 4
+
+
+@functools.lru_cache(maxsize=4096)
+def join_url(base_url: str, path: str, *, upstream: str) -> str:
+    """Join `path` under `base_url`; refuse anything that could leave it.
+
+    A leading slash is optional and never escapes the base path. Refused with
+    `InvalidUpstreamPath`, each with its reason: non-strings; backslashes and
+    control characters; absolute URLs and scheme-relative `//host`; encoded
+    slashes (`%2f`) inside a segment; `..` (also `%2e%2e`) climbing above the
+    base path.
+    """
+    def refuse(why: str) -> errors.InvalidUpstreamPath:
+        return errors.InvalidUpstreamPath(f"refused path {path!r}: {why}", upstream=upstream)
+
+    if not isinstance(path, str):
+        raise refuse("not a string")
+    if "\\" in path or any(ord(c) < 32 for c in path):
+        raise refuse("control characters or backslashes")
+    if path.startswith("//") or "://" in path.split("?", 1)[0]:
+        raise refuse("absolute URLs are not allowed")
+    parts = urlsplit(path)
+    if parts.scheme or parts.netloc:
+        raise refuse("absolute URLs are not allowed")
+    segments: list[str] = []
+    for raw in parts.path.split("/"):
+        decoded = unquote(raw)
+        if decoded in ("", "."):
+            continue
+        if decoded == "..":
+            if not segments:
+                raise refuse("'..' would leave the base URL")
+            segments.pop()
+            continue
+        if "/" in decoded or "\\" in decoded:
+            raise refuse("encoded slashes are not allowed")
+        segments.append(raw)
+    url = base_url.rstrip("/")
+    if segments:
+        url += "/" + "/".join(segments)
+    if parts.path.endswith("/") and segments:
+        url += "/"
+    if parts.query:
+        url += "?" + parts.query
+    return url
+
+
+def redact_path(path_url: str, secret_names: frozenset[str]) -> str:
+    """`/x?token=abc&q=1` -> `/x?token=REDACTED&q=1`."""
+    path, sep, query = path_url.partition("?")
+    if not sep:
+        return path
+    pairs = [(k, REDACTED if k.lower() in secret_names else v)
+             for k, v in parse_qsl(query, keep_blank_values=True)]
+    return f"{path}?{urlencode(pairs, quote_via=quote, safe='')}"
+
+
+@functools.lru_cache(maxsize=256)
+def _param_pattern(names: frozenset[str]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?i)\b({alternatives})=([^&\s'\")]+)")
+
+
+def redact_text(text: str, *, secrets: Iterable[str] = (),
+                secret_names: frozenset[str] = SECRET_PARAMS) -> str:
+    """Free text (an exception's message, say) with every credential taken out:
+    the known secret values wherever they stand (raw or URL-encoded), and the
+    value of every `name=value` whose name is a secret parameter."""
+    for secret in secrets:
+        if secret and len(secret) >= _MIN_SECRET_LEN:
+            text = text.replace(secret, REDACTED)
+            encoded = quote(secret, safe="")
+            if encoded != secret:
+                text = text.replace(encoded, REDACTED)
+    return _param_pattern(secret_names).sub(rf"\1={REDACTED}", text)
