@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +92,30 @@ class CompletionStream:
             close()
 
 
+class AsyncCompletionStream:
+    """`CompletionStream` for async code: `async for` the deltas, then `usage`.
+    Always `await aclose()` it (or exhaust it)."""
+
+    def __init__(self, deltas: AsyncIterator[str], close: Any = None) -> None:
+        self._deltas = deltas
+        self._close = close
+        self.usage = Usage()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._deltas
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            await self._close()
+        close = getattr(self._deltas, "aclose", None)
+        if close is not None:
+            await close()
+
+
 class Provider(ABC):
+    """A provider answers in both faces: `complete`/`stream` for sync code,
+    `acomplete`/`astream` for async code (the async API views)."""
+
     name: str
     model: str
 
@@ -104,6 +127,14 @@ class Provider(ABC):
     def stream(self, prompt: Prompt) -> CompletionStream:
         """Open a streamed answer: errors before the first byte raise here,
         later ones while iterating."""
+
+    @abstractmethod
+    async def acomplete(self, prompt: Prompt) -> Completion:
+        """`complete` for async code."""
+
+    @abstractmethod
+    async def astream(self, prompt: Prompt) -> AsyncCompletionStream:
+        """`stream` for async code."""
 
     def describe(self) -> dict[str, str]:
         return {"provider": self.name, "model": self.model}
@@ -147,6 +178,20 @@ class MockProvider(Provider):
         completion = self.complete(prompt)
         lines = completion.content.splitlines(keepends=True)
         stream = CompletionStream(iter(lines))
+        stream.usage = completion.usage
+        return stream
+
+    async def acomplete(self, prompt: Prompt) -> Completion:
+        return self.complete(prompt)
+
+    async def astream(self, prompt: Prompt) -> AsyncCompletionStream:
+        completion = self.complete(prompt)
+
+        async def lines() -> AsyncIterator[str]:
+            for line in completion.content.splitlines(keepends=True):
+                yield line
+
+        stream = AsyncCompletionStream(lines())
         stream.usage = completion.usage
         return stream
 
@@ -216,13 +261,18 @@ class OpenAIProvider(Provider):
         import httpx2
         import openai
 
-        from aigen.transport import SDK_BASE_URL, UpstreamTransport
+        from aigen.transport import SDK_BASE_URL, AsyncUpstreamTransport, UpstreamTransport
 
         self.model = model
         self.upstream_name = upstream_name
         self.client = openai.OpenAI(
             api_key=api_key, base_url=SDK_BASE_URL, max_retries=0,
             http_client=httpx2.Client(transport=UpstreamTransport(upstream_name)),
+        )
+        # No pool of its own (the transport is the upstream's): usable from any event loop.
+        self.async_client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=SDK_BASE_URL, max_retries=0,
+            http_client=httpx2.AsyncClient(transport=AsyncUpstreamTransport(upstream_name)),
         )
 
     def _call(self, prompt: Prompt, **extra: Any) -> Any:
@@ -236,8 +286,22 @@ class OpenAIProvider(Provider):
         except ValueError as err:  # a body that is not JSON
             raise _map_error(err, self.upstream_name) from err
 
+    async def _acall(self, prompt: Prompt, **extra: Any) -> Any:
+        import openai
+
+        try:
+            return await self.async_client.chat.completions.create(
+                model=self.model, messages=prompt.messages, **prompt.params, **extra)
+        except (UpstreamError, openai.OpenAIError, ValueError) as err:
+            raise _map_error(err, self.upstream_name) from err
+
     def complete(self, prompt: Prompt) -> Completion:
-        response = self._call(prompt)
+        return self._completion(self._call(prompt))
+
+    async def acomplete(self, prompt: Prompt) -> Completion:
+        return self._completion(await self._acall(prompt))
+
+    def _completion(self, response: Any) -> Completion:
         try:
             content = response.choices[0].message.content
             usage = response.usage
@@ -274,6 +338,36 @@ class OpenAIProvider(Provider):
 
         result._deltas = deltas()
         return result
+
+    async def astream(self, prompt: Prompt) -> AsyncCompletionStream:
+        import openai
+
+        sdk_stream = await self._acall(prompt, stream=True, stream_options={"include_usage": True})
+        result = AsyncCompletionStream(_empty(), close=sdk_stream.close)
+
+        async def deltas() -> AsyncIterator[str]:
+            try:
+                async for chunk in sdk_stream:
+                    usage = getattr(chunk, "usage", None)
+                    if usage is not None:
+                        result.usage = Usage(usage.prompt_tokens, usage.completion_tokens,
+                                             usage.total_tokens)
+                    for choice in getattr(chunk, "choices", None) or ():
+                        text = getattr(choice.delta, "content", None)
+                        if text:
+                            yield text
+            except (UpstreamError, openai.OpenAIError, ValueError, AttributeError) as err:
+                raise _map_error(err, self.upstream_name) from err
+            finally:
+                await sdk_stream.close()
+
+        result._deltas = deltas()
+        return result
+
+
+async def _empty() -> AsyncIterator[str]:
+    return
+    yield
 
 
 # -- selection -----------------------------------------------------------------------

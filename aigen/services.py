@@ -1,4 +1,6 @@
-"""The generation service: `text_generate()` and `text_generate_stream()`.
+"""The generation service: `text_generate()` and `text_generate_stream()`,
+and their async twins `atext_generate()` and `atext_generate_stream()` (used
+by the async API views; same keys, cache, single-flight and records).
 
 A request names a template, a section and its data. The data is validated and
 made canonical (declared fields only, strings trimmed), which with the template
@@ -13,6 +15,10 @@ one's result; other processes see its cache lock (`flight:ai:...`, shared
 through Redis while it is up) and wait for the answer to appear in the cache.
 Every request queues one `Generation` record.
 
+An empty answer is an error (`ProviderError`), never cached. A stream is
+iterated once; iterating it again, or after `close()`, yields nothing and
+changes nothing.
+
 On failure: `GenerationError` kinds only (400 bad data, 404 unknown template or
 section, 502/503/504 from the provider, see aigen.exceptions); a request that
 waited on another's flight gets that flight's error. Cache outages never fail
@@ -20,11 +26,12 @@ a request (the cache falls back to memory).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,9 +39,17 @@ from typing import Any
 from django.core.cache import cache
 
 from aigen.conf import aigen_settings
-from aigen.exceptions import SingleFlightTimeout
+from aigen.exceptions import ProviderError, SingleFlightTimeout
 from aigen.models import Generation
-from aigen.providers import CompletionStream, Prompt, Provider, Usage, get_provider, provider_info
+from aigen.providers import (
+    AsyncCompletionStream,
+    CompletionStream,
+    Prompt,
+    Provider,
+    Usage,
+    get_provider,
+    provider_info,
+)
 from aigen.records import generation_record, generation_row
 from aigen.registry import Section, get_registry
 from resilience.cache import cache_key
@@ -185,13 +200,36 @@ def _single_flight(req: _Request) -> tuple[dict[str, Any], bool]:
                                   template_id=req.section.template_id, section_id=req.section.id) from None
 
 
+def _keep(req: _Request, content: str, usage: Usage, started: float) -> dict[str, Any]:
+    """Store a provider's answer; an empty one is refused, never cached."""
+    if not content.strip():
+        raise ProviderError("The AI provider sent an empty answer.", upstream=req.provider.name)
+    entry = _entry(req, content, usage, _ms_since(started))
+    cache.set(req.key, entry, timeout=req.section.cache_ttl)
+    return entry
+
+
 def _produce(req: _Request) -> dict[str, Any]:
     """Call the provider and store its answer."""
     started = clock()
     completion = req.provider.complete(req.prompt())
-    entry = _entry(req, completion.content, completion.usage, _ms_since(started))
-    cache.set(req.key, entry, timeout=req.section.cache_ttl)
-    return entry
+    return _keep(req, completion.content, completion.usage, started)
+
+
+async def _aproduce(req: _Request) -> dict[str, Any]:
+    started = clock()
+    completion = await req.provider.acomplete(req.prompt())
+    return _keep(req, completion.content, completion.usage, started)
+
+
+async def _asingle_flight(req: _Request) -> tuple[dict[str, Any], bool]:
+    wait = float(aigen_settings.SINGLE_FLIGHT_TIMEOUT)
+    try:
+        return await _flight.arun(req.key, lambda: _aproduce(req), wait=wait,
+                                  shared_result=lambda: _cache_peek(req.key))
+    except TimeoutError:
+        raise SingleFlightTimeout("An identical request is still generating; try again shortly.",
+                                  template_id=req.section.template_id, section_id=req.section.id) from None
 
 
 # -- records -------------------------------------------------------------------------
@@ -240,13 +278,38 @@ def text_generate(*, template_id: str, section_id: str, data: Any, use_cache: bo
     req: _Request | None = None
     try:
         req = _prepare(template_id, section_id, data)
-        if not use_cache:
-            result = _result(req, _produce(req), cached=False, started=started)
-        elif (hit := _cache_get(req.key)) is not None:
-            result = _result(req, hit, cached=True, started=started)
+        hit = _cache_get(req.key) if use_cache else None
+        if hit is not None:
+            entry, cached = hit, True
+        elif not use_cache:
+            entry, cached = _produce(req), False
         else:
             entry, cached = _single_flight(req)
-            result = _result(req, entry, cached=cached, started=started)
+        result = _result(req, entry, cached=cached, started=started)
+    except Exception as err:
+        _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
+                stream=False, error=err)
+        raise
+    _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
+            stream=False, result=result)
+    return result
+
+
+async def atext_generate(*, template_id: str, section_id: str, data: Any, use_cache: bool = True,
+                         user: Any = None) -> GenerationResult:
+    """`text_generate` for async code (the provider call never holds a thread)."""
+    started = clock()
+    req: _Request | None = None
+    try:
+        req = _prepare(template_id, section_id, data)
+        hit = _cache_get(req.key) if use_cache else None
+        if hit is not None:
+            entry, cached = hit, True
+        elif not use_cache:
+            entry, cached = await _aproduce(req), False
+        else:
+            entry, cached = await _asingle_flight(req)
+        result = _result(req, entry, cached=cached, started=started)
     except Exception as err:
         _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
                 stream=False, error=err)
@@ -259,14 +322,16 @@ def text_generate(*, template_id: str, section_id: str, data: Any, use_cache: bo
 class GenerationStream:
     """A generation delivered piece by piece.
 
-    Iterate (once) for text chunks; errors after the start raise
-    `GenerationError` while iterating. Once exhausted, `result` holds the
-    `GenerationResult` (and a fresh answer is cached). `close()` before the end
-    abandons it: nothing is cached and the record says `aborted`.
+    Iterate it once (sync: `for`, async: `async for`) for text chunks; errors
+    after the start raise `GenerationError` while iterating. Once exhausted,
+    `result` holds the `GenerationResult` (and a fresh answer is cached).
+    `close()` / `aclose()` before the end abandons it: nothing is cached and
+    the record says `aborted`. A second iteration, or one after closing,
+    yields nothing and changes nothing.
     """
 
     def __init__(self, req: _Request, *, started: float, user: Any,
-                 completion: CompletionStream | None = None,
+                 completion: CompletionStream | AsyncCompletionStream | None = None,
                  cached_entry: dict[str, Any] | None = None) -> None:
         self._req = req
         self._started = started
@@ -274,6 +339,7 @@ class GenerationStream:
         self._completion = completion
         self._cached_entry = cached_entry
         self._finished = False
+        self._iterated = False
         self.cached = cached_entry is not None
         self.result: GenerationResult | None = None
 
@@ -285,46 +351,100 @@ class GenerationStream:
                 "section_title": req.section.title, "cached": self.cached,
                 "provider": req.provider.name, "model": req.provider.model}
 
+    def _begin(self) -> bool:
+        """Whether this iteration may run (the first, before any close)."""
+        if self._iterated or self._finished:
+            return False
+        self._iterated = True
+        return True
+
+    def _complete(self, parts: list[str], usage: Usage) -> None:
+        req = self._req
+        entry = _keep(req, "".join(parts), usage, self._started)
+        self.result = _result(req, entry, cached=False, started=self._started)
+
     def __iter__(self) -> Iterator[str]:
         return self._run()
 
     def _run(self) -> Iterator[str]:
+        if not self._begin():
+            return
         req = self._req
         if self._cached_entry is not None:
             yield self._cached_entry["content"]
             self.result = _result(req, self._cached_entry, cached=True, started=self._started)
             self._finish()
             return
-        assert self._completion is not None
+        completion = self._completion
+        assert isinstance(completion, CompletionStream)
         parts: list[str] = []
         try:
-            for chunk in self._completion:
+            for chunk in completion:
                 parts.append(chunk)
                 yield chunk
+            self._complete(parts, completion.usage)
         except GeneratorExit:
             self._finish(aborted=True)
             raise
         except Exception as err:
             self._finish(error=err)
             raise
-        entry = _entry(req, "".join(parts), self._completion.usage, _ms_since(self._started))
-        cache.set(req.key, entry, timeout=req.section.cache_ttl)
-        self.result = _result(req, entry, cached=False, started=self._started)
         self._finish()
 
-    def _finish(self, *, error: BaseException | None = None, aborted: bool = False) -> None:
-        if self._finished:
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._arun()
+
+    async def _arun(self) -> AsyncIterator[str]:
+        if not self._begin():
             return
-        self._finished = True
-        if self._completion is not None:
+        req = self._req
+        if self._cached_entry is not None:
+            yield self._cached_entry["content"]
+            self.result = _result(req, self._cached_entry, cached=True, started=self._started)
+            await self._afinish()
+            return
+        completion = self._completion
+        assert isinstance(completion, AsyncCompletionStream)
+        parts: list[str] = []
+        try:
+            async for chunk in completion:
+                parts.append(chunk)
+                yield chunk
+            self._complete(parts, completion.usage)
+        except (GeneratorExit, asyncio.CancelledError):
+            await self._afinish(aborted=True)
+            raise
+        except Exception as err:
+            await self._afinish(error=err)
+            raise
+        await self._afinish()
+
+    def _finish(self, *, error: BaseException | None = None, aborted: bool = False) -> None:
+        if self._mark_finished(error=error, aborted=aborted) and \
+                isinstance(self._completion, CompletionStream):
             self._completion.close()
+
+    async def _afinish(self, *, error: BaseException | None = None, aborted: bool = False) -> None:
+        if self._mark_finished(error=error, aborted=aborted) and \
+                isinstance(self._completion, AsyncCompletionStream):
+            await self._completion.aclose()
+
+    def _mark_finished(self, *, error: BaseException | None, aborted: bool) -> bool:
+        """Record the outcome once; True the first time."""
+        if self._finished:
+            return False
+        self._finished = True
         section = self._req.section
         _record(template_id=section.template_id, section_id=section.id, req=self._req, user=self._user,
                 started=self._started, stream=True, result=self.result, error=error, aborted=aborted)
+        return True
 
     def close(self) -> None:
         """Abandon the stream (a no-op once it finished)."""
         self._finish(aborted=True)
+
+    async def aclose(self) -> None:
+        await self._afinish(aborted=True)
 
 
 def text_generate_stream(*, template_id: str, section_id: str, data: Any, use_cache: bool = True,
@@ -345,6 +465,24 @@ def text_generate_stream(*, template_id: str, section_id: str, data: Any, use_ca
         if entry is not None:
             return GenerationStream(req, started=started, user=user, cached_entry=entry)
         completion = req.provider.stream(req.prompt())
+    except Exception as err:
+        _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
+                stream=True, error=err)
+        raise
+    return GenerationStream(req, started=started, user=user, completion=completion)
+
+
+async def atext_generate_stream(*, template_id: str, section_id: str, data: Any, use_cache: bool = True,
+                                user: Any = None) -> GenerationStream:
+    """`text_generate_stream` for async code: `async for` the returned stream."""
+    started = clock()
+    req: _Request | None = None
+    try:
+        req = _prepare(template_id, section_id, data)
+        entry = _cache_get(req.key) if use_cache else None
+        if entry is not None:
+            return GenerationStream(req, started=started, user=user, cached_entry=entry)
+        completion = await req.provider.astream(req.prompt())
     except Exception as err:
         _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
                 stream=True, error=err)

@@ -1,5 +1,6 @@
-"""An httpx2 transport that sends the openai SDK's requests through a
-resilience upstream client.
+"""httpx2 transports that send the openai SDK's requests through a
+resilience upstream client: `UpstreamTransport` (sync SDK, `upstream.request`)
+and `AsyncUpstreamTransport` (`AsyncOpenAI`, `upstream.arequest`).
 
 The SDK is built with `base_url=SDK_BASE_URL` (a placeholder with no path) and
 `max_retries=0`; this transport takes each request's path ("/chat/completions")
@@ -7,6 +8,10 @@ and hands it to `upstream(name).request(...)`, which joins it to the policy's
 base URL and applies its timeouts, retries, circuit breaker and call log. The
 policy in the admin is therefore the single source of truth for where the SDK
 goes and how hard it tries.
+
+A provider that ignores `"stream": true` and answers one JSON completion is
+handed to the SDK as a one-event stream (`_completion_as_events`), so the
+streamed answer is the same text.
 
 On failure: the resilient client's `UpstreamError` kinds (breaker open, timeout,
 retries exhausted, ...) propagate unchanged through the SDK, which only wraps
@@ -16,7 +21,7 @@ httpx errors; a stream that breaks while its body is read raises
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
@@ -50,6 +55,49 @@ def _wants_stream(request: httpx2.Request, body: bytes) -> bool:
     return isinstance(payload, dict) and payload.get("stream") is True
 
 
+def _completion_as_events(body: bytes) -> bytes:
+    """A non-streamed chat completion as the SSE chunks a stream would carry."""
+    try:
+        completion = json.loads(body)
+        choices = completion["choices"]
+    except (ValueError, KeyError, TypeError):
+        return body  # not a completion: let the SDK report what it is
+    chunk = {
+        "id": completion.get("id", ""), "object": "chat.completion.chunk",
+        "created": completion.get("created", 0), "model": completion.get("model", ""),
+        "choices": [{"index": c.get("index", 0), "delta": {"role": "assistant",
+                     "content": (c.get("message") or {}).get("content")},
+                     "finish_reason": c.get("finish_reason")} for c in choices],
+    }
+    events = f"data: {json.dumps(chunk)}\n\n"
+    if completion.get("usage"):
+        events += f"data: {json.dumps({**chunk, 'choices': [], 'usage': completion['usage']})}\n\n"
+    return (events + "data: [DONE]\n\n").encode()
+
+
+def _is_json(headers: Any) -> bool:
+    return "json" in headers.get("content-type", "")
+
+
+def _response_headers(headers: Any, *, as_events: bool = False) -> list[tuple[str, str]]:
+    kept = [(k, v) for k, v in headers.items() if k.lower() not in _RESPONSE_DROP]
+    if as_events:
+        kept = [(k, v) for k, v in kept if k.lower() != "content-type"]
+        kept.append(("content-type", "text/event-stream"))
+    return kept
+
+
+def _extensions(reason: str) -> dict[str, Any]:
+    return {"http_version": b"HTTP/1.1", "reason_phrase": (reason or "").encode("latin-1", "replace")}
+
+
+def _stream_failure(err: Exception, upstream_name: str) -> Exception:
+    if isinstance(err, (ReadTimeoutError, httpx2.TimeoutException)) or "timed out" in str(err).lower():
+        return UpstreamTimeout(f"{upstream_name}: read timed out while streaming", upstream=upstream_name)
+    return UpstreamConnectionError(f"{upstream_name}: stream broke: {type(err).__name__}",
+                                   upstream=upstream_name)
+
+
 class _BodyStream(httpx2.SyncByteStream):
     """A streamed requests.Response body as an httpx2 byte stream."""
 
@@ -70,15 +118,8 @@ class _BodyStream(httpx2.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._chunks()
-        except (requests.exceptions.ConnectionError, ReadTimeoutError) as err:
-            if isinstance(err, ReadTimeoutError) or "timed out" in str(err).lower():
-                raise UpstreamTimeout(f"{self._upstream}: read timed out while streaming",
-                                      upstream=self._upstream) from err
-            raise UpstreamConnectionError(f"{self._upstream}: connection broke while streaming",
-                                          upstream=self._upstream) from err
-        except (requests.exceptions.RequestException, OSError) as err:
-            raise UpstreamConnectionError(f"{self._upstream}: stream broke: {type(err).__name__}",
-                                          upstream=self._upstream) from err
+        except (requests.exceptions.RequestException, ReadTimeoutError, OSError) as err:
+            raise _stream_failure(err, self._upstream) from None
 
     def close(self) -> None:
         self._response.close()
@@ -99,16 +140,73 @@ class UpstreamTransport(httpx2.BaseTransport):
             request.method, request.url.path, params=params or None, headers=headers,
             data=body or None, stream=stream,
         )
-        response_headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP]
-        extensions = {"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode("latin-1",
-                                                                                                  "replace")}
+        if stream and response.status_code < 400 and _is_json(response.headers):
+            try:  # the provider ignored "stream": true
+                content = _completion_as_events(response.content)
+            finally:
+                response.close()
+            return httpx2.Response(response.status_code,
+                                   headers=_response_headers(response.headers, as_events=True),
+                                   content=content,
+                                   request=request, extensions=_extensions(response.reason))
         if stream:
-            return httpx2.Response(response.status_code, headers=response_headers,
+            return httpx2.Response(response.status_code, headers=_response_headers(response.headers),
                                    stream=_BodyStream(response, self.upstream_name), request=request,
-                                   extensions=extensions)
+                                   extensions=_extensions(response.reason))
         try:
             content = response.content
         finally:
             response.close()
-        return httpx2.Response(response.status_code, headers=response_headers, content=content,
-                               request=request, extensions=extensions)
+        return httpx2.Response(response.status_code, headers=_response_headers(response.headers),
+                               content=content, request=request, extensions=_extensions(response.reason))
+
+
+class _AsyncBodyStream(httpx2.AsyncByteStream):
+    """A streamed AsyncUpstreamResponse body as an httpx2 async byte stream."""
+
+    def __init__(self, response: Any, upstream_name: str) -> None:
+        self._response = response
+        self._upstream = upstream_name
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_bytes():
+                yield chunk
+        except (httpx2.TransportError, OSError) as err:
+            raise _stream_failure(err, self._upstream) from None
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class AsyncUpstreamTransport(httpx2.AsyncBaseTransport):
+    """Send httpx2 requests through `await resilience.upstream(name).arequest(...)`."""
+
+    def __init__(self, upstream_name: str) -> None:
+        self.upstream_name = upstream_name
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = await request.aread()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP}
+        params: list[tuple[str, Any]] = list(request.url.params.multi_items())
+        stream = _wants_stream(request, body)
+        response = await upstream(self.upstream_name).arequest(
+            request.method, request.url.path, params=params or None, headers=headers,
+            data=body or None, stream=stream,
+        )
+        extensions = _extensions(response.reason_phrase)
+        if stream and response.status_code < 400 and _is_json(response.headers):
+            try:
+                content = _completion_as_events(await response.aread())
+            finally:
+                await response.aclose()
+            return httpx2.Response(response.status_code,
+                                   headers=_response_headers(response.headers, as_events=True),
+                                   content=content,
+                                   request=request, extensions=extensions)
+        if stream:
+            return httpx2.Response(response.status_code, headers=_response_headers(response.headers),
+                                   stream=_AsyncBodyStream(response, self.upstream_name), request=request,
+                                   extensions=extensions)
+        return httpx2.Response(response.status_code, headers=_response_headers(response.headers),
+                               content=response.content, request=request, extensions=extensions)

@@ -36,6 +36,7 @@ from requests.structures import CaseInsensitiveDict
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
+from resilience.client import responses
 from resilience.client.asend import asend, build_request
 from resilience.client.breaker import CircuitOpen
 from resilience.client.bulkhead import Bulkhead
@@ -45,8 +46,13 @@ from resilience.client.flight import SingleFlight, release_lock
 from resilience.client.live import Built, LivePolicy, cache_is_shared
 from resilience.client.policy import Trace
 from resilience.client.record import CallRecord, Result, call_record_emit
-from resilience.client import responses
-from resilience.client.responses import AsyncUpstreamResponse, CacheEntry, CallMeta, NearCache, UpstreamResponse
+from resilience.client.responses import (
+    AsyncUpstreamResponse,
+    CacheEntry,
+    CallMeta,
+    NearCache,
+    UpstreamResponse,
+)
 from resilience.client.send import send
 from resilience.client.spec import RequestSpec
 from resilience.client.urls import join_url, redact_path
@@ -306,7 +312,7 @@ class UpstreamClient:
         `stream=True` iterate it with `aiter_bytes()` and `aclose()` it)."""
         started = time.perf_counter()
         if self._live.due():
-            built = await sync_to_async(self._live.current, thread_sensitive=False)()
+            built = await sync_to_async(self._live.current)()
         else:
             built = self._live.current()
         plan = self._begin(built, method, path, params, headers, data, json, cache, stream,

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
+from django.test import AsyncClient
 
 from aigen.models import Generation
 from aigen.records import generation_records_flush
@@ -63,9 +65,39 @@ def test_token_scheme_and_session_also_work(make_client, user, client, section2_
     assert client.get("/api/ai/templates").status_code == 200
 
 
+class _Streamed:
+    """A streamed answer read to its end in the event loop that served it (as
+    under ASGI: the provider's connections belong to that loop)."""
+
+    def __init__(self, response, content: bytes) -> None:
+        self.response, self.content = response, content
+        self.status_code = response.status_code
+
+    def __getitem__(self, header: str) -> str:
+        return self.response[header]
+
+    def __contains__(self, header: str) -> bool:
+        return header in self.response
+
+
+def _stream(api, body, **headers):
+    """POST a streamed generate through Django's AsyncClient with `api`'s credentials."""
+    meta = {**api._credentials, **headers}  # HTTP_ACCEPT_ENCODING -> Accept-Encoding
+    as_headers = {key.removeprefix("HTTP_").replace("_", "-").title(): value for key, value in meta.items()}
+
+    async def go():
+        client = AsyncClient()
+        response = await client.post(GENERATE, body, content_type="application/json", headers=as_headers)
+        if not response.streaming:
+            return _Streamed(response, response.content)
+        return _Streamed(response, b"".join([chunk async for chunk in response.streaming_content]))
+
+    return async_to_sync(go)()
+
+
 def _events(response):
     assert response["Content-Type"].startswith("text/event-stream")
-    text = b"".join(response.streaming_content).decode()
+    text = response.content.decode()
     events = []
     for block in text.strip().split("\n\n"):
         lines = dict(line.split(": ", 1) for line in block.splitlines())
@@ -74,8 +106,8 @@ def _events(response):
 
 
 def test_stream_sends_server_sent_events(api, openai_fake, section2_data):
-    response = api.post(GENERATE, _body(section2_data, stream=True), format="json",
-                        HTTP_ACCEPT="text/event-stream", HTTP_ACCEPT_ENCODING="gzip, br")
+    response = _stream(api, _body(section2_data, stream=True), HTTP_ACCEPT="text/event-stream",
+                       HTTP_ACCEPT_ENCODING="gzip, br")
     assert response.status_code == 200
     assert "Content-Encoding" not in response and "no-transform" in response["Cache-Control"]
     events = _events(response)
@@ -83,7 +115,7 @@ def test_stream_sends_server_sent_events(api, openai_fake, section2_data):
     assert events[-1][0] == "done" and events[-1][1]["success"] is True
     deltas = [data["content"] for name, data in events if name == "delta"]
     assert len(deltas) > 1 and "".join(deltas).startswith(CONTENT_PREFIX)
-    cached = _events(api.post(GENERATE, _body(section2_data, stream=True), format="json"))
+    cached = _events(_stream(api, _body(section2_data, stream=True)))
     assert cached[0][1]["cached"] is True
     assert [d["content"] for n, d in cached if n == "delta"] == ["".join(deltas)]
 
@@ -99,7 +131,7 @@ def test_a_stream_that_stalls_midway_ends_with_an_error_event(api, openai_policy
                                                               section2_data):
     openai_policy(retry_total=0, read_timeout=0.2, deadline=2.0)
     openai_fake.fail_next(Reply(200, body_delay=0.5))  # headers at once, then silence
-    response = api.post(GENERATE, _body(section2_data, stream=True), format="json")
+    response = _stream(api, _body(section2_data, stream=True))
     events = _events(response)
     assert [name for name, _ in events] == ["start", "error"]
     assert events[-1][1]["error"]["code"] == "provider_timeout"

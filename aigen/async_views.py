@@ -1,0 +1,209 @@
+"""POST /api/ai/generate as an async view: a generation waits on the provider
+without holding a thread, so one worker carries hundreds at once.
+
+DRF's views are sync, so this is a Django async view that keeps DRF's
+contract: the same authentication (Bearer/Token keys, or a session with its
+CSRF check), the same throttle (aigen.throttling), the same body validation
+(`generate_args`) and the shared error shape. `GenerateView` (aigen.api)
+documents the route for the API schema (`generate.cls`).
+
+Token keys are looked up in the database once and then kept in process for
+`TOKEN_CACHE_SECONDS` (a deleted token or deactivated user stops working
+within that time): the lookup would otherwise cost a thread hop and a query
+per request.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.authentication import CSRFCheck
+from rest_framework.authtoken.models import Token
+
+from aigen.exceptions import GenerationError, RequestTooLarge
+from aigen.services import atext_generate, atext_generate_stream
+from aigen.throttling import GenerateThrottle
+from resilience.exceptions import AppError
+
+#: Seconds a token key -> user lookup is kept in process.
+TOKEN_CACHE_SECONDS = 30.0
+_KEYWORDS = ("Bearer", "Token")
+
+
+class _TokenCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[str, tuple[float, Any]] = {}
+        self.clock = time.monotonic
+
+    def get(self, key: str) -> Any:
+        found = self._users.get(key)
+        if found is not None and found[0] > self.clock():
+            return found[1]
+        return None
+
+    def put(self, key: str, user: Any) -> None:
+        with self._lock:
+            if len(self._users) > 10_000:  # bounded: forget everything, re-read on demand
+                self._users.clear()
+            self._users[key] = (self.clock() + TOKEN_CACHE_SECONDS, user)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._users.clear()
+
+
+tokens = _TokenCache()
+
+
+def _wants_events_only(request: HttpRequest | None) -> bool:
+    """A client that accepts text/event-stream and no JSON gets errors as one event."""
+    accept = request.headers.get("Accept", "") if request is not None else ""
+    return "text/event-stream" in accept and "json" not in accept and "*/*" not in accept
+
+
+def _error(code: str, message: str, status: int, *, retry_after: float | None = None,
+           request: HttpRequest | None = None, **extra: Any) -> HttpResponse:
+    body = {"success": False, "error": {"code": code, "message": message, **extra}}
+    if _wants_events_only(request):
+        response: HttpResponse = HttpResponse(_sse("error", body), status=status,
+                                              content_type="text/event-stream; charset=utf-8")
+    else:
+        response = JsonResponse(body, status=status, json_dumps_params={"ensure_ascii": False})
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
+
+
+def _app_error(err: AppError, request: HttpRequest) -> HttpResponse:
+    return _error(err.code, err.message, err.status, retry_after=err.retry_after, request=request,
+                  **err.extra)
+
+
+def _unauthenticated(message: str) -> HttpResponse:
+    response = _error("not_authenticated" if "not provided" in message else "authentication_failed",
+                      message, 401)
+    response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+async def _authenticate(request: HttpRequest) -> tuple[Any, HttpResponse | None]:
+    """(user, None) or (None, the 401/403 answer)."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        keyword, _, key = header.partition(" ")
+        if keyword in _KEYWORDS:
+            key = key.strip()
+            if not key or " " in key:
+                return None, _unauthenticated("Invalid token header.")
+            user = tokens.get(key)
+            if user is None:
+                try:
+                    token = await Token.objects.select_related("user").aget(key=key)
+                except Token.DoesNotExist:
+                    return None, _unauthenticated("Invalid token.")
+                user = token.user
+                if not user.is_active:
+                    return None, _unauthenticated("User inactive or deleted.")
+                tokens.put(key, user)
+            return user, None
+    user = await request.auser()
+    if not user.is_authenticated:
+        return None, _unauthenticated("Authentication credentials were not provided.")
+    # A session-authenticated POST must pass the CSRF check, as DRF requires.
+    check = CSRFCheck(lambda req: HttpResponse())
+    check.process_request(request)
+    reason = check.process_view(request, None, (), {})
+    if reason:
+        return None, _error("permission_denied", f"CSRF Failed: {reason}", 403)
+    return user, None
+
+
+class _Refusal(Exception):
+    """An answer decided before the view's work (parse error, media type)."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def _body(request: HttpRequest) -> Any:
+    if request.content_type != "application/json":
+        raise _Refusal("unsupported_media_type",
+                       f'Unsupported media type "{request.content_type}" in request.', 415)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise RequestTooLarge(f"Request body exceeds the size limit of {limit} bytes.", limit=limit) from None
+    if limit is not None and len(raw) > limit:
+        raise RequestTooLarge(f"Request body exceeds the size limit of {limit} bytes.", limit=limit)
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, RecursionError) as err:
+        problem = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise _Refusal("parse_error", f"JSON parse error - {problem}", 400) from None
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _event_stream(stream: Any) -> StreamingHttpResponse:
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield _sse("start", stream.meta)
+            async for chunk in stream:
+                yield _sse("delta", {"content": chunk})
+            done = stream.result.as_dict()
+            done.pop("content")
+            yield _sse("done", {"success": True, **done})
+        except GenerationError as err:
+            yield _sse("error", {"success": False, "error": err.as_dict()})
+        finally:
+            await stream.aclose()
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
+    # no-transform: proxies (and our compression middleware) pass events through as they come.
+    response["Cache-Control"] = "no-cache, no-transform"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come
+    return response
+
+
+@csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
+async def generate(request: HttpRequest) -> HttpResponse:
+    from aigen.api import generate_args
+
+    if request.method != "POST":
+        response = _error("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
+        response["Allow"] = "POST, OPTIONS"
+        return response
+    user, refused = await _authenticate(request)
+    if refused is not None:
+        return refused
+    request.user = user
+    throttle = GenerateThrottle()
+    if not throttle.allow_request(request, None):
+        wait = throttle.wait()
+        return _error("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
+                      429, retry_after=wait)
+    try:
+        args = generate_args(_body(request))
+        kwargs = {"template_id": args["template_id"], "section_id": args["section_id"], "data": args["data"],
+                  "use_cache": args["use_cache"], "user": user}
+        if args["stream"]:
+            return _event_stream(await atext_generate_stream(**kwargs))
+        result = await atext_generate(**kwargs)
+    except AppError as err:
+        return _app_error(err, request)
+    except _Refusal as refusal:
+        return _error(refusal.code, refusal.message, refusal.status, request=request)
+    return JsonResponse({"success": True, **result.as_dict()}, json_dumps_params={"ensure_ascii": False})
