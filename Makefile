@@ -33,7 +33,7 @@ serve: setup
 	$(BIN)/python manage.py seed_upstreams
 	$(BIN)/python manage.py collectstatic --noinput -v 0
 	PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/var/prometheus} \
-		$(BIN)/gunicorn project.wsgi --config gunicorn.conf.py --bind $(HOST):$(PORT)
+		$(BIN)/gunicorn project.asgi:application --config gunicorn.conf.py --bind $(HOST):$(PORT)
 
 test: setup-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,19 +1,30 @@
-"""gunicorn settings for `make serve`.
+"""gunicorn settings for `make serve`: gunicorn manages the processes,
+uvicorn workers (uvloop, httptools) serve ASGI.
 
-Workers and threads come from WORKERS / THREADS. With several workers,
-Prometheus metrics need a shared directory (PROMETHEUS_MULTIPROC_DIR, set by
-`make serve`): it is emptied when the server starts, and a dead worker's live
-gauges are dropped, as prometheus_client's multiprocess mode requires.
+Why ASGI: the AI endpoints spend seconds waiting on a provider, and a stream
+lasts as long as the answer. An async view holds a coroutine, not an OS
+thread, so one worker carries hundreds of generations and streams at once
+(measured: `make loadtest`, README). Sync views (the admin, the operations
+API) run in a thread per request, as Django does under ASGI.
+
+Workers come from WORKERS (default: one per CPU core; each is one event
+loop). With several workers, Prometheus metrics need a shared directory
+(PROMETHEUS_MULTIPROC_DIR, set by `make serve`): it is emptied when the
+server starts, and a dead worker's live gauges are dropped, as
+prometheus_client's multiprocess mode requires.
 """
 import os
 import shutil
 
-workers = int(os.environ.get("WORKERS", "4"))
-threads = int(os.environ.get("THREADS", "4"))
-# Stream responses (SSE) hold a worker thread for their whole length.
+workers = int(os.environ.get("WORKERS", str(os.cpu_count() or 1)))
+worker_class = "uvicorn_worker.UvicornWorker"
+# Connections waiting to be accepted: a burst of thousands of clients queues
+# here instead of being refused.
+backlog = int(os.environ.get("BACKLOG", "4096"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-graceful_timeout = 30  # clean shutdown: buffered call logs are written at exit
-accesslog = "-"
+graceful_timeout = 30  # clean shutdown: in-flight requests finish, buffered call logs are written
+keepalive = 75
+accesslog = "-" if os.environ.get("ACCESS_LOG", "false").lower() in ("1", "true", "yes") else None
 
 
 def _metrics_dir() -> str:

@@ -5,10 +5,16 @@ sync face: httpx errors are mapped onto urllib3's exception types, so
 
 Pool overflow: a call beyond `pool_size` waits for a connection until its
 deadline (httpx's pool timeout), then fails as `PoolExhausted`.
+
+The pool is sharded: httpcore re-examines every pooled connection (a socket
+probe each) whenever a request starts or ends, so one pool of hundreds of
+connections costs O(connections) per call. Shards of at most `SHARD_SIZE`
+connections, taken in turn, keep that cost flat.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import weakref
 
 import httpx2
@@ -33,26 +39,47 @@ from resilience.client.policy import (
 from resilience.client.responses import AsyncUpstreamResponse
 from resilience.client.spec import RequestSpec
 
+#: Most connections in one httpcore pool (see the module docstring).
+SHARD_SIZE = 16
+#: Seconds an idle connection is kept: below the common 5 s server keep-alive
+#: (uvicorn, many proxies), so we rarely write to a connection the server is closing.
+KEEPALIVE_EXPIRY = 4.0
+
+
+class _Shards:
+    """The transports of one event loop, taken in turn."""
+
+    def __init__(self, pool_size: int) -> None:
+        count = max(1, -(-pool_size // SHARD_SIZE))
+        per_shard = -(-pool_size // count)
+        self.transports = [
+            httpx2.AsyncHTTPTransport(
+                limits=httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
+                                     keepalive_expiry=KEEPALIVE_EXPIRY),
+                trust_env=False, retries=0)
+            for _ in range(count)]
+        self._turn = itertools.cycle(self.transports)
+
+    def next(self) -> httpx2.AsyncHTTPTransport:
+        return next(self._turn)
+
 
 class AsyncPool:
-    """One httpx2 transport per event loop (connections belong to the loop
-    that opened them)."""
+    """The async connection pool of one upstream: per event loop (connections
+    belong to the loop that opened them), sharded."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._closing: asyncio.Task | None = None
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncHTTPTransport] = \
+        self._closing: set[asyncio.Task] = set()
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = \
             weakref.WeakKeyDictionary()
 
     def transport(self) -> httpx2.AsyncHTTPTransport:
         loop = asyncio.get_running_loop()
-        transport = self._by_loop.get(loop)
-        if transport is None:
-            size = self.policy.pool_size
-            transport = self._by_loop[loop] = httpx2.AsyncHTTPTransport(
-                limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
-                trust_env=False, retries=0)
-        return transport
+        shards = self._by_loop.get(loop)
+        if shards is None:
+            shards = self._by_loop[loop] = _Shards(self.policy.pool_size)
+        return shards.next()
 
     def close(self) -> None:
         """Close the pool of the running loop, if any (others close with their loop)."""
@@ -61,9 +88,11 @@ class AsyncPool:
         except RuntimeError:
             self._by_loop.clear()
             return
-        transport = self._by_loop.pop(loop, None)
-        if transport is not None:
-            self._closing = loop.create_task(transport.aclose())
+        shards = self._by_loop.pop(loop, None)
+        for transport in shards.transports if shards is not None else ():
+            task = loop.create_task(transport.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
 
 class _StatusView:
