@@ -31,6 +31,7 @@ from rest_framework.authtoken.models import Token
 from aigen.exceptions import GenerationError, RequestTooLarge
 from aigen.services import atext_generate, atext_generate_stream
 from aigen.throttling import GenerateThrottle
+from resilience.client.flight import SingleFlight
 from resilience.exceptions import AppError
 
 #: Seconds a token key -> user lookup is kept in process.
@@ -62,6 +63,14 @@ class _TokenCache:
 
 
 tokens = _TokenCache()
+_lookups = SingleFlight()
+
+
+async def _token_user(key: str) -> Any:
+    try:
+        return (await Token.objects.select_related("user").aget(key=key)).user
+    except Token.DoesNotExist:
+        return None
 
 
 def _wants_events_only(request: HttpRequest | None) -> bool:
@@ -106,11 +115,10 @@ async def _authenticate(request: HttpRequest) -> tuple[Any, HttpResponse | None]
                 return None, _unauthenticated("Invalid token header.")
             user = tokens.get(key)
             if user is None:
-                try:
-                    token = await Token.objects.select_related("user").aget(key=key)
-                except Token.DoesNotExist:
+                # A burst of requests with a new key makes one query, not one each.
+                user, _ = await _lookups.arun(key, lambda: _token_user(key), wait=10.0)
+                if user is None:
                     return None, _unauthenticated("Invalid token.")
-                user = token.user
                 if not user.is_active:
                     return None, _unauthenticated("User inactive or deleted.")
                 tokens.put(key, user)

@@ -419,6 +419,17 @@ def provider_announce() -> None:
                     aigen_settings.UPSTREAM)
 
 
+def provider_prepare() -> None:
+    """Build this process's provider and load its upstream before the first
+    request (a server calls this at start: the first burst then pays no
+    imports, SDK set-up or policy load)."""
+    provider = get_provider()
+    if isinstance(provider, OpenAIProvider):
+        from resilience import upstream
+
+        upstream(provider.upstream_name)
+
+
 def provider_reset() -> None:
     global _provider
     with _provider_lock:

@@ -12,3 +12,19 @@ from project.startup import run_startup_checks  # noqa: E402
 
 run_startup_checks()
 asgi_signals.install()
+
+
+def _prepare() -> None:
+    """Load what the first requests would otherwise load under load."""
+    from aigen.providers import provider_prepare
+    from aigen.registry import get_registry
+    from resilience.exceptions import UnknownUpstream
+
+    get_registry()
+    try:
+        provider_prepare()
+    except UnknownUpstream:  # not seeded yet: the first call reports it
+        pass
+
+
+_prepare()

@@ -53,14 +53,15 @@ MIDDLEWARE = [
     "resilience.middleware.RequestIdMiddleware",
     "resilience.middleware.RequestTimingMiddleware",
     "resilience.middleware.CompressionMiddleware",
-    "django.middleware.security.SecurityMiddleware",
+    # Django's middleware, with its hooks run inline under ASGI (resilience.inline_middleware).
+    "resilience.inline_middleware.InlineSecurityMiddleware",
     "resilience.middleware.StaticFilesMiddleware",  # WhiteNoise, in either mode
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "resilience.inline_middleware.InlineSessionMiddleware",
+    "resilience.inline_middleware.InlineCommonMiddleware",
+    "resilience.inline_middleware.InlineCsrfViewMiddleware",
+    "resilience.inline_middleware.InlineAuthenticationMiddleware",
+    "resilience.inline_middleware.InlineMessageMiddleware",
+    "resilience.inline_middleware.InlineXFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
 ]
 
