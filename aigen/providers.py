@@ -30,6 +30,7 @@ from aigen.conf import aigen_settings
 from aigen.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from resilience.exceptions import (
     BreakerOpen,
+    LocalCapacityExhausted,
     RetriesExhausted,
     UpstreamDisabled,
     UpstreamError,
@@ -224,6 +225,9 @@ def _map_error(err: BaseException, upstream_name: str) -> Exception:
         return ProviderUnavailable(
             f"The AI provider is temporarily unavailable (circuit open); retry in "
             f"{max(1, round(err.retry_after))} s.", retry_after=err.retry_after, upstream=upstream_name)
+    if isinstance(err, LocalCapacityExhausted):
+        return ProviderUnavailable("The AI provider is at capacity on this server; retry shortly.",
+                                   retry_after=err.retry_after, upstream=upstream_name)
     if isinstance(err, UpstreamDisabled):
         return ProviderUnavailable("The AI provider is disabled.", retry_after=60, upstream=upstream_name)
     if isinstance(err, UpstreamTimeout):

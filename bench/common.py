@@ -91,3 +91,60 @@ def table(title: str, header: tuple[str, ...], rows: list[tuple[object, ...]]) -
 
 def verdict(ok: bool) -> str:
     return "meets target" if ok else "MISSES target"
+
+
+class Nginx:
+    """A throwaway nginx on a free loopback port answering every path with a
+    small JSON body (keep-alive on): the fastest real upstream to put the
+    client's own cost in view. `Nginx.available()` is False without the
+    binary (Debian's nginx-light); callers fall back to the Python fake."""
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+        import tempfile
+
+        self.binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        self.dir = tempfile.mkdtemp(prefix="bench-nginx-")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    @staticmethod
+    def available() -> bool:
+        import shutil
+
+        return bool(shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"))
+
+    def start(self) -> Nginx:
+        import subprocess
+        import time as _time
+        import urllib.request
+
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as fh:
+            fh.write(f"""daemon off; worker_processes 1; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 100000; client_body_temp_path {self.dir};
+  proxy_temp_path {self.dir}; fastcgi_temp_path {self.dir}; uwsgi_temp_path {self.dir}; scgi_temp_path {self.dir};
+  server {{ listen 127.0.0.1:{self.port};
+    location / {{ default_type application/json; return 200 '{{"ok": true}}'; }} }} }}
+""")
+        self.process = subprocess.Popen([self.binary, "-c", conf, "-p", self.dir])
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(self.url + "/", timeout=0.2).read()
+                return self
+            except OSError:
+                _time.sleep(0.05)
+        raise RuntimeError("nginx did not start")
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)

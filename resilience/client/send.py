@@ -13,8 +13,6 @@ live connection before each read.
 """
 from __future__ import annotations
 
-import time
-
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -79,14 +77,28 @@ def session_build(policy: Policy) -> requests.Session:
     return session
 
 
+#: requests' default headers (User-Agent, Accept-Encoding, Accept, Connection).
+DEFAULT_HEADERS = dict(requests.utils.default_headers())
+
+
+def prepare(spec: RequestSpec, credentials: Credentials) -> requests.PreparedRequest:
+    """The request as sent. Prepared on its own, not merged with session
+    state: a client shared by every caller keeps no cookies from one call to
+    the next (nor env auth: `trust_env` is off), which also spares requests'
+    per-call merging of session settings."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare(method=spec.method, url=spec.url, headers={**DEFAULT_HEADERS, **spec.headers},
+                     params=spec.params, data=spec.data, json=spec.json)
+    credentials.apply(prepared)
+    return prepared
+
+
 def send(session: requests.Session, policy: Policy, spec: RequestSpec, credentials: Credentials,
          trace: Trace, *, stream: bool) -> UpstreamResponse:
     """Send one logical request (urllib3 retries inside) and, unless the caller
     streams a successful answer, read its body within the deadline. Raises
     what requests/urllib3 raise, or `DeadlineExceeded`; the caller classifies."""
-    prepared = session.prepare_request(requests.Request(
-        spec.method, spec.url, params=spec.params, headers=spec.headers, data=spec.data, json=spec.json))
-    credentials.apply(prepared)
+    prepared = prepare(spec, credentials)
     token = current_trace.set(trace)
     try:
         response = session.send(
@@ -129,6 +141,3 @@ def read_body(response: requests.Response, trace: Trace) -> None:
     response._content_consumed = True
     raw.release_conn()  # back to the pool for the next call
 
-
-def monotonic() -> float:
-    return time.monotonic()

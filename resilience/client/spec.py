@@ -8,35 +8,48 @@ from __future__ import annotations
 
 import hashlib
 import json as json_module
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from resilience.client.urls import redact_path
 
 
-@dataclass(frozen=True, slots=True)
 class RequestSpec:
     """Method, URL (already joined under the base URL), params, headers and
     body of one call. Credentials are never part of it: they are added to the
-    prepared request only (resilience.client.credentials)."""
+    prepared request only (resilience.client.credentials). The query pairs
+    and the body's cache key are worked out when first asked for (the cache
+    key and the logged path need them; a plain call does not). Treat it as
+    immutable."""
 
-    method: str
-    url: str
-    params: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    data: Any = None
-    json: Any = None
-    url_path: str = field(init=False)
-    query: list[tuple[str, str]] = field(init=False)
-    body_key: bytes | None = field(init=False)
+    __slots__ = ("_body_key", "_query", "data", "headers", "json", "method", "params", "url")
 
-    def __post_init__(self) -> None:
-        url_path, _, own_query = self.url.partition("?")
-        own = parse_qsl(own_query, keep_blank_values=True) if own_query else []
-        object.__setattr__(self, "url_path", url_path)
-        object.__setattr__(self, "query", own + param_pairs(self.params))
-        object.__setattr__(self, "body_key", body_key(self.data, self.json))
+    def __init__(self, method: str, url: str, params: Any = None, headers: dict[str, str] | None = None,
+                 data: Any = None, json: Any = None) -> None:
+        self.method, self.url, self.params = method, url, params
+        self.headers = headers if headers is not None else {}
+        self.data, self.json = data, json
+        self._query: list[tuple[str, str]] | None = None
+        self._body_key: bytes | bool | None = False  # False: not worked out yet
+
+    @property
+    def url_path(self) -> str:
+        return self.url.partition("?")[0]
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        """The URL's own query pairs, then `params`'."""
+        if self._query is None:
+            own_query = self.url.partition("?")[2]
+            own = parse_qsl(own_query, keep_blank_values=True) if own_query else []
+            self._query = own + param_pairs(self.params)
+        return self._query
+
+    @property
+    def body_key(self) -> bytes | None:
+        if self._body_key is False:
+            self._body_key = body_key(self.data, self.json)
+        return self._body_key  # type: ignore[return-value]
 
     @property
     def cacheable(self) -> bool:

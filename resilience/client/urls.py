@@ -23,8 +23,21 @@ REDACTED = "REDACTED"
 _MIN_SECRET_LEN = 4
 
 
-@functools.lru_cache(maxsize=4096)
 def join_url(base_url: str, path: str, *, upstream: str) -> str:
+    """`_join` for the path part (cached: a few paths, many queries), then
+    the query as given."""
+    if not isinstance(path, str):
+        raise errors.InvalidUpstreamPath(f"refused path {path!r}: not a string", upstream=upstream)
+    route, sep, query = path.partition("?")
+    if sep and ("\\" in query or any(ord(c) < 32 for c in query)):
+        raise errors.InvalidUpstreamPath(f"refused path {path!r}: control characters or backslashes",
+                                         upstream=upstream)
+    joined = _join(base_url, route, upstream=upstream)
+    return f"{joined}?{query}" if sep else joined
+
+
+@functools.lru_cache(maxsize=4096)
+def _join(base_url: str, path: str, *, upstream: str) -> str:
     """Join `path` under `base_url`; refuse anything that could leave it.
 
     A leading slash is optional and never escapes the base path. Refused with

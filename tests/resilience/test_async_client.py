@@ -1,0 +1,138 @@
+"""The async face runs the same steps as the sync face: the same scripts give
+the same answers, errors and call-log rows (one logic underneath)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.cache import cache
+
+from resilience import exceptions as errors
+from resilience import upstream
+from resilience.calllog import call_log_flush
+from resilience.models import CallLog, Upstream
+from tests.support.fake_upstream import Reply
+
+FIELDS = ("method", "path", "status", "outcome", "attempts", "cache_hit", "breaker_state")
+
+
+def _rows() -> list[tuple]:
+    call_log_flush()
+    rows = list(CallLog.objects.order_by("id").values_list(*FIELDS))
+    CallLog.objects.all().delete()
+    return rows
+
+
+def _sync(method: str, path: str, **kwargs):
+    try:
+        response = upstream("api").request(method, path, **kwargs)
+    except errors.UpstreamError as err:
+        return ("error", err.code, err.status)
+    return ("ok", response.status_code, response.content, response.from_cache, response.stale,
+            response.attempts)
+
+
+def _async(method: str, path: str, **kwargs):
+    async def call():
+        try:
+            response = await upstream("api").arequest(method, path, **kwargs)
+        except errors.UpstreamError as err:
+            return ("error", err.code, err.status)
+        return ("ok", response.status_code, response.content, response.from_cache, response.stale,
+                response.attempts)
+
+    return async_to_sync(call)()
+
+
+SCRIPTS = {
+    "retries then success": ({}, [Reply(503), Reply(500), Reply(200, body={"v": 1})], ("GET", "/r")),
+    "retries exhausted": ({}, [Reply(503), Reply(503), Reply(503)], ("GET", "/r")),
+    "4xx not retried": ({}, [Reply(404, body={"e": 1})], ("GET", "/r")),
+    "post is not retried after sending": ({}, [Reply(503), Reply(200)], ("POST", "/r")),
+    "refused path": ({}, [], ("GET", "//evil.example/x")),
+    "read timeout": ({"read_timeout": 0.1, "retry_total": 0}, [Reply(200, delay=0.5)], ("GET", "/r")),
+    "deadline": ({"deadline": 0.3, "retry_backoff_factor": 0.2}, [Reply(503)] * 5, ("GET", "/r")),
+    "stale on error": ({"cache_ttl": 1, "cache_serve_stale": True}, [Reply(200, body={"v": 1}), Reply(500)],
+                       ("GET", "/r")),
+}
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_both_faces_answer_and_log_alike(name, fake, make_upstream, monkeypatch):
+    policy, replies, (method, path) = SCRIPTS[name]
+    results, rows = {}, {}
+    for face, run in (("sync", _sync), ("async", _async)):
+        Upstream.objects.filter(name="api").delete()
+        cache.clear()  # a fresh breaker and response cache for each face
+        make_upstream(**policy)
+        fake.reset()
+        if replies:
+            fake.script("/r", *replies, method=method)
+        if name == "stale on error":
+            first = run(method, path)
+            from resilience.client import responses
+
+            later = responses.wall_clock() + 5
+            monkeypatch.setattr(responses, "wall_clock", lambda: later)
+            results[face] = (first, run(method, path))
+            monkeypatch.undo()
+        else:
+            results[face] = run(method, path)
+        rows[face] = _rows()
+    assert results["sync"] == results["async"]
+    assert rows["sync"] == rows["async"]
+
+
+def test_the_breaker_opens_alike(fake, make_upstream):
+    make_upstream(retry_total=0, breaker_fail_max=2)
+    fake.script("/down", Reply(500))
+    outcomes = [_async("GET", "/down")[1] for _ in range(3)]
+    assert outcomes == ["upstream_http_error", "upstream_http_error", "breaker_open"]
+    assert upstream("api").breaker.status()["state"] == "open"
+    assert _sync("GET", "/down")[1] == "breaker_open"
+
+
+def test_cache_and_single_flight_across_tasks(fake, make_upstream):
+    make_upstream(cache_ttl=60)
+    fake.script("/popular", Reply(200, body={"v": 1}, delay=0.2))
+
+    async def burst():
+        return await asyncio.gather(*(upstream("api").aget("/popular") for _ in range(20)))
+
+    responses = async_to_sync(burst)()
+    assert fake.count("/popular") == 1
+    assert {r.json()["v"] for r in responses} == {1}
+    assert sum(not r.shared for r in responses) == 1  # the leader; the rest shared its answer
+    assert len({id(r) for r in responses}) == 20  # each caller its own response object
+    assert _async("GET", "/popular")[3] is True  # then a cache hit
+    outcomes = sorted(row[3] for row in _rows())
+    assert outcomes == ["cache_hit", "ok"] + ["shared"] * 19
+
+
+def test_a_streamed_async_call_reads_as_it_comes(fake, make_upstream):
+    make_upstream()
+    fake.script("/s", Reply(200, chunks=(b"one ", b"two ", b"three")))
+
+    async def read():
+        response = await upstream("api").aget("/s", stream=True)
+        try:
+            return b"".join([chunk async for chunk in response.aiter_bytes()])
+        finally:
+            await response.aclose()
+
+    assert async_to_sync(read)() == b"one two three"
+
+
+def test_the_sync_client_loads_its_policy_lazily_on_an_event_loop(fake, make_upstream):
+    from resilience.client import reset_clients
+
+    make_upstream()
+    fake.script("/x", Reply(200, body={"ok": True}))
+    reset_clients()
+
+    async def first_call():
+        client = upstream("api")  # on the loop: no database access here
+        return (await client.aget("/x")).json()
+
+    assert async_to_sync(first_call)() == {"ok": True}
