@@ -84,7 +84,8 @@ def main() -> None:
     if nginx is not None:
         nginx.stop()
     against = "nginx" if nginx is not None else "Python fake"
-    rows = [(f"bare requests.Session GET ({against}, same timeouts)", fmt_time(bare_cost), "1.00 (baseline)", ""),
+    rows = [(f"bare requests.Session GET ({against}, same timeouts)", fmt_time(bare_cost),
+             "1.00 (baseline)", ""),
             ("client call: retries+breaker(Redis)+log+metrics", fmt_time(call_cost), f"{call_ratio:.3f}",
              f"<= 1.05: {verdict(call_ratio <= 1.05)}"),
             ("client cache miss on Redis (also looks up + stores)", fmt_time(miss_cost), f"{miss_ratio:.3f}",

@@ -104,7 +104,7 @@ class Nginx:
         import socket
         import tempfile
 
-        self.binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.dir = tempfile.mkdtemp(prefix="bench-nginx-")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -125,10 +125,12 @@ class Nginx:
 
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as fh:
-            fh.write(f"""daemon off; worker_processes 1; pid {self.dir}/nginx.pid; error_log {self.dir}/error.log;
+            temp = " ".join(f"{kind}_temp_path {self.dir};" for kind in
+                            ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            fh.write(f"""daemon off; worker_processes 1; pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log;
 events {{ worker_connections 1024; }}
-http {{ access_log off; keepalive_requests 100000; client_body_temp_path {self.dir};
-  proxy_temp_path {self.dir}; fastcgi_temp_path {self.dir}; uwsgi_temp_path {self.dir}; scgi_temp_path {self.dir};
+http {{ access_log off; keepalive_requests 100000; {temp}
   server {{ listen 127.0.0.1:{self.port};
     location / {{ default_type application/json; return 200 '{{"ok": true}}'; }} }} }}
 """)

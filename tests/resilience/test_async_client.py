@@ -74,7 +74,7 @@ def test_both_faces_answer_and_log_alike(name, fake, make_upstream, monkeypatch)
             from resilience.client import responses
 
             later = responses.wall_clock() + 5
-            monkeypatch.setattr(responses, "wall_clock", lambda: later)
+            monkeypatch.setattr(responses, "wall_clock", lambda later=later: later)
             results[face] = (first, run(method, path))
             monkeypatch.undo()
         else:
