@@ -32,7 +32,9 @@ and resilience.exceptions; the names below are for the project's own parts.
 from resilience.client.core import UpstreamClient
 from resilience.client.live import policy_changed
 from resilience.client.registry import near_caches_clear, reset_clients, upstream_client
-from resilience.client.urls import join_url
+from resilience.client.urls import join_url, redact_library_logs
+
+redact_library_logs()
 
 __all__ = ["UpstreamClient", "join_url", "near_caches_clear", "policy_changed", "reset_clients",
            "upstream_client"]

@@ -42,7 +42,7 @@ from resilience.client.breaker import CircuitOpen
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.credentials import Credentials
 from resilience.client.failures import classify
-from resilience.client.flight import SingleFlight, release_lock
+from resilience.client.flight import SingleFlight, copy_error, release_lock
 from resilience.client.live import Built, LivePolicy, cache_is_shared
 from resilience.client.policy import Trace
 from resilience.client.record import CallRecord, Result, call_record_emit
@@ -136,6 +136,7 @@ class Shared:
     entry: CacheEntry | None
     stale: bool = False
     retried: bool = False
+    error: errors.UpstreamError | None = None
 
 
 def http_failure(name: str, status: int, response: Any, *, retried: bool, attempts: int,
@@ -443,21 +444,22 @@ class UpstreamClient:
         self._flight.finish(key, future, result=self._shareable(answer, policy))
         return answer
 
-    def _shareable(self, answer: Answer, policy: Any) -> Shared | None:
+    def _shareable(self, answer: Answer, policy: Any) -> Shared:
         response = answer.response
-        if response is None:
-            return None
+        if response is None:  # failed, with no stale copy to answer
+            return Shared(answer.result, None, error=answer.error)
         entry = response.to_entry(policy.cache_ttl)
         return Shared(answer.result, entry, stale=response.stale,
                       retried=isinstance(answer.http_error, errors.RetriesExhausted))
 
-    def _follow(self, shared: Shared | None, spec: RequestSpec, from_entry: FromEntry) -> Answer:
+    def _follow(self, shared: Shared, spec: RequestSpec, from_entry: FromEntry) -> Answer:
         """A waiting caller's own answer from the flight's data."""
-        if shared is None:  # the leader failed and had no stale copy: the error came as an exception
-            failure = errors.UpstreamError(f"{self.name}: the shared call failed", upstream=self.name)
-            return Answer(Result(Outcome.CONNECTION_ERROR, error=failure.message), error=failure)
         entry = shared.entry
-        assert entry is not None
+        if entry is None:  # the leader failed: the same failure, as an error of this caller's own
+            error = copy_error(shared.error) if shared.error is not None else errors.UpstreamError(
+                f"{self.name}: the shared call failed", upstream=self.name)
+            return Answer(Result(shared.result.outcome, breaker_state=shared.result.breaker_state,
+                                 error=shared.result.error), error=error)  # type: ignore[arg-type]
         response = from_entry(entry, spec, CallMeta(from_cache=True, stale=shared.stale, shared=True))
         outcome = Outcome.STALE if shared.stale else Outcome.SHARED
         result = Result(outcome, status=entry.status, cache_hit=True, error=shared.result.error)

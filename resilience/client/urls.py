@@ -7,6 +7,7 @@ raised. Called by the client's steps; nothing here does I/O.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -109,3 +110,27 @@ def redact_text(text: str, *, secrets: Iterable[str] = (),
             if encoded != secret:
                 text = text.replace(encoded, REDACTED)
     return _param_pattern(secret_names).sub(rf"\1={REDACTED}", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Takes credential-named query values out of library log lines (urllib3
+    logs each retry with the URL it was for, query string included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+#: The loggers of the libraries that send our requests.
+LIBRARY_LOGGERS = ("urllib3", "urllib3.connectionpool", "urllib3.util.retry", "httpx2", "httpcore2")
+
+
+def redact_library_logs() -> None:
+    """Install `RedactingFilter` on the transport libraries' loggers (once)."""
+    for name in LIBRARY_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in target.filters):
+            target.addFilter(RedactingFilter())
