@@ -69,17 +69,21 @@ def upstreams_seed() -> list[str]:
     Existing rows are left alone: the admin owns them once they exist.
     """
     seeds = {
-        # The OpenAI-compatible provider (aigen): 30 s reads, 3 retries
-        # waiting 2 s, 4 s, 8 s on 429/5xx/timeouts; POST is retried because
-        # a completion request has no side effects.
+        # The OpenAI-compatible provider (aigen): 60 s reads (a long answer
+        # streams for a while), 2 retries on 429/5xx/timeouts waiting 0.5 s
+        # then 1 s plus up to 0.5 s of jitter (names that do not resolve and
+        # refused connections are not retried at all); POST is retried because
+        # a completion request has no side effects. The pool and bulkhead fit
+        # an async worker carrying hundreds of generations at once.
         "openai": {
             "base_url": settings.AIGEN.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
             "description": "OpenAI-compatible chat completions (aigen)",
-            "connect_timeout": 5.0, "read_timeout": 30.0, "deadline": 60.0,
-            "retry_total": 3, "retry_backoff_factor": 2.0, "retry_backoff_max": 8.0,
-            "retry_jitter": 0.0, "retry_statuses": [429, 500, 502, 503, 504],
+            "connect_timeout": 3.0, "read_timeout": 60.0, "deadline": 120.0,
+            "retry_total": 2, "retry_backoff_factor": 0.5, "retry_backoff_max": 4.0,
+            "retry_jitter": 0.5, "retry_statuses": [429, 500, 502, 503, 504],
             "retry_methods": ["GET", "POST"], "retry_after_max": 8.0,
             "breaker_fail_max": 5, "breaker_reset_timeout": 30.0,
+            "pool_size": 500, "bulkhead_max": 1000, "bulkhead_wait": 1.0,
         },
     }
     created = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -106,6 +107,19 @@ class Policy:
         )
 
 
+def unfixable(error: BaseException) -> bool:
+    """A name that does not resolve or a port that refuses: retrying within
+    one call's deadline will not change it."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (socket.gaierror, ConnectionRefusedError)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class DeadlineExceeded(Exception):
     """The next retry could not start (or finish waiting) before the deadline."""
 
@@ -164,6 +178,8 @@ class PolicyRetry(Retry):
     - A wait that would end past the call's deadline raises `DeadlineExceeded`
       instead of sleeping: failing now beats failing later.
     - Every failed attempt is appended to the call's `Trace.history`.
+    - A failure no retry can fix ends the call at once: a host name that does
+      not resolve, a connection refused outright.
     """
 
     sleeper = staticmethod(time.sleep)
@@ -187,6 +203,9 @@ class PolicyRetry(Retry):
                 "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
                 "wait_s": 0.0,
             })
+        if error is not None and unfixable(error):  # no attempts left for this one
+            exhausted = self.new(total=0, connect=0, read=0, status=0, other=0)
+            return Retry.increment(exhausted, method, url, response, error, _pool, _stacktrace)
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def get_backoff_time(self) -> float:

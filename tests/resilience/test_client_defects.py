@@ -129,3 +129,26 @@ def test_a_follower_of_a_failed_flight_gets_its_own_copy_of_the_error(fake, make
     assert caught[0] is not caught[1]
     call_log_flush()
     assert sorted(CallLog.objects.values_list("outcome", flat=True)) == ["timeout", "timeout"]
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_a_refused_connection_is_not_retried(make_upstream, face):
+    import socket
+
+    from asgiref.sync import async_to_sync
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    make_upstream(base_url=f"http://127.0.0.1:{port}", retry_total=3, retry_backoff_factor=1.0)
+    client = upstream("api")
+    with pytest.raises(errors.UpstreamConnectionError) as caught:
+        if face == "sync":
+            client.get("/x")
+        else:
+            async_to_sync(client.aget)("/x")
+    assert "ConnectionRefusedError [Errno 111]" in caught.value.message  # the cause, named
+    call_log_flush()
+    row = CallLog.objects.get()
+    assert (row.attempts, row.outcome) == (1, "connection_error")
+    assert "Errno 111" in row.error

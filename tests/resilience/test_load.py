@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("transactional_db")
 def test_more_threads_than_pool_connections_all_succeed(fake, make_upstream):
     """The old failure: past pool_size, discarded connections broke the body
     read (EBADF) and tripped the breaker."""
-    make_upstream(pool_size=4, breaker_fail_max=3, retry_total=0)
+    make_upstream(pool_size=4, breaker_fail_max=3, retry_total=0, connect_timeout=2.0)
     fake.script("/item", Reply(200, body={"ok": True}, delay=0.005))
     client = upstream("api")
 
@@ -38,7 +38,8 @@ def test_more_threads_than_pool_connections_all_succeed(fake, make_upstream):
 
 
 def test_async_tasks_beyond_the_pool_all_succeed(fake, make_upstream):
-    make_upstream(pool_size=4, retry_total=0)
+    # A connect timeout a busy CI box cannot miss: the point is the pool, not the clock.
+    make_upstream(pool_size=4, retry_total=0, connect_timeout=2.0)
     fake.script("/item", Reply(200, body={"ok": True}, delay=0.01))
     client = upstream("api")
 

@@ -205,7 +205,7 @@ def test_seed_upstreams_is_idempotent_and_keeps_admin_edits():
     assert "all built-in upstreams exist" in run("seed_upstreams")
     seeded = Upstream.objects.get(name="openai")
     assert seeded.read_timeout == 12
-    assert (seeded.retry_total, seeded.retry_backoff_factor) == (3, 2.0)
+    assert (seeded.retry_total, seeded.retry_backoff_factor) == (2, 0.5)
 
 
 @pytest.mark.django_db(transaction=True)
