@@ -12,9 +12,9 @@ from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from resilience import services
-from resilience.calllog import call_log_flush
+from resilience.telemetry.calllog import call_log_flush
 from resilience.models import BreakerEvent, CallLog, Upstream
-from resilience.selectors import WINDOWS, breaker_status, upstream_stats
+from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 
 BREAKER_COLOURS = {"closed": "#2e7d32", "half-open": "#ef6c00", "open": "#c62828", "disabled": "#757575"}
 

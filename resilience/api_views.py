@@ -2,7 +2,7 @@
 resilience.urls): upstreams with their live breaker and statistics, the call
 log, breaker reset, probe and cache control, cache statistics.
 
-Views stay thin: reads go through resilience.selectors (after flushing this
+Views stay thin: reads go through resilience.telemetry.selectors (after flushing this
 process's buffered call logs, so calls made a moment ago count), writes
 through resilience.services. Reading needs an authenticated user, writing a
 staff user. Errors use the project's shape (resilience.api); an unknown
@@ -24,9 +24,9 @@ from rest_framework.views import APIView
 from resilience import exceptions as errors
 from resilience import serializers as s
 from resilience.cache_ops import cache_stats
-from resilience.calllog import call_log_flush
+from resilience.telemetry.calllog import call_log_flush
 from resilience.models import CallLog, Upstream
-from resilience.selectors import (
+from resilience.telemetry.selectors import (
     WINDOWS,
     breaker_status,
     call_logs,

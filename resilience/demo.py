@@ -37,7 +37,7 @@ from django.views.decorators.http import require_safe
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
+from resilience.telemetry.calllog import call_log_flush
 from resilience.conf import resilience_settings
 from resilience.models import Upstream
 

@@ -17,7 +17,7 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
 from resilience.models import CallLog, Outcome, Upstream
-from resilience.selectors import WINDOWS
+from resilience.telemetry.selectors import WINDOWS
 
 BREAKER_STATES = ("closed", "half-open", "open", "disabled")
 

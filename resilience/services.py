@@ -11,10 +11,10 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from resilience import exceptions as errors
-from resilience.calllog import call_log_flush
+from resilience.telemetry.calllog import call_log_flush
 from resilience.client import reset_clients, upstream_client
 from resilience.models import CallLog, Upstream
-from resilience.selectors import breaker_status
+from resilience.telemetry.selectors import breaker_status
 
 
 def _get(name: str) -> Upstream:

@@ -13,7 +13,7 @@ from tests.support.redis_server import RedisProcess, ping, require
 
 @pytest.fixture(autouse=True)
 def _clean_cache():
-    from resilience.calllog import call_log_discard
+    from resilience.telemetry.calllog import call_log_discard
     from resilience.client import reset_clients
 
     reset_engines()

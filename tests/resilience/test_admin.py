@@ -110,7 +110,7 @@ def test_actions_reset_breaker_clear_cache_and_probe(staff_client, fake, make_up
 def test_call_log_admin_is_read_only(staff_client, fake, make_upstream):
     make_upstream()
     upstream("api").get("/a")
-    from resilience.calllog import call_log_flush
+    from resilience.telemetry.calllog import call_log_flush
 
     call_log_flush()
     page = staff_client.get(reverse("admin:resilience_calllog_changelist") + "?outcome=ok")

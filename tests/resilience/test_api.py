@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
+from resilience.telemetry.calllog import call_log_flush
 from resilience.models import CallLog, Upstream
 from tests.support.fake_upstream import Reply
 

@@ -11,7 +11,7 @@ import requests
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
+from resilience.telemetry.calllog import call_log_flush
 from resilience.client import reset_clients
 from resilience.context import current_request_id
 from resilience.models import BreakerEvent, CallLog, Upstream

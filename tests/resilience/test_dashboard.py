@@ -11,7 +11,7 @@ from django.urls import reverse
 from resilience import exceptions as errors
 from resilience import upstream
 from resilience.models import CallLog, Outcome
-from resilience.timeseries import upstream_timeseries
+from resilience.telemetry.timeseries import upstream_timeseries
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db

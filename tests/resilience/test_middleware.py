@@ -16,7 +16,7 @@ from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
 
 from resilience import upstream
-from resilience.calllog import call_log_flush
+from resilience.telemetry.calllog import call_log_flush
 from resilience.context import current_request_id
 from resilience.middleware import (
     CompressionMiddleware,

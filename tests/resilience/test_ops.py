@@ -14,7 +14,7 @@ from django.test import override_settings
 
 from resilience import checks, upstream
 from resilience.cache import cache_key
-from resilience.calllog import call_log_flush, call_log_record
+from resilience.telemetry.calllog import call_log_flush, call_log_record
 from resilience.models import CallLog, Upstream
 from tests.support.worker import run_worker, worker_env
 

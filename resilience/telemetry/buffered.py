@@ -13,7 +13,7 @@ flush; beyond ten times `max_rows()` the oldest rows are dropped, counted in
 `dropped` and logged, so an outage cannot grow memory without bound. A record
 never breaks the request that made it.
 
-Used by call logs (resilience.calllog) and generation records (aigen.records).
+Used by call logs (resilience.telemetry.calllog) and generation records (aigen.records).
 """
 from __future__ import annotations
 

@@ -1,0 +1,259 @@
+"""Prometheus metrics and the `/metrics` view.
+
+Two kinds of metric, each counted where it is exact:
+
+- Events, counted in the process where they happen: upstream calls by outcome,
+  their latency and retries (the `call_completed` signal), breaker transitions
+  (`breaker_state_changed`), and the service's own request latency by view
+  (resilience.middleware.RequestTimingMiddleware calls `request_observe`).
+- State, read at scrape time by collectors: breaker state (shared breaker
+  storage, so every worker sees the same), the cache backend's counters
+  (already summed across workers through Redis) and AI generations and token
+  usage (the `aigen.Generation` records in the database).
+
+Several worker processes: with `PROMETHEUS_MULTIPROC_DIR` set in the
+environment of every worker (prometheus_client reads it at import) and the
+same directory in `RESILIENCE["METRICS_MULTIPROC_DIR"]`, each worker writes
+its event metrics to files there and a scrape sums them all
+(`prometheus_client.multiprocess`). Empty the directory when the server
+starts. Without it, the process's default registry is exported.
+
+On failure: a receiver never raises into the upstream call that sent the
+signal (the error is logged); a collector whose source is down (database)
+is left out of that scrape, and the rest is still exported.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import ipaddress
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from django.apps import apps
+from django.db import DatabaseError
+from django.db.models import Count, Sum
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from resilience.conf import resilience_settings
+from resilience.signals import breaker_state_changed, call_completed
+
+logger = logging.getLogger(__name__)
+
+#: Breaker state as a number: `resilience_breaker_state`.
+BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+
+UPSTREAM_CALLS = Counter(
+    "resilience_upstream_calls", "Logical upstream calls, by outcome (one per call-log row).",
+    ["upstream", "outcome"])
+UPSTREAM_LATENCY = Histogram(
+    "resilience_upstream_call_duration_seconds",
+    "Duration of upstream calls that reached the upstream (retries included; cache hits and "
+    "breaker refusals are not observed).", ["upstream"], buckets=LATENCY_BUCKETS)
+UPSTREAM_RETRIES = Counter(
+    "resilience_upstream_retries", "Attempts beyond the first of each upstream call.", ["upstream"])
+BREAKER_TRANSITIONS = Counter(
+    "resilience_breaker_transitions",
+    "Circuit breaker state changes (counted by the process that made them).",
+    ["upstream", "from_state", "to_state"])
+HTTP_REQUEST_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "The service's own request latency until the response is ready, by view.",
+    ["view", "method", "status"], buckets=LATENCY_BUCKETS)
+
+
+# -- events --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
+def _children(upstream: str, outcome: str) -> tuple[Any, Any, Any]:
+    # labels() takes a lock and builds a key on every call; the children are stable.
+    return (UPSTREAM_CALLS.labels(upstream, outcome), UPSTREAM_LATENCY.labels(upstream),
+            UPSTREAM_RETRIES.labels(upstream))
+
+
+def _on_call_completed(sender: Any, *, call: Any, **kwargs: Any) -> None:
+    upstream, attempts = call.upstream, call.attempts
+    try:
+        calls, latency, retries = _children(upstream, str(call.outcome))
+        calls.inc()
+        if attempts > 0:
+            latency.observe(call.latency_ms / 1000)
+        if attempts > 1:
+            retries.inc(attempts - 1)
+    except Exception:  # metrics must never fail a call
+        logger.exception("metrics: could not count a call to %s", upstream)
+
+
+def _on_breaker_changed(sender: Any, *, upstream: str, old: str, new: str, **kwargs: Any) -> None:
+    try:
+        BREAKER_TRANSITIONS.labels(upstream, old or "unknown", new).inc()
+    except Exception:
+        logger.exception("metrics: could not count a breaker change of %s", upstream)
+
+
+def metrics_install() -> None:
+    """Connect the signal receivers (idempotent; done on import)."""
+    call_completed.connect(_on_call_completed, dispatch_uid="resilience.metrics.call_completed")
+    breaker_state_changed.connect(_on_breaker_changed, dispatch_uid="resilience.metrics.breaker_changed")
+
+
+metrics_install()
+
+
+def request_observe(*, view: str, method: str, status: int, seconds: float) -> None:
+    """Count one request the service answered (by the timing middleware)."""
+    method = method if method in HTTP_METHODS else "other"
+    HTTP_REQUEST_LATENCY.labels(view, method, str(status)).observe(seconds)
+
+
+# -- state, at scrape time ---------------------------------------------------------------------
+class BreakerCollector:
+    """`resilience_breaker_state` (0 closed, 1 half-open, 2 open) and
+    `resilience_breaker_failures` per upstream with an enabled breaker, read
+    from the shared breaker storage: the same answer from every worker."""
+
+    def collect(self) -> Iterator[Metric]:
+        from resilience.models import Upstream
+        from resilience.telemetry.selectors import breaker_status
+
+        state = GaugeMetricFamily("resilience_breaker_state", "Circuit breaker state: 0 closed, "
+                                  "1 half-open, 2 open.", labels=["upstream"])
+        failures = GaugeMetricFamily("resilience_breaker_failures",
+                                     "Consecutive failures counted by the breaker.", labels=["upstream"])
+        try:
+            upstreams = list(Upstream.objects.filter(breaker_enabled=True))
+        except DatabaseError:
+            logger.warning("metrics: breaker states left out (database unavailable)")
+            return
+        for upstream in upstreams:
+            status = breaker_status(upstream)
+            state.add_metric([upstream.name], BREAKER_STATE_VALUES.get(status["state"], 0))
+            failures.add_metric([upstream.name], status["failures"] or 0)
+        yield state
+        yield failures
+
+
+class CacheCollector:
+    """The cache backend's counters (`cache_stats()`: summed across workers
+    while Redis is up, this process's own while it falls back to memory)."""
+
+    def collect(self) -> Iterator[Metric]:
+        from resilience.cache_ops import cache_stats
+
+        stats = cache_stats()
+        for field, text in (("hits", "Cache hits."), ("misses", "Cache misses."), ("sets", "Cache writes."),
+                            ("deletes", "Cache deletions."), ("errors", "Cache backend errors."),
+                            ("fallbacks", "Falls back from Redis to local memory.")):
+            yield CounterMetricFamily(f"resilience_cache_{field}", text, value=stats.get(field, 0))
+        yield GaugeMetricFamily("resilience_cache_fallback",
+                                "1 while Redis is configured but local memory serves.",
+                                value=1 if stats.get("fallback") else 0)
+        backend = GaugeMetricFamily("resilience_cache_backend", "The store serving now (value 1).",
+                                    labels=["backend", "scope"])
+        backend.add_metric([str(stats.get("backend", "")), str(stats.get("scope", ""))], 1)
+        yield backend
+
+
+class GenerationCollector:
+    """AI generations by template, provider, model, outcome and cache use, and
+    the tokens spent with providers (answers from the cache spend none), from
+    the `aigen.Generation` records (written within a second or so)."""
+
+    def collect(self) -> Iterator[Metric]:
+        if not apps.is_installed("aigen"):
+            return
+        try:
+            Generation = apps.get_model("aigen", "Generation")
+            rows = list(Generation.objects.order_by().values(
+                "template_id", "provider", "model", "outcome", "cached").annotate(
+                n=Count("id"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")))
+        except (LookupError, DatabaseError):
+            logger.warning("metrics: generation counts left out (no aigen records)")
+            return
+        generations = CounterMetricFamily(
+            "aigen_generations", "Generate requests, by template, provider, model, outcome, cache use.",
+            labels=["template", "provider", "model", "outcome", "cached"])
+        tokens = CounterMetricFamily("aigen_tokens", "Tokens spent with the provider (cache hits excluded).",
+                                     labels=["template", "provider", "model", "kind"])
+        spent: dict[tuple[str, ...], int] = {}
+        for row in rows:
+            labels = [row["template_id"], row["provider"], row["model"]]
+            generations.add_metric([*labels, row["outcome"], str(row["cached"]).lower()], row["n"])
+            if not row["cached"]:
+                for kind in ("prompt", "completion"):
+                    key = (*labels, kind)
+                    spent[key] = spent.get(key, 0) + (row[kind] or 0)
+        for key, value in spent.items():
+            tokens.add_metric(list(key), value)
+        yield generations
+        yield tokens
+
+
+def scrape_registry() -> CollectorRegistry:
+    """A registry for one scrape: every worker's event metrics (multiprocess
+    mode) or this process's, plus the state collectors."""
+    registry = CollectorRegistry()
+    path = resilience_settings.METRICS_MULTIPROC_DIR
+    if path:
+        multiprocess.MultiProcessCollector(registry, path=str(path))
+    else:
+        registry.register(REGISTRY)
+    for collector in (BreakerCollector(), CacheCollector(), GenerationCollector()):
+        registry.register(collector)
+    return registry
+
+
+# -- the view ----------------------------------------------------------------------------------
+def _error(code: str, message: str, status: int) -> JsonResponse:
+    return JsonResponse({"success": False, "error": {"code": code, "message": message}}, status=status)
+
+
+def _loopback(request: HttpRequest) -> bool:
+    """A direct client on this host. A request relayed by a proxy (it names
+    the original client) is not, even though it arrives from 127.0.0.1."""
+    if any(request.META.get(h) for h in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")):
+        return False
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def metrics_denied(request: HttpRequest) -> JsonResponse | None:
+    """Why this request may not read /metrics (None: it may).
+
+    With `METRICS_TOKEN` set, `Authorization: Bearer <token>` is required from
+    everyone; without it, only loopback clients get in.
+    """
+    token = str(resilience_settings.METRICS_TOKEN or "")
+    if not token:
+        if _loopback(request):
+            return None
+        return _error("permission_denied", "/metrics is open to loopback clients only; set METRICS_TOKEN "
+                      "to scrape it from elsewhere.", 403)
+    scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    response = _error("not_authenticated", "/metrics needs Authorization: Bearer <METRICS_TOKEN>.", 401)
+    response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
+
+
+@never_cache
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition (text format, or OpenMetrics when asked for)."""
+    denied = metrics_denied(request)
+    if denied is not None:
+        return denied
+    encoder, content_type = choose_encoder(request.META.get("HTTP_ACCEPT", ""))
+    return HttpResponse(encoder(scrape_registry()), content_type=content_type)
