@@ -1,22 +1,41 @@
 """Read-side queries: per-upstream statistics, live breaker state, call logs.
 
-Statistics are computed from call logs (flushed every second or so, so the
-last moment may lag) and breaker events; live breaker state comes from the
-shared breaker storage.
+Statistics are read from the rollups (resilience.telemetry.rollups), never
+from call-log rows, so their cost depends on the window, not on traffic:
+windows shorter than `HOURLY_FROM` read minute rows (at most 61 per endpoint
+for an hour), longer ones hour rows (169 for a week). A window is rounded out
+to whole buckets: it starts at the top of the minute (or hour) containing
+`now - window`, so it covers at least the window and at most one bucket more.
+Counts lag by the writers' flush interval (a second or so). Breaker trips
+come from the breaker events; live breaker state from the shared breaker
+storage.
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from resilience.breaker import CLOSED, OPEN, SharedBreaker
-from resilience.models import CACHED_OUTCOMES, FAILED_OUTCOMES, BreakerEvent, CallLog, Outcome, Upstream
+from resilience.models import (
+    FAILED_OUTCOMES,
+    BreakerEvent,
+    CallLog,
+    HourRollup,
+    MinuteRollup,
+    Outcome,
+    Upstream,
+)
+from resilience.telemetry import histogram
+from resilience.telemetry.rollups import COUNTERS, RollupDelta, totals
 
 WINDOWS: dict[str, timedelta] = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1),
-                                 "24h": timedelta(hours=24)}
+                                 "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+#: Windows at least this long read hour rollups.
+HOURLY_FROM = timedelta(hours=6)
+ROLLUP_FIELDS = (*COUNTERS, "outcomes", "latency")
 
 
 def breaker_status(upstream: Upstream) -> dict[str, Any]:
@@ -28,46 +47,56 @@ def breaker_status(upstream: Upstream) -> dict[str, Any]:
                                    reset_timeout=upstream.breaker_reset_timeout)
 
 
-def _percentiles(latencies: QuerySet, count: int, qs: tuple[float, ...]) -> list[float | None]:
-    """Nearest-rank percentiles computed by the database (one ORDER BY ...
-    OFFSET per percentile), so a busy 24 h window is never loaded into Python."""
-    if not count:
-        return [None] * len(qs)
-    ordered = latencies.order_by("latency_ms").values_list("latency_ms", flat=True)
-    return [round(ordered[min(count - 1, max(0, round(q * (count - 1))))], 3) for q in qs]
+def _floor(moment: datetime, step: int) -> datetime:
+    epoch = moment.timestamp()
+    return datetime.fromtimestamp(epoch - epoch % step, UTC)
 
 
-def upstream_stats(*, name: str, window: timedelta, now: Any = None) -> dict[str, Any]:
+def window_rollups(*, name: str, window: timedelta, now: datetime,
+                   endpoint: str | None = None) -> tuple[QuerySet, datetime]:
+    """The rollup rows covering the last `window` of upstream `name` (one
+    endpoint, or all with None), and the start of the first one."""
+    model, step = (HourRollup, 3600) if window >= HOURLY_FROM else (MinuteRollup, 60)
+    since = _floor(now - window, step)
+    rows = model.objects.filter(upstream=name, start__gte=since, start__lte=now)
+    if endpoint is not None:
+        rows = rows.filter(endpoint=endpoint)
+    return rows, since
+
+
+def upstream_totals(*, name: str, window: timedelta, now: datetime | None = None,
+                    endpoint: str | None = None) -> tuple[RollupDelta, datetime]:
+    """Every count of upstream `name` over the last `window`, summed from the
+    rollups, and where the window starts."""
+    rows, since = window_rollups(name=name, window=window, now=now or timezone.now(), endpoint=endpoint)
+    return totals(rows.order_by().values(*ROLLUP_FIELDS)), since
+
+
+def upstream_stats(*, name: str, window: timedelta, now: Any = None,
+                   endpoint: str | None = None) -> dict[str, Any]:
     """Calls, error rate, p50/p95/p99 latency, cache hit rate, retries and
-    breaker trips of upstream `name` over the last `window`."""
+    breaker trips of upstream `name` over the last `window` (rounded out to
+    whole rollup buckets, see the module docstring). Percentiles are of the
+    calls that reached the upstream, within 1% of the exact nearest-rank
+    values (resilience.telemetry.histogram)."""
     now = now or timezone.now()
-    since = now - window
-    logs = CallLog.objects.filter(upstream=name, created_at__gte=since, created_at__lte=now)
-    totals = logs.aggregate(
-        calls=Count("id"),
-        errors=Count("id", filter=Q(outcome__in=FAILED_OUTCOMES)),
-        cached=Count("id", filter=Q(outcome__in=CACHED_OUTCOMES)),
-        attempts_total=Sum("attempts", filter=Q(attempts__gt=0)),
-        upstream_calls=Count("id", filter=Q(attempts__gt=0)),
-    )
-    calls = totals["calls"]
-    # Latency of calls that reached the upstream; cache hits would flatter it.
-    p50, p95, p99 = _percentiles(logs.filter(attempts__gt=0), totals["upstream_calls"], (0.50, 0.95, 0.99))
+    total, since = upstream_totals(name=name, window=window, now=now, endpoint=endpoint)
+    p50, p95, p99 = histogram.percentiles(total.latency, (0.50, 0.95, 0.99))
     trips = BreakerEvent.objects.filter(upstream=name, to_state=OPEN, created_at__gte=since,
                                         created_at__lte=now).count()
-    outcomes = dict(logs.values_list("outcome").annotate(n=Count("id")).values_list("outcome", "n"))
+    calls = total.calls
     return {
         "window_seconds": int(window.total_seconds()),
         "calls": calls,
-        "errors": totals["errors"],
-        "error_rate": round(totals["errors"] / calls, 4) if calls else 0.0,
+        "errors": total.errors,
+        "error_rate": round(total.errors / calls, 4) if calls else 0.0,
         "p50_ms": p50,
         "p95_ms": p95,
         "p99_ms": p99,
-        "cache_hit_rate": round(totals["cached"] / calls, 4) if calls else 0.0,
-        "retries": (totals["attempts_total"] or 0) - totals["upstream_calls"],
+        "cache_hit_rate": round(total.cache_hits / calls, 4) if calls else 0.0,
+        "retries": total.retries,
         "breaker_trips": trips,
-        "outcomes": {str(k): v for k, v in outcomes.items()},
+        "outcomes": {str(k): v for k, v in sorted(total.outcomes.items()) if v},
     }
 
 
@@ -100,5 +129,5 @@ def recent_failures(*, name: str, limit: int = 10) -> QuerySet[CallLog]:
     return call_logs(name=name).filter(outcome__in=FAILED_OUTCOMES)[:limit]
 
 
-__all__ = ["CLOSED", "OPEN", "WINDOWS", "Outcome", "breaker_status", "call_logs",
-           "recent_failures", "upstream_overview", "upstream_stats"]
+__all__ = ["CLOSED", "OPEN", "WINDOWS", "Outcome", "breaker_status", "call_logs", "recent_failures",
+           "upstream_overview", "upstream_stats", "upstream_totals", "window_rollups"]

@@ -3,8 +3,10 @@
 `upstream_timeseries()` cuts the last `window` into equal buckets aligned to
 the wall clock (so a bucket keeps its boundaries from one refresh to the next)
 and reports, per bucket, the calls, the failed calls and the p95 latency of
-the calls that reached the upstream. Like the other statistics it reads the
-call logs, so calls still in a process's buffer are not counted until flushed.
+the calls that reached the upstream. It reads the minute rollups (hour
+rollups when the buckets are whole hours): one row per minute and endpoint
+whatever the traffic. Calls still in a process's buffer are not counted until
+flushed.
 """
 from __future__ import annotations
 
@@ -13,33 +15,25 @@ from typing import Any
 
 from django.utils import timezone
 
-from resilience.models import FAILED_OUTCOMES, CallLog
-
-FAILED = frozenset(str(outcome) for outcome in FAILED_OUTCOMES)
-
-
-def _p95(values: list[float]) -> float | None:
-    """Nearest-rank 95th percentile (the rule resilience.selectors uses)."""
-    if not values:
-        return None
-    values.sort()
-    return round(values[min(len(values) - 1, round(0.95 * (len(values) - 1)))], 3)
+from resilience.models import HourRollup, MinuteRollup
+from resilience.telemetry import histogram
 
 
 def upstream_timeseries(*, name: str, window: timedelta = timedelta(hours=1),
                         bucket: timedelta = timedelta(minutes=1),
-                        now: datetime | None = None) -> list[dict[str, Any]]:
+                        now: datetime | None = None, endpoint: str | None = None) -> list[dict[str, Any]]:
     """Buckets of upstream `name`'s calls over the last `window`, oldest first.
 
     Each bucket is `{"start": ISO time, "calls", "errors", "p95_ms"}`;
     `p95_ms` is None when no call of the bucket reached the upstream (cache
     hits and breaker rejections have no upstream latency). The last bucket is
     the one containing `now`, so it is still filling. Raises ValueError when
-    `bucket` is not positive or does not divide `window`.
+    `bucket` is not a whole number of minutes or does not divide `window`
+    (the rollups hold minutes).
     """
-    step = bucket.total_seconds()
-    if step <= 0 or window.total_seconds() % step:
-        raise ValueError(f"bucket {bucket} must be positive and divide window {window}")
+    step = int(bucket.total_seconds())
+    if step <= 0 or step != bucket.total_seconds() or step % 60 or window.total_seconds() % step:
+        raise ValueError(f"bucket {bucket} must be whole minutes and divide window {window}")
     count = int(window.total_seconds() // step)
     now = now or timezone.now()
     epoch = now.timestamp()
@@ -48,20 +42,20 @@ def upstream_timeseries(*, name: str, window: timedelta = timedelta(hours=1),
 
     calls = [0] * count
     errors = [0] * count
-    latencies: list[list[float]] = [[] for _ in range(count)]
-    rows = CallLog.objects.filter(upstream=name, created_at__gte=start, created_at__lt=end).values_list(
-        "created_at", "outcome", "latency_ms", "attempts")
-    for created_at, outcome, latency_ms, attempts in rows.iterator(chunk_size=5000):
-        index = int((created_at - start).total_seconds() // step)
+    latencies: list[dict[int, int]] = [{} for _ in range(count)]
+    model = HourRollup if step % 3600 == 0 else MinuteRollup
+    rows = model.objects.filter(upstream=name, start__gte=start, start__lt=end)
+    if endpoint is not None:
+        rows = rows.filter(endpoint=endpoint)
+    for at, n, failed, latency in rows.order_by().values_list("start", "calls", "errors", "latency"):
+        index = int((at - start).total_seconds() // step)
         if not 0 <= index < count:
             continue
-        calls[index] += 1
-        if outcome in FAILED:
-            errors[index] += 1
-        if attempts:
-            latencies[index].append(latency_ms)
+        calls[index] += n
+        errors[index] += failed
+        histogram.merge(latencies[index], latency or {})
     return [
         {"start": (start + i * bucket).isoformat(), "calls": calls[i], "errors": errors[i],
-         "p95_ms": _p95(latencies[i])}
+         "p95_ms": histogram.percentiles(latencies[i], (0.95,))[0]}
         for i in range(count)
     ]
