@@ -213,6 +213,7 @@ def test_calls_are_paginated_newest_first(make_upstream, user_client):
     make_logs(2, upstream="elsewhere")
     body = user_client.get(f"{API}/upstreams/api/calls", {"page_size": 2}).json()
     assert body["success"] is True and body["count"] == 5
+    assert body["sampling"] == {"success_sample_rate": 1.0, "note": "Every call has a row."}
     assert [c["path"] for c in body["results"]] == ["/p0", "/p1"]
     assert body["previous"] is None and "page=2" in body["next"]
     last = user_client.get(f"{API}/upstreams/api/calls", {"page_size": 2, "page": 3}).json()
@@ -349,3 +350,10 @@ def test_cache_delete_removes_this_upstreams_responses_and_counts_them(fake, mak
     assert upstream("api").get("/a").from_cache is False  # fetched again
     assert upstream("other").get("/a").from_cache is True  # untouched
     assert fake.count() == before + 1
+
+
+def test_calls_say_that_successes_are_sampled_and_at_what_rate(make_upstream, user_client):
+    make_upstream(log_sample_rate=0.01)
+    sampling = user_client.get(f"{API}/upstreams/api/calls").json()["sampling"]
+    assert sampling["success_sample_rate"] == 0.01
+    assert "successful calls are sampled: 1.00% of them keep a row" in sampling["note"]
