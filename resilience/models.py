@@ -278,3 +278,10 @@ class HourRollup(Rollup):
         constraints = [models.UniqueConstraint(fields=["upstream", "start", "endpoint"],
                                                name="resilience_hourrollup_key")]
         indexes = [models.Index(fields=["start"], name="resilience_hourrollup_start")]
+
+
+class DayRollup(Rollup):
+    class Meta(Rollup.Meta):
+        constraints = [models.UniqueConstraint(fields=["upstream", "start", "endpoint"],
+                                               name="resilience_dayrollup_key")]
+        indexes = [models.Index(fields=["start"], name="resilience_dayrollup_start")]

@@ -1,6 +1,6 @@
-"""Retention: delete call-log rows, minute rollups and hour rollups older than
+"""Retention: delete call-log rows, minute, hour and day rollups older than
 their settings (`CALL_LOG_RETENTION_DAYS`, `ROLLUP_MINUTE_RETENTION_DAYS`,
-`ROLLUP_HOUR_RETENTION_DAYS`), in bounded batches.
+`ROLLUP_HOUR_RETENTION_DAYS`, `ROLLUP_DAY_RETENTION_DAYS`), in bounded batches.
 
 Each batch is one `DELETE ... WHERE id IN (SELECT id ... WHERE <time> <
 cutoff LIMIT n)` in its own short transaction (autocommit), driven by the
@@ -19,7 +19,7 @@ from django.db import connections, models, router
 from django.utils import timezone
 
 from resilience.conf import resilience_settings
-from resilience.models import CallLog, HourRollup, MinuteRollup
+from resilience.models import CallLog, DayRollup, HourRollup, MinuteRollup
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,12 @@ TARGETS = {
     "rows": PruneTarget("call log", CallLog, "created_at", "CALL_LOG_RETENTION_DAYS"),
     "minutes": PruneTarget("minute rollup", MinuteRollup, "start", "ROLLUP_MINUTE_RETENTION_DAYS"),
     "hours": PruneTarget("hour rollup", HourRollup, "start", "ROLLUP_HOUR_RETENTION_DAYS"),
+    "days": PruneTarget("day rollup", DayRollup, "start", "ROLLUP_DAY_RETENTION_DAYS"),
 }
 
 
 def retention_of(kind: str) -> timedelta:
-    """The configured retention of `kind` (`rows`, `minutes`, `hours`)."""
+    """The configured retention of `kind` (`rows`, `minutes`, `hours`, `days`)."""
     return timedelta(days=getattr(resilience_settings, TARGETS[kind].setting))
 
 
@@ -71,9 +72,9 @@ def table_prune(model: type[models.Model], *, time_field: str, before: datetime,
 def telemetry_prune(*, older_than: dict[str, timedelta] | None = None, batch_size: int | None = None,
                     now: datetime | None = None,
                     progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
-    """Apply retention to call-log rows, minute and hour rollups.
+    """Apply retention to call-log rows, minute, hour and day rollups.
 
-    `older_than` maps `rows`/`minutes`/`hours` to an age (missing ones: their
+    `older_than` maps `rows`/`minutes`/`hours`/`days` to an age (missing ones: their
     setting); `batch_size` defaults to `PRUNE_BATCH_SIZE`. Returns the rows
     deleted per kind. Flushes this process's buffered calls first, so nothing
     written after the prune is older than it.

@@ -3,7 +3,8 @@
 Statistics are read from the rollups (resilience.telemetry.rollups), never
 from call-log rows, so their cost depends on the window, not on traffic:
 windows shorter than `HOURLY_FROM` read minute rows (at most 61 per endpoint
-for an hour), longer ones hour rows (169 for a week). A window is rounded out
+for an hour), longer ones hour rows (25 for a day) and, from `DAILY_FROM`,
+day rows for whole days (about 32 rows for a week). A window is rounded out
 to whole buckets: it starts at the top of the minute (or hour) containing
 `now - window`, so it covers at least the window and at most one bucket more.
 Counts lag by the writers' flush interval (a second or so). Breaker trips
@@ -15,7 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from resilience.breaker import CLOSED, OPEN, SharedBreaker
@@ -23,9 +24,11 @@ from resilience.models import (
     FAILED_OUTCOMES,
     BreakerEvent,
     CallLog,
+    DayRollup,
     HourRollup,
     MinuteRollup,
     Outcome,
+    Rollup,
     Upstream,
 )
 from resilience.telemetry import histogram
@@ -33,8 +36,10 @@ from resilience.telemetry.rollups import COUNTERS, RollupDelta, totals
 
 WINDOWS: dict[str, timedelta] = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1),
                                  "24h": timedelta(hours=24), "7d": timedelta(days=7)}
-#: Windows at least this long read hour rollups.
+#: Windows at least this long read hour rollups...
 HOURLY_FROM = timedelta(hours=6)
+#: ...and at least this long read day rollups for the whole UTC days inside them.
+DAILY_FROM = timedelta(days=2)
 ROLLUP_FIELDS = (*COUNTERS, "outcomes", "latency")
 
 
@@ -55,13 +60,31 @@ def _floor(moment: datetime, step: int) -> datetime:
 def window_rollups(*, name: str, window: timedelta, now: datetime,
                    endpoint: str | None = None) -> tuple[QuerySet, datetime]:
     """The rollup rows covering the last `window` of upstream `name` (one
-    endpoint, or all with None), and the start of the first one."""
-    model, step = (HourRollup, 3600) if window >= HOURLY_FROM else (MinuteRollup, 60)
-    since = _floor(now - window, step)
-    rows = model.objects.filter(upstream=name, start__gte=since, start__lte=now)
-    if endpoint is not None:
-        rows = rows.filter(endpoint=endpoint)
-    return rows, since
+    endpoint, or all with None) as one query of `ROLLUP_FIELDS` values, and
+    the start of the window (rounded out to the minute or the hour).
+
+    Short windows read minute rows; from `HOURLY_FROM` hour rows; from
+    `DAILY_FROM` day rows for the whole days inside the window and hour rows
+    for the hours before and after them (a week: 6 or 7 day rows and 24 or 25
+    hour rows instead of 169 hour rows). Every choice covers the same calls."""
+    def rows_of(model: type[Rollup]) -> QuerySet:
+        rows = model.objects.filter(upstream=name)
+        return rows if endpoint is None else rows.filter(endpoint=endpoint)
+
+    if window < HOURLY_FROM:
+        since = _floor(now - window, 60)
+        rows = rows_of(MinuteRollup).filter(start__gte=since, start__lte=now)
+        return rows.order_by().values(*ROLLUP_FIELDS), since
+    since = _floor(now - window, 3600)
+    hours = rows_of(HourRollup).filter(start__gte=since, start__lte=now)
+    first_day = _floor(since + timedelta(days=1) - timedelta(seconds=1), 86400)  # since, rounded up
+    last_day = _floor(now, 86400)
+    if window < DAILY_FROM or last_day <= first_day:
+        return hours.order_by().values(*ROLLUP_FIELDS), since
+    days = rows_of(DayRollup).filter(start__gte=first_day, start__lt=last_day)
+    hours = hours.filter(Q(start__lt=first_day) | Q(start__gte=last_day))
+    return (hours.order_by().values(*ROLLUP_FIELDS)
+            .union(days.order_by().values(*ROLLUP_FIELDS), all=True)), since
 
 
 def upstream_totals(*, name: str, window: timedelta, now: datetime | None = None,
@@ -69,7 +92,7 @@ def upstream_totals(*, name: str, window: timedelta, now: datetime | None = None
     """Every count of upstream `name` over the last `window`, summed from the
     rollups, and where the window starts."""
     rows, since = window_rollups(name=name, window=window, now=now or timezone.now(), endpoint=endpoint)
-    return totals(rows.order_by().values(*ROLLUP_FIELDS)), since
+    return totals(rows), since
 
 
 def upstream_stats(*, name: str, window: timedelta, now: Any = None,

@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from resilience.models import CallLog, HourRollup, MinuteRollup
+from resilience.models import CallLog, DayRollup, HourRollup, MinuteRollup
 from resilience.telemetry.calllog import call_log_flush, call_log_record
 from resilience.telemetry.retention import table_prune, telemetry_prune
 from tests.telemetry.conftest import Call
@@ -33,13 +33,15 @@ def fill(now: float) -> None:
 
 def test_each_kind_is_pruned_by_its_own_retention(settings):
     settings.RESILIENCE = {**settings.RESILIENCE, "CALL_LOG_RETENTION_DAYS": 7,
-                           "ROLLUP_MINUTE_RETENTION_DAYS": 3, "ROLLUP_HOUR_RETENTION_DAYS": 90}
+                           "ROLLUP_MINUTE_RETENTION_DAYS": 3, "ROLLUP_HOUR_RETENTION_DAYS": 90,
+                           "ROLLUP_DAY_RETENTION_DAYS": 7}
     now = datetime.now(UTC)
     fill(now.timestamp())
-    assert telemetry_prune(now=now) == {"rows": 2, "minutes": 3, "hours": 1}
+    assert telemetry_prune(now=now) == {"rows": 2, "minutes": 3, "hours": 1, "days": 2}
     assert CallLog.objects.count() == 3
     assert MinuteRollup.objects.count() == 2
     assert HourRollup.objects.count() == 4
+    assert DayRollup.objects.count() == 3
 
 
 def test_batches_are_bounded_and_progress_is_reported():
@@ -61,10 +63,11 @@ def test_batches_are_bounded_and_progress_is_reported():
 def test_prune_commands_new_and_old_name():
     fill(datetime.now(UTC).timestamp())
     out = run("prune_telemetry", "--older-than", "7d", "--minutes-older-than", "1d", "--hours-older-than",
-              "30d", "--batch-size", "2")
+              "30d", "--days-older-than", "6d", "--batch-size", "2")
     assert "deleted 2 call log(s) older than 7 days" in out
     assert "deleted 4 minute rollup(s) older than 1 day" in out
     assert "deleted 1 hour rollup(s) older than 30 days" in out
+    assert "deleted 2 day rollup(s) older than 6 days" in out
     assert "deleted 2 call log(s) older than 2 days" in run("prune_call_logs", "--older-than", "48h")
     with pytest.raises(CommandError, match="invalid age"):
         run("prune_call_logs", "--older-than", "a week")

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from resilience.telemetry import selectors
 from resilience.telemetry.calllog import call_log_flush, call_log_record
 from resilience.telemetry.selectors import WINDOWS, upstream_stats
 from tests.telemetry.conftest import NOW, Call
@@ -49,16 +50,24 @@ def test_percentiles_from_rollups_are_within_2_percent_of_exact_nearest_rank(kin
         assert abs(stats[key] - truth) <= 0.02 * truth, (kind, key, stats[key], truth)
 
 
-def test_windows_read_minutes_or_hours_and_cover_at_least_the_window():
+def test_windows_read_minutes_hours_or_days_and_cover_at_least_the_window(monkeypatch):
     now = NOW.timestamp()
+    week = 7 * 86400
     for age, outcome in ((30, "ok"), (4 * 60, "ok"), (50 * 60, "timeout"), (5 * 3600, "ok"),
-                         (23 * 3600, "http_error"), (3 * 86400, "ok"), (8 * 86400, "ok")):
+                         (23 * 3600, "http_error"), (3 * 86400, "ok"), (8 * 86400, "ok"),
+                         # a week ago: in the window's first hours (read from hour rows), in its
+                         # first hour rounded out, and just before it
+                         (week - 1800, "ok"), (week + 1200, "ok"), (week + 2400, "ok")):
         call_log_record(Call(created=now - age, outcome=outcome, status=200 if outcome == "ok" else None,
                              sample_rate=0.0))
     call_log_flush()
     calls = {name: upstream_stats(name="api", window=window, now=NOW)["calls"]
              for name, window in WINDOWS.items()}
-    assert calls == {"5m": 2, "1h": 3, "24h": 5, "7d": 6}
+    assert calls == {"5m": 2, "1h": 3, "24h": 5, "7d": 8}
+    # Read hour by hour instead of whole days in between: the same calls.
+    by_days = upstream_stats(name="api", window=WINDOWS["7d"], now=NOW)
+    monkeypatch.setattr(selectors, "DAILY_FROM", timedelta(days=365))
+    assert upstream_stats(name="api", window=WINDOWS["7d"], now=NOW) == by_days
     day = upstream_stats(name="api", window=WINDOWS["24h"], now=NOW)
     assert (day["errors"], day["error_rate"]) == (2, 0.4)
     assert day["outcomes"] == {"http_error": 1, "ok": 3, "timeout": 1}

@@ -1,5 +1,5 @@
-"""`manage.py prune_telemetry`: enforce retention of call-log rows, minute
-rollups and hour rollups in bounded batches (`prune_call_logs` is the same
+"""`manage.py prune_telemetry`: enforce retention of call-log rows, minute,
+hour and day rollups in bounded batches (`prune_call_logs` is the same
 command under its old name)."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from resilience.telemetry.retention import TARGETS, retention_of, telemetry_prune
 
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-OPTIONS = {"rows": "older_than", "minutes": "minutes_older_than", "hours": "hours_older_than"}
+OPTIONS = {"rows": "older_than", "minutes": "minutes_older_than", "hours": "hours_older_than",
+           "days": "days_older_than"}
 
 
 def parse_age(text: str) -> timedelta:
@@ -24,14 +25,15 @@ def parse_age(text: str) -> timedelta:
 
 
 class Command(BaseCommand):
-    help = ("Delete call-log rows, minute rollups and hour rollups older than their retention "
-            "(CALL_LOG_RETENTION_DAYS, ROLLUP_MINUTE_RETENTION_DAYS, ROLLUP_HOUR_RETENTION_DAYS), "
-            "in batches of PRUNE_BATCH_SIZE rows.")
+    help = ("Delete call-log rows, minute, hour and day rollups older than their retention "
+            "(CALL_LOG_RETENTION_DAYS, ROLLUP_MINUTE_RETENTION_DAYS, ROLLUP_HOUR_RETENTION_DAYS, "
+            "ROLLUP_DAY_RETENTION_DAYS), in batches of PRUNE_BATCH_SIZE rows.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--older-than", help="call-log rows: age such as 7d, 12h, 30m (default: setting)")
         parser.add_argument("--minutes-older-than", help="minute rollups: age (default: setting)")
         parser.add_argument("--hours-older-than", help="hour rollups: age (default: setting)")
+        parser.add_argument("--days-older-than", help="day rollups: age (default: setting)")
         parser.add_argument("--batch-size", type=int, help="rows per DELETE (default: PRUNE_BATCH_SIZE)")
 
     def handle(self, *args: Any, **options: Any) -> None:
