@@ -189,6 +189,36 @@ def _call_log_bytes_per_million(now: datetime) -> tuple[int, float]:
     return size, DEFAULT_LOG_SAMPLE_RATE
 
 
+def _prune(rows: int, now: datetime) -> tuple[float, int, int]:
+    """Fill `rows` old call-log rows (in SQL) and time `prune_telemetry`'s
+    batched delete of them; returns (seconds, rows deleted, peak Python
+    memory in bytes while deleting)."""
+    import tracemalloc
+
+    from django.db import connection
+
+    from resilience.models import CallLog
+    from resilience.telemetry.retention import table_prune
+
+    table = CallLog._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {table}")
+        cursor.execute(
+            f"INSERT INTO {table} (created_at, upstream, method, path, status, outcome, latency_ms, "
+            "attempts, retries, cache_hit, breaker_state, request_id, error) "
+            "SELECT %s - make_interval(secs => g), 'bench', 'GET', '/v1/items/' || g, 200, 'ok', 80.0, 1, "
+            "'[]'::jsonb, false, 'closed', md5(g::text), '' FROM generate_series(1, %s) AS g",
+            [now - timedelta(days=30), rows])
+        cursor.execute(f"VACUUM ANALYZE {table}")
+    tracemalloc.start()
+    started = time.perf_counter()
+    deleted = table_prune(CallLog, time_field="created_at", before=now - timedelta(days=7), batch_size=5000)
+    took = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return took, deleted, peak
+
+
 def _mb(value: float) -> str:
     return f"{value / 1e6:.1f} MB"
 
@@ -244,6 +274,12 @@ def main() -> None:
     table("Call-log rows per 1 M successful calls (default sample rate)",
           ("sample rate", "rows kept", "table + indexes", "target <= 10 MB"),
           [(f"{rate:g}", f"{round(1_000_000 * rate):,}", _mb(size), verdict(size <= 10e6))])
+    prune_rows = int(float(os.environ.get("BENCH_PRUNE_ROWS", "1e6")))
+    if prune_rows:
+        took, deleted, peak = _prune(prune_rows, now)
+        table("Pruning old call-log rows in batches of 5,000",
+              ("rows deleted", "time", "rows/s", "peak Python memory while deleting"),
+              [(f"{deleted:,}", f"{took:.1f} s", f"{deleted / took:,.0f}", f"{peak / 1e3:.0f} kB")])
 
 
 if __name__ == "__main__":

@@ -9,16 +9,19 @@ the bucket can hold.
 
 Error bound: a percentile is answered by walking the buckets in order until
 the nearest rank `ceil(q * n)` is reached; the value of that rank lies in the
-bucket found, so the answer is within a relative `ALPHA` (1%) of the exact
-nearest-rank percentile, whatever the distribution (skewed, bimodal,
+bucket found, so the answer is within a relative `ALPHA` (1.75%) of the
+exact nearest-rank percentile, whatever the distribution (skewed, bimodal,
 constant) and however many histograms were merged: merging adds counts per
 bucket and loses nothing. Values below `MIN_VALUE` are counted in the bucket
 of `MIN_VALUE` (their absolute error is below a microsecond).
 
 A histogram is a sparse `{bucket index: count}` dict; stored as a JSON object
 (string keys), which is what `merge()` and `percentiles()` also accept. From
-1 ms to 60 s it has at most 551 buckets; a minute of real traffic uses a few
-dozen.
+1 ms to 60 s it has at most 315 buckets; a minute of real traffic uses a few
+dozen to a few hundred. Why 1.75% and not 1%: readers cost grows with the
+number of buckets they merge, and 1.75% halves it against 1% while leaving
+room under the 2% the statistics promise (answers are also rounded to five
+significant digits, 0.005% at most).
 
 Why not the `ddsketch` package: its protobuf/store layer adds a dependency
 for what is twenty lines here, and its sketches do not merge inside SQL;
@@ -29,8 +32,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-#: Relative accuracy of every percentile (1%, half the 2% the issue allows).
-ALPHA = 0.01
+#: Relative accuracy of every percentile (the statistics promise 2%).
+ALPHA = 0.0175
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 _LOG_GAMMA = math.log(GAMMA)
 #: Smallest value told apart, in milliseconds (one microsecond).
@@ -69,7 +72,7 @@ def to_json(histogram: Mapping[int, int]) -> dict[str, int]:
 def percentiles(histogram: Mapping[int | str, int], qs: Sequence[float]) -> list[float | None]:
     """Nearest-rank percentiles (`qs` in 0..1) of a histogram, each within a
     relative ALPHA of the exact value; None for an empty histogram."""
-    buckets = sorted((int(k), int(v)) for k, v in histogram.items() if int(v) > 0)
+    buckets = sorted((int(k), v) for k, v in histogram.items() if v > 0)
     total = sum(count for _, count in buckets)
     if not total:
         return [None] * len(qs)

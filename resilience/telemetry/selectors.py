@@ -100,7 +100,7 @@ def upstream_stats(*, name: str, window: timedelta, now: Any = None,
     """Calls, error rate, p50/p95/p99 latency, cache hit rate, retries and
     breaker trips of upstream `name` over the last `window` (rounded out to
     whole rollup buckets, see the module docstring). Percentiles are of the
-    calls that reached the upstream, within 1% of the exact nearest-rank
+    calls that reached the upstream, within 1.75% of the exact nearest-rank
     values (resilience.telemetry.histogram)."""
     now = now or timezone.now()
     total, since = upstream_totals(name=name, window=window, now=now, endpoint=endpoint)

@@ -42,7 +42,7 @@ def upstream_timeseries(*, name: str, window: timedelta = timedelta(hours=1),
 
     calls = [0] * count
     errors = [0] * count
-    latencies: list[dict[int, int]] = [{} for _ in range(count)]
+    latencies: list[list[dict[str, int]]] = [[] for _ in range(count)]
     model = HourRollup if step % 3600 == 0 else MinuteRollup
     rows = model.objects.filter(upstream=name, start__gte=start, start__lt=end)
     if endpoint is not None:
@@ -53,9 +53,21 @@ def upstream_timeseries(*, name: str, window: timedelta = timedelta(hours=1),
             continue
         calls[index] += n
         errors[index] += failed
-        histogram.merge(latencies[index], latency or {})
+        if latency:
+            latencies[index].append(latency)
     return [
         {"start": (start + i * bucket).isoformat(), "calls": calls[i], "errors": errors[i],
-         "p95_ms": histogram.percentiles(latencies[i], (0.95,))[0]}
+         "p95_ms": histogram.percentiles(_merged(latencies[i]), (0.95,))[0]}
         for i in range(count)
     ]
+
+
+def _merged(parts: list[dict[str, int]]) -> dict[str, int]:
+    # One row per bucket is the common case (one minute, one endpoint): no copy.
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, int] = {}
+    for part in parts:
+        for key, count in part.items():
+            merged[key] = merged.get(key, 0) + count
+    return merged

@@ -178,13 +178,13 @@ def test_timeseries_buckets_align_to_the_minute_and_end_with_the_current_one():
     assert series[0]["start"] == "2026-03-01T11:31:00+00:00"
     assert series[-1]["start"] == "2026-03-01T12:30:00+00:00"
     assert (series[0]["calls"], series[0]["errors"]) == (1, 0)
-    assert series[0]["p95_ms"] == pytest.approx(10.0, rel=0.01)
-    # 20 calls of 1..20 ms: the nearest-rank p95 is 19 ms (read from the histogram: within 1%).
+    assert series[0]["p95_ms"] == pytest.approx(10.0, rel=0.02)
+    # 20 calls of 1..20 ms: the nearest-rank p95 is 19 ms (read from the histogram: within 2%).
     assert (series[-2]["calls"], series[-2]["errors"]) == (20, 0)
-    assert series[-2]["p95_ms"] == pytest.approx(19.0, rel=0.01)
+    assert series[-2]["p95_ms"] == pytest.approx(19.0, rel=0.02)
     # Refused and cached calls count as calls (one as an error) but have no upstream latency.
     assert (series[-1]["calls"], series[-1]["errors"]) == (3, 2)
-    assert series[-1]["p95_ms"] == pytest.approx(300.0, rel=0.01)
+    assert series[-1]["p95_ms"] == pytest.approx(300.0, rel=0.02)
     assert sum(b["calls"] for b in series) == 24
     assert all(b["p95_ms"] is None for b in series[1:-2])
 

@@ -30,7 +30,7 @@ def datasets() -> dict[str, list[float]]:
 
 
 @pytest.mark.parametrize("name", list(datasets()))
-def test_every_percentile_is_within_one_percent_of_the_exact_nearest_rank(name):
+def test_every_percentile_is_within_alpha_of_the_exact_nearest_rank(name):
     values = [max(v, 0.01) for v in datasets()[name]]
     qs = (0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
     answers = histogram.percentiles(histogram.of(values), qs)
@@ -55,4 +55,4 @@ def test_empty_histogram_has_no_percentiles_and_tiny_values_share_the_lowest_buc
     assert histogram.percentiles({}, (0.5, 0.99)) == [None, None]
     assert histogram.bucket_of(0.0) == histogram.bucket_of(histogram.MIN_VALUE)
     # From 1 ms to a minute: a bounded number of buckets, whatever the traffic.
-    assert histogram.bucket_of(60_000) - histogram.bucket_of(1.0) < 560
+    assert histogram.bucket_of(60_000) - histogram.bucket_of(1.0) <= 315
