@@ -30,11 +30,12 @@ from typing import Any
 
 from django.db import connections, models, router
 
-from resilience.models import FAILED_OUTCOMES, DayRollup, HourRollup, MinuteRollup, Outcome
+from resilience.models import CACHED_OUTCOMES, FAILED_OUTCOMES, DayRollup, HourRollup, MinuteRollup, Outcome
 from resilience.telemetry import histogram
 from resilience.telemetry.buffered import MAX_PARAMS
 
 FAILED = frozenset(str(outcome) for outcome in FAILED_OUTCOMES)
+CACHED = frozenset(str(outcome) for outcome in CACHED_OUTCOMES)
 STALE = str(Outcome.STALE)
 BREAKER_OPEN = str(Outcome.BREAKER_OPEN)
 COUNTERS = ("calls", "errors", "cache_hits", "stale", "breaker_rejections", "retries", "reached")
@@ -63,7 +64,7 @@ class RollupDelta:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         if outcome in FAILED:
             self.errors += 1
-        if cache_hit:
+        if cache_hit or outcome in CACHED:
             self.cache_hits += 1
         if outcome == STALE:
             self.stale += 1
