@@ -125,7 +125,8 @@ class CallLogWriter(BufferedWriter):
 
     # -- writing ---------------------------------------------------------------------------
     def _write_batch(self, rows: list[Any]) -> None:
-        raise NotImplementedError  # flush() below does the writing
+        # The base class's write hook; this writer's flush() folds and writes itself.
+        raise NotImplementedError
 
     def _write_all(self, deltas: dict[Key, RollupDelta], rows: list[dict[str, Any]]) -> None:
         with transaction.atomic(using=router.db_for_write(CallLog)):
