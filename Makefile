@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev run serve test lint bench demo clean
+.PHONY: setup setup-dev run serve test lint bench bench-stats demo clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ lint: setup-dev
 
 bench: setup-dev
 	$(BIN)/python -m bench
+
+# Statistics readers on PostgreSQL at 1e5..1e7 calls/day (BENCH_DATABASE_URL).
+bench-stats: setup-dev
+	$(BIN)/python -m bench.bench_stats
 
 # The tour: serve on embedded defaults with a flaky demo upstream and drive
 # traffic through it; watch breakers trip and recover on the dashboard.

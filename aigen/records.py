@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from aigen.conf import aigen_settings
 from aigen.models import Generation
-from resilience.buffered import BufferedWriter, insert_rows
+from resilience.telemetry.buffered import BufferedWriter, insert_rows
 
 # The columns a record sets; everything else keeps its model default.
 COLUMNS = ("created_at", "template_id", "section_id", "template_version", "cache_key", "cached", "stream",

@@ -45,8 +45,8 @@ def main() -> None:
 
     from resilience import exceptions, upstream
     from resilience.cache import reset_engines
-    from resilience.calllog import call_log_discard
     from resilience.client import reset_clients
+    from resilience.telemetry.calllog import call_log_discard
     from tests.support.fake_upstream import FakeUpstream, Reply
 
     fake = FakeUpstream().start()

@@ -190,6 +190,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=256 * 1024)
 # --- Apps ------------------------------------------------------------------------
 RESILIENCE = {
     "CALL_LOG_RETENTION_DAYS": env.int("CALL_LOG_RETENTION_DAYS", default=7),
+    "ROLLUP_MINUTE_RETENTION_DAYS": env.int("ROLLUP_MINUTE_RETENTION_DAYS", default=3),
+    "ROLLUP_HOUR_RETENTION_DAYS": env.int("ROLLUP_HOUR_RETENTION_DAYS", default=90),
+    "ROLLUP_DAY_RETENTION_DAYS": env.int("ROLLUP_DAY_RETENTION_DAYS", default=730),
+    "PRUNE_BATCH_SIZE": env.int("PRUNE_BATCH_SIZE", default=5000),
+    "ROLLUP_PENDING_MAX": env.int("ROLLUP_PENDING_MAX", default=5000),
     "CALL_LOG_FLUSH_INTERVAL": env.float("CALL_LOG_FLUSH_INTERVAL", default=1.0),
     "CALL_LOG_BUFFER_MAX": env.int("CALL_LOG_BUFFER_MAX", default=500),
     "POLICY_CHECK_INTERVAL": env.float("POLICY_CHECK_INTERVAL", default=1.0),

@@ -3,7 +3,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from resilience import dashboard, demo, health, metrics
+from resilience import dashboard, demo, health
+from resilience.telemetry import metrics
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),

@@ -12,16 +12,17 @@ from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from resilience import services
-from resilience.calllog import call_log_flush
 from resilience.models import BreakerEvent, CallLog, Upstream
-from resilience.selectors import WINDOWS, breaker_status, upstream_stats
+from resilience.telemetry.calllog import call_log_flush
+from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 
 BREAKER_COLOURS = {"closed": "#2e7d32", "half-open": "#ef6c00", "open": "#c62828", "disabled": "#757575"}
 
 
 @admin.register(Upstream)
 class UpstreamAdmin(SimpleHistoryAdmin):
-    list_display = ("name", "base_url", "enabled", "breaker_state", "error_rate_5m", "calls_5m", "updated_at")
+    list_display = ("name", "base_url", "enabled", "breaker_state", "error_rate_5m", "calls_5m",
+                    "log_sampling", "updated_at")
     list_filter = ("enabled", "breaker_enabled")
     search_fields = ("name", "base_url", "description")
     readonly_fields = ("created_at", "updated_at")
@@ -39,6 +40,10 @@ class UpstreamAdmin(SimpleHistoryAdmin):
         ("Response cache", {"fields": ("cache_ttl", "cache_methods", "cache_vary_headers",
                                        "cache_serve_stale", "cache_stale_max_age", "single_flight")}),
         ("Connection", {"fields": ("pool_size", "default_headers")}),
+        ("Call log", {"fields": ("log_sample_rate",),
+                      "description": "Failed, retried, stale and rejected calls always keep their call-log "
+                                     "row; successful calls are sampled at this rate. Statistics, the "
+                                     "dashboard and the error-rate column count every call (rollups)."}),
         ("Authentication", {"fields": ("auth_kind", "auth_env_var", "auth_name"),
                             "description": "The secret stays in the environment; only its variable "
                                            "name is stored."}),
@@ -72,6 +77,10 @@ class UpstreamAdmin(SimpleHistoryAdmin):
     @admin.display(description="calls (5 min)")
     def calls_5m(self, obj: Upstream) -> int:
         return self._stats(obj)["calls"]
+
+    @admin.display(description="successes logged", ordering="log_sample_rate")
+    def log_sampling(self, obj: Upstream) -> str:
+        return "all" if obj.log_sample_rate >= 1 else f"{obj.log_sample_rate:.2%}"
 
     @admin.action(description="Reset circuit breaker")
     def reset_breaker(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
@@ -120,6 +129,12 @@ class CallLogAdmin(ReadOnlyAdmin):
     search_fields = ("path", "request_id", "error")
     date_hierarchy = "created_at"
     list_per_page = 100
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        # Say what the list holds: a reader counting rows would otherwise undercount.
+        rates = list(Upstream.objects.order_by("name").values_list("name", "log_sample_rate"))
+        sampling = [f"{name}: {'all' if rate >= 1 else f'{rate:.2%}'}" for name, rate in rates]
+        return super().changelist_view(request, {**(extra_context or {}), "sampling": sampling})
 
 
 @admin.register(BreakerEvent)

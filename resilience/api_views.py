@@ -2,7 +2,7 @@
 resilience.urls): upstreams with their live breaker and statistics, the call
 log, breaker reset, probe and cache control, cache statistics.
 
-Views stay thin: reads go through resilience.selectors (after flushing this
+Views stay thin: reads go through resilience.telemetry.selectors (after flushing this
 process's buffered call logs, so calls made a moment ago count), writes
 through resilience.services. Reading needs an authenticated user, writing a
 staff user. Errors use the project's shape (resilience.api); an unknown
@@ -24,9 +24,10 @@ from rest_framework.views import APIView
 from resilience import exceptions as errors
 from resilience import serializers as s
 from resilience.cache_ops import cache_stats
-from resilience.calllog import call_log_flush
 from resilience.models import CallLog, Upstream
-from resilience.selectors import (
+from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
+from resilience.telemetry.calllog import call_log_flush
+from resilience.telemetry.selectors import (
     WINDOWS,
     breaker_status,
     call_logs,
@@ -34,7 +35,6 @@ from resilience.selectors import (
     upstream_overview,
     upstream_stats,
 )
-from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
 
 RECENT_FAILURES = 10
 
@@ -48,20 +48,38 @@ def _upstream(name: str) -> Upstream:
         raise errors.UnknownUpstream(f"no upstream named {name!r}", upstream=name) from None
 
 
+def sampling_note(upstream: Upstream) -> dict[str, Any]:
+    """What the call log holds of upstream's calls (the calls endpoint says it)."""
+    rate = upstream.log_sample_rate
+    if rate >= 1:
+        note = "Every call has a row."
+    else:
+        note = (f"Failed, retried, stale and rejected calls all have rows; successful calls are sampled: "
+                f"{rate:.2%} of them keep a row. Statistics count every call.")
+    return {"success_sample_rate": rate, "note": note}
+
+
 class CallLogPagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+    #: Set by the view: what share of the calls the log holds.
+    sampling: dict[str, Any] | None = None
 
     def get_paginated_response(self, data: Any) -> Response:
         response = super().get_paginated_response(data)
-        response.data = {"success": True, **response.data}
+        response.data = {"success": True, "sampling": self.sampling, **response.data}
         return response
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         paginated = super().get_paginated_response_schema(schema)
-        paginated["properties"] = {"success": {"type": "boolean"}, **paginated["properties"]}
-        paginated["required"] = ["success", *paginated.get("required", [])]
+        paginated["properties"] = {
+            "success": {"type": "boolean"},
+            "sampling": {"type": "object", "description": "Successful calls are sampled: at what rate.",
+                         "properties": {"success_sample_rate": {"type": "number"},
+                                        "note": {"type": "string"}}},
+            **paginated["properties"]}
+        paginated["required"] = ["success", "sampling", *paginated.get("required", [])]
         return paginated
 
 
@@ -105,6 +123,9 @@ class UpstreamCallsView(ListAPIView):
     @extend_schema(
         operation_id="resilience_upstreams_calls_list",
         summary="The upstream's call log, newest first",
+        description=("Every failed, retried, stale or rejected call has a row; successful calls are sampled "
+                     "at the upstream's `log_sample_rate` (`sampling` in the response says at what rate). "
+                     "The statistics count every call."),
         parameters=[NAME, s.CallLogFilterSerializer],
         responses={200: s.CallLogSerializer(many=True),
                    **s.error_responses(400, 401, 404, e404="Unknown upstream or page out of range.")},
@@ -115,11 +136,12 @@ class UpstreamCallsView(ListAPIView):
     def get_queryset(self) -> QuerySet[CallLog]:
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return CallLog.objects.none()
-        name = _upstream(self.kwargs["name"]).name
+        row = _upstream(self.kwargs["name"])
         filters = s.CallLogFilterSerializer(data=self.request.query_params)
         filters.is_valid(raise_exception=True)
+        self.paginator.sampling = sampling_note(row)
         call_log_flush()
-        return call_logs(name=name, **filters.validated_data)
+        return call_logs(name=row.name, **filters.validated_data)
 
 
 class BreakerResetView(APIView):

@@ -9,4 +9,5 @@ class ResilienceConfig(AppConfig):
     def ready(self) -> None:
         # Register system checks, model receivers and the metrics' signal receivers
         # (so management commands count their upstream calls too).
-        from resilience import checks, metrics, receivers  # noqa: F401
+        from resilience import checks, receivers  # noqa: F401
+        from resilience.telemetry import metrics  # noqa: F401

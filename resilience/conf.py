@@ -11,8 +11,20 @@ from django.conf import settings
 from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
-    # Call logs: rows older than this are removed by prune_call_logs.
+    # Retention, enforced by `manage.py prune_telemetry` (alias prune_call_logs):
+    # call-log rows, minute rollups (the 5 m and 1 h statistics and the
+    # dashboard chart), hour rollups (24 h, the edges of 7 d) and day rollups
+    # (whole days of long windows), in days.
     "CALL_LOG_RETENTION_DAYS": 7,
+    "ROLLUP_MINUTE_RETENTION_DAYS": 3,
+    "ROLLUP_HOUR_RETENTION_DAYS": 90,
+    "ROLLUP_DAY_RETENTION_DAYS": 730,
+    # Rows deleted per statement while pruning: each batch is its own short
+    # transaction, so a prune never holds a table for long nor loads rows.
+    "PRUNE_BATCH_SIZE": 5000,
+    # Rollup minutes (upstream, endpoint, minute) a process keeps in memory
+    # while the database refuses writes; past it the oldest are dropped (logged).
+    "ROLLUP_PENDING_MAX": 5000,
     # Buffered call-log rows are bulk-written at least this often (seconds)...
     "CALL_LOG_FLUSH_INTERVAL": 1.0,
     # ...or as soon as this many are waiting.

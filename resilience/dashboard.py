@@ -23,10 +23,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from resilience.cache_ops import cache_stats
-from resilience.calllog import call_log_flush
 from resilience.models import Upstream
-from resilience.selectors import WINDOWS, breaker_status, upstream_stats
-from resilience.timeseries import upstream_timeseries
+from resilience.telemetry.calllog import call_log_flush
+from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
+from resilience.telemetry.timeseries import upstream_timeseries
 
 STATS_WINDOW = "5m"
 CHART_WINDOW = timedelta(hours=1)

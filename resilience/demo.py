@@ -37,9 +37,9 @@ from django.views.decorators.http import require_safe
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
 from resilience.conf import resilience_settings
 from resilience.models import Upstream
+from resilience.telemetry.calllog import call_log_flush
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ DEMO_POLICY: dict[str, Any] = {
     "retry_statuses": [502, 503, 504], "retry_after_max": 1.0,
     "breaker_fail_max": 3, "breaker_reset_timeout": 5.0,
     "cache_ttl": 2, "health_path": "/health",
+    # A tour, like debugging: every call keeps its call-log row to browse.
+    "log_sample_rate": 1.0,
 }
 
 

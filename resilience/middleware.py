@@ -42,9 +42,9 @@ from django.utils.cache import patch_vary_headers
 from django.utils.text import compress_string
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from resilience import metrics
 from resilience.conf import resilience_settings
 from resilience.context import current_request_id
+from resilience.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 

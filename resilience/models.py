@@ -1,4 +1,5 @@
-"""Upstream policies (edited live in the admin, with history) and call logs."""
+"""Upstream policies (edited live in the admin, with history), call logs and
+their per-minute and per-hour rollups (see resilience.telemetry)."""
 from __future__ import annotations
 
 from http import HTTPStatus
@@ -12,6 +13,11 @@ from simple_history.models import HistoricalRecords
 KNOWN_STATUSES = {s.value for s in HTTPStatus}
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 ENV_VAR_NAME = RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "Use an environment variable name like GITHUB_TOKEN.")
+
+
+#: Share of successful calls that keep a call-log row, unless an upstream says otherwise:
+#: about 4 MB of rows per million successful calls (see the README's storage table).
+DEFAULT_LOG_SAMPLE_RATE = 0.01
 
 
 def default_retry_statuses() -> list[int]:
@@ -115,6 +121,11 @@ class Upstream(models.Model):
         "Header name (custom header) or query parameter name (query parameter)."))
     health_path = models.CharField(max_length=300, blank=True, help_text=(
         "Path called by 'probe now', relative to the base URL."))
+    log_sample_rate = models.FloatField(
+        default=DEFAULT_LOG_SAMPLE_RATE, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text=("Share of successful calls that keep a call-log row (0..1). Failed, retried, stale and "
+                   "rejected calls always keep theirs, and statistics count every call whatever the "
+                   "rate. 1.0 while debugging."))
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -227,3 +238,59 @@ class BreakerEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.upstream}: {self.from_state} -> {self.to_state}"
+
+
+class Rollup(models.Model):
+    """Every call of one upstream endpoint in one time bucket, counted.
+
+    Written by resilience.telemetry (an upsert adding counts, so every worker
+    merges into the same row); read by every statistic. `latency` is a
+    histogram of the latency of calls that reached the upstream (`reached`
+    of them) in the log-spaced buckets of resilience.telemetry.histogram, as
+    `{bucket: count}`; `outcomes` is `{outcome: count}`.
+    """
+
+    upstream = models.CharField(max_length=64)
+    endpoint = models.CharField(max_length=100, blank=True, default="",
+                                help_text="Empty for an upstream with a single URL.")
+    start = models.DateTimeField(help_text="Start of the bucket (UTC).")
+    calls = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0, help_text="Failed calls (HTTP error, timeout, connection "
+                                                         "error, breaker open).")
+    cache_hits = models.BigIntegerField(default=0, help_text="Answered from the cache (fresh, shared "
+                                                             "or stale).")
+    stale = models.BigIntegerField(default=0, help_text="Answered with an expired copy on failure.")
+    breaker_rejections = models.BigIntegerField(default=0, help_text="Refused by an open breaker.")
+    retries = models.BigIntegerField(default=0, help_text="Attempts beyond the first, summed.")
+    reached = models.BigIntegerField(default=0, help_text="Calls that reached the upstream (the "
+                                                          "latency histogram's total).")
+    outcomes = models.JSONField(default=dict)
+    latency = models.JSONField(default=dict)
+
+    class Meta:
+        abstract = True
+        ordering = ["-start"]
+
+    def __str__(self) -> str:
+        return f"{self.upstream}{'/' + self.endpoint if self.endpoint else ''} @ {self.start:%Y-%m-%d %H:%M}"
+
+
+class MinuteRollup(Rollup):
+    class Meta(Rollup.Meta):
+        constraints = [models.UniqueConstraint(fields=["upstream", "start", "endpoint"],
+                                               name="resilience_minuterollup_key")]
+        indexes = [models.Index(fields=["start"], name="resilience_minuterollup_start")]
+
+
+class HourRollup(Rollup):
+    class Meta(Rollup.Meta):
+        constraints = [models.UniqueConstraint(fields=["upstream", "start", "endpoint"],
+                                               name="resilience_hourrollup_key")]
+        indexes = [models.Index(fields=["start"], name="resilience_hourrollup_start")]
+
+
+class DayRollup(Rollup):
+    class Meta(Rollup.Meta):
+        constraints = [models.UniqueConstraint(fields=["upstream", "start", "endpoint"],
+                                               name="resilience_dayrollup_key")]
+        indexes = [models.Index(fields=["start"], name="resilience_dayrollup_start")]

@@ -9,9 +9,9 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from resilience.calllog import breaker_event_record
 from resilience.models import Upstream
 from resilience.signals import breaker_state_changed
+from resilience.telemetry.calllog import breaker_event_record
 
 
 @receiver(post_save, sender=Upstream)

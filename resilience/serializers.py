@@ -17,7 +17,7 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
 from resilience.models import CallLog, Outcome, Upstream
-from resilience.selectors import WINDOWS
+from resilience.telemetry.selectors import WINDOWS
 
 BREAKER_STATES = ("closed", "half-open", "open", "disabled")
 
@@ -115,7 +115,7 @@ class WindowStatsSerializer(serializers.Serializer):
 
 
 class WindowsSerializer(serializers.Serializer):
-    """One `WindowStats` per window name (`5m`, `1h`, `24h`)."""
+    """One `WindowStats` per window name (`5m`, `1h`, `24h`, `7d`)."""
 
     def get_fields(self) -> dict[str, serializers.Field]:
         return {name: WindowStatsSerializer() for name in WINDOWS}
@@ -132,6 +132,8 @@ class PolicySummarySerializer(serializers.Serializer):
     breaker_reset_timeout = serializers.FloatField()
     cache_ttl = serializers.IntegerField()
     health_path = serializers.CharField()
+    log_sample_rate = serializers.FloatField(help_text=(
+        "Share of successful calls that keep a call-log row; statistics count every call."))
 
 
 class UpstreamOverviewSerializer(serializers.Serializer):

@@ -3,18 +3,15 @@ management commands (they stay thin and call these)."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.utils import timezone
 
 from resilience import exceptions as errors
-from resilience.calllog import call_log_flush
 from resilience.client import reset_clients, upstream_client
-from resilience.models import CallLog, Upstream
-from resilience.selectors import breaker_status
+from resilience.models import Upstream
+from resilience.telemetry.selectors import breaker_status
 
 
 def _get(name: str) -> Upstream:
@@ -54,13 +51,6 @@ def upstream_probe(*, name: str) -> dict[str, Any]:
     return {"ok": response.status_code < 400, "status": response.status_code, "error": None,
             "attempts": response.attempts,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-
-
-def call_logs_prune(*, older_than: timedelta) -> int:
-    """Delete call logs older than `older_than`; returns how many."""
-    call_log_flush()
-    deleted, _ = CallLog.objects.filter(created_at__lt=timezone.now() - older_than).delete()
-    return deleted
 
 
 def upstreams_seed() -> list[str]:

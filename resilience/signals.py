@@ -3,7 +3,9 @@
 - `call_completed`: after every logical upstream call, with `call`: an object
   with the call-log fields as attributes (upstream, method, path, status,
   outcome, latency_ms, attempts, retries, cache_hit, breaker_state,
-  request_id, error). Receivers must not keep or change it.
+  request_id, error; once the client sets them, `endpoint` and `sample_rate`,
+  which resilience.telemetry reads with defaults). Receivers must not keep or
+  change it.
 - `breaker_state_changed`: `upstream`, `old`, `new`, sent once per change by
   the process that made it.
 """

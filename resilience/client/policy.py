@@ -88,8 +88,7 @@ class Policy:
             cache_serve_stale=row.cache_serve_stale, cache_stale_max_age=row.cache_stale_max_age,
             single_flight=row.single_flight, pool_size=row.pool_size,
             bulkhead_max=row.bulkhead_max, bulkhead_wait=row.bulkhead_wait,
-            # Call-log sampling arrives with the telemetry rollups; until then every row is kept.
-            log_sample_rate=float(getattr(row, "log_sample_rate", 1.0)),
+            log_sample_rate=row.log_sample_rate,
             default_headers=dict(row.default_headers or {}),
             auth_kind=row.auth_kind, auth_env_var=row.auth_env_var, auth_name=row.auth_name,
             health_path=row.health_path,

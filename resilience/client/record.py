@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from resilience.calllog import call_log_record
 from resilience.client.spec import RequestSpec
 from resilience.models import Outcome
 from resilience.signals import call_completed
+from resilience.telemetry.calllog import call_log_record
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ FAST_OPENAI = {
     "retry_statuses": [429, 500, 502, 503, 504], "retry_methods": ["GET", "POST"],
     "retry_respect_retry_after": True, "retry_after_max": 0.05,
     "breaker_enabled": True, "breaker_fail_max": 3, "breaker_reset_timeout": 30.0,
+    "log_sample_rate": 1.0,  # every call keeps its row, for the tests to inspect
     "cache_ttl": 0,
 }
 

@@ -13,8 +13,8 @@ from aigen.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from aigen.providers import MOCK_MARK, MockProvider, OpenAIProvider, Prompt, get_provider
 from aigen.registry import get_registry
 from aigen.transport import SDK_BASE_URL, UpstreamTransport
-from resilience.calllog import call_log_flush
 from resilience.models import CallLog, Upstream
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_openai import CONTENT_PREFIX, MALFORMED_JSON, MODEL_ID
 from tests.support.fake_upstream import FakeUpstream, Reply
 

@@ -49,6 +49,20 @@ def test_add_form_rejects_bad_values_with_clear_messages(staff_client):
     assert not Upstream.objects.filter(name="bad").exists()
 
 
+def test_sample_rate_is_edited_in_its_own_fieldset_and_bounded(staff_client):
+    page = staff_client.get(reverse("admin:resilience_upstream_add"))
+    html = " ".join(page.content.decode().split())
+    assert "Call log" in html and "successful calls are sampled at this rate" in html
+    data = form_data(page.context["adminform"].form)
+    assert float(data["log_sample_rate"]) == 0.01  # the documented default
+    data.update(name="sampled", base_url="https://api.example.com", log_sample_rate="1.5")
+    response = staff_client.post(reverse("admin:resilience_upstream_add"), data)
+    assert "log_sample_rate" in response.context["adminform"].form.errors
+    data["log_sample_rate"] = "0.25"
+    assert staff_client.post(reverse("admin:resilience_upstream_add"), data).status_code == 302
+    assert Upstream.objects.get(name="sampled").log_sample_rate == 0.25
+
+
 def test_history_and_rollback(staff_client, make_upstream):
     row = make_upstream(read_timeout=5.0)
     change_url = reverse("admin:resilience_upstream_change", args=[row.pk])
@@ -80,7 +94,8 @@ def test_list_shows_live_breaker_state_and_error_rate(staff_client, fake, make_u
             upstream("api").get("/x")
     page = staff_client.get(reverse("admin:resilience_upstream_changelist")).content.decode()
     assert ">open</b>" in page
-    assert "100.0%" in page
+    assert "100.0%" in page  # error rate, from the rollups
+    assert '<td class="field-log_sampling">all</td>' in page
 
 
 def test_actions_reset_breaker_clear_cache_and_probe(staff_client, fake, make_upstream):
@@ -110,9 +125,11 @@ def test_actions_reset_breaker_clear_cache_and_probe(staff_client, fake, make_up
 def test_call_log_admin_is_read_only(staff_client, fake, make_upstream):
     make_upstream()
     upstream("api").get("/a")
-    from resilience.calllog import call_log_flush
+    from resilience.telemetry.calllog import call_log_flush
 
     call_log_flush()
     page = staff_client.get(reverse("admin:resilience_calllog_changelist") + "?outcome=ok")
     assert page.status_code == 200 and "/a" in page.content.decode()
+    # The list says that it holds a sample of the successes, and at what rate.
+    assert "successful calls are sampled per upstream (api: all)" in " ".join(page.content.decode().split())
     assert staff_client.get(reverse("admin:resilience_calllog_add")).status_code == 403

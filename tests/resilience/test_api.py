@@ -14,8 +14,8 @@ from rest_framework.test import APIClient
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
 from resilience.models import CallLog, Upstream
+from resilience.telemetry.calllog import call_log_flush, call_log_record
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db
@@ -180,15 +180,19 @@ def test_detail_has_stats_per_window_and_recent_failures(fake, make_upstream, us
     upstream("api").get("/flaky")  # one retry
     with pytest.raises(errors.UpstreamHTTPError):
         upstream("api").get("/gone")
-    old = CallLog.objects.create(created_at=timezone.now() - timedelta(hours=2), upstream="api", method="GET",
-                                 path="/old", status=500, outcome="http_error", latency_ms=5, attempts=1)
+    call_log_record({"created_at": timezone.now() - timedelta(hours=2), "upstream": "api", "method": "GET",
+                     "path": "/old", "status": 500, "outcome": "http_error", "latency_ms": 5, "attempts": 1,
+                     "retries": [], "cache_hit": False, "breaker_state": "", "request_id": "", "error": ""})
+    call_log_flush()
+    old = CallLog.objects.get(path="/old")
     body = user_client.get(f"{API}/upstreams/api").json()
     assert body["breaker"]["state"] == "closed"
-    assert set(body["stats"]) == {"5m", "1h", "24h"}
-    five, day = body["stats"]["5m"], body["stats"]["24h"]
+    assert set(body["stats"]) == {"5m", "1h", "24h", "7d"}
+    five, day, week = body["stats"]["5m"], body["stats"]["24h"], body["stats"]["7d"]
     assert (five["calls"], five["errors"], five["retries"], five["breaker_trips"]) == (2, 1, 1, 0)
-    assert five["outcomes"] == {"ok": 1, "http_error": 1}
+    assert five["outcomes"] == {"http_error": 1, "ok": 1}
     assert day["calls"] == 3 and day["window_seconds"] == 86400
+    assert week["calls"] == 3 and week["window_seconds"] == 7 * 86400
     assert all(five[k] is not None for k in ("p50_ms", "p95_ms", "p99_ms"))
     failures = body["recent_failures"]
     assert [f["path"] for f in failures] == ["/gone", "/old"]
@@ -209,6 +213,7 @@ def test_calls_are_paginated_newest_first(make_upstream, user_client):
     make_logs(2, upstream="elsewhere")
     body = user_client.get(f"{API}/upstreams/api/calls", {"page_size": 2}).json()
     assert body["success"] is True and body["count"] == 5
+    assert body["sampling"] == {"success_sample_rate": 1.0, "note": "Every call has a row."}
     assert [c["path"] for c in body["results"]] == ["/p0", "/p1"]
     assert body["previous"] is None and "page=2" in body["next"]
     last = user_client.get(f"{API}/upstreams/api/calls", {"page_size": 2, "page": 3}).json()
@@ -345,3 +350,10 @@ def test_cache_delete_removes_this_upstreams_responses_and_counts_them(fake, mak
     assert upstream("api").get("/a").from_cache is False  # fetched again
     assert upstream("other").get("/a").from_cache is True  # untouched
     assert fake.count() == before + 1
+
+
+def test_calls_say_that_successes_are_sampled_and_at_what_rate(make_upstream, user_client):
+    make_upstream(log_sample_rate=0.01)
+    sampling = user_client.get(f"{API}/upstreams/api/calls").json()["sampling"]
+    assert sampling["success_sample_rate"] == 0.01
+    assert "successful calls are sampled: 1.00% of them keep a row" in sampling["note"]

@@ -10,8 +10,8 @@ from django.core.cache import cache
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
 from resilience.models import CallLog, Upstream
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_upstream import Reply
 
 FIELDS = ("method", "path", "status", "outcome", "attempts", "cache_hit", "breaker_state")

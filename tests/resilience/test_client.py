@@ -11,11 +11,11 @@ import requests
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
 from resilience.client import reset_clients
 from resilience.client.responses import NearCache
 from resilience.context import current_request_id
 from resilience.models import BreakerEvent, CallLog, Upstream
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db

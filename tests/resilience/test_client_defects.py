@@ -8,9 +8,9 @@ import requests
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
 from resilience.client import send as send_module
 from resilience.models import BreakerEvent, CallLog, Upstream
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_upstream import Reply
 
 

@@ -10,8 +10,8 @@ from asgiref.sync import async_to_sync
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
 from resilience.models import CallLog
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_upstream import Reply
 
 # Worker threads read policies and write call logs: they need committed rows.

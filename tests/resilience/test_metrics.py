@@ -14,7 +14,8 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from resilience import exceptions as errors
-from resilience import metrics, upstream
+from resilience import upstream
+from resilience.telemetry import metrics
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db
@@ -170,7 +171,7 @@ with connection.schema_editor() as editor:  # a private in-memory database
     for model in (Upstream, CallLog, BreakerEvent):
         editor.create_model(model)
 
-import resilience.metrics  # noqa: E402,F401  (connects the receivers, as a web worker does)
+import resilience.telemetry.metrics  # noqa: E402,F401  (connects the receivers, as a web worker does)
 from resilience import exceptions, upstream  # noqa: E402
 
 Upstream.objects.bulk_create([Upstream(

@@ -16,7 +16,6 @@ from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
 
 from resilience import upstream
-from resilience.calllog import call_log_flush
 from resilience.context import current_request_id
 from resilience.middleware import (
     CompressionMiddleware,
@@ -25,6 +24,7 @@ from resilience.middleware import (
     accepted_encoding,
 )
 from resilience.models import CallLog
+from resilience.telemetry.calllog import call_log_flush
 
 pytestmark = pytest.mark.django_db
 

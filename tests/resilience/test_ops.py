@@ -14,8 +14,8 @@ from django.test import override_settings
 
 from resilience import checks, upstream
 from resilience.cache import cache_key
-from resilience.calllog import call_log_flush, call_log_record
 from resilience.models import CallLog, Upstream
+from resilience.telemetry.calllog import call_log_flush, call_log_record
 from tests.support.worker import run_worker, worker_env
 
 
@@ -224,7 +224,7 @@ def test_the_writer_thread_flushes_without_being_asked(fake, make_upstream, sett
 
 def test_no_call_log_is_lost_on_a_clean_shutdown(tmp_path, redis_url, fake):
     env = worker_env(str(tmp_path / "db.sqlite3"), redis_url, CALL_LOG_FLUSH_INTERVAL="3600")
-    spec = {"name": "api", "base_url": fake.url, "retry_total": 0}
+    spec = {"name": "api", "base_url": fake.url, "retry_total": 0, "log_sample_rate": 1.0}
 
     run_worker(env, "setup", json.dumps(spec))
     # 25 calls, a writer that would wait an hour: only the exit hook can save them.

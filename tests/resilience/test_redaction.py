@@ -12,9 +12,9 @@ from rest_framework.test import APIClient
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.calllog import call_log_flush
-from resilience.metrics import scrape_registry
 from resilience.models import CallLog
+from resilience.telemetry.calllog import call_log_flush
+from resilience.telemetry.metrics import scrape_registry
 from tests.support.fake_upstream import Reply
 
 SECRET = "sk-SECRET-4d9f2c1b7e"

@@ -5,9 +5,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from resilience.calllog import call_log_flush
 from resilience.models import Upstream
-from resilience.selectors import WINDOWS, breaker_status, upstream_stats
+from resilience.telemetry.calllog import call_log_flush
+from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 
 COLUMNS = ("upstream", "breaker", "calls", "err%", "p50ms", "p95ms", "p99ms", "hit%", "retries", "trips")
 

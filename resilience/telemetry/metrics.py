@@ -121,7 +121,7 @@ class BreakerCollector:
 
     def collect(self) -> Iterator[Metric]:
         from resilience.models import Upstream
-        from resilience.selectors import breaker_status
+        from resilience.telemetry.selectors import breaker_status
 
         state = GaugeMetricFamily("resilience_breaker_state", "Circuit breaker state: 0 closed, "
                                   "1 half-open, 2 open.", labels=["upstream"])
