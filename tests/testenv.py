@@ -13,6 +13,10 @@ os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("CACHE_KEY_PREFIX", "rsltest")
 # Call logs are flushed explicitly in tests (no writer thread racing the test DB).
 os.environ.setdefault("CALL_LOG_FLUSH_INTERVAL", "0")
+# Tests move a connection's host and port to cut the database on purpose; a
+# psycopg pool would keep its connections to the old address. (The ASGI
+# server test runs the pool-free SQLite path; the pool is psycopg's own.)
+os.environ.setdefault("DB_POOL", "false")
 _test_db = os.environ.get("TEST_REDIS_DB", "15")
 if os.environ.get("REDIS_URL"):
     from urllib.parse import urlsplit, urlunsplit
