@@ -1,6 +1,8 @@
 """Generate benchmark: `POST /api/ai/generate` answered from the cache against
-a trivial authenticated DRF view, in the same process, through the same WSGI
-stack (Django's test client: middleware, authentication, parsing, rendering).
+a trivial authenticated DRF view, in the same process, through the same ASGI
+stack the server runs (Django's AsyncClient in one event loop: middleware,
+authentication, parsing, rendering; the generate view is async, the DRF view
+runs in a thread as any sync view does under ASGI).
 
 Both views get the same Bearer token and the same JSON body, so the difference
 is the generation path on a hit: the per-user throttle, validation and the
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.common import compare, django_setup, fmt_time, table, verdict
+from bench.common import django_setup, fmt_time, table, verdict
 
 TARGET = 0.7
 PING_PATH = "/bench/ping"
@@ -44,41 +46,60 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # The mock provider (no key) and a throttle that counts but never refuses.
-    django_setup(OPENAI_API_KEY="", AI_GENERATE_THROTTLE="1000000000/min")
+    django_setup(OPENAI_API_KEY="", AI_GENERATE_THROTTLE="1000000000/min",
+                 ALLOWED_HOSTS="localhost,127.0.0.1,testserver")
 
+    import statistics
+    import time
+
+    from asgiref.sync import async_to_sync
     from django.contrib.auth import get_user_model
-    from django.test import Client, override_settings
+    from django.test import AsyncClient, override_settings
     from rest_framework.authtoken.models import Token
 
     from aigen.records import generation_records_flush
     from aigen.registry import get_registry
+    from project import asgi_signals
 
+    asgi_signals.install()  # as project/asgi.py does for the server
     user, _ = get_user_model().objects.get_or_create(username="bench")
     token, _ = Token.objects.get_or_create(user=user)
     template = get_registry().template("emergency_plan")
     body = json.dumps({"template_id": template.id, "section_id": "2", "data": dict(template.sample_data)},
                       ensure_ascii=False).encode()
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {token.key}", HTTP_HOST="localhost")
+    client = AsyncClient()
+    headers = {"Authorization": f"Bearer {token.key}"}
 
-    def post(path: str) -> object:
-        response = client.post(path, body, content_type="application/json")
+    async def post(path: str) -> object:
+        response = await client.post(path, body, content_type="application/json", headers=headers)
         if response.status_code != 200:
             raise SystemExit(f"{path} answered {response.status_code}: {response.content[:300]!r}")
         return response
 
-    with override_settings(ROOT_URLCONF="bench.bench_generate"):
-        first = post("/api/ai/generate").json()
+    async def measure() -> dict[str, float]:
+        first = (await post("/api/ai/generate")).json()
         assert first["cached"] is False
-        assert post("/api/ai/generate").json()["cached"] is True
-        got = compare({
-            "trivial": lambda: post(PING_PATH),
-            "generate": lambda: post("/api/ai/generate"),
-        }, n=args.requests, rounds=args.rounds, warmup=100)
+        assert (await post("/api/ai/generate")).json()["cached"] is True
+        paths = {"trivial": PING_PATH, "generate": "/api/ai/generate"}
+        for path in paths.values():  # warm-up
+            for _ in range(100):
+                await post(path)
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(args.rounds):
+            for name, path in paths.items():
+                started = time.perf_counter()
+                for _ in range(args.requests):
+                    await post(path)
+                samples[name].append((time.perf_counter() - started) / args.requests)
+        return {name: statistics.median(values) for name, values in samples.items()}
+
+    with override_settings(ROOT_URLCONF="bench.bench_generate"):
+        got = async_to_sync(measure)()
     generation_records_flush()
 
     ratio = got["trivial"] / got["generate"]  # throughput ratio = inverse time ratio
     table("AI generate on a cache hit vs a trivial authenticated DRF view "
-          f"(test client, median of {args.rounds} interleaved rounds of {args.requests})",
+          f"(ASGI, AsyncClient, median of {args.rounds} interleaved rounds of {args.requests})",
           ("view", "per request", "requests/s", "throughput ratio", "target"), [
               (f"trivial DRF view (POST {PING_PATH}, Bearer token)", fmt_time(got["trivial"]),
                f"{1 / got['trivial']:.0f}", "1.00 (baseline)", ""),
