@@ -89,6 +89,10 @@ def _error(code: str, message: str, status: int, *, retry_after: float | None = 
         response = JsonResponse(body, status=status, json_dumps_params={"ensure_ascii": False})
     if retry_after is not None:
         response["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    # An answered error is counted (metrics, call logs), not logged line by
+    # line: under overload django.request would log every 503, each through a
+    # thread hop. Django skips responses marked as logged.
+    response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
 
