@@ -327,14 +327,7 @@ class OpenAIProvider(Provider):
         def deltas() -> Iterator[str]:
             try:
                 for chunk in sdk_stream:
-                    usage = getattr(chunk, "usage", None)
-                    if usage is not None:
-                        result.usage = Usage(usage.prompt_tokens, usage.completion_tokens,
-                                             usage.total_tokens)
-                    for choice in getattr(chunk, "choices", None) or ():
-                        text = getattr(choice.delta, "content", None)
-                        if text:
-                            yield text
+                    yield from _chunk_texts(chunk, result)
             except (UpstreamError, openai.OpenAIError, ValueError, AttributeError) as err:
                 raise _map_error(err, self.upstream_name) from err
             finally:
@@ -352,14 +345,8 @@ class OpenAIProvider(Provider):
         async def deltas() -> AsyncIterator[str]:
             try:
                 async for chunk in sdk_stream:
-                    usage = getattr(chunk, "usage", None)
-                    if usage is not None:
-                        result.usage = Usage(usage.prompt_tokens, usage.completion_tokens,
-                                             usage.total_tokens)
-                    for choice in getattr(chunk, "choices", None) or ():
-                        text = getattr(choice.delta, "content", None)
-                        if text:
-                            yield text
+                    for text in _chunk_texts(chunk, result):
+                        yield text
             except (UpstreamError, openai.OpenAIError, ValueError, AttributeError) as err:
                 raise _map_error(err, self.upstream_name) from err
             finally:
@@ -367,6 +354,15 @@ class OpenAIProvider(Provider):
 
         result._deltas = deltas()
         return result
+
+
+def _chunk_texts(chunk: Any, stream: CompletionStream | AsyncCompletionStream) -> list[str]:
+    """The text deltas of one streamed chunk; its usage (the last chunk's) goes on `stream`."""
+    usage = getattr(chunk, "usage", None)
+    if usage is not None:
+        stream.usage = Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+    return [text for choice in getattr(chunk, "choices", None) or ()
+            if (text := getattr(choice.delta, "content", None))]
 
 
 async def _empty() -> AsyncIterator[str]:

@@ -266,6 +266,31 @@ def _record(*, template_id: str, section_id: str, req: _Request | None, user: An
 
 # -- the service ---------------------------------------------------------------------
 
+class _Attempt:
+    """One request's record, written once: with its error when the block
+    raises, or with `done(result)`. `req` is set once the request is known."""
+
+    def __init__(self, template_id: str, section_id: str, user: Any, *, stream: bool) -> None:
+        self.template_id, self.section_id, self.user, self.stream = template_id, section_id, user, stream
+        self.started = clock()
+        self.req: _Request | None = None
+
+    def __enter__(self) -> _Attempt:
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        if isinstance(error, Exception):
+            self._record(error=error)
+
+    def done(self, result: GenerationResult) -> GenerationResult:
+        self._record(result=result)
+        return result
+
+    def _record(self, **outcome: Any) -> None:
+        _record(template_id=self.template_id, section_id=self.section_id, req=self.req, user=self.user,
+                started=self.started, stream=self.stream, **outcome)
+
+
 def text_generate(*, template_id: str, section_id: str, data: Any, use_cache: bool = True,
                   user: Any = None) -> GenerationResult:
     """Generate (or fetch from the cache) the text for one section.
@@ -274,10 +299,8 @@ def text_generate(*, template_id: str, section_id: str, data: Any, use_cache: bo
     and refreshes the cached entry with its answer. Raises `GenerationError`
     kinds (see module docstring); records the request either way.
     """
-    started = clock()
-    req: _Request | None = None
-    try:
-        req = _prepare(template_id, section_id, data)
+    with _Attempt(template_id, section_id, user, stream=False) as attempt:
+        req = attempt.req = _prepare(template_id, section_id, data)
         hit = _cache_get(req.key) if use_cache else None
         if hit is not None:
             entry, cached = hit, True
@@ -285,23 +308,15 @@ def text_generate(*, template_id: str, section_id: str, data: Any, use_cache: bo
             entry, cached = _produce(req), False
         else:
             entry, cached = _single_flight(req)
-        result = _result(req, entry, cached=cached, started=started)
-    except Exception as err:
-        _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
-                stream=False, error=err)
-        raise
-    _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
-            stream=False, result=result)
-    return result
+        result = _result(req, entry, cached=cached, started=attempt.started)
+    return attempt.done(result)
 
 
 async def atext_generate(*, template_id: str, section_id: str, data: Any, use_cache: bool = True,
                          user: Any = None) -> GenerationResult:
     """`text_generate` for async code (the provider call never holds a thread)."""
-    started = clock()
-    req: _Request | None = None
-    try:
-        req = _prepare(template_id, section_id, data)
+    with _Attempt(template_id, section_id, user, stream=False) as attempt:
+        req = attempt.req = _prepare(template_id, section_id, data)
         hit = _cache_get(req.key) if use_cache else None
         if hit is not None:
             entry, cached = hit, True
@@ -309,14 +324,8 @@ async def atext_generate(*, template_id: str, section_id: str, data: Any, use_ca
             entry, cached = await _aproduce(req), False
         else:
             entry, cached = await _asingle_flight(req)
-        result = _result(req, entry, cached=cached, started=started)
-    except Exception as err:
-        _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
-                stream=False, error=err)
-        raise
-    _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
-            stream=False, result=result)
-    return result
+        result = _result(req, entry, cached=cached, started=attempt.started)
+    return attempt.done(result)
 
 
 class GenerationStream:
@@ -457,34 +466,22 @@ def text_generate_stream(*, template_id: str, section_id: str, data: Any, use_ca
     single-flighted (waiting for another request's whole answer would defeat
     streaming): it streams from the provider and caches the answer at the end.
     """
-    started = clock()
-    req: _Request | None = None
-    try:
-        req = _prepare(template_id, section_id, data)
+    with _Attempt(template_id, section_id, user, stream=True) as attempt:
+        req = attempt.req = _prepare(template_id, section_id, data)
         entry = _cache_get(req.key) if use_cache else None
         if entry is not None:
-            return GenerationStream(req, started=started, user=user, cached_entry=entry)
+            return GenerationStream(req, started=attempt.started, user=user, cached_entry=entry)
         completion = req.provider.stream(req.prompt())
-    except Exception as err:
-        _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
-                stream=True, error=err)
-        raise
-    return GenerationStream(req, started=started, user=user, completion=completion)
+    return GenerationStream(req, started=attempt.started, user=user, completion=completion)
 
 
 async def atext_generate_stream(*, template_id: str, section_id: str, data: Any, use_cache: bool = True,
                                 user: Any = None) -> GenerationStream:
     """`text_generate_stream` for async code: `async for` the returned stream."""
-    started = clock()
-    req: _Request | None = None
-    try:
-        req = _prepare(template_id, section_id, data)
+    with _Attempt(template_id, section_id, user, stream=True) as attempt:
+        req = attempt.req = _prepare(template_id, section_id, data)
         entry = _cache_get(req.key) if use_cache else None
         if entry is not None:
-            return GenerationStream(req, started=started, user=user, cached_entry=entry)
+            return GenerationStream(req, started=attempt.started, user=user, cached_entry=entry)
         completion = await req.provider.astream(req.prompt())
-    except Exception as err:
-        _record(template_id=template_id, section_id=section_id, req=req, user=user, started=started,
-                stream=True, error=err)
-        raise
-    return GenerationStream(req, started=started, user=user, completion=completion)
+    return GenerationStream(req, started=attempt.started, user=user, completion=completion)

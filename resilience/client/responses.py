@@ -65,24 +65,12 @@ class CacheEntry:
         return self.expires > (wall_clock() if now is None else now)
 
 
-class _Closing:
-    """Runs the call's release callbacks once, when the response is closed."""
-
-    _on_close: Callable[[], None] | None = None
-
-    def when_closed(self, callback: Callable[[], None]) -> None:
-        self._on_close = callback
-
-    def _closed(self) -> None:
-        callback, self._on_close = self._on_close, None
-        if callback is not None:
-            callback()
-
-
-class UpstreamResponse(_Closing, requests.Response):
-    """A requests.Response from the resilient client (sync face)."""
+class _CallResponse:
+    """What both faces' responses add: where the answer came from (`meta`),
+    and the call's release callback, run once when the response is closed."""
 
     meta: CallMeta = FRESH
+    _on_close: Callable[[], None] | None = None
 
     @property
     def from_cache(self) -> bool:
@@ -99,6 +87,18 @@ class UpstreamResponse(_Closing, requests.Response):
     @property
     def attempts(self) -> int:
         return self.meta.attempts
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        self._on_close = callback
+
+    def _closed(self) -> None:
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            callback()
+
+
+class UpstreamResponse(_CallResponse, requests.Response):
+    """A requests.Response from the resilient client (sync face)."""
 
     def close(self) -> None:
         try:
@@ -126,26 +126,8 @@ class UpstreamResponse(_Closing, requests.Response):
                              body=self.content, url=self.url, ttl=ttl)
 
 
-class AsyncUpstreamResponse(_Closing, httpx2.Response):
+class AsyncUpstreamResponse(_CallResponse, httpx2.Response):
     """An httpx2.Response from the resilient client (async face)."""
-
-    meta: CallMeta = FRESH
-
-    @property
-    def from_cache(self) -> bool:
-        return self.meta.from_cache
-
-    @property
-    def stale(self) -> bool:
-        return self.meta.stale
-
-    @property
-    def shared(self) -> bool:
-        return self.meta.shared
-
-    @property
-    def attempts(self) -> int:
-        return self.meta.attempts
 
     @property
     def ok(self) -> bool:
