@@ -351,6 +351,12 @@ class _Engine:
             taken, self.counts = self.counts, Counter()
         return taken
 
+    def pending_counts(self) -> Counter[str]:
+        """A copy of the counts not yet flushed: other threads keep counting
+        (and the flusher swaps the counter) while the caller reads it."""
+        with self.lock:
+            return Counter(self.counts)
+
     def flush_counts(self) -> bool:
         """Add this process's pending counts to the shared Redis hash."""
         if self.redis is None or not self.up:
@@ -693,7 +699,7 @@ class FallbackCache(BaseCache):
         engine.flush_counts()
         shared = engine.shared_counts()
         counts = Counter(shared or {})
-        counts.update(engine.counts)  # not yet flushed (or Redis is down)
+        counts.update(engine.pending_counts())  # not yet flushed (or Redis is down)
         fields: dict[str, int] = dict.fromkeys(STAT_FIELDS, 0)
         for name, n in counts.items():
             ns, _, field = name.partition(":")

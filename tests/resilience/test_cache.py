@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.exceptions import LockError
 
-from resilience.cache import FallbackCache, cache_key, reset_engines
+from resilience.cache import NAMESPACES, FallbackCache, cache_key, reset_engines
 from tests.support.redis_server import free_port
 
 
@@ -157,6 +157,60 @@ def test_counting_adds_no_redis_round_trip(redis_process):
     # 200 GETs plus the INFO call that measured `before`.
     assert after - before == 201
     assert c.stats()["hits"] == 200
+
+
+def test_stats_read_while_other_threads_count(redis_url):
+    """Reading statistics while other threads count never fails and loses
+    nothing (it used to iterate the live counters while a flush had just
+    swapped in a fresh one that other threads were adding names to:
+    "dictionary changed size during iteration")."""
+    # Flushed every millisecond: the counters are often new and growing.
+    c = make_cache(redis_url, prefix="race", STATS_FLUSH_INTERVAL=0.001)
+    c.clear()
+    c.reset_stats()
+    names = [*sorted(NAMESPACES), "elsewhere"]
+    for ns in names:
+        c.set(f"{ns}:hit", 1)
+    stop = threading.Event()
+    lookups = [0] * 6
+    failures: list[BaseException] = []
+
+    def count(slot: int) -> None:
+        while not stop.is_set():
+            for ns in names:  # one new counter name per call: a hit, then a miss
+                c.get(f"{ns}:hit")
+                c.get(f"{ns}:miss")
+                lookups[slot] += 2
+
+    def read() -> None:
+        try:
+            for _ in range(600):
+                c.stats()
+        except Exception as err:
+            failures.append(err)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a loaded server does
+    counters = [threading.Thread(target=count, args=(i,)) for i in range(len(lookups))]
+    reader = threading.Thread(target=read)
+    try:
+        for thread in [*counters, reader]:
+            thread.start()
+        reader.join(60)
+    finally:
+        stop.set()
+        for thread in counters:
+            thread.join(10)
+        sys.setswitchinterval(switch)
+    assert failures == []
+    # Nothing lost (a flush still in flight in the background lands within ms).
+    deadline = time.monotonic() + 2
+    while (stats := c.stats())["hits"] + stats["misses"] < sum(lookups) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert stats["scope"] == "all workers"
+    assert (stats["hits"], stats["misses"]) == (sum(lookups) // 2, sum(lookups) // 2)
+    c.clear()
+    c.reset_stats()
 
 
 def test_stats_are_summed_across_processes(redis_url):
