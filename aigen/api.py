@@ -30,7 +30,7 @@ from aigen.registry import get_registry
 from aigen.selectors import ai_cache_stats, template_list
 from aigen.services import text_generate, text_generate_stream
 from aigen.throttling import GenerateThrottle
-from resilience.cache_ops import cache_clear
+from resilience.cache.ops import cache_clear
 from resilience.serializers import error_responses
 
 
