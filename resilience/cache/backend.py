@@ -102,14 +102,26 @@ class FallbackCache(BaseCache):
         return self._engine
 
     @property
+    def shared(self) -> bool:
+        """True when entries are visible to every process right now (Redis serves).
+
+        False on plain local memory and while fallen back to it: what is
+        written now stays in this process. The question for callers deciding
+        whether the cache can coordinate processes (cross-process single
+        flight, version keys other workers bump, a near cache in front of it).
+        It can change with the next operation; ask each time.
+        """
+        return self._engine.up
+
+    @property
     def backend_name(self) -> str:
-        """`redis` or `memory`: which store serves right now."""
-        return "redis" if self._engine.up else "memory"
+        """`redis` or `memory`: which store serves right now (for statistics)."""
+        return "redis" if self.shared else "memory"
 
     @property
     def in_fallback(self) -> bool:
-        """True when Redis is configured but local memory is serving."""
-        return self._engine.redis is not None and not self._engine.up
+        """True when Redis is configured but local memory is serving (for statistics)."""
+        return self._engine.redis is not None and not self.shared
 
     @property
     def redis_configured(self) -> bool:

@@ -310,6 +310,16 @@ def test_redis_dying_and_returning_mid_traffic(redis_process, caplog):
     assert sum("redis is back" in m for m in messages) == 1
 
 
+def test_shared_says_whether_other_processes_see_the_entries(redis_process):
+    assert make_cache("").shared is False  # plain local memory
+    c = make_cache(redis_process.url, PROBE_INTERVAL=60)
+    c.set("misc:k", 1)
+    assert c.shared is True
+    redis_process.kill()
+    c.set("misc:k", 2)  # noticed: now served from this process's memory
+    assert c.shared is False and c.in_fallback
+
+
 def test_redis_down_at_start_then_appearing(redis_process):
     redis_process.kill()
     c = make_cache(redis_process.url, PROBE_INTERVAL=0.2)
