@@ -18,16 +18,19 @@ Anyone may call it, through Django's `caches` or `default_cache()`.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django_redis.cache import RedisCache
-from redis.exceptions import LockError
+from redis.exceptions import LockError, LockNotOwnedError
 
 from resilience.cache.engine import NOT_SERVED, OUTAGE_ERRORS, Engine, engine_for
 from resilience.cache.stats import stats_fields
+
+logger = logging.getLogger(__name__)
 
 _MISSING = object()
 
@@ -59,14 +62,25 @@ class FallbackLock:
         return False
 
     def release(self) -> None:
+        """Release the lock.
+
+        Raises `LockError` when it was not acquired (or already released) and
+        `LockNotOwnedError` (a `LockError`) when it expired before this release:
+        the holder outlived its `timeout` and another may have held it since
+        (logged: the mutual exclusion was broken). A Redis outage is not raised:
+        the Redis lock expires by its own timeout.
+        """
         lock, self._held = self._held, None
         if lock is None:
             raise LockError("Cannot release an unlocked lock")
         try:
             lock.release()
         except OUTAGE_ERRORS as err:
-            # The Redis lock expires by its own timeout.
             self._engine.fall_back(err)
+        except LockNotOwnedError:
+            logger.warning("cache: lock %s expired before its holder released it "
+                           "(held longer than its timeout)", self._key)
+            raise
 
     def __enter__(self) -> FallbackLock:
         if self.acquire():
@@ -198,7 +212,7 @@ class FallbackCache(BaseCache):
             try:
                 self._engine.redis.close(**kwargs)
             except OUTAGE_ERRORS:
-                pass
+                pass  # closing connections to a Redis that is gone: nothing to close
 
     # -- django-redis extras with local-memory equivalents -------------------------
     def delete_pattern(self, pattern: str, version: int | None = None) -> int:

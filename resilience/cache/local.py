@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.cache.backends.locmem import LocMemCache
-from redis.exceptions import LockError
+from redis.exceptions import LockError, LockNotOwnedError
 
 
 class LocalLock:
@@ -72,8 +72,11 @@ class LocalLock:
     def release(self) -> None:
         with self._cond:
             held = self._registry.get(self.name)
-            if self.token is None or held is None or held[0] != self.token:
-                raise LockError("Cannot release a lock that's no longer owned")
+            if self.token is None:
+                raise LockError("Cannot release an unlocked lock")
+            if held is None or held[0] != self.token or held[1] <= time.monotonic():
+                self.token = None
+                raise LockNotOwnedError("Cannot release a lock that's no longer owned")
             del self._registry[self.name]
             self.token = None
             self._cond.notify_all()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, LockNotOwnedError
 
 from resilience.cache import NAMESPACES, FallbackCache, cache_key, reset_engines
 from tests.support.redis_server import free_port
@@ -112,6 +112,17 @@ def test_lock_excludes_a_second_holder(any_cache):
 def test_lock_expires_when_holder_never_releases(any_cache):
     assert any_cache.lock("flight:exp", timeout=0.2).acquire(blocking=False)
     assert any_cache.lock("flight:exp", timeout=5).acquire(blocking=True, blocking_timeout=2)
+
+
+def test_releasing_an_expired_lock_says_so(any_cache, caplog):
+    lock = any_cache.lock("flight:late", timeout=0.05)
+    assert lock.acquire(blocking=False)
+    time.sleep(0.08)  # the holder outlives its timeout
+    with pytest.raises(LockNotOwnedError):
+        lock.release()
+    assert any("expired before its holder released it" in r.getMessage() for r in caplog.records)
+    with pytest.raises(LockError):  # released once, whatever happened
+        lock.release()
 
 
 def test_clear_never_touches_other_prefixes(redis_url):
