@@ -29,7 +29,7 @@ from aigen.exceptions import InvalidInput, RequestTooLarge
 from aigen.registry import get_registry
 from aigen.selectors import ai_cache_stats, template_list
 from aigen.throttling import GenerateThrottle
-from resilience.cache_ops import cache_clear
+from resilience.cache.ops import cache_clear
 from resilience.serializers import error_responses
 
 

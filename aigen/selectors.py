@@ -5,7 +5,7 @@ from typing import Any
 
 from aigen.providers import provider_info
 from aigen.registry import get_registry
-from resilience.cache_ops import cache_stats
+from resilience.cache.ops import cache_stats
 
 
 def template_list() -> dict[str, Any]:

@@ -100,7 +100,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache -----------------------------------------------------------------
 # One backend for everything: django-redis with a local-memory fallback when
-# REDIS_URL is set, plain local memory otherwise (see resilience/cache.py).
+# REDIS_URL is set, plain local memory otherwise (see resilience/cache/).
 REDIS_URL = env.str("REDIS_URL", default="")
 CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="rsl")
 CACHE_DEFAULT_TIMEOUT = env.int("CACHE_DEFAULT_TIMEOUT", default=300)

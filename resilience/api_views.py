@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from resilience import exceptions as errors
 from resilience import serializers as s
-from resilience.cache_ops import cache_stats
+from resilience.cache.ops import cache_stats
 from resilience.models import CallLog, Upstream
 from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
 from resilience.telemetry.calllog import call_log_flush

@@ -47,11 +47,9 @@ def policy_changed(name: str) -> None:
 
 
 def cache_is_shared(store: Any) -> bool:
-    """Whether entries in `store` are seen by every process right now."""
-    shared = getattr(store, "shared", None)
-    if shared is not None:
-        return bool(shared)
-    return getattr(store, "backend_name", "") == "redis" and not getattr(store, "in_fallback", False)
+    """Whether entries in `store` are seen by every process right now (the
+    project's FallbackCache says so; any other backend is taken as local)."""
+    return bool(getattr(store, "shared", False))
 
 
 def _announce(change: Transition) -> None:

@@ -145,7 +145,7 @@ class CacheCollector:
     while Redis is up, this process's own while it falls back to memory)."""
 
     def collect(self) -> Iterator[Metric]:
-        from resilience.cache_ops import cache_stats
+        from resilience.cache.ops import cache_stats
 
         stats = cache_stats()
         for field, text in (("hits", "Cache hits."), ("misses", "Cache misses."), ("sets", "Cache writes."),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from resilience.cache.engine import Engine
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
 from resilience.models import Upstream
@@ -38,7 +39,7 @@ def make_upstream(db, fake):
 
 
 class Clock:
-    """A movable clock for the breaker (its `clock` seam)."""
+    """A movable clock for the breaker's and the cache engine's `clock` seams."""
 
     def __init__(self, start: float = 1_000_000.0) -> None:
         self.now = start
@@ -54,4 +55,12 @@ class Clock:
 def breaker_clock(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(SharedBreaker, "clock", staticmethod(clock))
+    return clock
+
+
+@pytest.fixture
+def cache_clock(monkeypatch):
+    """The clock the cache engine measures its probe interval on."""
+    clock = Clock()
+    monkeypatch.setattr(Engine, "clock", staticmethod(clock))
     return clock

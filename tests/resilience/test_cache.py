@@ -12,9 +12,9 @@ import time
 
 import pytest
 import redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, LockNotOwnedError
 
-from resilience.cache import FallbackCache, cache_key, reset_engines
+from resilience.cache import NAMESPACES, FallbackCache, cache_key, reset_engines
 from tests.support.redis_server import free_port
 
 
@@ -71,9 +71,11 @@ def test_django_cache_api_works_on_both_backends(any_cache):
 
 
 def test_expired_entries_are_gone(any_cache):
-    any_cache.set("misc:short", 1, timeout=1)
+    # Expiry is Redis's own clock (and time.time() in LocMemCache): a short
+    # timeout rather than a movable clock.
+    any_cache.set("misc:short", 1, timeout=0.1)
     assert any_cache.get("misc:short") == 1
-    time.sleep(1.05)
+    time.sleep(0.15)
     assert any_cache.get("misc:short") is None
     assert list(any_cache.iter_keys("misc:*")) == []
 
@@ -112,6 +114,17 @@ def test_lock_excludes_a_second_holder(any_cache):
 def test_lock_expires_when_holder_never_releases(any_cache):
     assert any_cache.lock("flight:exp", timeout=0.2).acquire(blocking=False)
     assert any_cache.lock("flight:exp", timeout=5).acquire(blocking=True, blocking_timeout=2)
+
+
+def test_releasing_an_expired_lock_says_so(any_cache, caplog):
+    lock = any_cache.lock("flight:late", timeout=0.05)
+    assert lock.acquire(blocking=False)
+    time.sleep(0.08)  # the holder outlives its timeout
+    with pytest.raises(LockNotOwnedError):
+        lock.release()
+    assert any("expired before its holder released it" in r.getMessage() for r in caplog.records)
+    with pytest.raises(LockError):  # released once, whatever happened
+        lock.release()
 
 
 def test_clear_never_touches_other_prefixes(redis_url):
@@ -159,6 +172,60 @@ def test_counting_adds_no_redis_round_trip(redis_process):
     assert c.stats()["hits"] == 200
 
 
+def test_stats_read_while_other_threads_count(redis_url):
+    """Reading statistics while other threads count never fails and loses
+    nothing (it used to iterate the live counters while a flush had just
+    swapped in a fresh one that other threads were adding names to:
+    "dictionary changed size during iteration")."""
+    # Flushed every millisecond: the counters are often new and growing.
+    c = make_cache(redis_url, prefix="race", STATS_FLUSH_INTERVAL=0.001)
+    c.clear()
+    c.reset_stats()
+    names = [*sorted(NAMESPACES), "elsewhere"]
+    for ns in names:
+        c.set(f"{ns}:hit", 1)
+    stop = threading.Event()
+    lookups = [0] * 6
+    failures: list[BaseException] = []
+
+    def count(slot: int) -> None:
+        while not stop.is_set():
+            for ns in names:  # one new counter name per call: a hit, then a miss
+                c.get(f"{ns}:hit")
+                c.get(f"{ns}:miss")
+                lookups[slot] += 2
+
+    def read() -> None:
+        try:
+            for _ in range(600):
+                c.stats()
+        except Exception as err:
+            failures.append(err)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a loaded server does
+    counters = [threading.Thread(target=count, args=(i,)) for i in range(len(lookups))]
+    reader = threading.Thread(target=read)
+    try:
+        for thread in [*counters, reader]:
+            thread.start()
+        reader.join(60)
+    finally:
+        stop.set()
+        for thread in counters:
+            thread.join(10)
+        sys.setswitchinterval(switch)
+    assert failures == []
+    # Nothing lost (a flush still in flight in the background lands within ms).
+    deadline = time.monotonic() + 2
+    while (stats := c.stats())["hits"] + stats["misses"] < sum(lookups) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert stats["scope"] == "all workers"
+    assert (stats["hits"], stats["misses"]) == (sum(lookups) // 2, sum(lookups) // 2)
+    c.clear()
+    c.reset_stats()
+
+
 def test_stats_are_summed_across_processes(redis_url):
     c = make_cache(redis_url, prefix="multi")
     c.clear()
@@ -202,7 +269,7 @@ def test_nothing_listening_serves_from_memory_without_retrying_each_call():
     assert stats["hits"] == 101
 
 
-def test_redis_dying_and_returning_mid_traffic(redis_process, caplog):
+def test_redis_dying_and_returning_mid_traffic(redis_process, caplog, cache_clock):
     c = make_cache(redis_process.url, PROBE_INTERVAL=0.3)
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -222,25 +289,29 @@ def test_redis_dying_and_returning_mid_traffic(redis_process, caplog):
                 errors.append(err)
             i += 1
 
+    def wait_for(condition, seconds: float = 5) -> bool:
+        deadline = time.monotonic() + seconds
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return condition()
+
     workers = [threading.Thread(target=traffic) for _ in range(4)]
     for w in workers:
         w.start()
     try:
-        time.sleep(0.2)
+        assert wait_for(lambda: ops["n"] > 20)
         assert c.backend_name == "redis"
         redis_process.kill()
-        deadline = time.monotonic() + 5
-        while not c.in_fallback and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert c.in_fallback, "the backend never noticed Redis was gone"
+        assert wait_for(lambda: c.in_fallback), "the backend never noticed Redis was gone"
         served_in_fallback = ops["n"]
-        time.sleep(0.5)
-        assert ops["n"] > served_in_fallback, "traffic stalled while Redis was down"
+        assert wait_for(lambda: ops["n"] > served_in_fallback + 20), "traffic stalled while Redis was down"
 
         redis_process.start()
+        time.sleep(0.05)
+        assert c.in_fallback, "probed Redis before the probe interval passed"
+        cache_clock.advance(0.3)
         restarted = time.monotonic()
-        while c.in_fallback and time.monotonic() - restarted < 5:
-            time.sleep(0.01)
+        wait_for(lambda: not c.in_fallback)
         back_after = time.monotonic() - restarted
     finally:
         stop.set()
@@ -248,21 +319,34 @@ def test_redis_dying_and_returning_mid_traffic(redis_process, caplog):
             w.join()
     assert errors == []
     assert c.backend_name == "redis"
-    # Back on Redis within one probe interval (0.3 s) plus scheduling slack.
-    assert back_after < 0.3 + 0.5
+    # Back on Redis with the first operation once the probe interval passed.
+    assert back_after < 0.5
     assert c.stats()["fallbacks"] == 1
     messages = [r.getMessage() for r in caplog.records if r.name == "resilience.cache"]
     assert sum("redis unavailable" in m for m in messages) == 1
     assert sum("redis is back" in m for m in messages) == 1
 
 
-def test_redis_down_at_start_then_appearing(redis_process):
+def test_shared_says_whether_other_processes_see_the_entries(redis_process):
+    assert make_cache("").shared is False  # plain local memory
+    c = make_cache(redis_process.url, PROBE_INTERVAL=60)
+    c.set("misc:k", 1)
+    assert c.shared is True
+    redis_process.kill()
+    c.set("misc:k", 2)  # noticed: now served from this process's memory
+    assert c.shared is False and c.in_fallback
+
+
+def test_redis_down_at_start_then_appearing(redis_process, cache_clock):
     redis_process.kill()
     c = make_cache(redis_process.url, PROBE_INTERVAL=0.2)
     c.set("misc:k", "memory")
     assert c.in_fallback
     redis_process.start()
-    time.sleep(0.25)
+    cache_clock.advance(0.19)
+    c.set("misc:k", "early")  # within the probe interval: memory, no probe
+    assert c.in_fallback
+    cache_clock.advance(0.01)
     c.set("misc:k", "redis")  # the probe
     assert not c.in_fallback
     assert redis.Redis.from_url(redis_process.url).exists("t:1:misc:k")

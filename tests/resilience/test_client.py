@@ -505,7 +505,7 @@ def test_hot_entries_skip_the_redis_round_trip(fake, make_upstream, on_redis, mo
 
 
 def test_clears_in_this_process_reach_the_near_cache_at_once(fake, make_upstream, on_redis):
-    from resilience.cache_ops import cache_clear
+    from resilience.cache.ops import cache_clear
     from resilience.services import upstream_cache_clear
 
     make_upstream(cache_ttl=60)

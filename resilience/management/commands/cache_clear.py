@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from resilience.cache import NAMESPACES
-from resilience.cache_ops import UnknownNamespace, cache_clear
+from resilience.cache.ops import UnknownNamespace, cache_clear
 
 
 class Command(BaseCommand):

@@ -1,7 +1,8 @@
 """Cache services and selectors: clear by namespace, read statistics.
 
 Work on whichever store serves (Redis or the local-memory fallback) through
-the `FallbackCache` API, so they behave the same in both modes.
+the `FallbackCache` API, so they behave the same in both modes. Callers: the
+thin layers (API views, dashboard, metrics, management commands).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from django.core.cache import cache
 
-from resilience.cache import NAMESPACES
+from resilience.cache.keys import NAMESPACES
 
 
 class UnknownNamespace(ValueError):

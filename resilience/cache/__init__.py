@@ -1,0 +1,18 @@
+"""The cache: Django's cache framework on django-redis, falling back to local memory.
+
+The public face of the package; import from here, not from its modules:
+`FallbackCache` (the backend `CACHES` names as `resilience.cache.FallbackCache`),
+`default_cache()` (the shared instance for hot paths), `cache_key()` and
+`NAMESPACES` (namespaced keys), `reset_engines()` (tests). Cache services and
+selectors (`cache_clear`, `cache_stats`) are in `resilience.cache.ops`.
+
+Modules, one concern each: `keys` (namespaces), `local` (the local-memory
+store and lock), `engine` (Redis or memory: outage, probe, recovery), `stats`
+(counters and their shared flush), `backend` (the Django backend and its
+lock), `registry` (the shared default instance, reset, fork and exit hooks).
+"""
+from resilience.cache.backend import FallbackCache, FallbackLock
+from resilience.cache.keys import NAMESPACES, cache_key
+from resilience.cache.registry import default_cache, reset_engines
+
+__all__ = ["NAMESPACES", "FallbackCache", "FallbackLock", "cache_key", "default_cache", "reset_engines"]
