@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev run serve test lint bench bench-stats demo clean
+.PHONY: setup setup-dev run serve test lint bench bench-stats loadtest demo clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: setup-dev
 # Statistics readers on PostgreSQL at 1e5..1e7 calls/day (BENCH_DATABASE_URL).
 bench-stats: setup-dev
 	$(BIN)/python -m bench.bench_stats
+
+# Load scenarios against the server as `make serve` starts it, next to the same
+# driver going straight to a loopback provider (LOADTEST_ARGS="--quick",
+# "--litellm", "--json out.json"; see python -m bench.loadtest --help).
+loadtest: setup-dev
+	$(BIN)/python -m bench.loadtest $(LOADTEST_ARGS)
 
 # The tour: serve on embedded defaults with a flaky demo upstream and drive
 # traffic through it; watch breakers trip and recover on the dashboard.

@@ -1,0 +1,376 @@
+"""`python -m bench.loadtest` (`make loadtest`): the load scenarios against each contender.
+
+Contenders, one after the other, against one loopback provider:
+- direct: the driver straight to the provider (what the tool itself costs);
+- this project, started by `make serve` (whatever that target runs today);
+- with `--litellm`: the LiteLLM proxy with 1 and 4 workers (`--litellm-workers`).
+
+Scenarios (issue 9), each with the provider scripted for it:
+- burst: 256 distinct non-streamed generations at once, provider 1 s;
+- streams: 500 SSE streams opened at once, 10 chunks over 1 s;
+- steady: 100 non-streamed requests a second for 20 s, provider 50 ms;
+- sustained: 100 new streams a second for 30 s, each 10 chunks over 10 s
+  (about 1000 open at once); last, since a server that cannot carry it keeps
+  working through abandoned requests long after.
+`--quick` shrinks all four for a smoke run. Prints one markdown table with
+ratios measured in this run; `--json PATH` also writes every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+
+from bench.loadtest.driver import Driver, Sample, Target, at_once, paced, percentile
+from bench.loadtest.procs import (
+    GatewayServer,
+    Group,
+    LiteLLMServer,
+    ProviderProcess,
+    TreeMeter,
+    make_workdir,
+    remove_workdir,
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    stream: bool
+    delay: float  # the provider's seconds per call (the whole stream for streams)
+    chunks: int = 10
+    count: int = 0  # at once: this many together
+    rate: float = 0.0  # paced: this many a second ...
+    duration: float = 0.0  # ... for this long
+    timeout: float = 90.0  # per request
+
+    @property
+    def first_chunk_nominal(self) -> float:
+        return self.delay / self.chunks
+
+    def describe(self) -> str:
+        shape = (f"{self.count} at once" if self.count
+                 else f"{self.rate:g}/s for {self.duration:g} s")
+        kind = f"streams of {self.chunks} chunks over {self.delay:g} s" if self.stream \
+            else f"generations, provider {self.delay * 1000:g} ms"
+        return f"{shape}, {kind}"
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    quick = args.quick
+    sustained_s = args.sustained_duration or (6.0 if quick else 30.0)
+    stream_s = args.sustained_stream or (3.0 if quick else 10.0)
+    steady_s = args.steady_duration or (5.0 if quick else 20.0)
+    table = {
+        "burst": Scenario("burst", stream=False, delay=1.0, count=32 if quick else 256, timeout=90),
+        "streams": Scenario("streams", stream=True, delay=1.0, count=50 if quick else 500, timeout=90),
+        "sustained": Scenario("sustained", stream=True, delay=stream_s, rate=20 if quick else 100,
+                              duration=sustained_s, timeout=stream_s + 30),
+        "steady": Scenario("steady", stream=False, delay=0.05, rate=50 if quick else 100,
+                           duration=steady_s, timeout=30),
+    }
+    return [table[name] for name in args.scenarios]
+
+
+@dataclass
+class Result:
+    target: str
+    scenario: str
+    requests: int
+    ok: int
+    errors: dict[str, int]
+    wall_s: float
+    throughput: float
+    p50_s: float | None
+    p99_s: float | None
+    overhead_p50_ms: float | None
+    overhead_p99_ms: float | None
+    first_p50_s: float | None
+    first_p99_s: float | None
+    first_overhead_p99_ms: float | None
+    provider_requests: int
+    provider_peak: int
+    cpu_ms_per_request: float | None
+    pss_mb: float | None
+    driver_cpu_pct: float
+
+
+def summarize(target: str, scenario: Scenario, samples: list[Sample], wall: float, stats: dict[str, Any],
+              meter: TreeMeter, driver_cpu: float) -> Result:
+    good = [s for s in samples if s.ok]
+    errors = Counter(s.status if s.status != "200" else "incomplete" for s in samples if not s.ok)
+    latencies = [s.latency for s in good]
+    firsts = [s.first_chunk for s in good if s.first_chunk is not None]
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    f50, f99 = percentile(firsts, 50), percentile(firsts, 99)
+
+    def over(value: float | None, nominal: float) -> float | None:
+        return None if value is None else (value - nominal) * 1000
+
+    cpu = meter.cpu_seconds
+    pss = meter.pss_bytes
+    return Result(
+        target=target, scenario=scenario.name, requests=len(samples), ok=len(good), errors=dict(errors),
+        wall_s=wall, throughput=len(good) / wall if wall else 0.0, p50_s=p50, p99_s=p99,
+        overhead_p50_ms=over(p50, scenario.delay), overhead_p99_ms=over(p99, scenario.delay),
+        first_p50_s=f50, first_p99_s=f99, first_overhead_p99_ms=over(f99, scenario.first_chunk_nominal),
+        provider_requests=int(stats.get("requests", 0)), provider_peak=int(stats.get("peak_in_flight", 0)),
+        cpu_ms_per_request=None if cpu is None else cpu * 1000 / max(len(samples), 1),
+        pss_mb=None if pss is None else pss / 2**20,
+        driver_cpu_pct=100 * driver_cpu / wall if wall else 0.0,
+    )
+
+
+class Provider:
+    """The driver's handle on the provider's control endpoints."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
+                session.request(method, self.url + path, json=body) as response:
+            return await response.json()
+
+    async def configure(self, *, delay: float, chunks: int) -> None:
+        await self._call("POST", "/_config", {"delay": delay, "chunks": chunks})
+
+    async def reset(self) -> None:
+        await self._call("POST", "/_reset")
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._call("GET", "/_stats")
+
+    async def settle(self, timeout: float = 60.0) -> None:
+        """Wait (bounded) until the provider holds no call: a scenario's leftovers
+        (timed-out requests the server still carries) must not load the next one."""
+        deadline = time.monotonic() + timeout
+        idle = 0
+        while time.monotonic() < deadline:
+            # Idle for a whole second: a server working through a queue has gaps between calls.
+            idle = idle + 1 if (await self.stats())["in_flight"] == 0 else 0
+            if idle >= 4:
+                return
+            await asyncio.sleep(0.25)
+        print(f"  (provider still holds {(await self.stats())['in_flight']} calls after {timeout:.0f} s)",
+              flush=True)
+
+
+async def run_target(target: Target, group: Group | None, provider: Provider, plan: list[Scenario],
+                     pools: int) -> list[Result]:
+    results = []
+    async with Driver(pools=pools) as driver:
+        # Warm-up (not measured): imports, connections, first queries in every worker.
+        await provider.configure(delay=0.05, chunks=2)
+        warm = secrets.token_hex(4)
+        await at_once(driver, target, count=16, stream=False, nonce=warm, timeout=60)
+        await at_once(driver, target, count=16, stream=True, nonce=warm + "s", timeout=60)
+        for scenario in plan:
+            await provider.settle()
+            await provider.configure(delay=scenario.delay, chunks=scenario.chunks)
+            await provider.reset()
+            nonce = secrets.token_hex(6)
+            cpu0 = time.thread_time()
+            with TreeMeter(group) as meter:
+                if scenario.count:
+                    samples, wall = await at_once(driver, target, count=scenario.count,
+                                                  stream=scenario.stream, nonce=nonce,
+                                                  timeout=scenario.timeout)
+                else:
+                    samples, wall = await paced(driver, target, rate=scenario.rate,
+                                                duration=scenario.duration, stream=scenario.stream,
+                                                nonce=nonce, timeout=scenario.timeout)
+            driver_cpu = time.thread_time() - cpu0
+            stats = await provider.stats()
+            result = summarize(target.name, scenario, samples, wall, stats, meter, driver_cpu)
+            print(f"  {scenario.name}: {result.ok}/{result.requests} ok in {wall:.2f} s, "
+                  f"p50 {_s(result.p50_s)}, p99 {_s(result.p99_s)}, errors {result.errors or '-'}, "
+                  f"provider peak {result.provider_peak}, driver CPU {result.driver_cpu_pct:.0f}%",
+                  flush=True)
+            results.append(result)
+    return results
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+def _s(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.0f} ms"
+
+
+def _errors(result: Result) -> str:
+    if not result.errors:
+        return "0"
+    return ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))
+
+
+# (label, how to show, the number ratios are taken of; None: no ratio)
+ROWS: dict[str, list[tuple[str, Any, Any]]] = {
+    "common": [
+        ("ok / sent", lambda r: f"{r.ok}/{r.requests}", None),
+        ("errors by status", _errors, None),
+        ("wall time", lambda r: _s(r.wall_s), lambda r: r.wall_s),
+        ("throughput", lambda r: f"{r.throughput:.0f}/s", None),
+        ("latency p50 / p99", lambda r: f"{_s(r.p50_s)} / {_s(r.p99_s)}", lambda r: r.p99_s),
+        ("overhead over provider p50 / p99", lambda r: f"{_ms(r.overhead_p50_ms)} / {_ms(r.overhead_p99_ms)}",
+         None),
+    ],
+    "stream": [
+        ("first chunk p50 / p99", lambda r: f"{_s(r.first_p50_s)} / {_s(r.first_p99_s)}",
+         lambda r: r.first_p99_s),
+        ("first chunk p99 over provider's", lambda r: _ms(r.first_overhead_p99_ms), None),
+    ],
+    "tail": [
+        ("provider: requests / peak in flight", lambda r: f"{r.provider_requests} / {r.provider_peak}", None),
+        ("server CPU per request", lambda r: "-" if r.cpu_ms_per_request is None
+         else f"{r.cpu_ms_per_request:.1f} ms", lambda r: r.cpu_ms_per_request),
+        ("server memory (PSS peak, all processes)", lambda r: "-" if r.pss_mb is None
+         else f"{r.pss_mb:.0f} MB", lambda r: r.pss_mb),
+        ("driver CPU (share of one core)", lambda r: f"{r.driver_cpu_pct:.0f}%", None),
+    ],
+}
+
+
+def table(plan: list[Scenario], results: list[Result], targets: list[str]) -> str:
+    ours = "this project"
+    others = [t for t in targets if t != ours]
+    header = ["scenario", "", *targets] + ([f"{ours} / {o}" for o in others] if ours in targets else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    by = {(r.target, r.scenario): r for r in results}
+    for scenario in plan:
+        rows = ROWS["common"] + (ROWS["stream"] if scenario.stream else []) + ROWS["tail"]
+        for i, (label, show, number) in enumerate(rows):
+            cells = [f"**{scenario.name}** ({scenario.describe()})" if i == 0 else "", label]
+            for t in targets:
+                r = by.get((t, scenario.name))
+                cells.append(show(r) if r else "not run")
+            if ours in targets:
+                mine = by.get((ours, scenario.name))
+                for o in others:
+                    theirs = by.get((o, scenario.name))
+                    cells.append(_ratio(number, mine, theirs))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(number: Any, mine: Result | None, theirs: Result | None) -> str:
+    if number is None or mine is None or theirs is None:
+        return ""
+    a, b = number(mine), number(theirs)
+    if a is None or b is None or b == 0:
+        return ""
+    return f"{a / b:.2f}x"
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.loadtest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run of every scenario")
+    # sustained runs last: a server that cannot carry it is left with a queue of
+    # abandoned requests that would load whatever ran after it.
+    parser.add_argument("--scenarios", default="burst,streams,steady,sustained",
+                        type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
+                        help="comma-separated subset, run in this order (default: all four)")
+    parser.add_argument("--sustained-duration", type=float, default=0.0, help="seconds of arrivals (30)")
+    parser.add_argument("--sustained-stream", type=float, default=0.0, help="seconds per stream (10)")
+    parser.add_argument("--steady-duration", type=float, default=0.0, help="seconds (20)")
+    parser.add_argument("--litellm", action="store_true", help="also run the LiteLLM proxy")
+    parser.add_argument("--litellm-workers", default="1,4", help="worker counts for LiteLLM (1,4)")
+    parser.add_argument("--no-direct", action="store_true", help="skip the direct-to-provider column")
+    parser.add_argument("--no-gateway", action="store_true", help="skip this project")
+    parser.add_argument("--make-target", default="serve", help="the Makefile target that serves (serve)")
+    parser.add_argument("--redis-url", default=os.environ.get("LOADTEST_REDIS_URL", "redis://127.0.0.1:6379/10"))
+    parser.add_argument("--database-url", default=os.environ.get("LOADTEST_DATABASE_URL", ""),
+                        help="the server's database (default: a fresh SQLite file in the run's temp dir)")
+    parser.add_argument("--pools", type=int, default=16, help="driver connection pools (16)")
+    parser.add_argument("--json", dest="json_path", help="also write every figure here")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir with the logs")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - {"burst", "streams", "sustained", "steady"}
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+async def amain(args: argparse.Namespace) -> int:
+    plan = scenarios(args)
+    workdir = make_workdir()
+    print(f"load run: {', '.join(s.name for s in plan)}{' (quick)' if args.quick else ''}; "
+          f"logs in {workdir}", flush=True)
+    provider_proc = ProviderProcess(workdir).start()
+    provider = Provider(provider_proc.url)
+    results: list[Result] = []
+    targets: list[str] = []
+    failures: list[str] = []
+
+    async def contender(name: str, starter: Any) -> None:
+        print(f"\n{name}:", flush=True)
+        server = None
+        try:
+            server = await asyncio.to_thread(starter)
+            if server is None:
+                target, group = Target(name, provider_proc.url, "openai"), None
+            else:
+                dialect = "gateway" if isinstance(server, GatewayServer) else "openai"
+                target, group = Target(name, server.url, dialect, server.token), server.group
+            results.extend(await run_target(target, group, provider, plan, args.pools))
+            targets.append(name)
+        except Exception as err:  # one contender failing must not lose the others' figures
+            failures.append(f"{name}: {type(err).__name__}: {err}")
+            print(f"  FAILED: {err} (logs in {workdir})", flush=True)
+        finally:
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+
+    try:
+        if not args.no_direct:
+            await contender("direct", lambda: None)
+        if not args.no_gateway:
+            await contender("this project", lambda: GatewayServer(
+                workdir, provider_url=provider_proc.url, redis_url=args.redis_url,
+                database_url=args.database_url, make_target=args.make_target).start())
+        if args.litellm:
+            for workers in [int(w) for w in args.litellm_workers.split(",") if w.strip()]:
+                await contender(f"LiteLLM {workers}w", lambda w=workers: LiteLLMServer(
+                    workdir, provider_url=provider_proc.url, workers=w).start())
+    finally:
+        provider_proc.stop()
+
+    print("\n" + table(plan, results, targets))
+    print(f"\nCPU and memory are of the server's whole process tree; `direct` has no server. "
+          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+    if args.json_path:
+        with open(args.json_path, "w") as out:
+            json.dump({"scenarios": [asdict(s) for s in plan], "results": [asdict(r) for r in results],
+                       "failures": failures}, out, indent=2)
+    for failure in failures:
+        print(f"FAILED {failure}", file=sys.stderr)
+    if args.keep or failures:
+        print(f"logs kept in {workdir}")
+    else:
+        remove_workdir(workdir)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(amain(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

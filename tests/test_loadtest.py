@@ -1,0 +1,56 @@
+"""The load tool (bench/loadtest) against its own provider: keeps it from rotting.
+
+No server: the driver goes straight to the loopback provider, in one event loop,
+for a handful of short calls and streams.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from bench.loadtest.driver import Driver, Target, at_once, paced, percentile
+from bench.loadtest.provider import ProviderConfig, provider_start
+
+
+async def _run() -> dict:
+    runner, port = await provider_start(config=ProviderConfig(delay=0.2, chunks=4))
+    try:
+        target = Target("direct", f"http://127.0.0.1:{port}", "openai")
+        async with Driver(pools=4) as driver:
+            plain, plain_wall = await at_once(driver, target, count=12, stream=False, nonce="t", timeout=5)
+            streams, _ = await at_once(driver, target, count=8, stream=True, nonce="t", timeout=5)
+            spaced, _ = await paced(driver, target, rate=40, duration=0.25, stream=False, nonce="p",
+                                    timeout=5)
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://127.0.0.1:{port}/_stats") as response:
+            stats = await response.json()
+        return {"plain": plain, "plain_wall": plain_wall, "streams": streams, "spaced": spaced,
+                "stats": stats}
+    finally:
+        await runner.cleanup()
+
+
+def test_driver_against_provider_counts_every_request():
+    out = asyncio.run(_run())
+    plain, streams, spaced, stats = out["plain"], out["streams"], out["spaced"], out["stats"]
+
+    assert [s.status for s in plain + streams + spaced] == ["200"] * 30
+    assert all(s.ok for s in plain + streams + spaced)
+    assert stats["requests"] == len(plain) + len(streams) + len(spaced) == 30
+    assert stats["streams"] == 8
+    assert stats["in_flight"] == 0
+    assert stats["peak_in_flight"] >= 12  # the 12 calls were held together
+    # Held together, not one after another: about one delay, far from twelve.
+    assert 0.2 <= out["plain_wall"] < 1.5
+    for sample in streams:  # 4 chunks over 0.2 s: the first after about 50 ms
+        assert sample.first_chunk is not None and 0.04 <= sample.first_chunk < sample.latency
+    assert percentile([s.latency for s in spaced], 50) >= 0.2
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) is None
