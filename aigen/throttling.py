@@ -4,8 +4,8 @@ DRF's `UserRateThrottle` keeps a list of request times per user, read and
 rewritten on every request: its cost grows with the rate, and two workers
 updating it at once lose each other's entries. Here each user has one counter
 per window (`throttle:generate:<user>:<window>`), bumped with the cache's
-atomic `incr` (Redis INCR while Redis serves): one round trip, exact across
-workers. The price is the usual fixed-window burst: up to twice the rate
+`incr_window` (INCR and EXPIRE NX pipelined while Redis serves, no script):
+one round trip, exact across workers. The price is the usual fixed-window burst: up to twice the rate
 across a window boundary.
 
 The rate is `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["generate"]` (e.g.
@@ -48,6 +48,9 @@ class GenerateThrottle(SimpleRateThrottle):
         return self._count(f"{base}:{window}") <= self.num_requests
 
     def _count(self, key: str) -> int:
+        window = getattr(self.cache, "incr_window", None)
+        if window is not None:  # the project's cache: one round trip
+            return window(key, self.duration + 1)
         try:
             return self.cache.incr(key)
         except ValueError:  # first request of the window

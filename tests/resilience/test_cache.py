@@ -359,3 +359,20 @@ def test_lock_falls_back_to_memory_when_redis_is_down(redis_process):
     assert lock.acquire(blocking=False)
     assert not c.lock("flight:x", timeout=5).acquire(blocking=False)
     lock.release()
+
+
+@pytest.mark.parametrize("on_redis", [False, True])
+def test_incr_window_counts_in_one_window_that_expires(on_redis, redis_url, settings):
+    from django.core.cache import caches
+
+    from resilience.cache import reset_engines
+
+    settings.CACHES = {"default": {"BACKEND": "resilience.cache.FallbackCache",
+                                   "LOCATION": redis_url if on_redis else "", "KEY_PREFIX": "rslwindow"}}
+    reset_engines()
+    store = caches["default"]
+    assert [store.incr_window("w", 60) for _ in range(3)] == [1, 2, 3]
+    assert store.get("w") == 3
+    assert 0 < store.ttl("w") <= 60  # the first increment set the window, later ones kept it
+    store.delete("w")
+    assert store.incr_window("w", 60) == 1
