@@ -171,11 +171,12 @@ async def run_target(target: Target, group: Group | None, provider: Provider, pl
                      pools: int) -> list[Result]:
     results = []
     async with Driver(pools=pools) as driver:
-        # Warm-up (not measured): imports, connections, first queries in every worker.
+        # Warm-up (not measured): imports, connections, first queries in every worker
+        # (enough requests that the kernel hands some to each of several workers).
         await provider.configure(delay=0.05, chunks=2)
         warm = secrets.token_hex(4)
-        await at_once(driver, target, count=16, stream=False, nonce=warm, timeout=60)
-        await at_once(driver, target, count=16, stream=True, nonce=warm + "s", timeout=60)
+        await at_once(driver, target, count=64, stream=False, nonce=warm, timeout=60)
+        await at_once(driver, target, count=64, stream=True, nonce=warm + "s", timeout=60)
         for scenario in plan:
             await provider.settle()
             await provider.configure(delay=scenario.delay, chunks=scenario.chunks)
