@@ -5,7 +5,9 @@ delay with an ordinary completion (usage included) or, with `"stream": true`,
 with `chunks` SSE chunks spread evenly over the delay (`data: {...}`, a usage
 chunk when `stream_options.include_usage`, then `data: [DONE]`). `GET
 /v1/models` lists the one model. Every call is a coroutine sleeping on the
-event loop, so one process holds thousands at once.
+event loop, so one process holds thousands at once. A caller hanging up
+cancels its call at once (aiohttp's handler cancellation), so "in flight"
+counts the calls callers still hold, not ones waiting to notice a closed socket.
 
 Control endpoints for the driver: `GET /_stats` (requests, streams, in flight
 now, peak in flight), `POST /_reset` (zero the counters), `POST /_config`
@@ -196,7 +198,8 @@ async def provider_start(*, host: str = "127.0.0.1", port: int = 0,
                          config: ProviderConfig | None = None) -> tuple[web.AppRunner, int]:
     """Serve the provider on the running loop; returns the runner (`await runner.cleanup()`
     stops it) and the bound port."""
-    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False,
+                           handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         uvloop = None
     app = make_app(ProviderConfig(delay=args.delay, chunks=args.chunks))
-    web.run_app(app, host=args.host, port=args.port, access_log=None, backlog=4096,
+    web.run_app(app, host=args.host, port=args.port, access_log=None, backlog=4096, handler_cancellation=True,
                 print=lambda *a: print(f"provider on http://{args.host}:{args.port}", flush=True),
                 loop=uvloop.new_event_loop() if uvloop else None)
 
