@@ -10,3 +10,4 @@ class ResilienceConfig(AppConfig):
         # Register system checks, model receivers and the metrics' signal receivers
         # (so management commands count their upstream calls too).
         from resilience import checks, metrics, receivers  # noqa: F401
+        from resilience.jobs import tasks  # noqa: F401  (registers the built-in jobs)

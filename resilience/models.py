@@ -108,6 +108,9 @@ class Upstream(models.Model):
         "Header name (custom header) or query parameter name (query parameter)."))
     health_path = models.CharField(max_length=300, blank=True, help_text=(
         "Path called by 'probe now', relative to the base URL."))
+    probe_interval = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(86400)], help_text=(
+        "Seconds between scheduled health probes of the health path (0 = not probed). "
+        "Exactly one worker in the cluster probes per interval."))
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -218,3 +221,10 @@ class BreakerEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.upstream}: {self.from_state} -> {self.to_state}"
+
+
+# Jobs, dead letters and probe history live in resilience.jobs; their models
+# register under this app from here.
+from resilience.jobs.models import DeadLetter, Job, ProbeResult  # noqa: E402
+
+__all__ = ["BreakerEvent", "CallLog", "DeadLetter", "Job", "ProbeResult", "Upstream"]

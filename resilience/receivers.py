@@ -1,6 +1,8 @@
-"""Model signal receivers: a saved or deleted policy reaches every worker."""
+"""Signal receivers: a saved or deleted policy reaches every worker; health
+changes are logged once each."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import transaction
@@ -8,6 +10,9 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from resilience.models import Upstream
+from resilience.signals import health_changed
+
+logger = logging.getLogger(__name__)
 
 
 @receiver(post_save, sender=Upstream)
@@ -17,3 +22,10 @@ def upstream_policy_changed(sender: type, instance: Upstream, **kwargs: Any) -> 
 
     # After commit: a worker that reloads must see the new row.
     transaction.on_commit(lambda: policy_changed(instance.name))
+
+
+@receiver(health_changed)
+def upstream_health_logged(sender: Any, upstream: str, old: str | None, new: str, **kwargs: Any) -> None:
+    """One log line per health change (the probe history keeps the detail)."""
+    log = logger.warning if new == "unhealthy" else logger.info
+    log("upstream %s health: %s -> %s", upstream, old or "unknown", new)
