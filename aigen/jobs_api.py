@@ -42,7 +42,8 @@ class JobSerializer(serializers.Serializer):
     status_url = serializers.CharField()
 
 
-JobResponse = inline_serializer("JobResponse", {"success": serializers.BooleanField(), "job": JobSerializer()})
+JobResponse = inline_serializer("JobResponse", {"success": serializers.BooleanField(),
+                                                "job": JobSerializer()})
 
 
 def _body(request: Request, row) -> dict:

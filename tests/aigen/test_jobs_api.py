@@ -32,7 +32,8 @@ def test_queue_then_done_with_generates_result_shape(api, section2_data):
     assert response.status_code == 202, response.content
     job = response.json()["job"]
     assert job["status"] == "queued" and job["result"] is None and job["priority"] == "normal"
-    assert response["Location"] == job["status_url"] and job["status_url"].endswith(f"/api/ai/jobs/{job['id']}")
+    assert response["Location"] == job["status_url"]
+    assert job["status_url"].endswith(f"/api/ai/jobs/{job['id']}")
 
     drain()
     done = api.get(job["status_url"]).json()["job"]
