@@ -43,6 +43,9 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "simple_history",
+    "django_tasks",
+    "django_tasks_db",
+    "django_rq",
     "resilience",
     "aigen",
 ]
@@ -208,6 +211,9 @@ RESILIENCE = {
     "DEMO_ENABLED": env.bool("DEMO_ENABLED", default=False),
     # Upstream credentials: a policy names a variable, its value is read from here.
     "SECRETS": os.environ,
+    # Jobs: finished job rows, probe history older than this are pruned.
+    "JOB_RETENTION_DAYS": env.int("JOB_RETENTION_DAYS", default=7),
+    "PROBE_HISTORY_KEEP": env.int("PROBE_HISTORY_KEEP", default=500),
 }
 
 AIGEN = {
@@ -221,6 +227,22 @@ AIGEN = {
     # Generation records are bulk-written this often (seconds) off the request path.
     "RECORD_FLUSH_INTERVAL": env.float("AI_RECORD_FLUSH_INTERVAL", default=1.0),
 }
+
+# --- Jobs (resilience.jobs) ------------------------------------------------------
+# Django's tasks API (django-tasks on 5.2). "database" (default): the job table
+# in DATABASE_URL, run by `manage.py jobs_worker`; "rq": RQ on REDIS_URL (or
+# JOBS_REDIS_URL), run by the same command. Queues are the three priorities.
+JOBS_BACKEND = env.str("JOBS_BACKEND", default="database")
+JOBS_QUEUES = ["high", "default", "low"]
+JOBS_REDIS_URL = env.str("JOBS_REDIS_URL", default=REDIS_URL or "redis://127.0.0.1:6379/0")
+TASKS = {
+    "default": {
+        "BACKEND": ("django_tasks_rq.RQBackend" if JOBS_BACKEND == "rq"
+                    else "django_tasks_db.DatabaseBackend"),
+        "QUEUES": JOBS_QUEUES,
+    },
+}
+RQ_QUEUES = {name: {"URL": JOBS_REDIS_URL, "DEFAULT_TIMEOUT": 3600} for name in JOBS_QUEUES}
 
 LOGGING = {
     "version": 1,

@@ -50,6 +50,14 @@ DEFAULTS: dict[str, Any] = {
     "SECRETS": {},
     # Serve the flaky demo upstream (/demo/flaky/...) without DEBUG (resilience.demo).
     "DEMO_ENABLED": False,
+    # Jobs (resilience.jobs): finished jobs and probe results older than this
+    # many days are pruned by the scheduled prune task.
+    "JOB_RETENTION_DAYS": 7,
+    # Probe results kept per upstream at most (older ones are pruned).
+    "PROBE_HISTORY_KEEP": 500,
+    # A running attempt not finished this long after its lease ran out is taken
+    # as lost (worker killed) and retried or dead-lettered (seconds of grace).
+    "JOB_LEASE_GRACE": 30.0,
 }
 
 

@@ -2,7 +2,9 @@
 `/readyz` reports the database, the cache backend and whether the cache is in
 fallback, answering 503 when the database cannot be reached.
 
-A cache in fallback is degraded, not unready: the service still answers.
+A cache in fallback is degraded, not unready: the service still answers. So
+is an upstream whose last scheduled health probe failed: `/readyz` then says
+`"status": "degraded"` (200) and names it under `checks.upstreams`.
 """
 from __future__ import annotations
 
@@ -52,7 +54,13 @@ def readyz(request: HttpRequest) -> JsonResponse:
     database = database_status()
     # Touch the cache so a dead Redis is noticed (and reported) right here.
     cache.get("misc:readyz")
-    checks = {"database": database, "cache": cache_status()}
+    checks: dict[str, Any] = {"database": database, "cache": cache_status()}
     ready = database["ok"]
-    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks},
-                        status=200 if ready else 503)
+    status = "ready" if ready else "unavailable"
+    if ready:
+        from resilience.jobs.selectors import upstream_health
+
+        checks["upstreams"] = upstream_health()
+        if not checks["upstreams"]["ok"]:
+            status = "degraded"
+    return JsonResponse({"status": status, "checks": checks}, status=200 if ready else 503)

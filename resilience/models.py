@@ -126,6 +126,9 @@ class Upstream(models.Model):
         help_text=("Share of successful calls that keep a call-log row (0..1). Failed, retried, stale and "
                    "rejected calls always keep theirs, and statistics count every call whatever the "
                    "rate. 1.0 while debugging."))
+    probe_interval = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(86400)], help_text=(
+        "Seconds between scheduled health probes of the health path (0 = not probed). "
+        "Exactly one worker in the cluster probes per interval."))
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -294,3 +297,8 @@ class DayRollup(Rollup):
         constraints = [models.UniqueConstraint(fields=["upstream", "start", "endpoint"],
                                                name="resilience_dayrollup_key")]
         indexes = [models.Index(fields=["start"], name="resilience_dayrollup_start")]
+# Jobs, dead letters and probe history live in resilience.jobs; their models
+# register under this app from here.
+from resilience.jobs.models import DeadLetter, Job, ProbeResult  # noqa: E402
+
+__all__ = ["BreakerEvent", "CallLog", "DeadLetter", "Job", "ProbeResult", "Upstream"]

@@ -1,7 +1,9 @@
 """Signal receivers: a saved or deleted policy reaches every worker; a
-breaker transition is recorded (queued, written off the request path)."""
+breaker transition is recorded (queued, written off the request path);
+health changes are logged once each."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import transaction
@@ -10,8 +12,10 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from resilience.models import Upstream
-from resilience.signals import breaker_state_changed
+from resilience.signals import breaker_state_changed, health_changed
 from resilience.telemetry.calllog import breaker_event_record
+
+logger = logging.getLogger(__name__)
 
 
 @receiver(post_save, sender=Upstream)
@@ -27,3 +31,10 @@ def upstream_policy_changed(sender: type, instance: Upstream, **kwargs: Any) -> 
 def breaker_event(sender: Any, *, upstream: str, old: str, new: str, reason: str = "", **kwargs: Any) -> None:
     breaker_event_record({"created_at": timezone.now(), "upstream": upstream, "from_state": old,
                           "to_state": new, "reason": reason[:200]})
+
+
+@receiver(health_changed)
+def upstream_health_logged(sender: Any, upstream: str, old: str | None, new: str, **kwargs: Any) -> None:
+    """One log line per health change (the probe history keeps the detail)."""
+    log = logger.warning if new == "unhealthy" else logger.info
+    log("upstream %s health: %s -> %s", upstream, old or "unknown", new)

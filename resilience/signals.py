@@ -8,6 +8,8 @@
   change it.
 - `breaker_state_changed`: `upstream`, `old`, `new`, sent once per change by
   the process that made it.
+- `health_changed`: `upstream`, `old`, `new`, `probe`, sent by the scheduled
+  health probe (resilience.jobs.tasks) when an upstream's health changes.
 """
 from django.dispatch import Signal
 
@@ -15,3 +17,6 @@ from django.dispatch import Signal
 # per sender instead of on every send.
 call_completed = Signal(use_caching=True)
 breaker_state_changed = Signal(use_caching=True)
+# `upstream`, `old` ("healthy"/"unhealthy", None on the first probe), `new`,
+# `probe` (the probe's outcome dict); sent by the worker that ran the probe.
+health_changed = Signal()

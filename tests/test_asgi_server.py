@@ -43,6 +43,7 @@ def server(tmp_path):
                "WORKERS": "2", "CALL_LOG_FLUSH_INTERVAL": "0.2",
                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus")}
         env.pop("REDIS_URL", None)
+        (tmp_path / "prometheus").mkdir()  # django-rq's collector opens its files at import
         _manage(env, "migrate", "--noinput", "-v", "0")
         _manage(env, "seed_upstreams")
         token = _manage(env, "shell", "-c", (
