@@ -55,7 +55,7 @@ def test_async_tasks_beyond_the_pool_all_succeed(fake, make_upstream):
 
 
 def test_a_pool_wait_past_the_deadline_is_local_and_spares_the_breaker(fake, make_upstream):
-    make_upstream(pool_size=1, deadline=0.2, breaker_fail_max=1, retry_total=0)
+    make_upstream(pool_size=1, connect_timeout=0.5, deadline=0.5, breaker_fail_max=1, retry_total=0)
     fake.script("/x", Reply(200, body={"ok": True}))
     client = upstream("api")
     held = client.get("/x", stream=True)  # unread: its connection stays checked out
