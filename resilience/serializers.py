@@ -132,6 +132,7 @@ class PolicySummarySerializer(serializers.Serializer):
     breaker_reset_timeout = serializers.FloatField()
     cache_ttl = serializers.IntegerField()
     health_path = serializers.CharField()
+    probe_interval = serializers.IntegerField(help_text="Seconds between scheduled health probes (0: off).")
 
 
 class UpstreamOverviewSerializer(serializers.Serializer):
