@@ -30,7 +30,7 @@ class UpstreamAdmin(SimpleHistoryAdmin):
     # A base URL typed without a scheme means https (Django 6's default).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = (
-        (None, {"fields": ("name", "base_url", "enabled", "description", "health_path")}),
+        (None, {"fields": ("name", "base_url", "enabled", "description", "health_path", "probe_interval")}),
         ("Timeouts", {"fields": ("connect_timeout", "read_timeout", "deadline")}),
         ("Retries", {"fields": ("retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_jitter",
                                 "retry_statuses", "retry_methods", "retry_respect_retry_after",
@@ -141,3 +141,6 @@ class CallLogAdmin(ReadOnlyAdmin):
 class BreakerEventAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "upstream", "from_state", "to_state", "reason")
     list_filter = ("upstream", "to_state")
+
+
+from resilience.jobs import admin as jobs_admin  # noqa: E402, F401  (jobs, dead letters, probes)

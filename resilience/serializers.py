@@ -134,6 +134,7 @@ class PolicySummarySerializer(serializers.Serializer):
     health_path = serializers.CharField()
     log_sample_rate = serializers.FloatField(help_text=(
         "Share of successful calls that keep a call-log row; statistics count every call."))
+    probe_interval = serializers.IntegerField(help_text="Seconds between scheduled health probes (0: off).")
 
 
 class UpstreamOverviewSerializer(serializers.Serializer):
