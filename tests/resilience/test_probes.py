@@ -89,3 +89,39 @@ def test_probe_history_is_bounded_per_upstream_and_by_age():
     assert list(ProbeResult.objects.filter(upstream="a").values_list("id", flat=True)) == newest_a
     assert ProbeResult.objects.filter(upstream="b").count() == 4
     assert not ProbeResult.objects.filter(upstream="c").exists()
+
+
+def test_the_hourly_prune_job_applies_every_retention():
+    """`resilience.prune`, queued by the schedule and run by a worker: call
+    logs, finished jobs, engine results and probe history past retention."""
+    from django_tasks_db.models import DBTaskResult
+
+    from resilience.models import CallLog
+
+    now = timezone.now()
+    long_ago = now - timedelta(days=60)
+    CallLog.objects.create(created_at=long_ago, upstream="api", method="GET", path="/", outcome="ok",
+                           latency_ms=1)
+    CallLog.objects.create(created_at=now, upstream="api", method="GET", path="/", outcome="ok", latency_ms=1)
+    Job.objects.create(name="resilience.reap", status=Job.Status.DONE, finished_at=long_ago)
+    Job.objects.create(name="resilience.reap", status=Job.Status.FAILED, finished_at=long_ago)
+    kept = Job.objects.create(name="resilience.reap", status=Job.Status.DONE, finished_at=now)
+    stale = ProbeResult.objects.create(upstream="api", ok=True)
+    ProbeResult.objects.filter(pk=stale.pk).update(created_at=long_ago)
+    ProbeResult.objects.create(upstream="api", ok=True)
+
+    queued = schedules_tick(now=now)
+    assert f"prune:{int(now.timestamp()) // 3600}" in queued
+    worker_run(batch=True, scheduler=False, interval=0.001)
+    prune = Job.objects.get(name="resilience.prune")
+    assert prune.status == Job.Status.DONE, prune.error
+    assert prune.result["telemetry_rows"] == 1 and prune.result["jobs"] == 2 and prune.result["probes"] == 1
+    assert list(CallLog.objects.values_list("created_at", flat=True)) == [now]
+    assert Job.objects.filter(pk=kept.pk).exists() and ProbeResult.objects.count() == 1
+    old_result = DBTaskResult.objects.filter(status="SUCCESSFUL").first()
+    DBTaskResult.objects.filter(pk=old_result.pk).update(finished_at=long_ago)
+    assert Job.objects.filter(name="resilience.prune").count() == 1
+    from resilience.jobs.tasks import jobs_prune
+
+    assert jobs_prune()["engine_results"] == 1
+    assert not DBTaskResult.objects.filter(pk=old_result.pk).exists()
