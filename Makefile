@@ -29,6 +29,7 @@ run: setup
 # Production-style server: gunicorn, several workers (needs SECRET_KEY;
 # set REDIS_URL so the workers share breakers, caches and statistics).
 serve: setup
+	$(BIN)/python -m project.startup
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_upstreams
 	$(BIN)/python manage.py collectstatic --noinput -v 0

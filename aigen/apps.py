@@ -8,7 +8,6 @@ class AigenConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from aigen import checks  # noqa: F401  (registers the system checks)
-        from aigen.providers import provider_announce
-
-        provider_announce()
+        # Registers the system checks. Which provider serves is logged by a
+        # starting server (project.startup.announce), not before every command.
+        from aigen import checks  # noqa: F401

@@ -8,9 +8,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 application = get_asgi_application()
 
 from project import asgi_signals  # noqa: E402
-from project.startup import run_startup_checks  # noqa: E402
+from project.startup import announce, run_startup_checks  # noqa: E402
 
 run_startup_checks()
+announce()
 asgi_signals.install()
 
 

@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     # Where credentials are read from: a mapping of variable name -> secret
     # (project/settings.py hands over the environment). Policies name a variable.
     "SECRETS": {},
+    # `migrate` creates the built-in upstreams (openai) that do not exist yet,
+    # as `manage.py seed_upstreams` does.
+    "SEED_ON_MIGRATE": True,
     # Serve the flaky demo upstream (/demo/flaky/...) without DEBUG (resilience.demo).
     "DEMO_ENABLED": False,
     # Jobs (resilience.jobs): finished jobs and probe results older than this
