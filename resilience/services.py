@@ -81,7 +81,10 @@ def upstreams_seed(*, using: str = "default") -> list[str]:
         },
     }
     created = []
+    existing = set(Upstream.objects.using(using).filter(name__in=seeds).values_list("name", flat=True))
     for name, fields in seeds.items():
+        if name in existing:
+            continue
         upstream = Upstream(name=name, **fields)
         upstream.full_clean(validate_unique=False)  # the seed itself must be valid
         _, was_created = Upstream.objects.using(using).get_or_create(name=name, defaults=fields)

@@ -3,6 +3,7 @@
 upstream at OPENAI_BASE_URL."""
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from resilience.exceptions import AppError
@@ -20,7 +21,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from aigen.conf import base_url_disagreement
 
-        created = upstreams_seed()
+        try:
+            created = upstreams_seed()
+        except ValidationError as err:
+            raise CommandError(f"cannot seed the built-in upstreams: {'; '.join(err.messages)}") from err
         if created:
             self.stdout.write(self.style.SUCCESS(f"created: {', '.join(created)}"))
         else:
@@ -28,7 +32,7 @@ class Command(BaseCommand):
         if options["sync_openai_url"]:
             try:
                 old = upstream_openai_sync(reason="seed_upstreams --sync-openai-url")
-            except (AppError, ValueError) as err:
+            except (AppError, ValidationError) as err:
                 raise CommandError(f"cannot store OPENAI_BASE_URL: {err}") from err
             if old is None:
                 self.stdout.write("openai upstream already calls OPENAI_BASE_URL's URL")
