@@ -164,7 +164,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Size limit (413) and nesting depth (400) for every view (resilience.parsers).
+    "DEFAULT_PARSER_CLASSES": ["resilience.parsers.LimitedJSONParser"],
     "EXCEPTION_HANDLER": "resilience.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {
@@ -191,7 +192,7 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
-# Request bodies above this size are refused with 400 (the API's own limit).
+# Request bodies above this size are refused with 413 (the API's own limit).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=256 * 1024)
 
 # --- Apps ------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Root URL configuration."""
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from resilience import dashboard, demo, health
+from resilience.api import api_route_fallback
 from resilience.telemetry import metrics
 
 urlpatterns = [
@@ -21,3 +22,5 @@ urlpatterns = [
 ]
 # The flaky demo upstream: only with DEBUG or RESILIENCE["DEMO_ENABLED"] (never in production).
 urlpatterns += demo.demo_urls()
+# Last: /api/ paths no route matched (a trailing slash either way; else a JSON 404).
+urlpatterns += [re_path(r"^api/(?P<path>.*)$", api_route_fallback, name="api-fallback")]
