@@ -79,7 +79,7 @@ def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
                 responses.setdefault("413", {"content": {"application/json": {"schema": ref}},
                                              "description": ERROR_DESCRIPTIONS[413]})
                 responses.setdefault("400", {"content": {"application/json": {"schema": ref}},
-                                             "description": "Not JSON, or nested too deeply (`parse_error`)."})
+                                             "description": "Not JSON or nested too deeply (`parse_error`)."})
             security = operation.get("security")
             if not security or {} in security or "401" in responses:
                 continue
