@@ -118,3 +118,10 @@ def test_the_async_generate_view_takes_a_trailing_slash_too(staff, settings):
     response = staff.post("/api/ai/generate/", body, content_type="application/json")
     assert response.status_code == 200, response.content[:300]
     assert response.json()["success"] is True and response.json()["content"]
+
+
+def test_the_favicon_is_served_not_a_404(client):
+    redirect = client.get("/favicon.ico")
+    assert redirect.status_code == 301
+    icon = client.get(redirect["Location"])
+    assert icon.status_code == 200 and b"".join(icon.streaming_content)[:4] == b"\x00\x00\x01\x00"
