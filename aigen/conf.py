@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     # this often (seconds) or as soon as this many are waiting.
     "RECORD_FLUSH_INTERVAL": 1.0,
     "RECORD_BUFFER_MAX": 200,
+    # Generation records (one per request, cache hits included) older than
+    # this many days are deleted by `manage.py prune_telemetry` and the
+    # scheduled prune job. Metrics do not read them (aigen.metrics).
+    "GENERATION_RETENTION_DAYS": 30,
 }
 
 

@@ -234,6 +234,8 @@ AIGEN = {
     "SINGLE_FLIGHT_TIMEOUT": env.float("AI_SINGLE_FLIGHT_TIMEOUT", default=120.0),
     # Generation records are bulk-written this often (seconds) off the request path.
     "RECORD_FLUSH_INTERVAL": env.float("AI_RECORD_FLUSH_INTERVAL", default=1.0),
+    # Generation records older than this (days) are pruned (prune_telemetry, the prune job).
+    "GENERATION_RETENTION_DAYS": env.int("AI_GENERATION_RETENTION_DAYS", default=30),
 }
 
 # --- Jobs (resilience.jobs) ------------------------------------------------------
