@@ -221,6 +221,8 @@ RESILIENCE = {
     # Jobs: finished job rows, probe history older than this are pruned.
     "JOB_RETENTION_DAYS": env.int("JOB_RETENTION_DAYS", default=7),
     "PROBE_HISTORY_KEEP": env.int("PROBE_HISTORY_KEEP", default=500),
+    # /readyz is "degraded" when a due job waited this long (no worker takes jobs); 0: off.
+    "JOBS_STALL_SECONDS": env.float("JOBS_STALL_SECONDS", default=300.0),
 }
 
 AIGEN = {

@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     # A running attempt not finished this long after its lease ran out is taken
     # as lost (worker killed) and retried or dead-lettered (seconds of grace).
     "JOB_LEASE_GRACE": 30.0,
+    # /readyz says "degraded" when a due job has waited this long (seconds):
+    # no worker is taking jobs. 0 turns the check off.
+    "JOBS_STALL_SECONDS": 300.0,
 }
 
 
