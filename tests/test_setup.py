@@ -84,3 +84,15 @@ def test_development_mode_serves_without_a_secret(tmp_path):
                             env=fresh_env(tmp_path, DEBUG="true"), capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_django_request_warning_is_printed_once(tmp_path):
+    # Django's own console handler (DEBUG only) printed each one a second time.
+    env = fresh_env(tmp_path, DEBUG="true")
+    script = ("from django.test import Client; "
+              "Client().get('/no-such-page-for-the-log', HTTP_HOST='127.0.0.1')")
+    result = manage(env, "shell", "-c", script, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "Not Found: /no-such-page-for-the-log" in line]
+    assert len(lines) == 1, result.stderr
+    assert " WARNING [" in lines[0]  # and the process id says which worker
