@@ -75,3 +75,19 @@ def test_an_invalid_variable_is_a_system_check_error(settings):
     assert [e.id for e in errors] == ["aigen.E005"] and "ftp://files.example/v1" in errors[0].msg
     with_env_url(settings, "https://llm.internal.example/v1")
     assert check_openai_base_url() == []
+
+
+def test_a_starting_server_warns_about_the_disagreement(settings, openai_policy, caplog):
+    from project.startup import announce
+
+    with_env_url(settings, "https://llm.elsewhere.example/v1")
+    with caplog.at_level("INFO"):
+        announce()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "https://llm.elsewhere.example/v1" in warnings[0]
+    assert "stored policy wins" in warnings[0]
+    caplog.clear()
+    with_env_url(settings, "")
+    with caplog.at_level("INFO"):
+        announce()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
