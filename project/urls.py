@@ -28,4 +28,4 @@ urlpatterns = [
 # The flaky demo upstream: only with DEBUG or RESILIENCE["DEMO_ENABLED"] (never in production).
 urlpatterns += demo.demo_urls()
 # Last: /api/ paths no route matched (a trailing slash either way; else a JSON 404).
-urlpatterns += [re_path(r"^api/(?P<path>.*)$", api_route_fallback, name="api-fallback")]
+urlpatterns += [re_path(r"^api(?:/(?P<path>.*))?$", api_route_fallback, name="api-fallback")]

@@ -71,7 +71,8 @@ def test_an_oversized_body_is_a_413(staff, settings, path):
     assert "2048" in error["message"]
 
 
-@pytest.mark.parametrize("path", ["/api/nope", "/api/resilience/nope/", "/api/ai/templates/extra"])
+@pytest.mark.parametrize("path", ["/api", "/api/", "/api/nope", "/api/resilience/nope/",
+                                  "/api/ai/templates/extra"])
 def test_unknown_api_routes_are_json_404s(staff, client, path):
     shared_error(staff.get(path), 404, "not_found")
     shared_error(client.post(path, "{}", content_type="application/json"), 404, "not_found")
