@@ -39,6 +39,7 @@ run: setup
 # PROMETHEUS_MULTIPROC_DIR must exist before any manage.py command runs
 # (django-rq's collector opens its files at import), so it is made first.
 serve: setup
+	$(BIN)/python -m project.startup
 	export PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/var/prometheus}; \
 	mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && \
 	$(BIN)/python manage.py migrate --noinput && \

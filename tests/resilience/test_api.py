@@ -283,7 +283,7 @@ def test_cache_stats(fake, make_upstream, user_client):
     upstream("api").get("/c")
     body = user_client.get(f"{API}/cache/stats").json()
     assert set(body) == {"success", "backend", "redis_configured", "fallback", "scope", "hits", "misses",
-                         "sets", "deletes", "errors", "fallbacks", "total_requests", "hit_rate"}
+                         "sets", "deletes", "errors", "fallbacks", "total_requests", "hit_rate", "hit_ratio"}
     assert body["backend"] in ("redis", "memory") and body["fallback"] is False
     assert body["hits"] >= 1 and body["sets"] >= 1
     assert body["total_requests"] == body["hits"] + body["misses"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 from django.urls import reverse
 
 from resilience.demo import (
@@ -21,6 +23,7 @@ from resilience.demo import (
     demo_staff_ensure,
     demo_traffic_run,
     demo_upstream_ensure,
+    demo_upstream_validate,
 )
 
 HEADER = f"{'time':>7}  {'calls':>5}  {'ok':>4}  {'cached':>6}  {'errors':>6}  {'rejected':>8}  " \
@@ -68,8 +71,10 @@ class Command(BaseCommand):
         if origin is None:
             parts = urlsplit(base_url)
             origin = f"{parts.scheme}://{parts.netloc}"
+        # Nothing is stored until the URL is valid and answers: a bad --base-url
+        # leaves the `demo` upstream as it was.
+        self._validate(base_url, create_staff=options["create_staff"])
         try:
-            self._setup(base_url, create_staff=options["create_staff"])
             if server:
                 server.start()
                 self.stdout.write(f"Serving on {server.url} from this process (Ctrl-C stops it).")
@@ -78,6 +83,7 @@ class Command(BaseCommand):
                     "Note: without REDIS_URL the breaker state lives in this process only; a dashboard "
                     "served by another process will not see it. Use --serve, or set REDIS_URL."))
             demo_server_wait(base_url=base_url, timeout=options["wait"])
+            self._setup(base_url, create_staff=options["create_staff"])
             self.stdout.write(self.style.SUCCESS(f"Dashboard: {origin}{reverse('resilience-dashboard')}"))
             self._drive(options)
         except DemoError as err:
@@ -86,11 +92,17 @@ class Command(BaseCommand):
             if server:
                 server.stop()
 
-    def _setup(self, base_url: str, *, create_staff: bool) -> None:
+    def _validate(self, base_url: str, *, create_staff: bool) -> None:
         try:
-            row, created = demo_upstream_ensure(base_url=base_url)
+            demo_upstream_validate(base_url=base_url)
         except ValidationError as err:
             raise CommandError(f"invalid --base-url {base_url!r}: {'; '.join(err.messages)}") from err
+        if create_staff and not settings.DEBUG:
+            raise CommandError("a demo staff user with a known password is only created with DEBUG=true")
+
+    def _setup(self, base_url: str, *, create_staff: bool) -> None:
+        with transaction.atomic():
+            row, created = demo_upstream_ensure(base_url=base_url)
         self.stdout.write(f"Upstream {DEMO_UPSTREAM!r} {'created' if created else 'uses'} {row.base_url} "
                           f"(breaker opens after {row.breaker_fail_max} failures, probes after "
                           f"{row.breaker_reset_timeout:g} s; edit it in the admin)")
