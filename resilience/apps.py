@@ -10,5 +10,6 @@ class ResilienceConfig(AppConfig):
         # Register system checks, model receivers and the metrics' signal receivers
         # (so management commands count their upstream calls too).
         from resilience import checks, receivers  # noqa: F401
+        from resilience.advisor import resources  # noqa: F401  (per-process resource snapshots)
         from resilience.jobs import tasks  # noqa: F401  (registers the built-in jobs)
         from resilience.telemetry import metrics  # noqa: F401
