@@ -74,9 +74,9 @@ def signals_count(signals: dict[str, int], call: Any, *, outcome: str, attempts:
         _bump(signals, "retried")
         if ok and outcome == "ok":
             _bump(signals, "retried_ok")
-    retries = call.get("retries") if isinstance(call, dict) else getattr(call, "retries", ())
-    throttled = sum(1 for attempt in retries or () if isinstance(attempt, dict) and attempt.get("status") == 429)
-    if status == 429:
+    retries = (call.get("retries") if isinstance(call, dict) else getattr(call, "retries", ())) or ()
+    throttled = sum(1 for attempt in retries if isinstance(attempt, dict) and attempt.get("status") == 429)
+    if status == 429 and len(retries) < attempts:  # a retried call's last attempt is in its history already
         throttled += 1
     if throttled:
         _bump(signals, "throttled", throttled)

@@ -98,10 +98,10 @@ class UpstreamFindingsView(APIView):
 
 class _SuggestionAction(APIView):
     permission_classes = [IsAdminUser]
-    action: Any = None
+    operation: Any = None
 
     def post(self, request: Request, suggestion_id: int) -> Response:
-        row = type(self).action(suggestion_id=suggestion_id, user=request.user)
+        row = type(self).operation(suggestion_id=suggestion_id, user=request.user)
         return Response({"success": True, "suggestion": SuggestionSerializer(row).data})
 
 
@@ -113,7 +113,7 @@ _ACTION_ERRORS = {
 
 
 class SuggestionApplyView(_SuggestionAction):
-    action = staticmethod(services.suggestion_apply)
+    operation = staticmethod(services.suggestion_apply)
 
     @extend_schema(operation_id="resilience_suggestions_apply", parameters=[ID], request=None,
                    summary="Apply a suggestion: a normal policy change, with history (staff)",
@@ -123,7 +123,7 @@ class SuggestionApplyView(_SuggestionAction):
 
 
 class SuggestionDismissView(_SuggestionAction):
-    action = staticmethod(services.suggestion_dismiss)
+    operation = staticmethod(services.suggestion_dismiss)
 
     @extend_schema(operation_id="resilience_suggestions_dismiss", parameters=[ID], request=None,
                    summary="Dismiss a suggestion (not proposed again for DISMISS_DAYS) (staff)",
@@ -133,7 +133,7 @@ class SuggestionDismissView(_SuggestionAction):
 
 
 class SuggestionRollbackView(_SuggestionAction):
-    action = staticmethod(services.suggestion_rollback)
+    operation = staticmethod(services.suggestion_rollback)
 
     @extend_schema(operation_id="resilience_suggestions_rollback", parameters=[ID], request=None,
                    summary="Put back the value an applied suggestion replaced (staff)",
