@@ -41,6 +41,21 @@ def _floor(moment: datetime, step: int) -> datetime:
 Subject = tuple[str, str]
 
 
+FAILED = ("http_error", "timeout", "connection_error")
+
+
+@dataclass
+class Bucket:
+    """One baseline hour or day: calls that reached the upstream, how many of
+    them failed (HTTP error, timeout, connection error), and the latency
+    histogram as stored (JSON keys; merged only when endpoints share the bucket)."""
+
+    start: datetime
+    reached: int = 0
+    failed: int = 0
+    latency: dict = field(default_factory=dict)
+
+
 @dataclass
 class SubjectData:
     """One subject's figures for every window the rules compare."""
@@ -49,9 +64,9 @@ class SubjectData:
     endpoint: str = ""
     recent: RollupDelta = field(default_factory=RollupDelta)
     day: RollupDelta = field(default_factory=RollupDelta)
-    #: Each baseline hour / day, in time order: (start, totals of that bucket).
-    baseline_hours: list[tuple[datetime, RollupDelta]] = field(default_factory=list)
-    baseline_days: list[tuple[datetime, RollupDelta]] = field(default_factory=list)
+    #: Each baseline hour / day, in time order.
+    baseline_hours: list[Bucket] = field(default_factory=list)
+    baseline_days: list[Bucket] = field(default_factory=list)
     opens_last_hour: int = 0
     opens_last_day: int = 0
 
@@ -94,12 +109,25 @@ def _grouped(rows: Iterable[dict], by_endpoint: bool) -> dict[Subject, list[dict
     return groups
 
 
-def _per_bucket(rows: list[dict]) -> list[tuple[datetime, RollupDelta]]:
-    """Rows of one subject summed per bucket start (endpoints merged), in time order."""
-    buckets: dict[datetime, list[dict]] = {}
+def _per_bucket(rows: list[dict]) -> list[Bucket]:
+    """Rows of one subject as one `Bucket` per start (endpoints merged), in
+    time order. No histogram is decoded or re-keyed here: the rules take a
+    percentile of the few buckets they need."""
+    buckets: dict[datetime, Bucket] = {}
     for row in rows:
-        buckets.setdefault(row["start"], []).append(row)
-    return [(start, totals(group)) for start, group in sorted(buckets.items())]
+        bucket = buckets.get(row["start"])
+        outcomes = row["outcomes"] or {}
+        failed = sum(outcomes.get(name, 0) for name in FAILED)
+        if bucket is None:
+            buckets[row["start"]] = Bucket(row["start"], row["reached"], failed, row["latency"] or {})
+            continue
+        bucket.reached += row["reached"]
+        bucket.failed += failed
+        merged = dict(bucket.latency)
+        for key, count in (row["latency"] or {}).items():
+            merged[key] = merged.get(key, 0) + count
+        bucket.latency = merged
+    return [buckets[start] for start in sorted(buckets)]
 
 
 def advisor_data(*, now: datetime, names: Iterable[str] | None = None,
@@ -131,10 +159,11 @@ def advisor_data(*, now: datetime, names: Iterable[str] | None = None,
     for key in {*minutes, *hours, *days}:
         data = subjects[key] = SubjectData(upstream=key[0], endpoint=key[1])
         data.recent = totals(minutes.get(key, ()))
-        hourly = _per_bucket(hours.get(key, []))
-        data.day = totals(row for row in hours.get(key, ()) if row["start"] >= windows.day_since)
-        data.baseline_hours = [(start, delta) for start, delta in hourly
-                               if windows.baseline_hours_since <= start < windows.baseline_hours_until]
+        subject_hours = hours.get(key, [])
+        data.day = totals(row for row in subject_hours if row["start"] >= windows.day_since)
+        data.baseline_hours = _per_bucket([
+            row for row in subject_hours
+            if windows.baseline_hours_since <= row["start"] < windows.baseline_hours_until])
         data.baseline_days = _per_bucket(days.get(key, []))
     for name, row in opens.items():
         for key, data in subjects.items():

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from resilience.advisor.data import SubjectData, Windows
+from resilience.advisor.data import Bucket, SubjectData, Windows
 from resilience.models import Upstream
 from resilience.telemetry import histogram
 from resilience.telemetry.rollups import RollupDelta
@@ -128,10 +128,13 @@ def _seconds(value: float) -> float:
 
 def latency_baseline(data: SubjectData) -> tuple[str, list[float]] | None:
     """(which baseline, its per-bucket p95s), or None when there is too little."""
-    days = [p(delta, 0.95) for _, delta in data.baseline_days if delta.reached >= MIN_BUCKET_CALLS]
+    def p95(bucket: Bucket) -> float | None:
+        return histogram.percentiles(bucket.latency, (0.95,))[0]
+
+    days = [p95(bucket) for bucket in data.baseline_days if bucket.reached >= MIN_BUCKET_CALLS]
     if len(days) >= MIN_BASELINE_DAYS:
         return "daily p95 over the previous 7 days", [v for v in days if v is not None]
-    hours = [p(delta, 0.95) for _, delta in data.baseline_hours if delta.reached >= MIN_BUCKET_CALLS]
+    hours = [p95(bucket) for bucket in data.baseline_hours if bucket.reached >= MIN_BUCKET_CALLS]
     if len(hours) >= MIN_BASELINE_HOURS:
         return "hourly p95 over the previous 24 h", [v for v in hours if v is not None]
     return None
@@ -167,8 +170,8 @@ def error_spike(data: SubjectData, policy: Upstream, windows: Windows) -> Findin
     if failed < ERROR_MIN_FAILURES:
         return None
     rate = failed / max(data.recent.reached, 1)
-    base_failed = sum(failures(delta) for _, delta in data.baseline_hours)
-    base_reached = sum(delta.reached for _, delta in data.baseline_hours)
+    base_failed = sum(bucket.failed for bucket in data.baseline_hours)
+    base_reached = sum(bucket.reached for bucket in data.baseline_hours)
     base = base_failed / base_reached if base_reached else 0.0
     threshold = max(ERROR_MIN_RATE, base * ERROR_RATIO, base + ERROR_MARGIN)
     if rate < threshold:
