@@ -60,7 +60,8 @@ def _delta(calls: int, rng: random.Random, samples: int = 400, slower: float = 1
     delta.retries = failed
     delta.outcomes = {"ok": delta.reached - failed, "http_error": failed, "cache_hit": calls // 50}
     delta.signals = {"retried": failed, "retried_ok": failed // 3, "cacheable": delta.reached // 2,
-                     "refetch": delta.reached // 10, "refetch_gap_s": delta.reached * 3, "throttled": failed // 10}
+                     "refetch": delta.reached // 10, "refetch_gap_s": delta.reached * 3,
+                     "throttled": failed // 10}
     return delta
 
 
@@ -92,7 +93,8 @@ def _fill(now: datetime) -> dict[str, int]:
                 for i in range(1440)})
             rollups_upsert(HourRollup, {(name, "", end_hour - 3600 * i): hours[i % len(hours)]
                                         for i in range(8 * 24)})
-            rollups_upsert(DayRollup, {(name, "", end_day - 86400 * i): days[i % len(days)] for i in range(9)})
+            rollups_upsert(DayRollup, {(name, "", end_day - 86400 * i): days[i % len(days)]
+                                       for i in range(9)})
     return {"minute_rows": MinuteRollup.objects.count(), "hour_rows": HourRollup.objects.count(),
             "day_rows": DayRollup.objects.count()}
 

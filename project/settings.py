@@ -216,6 +216,11 @@ RESILIENCE = {
     "PROBE_HISTORY_KEEP": env.int("PROBE_HISTORY_KEEP", default=500),
 }
 
+# The advisor (resilience.advisor.conf): suggestion kinds applied without a person (none by default).
+RESILIENCE_ADVISOR = {
+    "AUTO_APPLY_KINDS": env.list("ADVISOR_AUTO_APPLY", default=[]),
+}
+
 AIGEN = {
     "OPENAI_API_KEY": env.str("OPENAI_API_KEY", default=""),
     "OPENAI_BASE_URL": env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1"),

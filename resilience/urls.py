@@ -17,7 +17,8 @@ urlpatterns = [
     # The advisor (resilience.advisor.views).
     path("findings", advisor.FindingsView.as_view(), name="findings"),
     path("upstreams/<slug:name>/findings", advisor.UpstreamFindingsView.as_view(), name="upstream-findings"),
-    path("suggestions/<int:suggestion_id>/apply", advisor.SuggestionApplyView.as_view(), name="suggestion-apply"),
+    path("suggestions/<int:suggestion_id>/apply", advisor.SuggestionApplyView.as_view(),
+         name="suggestion-apply"),
     path("suggestions/<int:suggestion_id>/dismiss", advisor.SuggestionDismissView.as_view(),
          name="suggestion-dismiss"),
     path("suggestions/<int:suggestion_id>/rollback", advisor.SuggestionRollbackView.as_view(),

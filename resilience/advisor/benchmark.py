@@ -42,7 +42,8 @@ from resilience.telemetry.calllog import call_log_flush
 Call = Callable[[], str]  # one call; returns its kind: "ok" or an error kind
 
 
-def _drive(call: Call, *, requests_: int, concurrency: int, progress: Callable[[], None] | None) -> dict[str, Any]:
+def _drive(call: Call, *, requests_: int, concurrency: int,
+           progress: Callable[[], None] | None) -> dict[str, Any]:
     latencies: list[float] = []
     kinds: Counter[str] = Counter()
     lock = threading.Lock()
@@ -124,7 +125,8 @@ def _bare_session(concurrency: int) -> requests.Session:
 
 
 @job(attempts=1, timeout=900)
-def benchmark_job(*, upstream: str, path: str = "/", requests: int = 100, concurrency: int = 4) -> dict[str, Any]:
+def benchmark_job(*, upstream: str, path: str = "/", requests: int = 100,
+                  concurrency: int = 4) -> dict[str, Any]:
     """The benchmark as a job (bounds checked again: a job row can be written by hand)."""
     requests = min(requests, int(advisor_settings.BENCHMARK_MAX_REQUESTS))
     concurrency = min(concurrency, int(advisor_settings.BENCHMARK_MAX_CONCURRENCY))

@@ -31,3 +31,8 @@ def resources_panel() -> dict[str, Any]:
         process["rss_mb"] = round(process["rss_bytes"] / 2**20, 1)
     view["totals"]["rss_mb"] = round(view["totals"]["rss_bytes"] / 2**20, 1)
     return view
+
+
+def advisor_panels() -> dict[str, Any]:
+    """Both panels' data, for `resilience/_advisor_panels.html`."""
+    return {"findings": findings_panel(), "resources": resources_panel()}

@@ -111,7 +111,8 @@ def figures(delta: RollupDelta) -> dict[str, Any]:
         "retries": delta.retries, "retried_calls": signals.get("retried", 0),
         "retry_recovery": share(signals.get("retried_ok", 0), signals.get("retried", 0)),
         "cache_hit_rate": share(delta.cache_hits, delta.calls),
-        "throttled": signals.get("throttled", 0), "throttled_share": share(signals.get("throttled", 0), attempts),
+        "throttled": signals.get("throttled", 0),
+        "throttled_share": share(signals.get("throttled", 0), attempts),
         "rejected_bulkhead": signals.get("rejected_bulkhead", 0),
         "rejected_pool": signals.get("rejected_pool", 0),
         "cacheable_fetches": signals.get("cacheable", 0), "refetches": signals.get("refetch", 0),
@@ -158,7 +159,8 @@ def latency_regression(data: SubjectData, policy: Upstream, windows: Windows) ->
     return Finding(
         "latency_regression", data.upstream, data.endpoint, _severity(ratio, 2.0, 3.0),
         f"p95 latency {current:.0f} ms in the last 15 min, {ratio:.1f}x its usual {center:.0f} ms",
-        {"figures": {"p95_ms": current, "reached": data.recent.reached, "baseline_median_ms": round(center, 1),
+        {"figures": {"p95_ms": current, "reached": data.recent.reached,
+                     "baseline_median_ms": round(center, 1),
                      "baseline_mad_ms": round(spread, 1), "baseline_samples": len(samples)},
          "windows": {"recent": "last 15 min (minute rollups)", "baseline": label},
          "threshold": f"p95 > max(median + {REGRESSION_MADS:g} x 1.4826 x MAD, {REGRESSION_RATIO:g} x median)"
@@ -297,7 +299,8 @@ def cache_opportunity(data: SubjectData, policy: Upstream, windows: Windows) -> 
         return None
     gap = signals.get("refetch_gap_s", 0) / again
     ratio = again / fetched
-    evidence = {"figures": {"cacheable_fetches": fetched, "refetches": again, "refetch_share": round(ratio, 4),
+    evidence = {"figures": {"cacheable_fetches": fetched, "refetches": again,
+                            "refetch_share": round(ratio, 4),
                             "mean_repeat_interval_s": round(gap, 1), "cache_ttl_s": policy.cache_ttl,
                             "cache_hit_rate": share(data.day.cache_hits, data.day.calls)},
                 "windows": {"recent": "last 24 h (hour rollups)"},

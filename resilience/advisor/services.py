@@ -104,7 +104,8 @@ def suggestions_sync(found: list[Finding], *, now: datetime, names: Iterable[str
                 and row.severity == finding.severity):
             row.from_value, row.to_value = proposal.from_value, proposal.to_value
             row.expected, row.evidence, row.severity = proposal.expected, finding.evidence, finding.severity
-            row.save(update_fields=["from_value", "to_value", "expected", "evidence", "severity", "updated_at"])
+            row.save(update_fields=["from_value", "to_value", "expected", "evidence", "severity",
+                                    "updated_at"])
     for key, finding in wanted.items():
         if key in existing or key in dismissed:
             continue
@@ -190,8 +191,9 @@ def suggestion_apply(*, suggestion_id: int, user: Any = None, now: datetime | No
     if row.status != Suggestion.Status.OPEN:
         raise SuggestionConflict(f"suggestion {row.pk} is {row.status}, not open", status=row.status)
     who = "automatically" if user is None else f"by {getattr(user, 'username', user)}"
-    row.history_id = _policy_set(name=row.upstream, field=row.field, expect=row.from_value, value=row.to_value,
-                                 user=user, reason=f"advisor: {row.kind} (suggestion {row.pk}, applied {who})")
+    reason = f"advisor: {row.kind} (suggestion {row.pk}, applied {who})"
+    row.history_id = _policy_set(name=row.upstream, field=row.field, expect=row.from_value,
+                                 value=row.to_value, user=user, reason=reason)
     row.status, row.decided_at = Suggestion.Status.APPLIED, now or timezone.now()
     row.decided_by = user if getattr(user, "is_authenticated", False) else None
     row.save()

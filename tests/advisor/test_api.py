@@ -68,7 +68,8 @@ def test_findings_with_evidence_and_suggestions(wasteful):
     assert suggestion["status"] == "open"
 
     one = client_for(staff=True).get(f"{API}/upstreams/api/findings").json()
-    assert [f["kind"] for f in one["findings"]] == [f["kind"] for f in body["findings"] if f["upstream"] == "api"]
+    assert [f["kind"] for f in one["findings"]] == \
+        [f["kind"] for f in body["findings"] if f["upstream"] == "api"]
 
 
 def test_unknown_upstream_findings_is_404(policy):
@@ -98,14 +99,16 @@ def test_staff_apply_then_rollback_then_conflict(wasteful):
 ])
 def test_benchmark_bounds(policy, body, field):
     policy("api")
-    error = assert_error(client_for(staff=True).post(f"{API}/benchmarks", body, format="json"), 400, "invalid")
+    response = client_for(staff=True).post(f"{API}/benchmarks", body, format="json")
+    error = assert_error(response, 400, "invalid")
     assert error["field"] == field
 
 
 def test_benchmark_unknown_upstream_and_bad_path(policy):
     policy("api")
     staff = client_for(staff=True)
-    assert_error(staff.post(f"{API}/benchmarks", {"upstream": "nope"}, format="json"), 404, "unknown_upstream")
+    assert_error(staff.post(f"{API}/benchmarks", {"upstream": "nope"}, format="json"), 404,
+                 "unknown_upstream")
     assert_error(staff.post(f"{API}/benchmarks", {"upstream": "api", "path": "http://evil/"}, format="json"),
                  400, "invalid_upstream_path")
     assert_error(staff.get(f"{API}/benchmarks/not-a-uuid"), 404, "benchmark_not_found")

@@ -48,11 +48,13 @@ def test_latency_regression_ignores_a_single_slow_call(healthy):
 
 def test_latency_baseline_falls_back_to_24_hours_and_resists_one_slow_hour(policy):
     policy("api")
-    traffic("api", since=timedelta(hours=26), until=timedelta(minutes=16), make=lambda _: minute_delta(calls=30))
+    traffic("api", since=timedelta(hours=26), until=timedelta(minutes=16),
+            make=lambda _: minute_delta(calls=30))
     # One slow hour in the baseline: the median does not move.
     traffic("api", since=timedelta(hours=5), until=timedelta(hours=4),
             make=lambda _: minute_delta(calls=30, latencies=[v * 20 for v in HEALTHY]))
-    traffic("api", since=timedelta(minutes=16), make=lambda _: minute_delta(calls=30, latencies=[v * 3 for v in HEALTHY]))
+    traffic("api", since=timedelta(minutes=16),
+            make=lambda _: minute_delta(calls=30, latencies=[v * 3 for v in HEALTHY]))
     finding = kinds()["latency_regression"]
     assert "hourly p95" in finding.evidence["windows"]["baseline"]
     assert finding.evidence["figures"]["baseline_median_ms"] < 80
@@ -68,8 +70,8 @@ def test_error_spike_fires_and_proposes_serving_stale(healthy):
 
 
 def test_error_spike_ignores_a_single_failure(healthy):
-    healthy("api", recent=lambda moment: minute_delta(calls=30, failed=1 if moment >= NOW - timedelta(minutes=1)
-                                                        else 0))
+    healthy("api", recent=lambda moment: minute_delta(
+        calls=30, failed=1 if moment >= NOW - timedelta(minutes=1) else 0))
     assert "error_spike" not in kinds()
 
 
@@ -104,7 +106,8 @@ def test_retry_waste_fires_when_retries_rarely_recover(healthy):
     finding = kinds()["retry_waste"]
     assert finding.evidence["figures"]["retried_calls"] == 60
     assert finding.evidence["figures"]["recovery_rate"] == 0
-    assert (finding.proposal.field, finding.proposal.from_value, finding.proposal.to_value) == ("retry_total", 3, 0)
+    assert (finding.proposal.field, finding.proposal.from_value, finding.proposal.to_value) == \
+        ("retry_total", 3, 0)
 
 
 def test_retry_waste_silent_when_retries_recover(healthy):
@@ -122,7 +125,8 @@ def test_timeout_tight_fires_when_calls_time_out(healthy):
     assert finding.evidence["figures"]["timeouts"] == 48
     assert finding.evidence["figures"]["p99_ms"] >= 0.8 * 80
     assert finding.proposal.field == "read_timeout"
-    assert finding.proposal.to_value == pytest.approx(2 * finding.evidence["figures"]["p99_ms"] / 1000, rel=0.01)
+    p99 = finding.evidence["figures"]["p99_ms"]
+    assert finding.proposal.to_value == pytest.approx(2 * p99 / 1000, rel=0.01)
 
 
 def test_timeout_loose_fires_when_far_above_p99(healthy):
@@ -146,7 +150,8 @@ def test_cache_opportunity_fires_with_caching_off(healthy):
     finding = kinds()["cache_opportunity"]
     assert finding.evidence["figures"]["refetch_share"] == 0.8
     assert finding.evidence["figures"]["mean_repeat_interval_s"] == 20
-    assert (finding.proposal.field, finding.proposal.from_value, finding.proposal.to_value) == ("cache_ttl", 0, 30)
+    assert (finding.proposal.field, finding.proposal.from_value, finding.proposal.to_value) == \
+        ("cache_ttl", 0, 30)
 
 
 def test_cache_ttl_short_fires_when_repeats_come_after_expiry(healthy):
@@ -170,7 +175,8 @@ def test_bulkhead_and_pool_saturation(healthy):
     found = kinds()
     assert (found["bulkhead_saturation"].proposal.field, found["bulkhead_saturation"].proposal.to_value) == \
         ("bulkhead_max", 6)
-    assert (found["pool_saturation"].proposal.field, found["pool_saturation"].proposal.to_value) == ("pool_size", 20)
+    pool = found["pool_saturation"].proposal
+    assert (pool.field, pool.to_value) == ("pool_size", 20)
     assert found["bulkhead_saturation"].evidence["figures"]["rejected"] == 30  # 15 whole minutes
 
 

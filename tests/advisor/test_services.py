@@ -80,7 +80,8 @@ def test_a_dismissed_suggestion_is_not_proposed_again(wasteful, staff):
     row = Suggestion.objects.get(kind="retry_waste")
     services.suggestion_dismiss(suggestion_id=row.pk, user=staff)
     services.advisor_run(now=NOW)
-    assert list(Suggestion.objects.filter(kind="retry_waste").values_list("status", flat=True)) == ["dismissed"]
+    statuses = Suggestion.objects.filter(kind="retry_waste").values_list("status", flat=True)
+    assert list(statuses) == ["dismissed"]
     with pytest.raises(services.SuggestionConflict):
         services.suggestion_apply(suggestion_id=row.pk, user=staff)
 

@@ -31,7 +31,8 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps({
                 "generated_at": report["generated_at"], "findings": [f.as_dict() for f in report["findings"]],
-                "suggestions": [_suggestion(s) for s in report["suggestions"]]}, cls=DjangoJSONEncoder, indent=2))
+                "suggestions": [_suggestion(s) for s in report["suggestions"]]},
+                cls=DjangoJSONEncoder, indent=2))
             return
         findings = report["findings"]
         if not findings:
@@ -40,18 +41,20 @@ class Command(BaseCommand):
             where = finding.upstream + (f"/{finding.endpoint}" if finding.endpoint else "")
             style = self.style.ERROR if finding.severity == "critical" else (
                 self.style.WARNING if finding.severity == "warning" else (lambda text: text))
-            self.stdout.write(style(f"{MARKS[finding.severity]} [{finding.severity}] {where}: {finding.kind}: "
-                                    f"{finding.title}"))
+            self.stdout.write(style(f"{MARKS[finding.severity]} [{finding.severity}] {where}: "
+                                    f"{finding.kind}: {finding.title}"))
             evidence = finding.evidence
             figures = ", ".join(f"{key}={value}" for key, value in evidence["figures"].items())
             self.stdout.write(f"     figures: {figures}")
-            self.stdout.write(f"     windows: {'; '.join(f'{k}: {v}' for k, v in evidence['windows'].items())}")
+            windows = "; ".join(f"{k}: {v}" for k, v in evidence["windows"].items())
+            self.stdout.write(f"     windows: {windows}")
             self.stdout.write(f"     threshold: {evidence['threshold']}")
             if evidence.get("advice"):
                 self.stdout.write(f"     advice: {evidence['advice']}")
         suggestions = report["suggestions"]
         if suggestions:
-            self.stdout.write(self.style.MIGRATE_HEADING("Suggestions (apply or dismiss in the admin, or the API):"))
+            self.stdout.write(self.style.MIGRATE_HEADING(
+                "Suggestions (apply or dismiss in the admin, or the API):"))
         for row in suggestions:
             self.stdout.write(f"  #{row.pk} [{row.status}] {row.upstream}: {row.field} "
                               f"{row.from_value!r} -> {row.to_value!r} ({row.kind})")

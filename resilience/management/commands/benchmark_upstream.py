@@ -55,8 +55,8 @@ class Command(BaseCommand):
             if kinds:
                 self.stdout.write(f"errors ({side}): " + ", ".join(f"{k}={v}" for k, v in kinds.items()))
         overhead = report["overhead"]
-        self.stdout.write(f"overhead (client / bare): p50 x{_fmt(overhead['p50'])}, p95 x{_fmt(overhead['p95'])}, "
-                          f"throughput x{_fmt(overhead['throughput'])}")
+        self.stdout.write(f"overhead (client / bare): p50 x{_fmt(overhead['p50'])}, "
+                          f"p95 x{_fmt(overhead['p95'])}, throughput x{_fmt(overhead['throughput'])}")
 
 
 def _fmt(value: Any) -> str:
