@@ -206,8 +206,8 @@ def breaker_flapping(data: SubjectData, policy: Upstream, windows: Windows) -> F
         proposal = Proposal("breaker_reset_timeout", reset, proposed, (
             f"{opens} opens in the last hour ({data.opens_last_day} in 24 h). An open breaker would wait "
             f"{proposed:g} s instead of {reset:g} s before probing: at most {3600 / proposed:.0f} opens "
-            f"and probe rounds an hour instead of {3600 / reset:.0f}, and half as many calls sent to a "
-            f"failing upstream between opens."))
+            f"and probe rounds an hour instead of {3600 / reset:.0f}, so a failing upstream gets "
+            f"{proposed / reset:.0f}x fewer probe calls while it recovers."))
     return Finding(
         "breaker_flapping", data.upstream, data.endpoint, _severity(opens, 6, 12),
         f"circuit breaker opened {opens} times in the last hour",
@@ -314,7 +314,7 @@ def cache_opportunity(data: SubjectData, policy: Upstream, windows: Windows) -> 
             f"caching is off, yet {ratio:.0%} of cacheable calls repeat (every {gap:.0f} s on average)",
             evidence,
             Proposal("cache_ttl", 0, proposed, (
-                f"Up to {again} of {fetched} upstream fetches a day ({ratio:.0%}) could be answered from "
+                f"Up to {again} of {fetched} upstream fetches in 24 h ({ratio:.0%}) could be answered from "
                 f"the cache with a {proposed} s TTL (1.5 x the mean repeat interval); answers may then be "
                 f"up to {proposed} s old: check the upstream's data allows it.")))
     if gap > CACHE_TTL_GAP_FACTOR * policy.cache_ttl and proposed > policy.cache_ttl:
@@ -324,7 +324,7 @@ def cache_opportunity(data: SubjectData, policy: Upstream, windows: Windows) -> 
             f"cache TTL {policy.cache_ttl} s expires before repeats come (every {gap:.0f} s on average)",
             evidence,
             Proposal("cache_ttl", policy.cache_ttl, proposed, (
-                f"{again} of {fetched} fetches a day ({ratio:.0%}) repeated a fetch made {gap:.0f} s "
+                f"{again} of {fetched} fetches in 24 h ({ratio:.0%}) repeated a fetch made {gap:.0f} s "
                 f"earlier on average, after the {policy.cache_ttl} s TTL; at {proposed} s most of them "
                 f"would be cache hits (the hit rate is {evidence['figures']['cache_hit_rate']:.0%} now).")))
     return None

@@ -100,8 +100,9 @@ def suggestions_sync(found: list[Finding], *, now: datetime, names: Iterable[str
             row.save(update_fields=["status", "decided_at", "updated_at"])
             continue
         proposal = finding.proposal
+        # Kept current (figures move); one UPDATE per open suggestion at most, a few rows in all.
         if not (_same(row.to_value, proposal.to_value) and _same(row.from_value, proposal.from_value)
-                and row.severity == finding.severity):
+                and row.severity == finding.severity and row.expected == proposal.expected):
             row.from_value, row.to_value = proposal.from_value, proposal.to_value
             row.expected, row.evidence, row.severity = proposal.expected, finding.evidence, finding.severity
             row.save(update_fields=["from_value", "to_value", "expected", "evidence", "severity",

@@ -88,7 +88,7 @@ def test_breaker_flapping_fires_on_opens_per_hour(healthy):
     assert finding.evidence["figures"]["opens_last_hour"] == 6
     assert (finding.proposal.field, finding.proposal.from_value, finding.proposal.to_value) == \
         ("breaker_reset_timeout", 5.0, 30.0)
-    assert "120 opens" in finding.proposal.expected or "at most 120" in finding.proposal.expected
+    assert "at most 120 opens and probe rounds an hour instead of 720" in finding.proposal.expected
 
 
 def test_breaker_flapping_ignores_one_open(healthy):
