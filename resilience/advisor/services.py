@@ -129,14 +129,16 @@ def suggestions_prune(*, now: datetime) -> int:
     return deleted
 
 
-def advisor_run(*, now: datetime | None = None, names: Iterable[str] | None = None) -> dict[str, Any]:
+def advisor_run(*, now: datetime | None = None, names: Iterable[str] | None = None,
+                by_endpoint: bool = False) -> dict[str, Any]:
     """Findings and suggestions of upstreams `names` (or all): computes the
     findings, syncs the stored suggestions, applies the kinds allowed to
-    apply themselves, prunes old decisions. Returns {"findings": [...],
+    apply themselves, prunes old decisions. With `by_endpoint`, each
+    (upstream, endpoint) the rollups know is judged on its own. Returns {"findings": [...],
     "suggestions": [open and recently applied Suggestion rows]}."""
     now = now or timezone.now()
     names = list(names) if names is not None else None
-    found = findings_compute(now=now, names=names)
+    found = findings_compute(now=now, names=names, by_endpoint=by_endpoint)
     suggestions_sync(found, now=now, names=names)
     auto = set(advisor_settings.AUTO_APPLY_KINDS or ())
     if auto:

@@ -76,24 +76,38 @@ def _findings_body(result: dict[str, Any]) -> dict[str, Any]:
         "findings": [f.as_dict() for f in result["findings"]], "suggestions": result["suggestions"]}).data
 
 
+class FindingsQuerySerializer(serializers.Serializer):
+    by = serializers.ChoiceField(["upstream", "endpoint"], default="upstream", help_text=(
+        "upstream: one verdict per upstream; endpoint: per (upstream, endpoint) the rollups know."))
+
+
+def _by_endpoint(request: Request) -> bool:
+    query = FindingsQuerySerializer(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data["by"] == "endpoint"
+
+
 class FindingsView(APIView):
-    @extend_schema(operation_id="resilience_findings_list",
+    @extend_schema(operation_id="resilience_findings_list", parameters=[FindingsQuerySerializer],
                    summary="Every upstream's findings (with evidence) and the advisor's suggestions",
-                   responses={200: FindingsResponseSerializer, **error_responses(401)})
+                   responses={200: FindingsResponseSerializer, **error_responses(400, 401)})
     def get(self, request: Request) -> Response:
+        by_endpoint = _by_endpoint(request)
         call_log_flush()
-        return Response(_findings_body(services.advisor_run()))
+        return Response(_findings_body(services.advisor_run(by_endpoint=by_endpoint)))
 
 
 class UpstreamFindingsView(APIView):
-    @extend_schema(operation_id="resilience_upstreams_findings_list", parameters=[NAME],
+    @extend_schema(operation_id="resilience_upstreams_findings_list",
+                   parameters=[NAME, FindingsQuerySerializer],
                    summary="One upstream's findings and suggestions",
-                   responses={200: FindingsResponseSerializer, **error_responses(401, 404)})
+                   responses={200: FindingsResponseSerializer, **error_responses(400, 401, 404)})
     def get(self, request: Request, name: str) -> Response:
+        by_endpoint = _by_endpoint(request)
         if not Upstream.objects.filter(name=name).exists():
             raise errors.UnknownUpstream(f"no upstream named {name!r}", upstream=name)
         call_log_flush()
-        return Response(_findings_body(services.advisor_run(names=[name])))
+        return Response(_findings_body(services.advisor_run(names=[name], by_endpoint=by_endpoint)))
 
 
 class _SuggestionAction(APIView):

@@ -147,3 +147,17 @@ def test_resources_lists_this_process(fake, live_upstream):
     assert mine["upstreams"]["live"]["pool"] == {"in_use": 0, "size": 10}
     assert mine["upstreams"]["live"]["bulkhead"] == {"in_flight": 0, "limit": 3, "waiting": 0}
     assert body["totals"]["processes"] >= 1
+
+
+def test_findings_per_endpoint_and_a_bad_query(policy):
+    policy("api", retry_total=2, read_timeout=0.5)
+    now = timezone.now()
+    from resilience.telemetry.rollups import minute_of, rollups_write
+
+    rollups_write({("api", "search", minute_of((now - timedelta(minutes=m)).timestamp())): minute_delta(
+        calls=1, attempts=3, outcome="http_error", signals={"retried": 1}) for m in range(2, 60)})
+    user = client_for(staff=False)
+    body = user.get(f"{API}/findings?by=endpoint").json()
+    found = {(f["kind"], f["endpoint"]) for f in body["findings"]}
+    assert ("retry_waste", "search") in found and {endpoint for _, endpoint in found} == {"search"}
+    assert assert_error(user.get(f"{API}/findings?by=galaxy"), 400, "invalid")["field"] == "by"
