@@ -11,5 +11,6 @@ class ResilienceConfig(AppConfig):
         # (so management commands count their upstream calls too).
         from resilience import checks, receivers  # noqa: F401
         from resilience.advisor import resources  # noqa: F401  (per-process resource snapshots)
+        from resilience.advisor import tasks as advisor_tasks  # noqa: F401  (the scheduled advisor run)
         from resilience.jobs import tasks  # noqa: F401  (registers the built-in jobs)
         from resilience.telemetry import metrics  # noqa: F401

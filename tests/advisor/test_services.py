@@ -127,3 +127,19 @@ def test_the_effect_compares_the_same_figures_before_and_after(wasteful, staff):
 def test_unknown_suggestion():
     with pytest.raises(services.SuggestionNotFound):
         services.suggestion_apply(suggestion_id=999999)
+
+
+def test_the_scheduled_run_is_a_job_that_applies_allowed_kinds(policy, settings):
+    from django.utils import timezone
+
+    from resilience.advisor.tasks import advisor_run_job
+    from resilience.jobs.schedules import schedules
+
+    assert any(s.key == "advise" and s.job == "resilience.advise" for s in schedules())
+    policy("api", retry_total=2, read_timeout=0.5)
+    traffic("api", since=timedelta(hours=2), every=2, now=timezone.now(),
+            make=lambda _: minute_delta(calls=1, attempts=3, outcome="http_error", signals={"retried": 1}))
+    settings.RESILIENCE_ADVISOR = {"AUTO_APPLY_KINDS": ["retry_waste"]}
+    result = advisor_run_job()
+    assert result["findings"] >= 1
+    assert Upstream.objects.get(name="api").retry_total == 0
