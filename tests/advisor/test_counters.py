@@ -96,3 +96,12 @@ def test_the_tracker_is_bounded():
     assert tracker.see("a", 3) is None
     assert tracker.see("c", 5) == 3
     assert tracker.see("c", 5 + 3601) is None  # outside the window
+
+
+def test_a_429_that_is_not_retried_counts_once(fake, live_upstream):
+    live_upstream(retry_statuses=[503])
+    fake.script("/limited", Reply(429))  # no Retry-After and not in retry_statuses: one attempt
+    with pytest.raises(errors.UpstreamError):
+        upstream("live").get("/limited")
+    found = signals()
+    assert found["throttled"] == 1 and "retried" not in found
