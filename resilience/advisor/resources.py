@@ -80,6 +80,8 @@ def _upstreams() -> dict[str, Any]:
     from resilience.client import registry
 
     found: dict[str, Any] = {}
+    # The built policy as it is, read without `client.policy`: that may reload
+    # the policy from the database, which this thread must not do every few seconds.
     for name, client in list(registry._clients.items()):
         built = client._live._built
         if built is None:
