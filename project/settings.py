@@ -225,6 +225,11 @@ RESILIENCE = {
     "JOBS_STALL_SECONDS": env.float("JOBS_STALL_SECONDS", default=300.0),
 }
 
+# The advisor (resilience.advisor.conf): suggestion kinds applied without a person (none by default).
+RESILIENCE_ADVISOR = {
+    "AUTO_APPLY_KINDS": env.list("ADVISOR_AUTO_APPLY", default=[]),
+}
+
 AIGEN = {
     "OPENAI_API_KEY": env.str("OPENAI_API_KEY", default=""),
     # Seeds the `openai` upstream (empty: OpenAI's own URL); the stored policy wins after.

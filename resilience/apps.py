@@ -12,6 +12,8 @@ class ResilienceConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from resilience import checks, receivers  # noqa: F401
+        from resilience.advisor import resources  # noqa: F401  (per-process resource snapshots)
+        from resilience.advisor import tasks as advisor_tasks  # noqa: F401  (the scheduled advisor run)
         from resilience.jobs import tasks  # noqa: F401  (registers the built-in jobs)
         from resilience.services import upstreams_seed_after_migrate
         from resilience.telemetry import metrics  # noqa: F401

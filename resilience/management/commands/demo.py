@@ -53,6 +53,9 @@ class Command(BaseCommand):
                             help="seconds each caller pauses between calls (default 0.2)")
         parser.add_argument("--wait", type=float, default=15.0,
                             help="seconds to wait for the server to answer (default 15)")
+        parser.add_argument("--advise-every", type=float, default=60.0,
+                            help="print the advisor's findings for the demo upstream this often "
+                                 "(seconds; 0: never; default 60)")
         parser.add_argument("--create-staff", action="store_true",
                             help="create the superuser admin/admin if missing (DEBUG only: a local demo)")
 
@@ -113,13 +116,36 @@ class Command(BaseCommand):
             else:
                 self.stdout.write("Staff user 'admin' exists: log in with its password.")
 
+    def _advise(self) -> None:
+        """The advisor's findings and open suggestions for the demo upstream (manage.py advise demo)."""
+        from resilience.advisor.services import advisor_run
+        from resilience.telemetry.calllog import call_log_flush
+
+        call_log_flush()
+        report = advisor_run(names=[DEMO_UPSTREAM])
+        self.stdout.write(self.style.MIGRATE_HEADING(
+            f"Advisor: {len(report['findings'])} finding(s), "
+            f"{sum(s.status == 'open' for s in report['suggestions'])} open suggestion(s) "
+            f"(manage.py advise demo)"))
+        for finding in report["findings"]:
+            self.stdout.write(f"  [{finding.severity}] {finding.kind}: {finding.title}")
+        for row in report["suggestions"]:
+            self.stdout.write(f"  suggestion #{row.pk} [{row.status}]: {row.field} {row.from_value!r} -> "
+                              f"{row.to_value!r}: {row.expected}")
+
     def _drive(self, options: dict[str, Any]) -> None:
         colours = {"closed": self.style.SUCCESS, "open": self.style.ERROR, "half-open": self.style.WARNING}
+
+        advise_every = options["advise_every"]
+        advised = [0.0]
 
         def report(tick: Tick) -> None:
             breaker = colours.get(tick.breaker, str)(f"{tick.breaker:<9}")
             self.stdout.write(f"{tick.elapsed:>6.1f}s  {tick.calls:>5}  {tick.ok:>4}  {tick.cached:>6}  "
                               f"{tick.errors:>6}  {tick.rejected:>8}  {breaker}  {tick.phase}")
+            if advise_every > 0 and tick.elapsed - advised[0] >= advise_every:
+                advised[0] = tick.elapsed
+                self._advise()
 
         until = f"for {options['duration']:g} s" if options["duration"] else "until Ctrl-C"
         self.stdout.write(f"Driving traffic through upstream({DEMO_UPSTREAM!r}) with {options['threads']} "
