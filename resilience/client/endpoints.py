@@ -47,6 +47,7 @@ and p95 for the API, the admin, the dashboard and `manage.py upstreams`.
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -56,6 +57,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import requests
+from django.db import OperationalError, ProgrammingError, router, transaction
 
 from resilience.cache import default_cache
 from resilience.client.asend import AsyncPool
@@ -63,6 +65,8 @@ from resilience.client.breaker import CircuitOpen, SharedBreaker
 from resilience.client.credentials import Credentials
 from resilience.client.policy import Policy
 from resilience.client.send import session_build
+
+logger = logging.getLogger(__name__)
 
 #: Seconds of calls the score is computed over, and the bucket it is kept in.
 WINDOW = 60
@@ -410,8 +414,22 @@ class Pool:
 
 # -- reading state for displays ------------------------------------------------------------------
 def pool_specs(row: Any) -> list[EndpointSpec]:
-    """The enabled endpoints of an Upstream row (empty: its own URL)."""
-    return [EndpointSpec.of(endpoint) for endpoint in row.endpoints.all() if endpoint.enabled]
+    """The enabled endpoints of an Upstream row (empty: its own URL).
+
+    A database whose schema predates endpoints (new code deployed before its
+    migration ran) has no endpoint table: the upstream then keeps calling its
+    own base URL, as it did, and a warning says so."""
+    from resilience.models import Endpoint
+
+    alias = router.db_for_read(Endpoint)
+    try:
+        with transaction.atomic(using=alias):  # a savepoint: a failed query leaves no broken transaction
+            rows = list(Endpoint.objects.using(alias).filter(upstream_id=row.pk, enabled=True))
+    except (OperationalError, ProgrammingError) as err:
+        logger.warning("upstream %s: endpoints unreadable (%s: run the migrations); calling its base URL",
+                       row.name, type(err).__name__)
+        return []
+    return [EndpointSpec.of(endpoint) for endpoint in rows]
 
 
 def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:

@@ -126,7 +126,7 @@ class LivePolicy:
     def _load(self) -> Built:
         version = default_cache().get(version_key(self.name))
         try:
-            row = Upstream.objects.prefetch_related("endpoints").get(name=self.name)
+            row = Upstream.objects.get(name=self.name)
         except Upstream.DoesNotExist:
             raise errors.UnknownUpstream(f"no upstream named {self.name!r}", upstream=self.name) from None
         return Built.of(row, version)

@@ -126,7 +126,7 @@ class CallLogWriter(BufferedWriter):
                     self.sampled_out += 1
                     continue
             # Rows are built here, for kept calls only (path redaction is not free).
-            self._kept.append({"endpoint": endpoint, **call} if isinstance(call, dict) else call.as_row())
+            self._kept.append({"endpoint": endpoint, **(call if isinstance(call, dict) else call.as_row())})
 
     # -- writing ---------------------------------------------------------------------------
     def _write_batch(self, rows: list[Any]) -> None:

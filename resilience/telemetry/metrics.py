@@ -60,6 +60,10 @@ UPSTREAM_LATENCY = Histogram(
     "breaker refusals are not observed).", ["upstream"], buckets=LATENCY_BUCKETS)
 UPSTREAM_RETRIES = Counter(
     "resilience_upstream_retries", "Attempts beyond the first of each upstream call.", ["upstream"])
+ENDPOINT_CALLS = Counter(
+    "resilience_endpoint_calls", "Logical upstream calls by the endpoint of their last attempt, for "
+    "upstreams with endpoints (names set by operators, never by callers).",
+    ["upstream", "endpoint", "outcome"])
 BREAKER_TRANSITIONS = Counter(
     "resilience_breaker_transitions",
     "Circuit breaker state changes (counted by the process that made them).",
@@ -78,6 +82,11 @@ def _children(upstream: str, outcome: str) -> tuple[Any, Any, Any]:
             UPSTREAM_RETRIES.labels(upstream))
 
 
+@functools.lru_cache(maxsize=4096)
+def _endpoint_child(upstream: str, endpoint: str, outcome: str) -> Any:
+    return ENDPOINT_CALLS.labels(upstream, endpoint, outcome)
+
+
 def _on_call_completed(sender: Any, *, call: Any, **kwargs: Any) -> None:
     upstream, attempts = call.upstream, call.attempts
     try:
@@ -87,6 +96,9 @@ def _on_call_completed(sender: Any, *, call: Any, **kwargs: Any) -> None:
             latency.observe(call.latency_ms / 1000)
         if attempts > 1:
             retries.inc(attempts - 1)
+        endpoint = getattr(call, "endpoint", "")
+        if endpoint:
+            _endpoint_child(upstream, endpoint, str(call.outcome)).inc()
     except Exception:  # metrics must never fail a call
         logger.exception("metrics: could not count a call to %s", upstream)
 
