@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from aigen import openai_views
 from resilience import dashboard, demo, health
 from resilience.telemetry import metrics
 
@@ -13,6 +14,9 @@ urlpatterns = [
     path("dashboard/", dashboard.dashboard, name="resilience-dashboard"),
     path("dashboard/data", dashboard.dashboard_data, name="resilience-dashboard-data"),
     path("api/ai/", include("aigen.urls")),
+    # The OpenAI-compatible front door (aigen.openai_views): base URL <host>/v1 for any OpenAI SDK.
+    path("v1/chat/completions", openai_views.chat_completions, name="openai-chat-completions"),
+    path("v1/models", openai_views.model_list, name="openai-models"),
     path("api/resilience/", include("resilience.urls")),
     # Public: the schema and its docs describe the API, they expose no data.
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

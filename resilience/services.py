@@ -74,6 +74,8 @@ def upstreams_seed() -> list[str]:
             "retry_methods": ["GET", "POST"], "retry_after_max": 8.0,
             "breaker_fail_max": 5, "breaker_reset_timeout": 30.0,
             "pool_size": 500, "bulkhead_max": 1000, "bulkhead_wait": 1.0,
+            # The model the front door (/v1/chat/completions) routes here.
+            "served_models": [settings.AIGEN.get("MODEL", "gpt-4o-mini")],
         },
     }
     created = []
