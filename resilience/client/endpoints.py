@@ -467,7 +467,8 @@ def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
                                endpoint=spec.name)
         score = score_of(totals.get(spec.name))
         endpoints.append({
-            "name": spec.name, "base_url": spec.base_url, "auth_env_var": spec.auth_env_var,
+            "name": spec.name, "base_url": spec.base_url,
+            "auth_env_var": spec.auth_env_var or upstream.auth_env_var,
             "enabled": enabled, "weight": spec.weight, "priority": spec.priority, "model": spec.model,
             "pool_size": spec.pool_size, "state": breaker["state"] if enabled else "disabled",
             "failures": breaker["failures"], "retry_after": breaker["retry_after"],

@@ -290,3 +290,38 @@ def test_a_single_url_upstream_is_the_one_endpoint_case(make_upstream, fake):
     assert CallLog.objects.get().endpoint == ""
     view = snapshot(Upstream.objects.get(name="plain"))
     assert [e["name"] for e in view["endpoints"]] == [""] and view["endpoints"][0]["base_url"] == fake.url
+
+
+def test_the_api_and_the_command_show_each_endpoint(fakes, make_pool):
+    from io import StringIO
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from rest_framework.test import APIClient
+
+    make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="POOL_KEY")
+    client = APIClient()
+    client.force_authenticate(get_user_model().objects.create_user("ops"))
+    body = client.get("/api/resilience/upstreams/pool").json()
+    pool = body["pool"]
+    assert pool["strategy"] == "priority"
+    assert [(e["name"], e["state"], e["auth_env_var"]) for e in pool["endpoints"]] == [
+        ("e0", "closed", "POOL_KEY"), ("e1", "closed", "POOL_KEY")]
+    out = StringIO()
+    call_command("upstreams", stdout=out)
+    assert "pool/e0" in out.getvalue() and "pool/e1" in out.getvalue()
+
+
+def test_endpoints_are_edited_inline_with_history(fakes, make_pool, client, django_user_model):
+    from django.urls import reverse
+
+    row = make_pool(fakes[:1])
+    staff = django_user_model.objects.create_user("root", password="pw", is_staff=True, is_superuser=True)
+    client.force_login(staff)
+    page = client.get(reverse("admin:resilience_upstream_change", args=[row.pk]))
+    assert page.status_code == 200 and "Endpoint pool" in page.content.decode()
+    assert any(inline.formset.model is Endpoint for inline in page.context["inline_admin_formsets"])
+    endpoint = Endpoint.objects.get(upstream=row)
+    endpoint.weight = 5
+    endpoint.save()
+    assert [h.weight for h in endpoint.history.all()] == [5, 1]
