@@ -42,7 +42,11 @@ def endpoint_changed(sender: type, instance: Endpoint, **kwargs: Any) -> None:
 
 @receiver(breaker_state_changed, dispatch_uid="resilience.receivers.breaker_event")
 def breaker_event(sender: Any, *, upstream: str, old: str, new: str, reason: str = "", **kwargs: Any) -> None:
-    breaker_event_record({"created_at": timezone.now(), "upstream": upstream, "from_state": old,
+    # An endpoint's breaker is named "<upstream>/<endpoint>": the row counts for its upstream.
+    name, _, endpoint = upstream.partition("/")
+    if endpoint:
+        reason = f"endpoint {endpoint}: {reason}"
+    breaker_event_record({"created_at": timezone.now(), "upstream": name, "from_state": old,
                           "to_state": new, "reason": reason[:200]})
 
 

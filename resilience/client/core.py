@@ -594,7 +594,7 @@ class UpstreamClient:
                 retried = retryable and bool(trace.history)
                 attempts = len(trace.history) + (0 if retried else 1)
                 upstream_failed = status >= 500 or retried
-                if status in (429, 503):
+                if status in (429, 503) and not pool.single:  # a single URL answers its callers as before
                     asked = retry_after_of(response.headers)
                     if asked:
                         pool.cool(member, asked)

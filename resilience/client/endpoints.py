@@ -32,6 +32,9 @@ When every endpoint is out (open breaker or cooling) and more than
 (without its breaker's admission); at 100 all may be out and the call fails
 with `BreakerOpen`, its `retry_after` the earliest return.
 
+A single-URL upstream is never cooled down: its callers get the 429/503 as
+they always did (its breaker still counts 5xx).
+
 Shared state, cheap on the healthy path: cooldowns are cache keys with the
 asked TTL (`pool:<upstream>:cool:<endpoint>`), read for all endpoints in one
 `get_many` at most every `recheck` seconds per process (a process sets its

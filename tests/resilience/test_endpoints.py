@@ -325,3 +325,24 @@ def test_endpoints_are_edited_inline_with_history(fakes, make_pool, client, djan
     endpoint.weight = 5
     endpoint.save()
     assert [h.weight for h in endpoint.history.all()] == [5, 1]
+
+
+def test_an_endpoint_breaker_trip_is_recorded_for_its_upstream(fakes, make_pool):
+    from resilience.models import BreakerEvent
+
+    make_pool(fakes[:2], endpoint_strategy="priority", breaker_fail_max=1)
+    fakes[0].script("/item", Reply(503))
+    upstream("pool").get("/item")
+    call_log_flush()
+    event = BreakerEvent.objects.get()
+    assert (event.upstream, event.to_state) == ("pool", "open")
+    assert event.reason.startswith("endpoint e0: ")
+
+
+def test_a_single_url_upstream_is_not_cooled_down_by_retry_after(make_upstream, fake):
+    make_upstream("plain", retry_total=0, retry_after_max=30, breaker_enabled=False)
+    fake.script("/x", Reply(429, retry_after="5"), Reply(200))
+    with pytest.raises(exceptions.UpstreamError) as caught:
+        upstream("plain").get("/x")
+    assert caught.value.response.status_code == 429
+    assert upstream("plain").get("/x").status_code == 200
