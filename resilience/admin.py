@@ -35,6 +35,7 @@ class EndpointAdmin(SimpleHistoryAdmin):
     and their history."""
 
     list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model")
+    list_select_related = ("upstream",)
     list_filter = ("enabled",)
     search_fields = ("name", "base_url", "upstream__name")
 
