@@ -1,8 +1,9 @@
 """The resilient client: one logic of steps, two faces (sync and async).
 
 `UpstreamClient._steps` is the whole logic of a call as a generator: the
-response cache, single-flight, the breaker, the bulkhead, sending, error
-classification and the stale fallback. Where it needs I/O it yields a
+response cache, single-flight, the endpoint and its breaker, the bulkhead,
+sending, error classification, failover to another endpoint and the stale
+fallback. Where it needs I/O it yields a
 command (`Send`, `Sleep`, `Follow`, `Acquire`); `request()` performs them
 with requests and threads, `arequest()` with httpx2 and the event loop, and
 both send the outcome back in. Everything else (what to cache, what counts
@@ -526,8 +527,9 @@ class UpstreamClient:
         deadline, a failure the policy retries (a connection error or
         timeout, a retry status) moves the next attempt to an endpoint not
         yet tried, then to any other; the trace's history names each
-        attempt's endpoint. Only with no other endpoint left do retries stay
-        on one endpoint (urllib3's own loop, as for a single URL)."""
+        attempt's endpoint. With no other endpoint available, retries stay
+        on this one (the transport's own loop with the policy's backoff, as
+        for a single URL)."""
         policy, pool, bulkhead = built.policy, built.pool, built.bulkhead
         choice = pool.choose()
         if isinstance(choice, Unavailable):
@@ -559,8 +561,10 @@ class UpstreamClient:
                 breaker = member.breaker
                 tried += (member,)
                 trace.endpoint = member.name
-                # Another endpoint left: this one gets one attempt, the retry moves on.
-                trace.stop_after = len(trace.history) + 1 if not pool.single else policy.retry_total + 1
+                # Another endpoint available: this one gets one attempt, the retry moves on.
+                # Else the transport retries here, with the policy's backoff, up to the policy's limit.
+                trace.stop_after = len(trace.history) + 1 if pool.has_alternative(member) \
+                    else policy.retry_total + 1
                 credentials = member.credentials_now()
                 began = time.perf_counter()
                 member.in_flight += 1

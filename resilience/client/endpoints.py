@@ -384,6 +384,23 @@ class Pool:
                 return member
         return candidates[-1]
 
+    def has_alternative(self, member: Member) -> bool:
+        """Whether another endpoint looks available now (from process memory:
+        no round trip, no probe slot taken). Without one, a failed attempt's
+        retries stay on `member`, with the policy's backoff."""
+        if self.single:
+            return False
+        now = self.clock()
+        for other in self.members:
+            if other is member or other.cool_until > now:
+                continue
+            credentials = other.credentials
+            if credentials.needed and not credentials.secret:
+                continue
+            if other.breaker is None or not other.breaker.looks_open():
+                return True
+        return False
+
     # -- what attempts tell ------------------------------------------------------------------
     def observe(self, member: Member, *, ok: bool, latency_ms: float) -> None:
         """Count one attempt in the score window (in process; pushed later)."""

@@ -259,11 +259,13 @@ def test_the_async_face_fails_over_the_same_way(fakes, make_pool):
     assert [r["endpoint"] for r in first.retries] == ["e0", "e1"] and first.endpoint == "e2"
 
 
-def test_an_endpoint_change_reaches_the_client(fakes, make_pool, settings):
+def test_an_endpoint_change_reaches_the_client(fakes, make_pool, settings,
+                                              django_capture_on_commit_callbacks):
     settings.RESILIENCE = {**settings.RESILIENCE, "POLICY_CHECK_INTERVAL": 0}
     row = make_pool(fakes[:1])
     upstream("pool").get("/item")
-    Endpoint.objects.create(upstream=row, name="extra", base_url=fakes[2].url, weight=1000)
+    with django_capture_on_commit_callbacks(execute=True):  # the version bump follows the commit
+        Endpoint.objects.create(upstream=row, name="extra", base_url=fakes[2].url, weight=1000)
     for _ in range(5):
         upstream("pool").get("/item")
     assert fakes[2].count("/item") >= 4
@@ -346,3 +348,12 @@ def test_a_single_url_upstream_is_not_cooled_down_by_retry_after(make_upstream, 
         upstream("plain").get("/x")
     assert caught.value.response.status_code == 429
     assert upstream("plain").get("/x").status_code == 200
+
+
+def test_with_every_other_endpoint_open_retries_stay_on_the_last_one(fakes, make_pool):
+    make_pool(fakes[:2], endpoint_strategy="priority", breaker_fail_max=1, retry_total=2)
+    fakes[0].script("/item", Reply(503))
+    fakes[1].script("/item", Reply(502), Reply(200, body={"third": True}))
+    response = upstream("pool").get("/item")  # e0 503 (opens), e1 502, then e1 again: 200
+    assert response.json() == {"third": True} and response.attempts == 3
+    assert served(fakes[:2]) == [1, 2]
