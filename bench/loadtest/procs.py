@@ -249,9 +249,6 @@ class GatewayServer:
         return done.stdout
 
     def prepare(self) -> None:
-        # prometheus_client's multiprocess files are opened at import (django-rq's collector):
-        # the folder must exist before the first manage.py runs.
-        Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         self._manage("migrate", "--noinput", "-v", "0")
         self._manage("seed_upstreams")
         self._manage("shell", "-c", (
