@@ -150,6 +150,29 @@ class BreakerCollector:
             failures.add_metric([upstream.name], status["failures"] or 0)
         yield state
         yield failures
+        yield from self._endpoints()
+
+    @staticmethod
+    def _endpoints() -> Iterator[Metric]:
+        """`resilience_endpoint_breaker_state{upstream,endpoint}`: each enabled
+        endpoint's own breaker (upstreams with endpoints; one query)."""
+        from resilience.client.breaker import SharedBreaker
+        from resilience.client.endpoints import breaker_name
+        from resilience.models import Endpoint
+
+        state = GaugeMetricFamily("resilience_endpoint_breaker_state", "Endpoint circuit breaker state: "
+                                  "0 closed, 1 half-open, 2 open.", labels=["upstream", "endpoint"])
+        try:
+            rows = list(Endpoint.objects.filter(enabled=True, upstream__breaker_enabled=True).values_list(
+                "upstream__name", "name", "upstream__breaker_fail_max", "upstream__breaker_reset_timeout"))
+        except DatabaseError:
+            logger.warning("metrics: endpoint breaker states left out (database unavailable)")
+            return
+        for upstream, endpoint, fail_max, reset_timeout in rows:
+            status = SharedBreaker.status_of(breaker_name(upstream, endpoint), fail_max=fail_max,
+                                             reset_timeout=reset_timeout)
+            state.add_metric([upstream, endpoint], BREAKER_STATE_VALUES.get(status["state"], 0))
+        yield state
 
 
 class CacheCollector:

@@ -357,3 +357,21 @@ def test_with_every_other_endpoint_open_retries_stay_on_the_last_one(fakes, make
     response = upstream("pool").get("/item")  # e0 503 (opens), e1 502, then e1 again: 200
     assert response.json() == {"third": True} and response.attempts == 3
     assert served(fakes[:2]) == [1, 2]
+
+
+def test_metrics_count_calls_and_breaker_state_per_endpoint(fakes, make_pool):
+    from prometheus_client import REGISTRY
+
+    from resilience.telemetry.metrics import BreakerCollector
+
+    make_pool(fakes[:2], endpoint_strategy="priority", breaker_fail_max=1)
+    before = REGISTRY.get_sample_value("resilience_endpoint_calls_total",
+                                       {"upstream": "pool", "endpoint": "e1", "outcome": "ok"}) or 0
+    fakes[0].script("/item", Reply(503))
+    upstream("pool").get("/item")
+    after = REGISTRY.get_sample_value("resilience_endpoint_calls_total",
+                                      {"upstream": "pool", "endpoint": "e1", "outcome": "ok"})
+    assert after == before + 1
+    gauges = {tuple(sample.labels.values()): sample.value for metric in BreakerCollector().collect()
+              if metric.name == "resilience_endpoint_breaker_state" for sample in metric.samples}
+    assert gauges == {("pool", "e0"): 2, ("pool", "e1"): 0}
