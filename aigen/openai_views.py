@@ -69,14 +69,20 @@ def _stream_error(message: str) -> bytes:
 
 class _ModelMap:
     """model name -> upstream name, from the enabled upstreams' `served_models`,
-    re-read at most every `POLICY_CHECK_INTERVAL` seconds (one query)."""
+    re-read at most every `POLICY_CHECK_INTERVAL` seconds (one query). While
+    one request re-reads it, the others use the map read a moment ago: a
+    burst arriving as it expires makes one query, not one each (they would
+    queue on the one thread that runs the ORM)."""
 
     def __init__(self) -> None:
         self._map: dict[str, str] = {}
         self._read_at = -math.inf
+        self._loaded = False
+        self._refreshing = False
 
     def clear(self) -> None:
         self._read_at = -math.inf
+        self._loaded = False
 
     @staticmethod
     def _load() -> dict[str, str]:
@@ -90,9 +96,16 @@ class _ModelMap:
         return found
 
     async def get(self) -> dict[str, str]:
-        if time.monotonic() - self._read_at >= resilience_settings.POLICY_CHECK_INTERVAL:
+        if time.monotonic() - self._read_at < resilience_settings.POLICY_CHECK_INTERVAL or (
+                self._refreshing and self._loaded):
+            return self._map
+        self._refreshing = True
+        try:
             self._map = await sync_to_async(self._load)()
-            self._read_at = time.monotonic()
+        finally:
+            self._refreshing = False
+        self._read_at = time.monotonic()
+        self._loaded = True
         return self._map
 
 
