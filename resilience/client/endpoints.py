@@ -316,7 +316,7 @@ class Pool:
         available, else any available one but the last tried (a retry
         "then anywhere"), else `Unavailable`."""
         now = self.clock()
-        if time.monotonic() - self._cool_read >= self.recheck:
+        if not self.single and time.monotonic() - self._cool_read >= self.recheck:  # a single URL never cools
             self._read_cooldowns()
         if self.single:
             candidates = list(self.members)

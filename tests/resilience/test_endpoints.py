@@ -375,3 +375,52 @@ def test_metrics_count_calls_and_breaker_state_per_endpoint(fakes, make_pool):
     gauges = {tuple(sample.labels.values()): sample.value for metric in BreakerCollector().collect()
               if metric.name == "resilience_endpoint_breaker_state" for sample in metric.samples}
     assert gauges == {("pool", "e0"): 2, ("pool", "e1"): 0}
+
+
+@pytest.fixture
+def on_redis(redis_url):
+    from django.core.cache import cache
+    from django.test import override_settings
+
+    from resilience.cache import reset_engines
+
+    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
+                          "KEY_PREFIX": "rsltest-pools"}}
+    with override_settings(CACHES=caches):
+        reset_engines()
+        reset_clients()
+        cache.clear()
+        yield
+        cache.clear()
+    reset_engines()
+
+
+def test_the_score_window_is_shared_through_redis(on_redis):
+    from resilience.client.endpoints import Window, score_of
+
+    here, there = Window("shared"), Window("shared")  # as two processes hold them
+    for _ in range(10):
+        here.add("slow", True, 500.0)
+        here.add("fast", True, 5.0)
+    here.add("fast", False, 5.0)
+    here.sync()
+    there.sync()
+    seen = there.totals()
+    assert seen["slow"] == [10, 10, 5000.0] and seen["fast"] == [11, 10, 55.0]
+    assert score_of(seen["slow"]) == pytest.approx(0.95)
+    assert score_of(seen["fast"]) == pytest.approx(10 / 11 * (1 - 5 / 10000))
+
+
+def test_without_redis_the_score_window_is_per_process(settings):
+    from resilience.cache import reset_engines
+    from resilience.client.endpoints import Window
+
+    settings.CACHES = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": "",
+                                   "KEY_PREFIX": "rsltest-pools"}}
+    reset_engines()
+
+    here, there = Window("local"), Window("local")
+    here.add("e0", True, 5.0)
+    here.sync()
+    there.sync()
+    assert here.totals()["e0"] == [1, 1, 5.0] and there.totals() == {}
