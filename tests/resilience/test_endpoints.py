@@ -424,3 +424,19 @@ def test_without_redis_the_score_window_is_per_process(settings):
     here.sync()
     there.sync()
     assert here.totals()["e0"] == [1, 1, 5.0] and there.totals() == {}
+
+
+def test_an_endpoint_key_replaces_the_callers_authorization(fakes, make_pool, settings):
+    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"KEY_A": "secret-a", "KEY_B": "secret-b"}}
+    make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="KEY_A",
+              endpoint_fields={1: {"auth_env_var": "KEY_B"}})
+    fakes[0].script("/item", Reply(503))
+    client = upstream("pool")
+    client.get("/item", headers={"Authorization": "Bearer from-the-caller"})
+    assert fakes[1].requests[-1].headers["Authorization"] == "Bearer secret-b"
+
+    async def call():
+        return await client.aget("/item", headers={"Authorization": "Bearer from-the-caller"})
+
+    asyncio.run(call())
+    assert fakes[1].requests[-1].headers["Authorization"] == "Bearer secret-b"
