@@ -12,9 +12,10 @@ from project.asgi_handler import GatewayASGIHandler  # noqa: E402
 application = GatewayASGIHandler()
 
 from project import asgi_signals  # noqa: E402
-from project.startup import run_startup_checks  # noqa: E402
+from project.startup import announce, run_startup_checks  # noqa: E402
 
 run_startup_checks()
+announce()
 asgi_signals.install()
 
 

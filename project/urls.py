@@ -1,10 +1,13 @@
 """Root URL configuration."""
 from django.contrib import admin
-from django.urls import include, path
+from django.templatetags.static import static
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from aigen import openai_views
 from resilience import dashboard, demo, health
+from resilience.api import api_route_fallback
 from resilience.telemetry import metrics
 
 urlpatterns = [
@@ -22,6 +25,11 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    # Browsers ask for it on every page: without it each visit logged a 404
+    # (and the demo's traffic table showed them). Permanent: asked once.
+    path("favicon.ico", RedirectView.as_view(url=static("resilience/favicon.ico"), permanent=True)),
 ]
 # The flaky demo upstream: only with DEBUG or RESILIENCE["DEMO_ENABLED"] (never in production).
 urlpatterns += demo.demo_urls()
+# Last: /api/ paths no route matched (a trailing slash either way; else a JSON 404).
+urlpatterns += [re_path(r"^api(?:/(?P<path>.*))?$", api_route_fallback, name="api-fallback")]

@@ -44,6 +44,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "No or bad credentials (`not_authenticated`, `authentication_failed`).",
     403: "Authenticated but not allowed: staff only (`permission_denied`).",
     404: "No such resource (`unknown_upstream`, `not_found`).",
+    413: "The request body is over the size limit (`request_too_large`).",
     429: "Too many requests (`throttled`; see `Retry-After`).",
     502: "The upstream failed (`upstream_error` kinds).",
     503: "Unavailable (`breaker_open`, `upstream_disabled`; see `Retry-After`).",
@@ -62,7 +63,9 @@ def error_responses(*statuses: int, **descriptions: str) -> dict[int, OpenApiRes
 def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
                          public: bool) -> dict[str, Any]:
     """SPECTACULAR_SETTINGS postprocessing hook: every operation that needs
-    authentication documents the 401 error body (DRF answers it for all)."""
+    authentication documents the 401 error body (DRF answers it for all), and
+    every operation that takes a body documents 413 and the 400 `parse_error`
+    (resilience.parsers answers them for all)."""
     components = result.setdefault("components", {}).setdefault("schemas", {})
     if "ErrorResponse" not in components:
         return result  # nothing references the error shape (no API routes)
@@ -71,11 +74,17 @@ def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
         for operation in path_item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
+            responses = operation["responses"]
+            if "requestBody" in operation:  # every JSON body goes through resilience.parsers
+                responses.setdefault("413", {"content": {"application/json": {"schema": ref}},
+                                             "description": ERROR_DESCRIPTIONS[413]})
+                responses.setdefault("400", {"content": {"application/json": {"schema": ref}},
+                                             "description": "Not JSON or nested too deeply (`parse_error`)."})
             security = operation.get("security")
-            if not security or {} in security or "401" in operation["responses"]:
+            if not security or {} in security or "401" in responses:
                 continue
-            operation["responses"]["401"] = {"content": {"application/json": {"schema": ref}},
-                                             "description": ERROR_DESCRIPTIONS[401]}
+            responses["401"] = {"content": {"application/json": {"schema": ref}},
+                                "description": ERROR_DESCRIPTIONS[401]}
     return result
 
 
@@ -284,3 +293,5 @@ class CacheStatsResponseSerializer(serializers.Serializer):
     fallbacks = serializers.IntegerField(help_text="Times the backend fell back to local memory.")
     total_requests = serializers.IntegerField(help_text="hits + misses")
     hit_rate = serializers.FloatField(help_text="hits / (hits + misses), 0..1.")
+    hit_ratio = serializers.FloatField(help_text="The same number (0..1); `GET /api/ai/cache/stats` "
+                                                 "has it too, next to its percentage string `hit_rate`.")

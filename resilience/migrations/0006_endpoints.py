@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('resilience', '0004_jobs_probes'),
+        ('resilience', '0005_advisor'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
