@@ -126,51 +126,42 @@ def request_observe(*, view: str, method: str, status: int, seconds: float) -> N
 # -- state, at scrape time ---------------------------------------------------------------------
 class BreakerCollector:
     """`resilience_breaker_state` (0 closed, 1 half-open, 2 open) and
-    `resilience_breaker_failures` per upstream with an enabled breaker, read
-    from the shared breaker storage: the same answer from every worker."""
+    `resilience_breaker_failures` per upstream with an enabled breaker, and
+    `resilience_endpoint_breaker_state` per enabled endpoint of such an
+    upstream, read from the shared breaker storage: the same answer from
+    every worker. One query (upstreams joined to their endpoints)."""
 
     def collect(self) -> Iterator[Metric]:
+        from resilience.client.breaker import SharedBreaker
+        from resilience.client.endpoints import breaker_name
         from resilience.models import Upstream
-        from resilience.telemetry.selectors import breaker_status
 
         state = GaugeMetricFamily("resilience_breaker_state", "Circuit breaker state: 0 closed, "
                                   "1 half-open, 2 open.", labels=["upstream"])
         failures = GaugeMetricFamily("resilience_breaker_failures",
                                      "Consecutive failures counted by the breaker.", labels=["upstream"])
+        endpoints = GaugeMetricFamily("resilience_endpoint_breaker_state", "Endpoint circuit breaker state: "
+                                      "0 closed, 1 half-open, 2 open.", labels=["upstream", "endpoint"])
         try:
-            upstreams = list(Upstream.objects.filter(breaker_enabled=True))
+            rows = list(Upstream.objects.filter(breaker_enabled=True).order_by("name").values_list(
+                "name", "breaker_fail_max", "breaker_reset_timeout", "endpoints__name", "endpoints__enabled"))
         except DatabaseError:
             logger.warning("metrics: breaker states left out (database unavailable)")
             return
-        for upstream in upstreams:
-            status = breaker_status(upstream)
-            state.add_metric([upstream.name], BREAKER_STATE_VALUES.get(status["state"], 0))
-            failures.add_metric([upstream.name], status["failures"] or 0)
+        seen: set[str] = set()
+        for name, fail_max, reset_timeout, endpoint, enabled in rows:
+            if name not in seen:
+                seen.add(name)
+                status = SharedBreaker.status_of(name, fail_max=fail_max, reset_timeout=reset_timeout)
+                state.add_metric([name], BREAKER_STATE_VALUES.get(status["state"], 0))
+                failures.add_metric([name], status["failures"] or 0)
+            if endpoint and enabled:
+                status = SharedBreaker.status_of(breaker_name(name, endpoint), fail_max=fail_max,
+                                                 reset_timeout=reset_timeout)
+                endpoints.add_metric([name, endpoint], BREAKER_STATE_VALUES.get(status["state"], 0))
         yield state
         yield failures
-        yield from self._endpoints()
-
-    @staticmethod
-    def _endpoints() -> Iterator[Metric]:
-        """`resilience_endpoint_breaker_state{upstream,endpoint}`: each enabled
-        endpoint's own breaker (upstreams with endpoints; one query)."""
-        from resilience.client.breaker import SharedBreaker
-        from resilience.client.endpoints import breaker_name
-        from resilience.models import Endpoint
-
-        state = GaugeMetricFamily("resilience_endpoint_breaker_state", "Endpoint circuit breaker state: "
-                                  "0 closed, 1 half-open, 2 open.", labels=["upstream", "endpoint"])
-        try:
-            rows = list(Endpoint.objects.filter(enabled=True, upstream__breaker_enabled=True).values_list(
-                "upstream__name", "name", "upstream__breaker_fail_max", "upstream__breaker_reset_timeout"))
-        except DatabaseError:
-            logger.warning("metrics: endpoint breaker states left out (database unavailable)")
-            return
-        for upstream, endpoint, fail_max, reset_timeout in rows:
-            status = SharedBreaker.status_of(breaker_name(upstream, endpoint), fail_max=fail_max,
-                                             reset_timeout=reset_timeout)
-            state.add_metric([upstream, endpoint], BREAKER_STATE_VALUES.get(status["state"], 0))
-        yield state
+        yield endpoints
 
 
 class CacheCollector:
