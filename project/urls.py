@@ -6,7 +6,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from aigen import openai_views
-from resilience import dashboard, demo, health
+from resilience import dashboard, demo, health, upstream_dashboard
 from resilience.api import api_route_fallback
 from resilience.telemetry import metrics
 
@@ -16,6 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("dashboard/", dashboard.dashboard, name="resilience-dashboard"),
     path("dashboard/data", dashboard.dashboard_data, name="resilience-dashboard-data"),
+    *upstream_dashboard.dashboard_urls(),  # the per-upstream pages
     path("api/ai/", include("aigen.urls")),
     # The OpenAI-compatible front door (aigen.openai_views): base URL <host>/v1 for any OpenAI SDK.
     path("v1/chat/completions", openai_views.chat_completions, name="openai-chat-completions"),

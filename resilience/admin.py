@@ -1,20 +1,36 @@
 """Admin: live-editable upstream policies with history and rollback
-(django-simple-history), read-only call logs and breaker events."""
+(django-simple-history), read-only call logs and breaker events.
+
+An upstream's change page shows its live breaker, error rate and p95 at the
+top (from the rollups: resilience.telemetry.selectors) with reset, probe and
+clear-cache buttons; each posts to its own admin URL (staff with change
+permission, CSRF-checked) and calls the same service as the list action.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 from simple_history.admin import SimpleHistoryAdmin
 
 from resilience import services
+from resilience.admin_forms import UpstreamForm
 from resilience.models import BreakerEvent, CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
+
+# The service's name on every admin page (title bar, header, index).
+admin.site.site_header = "Resilience gateway"
+admin.site.site_title = "Resilience gateway admin"
+admin.site.index_title = "Upstream policies, telemetry and jobs"
 
 BREAKER_COLOURS = {"closed": "#2e7d32", "half-open": "#ef6c00", "open": "#c62828", "disabled": "#757575"}
 
@@ -40,11 +56,20 @@ class EndpointAdmin(SimpleHistoryAdmin):
     search_fields = ("name", "base_url", "upstream__name")
 
 
+def _topic(title: str, *fields: str, description: str = "") -> tuple[str, dict[str, Any]]:
+    options: dict[str, Any] = {"classes": ["collapse"], "fields": fields}
+    if description:
+        options["description"] = description
+    return title, options
+
+
 @admin.register(Upstream)
 class UpstreamAdmin(SimpleHistoryAdmin):
+    form = UpstreamForm
+    change_form_template = "admin/resilience/upstream/change_form.html"
     inlines = [EndpointInline]
-    list_display = ("name", "base_url", "enabled", "breaker_state", "error_rate_5m", "calls_5m",
-                    "log_sampling", "updated_at")
+    list_display = ("name", "base_url_short", "enabled", "breaker_state", "error_rate_5m", "calls_5m",
+                    "log_sampling", "updated")
     list_filter = ("enabled", "breaker_enabled")
     search_fields = ("name", "base_url", "description")
     readonly_fields = ("created_at", "updated_at")
@@ -52,27 +77,98 @@ class UpstreamAdmin(SimpleHistoryAdmin):
     # A base URL typed without a scheme means https (Django 6's default).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = (
-        (None, {"fields": ("name", "base_url", "enabled", "description", "health_path", "probe_interval")}),
-        ("Timeouts", {"fields": ("connect_timeout", "read_timeout", "deadline")}),
-        ("Retries", {"fields": ("retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_jitter",
-                                "retry_statuses", "retry_methods", "retry_respect_retry_after",
-                                "retry_after_max")}),
-        ("Circuit breaker", {"fields": ("breaker_enabled", "breaker_fail_max", "breaker_reset_timeout",
-                                        "breaker_success_threshold", "breaker_half_open_max")}),
-        ("Response cache", {"fields": ("cache_ttl", "cache_methods", "cache_vary_headers",
-                                       "cache_serve_stale", "cache_stale_max_age", "single_flight")}),
-        ("Connection", {"fields": ("pool_size", "default_headers")}),
-        ("Endpoint pool", {"fields": ("endpoint_strategy", "max_ejection_percent", "served_models"),
-                           "description": "With no endpoints below, calls go to the base URL above."}),
-        ("Call log", {"fields": ("log_sample_rate",),
-                      "description": "Failed, retried, stale and rejected calls always keep their call-log "
-                                     "row; successful calls are sampled at this rate. Statistics, the "
-                                     "dashboard and the error-rate column count every call (rollups)."}),
-        ("Authentication", {"fields": ("auth_kind", "auth_env_var", "auth_name"),
-                            "description": "The secret stays in the environment; only its variable "
-                                           "name is stored."}),
-        ("Record", {"fields": ("created_at", "updated_at")}),
+        (None, {"fields": ("name", "base_url", "enabled", "description", "change_reason")}),
+        # One topic each, collapsed: the page opens on what identifies the policy.
+        _topic("Health probe", "health_path", "probe_interval"),
+        _topic("Timeouts", "connect_timeout", "read_timeout", "deadline"),
+        _topic("Retries", "retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_jitter",
+               "retry_statuses", "retry_methods", "retry_respect_retry_after", "retry_after_max"),
+        _topic("Circuit breaker", "breaker_enabled", "breaker_fail_max", "breaker_reset_timeout",
+               "breaker_success_threshold", "breaker_half_open_max"),
+        _topic("Response cache", "cache_ttl", "cache_methods", "cache_vary_headers", "cache_serve_stale",
+               "cache_stale_max_age", "single_flight"),
+        _topic("Connection", "pool_size", "bulkhead_max", "bulkhead_wait", "default_headers"),
+        _topic("Endpoint pool", "endpoint_strategy", "max_ejection_percent", "served_models",
+               description="With no endpoints below, calls go to the base URL above."),
+        _topic("Call log", "log_sample_rate",
+               description="Failed, retried, stale and rejected calls always keep their call-log "
+                           "row; successful calls are sampled at this rate. Statistics, the "
+                           "dashboard and the error-rate column count every call (rollups)."),
+        _topic("Authentication", "auth_kind", "auth_env_var", "auth_name",
+               description="The secret stays in the environment; only its variable name is stored."),
+        _topic("Record", "created_at", "updated_at"),
     )
+
+    class Media:
+        css = {"all": ["resilience/admin.css"]}
+
+    # -- the change page: live state at the top, buttons, a reason kept in history ---------
+    def get_urls(self) -> list[Any]:
+        info = self.opts.app_label, self.opts.model_name
+        buttons = [path(f"<path:object_id>/{slug}/", self.admin_site.admin_view(require_POST(view)),
+                        name=f"{info[0]}_{info[1]}_{slug.replace('-', '_')}")
+                   for slug, view in (("reset-breaker", self.reset_breaker_view), ("probe", self.probe_view),
+                                      ("clear-cache", self.clear_cache_view))]
+        return buttons + super().get_urls()
+
+    def _button_target(self, request: HttpRequest, object_id: str) -> Upstream:
+        obj = self.get_object(request, object_id)
+        if obj is None:
+            raise Http404("no such upstream")
+        if not self.has_change_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def _back(self, obj: Upstream) -> HttpResponseRedirect:
+        return HttpResponseRedirect(reverse("admin:resilience_upstream_change", args=[obj.pk]))
+
+    def reset_breaker_view(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
+        obj = self._button_target(request, object_id)
+        status = services.breaker_reset(name=obj.name)
+        self.message_user(request, f"Breaker of {obj.name} reset (now {status['state']}).", messages.SUCCESS)
+        return self._back(obj)
+
+    def clear_cache_view(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
+        obj = self._button_target(request, object_id)
+        removed = services.upstream_cache_clear(name=obj.name)
+        self.message_user(request, f"Removed {removed} cached response(s) of {obj.name}.", messages.SUCCESS)
+        return self._back(obj)
+
+    def probe_view(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
+        obj = self._button_target(request, object_id)
+        self._probe_message(request, obj)
+        return self._back(obj)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: Any = None) -> Any:
+        obj = self.get_object(request, object_id)
+        live = {}
+        if obj is not None:
+            call_log_flush()
+            stats = upstream_stats(name=obj.name, window=WINDOWS["5m"])
+            breaker = breaker_status(obj)
+            live = {"breaker": breaker, "stats": stats,
+                    "colour": BREAKER_COLOURS.get(breaker["state"], "#000"),
+                    "error_rate": f"{stats['error_rate'] * 100:.1f}%",
+                    "p95": "\u2014" if stats["p95_ms"] is None else f"{stats['p95_ms']:.0f} ms"}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "live": live})
+
+    def save_model(self, request: HttpRequest, obj: Upstream, form: Any, change: bool) -> None:
+        reason = (form.cleaned_data.get("change_reason") or "").strip()
+        if reason:
+            obj._change_reason = reason  # simple_history stores it as history_change_reason
+        super().save_model(request, obj, form, change)
+
+    # -- the list ----------------------------------------------------------------------------
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: Upstream) -> str:
+        # Short and local: the default "Nov. 28, 2026, 10:01 a.m." alone widened the table.
+        return timezone.localtime(obj.updated_at).strftime("%Y-%m-%d %H:%M")
+
+    @admin.display(description="base URL", ordering="base_url")
+    def base_url_short(self, obj: Upstream) -> str:
+        # Long URLs wrap inside their cell instead of widening the table past the screen.
+        return format_html('<span class="rs-cell-url" title="{}">{}</span>', obj.base_url, obj.base_url)
 
     def _stats(self, obj: Upstream) -> dict[str, Any]:
         cache = getattr(self, "_stats_cache", None)
@@ -94,15 +190,15 @@ class UpstreamAdmin(SimpleHistoryAdmin):
         extra = f" ({status['retry_after']:.0f}s)" if status.get("retry_after") else ""
         return format_html('<b style="color:{}">{}</b>{}', colour, status["state"], extra)
 
-    @admin.display(description="errors (5 min)")
+    @admin.display(description="errors 5 min")
     def error_rate_5m(self, obj: Upstream) -> str:
         return f"{self._stats(obj)['error_rate'] * 100:.1f}%"
 
-    @admin.display(description="calls (5 min)")
+    @admin.display(description="calls 5 min")
     def calls_5m(self, obj: Upstream) -> int:
         return self._stats(obj)["calls"]
 
-    @admin.display(description="successes logged", ordering="log_sample_rate")
+    @admin.display(description="ok logged", ordering="log_sample_rate")
     def log_sampling(self, obj: Upstream) -> str:
         return "all" if obj.log_sample_rate >= 1 else f"{obj.log_sample_rate:.2%}"
 
@@ -120,13 +216,16 @@ class UpstreamAdmin(SimpleHistoryAdmin):
     @admin.action(description="Probe now")
     def probe_now(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
         for upstream in queryset:
-            result = services.upstream_probe(name=upstream.name)
-            if result["ok"]:
-                self.message_user(request, f"{upstream.name}: {result['status']} in "
-                                           f"{result['latency_ms']} ms", messages.SUCCESS)
-            else:
-                problem = result["status"] or (result["error"] or {}).get("message")
-                self.message_user(request, f"{upstream.name}: failed ({problem})", messages.ERROR)
+            self._probe_message(request, upstream)
+
+    def _probe_message(self, request: HttpRequest, upstream: Upstream) -> None:
+        result = services.upstream_probe(name=upstream.name)
+        if result["ok"]:
+            self.message_user(request, f"{upstream.name}: {result['status']} in "
+                                       f"{result['latency_ms']} ms", messages.SUCCESS)
+        else:
+            problem = result["status"] or (result["error"] or {}).get("message")
+            self.message_user(request, f"{upstream.name}: failed ({problem})", messages.ERROR)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -102,6 +102,8 @@
     card.className = "rs-card state-" + u.display.state + (u.enabled ? "" : " rs-disabled");
     fill(card, Object.assign({name: u.name, base_url: u.base_url}, u.display));
     card.querySelector(".rs-off").hidden = u.enabled;
+    // The per-upstream page, relative to /dashboard/.
+    card.querySelector("[data-link]").setAttribute("href", "upstreams/" + encodeURIComponent(u.name));
     drawChart(card.querySelector("[data-chart]"), u.series, card.querySelector('[data-field="chart_scale"]'));
   }
 
