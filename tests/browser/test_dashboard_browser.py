@@ -23,6 +23,20 @@ def card(page, name: str):
     return page.locator(f'.rs-card[data-upstream="{name}"]')
 
 
+def hover_last_minute(page, card):
+    """Point at the chart's last minute with calls (the calls may straddle a
+    minute boundary); returns its legend entries (time, calls, errors, p95)."""
+    x = card.locator("[data-chart]").evaluate("""el => {
+        const u = el.rsChart, calls = u.data[1];
+        let i = calls.length - 1;
+        while (i > 0 && !calls[i]) { i--; }
+        return u.valToPos(u.data[0][i], "x");
+    }""")
+    box = card.locator("[data-chart] .u-over").bounding_box()
+    page.mouse.move(box["x"] + min(x, box["width"] - 1), box["y"] + box["height"] / 2)
+    return card.locator("[data-chart] .u-legend .u-series")
+
+
 def test_staff_watch_a_breaker_open_live(transactional_db, live_server, fast_passwords, django_user_model,
                                          fake, make_upstream, launch):
     from playwright.sync_api import expect
@@ -65,7 +79,8 @@ def test_staff_watch_a_breaker_open_live(transactional_db, live_server, fast_pas
     expect(payments.locator('[data-field="calls"]')).to_have_text("3")
     expect(payments.locator('[data-field="error_rate"]')).to_have_text("0.0%")
     expect(search.locator('[data-field="hit_rate"]')).to_have_text("50.0%")
-    expect(payments.locator("svg[data-chart] rect.rs-bar-ok")).to_have_count(1)
+    expect(payments.locator("[data-chart] .uplot")).to_have_count(1)
+    expect(hover_last_minute(page, payments).nth(1)).to_contain_text(re.compile(r"calls\s*3"))
     expect(page.locator('#rs-cache [data-field="backend"]')).to_have_text(re.compile(r"^(memory|redis)$"))
     expect(page.locator('[data-field="live"]')).to_have_attribute("data-state", "ok")
     page.evaluate("window.notReloaded = true")
@@ -84,7 +99,7 @@ def test_staff_watch_a_breaker_open_live(transactional_db, live_server, fast_pas
     expect(payments.locator('[data-field="breaker_detail"]')).to_contain_text("next probe in")
     expect(payments.locator('[data-field="calls"]')).to_have_text("5")
     expect(payments.locator('[data-field="error_rate"]')).to_have_text("40.0%")
-    expect(payments.locator("svg[data-chart] rect.rs-bar-err")).to_have_count(1)
+    expect(hover_last_minute(page, payments).nth(2)).to_contain_text(re.compile(r"errors\s*2"))
     expect(card(page, "weather").locator('[data-field="state"]')).to_have_text("closed")
     expect(page.locator(".rs-card")).to_have_count(3)
     assert page.evaluate("window.notReloaded") is True  # refreshed in place

@@ -95,7 +95,8 @@ def test_list_fields_are_widgets_that_validate_each_item(make_upstream):
             "default_headers": "{}"}
     bad = UpstreamForm(data, instance=row)
     assert not bad.is_valid()
-    assert bad.errors["retry_statuses"] == ["'99': not an HTTP error status (4xx or 5xx); 'abc': not a number"]
+    assert bad.errors["retry_statuses"] == [
+        "'99': not an HTTP error status (4xx or 5xx); 'abc': not a number"]
     assert bad.errors["cache_vary_headers"] == ["'Cookie': credentials never go into a cache key"]
     good = UpstreamForm({**data, "retry_statuses": "429, 503 503", "cache_vary_headers": "Accept-Language"},
                         instance=row)

@@ -11,16 +11,6 @@
 (function () {
   "use strict";
 
-  var SVG = "http://www.w3.org/2000/svg";
-  var W = 320, H = 96, TOP = 6, BOTTOM = 14;
-
-  function el(name, attrs, parent) {
-    var node = document.createElementNS(SVG, name);
-    Object.keys(attrs).forEach(function (key) { node.setAttribute(key, attrs[key]); });
-    if (parent) { parent.appendChild(node); }
-    return node;
-  }
-
   function fill(root, values) {
     root.querySelectorAll("[data-field]").forEach(function (node) {
       var key = node.getAttribute("data-field");
@@ -30,71 +20,63 @@
     });
   }
 
-  function niceMax(value) {
-    if (value <= 0) { return 1; }
-    var magnitude = Math.pow(10, Math.floor(Math.log10(value)));
-    var steps = [1, 2, 2.5, 5, 10];
-    for (var i = 0; i < steps.length; i++) {
-      if (value <= steps[i] * magnitude) { return steps[i] * magnitude; }
-    }
-    return 10 * magnitude;
-  }
-
   function formatMs(ms) {
+    if (ms === null || ms === undefined) { return "\u2014"; }
     return ms >= 1000 ? (ms / 1000).toFixed(1) + " s" : Math.round(ms) + " ms";
   }
 
-  // Bars: calls per minute (failed part in red, stacked at the bottom);
-  // line: p95 latency per minute on its own scale, broken where no call
-  // reached the upstream.
-  function drawChart(svg, series, caption) {
-    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
-    var n = series.length;
-    if (!n) { return; }
-    var plotH = H - TOP - BOTTOM, baseY = H - BOTTOM, step = W / n, barW = Math.max(1, step - 1);
-    var maxCalls = niceMax(Math.max.apply(null, series.map(function (b) { return b.calls; })));
-    var latencies = series.map(function (b) { return b.p95_ms; }).filter(function (v) { return v !== null; });
-    var maxP95 = niceMax(latencies.length ? Math.max.apply(null, latencies) : 0);
+  var AXIS_FONT = "10px system-ui, sans-serif";
+  var WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 1e6, 1e7];
 
-    el("line", {x1: 0, x2: W, y1: TOP, y2: TOP, "class": "rs-grid"}, svg);
-    el("line", {x1: 0, x2: W, y1: baseY, y2: baseY, "class": "rs-axis"}, svg);
-    var bars = el("g", {"class": "rs-bars"}, svg);
-    var segments = [], current = [];
-    series.forEach(function (b, i) {
-      var x = i * step;
-      if (b.calls) {
-        var h = plotH * b.calls / maxCalls, eh = plotH * b.errors / maxCalls;
-        var bar = el("rect", {x: x.toFixed(2), y: (baseY - h).toFixed(2), width: barW.toFixed(2),
-                              height: (h - eh).toFixed(2), "class": "rs-bar-ok"}, bars);
-        var tip = new Date(b.start).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"}) + ": " +
-          b.calls + " calls, " + b.errors + " failed" + (b.p95_ms === null ? "" : ", p95 " + formatMs(b.p95_ms));
-        el("title", {}, bar).textContent = tip;
-        if (b.errors) {
-          var failed = el("rect", {x: x.toFixed(2), y: (baseY - eh).toFixed(2), width: barW.toFixed(2),
-                                   height: eh.toFixed(2), "class": "rs-bar-err"}, bars);
-          el("title", {}, failed).textContent = tip;
-        }
-      }
-      if (b.p95_ms === null) {
-        if (current.length) { segments.push(current); current = []; }
-      } else {
-        current.push((x + step / 2).toFixed(2) + "," + (baseY - plotH * b.p95_ms / maxP95).toFixed(2));
-      }
-    });
-    if (current.length) { segments.push(current); }
-    segments.forEach(function (points) {
-      if (points.length === 1) {
-        var xy = points[0].split(",");
-        el("circle", {cx: xy[0], cy: xy[1], r: 2.2, "class": "rs-p95-dot"}, svg);
-      } else {
-        el("polyline", {points: points.join(" "), "class": "rs-p95"}, svg);
-      }
-    });
-    el("text", {x: 0, y: H - 2, "class": "rs-tick"}, svg).textContent = "\u221260 min";
-    el("text", {x: W, y: H - 2, "class": "rs-tick rs-tick-end"}, svg).textContent = "now";
-    if (caption) {
-      caption.textContent = "(top: " + maxCalls + "/min, " + (latencies.length ? formatMs(maxP95) : "\u2014") + ")";
-    }
+  function formatTick(ms) {
+    if (ms >= 1000) { return +(ms / 1000).toFixed(2) + " s"; }
+    return (ms < 10 ? +ms.toFixed(1) : Math.round(ms)) + " ms";
+  }
+
+  function count(v) { return v === null || v === undefined ? "\u2014" : String(v); }
+
+  function atLeastOne(u, min, max) { return [0, Math.max(1, max)]; }
+
+  // Each card's last hour with the vendored uPlot (vendor/uplot): calls per
+  // minute as bars with the failed ones in red over them (same scale), p95
+  // latency as a line on its own scale (right axis, broken where no call
+  // reached the upstream); hovering a minute shows its values in the legend.
+  function drawChart(el, series) {
+    if (typeof uPlot === "undefined") { return; }
+    var data = [series.map(function (b) { return Date.parse(b.start) / 1000; }),
+                // Empty minutes have no bar (a zero-height bar would still draw its outline).
+                series.map(function (b) { return b.calls || null; }),
+                series.map(function (b) { return b.errors || null; }),
+                series.map(function (b) { return b.p95_ms; })];
+    var width = Math.max(200, el.clientWidth);
+    el.rsSeries = series;  // the legend reads the counts from here (0 rather than no bar)
+    if (el.rsChart && el.rsChart.width === width) { el.rsChart.setData(data); return; }
+    if (el.rsChart) { el.rsChart.destroy(); }
+    var bars = uPlot.paths.bars({size: [0.9, 12]});
+    var quiet = getComputedStyle(document.body).getPropertyValue("--body-quiet-color") || "#666";
+    var grid = {stroke: "rgba(128,128,128,.18)", width: 1};
+    el.rsChart = new uPlot({
+      width: width, height: 120, cursor: {points: {show: false}},
+      // Half a minute of room at each end: the edge bars are drawn whole.
+      scales: {x: {time: true, range: function (u, min, max) { return [min - 30, max + 30]; }},
+               n: {range: atLeastOne}, ms: {range: atLeastOne}},
+      axes: [
+        {stroke: quiet, grid: grid, ticks: grid, size: 28, font: AXIS_FONT},
+        {scale: "n", stroke: quiet, grid: grid, ticks: grid, size: 34, font: AXIS_FONT, incrs: WHOLE,
+         label: "calls/min", labelSize: 12, labelFont: AXIS_FONT},
+        {scale: "ms", side: 1, stroke: quiet, grid: {show: false}, ticks: grid, size: 56, font: AXIS_FONT,
+         label: "p95", labelSize: 12, labelFont: AXIS_FONT,
+         values: function (u, vals) { return vals.map(formatTick); }}
+      ],
+      series: [
+        {value: function (u, v) { return v === null ? "\u2014" : new Date(v * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"}); }},
+        {label: "calls", scale: "n", stroke: "#79aec8", fill: "#79aec8", paths: bars, points: {show: false},
+         value: function (u, v, si, i) { return i === null ? "\u2014" : count(el.rsSeries[i].calls); }},
+        {label: "errors", scale: "n", stroke: "#c62828", fill: "#c62828", paths: bars, points: {show: false},
+         value: function (u, v, si, i) { return i === null ? "\u2014" : count(el.rsSeries[i].errors); }},
+        {label: "p95", scale: "ms", stroke: "#6a1b9a", width: 1.5, value: function (u, v) { return formatMs(v); }}
+      ]
+    }, data, el);
   }
 
   function renderCard(card, u) {
@@ -104,7 +86,7 @@
     card.querySelector(".rs-off").hidden = u.enabled;
     // The per-upstream page, relative to /dashboard/.
     card.querySelector("[data-link]").setAttribute("href", "upstreams/" + encodeURIComponent(u.name));
-    drawChart(card.querySelector("[data-chart]"), u.series, card.querySelector('[data-field="chart_scale"]'));
+    drawChart(card.querySelector("[data-chart]"), u.series);
   }
 
   function render(root, snapshot) {
@@ -120,8 +102,8 @@
       var card = existing[u.name];
       delete existing[u.name];
       if (!card) { card = template.content.firstElementChild.cloneNode(true); }
-      renderCard(card, u);
       container.appendChild(card);  // appending an existing card keeps the server's order
+      renderCard(card, u);  // once in the page: its chart takes the card's width
     });
     Object.keys(existing).forEach(function (name) { existing[name].remove(); });
 

@@ -47,6 +47,12 @@
     charts[key] = new uPlot(opts, data, el);
   }
 
+  // The time scale with half a bucket of room at each end, so edge bars are drawn whole.
+  function xScale(d) {
+    var half = d.series.step_seconds / 2;
+    return {time: true, range: function (u, min, max) { return [min - half, max + half]; }};
+  }
+
   function axes(unit, fmt) {
     var stroke = getComputedStyle(document.body).getPropertyValue("--body-quiet-color") || "#666";
     var grid = {stroke: "rgba(128,128,128,.2)", width: 1};
@@ -60,7 +66,7 @@
   function latencyChart(el, d) {
     var s = d.series;
     draw("latency", el, {
-      scales: {x: {time: true}},
+      scales: {x: xScale(d)},
       axes: axes("milliseconds", function (v) { return v >= 1000 ? v / 1000 + " s" : v + " ms"; }),
       series: [
         {value: function (u, v) { return v === null ? "\u2014" : fmtTime(v); }},
@@ -94,22 +100,22 @@
       series.push({label: "calls", stroke: "#79aec8", value: function () { return "0"; }});
       data.push(s.calls);
     }
-    draw("outcomes", el, {scales: {x: {time: true}, y: {range: function (u, min, max) { return [0, Math.max(1, max)]; }}},
+    draw("outcomes", el, {scales: {x: xScale(d), y: {range: function (u, min, max) { return [0, Math.max(1, max)]; }}},
                           axes: axes("calls", fmtCount), series: series}, data);
   }
 
   function retriesChart(el, d) {
     var s = d.series, bars = uPlot.paths.bars({size: [0.8, 40]});
     draw("retries", el, {
-      scales: {x: {time: true}, y: {range: function (u, min, max) { return [0, Math.max(1, max)]; }}},
+      scales: {x: xScale(d), y: {range: function (u, min, max) { return [0, Math.max(1, max)]; }}},
       axes: axes("count", fmtCount),
       series: [
         {value: function (u, v) { return v === null ? "\u2014" : fmtTime(v); }},
         {label: "retries", stroke: "#ef6c00", fill: "rgba(239,108,0,.5)", paths: bars, points: {show: false},
-         value: function (u, v) { return fmtCount(v); }},
+         value: function (u, v, si, i) { return i === null ? "\u2014" : fmtCount(s.retries[i]); }},
         {label: "failed calls", stroke: "#c62828", width: 2, value: function (u, v) { return fmtCount(v); }}
       ]
-    }, [s.t, s.retries, s.errors]);
+    }, [s.t, s.retries.map(function (v) { return v || null; }), s.errors]);
   }
 
   function timeline(el, d) {
