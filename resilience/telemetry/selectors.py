@@ -19,7 +19,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from resilience.client.breaker import CLOSED, OPEN, SharedBreaker
+from resilience.client.breaker import CLOSED, HALF_OPEN, OPEN, SharedBreaker
 from resilience.models import (
     FAILED_OUTCOMES,
     BreakerEvent,
@@ -44,12 +44,34 @@ ROLLUP_FIELDS = (*COUNTERS, "outcomes", "latency")
 
 
 def breaker_status(upstream: Upstream) -> dict[str, Any]:
-    """Live breaker state of one upstream: state, failures, retry_after (open)."""
+    """Live breaker state of one upstream: state, failures, retry_after (open).
+
+    An upstream with endpoints has a breaker per endpoint: its own view is
+    open when every enabled endpoint's breaker is (retry_after: the first one
+    back), half-open while one is probing, else closed; `failures` is the
+    most any endpoint has counted and `endpoints_open` says how many are open.
+    (Cooldowns and scores: `resilience.client.endpoints.snapshot`.)"""
     if not upstream.breaker_enabled:
         return {"state": "disabled", "failures": 0, "fail_max": upstream.breaker_fail_max,
                 "opened_at": None, "retry_after": None}
-    return SharedBreaker.status_of(upstream.name, fail_max=upstream.breaker_fail_max,
-                                   reset_timeout=upstream.breaker_reset_timeout)
+    limits = {"fail_max": upstream.breaker_fail_max, "reset_timeout": upstream.breaker_reset_timeout}
+    endpoints = [e.name for e in upstream.endpoints.all() if e.enabled]
+    if not endpoints:
+        return SharedBreaker.status_of(upstream.name, **limits)
+    from resilience.client.endpoints import breaker_name
+
+    each = [SharedBreaker.status_of(breaker_name(upstream.name, name), **limits) for name in endpoints]
+    opened = [status for status in each if status["state"] == OPEN]
+    if len(opened) == len(each):
+        first = min(opened, key=lambda status: status["retry_after"])
+        state, opened_at, retry_after = OPEN, first["opened_at"], first["retry_after"]
+    else:
+        states = {status["state"] for status in each}
+        state = CLOSED if states <= {CLOSED, OPEN} else HALF_OPEN
+        opened_at = retry_after = None
+    return {"state": state, "failures": max(status["failures"] for status in each),
+            "fail_max": upstream.breaker_fail_max, "opened_at": opened_at, "retry_after": retry_after,
+            "endpoints_open": f"{len(opened)}/{len(each)}"}
 
 
 def _floor(moment: datetime, step: int) -> datetime:

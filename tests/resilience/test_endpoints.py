@@ -15,6 +15,7 @@ from resilience.client import reset_clients
 from resilience.client.endpoints import Pool, snapshot
 from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
+from resilience.telemetry.selectors import breaker_status
 from tests.resilience.conftest import Clock
 from tests.support.fake_upstream import FakeUpstream, Reply
 
@@ -169,7 +170,12 @@ def test_every_endpoint_open_answers_breaker_open_with_the_earliest_retry_after(
     assert caught.value.status == 503
     assert caught.value.retry_after == pytest.approx(10 - 6, abs=0.01)  # the first opened is back first
     assert "every endpoint" in caught.value.message
-    assert snapshot(Upstream.objects.get(name="pool"))["state"] == "open"
+    row = Upstream.objects.get(name="pool")
+    assert snapshot(row)["state"] == "open"
+    # The lists (API, admin, dashboard) show the upstream's view too, not a breaker nobody uses.
+    status = breaker_status(row)
+    assert status["state"] == "open" and status["endpoints_open"] == "3/3"
+    assert status["retry_after"] == pytest.approx(10 - 6, abs=0.01)
 
 
 def test_an_ejection_limit_keeps_the_endpoint_back_soonest_in_rotation(fakes, make_pool, breaker_clock):
