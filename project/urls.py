@@ -21,3 +21,6 @@ urlpatterns = [
 ]
 # The flaky demo upstream: only with DEBUG or RESILIENCE["DEMO_ENABLED"] (never in production).
 urlpatterns += demo.demo_urls()
+
+# Under /api/ an unmatched route answers the API's JSON error, never an HTML page.
+handler404 = "resilience.api.not_found"

@@ -14,18 +14,38 @@ import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
-from rest_framework.authentication import TokenAuthentication
+from rest_framework.authentication import TokenAuthentication, get_authorization_header
 from rest_framework.response import Response
 
 from resilience.exceptions import AppError
+from resilience.throttling import AuthFailureThrottle
 
 logger = logging.getLogger(__name__)
 
 
-class BearerTokenAuthentication(TokenAuthentication):
-    """DRF token auth that accepts `Authorization: Bearer <token>`."""
+class ThrottledTokenAuthentication(TokenAuthentication):
+    """DRF token auth (`Authorization: Token <token>`) whose failed checks are
+    counted per client address: past `AUTH_FAILURE_THROTTLE` every token
+    check from it answers 429 (resilience.throttling)."""
+
+    def authenticate(self, request: Any) -> Any:
+        words = get_authorization_header(request).split()
+        if not words or words[0].lower() != self.keyword.lower().encode():
+            return None  # not a token request: nothing to throttle
+        throttle = AuthFailureThrottle()
+        throttle.check(request)
+        try:
+            return super().authenticate(request)
+        except exceptions.AuthenticationFailed:
+            throttle.record_failure(request)
+            raise
+
+
+class BearerTokenAuthentication(ThrottledTokenAuthentication):
+    """The same, for `Authorization: Bearer <token>`."""
 
     keyword = "Bearer"
 
@@ -51,6 +71,16 @@ def _first_problem(detail: Any, path: str = "") -> tuple[str, str]:
                 return _first_problem(value, f"{path}[{index}]")
             return path, str(value)
     return path, str(detail)
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """`handler404`: under /api/ the shared JSON error (a route that does not
+    match, or a path parameter its converter refuses, e.g. a non-slug
+    upstream name); elsewhere Django's own page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"success": False, "error": {"code": "not_found", "message": "Not found."}},
+                            status=status.HTTP_404_NOT_FOUND)
+    return defaults.page_not_found(request, exception)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
