@@ -56,6 +56,8 @@ MIDDLEWARE = [
     "resilience.middleware.RequestIdMiddleware",
     "resilience.middleware.RequestTimingMiddleware",
     "resilience.middleware.CompressionMiddleware",
+    # JSON bodies that are not text (a lone surrogate escape) are a 400 before any view.
+    "resilience.textguard.TextGuardMiddleware",
     # Django's middleware, with its hooks run inline under ASGI (resilience.inline_middleware).
     "resilience.inline_middleware.InlineSecurityMiddleware",
     "resilience.middleware.StaticFilesMiddleware",  # WhiteNoise, in either mode

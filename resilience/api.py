@@ -94,6 +94,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, RequestDataTooBig):
         return error_response("request_too_large", "Request body exceeds the size limit.",
                               status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, RecursionError):  # json.loads on a body nested too deeply (DRF's parser lets it out)
+        return error_response("parse_error", "JSON parse error - nested too deeply.",
+                              status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, exceptions.ValidationError):
         field, message = _first_problem(exc.detail)
         text = f"{field}: {message}" if field else message

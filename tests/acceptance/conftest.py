@@ -95,3 +95,45 @@ def _test_secrets(exposure, monkeypatch, settings):
                            "METRICS_TOKEN": SECRETS["METRICS_TOKEN"]}
     settings.AIGEN = {**settings.AIGEN}
     yield
+
+
+class Live:
+    """The running server (tests.support.live_server) with its fakes and tokens."""
+
+    def __init__(self, server, upstream, provider) -> None:
+        self.server, self.upstream, self.provider = server, upstream, provider
+        self.url = server.url
+        self.user_token = server.token("alice")
+        self.staff_token = server.token("root", staff=True)
+
+    def headers(self, *, staff: bool = False) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.staff_token if staff else self.user_token}"}
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory, exposure):
+    """One production server for the session's outside-in tests: gunicorn +
+    uvicorn workers, the known secrets in its environment, the `openai`
+    upstream on a fake provider and a `secured` upstream (bearer credential
+    from ACCEPT_UPSTREAM_KEY) on a fake upstream."""
+    from tests.support.fake_openai import MODEL_ID, FakeOpenAI
+    from tests.support.fake_upstream import FakeUpstream
+    from tests.support.live_server import LiveServer
+
+    with FakeUpstream() as upstream, FakeOpenAI() as provider:
+        env = {**SECRETS, "OPENAI_BASE_URL": provider.url, "AI_MODEL": MODEL_ID,
+               "AI_GENERATE_THROTTLE": "100000/min", "LOG_LEVEL": "DEBUG"}
+        server = LiveServer(tmp_path_factory.mktemp("live"), env=env)
+        with server:
+            server.shell(
+                "from resilience.models import Upstream;"
+                f"Upstream.objects.create(name='secured', base_url={upstream.url!r}, auth_kind='bearer',"
+                "auth_env_var='ACCEPT_UPSTREAM_KEY', log_sample_rate=1.0, read_timeout=2.0, deadline=4.0);"
+                "print('ok')")
+            yield Live(server, upstream, provider)
+            # Everything the server wrote while the suite ran, and every call-log row it kept.
+            exposure.add("live call log", server.shell(
+                "from resilience.telemetry.calllog import call_log_flush;"
+                "from resilience.models import CallLog;"
+                "print(repr(list(CallLog.objects.values())))"))
+        exposure.add("live server output", server.output)
