@@ -56,12 +56,14 @@ class LiveServer:
     start_timeout = 60.0
     stop_timeout = 40.0
 
-    def __init__(self, workdir: Path, *, env: dict[str, str] | None = None, workers: int = 2) -> None:
+    def __init__(self, workdir: Path, *, env: dict[str, str] | None = None, workers: int = 2,
+                 setup: str = "") -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})
         self.workers = workers
+        self.setup = setup  # Python run in a Django shell after migrating, before serving
         self.process: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._reader: threading.Thread | None = None
@@ -116,6 +118,8 @@ class LiveServer:
                 conn.execute(f'CREATE DATABASE "{self._pg_db}"')
         self.manage("migrate", "--noinput", "-v", "0")
         self.manage("seed_upstreams")
+        if self.setup:
+            self.shell(self.setup + "\nprint('set up')")
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.process = subprocess.Popen(
             [str(gunicorn), "project.asgi:application", "--config", "gunicorn.conf.py",
