@@ -2,9 +2,9 @@
 workers, gunicorn.conf.py), on a database of its own, for tests that attack
 the running service from outside: schema fuzzing, abuse, clean shutdown.
 
-    with LiveServer(tmp_path, env={"WORKERS": "1"}) as server:
+    with LiveServer(tmp_path, env={"WORKERS": "1"}, setup="...python before serving...") as server:
         server.url, server.token("alice"), server.token("root", staff=True)
-        server.terminate()        # SIGTERM, wait, return the combined output
+        server.terminate()        # SIGTERM to the master, wait; its exit code
 
 The database is a fresh SQLite file, or, when the run has PostgreSQL
 (`DATABASE_URL` names one), a scratch PostgreSQL database
@@ -92,7 +92,7 @@ class LiveServer:
     def manage(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=180)
-        self._lines.extend((done.stdout + done.stderr).splitlines())
+        self._lines.extend(done.stderr.splitlines())  # its log lines; stdout is the answer (a token...)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
