@@ -32,8 +32,8 @@ def slow_server(tmp_path):
         env = {"OPENAI_API_KEY": "sk-shutdown-test", "OPENAI_BASE_URL": provider.url, "AI_MODEL": MODEL_ID,
                "AI_GENERATE_THROTTLE": "100000/min", "CALL_LOG_FLUSH_INTERVAL": "60",
                "AI_RECORD_FLUSH_INTERVAL": "60", "CALL_LOG_BUFFER_MAX": "100000"}
-        # The policy is set before the workers start: without Redis a change made by
-        # another process reaches them only through the admin's own notice.
+        # The policy is set before the workers start: a queryset update() bypasses the
+        # change notice the workers watch (a save, as the admin makes, would not).
         setup = ("from resilience.models import Upstream\n"
                  "Upstream.objects.filter(name='openai').update(log_sample_rate=1.0, pool_size=500,"
                  " bulkhead_max=0, read_timeout=60, deadline=120, retry_total=0, breaker_fail_max=1000)")
