@@ -20,20 +20,32 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
 
-# Development server on embedded defaults (SQLite, local memory, mock AI).
+# Development server on embedded defaults (SQLite, local memory, mock AI),
+# with one jobs worker alongside it (its own process on the same SQLite file,
+# ticking the schedules; stopped with the server; restart after changing job
+# code: the worker does not reload).
 run: setup
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py migrate --noinput
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py seed_upstreams
-	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py runserver $(HOST):$(PORT)
+	export DEBUG=$${DEBUG:-true}; \
+	$(BIN)/python manage.py jobs_worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null' EXIT; \
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # Production-style server: gunicorn, several workers (needs SECRET_KEY;
 # set REDIS_URL so the workers share breakers, caches and statistics).
+# Background jobs need at least one `manage.py jobs_worker` process next to it,
+# with the same environment (README, Jobs): this target does not start one.
+# PROMETHEUS_MULTIPROC_DIR must exist before any manage.py command runs
+# (django-rq's collector opens its files at import), so it is made first.
 serve: setup
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_upstreams
-	$(BIN)/python manage.py collectstatic --noinput -v 0
-	PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/var/prometheus} \
-		$(BIN)/gunicorn project.asgi:application --config gunicorn.conf.py --bind $(HOST):$(PORT)
+	$(BIN)/python -m project.startup
+	export PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/var/prometheus}; \
+	mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && \
+	$(BIN)/python manage.py migrate --noinput && \
+	$(BIN)/python manage.py seed_upstreams && \
+	$(BIN)/python manage.py collectstatic --noinput -v 0 && \
+	exec $(BIN)/gunicorn project.asgi:application --config gunicorn.conf.py --bind $(HOST):$(PORT)
 
 test: setup-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -15,6 +15,8 @@ prometheus_client's multiprocess mode requires.
 """
 import os
 import shutil
+import subprocess
+import sys
 
 workers = int(os.environ.get("WORKERS", str(os.cpu_count() or 1)))
 worker_class = "uvicorn_worker.UvicornWorker"
@@ -32,6 +34,13 @@ def _metrics_dir() -> str:
 
 
 def on_starting(server):
+    # Refuse to start, in one line and before any worker boots, when serving is
+    # unsafe (no SECRET_KEY with DEBUG off, failed system checks). In a process
+    # of its own: the master stays free of Django, as the workers expect.
+    checked = subprocess.run([sys.executable, "-m", "project.startup"], check=False,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+    if checked.returncode:
+        raise SystemExit(checked.returncode)
     path = _metrics_dir()
     if path:
         shutil.rmtree(path, ignore_errors=True)

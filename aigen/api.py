@@ -14,10 +14,8 @@ import json
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAdminUser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -25,38 +23,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from aigen.async_views import generate
-from aigen.exceptions import InvalidInput, RequestTooLarge
+from aigen.exceptions import InvalidInput
 from aigen.registry import get_registry
 from aigen.selectors import ai_cache_stats, template_list
 from aigen.throttling import GenerateThrottle
 from resilience.cache.ops import cache_clear
+from resilience.parsers import LimitedJSONParser
 from resilience.serializers import error_responses
-
-
-class LimitedJSONParser(JSONParser):
-    """JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE bytes; larger ones are a 400.
-
-    DRF reads the body stream itself, so Django's own size check never runs.
-    """
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        request = (parser_context or {}).get("request")
-        if limit is not None and request is not None:
-            try:
-                declared = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                declared = 0
-            if declared > limit:
-                raise RequestTooLarge(f"Request body exceeds the size limit of {limit} bytes.", limit=limit)
-        if limit is not None and stream is not None:
-            body = stream.read(limit + 1)
-            if len(body) > limit:
-                raise RequestTooLarge(f"Request body exceeds the size limit of {limit} bytes.", limit=limit)
-            from io import BytesIO
-
-            stream = BytesIO(body)
-        return super().parse(stream, media_type, parser_context)
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -187,7 +160,11 @@ class TemplatesView(_AigenView):
 
 class CacheStatsView(_AigenView):
     @extend_schema(summary="AI cache statistics", responses={200: inline_serializer(
-        "AICacheStats", {"success": serializers.BooleanField(), "stats": serializers.DictField(),
+        "AICacheStats", {"success": serializers.BooleanField(), "stats": inline_serializer("AICacheCounts", {
+            **{name: serializers.IntegerField() for name in (
+                "hits", "misses", "sets", "deletes", "errors", "fallbacks", "total_requests")},
+            "hit_rate": serializers.CharField(help_text='hits / total_requests as a percentage, "75.00%".'),
+            "hit_ratio": serializers.FloatField(help_text="hits / total_requests, 0..1.")}),
                          "backend": serializers.CharField(), "fallback": serializers.BooleanField(),
                          "scope": serializers.CharField()})})
     def get(self, request: Request) -> Response:

@@ -8,7 +8,14 @@ class AigenConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from aigen import checks  # noqa: F401  (registers the system checks)
-        from aigen.providers import provider_announce
+        # Registers the system checks. Which provider serves is logged by a
+        # starting server (project.startup.announce), not before every command.
+        from aigen import checks  # noqa: F401
+        from aigen.conf import aigen_settings
+        from aigen.models import Generation
+        from resilience.telemetry.retention import PruneTarget, prune_target_register
 
-        provider_announce()
+        # Generation records get retention through resilience's prune (command and job).
+        prune_target_register("generations", PruneTarget(
+            "generation record", Generation, "created_at", "GENERATION_RETENTION_DAYS",
+            settings=aigen_settings))

@@ -27,13 +27,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.authentication import CSRFCheck
 from rest_framework.authtoken.models import Token
-from rest_framework.exceptions import Throttled
+from rest_framework.exceptions import ParseError, Throttled
 
 from aigen.exceptions import GenerationError, RequestTooLarge
 from aigen.services import atext_generate, atext_generate_stream
 from aigen.throttling import GenerateThrottle
 from resilience.client.flight import SingleFlight
 from resilience.exceptions import AppError
+from resilience.parsers import json_loads
 from resilience.throttling import AuthFailureThrottle
 
 #: Seconds a token key -> user lookup is kept in process.
@@ -169,10 +170,9 @@ def _body(request: HttpRequest) -> Any:
     if limit is not None and len(raw) > limit:
         raise RequestTooLarge(f"Request body exceeds the size limit of {limit} bytes.", limit=limit)
     try:
-        return json.loads(raw or b"null")
-    except (ValueError, RecursionError) as err:
-        problem = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-        raise _Refusal("parse_error", f"JSON parse error - {problem}", 400) from None
+        return json_loads(raw or b"null")
+    except ParseError as err:  # the shared parser's wording (resilience.parsers)
+        raise _Refusal("parse_error", str(err.detail), 400) from None
 
 
 def _sse(event: str, data: Any) -> str:

@@ -27,3 +27,25 @@ def check_registry(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             for problem in err.problems
         ]
     return []
+
+
+@checks.register("aigen")
+def check_openai_base_url(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """`aigen.E005`: OPENAI_BASE_URL (which seeds the `openai` upstream) must be
+    a base URL the upstream policy accepts, or `migrate` could not seed it."""
+    from django.core.exceptions import ValidationError
+
+    from aigen.conf import aigen_settings, openai_base_url
+    from resilience.models import Upstream
+
+    if not aigen_settings.OPENAI_BASE_URL:
+        return []
+    try:
+        Upstream(name=aigen_settings.UPSTREAM, base_url=openai_base_url()).clean()
+    except ValidationError as err:
+        problem = "; ".join(err.message_dict.get("base_url", err.messages))
+        return [checks.Error(f"OPENAI_BASE_URL {openai_base_url()!r}: {problem}",
+                             hint="Set OPENAI_BASE_URL to the provider's base URL, "
+                                  "e.g. https://api.openai.com/v1.",
+                             id="aigen.E005")]
+    return []

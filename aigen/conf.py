@@ -7,6 +7,7 @@ provider) connects to `setting_changed` as well.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ from resilience.conf import AppSettings
 DEFAULTS: dict[str, Any] = {
     # No key: the mock provider serves (deterministic, marked as mock content).
     "OPENAI_API_KEY": "",
-    # Seeds the `openai` upstream's base URL; the upstream policy (admin) is
-    # what the provider actually calls.
-    "OPENAI_BASE_URL": "https://api.openai.com/v1",
+    # Seeds the `openai` upstream's base URL ("" = OpenAI's own). Once the
+    # upstream exists its stored policy (admin, with history) is what the
+    # provider calls: a later change of this variable is reported, not applied
+    # (`base_url_disagreement`; `manage.py seed_upstreams --sync-openai-url`).
+    "OPENAI_BASE_URL": "",
     "MODEL": "gpt-4o-mini",
     # The resilience upstream the OpenAI provider sends through.
     "UPSTREAM": "openai",
@@ -32,7 +35,14 @@ DEFAULTS: dict[str, Any] = {
     # this often (seconds) or as soon as this many are waiting.
     "RECORD_FLUSH_INTERVAL": 1.0,
     "RECORD_BUFFER_MAX": 200,
+    # Generation records (one per request, cache hits included) older than
+    # this many days are deleted by `manage.py prune_telemetry` and the
+    # scheduled prune job. Metrics do not read them (aigen.metrics).
+    "GENERATION_RETENTION_DAYS": 30,
 }
+
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 def default_registry_file() -> Path:
@@ -46,3 +56,40 @@ class AigenSettings(AppSettings):
 
 
 aigen_settings = AigenSettings("AIGEN", DEFAULTS)
+
+
+def openai_base_url() -> str:
+    """The base URL the `openai` upstream is seeded with: OPENAI_BASE_URL, or OpenAI's."""
+    return aigen_settings.OPENAI_BASE_URL or DEFAULT_OPENAI_BASE_URL
+
+
+@dataclass(frozen=True)
+class BaseUrlDisagreement:
+    """OPENAI_BASE_URL names one provider, the stored upstream policy another
+    (the stored one is called)."""
+
+    upstream: str
+    environment: str
+    stored: str
+
+    @property
+    def message(self) -> str:
+        return (f"OPENAI_BASE_URL is {self.environment} but the stored {self.upstream!r} upstream "
+                f"calls {self.stored}: the stored policy wins. Edit the upstream in the admin, or run "
+                f"`manage.py seed_upstreams --sync-openai-url` to store the variable's URL.")
+
+
+def base_url_disagreement() -> BaseUrlDisagreement | None:
+    """The disagreement between an explicitly set OPENAI_BASE_URL and the stored
+    upstream's base URL, or None (no variable set, no upstream yet, or they agree).
+    One indexed query; for the admin banner and the server's start."""
+    environment = aigen_settings.OPENAI_BASE_URL
+    if not environment:
+        return None
+    from resilience.models import Upstream
+
+    stored = (Upstream.objects.filter(name=aigen_settings.UPSTREAM)
+              .values_list("base_url", flat=True).first())
+    if stored is None or stored.rstrip("/") == environment.rstrip("/"):
+        return None
+    return BaseUrlDisagreement(upstream=aigen_settings.UPSTREAM, environment=environment, stored=stored)

@@ -34,7 +34,7 @@ class InvalidInput(GenerationError):
 
 class RequestTooLarge(GenerationError):
     code = "request_too_large"
-    status = 400
+    status = 413
 
 
 class TemplateNotFound(GenerationError):

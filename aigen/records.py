@@ -15,6 +15,7 @@ from typing import Any
 from django.utils import timezone
 
 from aigen.conf import aigen_settings
+from aigen.metrics import generation_count
 from aigen.models import Generation
 from resilience.telemetry.buffered import BufferedWriter, insert_rows
 
@@ -50,7 +51,9 @@ generation_log = GenerationLog(
 
 
 def generation_record(row: dict[str, Any]) -> None:
-    """Queue `row` (from `generation_row`) for writing (see module docstring)."""
+    """Count `row` (from `generation_row`) in the Prometheus counters and queue
+    it for writing (see module docstring)."""
+    generation_count(row)
     generation_log.record(row)
 
 

@@ -15,11 +15,15 @@ def template_list() -> dict[str, Any]:
 
 
 def ai_cache_stats() -> dict[str, Any]:
-    """Statistics of the `ai` cache namespace, hit rate as a percentage string."""
+    """Statistics of the `ai` cache namespace: hit rate as a percentage string and as a ratio."""
     stats = cache_stats(namespace="ai")
     fields = ("hits", "misses", "sets", "deletes", "errors", "fallbacks")
     counts = {name: stats.get(name, 0) for name in fields}
     counts["total_requests"] = stats.get("total_requests", counts["hits"] + counts["misses"])
-    counts["hit_rate"] = f"{float(stats.get('hit_rate') or 0.0) * 100:.2f}%"
+    ratio = float(stats.get("hit_rate") or 0.0)
+    # `hit_rate` keeps the seed's percentage string; `hit_ratio` is the number
+    # (0..1), as the operations API's cache statistics give it.
+    counts["hit_rate"] = f"{ratio * 100:.2f}%"
+    counts["hit_ratio"] = ratio
     return {"stats": counts, "backend": stats.get("backend"), "fallback": stats.get("fallback", False),
             "scope": stats.get("scope"), "namespace": "ai"}

@@ -104,6 +104,7 @@ class _BodyStream(httpx2.SyncByteStream):
     def __init__(self, response: requests.Response, upstream_name: str) -> None:
         self._response = response
         self._upstream = upstream_name
+        self._iterator: Iterator[bytes] | None = None  # continued by a second iteration (see below)
 
     def _chunks(self) -> Iterator[bytes]:
         raw = self._response.raw
@@ -116,8 +117,11 @@ class _BodyStream(httpx2.SyncByteStream):
             yield chunk
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._iterator is None:
+            self._iterator = self._chunks()
         try:
-            yield from self._chunks()
+            for chunk in self._iterator:  # noqa: UP028 (`yield from` would close the body with this generator)
+                yield chunk
         except (requests.exceptions.RequestException, ReadTimeoutError, OSError) as err:
             raise _stream_failure(err, self._upstream) from None
 
@@ -162,15 +166,25 @@ class UpstreamTransport(httpx2.BaseTransport):
 
 
 class _AsyncBodyStream(httpx2.AsyncByteStream):
-    """A streamed AsyncUpstreamResponse body as an httpx2 async byte stream."""
+    """A streamed AsyncUpstreamResponse body as an httpx2 async byte stream.
+
+    Iterating it again (as `_BodyStream` above) continues where the last iteration stopped: the openai
+    SDK stops reading at `[DONE]` and then drains `response.stream` so the
+    connection can go back to the pool. A fresh `aiter_bytes()` there would
+    fail (the body is already being streamed), the drain would give up and
+    the connection be closed half-read: one new connection per stream.
+    """
 
     def __init__(self, response: Any, upstream_name: str) -> None:
         self._response = response
         self._upstream = upstream_name
+        self._chunks: AsyncIterator[bytes] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._chunks is None:
+            self._chunks = self._response.aiter_bytes()
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for chunk in self._chunks:
                 yield chunk
         except (httpx2.TransportError, OSError) as err:
             raise _stream_failure(err, self._upstream) from None

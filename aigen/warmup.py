@@ -3,15 +3,23 @@
 `warmup_requests_load(path)` reads a JSON or YAML list of
 `{"template_id", "section_id", "data"}`; `warmup_requests_for_template(id)`
 builds one request per section from the template's sample data;
-`cache_warmup(requests, ...)` runs them and returns a `WarmupSummary`.
+`cache_warmup(requests, ...)` runs them in this process and returns a
+`WarmupSummary`; `warmup_enqueue(requests, ...)` queues them instead as
+`aigen.generate` jobs of one batch (`WarmupBatch`), which any `jobs_worker`
+runs; `warmup_batch_counts(batch)` is its progress (jobs by status) and
+`warmup_batch_summary(batch)` its outcome once no job is left to run.
 
 On failure: a request that fails (bad data, provider error) is counted and
 reported, never raised, so one bad entry does not stop the rest; an unreadable
-file or an unknown template raises `WarmupError`.
+file or an unknown template raises `WarmupError`. Queued, an entry whose
+template, section or data shape is wrong is refused before it becomes a job
+(counted failed); one that fails while running is a dead letter like any job
+(a provider failure retried with backoff first) and is counted failed.
 """
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,9 +30,14 @@ import yaml
 from django.db import connections
 
 from aigen.exceptions import GenerationError
+from aigen.jobs import GENERATE_JOB, generation_job_args
 from aigen.records import generation_records_flush
 from aigen.registry import get_registry
 from aigen.services import text_generate
+from resilience.exceptions import AppError
+from resilience.jobs import job_enqueue
+from resilience.jobs.models import Job
+from resilience.jobs.selectors import job_counts
 
 
 class WarmupError(Exception):
@@ -154,4 +167,67 @@ def cache_warmup(items: Sequence[WarmupItem | WarmupOutcome], *, concurrency: in
                     report(outcome)
     finally:
         generation_records_flush()
+    return summary
+
+
+@dataclass(frozen=True)
+class WarmupBatch:
+    """A warmup queued as jobs: `group` tags its jobs (admin: Jobs, search
+    it); `queued` jobs were created; `refused` entries never became jobs."""
+
+    group: str
+    queued: int
+    refused: tuple[WarmupOutcome, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.queued + len(self.refused)
+
+
+def warmup_enqueue(items: Sequence[WarmupItem | WarmupOutcome], *, force: bool = False,
+                   priority: str = Job.Priority.LOW) -> WarmupBatch:
+    """Queue one `aigen.generate` job per item (low priority by default, so
+    users' own jobs go first), tagged with a new batch id."""
+    group = f"warmup-{uuid.uuid4().hex[:12]}"
+    refused: list[WarmupOutcome] = []
+    queued = 0
+    for entry in items:
+        if isinstance(entry, WarmupOutcome):
+            refused.append(entry)
+            continue
+        body = {"template_id": entry.template_id, "section_id": entry.section_id, "data": entry.data,
+                "use_cache": not force}
+        try:
+            args, _ = generation_job_args(body)
+        except AppError as err:
+            refused.append(WarmupOutcome(entry, "failed", error=f"{err.code}: {err.message}"))
+            continue
+        job_enqueue(GENERATE_JOB, args=args, priority=priority, group=group)
+        queued += 1
+    return WarmupBatch(group=group, queued=queued, refused=tuple(refused))
+
+
+def warmup_batch_counts(batch: WarmupBatch) -> dict[str, int]:
+    """The batch's jobs by status: queued, running, done, failed (refused
+    entries are not jobs and not counted here)."""
+    return job_counts(group=batch.group)
+
+
+def warmup_batch_summary(batch: WarmupBatch) -> WarmupSummary:
+    """What the batch did: refused entries and failed jobs as failed, done
+    jobs as generated or already cached (from the result generate answered).
+    Jobs still queued or running are left out."""
+    summary = WarmupSummary(outcomes=list(batch.refused))
+    rows = Job.objects.filter(group=batch.group, status__in=[Job.Status.DONE, Job.Status.FAILED])
+    for index, row in enumerate(rows.order_by("created_at"), start=len(batch.refused)):
+        item = WarmupItem(index, str(row.args.get("template_id", "?")), str(row.args.get("section_id", "?")),
+                          row.args.get("data"))
+        if row.status == Job.Status.FAILED:
+            error = row.error or {}
+            summary.outcomes.append(WarmupOutcome(item, "failed", error=f"{error.get('code', 'job_error')}: "
+                                                                        f"{error.get('message', '')}"))
+            continue
+        result = row.result or {}
+        summary.outcomes.append(WarmupOutcome(item, "cached" if result.get("cached") else "generated",
+                                              latency_ms=int(result.get("latency_ms") or 0)))
     return summary

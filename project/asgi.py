@@ -2,15 +2,20 @@
 system checks."""
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-application = get_asgi_application()
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application does
+
+from project.asgi_handler import GatewayASGIHandler  # noqa: E402
+
+application = GatewayASGIHandler()
 
 from project import asgi_signals  # noqa: E402
-from project.startup import run_startup_checks  # noqa: E402
+from project.startup import announce, run_startup_checks  # noqa: E402
 
 run_startup_checks()
+announce()
 asgi_signals.install()
 
 

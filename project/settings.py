@@ -23,10 +23,13 @@ if (BASE_DIR / ".env").is_file():
 
 DEBUG = env.bool("DEBUG", default=False)
 
-# Development mode (DEBUG on) may run without a secret; production may not.
-# The empty string is caught by the resilience.E001 check, not silently replaced.
+# The secret is needed to serve, not to administer. Without SECRET_KEY the
+# development key stands in, so management commands (migrate, createsuperuser,
+# issue_token, ...) work on a fresh clone; serving with it while DEBUG is off
+# is refused with one line (resilience.E001, project.startup), and nothing it
+# signs is accepted by a server that has the real key.
 DEV_SECRET_KEY = "django-insecure-development-only-never-in-production"
-SECRET_KEY = env.str("SECRET_KEY", default=DEV_SECRET_KEY if DEBUG else "")
+SECRET_KEY = env.str("SECRET_KEY", default="") or DEV_SECRET_KEY
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -56,8 +59,6 @@ MIDDLEWARE = [
     "resilience.middleware.RequestIdMiddleware",
     "resilience.middleware.RequestTimingMiddleware",
     "resilience.middleware.CompressionMiddleware",
-    # JSON bodies that are not text (a lone surrogate escape) are a 400 before any view.
-    "resilience.textguard.TextGuardMiddleware",
     # Django's middleware, with its hooks run inline under ASGI (resilience.inline_middleware).
     "resilience.inline_middleware.InlineSecurityMiddleware",
     "resilience.middleware.StaticFilesMiddleware",  # WhiteNoise, in either mode
@@ -82,6 +83,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "aigen.context_processors.config_warnings",
             ],
         },
     },
@@ -179,7 +181,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Size limit (413) and nesting depth (400) for every view (resilience.parsers).
+    "DEFAULT_PARSER_CLASSES": ["resilience.parsers.LimitedJSONParser"],
     "EXCEPTION_HANDLER": "resilience.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {
@@ -208,7 +211,7 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
-# Request bodies above this size are refused with 400 (the API's own limit).
+# Request bodies above this size are refused with 413 (the API's own limit).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=256 * 1024)
 
 # --- Apps ------------------------------------------------------------------------
@@ -228,6 +231,8 @@ RESILIENCE = {
     "COMPRESS_MIN_SIZE": env.int("COMPRESS_MIN_BYTES", default=1024),
     # The variable prometheus_client itself reads in every worker (multiprocess mode).
     "METRICS_MULTIPROC_DIR": env.str("PROMETHEUS_MULTIPROC_DIR", default=""),
+    # `migrate` seeds the built-in upstreams (as `seed_upstreams` does).
+    "SEED_ON_MIGRATE": env.bool("SEED_UPSTREAMS_ON_MIGRATE", default=True),
     # The flaky demo upstream (/demo/flaky/...) is served with DEBUG on, or with this.
     "DEMO_ENABLED": env.bool("DEMO_ENABLED", default=False),
     # Upstream credentials: a policy names a variable, its value is read from here.
@@ -235,11 +240,19 @@ RESILIENCE = {
     # Jobs: finished job rows, probe history older than this are pruned.
     "JOB_RETENTION_DAYS": env.int("JOB_RETENTION_DAYS", default=7),
     "PROBE_HISTORY_KEEP": env.int("PROBE_HISTORY_KEEP", default=500),
+    # /readyz is "degraded" when a due job waited this long (no worker takes jobs); 0: off.
+    "JOBS_STALL_SECONDS": env.float("JOBS_STALL_SECONDS", default=300.0),
+}
+
+# The advisor (resilience.advisor.conf): suggestion kinds applied without a person (none by default).
+RESILIENCE_ADVISOR = {
+    "AUTO_APPLY_KINDS": env.list("ADVISOR_AUTO_APPLY", default=[]),
 }
 
 AIGEN = {
     "OPENAI_API_KEY": env.str("OPENAI_API_KEY", default=""),
-    "OPENAI_BASE_URL": env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1"),
+    # Seeds the `openai` upstream (empty: OpenAI's own URL); the stored policy wins after.
+    "OPENAI_BASE_URL": env.str("OPENAI_BASE_URL", default=""),
     "MODEL": env.str("AI_MODEL", default="gpt-4o-mini"),
     # Seconds an answer is cached when its registry section names no cache_ttl.
     "CACHE_TTL": env.int("AI_CACHE_TTL", default=24 * 3600),
@@ -247,6 +260,8 @@ AIGEN = {
     "SINGLE_FLIGHT_TIMEOUT": env.float("AI_SINGLE_FLIGHT_TIMEOUT", default=120.0),
     # Generation records are bulk-written this often (seconds) off the request path.
     "RECORD_FLUSH_INTERVAL": env.float("AI_RECORD_FLUSH_INTERVAL", default=1.0),
+    # Generation records older than this (days) are pruned (prune_telemetry, the prune job).
+    "GENERATION_RETENTION_DAYS": env.int("AI_GENERATION_RETENTION_DAYS", default=30),
 }
 
 # --- Jobs (resilience.jobs) ------------------------------------------------------
@@ -268,10 +283,16 @@ RQ_QUEUES = {name: {"URL": JOBS_REDIS_URL, "DEFAULT_TIMEOUT": 3600} for name in 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    # The process id tells the workers' lines apart (each worker falls back
+    # to memory on its own when Redis goes away, and says so once).
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Django's default config gives "django" a console handler of its own
+        # (DEBUG only) on top of propagating to ours: every django.request
+        # warning was printed twice. One handler, the root's.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         # The openai SDK's transport logs each request against its placeholder
         # host; the resilient client's call log records the real call.

@@ -1,9 +1,12 @@
 """Root URL configuration."""
 from django.contrib import admin
-from django.urls import include, path
+from django.templatetags.static import static
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from resilience import dashboard, demo, health
+from resilience.api import api_route_fallback
 from resilience.telemetry import metrics
 
 urlpatterns = [
@@ -18,9 +21,11 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    # Browsers ask for it on every page: without it each visit logged a 404
+    # (and the demo's traffic table showed them). Permanent: asked once.
+    path("favicon.ico", RedirectView.as_view(url=static("resilience/favicon.ico"), permanent=True)),
 ]
 # The flaky demo upstream: only with DEBUG or RESILIENCE["DEMO_ENABLED"] (never in production).
 urlpatterns += demo.demo_urls()
-
-# Under /api/ an unmatched route answers the API's JSON error, never an HTML page.
-handler404 = "resilience.api.not_found"
+# Last: /api/ paths no route matched (a trailing slash either way; else a JSON 404).
+urlpatterns += [re_path(r"^api(?:/(?P<path>.*))?$", api_route_fallback, name="api-fallback")]

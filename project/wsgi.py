@@ -7,6 +7,7 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 application = get_wsgi_application()
 
-from project.startup import run_startup_checks  # noqa: E402
+from project.startup import announce, run_startup_checks  # noqa: E402
 
 run_startup_checks()
+announce()

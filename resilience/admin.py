@@ -143,4 +143,5 @@ class BreakerEventAdmin(ReadOnlyAdmin):
     list_filter = ("upstream", "to_state")
 
 
+from resilience.advisor import admin as advisor_admin  # noqa: E402, F401  (suggestions)
 from resilience.jobs import admin as jobs_admin  # noqa: E402, F401  (jobs, dead letters, probes)

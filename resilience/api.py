@@ -4,8 +4,10 @@ and the exception handler that gives every error one JSON shape:
     {"success": false, "error": {"code": "...", "message": "...", ...}}
 
 `AppError`s keep their own code and status; DRF's errors map to 400/401/403/
-404/405/415/429; anything unexpected is logged and answered as a 500 in the same
-shape, never as a stack trace.
+404/405/413/415/429; anything unexpected is logged and answered as a 500 in the
+same shape, never as a stack trace. The rest of the API's error handling:
+request bodies (size limit, nesting) in `resilience.parsers`, unknown routes
+and trailing slashes in `api_route_fallback`.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import logging
 import math
 from typing import Any
 
+from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.views import defaults
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.authentication import TokenAuthentication, get_authorization_header
 from rest_framework.response import Response
@@ -73,16 +77,6 @@ def _first_problem(detail: Any, path: str = "") -> tuple[str, str]:
     return path, str(detail)
 
 
-def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """`handler404`: under /api/ the shared JSON error (a route that does not
-    match, or a path parameter its converter refuses, e.g. a non-slug
-    upstream name); elsewhere Django's own page."""
-    if request.path.startswith("/api/"):
-        return JsonResponse({"success": False, "error": {"code": "not_found", "message": "Not found."}},
-                            status=status.HTTP_404_NOT_FOUND)
-    return defaults.page_not_found(request, exception)
-
-
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, AppError):
         return error_response(exc.code, exc.message, exc.status, retry_after=exc.retry_after,
@@ -92,11 +86,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
-        return error_response("request_too_large", "Request body exceeds the size limit.",
-                              status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, RecursionError):  # json.loads on a body nested too deeply (DRF's parser lets it out)
-        return error_response("parse_error", "JSON parse error - nested too deeply.",
-                              status.HTTP_400_BAD_REQUEST)
+        from resilience.parsers import too_large
+
+        return exception_handler(too_large(), context)
     if isinstance(exc, exceptions.ValidationError):
         field, message = _first_problem(exc.detail)
         text = f"{field}: {message}" if field else message
@@ -114,3 +106,30 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
     return error_response("internal_error", "Internal server error.",
                           status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+@csrf_exempt  # the view it hands over to does its own CSRF check (DRF: session requests)
+def api_route_fallback(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Every /api/ path no route matched (project.urls mounts it last).
+
+    A trailing slash is accepted both ways across the API: `/api/schema` is
+    `/api/schema/`, `/api/ai/cache/` is `/api/ai/cache` (the request is handed
+    to that route's view, method and body intact; no redirect for a client to
+    follow). Anything else is a JSON 404 in the shared shape, never Django's
+    HTML page.
+    """
+    current = request.path_info
+    toggled = current[:-1] if current.endswith("/") else f"{current}/"
+    try:
+        match = resolve(toggled)
+    except Resolver404:
+        match = None
+    if match is not None and match.func is not api_route_fallback:
+        request.resolver_match = match
+        view = match.func
+        if iscoroutinefunction(view):
+            return async_to_sync(view)(request, *match.args, **match.kwargs)
+        return view(request, *match.args, **match.kwargs)
+    body = {"success": False, "error": {"code": "not_found",
+                                        "message": f"No API route {request.method} {request.path}."}}
+    return JsonResponse(body, status=status.HTTP_404_NOT_FOUND)

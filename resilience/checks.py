@@ -10,17 +10,26 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
-@checks.register(checks.Tags.security, deploy=False)
+@checks.register(checks.Tags.security, deploy=True)
 def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A deployment check: the servers run it (`project.startup`), and so does
+    `manage.py check --deploy`; other management commands run with the
+    development key (they serve nothing, so there is nothing to sign)."""
     dev_key = getattr(settings, "DEV_SECRET_KEY", None)
-    if not settings.DEBUG and (not settings.SECRET_KEY or dev_key == settings.SECRET_KEY):
+    try:
+        secret = settings.SECRET_KEY
+    except ImproperlyConfigured:  # Django refuses to hand out an empty key
+        secret = ""
+    if not settings.DEBUG and (not secret or dev_key == secret):
         return [checks.Error(
             "SECRET_KEY is not set and DEBUG is off.",
-            hint="Set the SECRET_KEY environment variable (or DEBUG=true for development).",
+            hint="Set the SECRET_KEY environment variable to a long random string "
+                 "(or DEBUG=true for development).",
             id="resilience.E001",
         )]
     return []

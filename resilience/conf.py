@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     # Where credentials are read from: a mapping of variable name -> secret
     # (project/settings.py hands over the environment). Policies name a variable.
     "SECRETS": {},
+    # `migrate` creates the built-in upstreams (openai) that do not exist yet,
+    # as `manage.py seed_upstreams` does.
+    "SEED_ON_MIGRATE": True,
     # Serve the flaky demo upstream (/demo/flaky/...) without DEBUG (resilience.demo).
     "DEMO_ENABLED": False,
     # Jobs (resilience.jobs): finished jobs and probe results older than this
@@ -58,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     # A running attempt not finished this long after its lease ran out is taken
     # as lost (worker killed) and retried or dead-lettered (seconds of grace).
     "JOB_LEASE_GRACE": 30.0,
+    # /readyz says "degraded" when a due job has waited this long (seconds):
+    # no worker is taking jobs. 0 turns the check off.
+    "JOBS_STALL_SECONDS": 300.0,
 }
 
 

@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from resilience.advisor.panels import advisor_panels
 from resilience.cache.ops import cache_stats
 from resilience.models import Upstream
 from resilience.telemetry.calllog import call_log_flush
@@ -138,6 +139,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "title": "Upstream dashboard",
         "snapshot": snapshot,
         "refresh_seconds": _refresh_seconds(request),
+        "advisor": advisor_panels(),
     }
     return render(request, "resilience/dashboard.html", context)
 

@@ -140,6 +140,16 @@ def demo_urls() -> list[URLPattern]:
 
 
 # -- setup -------------------------------------------------------------------------
+def demo_upstream_validate(*, base_url: str) -> None:
+    """Raise django's ValidationError when the `demo` upstream could not use
+    `base_url`; stores nothing (the command checks before it changes the row)."""
+    row = Upstream.objects.filter(name=DEMO_UPSTREAM).first()
+    if row is None:
+        row = Upstream(name=DEMO_UPSTREAM, **DEMO_POLICY)
+    row.base_url = base_url
+    row.full_clean(validate_unique=False)
+
+
 def demo_upstream_ensure(*, base_url: str = DEFAULT_BASE_URL) -> tuple[Upstream, bool]:
     """Create the `demo` upstream at `base_url` with `DEMO_POLICY`, or point the
     existing one at `base_url` (its other fields are the admin's to change).

@@ -130,3 +130,10 @@ class UpstreamHTTPError(UpstreamError):
     def __init__(self, message: str, *, upstream: str, response: Any) -> None:
         super().__init__(message, upstream=upstream, upstream_status=response.status_code)
         self.response = response
+
+
+class RequestTooLarge(AppError):
+    """A request body over DATA_UPLOAD_MAX_MEMORY_SIZE (`MAX_REQUEST_BYTES`)."""
+
+    code = "request_too_large"
+    status = 413

@@ -269,6 +269,8 @@ class Rollup(models.Model):
                                                           "latency histogram's total).")
     outcomes = models.JSONField(default=dict)
     latency = models.JSONField(default=dict)
+    signals = models.JSONField(default=dict, help_text=(
+        "Counts the advisor reads (resilience.advisor.counters), as {name: count}."))
 
     class Meta:
         abstract = True
@@ -299,6 +301,8 @@ class DayRollup(Rollup):
         indexes = [models.Index(fields=["start"], name="resilience_dayrollup_start")]
 # Jobs, dead letters and probe history live in resilience.jobs; their models
 # register under this app from here.
+# The advisor's suggestions (resilience.advisor) register the same way.
+from resilience.advisor.models import Suggestion  # noqa: E402
 from resilience.jobs.models import DeadLetter, Job, ProbeResult  # noqa: E402
 
-__all__ = ["BreakerEvent", "CallLog", "DeadLetter", "Job", "ProbeResult", "Upstream"]
+__all__ = ["BreakerEvent", "CallLog", "DeadLetter", "Job", "ProbeResult", "Suggestion", "Upstream"]

@@ -44,7 +44,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "No or bad credentials (`not_authenticated`, `authentication_failed`).",
     403: "Authenticated but not allowed: staff only (`permission_denied`).",
     404: "No such resource (`unknown_upstream`, `not_found`).",
-    413: "The request body is over the size limit (`MAX_REQUEST_BYTES`).",
+    413: "The request body is over the size limit (`request_too_large`).",
     415: "The request body is not `application/json` (`unsupported_media_type`).",
     429: "Too many requests (`throttled`; see `Retry-After`).",
     502: "The upstream failed (`upstream_error` kinds).",
@@ -65,10 +65,11 @@ def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
                          public: bool) -> dict[str, Any]:
     """SPECTACULAR_SETTINGS postprocessing hook: document the errors DRF and
     the project answer for whole classes of operations, so no view has to
-    repeat them: 401 and 429 on every operation that needs authentication; 400, 413
-    and 415 on every operation that takes a body; 404 on every operation with
-    a path parameter (a value the route does not match is a JSON 404 too:
-    resilience.api.not_found)."""
+    repeat them: 401 and 429 (token guessing, resilience.throttling) on every
+    operation that needs authentication; 413, 415 and the 400 `parse_error`
+    on every operation that takes a body (resilience.parsers answers them for
+    all); 404 on every operation with a path parameter (a value the route does
+    not match is a JSON 404 too: resilience.api.api_route_fallback)."""
     components = result.setdefault("components", {}).setdefault("schemas", {})
     if "ErrorResponse" not in components:
         return result  # nothing references the error shape (no API routes)
@@ -82,13 +83,16 @@ def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
         for operation in path_item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
+            if "requestBody" in operation:  # every JSON body goes through resilience.parsers
+                document(operation, 413)
+                document(operation, 415)
+                operation["responses"].setdefault("400", {
+                    "content": {"application/json": {"schema": ref}},
+                    "description": "Not JSON or nested too deeply (`parse_error`)."})
             security = operation.get("security")
             if security and {} not in security:
                 document(operation, 401)
-                document(operation, 429)  # failed token checks are throttled (resilience.throttling)
-            if "requestBody" in operation:
-                for status in (400, 413, 415):
-                    document(operation, status)
+                document(operation, 429)
             if any(param.get("in") == "path" for param in operation.get("parameters", ())):
                 document(operation, 404)
     return result
@@ -267,3 +271,5 @@ class CacheStatsResponseSerializer(serializers.Serializer):
     fallbacks = serializers.IntegerField(help_text="Times the backend fell back to local memory.")
     total_requests = serializers.IntegerField(help_text="hits + misses")
     hit_rate = serializers.FloatField(help_text="hits / (hits + misses), 0..1.")
+    hit_ratio = serializers.FloatField(help_text="The same number (0..1); `GET /api/ai/cache/stats` "
+                                                 "has it too, next to its percentage string `hit_rate`.")

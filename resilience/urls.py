@@ -2,6 +2,7 @@
 from django.urls import path
 
 from resilience import api_views as views
+from resilience.advisor import views as advisor
 
 app_name = "resilience-api"
 
@@ -13,4 +14,16 @@ urlpatterns = [
     path("upstreams/<slug:name>/probe", views.ProbeView.as_view(), name="upstream-probe"),
     path("upstreams/<slug:name>/cache", views.UpstreamCacheView.as_view(), name="upstream-cache"),
     path("cache/stats", views.CacheStatsView.as_view(), name="cache-stats"),
+    # The advisor (resilience.advisor.views).
+    path("findings", advisor.FindingsView.as_view(), name="findings"),
+    path("upstreams/<slug:name>/findings", advisor.UpstreamFindingsView.as_view(), name="upstream-findings"),
+    path("suggestions/<int:suggestion_id>/apply", advisor.SuggestionApplyView.as_view(),
+         name="suggestion-apply"),
+    path("suggestions/<int:suggestion_id>/dismiss", advisor.SuggestionDismissView.as_view(),
+         name="suggestion-dismiss"),
+    path("suggestions/<int:suggestion_id>/rollback", advisor.SuggestionRollbackView.as_view(),
+         name="suggestion-rollback"),
+    path("benchmarks", advisor.BenchmarksView.as_view(), name="benchmarks"),
+    path("benchmarks/<str:job_id>", advisor.BenchmarkView.as_view(), name="benchmark"),
+    path("resources", advisor.ResourcesView.as_view(), name="resources"),
 ]

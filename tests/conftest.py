@@ -11,6 +11,24 @@ from resilience.cache import reset_engines
 from tests.support.redis_server import RedisProcess, ping, require
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "postgres: needs PostgreSQL as the default database "
+                                       "(deselected, not skipped, in a run on SQLite)")
+    config.addinivalue_line("markers", "sqlite: about the SQLite default (deselected on PostgreSQL)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Database-specific tests belong to their run (`.ci/run` makes both); in
+    the other they are deselected, so a skip always means a missing service."""
+    from django.conf import settings
+
+    other = "sqlite" if settings.DATABASES["default"]["ENGINE"].endswith("postgresql") else "postgres"
+    kept = [item for item in items if item.get_closest_marker(other) is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 @pytest.fixture(autouse=True)
 def _clean_cache():
     from resilience.client import reset_clients

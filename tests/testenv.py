@@ -11,6 +11,9 @@ import os
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("CACHE_KEY_PREFIX", "rsltest")
+# Tests start from empty upstream tables (fixtures create what they need);
+# tests/test_setup.py checks the seeding migrate does in a real process.
+os.environ.setdefault("SEED_UPSTREAMS_ON_MIGRATE", "false")
 # Call logs are flushed explicitly in tests (no writer thread racing the test DB).
 os.environ.setdefault("CALL_LOG_FLUSH_INTERVAL", "0")
 # Tests move a connection's host and port to cut the database on purpose; a

@@ -237,6 +237,9 @@ class GatewayServer:
         self.provider_url = provider_url
         self.group: Group | None = None
         self.token = ""
+        # prometheus_client opens its files at import (django-rq's collector), so the
+        # folder must exist before the first manage.py command.
+        (workdir / "prometheus").mkdir(parents=True, exist_ok=True)
 
     def _manage(self, *args: str) -> str:
         done = subprocess.run([str(ROOT / ".venv/bin/python"), "manage.py", *args], cwd=ROOT, env=self.env,

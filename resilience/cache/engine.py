@@ -16,6 +16,7 @@ else goes through the backend.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -87,10 +88,12 @@ class Engine:
         self.lock = threading.Lock()
         self.counters = Counters()
         self._flusher: Flusher | None = None
+        # Which store serves is announced once by a starting server
+        # (project.startup.announce), not before every command's output.
         if self.redis is None:
-            logger.info("cache: local memory (no REDIS_URL set)")
+            logger.debug("cache: local memory (no REDIS_URL set)")
         else:
-            logger.info("cache: redis at %s, local-memory fallback", _redact(server))
+            logger.debug("cache: redis at %s, local-memory fallback", _redact(server))
             self._flusher = Flusher(self, "flush_counts", self.flush_interval)
 
     # -- which store serves --------------------------------------------------
@@ -125,8 +128,9 @@ class Engine:
                 return
             self.up = False
         self.counters.count_backend("fallbacks")
-        logger.warning("cache: redis unavailable (%s), serving from local memory; "
-                       "retrying redis in %.1fs", _describe(err), self.probe_interval)
+        # Every worker falls back on its own: its pid says which one this is.
+        logger.warning("cache: redis unavailable (%s), worker %d serving from its local memory; "
+                       "retrying redis in %.1fs", _describe(err), os.getpid(), self.probe_interval)
 
     def recovered(self) -> None:
         with self.lock:
@@ -136,7 +140,7 @@ class Engine:
         # Entries written during the outage may be stale against Redis; start
         # the next outage from an empty memory store rather than resurrect them.
         self.memory.clear()
-        logger.info("cache: redis is back, serving from redis again")
+        logger.info("cache: redis is back, worker %d serving from redis again", os.getpid())
 
     def on_redis(self, fn: Callable[[RedisCache], Any]) -> Any:
         """`fn(redis)` when Redis should serve, else `NOT_SERVED`.

@@ -60,4 +60,5 @@ def cache_stats(*, namespace: str | None = None) -> dict[str, Any]:
     lookups = stats["hits"] + stats["misses"]
     stats["total_requests"] = lookups
     stats["hit_rate"] = round(stats["hits"] / lookups, 4) if lookups else 0.0
+    stats["hit_ratio"] = stats["hit_rate"]  # the name the AI cache statistics use for the number
     return stats

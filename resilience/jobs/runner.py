@@ -65,16 +65,30 @@ def job_enqueue(name: str, *, args: dict[str, Any] | None = None, priority: str 
 
     `delay` seconds from now (the engine's `run_after`); `unique_key` makes a
     second enqueue with the same key a no-op that raises IntegrityError (the
-    schedules use it). The engine message is sent when the surrounding
-    transaction commits, so a worker never looks for a row it cannot see yet.
+    schedules use it). A worker never looks for a row it cannot see yet: on
+    the database engine the ledger row and the engine's message are written
+    in one transaction (one commit, and never one without the other); on RQ
+    the message is sent when the surrounding transaction commits.
     """
     spec = job_spec(name)
     run_after = _now() + timedelta(seconds=delay) if delay else None
-    row = Job.objects.create(name=spec.name, args=args or {}, priority=priority, max_attempts=spec.attempts,
-                             run_after=run_after, owner=owner if getattr(owner, "pk", None) else None,
-                             group=group, unique_key=unique_key)
-    transaction.on_commit(lambda: _dispatch(row, attempt=1, run_after=run_after))
+    with transaction.atomic():
+        row = Job.objects.create(name=spec.name, args=args or {}, priority=priority,
+                                 max_attempts=spec.attempts, run_after=run_after,
+                                 owner=owner if getattr(owner, "pk", None) else None, group=group,
+                                 unique_key=unique_key)
+        if _engine_in_database():
+            _dispatch(row, attempt=1, run_after=run_after)
+        else:
+            transaction.on_commit(lambda: _dispatch(row, attempt=1, run_after=run_after))
     return row
+
+
+def _engine_in_database() -> bool:
+    """Whether the engine keeps its messages in this database (django-tasks-db)."""
+    from django_tasks_db import DatabaseBackend
+
+    return isinstance(task_backends["default"], DatabaseBackend)
 
 
 def job_requeue(row: Job) -> bool:
@@ -106,16 +120,18 @@ def run_job(job_id: str, attempt: int) -> str:
     """
     now = _now()
     try:
-        spec = job_spec(Job.objects.values_list("name", flat=True).get(pk=job_id))
+        row = Job.objects.get(pk=job_id)
+        spec = job_spec(row.name)
     except (Job.DoesNotExist, KeyError):
         logger.warning("job %s: no such job or job function, skipped", job_id)
         return "skipped"
+    lease_until = now + timedelta(seconds=spec.timeout)
     claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED, attempts=attempt - 1).update(
-        status=Job.Status.RUNNING, attempts=attempt, started_at=now,
-        lease_until=now + timedelta(seconds=spec.timeout))
+        status=Job.Status.RUNNING, attempts=attempt, started_at=now, lease_until=lease_until)
     if not claimed:
         return "skipped"  # a duplicate message, or the job was reaped/requeued meanwhile
-    row = Job.objects.get(pk=job_id)
+    # The row as the claim left it (its name and args never change after enqueue).
+    row.status, row.attempts, row.started_at, row.lease_until = Job.Status.RUNNING, attempt, now, lease_until
     try:
         value = spec.func(**row.args)
     except Exception as err:

@@ -7,7 +7,8 @@ fails in the database), and a short lock keeps the other workers from even
 trying while one is ticking.
 
 Schedules: one health probe per upstream with a health path and a
-`probe_interval`; `resilience.prune` hourly; `resilience.reap` every minute.
+`probe_interval`; `resilience.prune` hourly; `resilience.reap` every minute;
+`resilience.advise` (the advisor, resilience.advisor.tasks) every 5 minutes.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def schedules() -> list[Schedule]:
              .exclude(health_path="").values_list("name", "probe_interval")]
     found.append(Schedule(key="prune", job="resilience.prune", interval=3600, priority="low"))
     found.append(Schedule(key="reap", job="resilience.reap", interval=60))
+    from resilience.advisor.tasks import ADVISE_INTERVAL
+
+    found.append(Schedule(key="advise", job="resilience.advise", interval=ADVISE_INTERVAL, priority="low"))
     return found
 
 

@@ -12,6 +12,9 @@ wait, an exit hook on clean shutdown, or `call_log_flush()`) then
    for each successful one (`ok`, `cache_hit`, `shared`) with probability
    `log_sample_rate` of its upstream (`call.sample_rate` when the client sets
    it, else the policy row; an upstream with no policy row keeps them all);
+   The advisor's few extra counts (retries that recovered, 429s, which limit
+   rejected a call, repeated cacheable fetches) go into the same rows'
+   `signals` (resilience.advisor.counters);
 3. writes, in one transaction, one upsert for the minute rows, one for the
    hour rows and one multi-row INSERT for the kept rows.
 
@@ -42,6 +45,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections, router, transaction
 
+from resilience.advisor.counters import signals_count
 from resilience.conf import resilience_settings
 from resilience.models import DEFAULT_LOG_SAMPLE_RATE, CallLog, Outcome, Upstream
 from resilience.telemetry.buffered import BufferedWriter, insert_rows
@@ -120,6 +124,8 @@ class CallLogWriter(BufferedWriter):
             if delta is None:
                 delta = deltas[key] = RollupDelta()
             delta.add_call(outcome=outcome, attempts=attempts, latency_ms=latency_ms, cache_hit=cache_hit)
+            signals_count(delta.signals, call, outcome=outcome, attempts=attempts, status=status,
+                          created=created)
             if not row_required(outcome=outcome, attempts=attempts, status=status, error=error):
                 rate = rates[upstream] if rate is None else rate
                 if rate < 1.0 and (rate <= 0.0 or self.random() >= rate):

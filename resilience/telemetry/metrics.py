@@ -4,12 +4,12 @@ Two kinds of metric, each counted where it is exact:
 
 - Events, counted in the process where they happen: upstream calls by outcome,
   their latency and retries (the `call_completed` signal), breaker transitions
-  (`breaker_state_changed`), and the service's own request latency by view
-  (resilience.middleware.RequestTimingMiddleware calls `request_observe`).
+  (`breaker_state_changed`), the service's own request latency by view
+  (resilience.middleware.RequestTimingMiddleware calls `request_observe`), and
+  AI generations and tokens (aigen.metrics; no scrape reads the database).
 - State, read at scrape time by collectors: breaker state (shared breaker
-  storage, so every worker sees the same), the cache backend's counters
-  (already summed across workers through Redis) and AI generations and token
-  usage (the `aigen.Generation` records in the database).
+  storage, so every worker sees the same) and the cache backend's counters
+  (already summed across workers through Redis).
 
 Several worker processes: with `PROMETHEUS_MULTIPROC_DIR` set in the
 environment of every worker (prometheus_client reads it at import) and the
@@ -31,9 +31,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from django.apps import apps
 from django.db import DatabaseError
-from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -161,41 +159,6 @@ class CacheCollector:
         yield backend
 
 
-class GenerationCollector:
-    """AI generations by template, provider, model, outcome and cache use, and
-    the tokens spent with providers (answers from the cache spend none), from
-    the `aigen.Generation` records (written within a second or so)."""
-
-    def collect(self) -> Iterator[Metric]:
-        if not apps.is_installed("aigen"):
-            return
-        try:
-            Generation = apps.get_model("aigen", "Generation")
-            rows = list(Generation.objects.order_by().values(
-                "template_id", "provider", "model", "outcome", "cached").annotate(
-                n=Count("id"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")))
-        except (LookupError, DatabaseError):
-            logger.warning("metrics: generation counts left out (no aigen records)")
-            return
-        generations = CounterMetricFamily(
-            "aigen_generations", "Generate requests, by template, provider, model, outcome, cache use.",
-            labels=["template", "provider", "model", "outcome", "cached"])
-        tokens = CounterMetricFamily("aigen_tokens", "Tokens spent with the provider (cache hits excluded).",
-                                     labels=["template", "provider", "model", "kind"])
-        spent: dict[tuple[str, ...], int] = {}
-        for row in rows:
-            labels = [row["template_id"], row["provider"], row["model"]]
-            generations.add_metric([*labels, row["outcome"], str(row["cached"]).lower()], row["n"])
-            if not row["cached"]:
-                for kind in ("prompt", "completion"):
-                    key = (*labels, kind)
-                    spent[key] = spent.get(key, 0) + (row[kind] or 0)
-        for key, value in spent.items():
-            tokens.add_metric(list(key), value)
-        yield generations
-        yield tokens
-
-
 def scrape_registry() -> CollectorRegistry:
     """A registry for one scrape: every worker's event metrics (multiprocess
     mode) or this process's, plus the state collectors."""
@@ -205,7 +168,7 @@ def scrape_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry, path=str(path))
     else:
         registry.register(REGISTRY)
-    for collector in (BreakerCollector(), CacheCollector(), GenerationCollector()):
+    for collector in (BreakerCollector(), CacheCollector()):
         registry.register(collector)
     return registry
 

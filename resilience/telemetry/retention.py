@@ -1,6 +1,8 @@
 """Retention: delete call-log rows, minute, hour and day rollups older than
 their settings (`CALL_LOG_RETENTION_DAYS`, `ROLLUP_MINUTE_RETENTION_DAYS`,
-`ROLLUP_HOUR_RETENTION_DAYS`, `ROLLUP_DAY_RETENTION_DAYS`), in bounded batches.
+`ROLLUP_HOUR_RETENTION_DAYS`, `ROLLUP_DAY_RETENTION_DAYS`), and the tables
+other apps register (`prune_target_register`: aigen's generation records,
+`AIGEN["GENERATION_RETENTION_DAYS"]`), in bounded batches.
 
 Each batch is one `DELETE ... WHERE id IN (SELECT id ... WHERE <time> <
 cutoff LIMIT n)` in its own short transaction (autocommit), driven by the
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connections, models, router
 from django.utils import timezone
@@ -24,10 +27,17 @@ from resilience.models import CallLog, DayRollup, HourRollup, MinuteRollup
 
 @dataclass(frozen=True)
 class PruneTarget:
+    """A table with retention: rows whose `time_field` is older than the
+    setting `setting` (days; read from `settings`, RESILIENCE by default) go."""
+
     label: str
     model: type[models.Model]
     time_field: str
     setting: str
+    settings: Any = None
+
+    def retention(self) -> timedelta:
+        return timedelta(days=getattr(self.settings or resilience_settings, self.setting))
 
 
 TARGETS = {
@@ -38,9 +48,16 @@ TARGETS = {
 }
 
 
+def prune_target_register(kind: str, target: PruneTarget) -> None:
+    """Give another app's table retention through the same prune (command and
+    scheduled job): aigen registers its generation records."""
+    TARGETS[kind] = target
+
+
 def retention_of(kind: str) -> timedelta:
-    """The configured retention of `kind` (`rows`, `minutes`, `hours`, `days`)."""
-    return timedelta(days=getattr(resilience_settings, TARGETS[kind].setting))
+    """The configured retention of `kind` (`rows`, `minutes`, `hours`, `days`, and
+    whatever other apps registered, e.g. `generations`)."""
+    return TARGETS[kind].retention()
 
 
 def table_prune(model: type[models.Model], *, time_field: str, before: datetime, batch_size: int,
@@ -72,9 +89,10 @@ def table_prune(model: type[models.Model], *, time_field: str, before: datetime,
 def telemetry_prune(*, older_than: dict[str, timedelta] | None = None, batch_size: int | None = None,
                     now: datetime | None = None,
                     progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
-    """Apply retention to call-log rows, minute, hour and day rollups.
+    """Apply retention to call-log rows, minute, hour and day rollups and the
+    registered tables.
 
-    `older_than` maps `rows`/`minutes`/`hours`/`days` to an age (missing ones: their
+    `older_than` maps `rows`/`minutes`/`hours`/`days`/`generations` to an age (missing ones: their
     setting); `batch_size` defaults to `PRUNE_BATCH_SIZE`. Returns the rows
     deleted per kind. Flushes this process's buffered calls first, so nothing
     written after the prune is older than it.

@@ -39,7 +39,10 @@ CACHED = frozenset(str(outcome) for outcome in CACHED_OUTCOMES)
 STALE = str(Outcome.STALE)
 BREAKER_OPEN = str(Outcome.BREAKER_OPEN)
 COUNTERS = ("calls", "errors", "cache_hits", "stale", "breaker_rejections", "retries", "reached")
-COLUMNS = ("upstream", "endpoint", "start", *COUNTERS, "outcomes", "latency")
+#: Count maps merged per key in SQL: outcomes, the latency histogram, and the
+#: advisor's per-call signals (resilience.advisor.counters).
+COUNT_MAPS = ("outcomes", "latency", "signals")
+COLUMNS = ("upstream", "endpoint", "start", *COUNTERS, *COUNT_MAPS)
 
 #: (upstream, endpoint, bucket start as epoch seconds)
 Key = tuple[str, str, int]
@@ -58,6 +61,7 @@ class RollupDelta:
     reached: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     latency: dict[int, int] = field(default_factory=dict)
+    signals: dict[str, int] = field(default_factory=dict)
 
     def add_call(self, *, outcome: str, attempts: int, latency_ms: float, cache_hit: bool) -> None:
         self.calls += 1
@@ -83,6 +87,8 @@ class RollupDelta:
         for outcome, count in other.outcomes.items():
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
         histogram.merge(self.latency, other.latency)
+        for name, count in other.signals.items():
+            self.signals[name] = self.signals.get(name, 0) + count
         return self
 
 
@@ -132,7 +138,7 @@ def upsert_sql(model: type[models.Model], connection: Any, rows: int) -> str:
     one_row = f"({', '.join(['%s'] * len(fields))})"
     updates = [f"{q(name)} = t.{q(name)} + EXCLUDED.{q(name)}" for name in COUNTERS]
     updates += [f"{q(name)} = {_json_sum_sql(connection.vendor, f't.{q(name)}', f'EXCLUDED.{q(name)}')}"
-                for name in ("outcomes", "latency")]
+                for name in COUNT_MAPS]
     return (f"INSERT INTO {table} AS t ({', '.join(q(f.column) for f in fields)}) "
             f"VALUES {', '.join([one_row] * rows)} "
             f"ON CONFLICT ({q('upstream')}, {q('start')}, {q('endpoint')}) "
@@ -160,7 +166,8 @@ def rollups_upsert(model: type[models.Model], deltas: Mapping[Key, RollupDelta])
             for (upstream, endpoint, start), delta in chunk:
                 params += [upstream, endpoint, connection.ops.adapt_datetimefield_value(
                     datetime.fromtimestamp(start, UTC)), *(getattr(delta, name) for name in COUNTERS),
-                    adapt_json(dict(delta.outcomes)), adapt_json(histogram.to_json(delta.latency))]
+                    adapt_json(dict(delta.outcomes)), adapt_json(histogram.to_json(delta.latency)),
+                    adapt_json(dict(delta.signals))]
             cursor.execute(upsert_sql(model, connection, len(chunk)), params)
 
 
@@ -181,6 +188,8 @@ def totals(rows: Iterable[Mapping[str, Any]]) -> RollupDelta:
             counts[name] += row[name] or 0
         for outcome, count in (row["outcomes"] or {}).items():
             total.outcomes[outcome] = total.outcomes.get(outcome, 0) + count
+        for name, count in (row.get("signals") or {}).items():
+            total.signals[name] = total.signals.get(name, 0) + count
         get = latency.get
         for key, count in (row["latency"] or {}).items():
             latency[key] = get(key, 0) + count

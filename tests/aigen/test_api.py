@@ -174,7 +174,7 @@ def test_cache_stats(api, section2_data):
     assert body["success"] is True and body["backend"] == cache.backend_name
     stats = body["stats"]
     assert (stats["hits"], stats["misses"], stats["sets"]) == (3, 1, 1)
-    assert stats["total_requests"] == 4 and stats["hit_rate"] == "75.00%"
+    assert stats["total_requests"] == 4 and stats["hit_rate"] == "75.00%" and stats["hit_ratio"] == 0.75
     assert {"errors", "fallbacks", "deletes"} <= set(stats)
 
 
@@ -227,10 +227,10 @@ def test_mistyped_data_field_is_400_naming_it(api, section2_data):
     assert "integer" in error["message"]
 
 
-def test_body_over_the_limit_is_400(api, section2_data, settings):
+def test_body_over_the_limit_is_413(api, section2_data, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
     section2_data["enterprise_info"]["main_products"] = "x" * 4000
-    _error(api.post(GENERATE, _body(section2_data), format="json"), 400, "request_too_large")
+    _error(api.post(GENERATE, _body(section2_data), format="json"), 413, "request_too_large")
 
 
 def test_a_json_list_body_is_400(api):

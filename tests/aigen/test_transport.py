@@ -45,6 +45,27 @@ def test_async_stream_through_the_upstream(provider):
     assert usage.total_tokens > 0
 
 
+def test_streams_one_after_another_reuse_one_connection(provider, openai_fake, openai_policy):
+    """The SDK drains a stream after [DONE] so its connection goes back to the
+    pool; the wrapped body must let it (a stream that closed its connection
+    opened a new one for every streamed generation)."""
+    openai_policy(pool_size=4)
+    openai_fake.reset()
+
+    async def read_three():
+        for _ in range(3):
+            stream = await provider.astream(PROMPT)
+            try:
+                assert "".join([piece async for piece in stream]) == CONTENT_PREFIX + "你好"
+            finally:
+                await stream.aclose()
+
+    async_to_sync(read_three)()
+    chats = [r for r in openai_fake.requests if r.path.endswith("/chat/completions")]
+    assert len(chats) == 3
+    assert len({r.connection_id for r in chats}) == 1
+
+
 def test_async_failures_map_like_the_sync_ones(provider, openai_fake, openai_policy):
     openai_policy(retry_total=0, read_timeout=0.1)
     openai_fake.fail_next(Reply(200, delay=0.5))

@@ -22,9 +22,13 @@ pytestmark = pytest.mark.django_db
 
 API = "/api/resilience"
 READS = [("get", f"{API}/upstreams"), ("get", f"{API}/upstreams/api"), ("get", f"{API}/upstreams/api/calls"),
-         ("get", f"{API}/cache/stats")]
+         ("get", f"{API}/cache/stats"), ("get", f"{API}/findings"), ("get", f"{API}/upstreams/api/findings")]
 WRITES = [("post", f"{API}/upstreams/api/breaker/reset"), ("post", f"{API}/upstreams/api/probe"),
-          ("delete", f"{API}/upstreams/api/cache")]
+          ("delete", f"{API}/upstreams/api/cache"), ("get", f"{API}/resources")]
+# Staff-only advisor routes that need a suggestion or a job to answer 200: their
+# 401/403/404 are tested in tests/advisor/test_api.py.
+ADVISOR_ACTIONS = {"suggestions/<int:suggestion_id>/apply", "suggestions/<int:suggestion_id>/dismiss",
+                   "suggestions/<int:suggestion_id>/rollback", "benchmarks", "benchmarks/<str:job_id>"}
 
 
 def client_for(*, staff: bool) -> APIClient:
@@ -65,7 +69,7 @@ def test_every_route_is_in_the_permission_matrix():
 
     routes = {str(p.pattern) for p in urls.urlpatterns if isinstance(p, URLPattern)}
     tested = {path.removeprefix(f"{API}/").replace("/api", "/<slug:name>", 1) for _, path in READS + WRITES}
-    assert routes == tested
+    assert routes == tested | ADVISOR_ACTIONS
     assert any(str(p.pattern) == "api/resilience/" for p in get_resolver().url_patterns)
 
 
@@ -283,7 +287,7 @@ def test_cache_stats(fake, make_upstream, user_client):
     upstream("api").get("/c")
     body = user_client.get(f"{API}/cache/stats").json()
     assert set(body) == {"success", "backend", "redis_configured", "fallback", "scope", "hits", "misses",
-                         "sets", "deletes", "errors", "fallbacks", "total_requests", "hit_rate"}
+                         "sets", "deletes", "errors", "fallbacks", "total_requests", "hit_rate", "hit_ratio"}
     assert body["backend"] in ("redis", "memory") and body["fallback"] is False
     assert body["hits"] >= 1 and body["sets"] >= 1
     assert body["total_requests"] == body["hits"] + body["misses"]

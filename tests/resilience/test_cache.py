@@ -325,6 +325,8 @@ def test_redis_dying_and_returning_mid_traffic(redis_process, caplog, cache_cloc
     messages = [r.getMessage() for r in caplog.records if r.name == "resilience.cache"]
     assert sum("redis unavailable" in m for m in messages) == 1
     assert sum("redis is back" in m for m in messages) == 1
+    # Each worker falls back on its own: its lines say which worker (pid) it is.
+    assert all(f"worker {os.getpid()} " in m for m in messages if "redis unavailable" in m or "is back" in m)
 
 
 def test_shared_says_whether_other_processes_see_the_entries(redis_process):

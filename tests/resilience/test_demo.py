@@ -193,3 +193,15 @@ def test_command_serves_the_project_from_its_own_process(transactional_db, demo_
 def test_command_will_not_serve_the_demo_when_it_is_off():
     with pytest.raises(CommandError, match="DEBUG=true"):
         call_command("demo", serve="127.0.0.1:1", duration=0.1, stdout=io.StringIO())
+
+
+@pytest.mark.parametrize("bad", ["ftp://127.0.0.1/demo/flaky", "http://127.0.0.1:{port}/demo/flaky"])
+def test_a_bad_base_url_leaves_the_stored_demo_upstream_alone(db, bad):
+    demo_upstream_ensure(base_url="http://127.0.0.1:8000/demo/flaky")
+    before = Upstream.objects.get(name="demo").history.count()
+    url = bad.format(port=free_port())  # nothing listens there
+    with pytest.raises(CommandError, match=r"invalid --base-url|nothing answers"):
+        call_command("demo", base_url=url, duration=0.1, wait=0.3, stdout=io.StringIO())
+    stored = Upstream.objects.get(name="demo")
+    assert stored.base_url == "http://127.0.0.1:8000/demo/flaky"
+    assert stored.history.count() == before

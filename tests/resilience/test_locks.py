@@ -7,7 +7,6 @@ import time
 
 import pytest
 import redis
-from django.db import connection
 
 from resilience.jobs import locks as locks_module
 from resilience.locks import Lock, LockNotAcquired, lock
@@ -45,10 +44,9 @@ def test_only_the_holder_releases(clock):
     assert holder.release()
 
 
+@pytest.mark.sqlite  # the local backend is the SQLite default; PostgreSQL's is tested below
 def test_context_manager_and_decorator(clock, settings):
     settings.REDIS_URL = ""
-    if connection.vendor == "postgresql":
-        pytest.skip("the local backend is the SQLite default; PostgreSQL is tested below")
     calls = []
 
     @lock("job", blocking_timeout=0)
@@ -103,10 +101,9 @@ def test_redis_watchdog_keeps_extending_while_held(on_redis):
     assert holder.release() is True
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_postgresql_advisory_lock_across_connections(settings):
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL only (DATABASE_URL=postgres://...)")
     settings.REDIS_URL = ""
     holder = Lock("pg", blocking_timeout=0)
     assert holder.backend == "postgresql" and holder.acquire()

@@ -113,26 +113,34 @@ def test_cache_metrics(fake, make_upstream, name):
     assert one == 1 and dict(labels)["backend"] in ("redis", "memory")
 
 
-def test_generation_counts_and_tokens():
-    from aigen.models import Generation
+def test_generation_counts_and_tokens_from_counters_with_registry_labels(django_assert_num_queries):
+    from aigen.records import generation_log, generation_record, generation_row
 
-    def gen(**fields) -> Generation:
-        return Generation(**{"template_id": "tpl-metrics", "section_id": "s1", "provider": "openai",
-                             "model": "gpt-x", **fields})
+    model = f"gpt-{uuid.uuid4().hex[:8]}"  # this process's counters outlive every test
 
-    Generation.objects.bulk_create([
-        gen(prompt_tokens=10, completion_tokens=20, total_tokens=30),
-        gen(prompt_tokens=5, completion_tokens=7, total_tokens=12),
-        gen(cached=True, prompt_tokens=10, completion_tokens=20, total_tokens=30),  # spent nothing
-        gen(outcome="error", error_code="upstream_timeout"),
-    ])
-    samples = scrape()
-    labels = {"template": "tpl-metrics", "provider": "openai", "model": "gpt-x"}
+    def gen(template_id: str = "emergency_plan", **fields) -> None:
+        generation_record(generation_row(template_id=template_id, section_id="1", provider="openai",
+                                          model=model, **fields))
+
+    gen(prompt_tokens=10, completion_tokens=20, total_tokens=30)
+    gen(prompt_tokens=5, completion_tokens=7, total_tokens=12)
+    gen(cached=True, prompt_tokens=10, completion_tokens=20, total_tokens=30)  # spent nothing
+    gen(outcome="error", error_code="upstream_timeout")
+    for made_up in ("x" * 60, "../etc", "tpl-<script>"):  # not in the registry: one `other` series
+        gen(template_id=made_up, outcome="error", error_code="template_not_found")
+    generation_log.discard()  # the scrape must not need the records
+    with django_assert_num_queries(1):  # the breaker states' query; nothing reads Generation
+        samples = scrape()
+    labels = {"template": "emergency_plan", "provider": "openai", "model": model}
     assert value(samples, "aigen_generations_total", outcome="ok", cached="false", **labels) == 2
     assert value(samples, "aigen_generations_total", outcome="ok", cached="true", **labels) == 1
     assert value(samples, "aigen_generations_total", outcome="error", cached="false", **labels) == 1
     assert value(samples, "aigen_tokens_total", kind="prompt", **labels) == 15
     assert value(samples, "aigen_tokens_total", kind="completion", **labels) == 27
+    other = {"template": "other", "provider": "openai", "model": model}
+    assert value(samples, "aigen_generations_total", outcome="error", cached="false", **other) == 3
+    templates = {dict(k).get("template") for k in samples["aigen_generations_total"]}
+    assert not templates & {"x" * 60, "../etc", "tpl-<script>"}
 
 
 def test_request_latency_by_view(db):

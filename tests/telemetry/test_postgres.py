@@ -1,6 +1,6 @@
 """On PostgreSQL: many writers upserting the same rows at once, and a real
 outage (the connection cut by a TCP proxy in front of the shared server, never
-the server itself). Skipped on SQLite, which has one writer at a time."""
+the server itself). Not run on SQLite, which has one writer at a time."""
 from __future__ import annotations
 
 import threading
@@ -18,10 +18,7 @@ from tests.telemetry.conftest import NOW, Call
 MINUTE = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def _postgres_only():
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL only (set DATABASE_URL=postgres://...)")
+pytestmark = pytest.mark.postgres  # the PostgreSQL run only (tests/conftest.py)
 
 
 @pytest.mark.django_db(transaction=True)

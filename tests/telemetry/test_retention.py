@@ -37,7 +37,7 @@ def test_each_kind_is_pruned_by_its_own_retention(settings):
                            "ROLLUP_DAY_RETENTION_DAYS": 7}
     now = datetime.now(UTC)
     fill(now.timestamp())
-    assert telemetry_prune(now=now) == {"rows": 2, "minutes": 3, "hours": 1, "days": 2}
+    assert telemetry_prune(now=now) == {"rows": 2, "minutes": 3, "hours": 1, "days": 2, "generations": 0}
     assert CallLog.objects.count() == 3
     assert MinuteRollup.objects.count() == 2
     assert HourRollup.objects.count() == 4
@@ -73,3 +73,21 @@ def test_prune_commands_new_and_old_name():
         run("prune_call_logs", "--older-than", "a week")
     with pytest.raises(CommandError, match="batch-size"):
         run("prune_telemetry", "--batch-size", "0")
+
+
+def test_generation_records_have_retention(settings):
+    from aigen.models import Generation
+    from aigen.records import generation_record, generation_records_flush, generation_row
+
+    settings.AIGEN = {**settings.AIGEN, "GENERATION_RETENTION_DAYS": 30}
+    now = datetime.now(UTC)
+    for age_days in (1, 29, 31, 400):
+        generation_record(generation_row(created_at=now - timedelta(days=age_days),
+                                         template_id="emergency_plan", section_id="1", provider="mock",
+                                         model="mock-1"))
+    generation_records_flush()
+    assert telemetry_prune(now=now)["generations"] == 2
+    assert Generation.objects.count() == 2
+    out = run("prune_telemetry", "--generations-older-than", "2d")
+    assert "deleted 1 generation record(s) older than 2 days" in out
+    assert Generation.objects.count() == 1

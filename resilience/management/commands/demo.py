@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 from django.urls import reverse
 
 from resilience.demo import (
@@ -21,6 +23,7 @@ from resilience.demo import (
     demo_staff_ensure,
     demo_traffic_run,
     demo_upstream_ensure,
+    demo_upstream_validate,
 )
 
 HEADER = f"{'time':>7}  {'calls':>5}  {'ok':>4}  {'cached':>6}  {'errors':>6}  {'rejected':>8}  " \
@@ -50,6 +53,9 @@ class Command(BaseCommand):
                             help="seconds each caller pauses between calls (default 0.2)")
         parser.add_argument("--wait", type=float, default=15.0,
                             help="seconds to wait for the server to answer (default 15)")
+        parser.add_argument("--advise-every", type=float, default=60.0,
+                            help="print the advisor's findings for the demo upstream this often "
+                                 "(seconds; 0: never; default 60)")
         parser.add_argument("--create-staff", action="store_true",
                             help="create the superuser admin/admin if missing (DEBUG only: a local demo)")
 
@@ -68,8 +74,10 @@ class Command(BaseCommand):
         if origin is None:
             parts = urlsplit(base_url)
             origin = f"{parts.scheme}://{parts.netloc}"
+        # Nothing is stored until the URL is valid and answers: a bad --base-url
+        # leaves the `demo` upstream as it was.
+        self._validate(base_url, create_staff=options["create_staff"])
         try:
-            self._setup(base_url, create_staff=options["create_staff"])
             if server:
                 server.start()
                 self.stdout.write(f"Serving on {server.url} from this process (Ctrl-C stops it).")
@@ -78,6 +86,7 @@ class Command(BaseCommand):
                     "Note: without REDIS_URL the breaker state lives in this process only; a dashboard "
                     "served by another process will not see it. Use --serve, or set REDIS_URL."))
             demo_server_wait(base_url=base_url, timeout=options["wait"])
+            self._setup(base_url, create_staff=options["create_staff"])
             self.stdout.write(self.style.SUCCESS(f"Dashboard: {origin}{reverse('resilience-dashboard')}"))
             self._drive(options)
         except DemoError as err:
@@ -86,11 +95,17 @@ class Command(BaseCommand):
             if server:
                 server.stop()
 
-    def _setup(self, base_url: str, *, create_staff: bool) -> None:
+    def _validate(self, base_url: str, *, create_staff: bool) -> None:
         try:
-            row, created = demo_upstream_ensure(base_url=base_url)
+            demo_upstream_validate(base_url=base_url)
         except ValidationError as err:
             raise CommandError(f"invalid --base-url {base_url!r}: {'; '.join(err.messages)}") from err
+        if create_staff and not settings.DEBUG:
+            raise CommandError("a demo staff user with a known password is only created with DEBUG=true")
+
+    def _setup(self, base_url: str, *, create_staff: bool) -> None:
+        with transaction.atomic():
+            row, created = demo_upstream_ensure(base_url=base_url)
         self.stdout.write(f"Upstream {DEMO_UPSTREAM!r} {'created' if created else 'uses'} {row.base_url} "
                           f"(breaker opens after {row.breaker_fail_max} failures, probes after "
                           f"{row.breaker_reset_timeout:g} s; edit it in the admin)")
@@ -101,13 +116,36 @@ class Command(BaseCommand):
             else:
                 self.stdout.write("Staff user 'admin' exists: log in with its password.")
 
+    def _advise(self) -> None:
+        """The advisor's findings and open suggestions for the demo upstream (manage.py advise demo)."""
+        from resilience.advisor.services import advisor_run
+        from resilience.telemetry.calllog import call_log_flush
+
+        call_log_flush()
+        report = advisor_run(names=[DEMO_UPSTREAM])
+        self.stdout.write(self.style.MIGRATE_HEADING(
+            f"Advisor: {len(report['findings'])} finding(s), "
+            f"{sum(s.status == 'open' for s in report['suggestions'])} open suggestion(s) "
+            f"(manage.py advise demo)"))
+        for finding in report["findings"]:
+            self.stdout.write(f"  [{finding.severity}] {finding.kind}: {finding.title}")
+        for row in report["suggestions"]:
+            self.stdout.write(f"  suggestion #{row.pk} [{row.status}]: {row.field} {row.from_value!r} -> "
+                              f"{row.to_value!r}: {row.expected}")
+
     def _drive(self, options: dict[str, Any]) -> None:
         colours = {"closed": self.style.SUCCESS, "open": self.style.ERROR, "half-open": self.style.WARNING}
+
+        advise_every = options["advise_every"]
+        advised = [0.0]
 
         def report(tick: Tick) -> None:
             breaker = colours.get(tick.breaker, str)(f"{tick.breaker:<9}")
             self.stdout.write(f"{tick.elapsed:>6.1f}s  {tick.calls:>5}  {tick.ok:>4}  {tick.cached:>6}  "
                               f"{tick.errors:>6}  {tick.rejected:>8}  {breaker}  {tick.phase}")
+            if advise_every > 0 and tick.elapsed - advised[0] >= advise_every:
+                advised[0] = tick.elapsed
+                self._advise()
 
         until = f"for {options['duration']:g} s" if options["duration"] else "until Ctrl-C"
         self.stdout.write(f"Driving traffic through upstream({DEMO_UPSTREAM!r}) with {options['threads']} "
