@@ -5,10 +5,10 @@ Every test under tests/acceptance/ carries the `acceptance` marker, so
 `make accept` (`pytest -m acceptance`) runs the suite alone and `make test`
 runs it with the rest.
 
-PostgreSQL fault tests exist only on a run whose DATABASE_URL is PostgreSQL:
-on an SQLite run they are not collected (CI=true forbids skips, and their
-subject, the project's PostgreSQL settings, is not in play there); the CI's
-PostgreSQL run covers them.
+PostgreSQL fault tests carry the `postgres` marker: on an SQLite run they
+are deselected, not skipped (tests/conftest.py; CI=true forbids skips, and
+their subject, the project's PostgreSQL settings, is not in play there); the
+CI's PostgreSQL run covers them.
 
 Secrets: the session sets known test values for every kind of secret the
 service holds (`SECRETS`); tests add what they saw (responses, log lines,
@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.live_server import postgres_url
-
 HERE = Path(__file__).resolve().parent
 
 #: Known values for every kind of secret; none may show up anywhere.
@@ -33,8 +31,6 @@ SECRETS = {
     "METRICS_TOKEN": "acceptance-metrics-token-Hd3Pq9",
     "ACCEPT_UPSTREAM_KEY": "acceptance-upstream-key-Tb52Mn",
 }
-
-collect_ignore = [] if postgres_url() else ["test_faults_postgres.py"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,6 +1,6 @@
 """Faults between the service and PostgreSQL (tests.support.faultproxy in
 front of the shared server; the server itself is never touched). Collected
-only on a run whose DATABASE_URL is PostgreSQL (see conftest.py).
+only on a run whose DATABASE_URL is PostgreSQL (the `postgres` marker).
 
 What holds: the project's connect and statement timeouts reach libpq and the
 server; with the database blackholed, refused, reset or slow, `/readyz`
@@ -29,6 +29,8 @@ from resilience.models import CallLog
 from resilience.telemetry.calllog import call_log_flush, call_log_record, call_log_writer
 from tests.support.faultproxy import FaultProxy
 from tests.telemetry.conftest import Call
+
+pytestmark = pytest.mark.postgres
 
 SLACK = 2.0
 
