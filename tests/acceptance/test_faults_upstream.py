@@ -9,10 +9,10 @@ The bound asserted is the documented one: a call never outlives its
 upstream does on the wire."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from resilience import upstream
 from resilience.client import reset_clients
@@ -78,7 +78,9 @@ def _call(mode: str) -> tuple[bool, float, str]:
                 response = await upstream("faulty").aget("/big", cache=False)
                 return response.content
 
-            body = asyncio.run(go())
+            # async_to_sync, not asyncio.run: the client's thread-sensitive database work then
+            # runs on this thread, whose connection the test database teardown closes.
+            body = async_to_sync(go)()
     except UpstreamError as err:
         return False, time.monotonic() - started, f"{err.code}: {err.message}"
     assert body == BODY  # a success is the whole body, never a truncated one
