@@ -5,6 +5,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from aigen import openai_views
 from resilience import dashboard, demo, health
 from resilience.api import api_route_fallback
 from resilience.telemetry import metrics
@@ -16,6 +17,9 @@ urlpatterns = [
     path("dashboard/", dashboard.dashboard, name="resilience-dashboard"),
     path("dashboard/data", dashboard.dashboard_data, name="resilience-dashboard-data"),
     path("api/ai/", include("aigen.urls")),
+    # The OpenAI-compatible front door (aigen.openai_views): base URL <host>/v1 for any OpenAI SDK.
+    path("v1/chat/completions", openai_views.chat_completions, name="openai-chat-completions"),
+    path("v1/models", openai_views.model_list, name="openai-models"),
     path("api/resilience/", include("resilience.urls")),
     # Public: the schema and its docs describe the API, they expose no data.
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -12,15 +12,37 @@ from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from resilience import services
-from resilience.models import BreakerEvent, CallLog, Upstream
+from resilience.models import BreakerEvent, CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 
 BREAKER_COLOURS = {"closed": "#2e7d32", "half-open": "#ef6c00", "open": "#c62828", "disabled": "#757575"}
 
 
+class EndpointInline(admin.TabularInline):
+    """The upstream's endpoints, edited on its page (each change is kept in
+    the endpoint's history: simple_history records inline saves too)."""
+
+    model = Endpoint
+    extra = 0
+    fields = ("name", "base_url", "auth_env_var", "weight", "priority", "enabled", "model", "pool_size")
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(SimpleHistoryAdmin):
+    """Endpoints are edited inline on their upstream; this page lists them
+    and their history."""
+
+    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model")
+    list_select_related = ("upstream",)
+    list_filter = ("enabled",)
+    search_fields = ("name", "base_url", "upstream__name")
+
+
 @admin.register(Upstream)
 class UpstreamAdmin(SimpleHistoryAdmin):
+    inlines = [EndpointInline]
     list_display = ("name", "base_url", "enabled", "breaker_state", "error_rate_5m", "calls_5m",
                     "log_sampling", "updated_at")
     list_filter = ("enabled", "breaker_enabled")
@@ -40,6 +62,8 @@ class UpstreamAdmin(SimpleHistoryAdmin):
         ("Response cache", {"fields": ("cache_ttl", "cache_methods", "cache_vary_headers",
                                        "cache_serve_stale", "cache_stale_max_age", "single_flight")}),
         ("Connection", {"fields": ("pool_size", "default_headers")}),
+        ("Endpoint pool", {"fields": ("endpoint_strategy", "max_ejection_percent", "served_models"),
+                           "description": "With no endpoints below, calls go to the base URL above."}),
         ("Call log", {"fields": ("log_sample_rate",),
                       "description": "Failed, retried, stale and rejected calls always keep their call-log "
                                      "row; successful calls are sampled at this rate. Statistics, the "

@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 from resilience import exceptions as errors
 from resilience import serializers as s
 from resilience.cache.ops import cache_stats
+from resilience.client.endpoints import snapshot
 from resilience.models import CallLog, Upstream
 from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
 from resilience.telemetry.calllog import call_log_flush
@@ -110,6 +111,7 @@ class UpstreamDetailView(APIView):
             "success": True,
             "upstream": upstream,
             "breaker": breaker_status(upstream),
+            "pool": snapshot(upstream),
             "stats": {label: upstream_stats(name=name, window=window) for label, window in WINDOWS.items()},
             "recent_failures": list(recent_failures(name=name, limit=RECENT_FAILURES)),
         }

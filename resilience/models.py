@@ -45,6 +45,12 @@ class Upstream(models.Model):
     environment variable that holds them.
     """
 
+    class Strategy(models.TextChoices):
+        WEIGHTED = "weighted", "Weighted random"
+        PRIORITY = "priority", "Priority order (primary, then fallbacks)"
+        LEAST_IN_FLIGHT = "least_in_flight", "Least calls in flight"
+        SCORE = "score", "Score: success rate and latency"
+
     class AuthKind(models.TextChoices):
         NONE = "none", "None"
         BEARER = "bearer", "Authorization: Bearer <secret>"
@@ -129,6 +135,19 @@ class Upstream(models.Model):
     probe_interval = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(86400)], help_text=(
         "Seconds between scheduled health probes of the health path (0 = not probed). "
         "Exactly one worker in the cluster probes per interval."))
+    endpoint_strategy = models.CharField(
+        max_length=20, choices=Strategy.choices, default=Strategy.WEIGHTED, help_text=(
+            "How an endpoint is chosen for each attempt when the upstream has several "
+            "(resilience.client.endpoints)."))
+    max_ejection_percent = models.PositiveSmallIntegerField(
+        default=100, validators=[MaxValueValidator(100)], help_text=(
+            "Most endpoints (percent) that may be out of rotation at once (breaker open or cooling "
+            "down after Retry-After). When more are out, the one back soonest still gets calls, so "
+            "any value below 100 keeps at least one endpoint in rotation. 100: all may be out, and "
+            "calls then fail fast with 503."))
+    served_models = models.JSONField(default=list, blank=True, help_text=(
+        "Model names served through the OpenAI-compatible front door (/v1/chat/completions), "
+        "e.g. [\"gpt-4o-mini\"]. Leave empty for upstreams that are not language models."))
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -176,8 +195,72 @@ class Upstream(models.Model):
             errors["deadline"] = "The deadline must be at least the connect timeout."
         if self.health_path and ("://" in self.health_path or self.health_path.startswith("//")):
             errors["health_path"] = "A path relative to the base URL."
+        served = self.served_models
+        if not isinstance(served, list) or not all(isinstance(m, str) and m.strip() for m in served):
+            errors["served_models"] = "A list of model names, e.g. [\"gpt-4o-mini\"]."
         if errors:
             raise ValidationError(errors)
+
+    def save(self, *args, **kwargs) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        super().save(*args, **kwargs)
+
+
+def base_url_errors(url: str) -> str:
+    """Why `url` cannot be a base URL ("" when it can)."""
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "Use an http:// or https:// URL with a host."
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "No query, fragment or credentials in the base URL."
+    return ""
+
+
+class Endpoint(models.Model):
+    """One place an upstream's calls can go: a URL and its credential.
+
+    An upstream with no endpoint rows has one implicit endpoint, its own base
+    URL and credential (resilience.client.endpoints): existing single-URL
+    upstreams need nothing. With rows, the enabled ones form the pool and the
+    upstream's base URL is only the default shown for new rows. Each endpoint
+    has its own connection pool and circuit breaker; the upstream's strategy
+    picks one per attempt and a failed attempt fails over to another.
+    """
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="endpoints")
+    name = models.SlugField(max_length=64, help_text=(
+        "Shown in call logs, metrics and statistics, e.g. \"primary\" or \"fallback\"."))
+    base_url = models.URLField(max_length=500, help_text="http(s) URL this endpoint's calls are joined to.")
+    auth_env_var = models.CharField(max_length=100, blank=True, validators=[ENV_VAR_NAME], help_text=(
+        "Environment variable holding this endpoint's secret (the upstream's authentication kind "
+        "applies). Empty: the upstream's variable. The secret itself is never stored."))
+    weight = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(10_000)], help_text=(
+        "Share of calls under weighted random (and the weight of the score strategy); 0 = only "
+        "when no other endpoint is available."))
+    priority = models.PositiveSmallIntegerField(default=0, help_text=(
+        "Order under the priority strategy: lowest first (the primary), then the fallbacks."))
+    enabled = models.BooleanField(default=True, help_text="Disabled endpoints get no calls.")
+    model = models.CharField(max_length=200, blank=True, help_text=(
+        "Model name sent to this endpoint instead of the caller's (the JSON body's \"model\"), so "
+        "one upstream can front OpenAI and an OpenAI-compatible fallback provider."))
+    pool_size = models.PositiveSmallIntegerField(null=True, blank=True, validators=[
+        MinValueValidator(1), MaxValueValidator(1000)], help_text=(
+        "Connections per process to this endpoint (empty: the upstream's pool size)."))
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["upstream", "priority", "name"]
+        constraints = [models.UniqueConstraint(fields=["upstream", "name"],
+                                               name="resilience_endpoint_name")]
+
+    def __str__(self) -> str:
+        return f"{self.upstream_id and self.upstream.name}/{self.name}"
+
+    def clean(self) -> None:
+        problem = base_url_errors(self.base_url)
+        if problem:
+            raise ValidationError({"base_url": problem})
 
     def save(self, *args, **kwargs) -> None:
         self.base_url = self.base_url.rstrip("/")
@@ -216,6 +299,9 @@ class CallLog(models.Model):
     retries = models.JSONField(default=list, blank=True, help_text="One entry per failed attempt.")
     cache_hit = models.BooleanField(default=False)
     breaker_state = models.CharField(max_length=10, blank=True)
+    endpoint = models.CharField(max_length=64, blank=True, default="", help_text=(
+        "The endpoint of the last attempt (empty for a single-URL upstream); each failed "
+        "attempt's endpoint is in the retries."))
     request_id = models.CharField(max_length=64, blank=True, db_index=True)
     error = models.CharField(max_length=500, blank=True)
 
@@ -305,4 +391,5 @@ class DayRollup(Rollup):
 from resilience.advisor.models import Suggestion  # noqa: E402
 from resilience.jobs.models import DeadLetter, Job, ProbeResult  # noqa: E402
 
-__all__ = ["BreakerEvent", "CallLog", "DeadLetter", "Job", "ProbeResult", "Suggestion", "Upstream"]
+__all__ = ["BreakerEvent", "CallLog", "DeadLetter", "Endpoint", "Job", "ProbeResult", "Suggestion",
+           "Upstream"]

@@ -11,7 +11,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from resilience.models import Upstream
+from resilience.models import Endpoint, Upstream
 from resilience.signals import breaker_state_changed, health_changed
 from resilience.telemetry.calllog import breaker_event_record
 
@@ -27,9 +27,26 @@ def upstream_policy_changed(sender: type, instance: Upstream, **kwargs: Any) -> 
     transaction.on_commit(lambda: policy_changed(instance.name))
 
 
+@receiver(post_save, sender=Endpoint)
+@receiver(post_delete, sender=Endpoint)
+def endpoint_changed(sender: type, instance: Endpoint, **kwargs: Any) -> None:
+    """An endpoint is part of its upstream's policy: the upstream's stamp
+    moves (workers without a shared cache compare it) and its version bumps."""
+    from resilience.client import policy_changed
+
+    Upstream.objects.filter(pk=instance.upstream_id).update(updated_at=timezone.now())
+    name = Upstream.objects.filter(pk=instance.upstream_id).values_list("name", flat=True).first()
+    if name is not None:
+        transaction.on_commit(lambda: policy_changed(name))
+
+
 @receiver(breaker_state_changed, dispatch_uid="resilience.receivers.breaker_event")
 def breaker_event(sender: Any, *, upstream: str, old: str, new: str, reason: str = "", **kwargs: Any) -> None:
-    breaker_event_record({"created_at": timezone.now(), "upstream": upstream, "from_state": old,
+    # An endpoint's breaker is named "<upstream>/<endpoint>": the row counts for its upstream.
+    name, _, endpoint = upstream.partition("/")
+    if endpoint:
+        reason = f"endpoint {endpoint}: {reason}"
+    breaker_event_record({"created_at": timezone.now(), "upstream": name, "from_state": old,
                           "to_state": new, "reason": reason[:200]})
 
 

@@ -179,6 +179,7 @@ class UpstreamPolicySerializer(serializers.ModelSerializer):
     cache_methods = serializers.ListField(child=serializers.CharField())
     cache_vary_headers = serializers.ListField(child=serializers.CharField())
     default_headers = serializers.DictField(child=serializers.CharField())
+    served_models = serializers.ListField(child=serializers.CharField())
 
     class Meta:
         model = Upstream
@@ -192,14 +193,45 @@ class CallLogSerializer(serializers.ModelSerializer):
     class Meta:
         model = CallLog
         fields = ["id", "created_at", "upstream", "method", "path", "status", "outcome", "latency_ms",
-                  "attempts", "retries", "cache_hit", "breaker_state", "request_id", "error"]
+                  "attempts", "retries", "cache_hit", "breaker_state", "request_id", "error", "endpoint"]
         read_only_fields = fields
+
+
+class EndpointStateSerializer(serializers.Serializer):
+    """One endpoint as resilience.client.endpoints.snapshot reads it."""
+
+    name = serializers.CharField(help_text="Empty for a single-URL upstream's own URL.")
+    base_url = serializers.CharField()
+    auth_env_var = serializers.CharField(help_text="The variable's name; never the secret.")
+    enabled = serializers.BooleanField()
+    weight = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    model = serializers.CharField(help_text="Model name sent instead of the caller's (empty: none).")
+    pool_size = serializers.IntegerField(allow_null=True)
+    state = serializers.CharField(help_text="Its breaker: closed, half-open, open or disabled.")
+    failures = serializers.IntegerField()
+    retry_after = serializers.FloatField(allow_null=True)
+    cooling_for = serializers.FloatField(help_text="Seconds left of a Retry-After cooldown.")
+    score = serializers.FloatField(allow_null=True, help_text=(
+        "success_rate * (1 - avg_latency_ms / 10000) over the last minute; null without calls."))
+    calls = serializers.IntegerField()
+    error_rate = serializers.FloatField()
+    p95_ms = serializers.FloatField(allow_null=True)
+
+
+class EndpointPoolSerializer(serializers.Serializer):
+    strategy = serializers.CharField()
+    max_ejection_percent = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=["open", "closed"], help_text="open: every endpoint is out.")
+    window_seconds = serializers.IntegerField(help_text="Window of calls, error_rate and p95_ms.")
+    endpoints = EndpointStateSerializer(many=True)
 
 
 class UpstreamDetailResponseSerializer(serializers.Serializer):
     success = serializers.BooleanField()
     upstream = UpstreamPolicySerializer()
     breaker = BreakerStatusSerializer()
+    pool = EndpointPoolSerializer(help_text="The endpoints and their live state (one for a single URL).")
     stats = WindowsSerializer()
     recent_failures = CallLogSerializer(many=True, help_text="The most recent failed calls, newest first.")
 

@@ -60,7 +60,7 @@ def upstreams_seed(*, using: str = "default") -> list[str]:
     `aigen.conf.base_url_disagreement` and `upstream_openai_sync`).
     Runs after every `migrate` too (`upstreams_seed_after_migrate`).
     """
-    from aigen.conf import openai_base_url
+    from aigen.conf import aigen_settings, openai_base_url
 
     seeds = {
         # The OpenAI-compatible provider (aigen): 60 s reads (a long answer
@@ -78,6 +78,8 @@ def upstreams_seed(*, using: str = "default") -> list[str]:
             "retry_methods": ["GET", "POST"], "retry_after_max": 8.0,
             "breaker_fail_max": 5, "breaker_reset_timeout": 30.0,
             "pool_size": 500, "bulkhead_max": 1000, "bulkhead_wait": 1.0,
+            # The model the front door (/v1/chat/completions) routes here.
+            "served_models": [aigen_settings.MODEL],
         },
     }
     created = []

@@ -2,7 +2,10 @@
 
 Contenders, one after the other, against one loopback provider:
 - direct: the driver straight to the provider (what the tool itself costs);
-- this project, started by `make serve` (whatever that target runs today);
+- this project, started by `make serve` (whatever that target runs today),
+  through POST /api/ai/generate;
+- this project /v1: the same server through its OpenAI-compatible front door
+  (POST /v1/chat/completions, the path most traffic takes; `--no-front-door`);
 - with `--litellm`: the LiteLLM proxy with 1 and 4 workers (`--litellm-workers`).
 
 Scenarios (issue 9), each with the provider scripted for it:
@@ -258,9 +261,10 @@ ROWS: dict[str, list[tuple[str, Any, Any]]] = {
 
 
 def table(plan: list[Scenario], results: list[Result], targets: list[str]) -> str:
-    ours = "this project"
-    others = [t for t in targets if t != ours]
-    header = ["scenario", "", *targets] + ([f"{ours} / {o}" for o in others] if ours in targets else [])
+    mine_all = [t for t in targets if t.startswith("this project")]
+    others = [t for t in targets if t not in mine_all]
+    pairs = [(ours, o) for ours in mine_all for o in others]
+    header = ["scenario", "", *targets] + [f"{ours} / {o}" for ours, o in pairs]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by = {(r.target, r.scenario): r for r in results}
     for scenario in plan:
@@ -270,11 +274,8 @@ def table(plan: list[Scenario], results: list[Result], targets: list[str]) -> st
             for t in targets:
                 r = by.get((t, scenario.name))
                 cells.append(show(r) if r else "not run")
-            if ours in targets:
-                mine = by.get((ours, scenario.name))
-                for o in others:
-                    theirs = by.get((o, scenario.name))
-                    cells.append(_ratio(number, mine, theirs))
+            for ours, o in pairs:
+                cells.append(_ratio(number, by.get((ours, scenario.name)), by.get((o, scenario.name))))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -305,7 +306,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--litellm", action="store_true", help="also run the LiteLLM proxy")
     parser.add_argument("--litellm-workers", default="1,4", help="worker counts for LiteLLM (1,4)")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-to-provider column")
-    parser.add_argument("--no-gateway", action="store_true", help="skip this project")
+    parser.add_argument("--no-gateway", action="store_true", help="skip this project's /api/ai/generate")
+    parser.add_argument("--no-front-door", action="store_true",
+                        help="skip this project's /v1/chat/completions")
     parser.add_argument("--make-target", default="serve", help="the Makefile target that serves (serve)")
     parser.add_argument("--redis-url", default=os.environ.get("LOADTEST_REDIS_URL", "redis://127.0.0.1:6379/10"))
     parser.add_argument("--database-url", default=os.environ.get("LOADTEST_DATABASE_URL", ""),
@@ -331,7 +334,7 @@ async def amain(args: argparse.Namespace) -> int:
     targets: list[str] = []
     failures: list[str] = []
 
-    async def contender(name: str, starter: Any) -> None:
+    async def contender(name: str, starter: Any, dialect: str | None = None) -> None:
         print(f"\n{name}:", flush=True)
         server = None
         try:
@@ -339,8 +342,8 @@ async def amain(args: argparse.Namespace) -> int:
             if server is None:
                 target, group = Target(name, provider_proc.url, "openai"), None
             else:
-                dialect = "gateway" if isinstance(server, GatewayServer) else "openai"
-                target, group = Target(name, server.url, dialect, server.token), server.group
+                spoken = dialect or ("gateway" if isinstance(server, GatewayServer) else "openai")
+                target, group = Target(name, server.url, spoken, server.token), server.group
             results.extend(await run_target(target, group, provider, plan, args.pools))
             targets.append(name)
         except Exception as err:  # one contender failing must not lose the others' figures
@@ -357,6 +360,10 @@ async def amain(args: argparse.Namespace) -> int:
             await contender("this project", lambda: GatewayServer(
                 workdir, provider_url=provider_proc.url, redis_url=args.redis_url,
                 database_url=args.database_url, make_target=args.make_target).start())
+        if not args.no_front_door:
+            await contender("this project /v1", lambda: GatewayServer(
+                workdir, provider_url=provider_proc.url, redis_url=args.redis_url,
+                database_url=args.database_url, make_target=args.make_target).start(), dialect="openai")
         if args.litellm:
             for workers in [int(w) for w in args.litellm_workers.split(",") if w.strip()]:
                 await contender(f"LiteLLM {workers}w", lambda w=workers: LiteLLMServer(

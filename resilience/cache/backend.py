@@ -19,6 +19,7 @@ Anyone may call it, through Django's `caches` or `default_cache()`.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -49,7 +50,10 @@ class FallbackLock:
 
         def on_redis(redis: RedisCache) -> Any:
             lock = redis.lock(self._key, **self._kwargs)
-            return lock if lock.acquire(blocking=blocking, blocking_timeout=blocking_timeout) else None
+            # A token of our own: redis-py's default is uuid1(), measurably slow per call.
+            token = secrets.token_hex(16)
+            held = lock.acquire(blocking=blocking, blocking_timeout=blocking_timeout, token=token)
+            return lock if held else None
 
         held = engine.on_redis(on_redis)
         if held is not NOT_SERVED:

@@ -9,7 +9,9 @@ kind (resilience.exceptions). A call goes through, in order:
 2. path checks: the call can only reach the upstream's own base URL: urls;
 3. the response cache and single-flight (threads, tasks, and processes via
    Redis): core, flight;
-4. the shared circuit breaker (no lock held around the call, no round trip
+4. the endpoint for each attempt (one for a single-URL upstream; strategies,
+   cooldowns, failover to another endpoint inside the deadline): endpoints;
+   its shared circuit breaker (no lock held around the call, no round trip
    on a healthy call): breaker;
 5. the bulkhead (calls in flight per process): bulkhead;
 6. the transport: a pooled `requests.Session` with urllib3 retries (send) or
@@ -23,7 +25,7 @@ against the breaker; 4xx and local exhaustion (bulkhead, pool) do not. With
 never carry a URL, query or credential (failures, credentials).
 
 Modules: urls (join and redact), spec (what a call asks), credentials,
-responses (cache entries, response classes, near cache), policy, breaker,
+responses (cache entries, response classes, near cache), policy, endpoints, breaker,
 flight, bulkhead, send / asend (the two transports), failures (classify),
 record (the call record), live (policy reload), core (the steps and the two
 faces), registry (one client per name). Callers import `resilience.upstream`

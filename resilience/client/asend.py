@@ -9,13 +9,16 @@ deadline (httpx's pool timeout), then fails as `PoolExhausted`.
 The pool is sharded: httpcore re-examines every pooled connection (a socket
 probe each) whenever a request starts or ends, so one pool of hundreds of
 connections costs O(connections) per call. Shards of at most `SHARD_SIZE`
-connections, taken in turn, keep that cost flat.
+connections keep that cost flat. A call takes the first shard with a free
+slot (fill-first, counted from send to the body's close), so a quiet upstream
+reuses the few connections of the first shard instead of visiting every
+shard in turn and letting each one's connection expire.
 """
 from __future__ import annotations
 
 import asyncio
-import itertools
 import weakref
+from collections.abc import AsyncIterator, Callable
 
 import httpx2
 from urllib3.exceptions import (
@@ -47,21 +50,55 @@ KEEPALIVE_EXPIRY = 4.0
 
 
 class _Shards:
-    """The transports of one event loop, taken in turn."""
+    """The transports of one event loop and the calls each one carries."""
 
     def __init__(self, pool_size: int) -> None:
         count = max(1, -(-pool_size // SHARD_SIZE))
-        per_shard = -(-pool_size // count)
+        self.per_shard = -(-pool_size // count)
         self.transports = [
             httpx2.AsyncHTTPTransport(
-                limits=httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
+                limits=httpx2.Limits(max_connections=self.per_shard, max_keepalive_connections=self.per_shard,
                                      keepalive_expiry=KEEPALIVE_EXPIRY),
                 trust_env=False, retries=0)
             for _ in range(count)]
-        self._turn = itertools.cycle(self.transports)
+        self.in_flight = [0] * count
 
-    def next(self) -> httpx2.AsyncHTTPTransport:
-        return next(self._turn)
+    def lease(self) -> tuple[httpx2.AsyncHTTPTransport, Callable[[], None]]:
+        """The first shard with a free slot (when every one is full, the least
+        busy: the call then waits in its pool) and the release of that slot,
+        which may be called more than once."""
+        counts = self.in_flight
+        index = next((i for i, count in enumerate(counts) if count < self.per_shard), None)
+        if index is None:
+            index = counts.index(min(counts))
+        counts[index] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                counts[index] -= 1
+
+        return self.transports[index], release
+
+
+class _Releasing(httpx2.AsyncByteStream):
+    """A response body that gives its shard slot back when it is closed."""
+
+    def __init__(self, stream: httpx2.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._release()
 
 
 class AsyncPool:
@@ -74,12 +111,12 @@ class AsyncPool:
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = \
             weakref.WeakKeyDictionary()
 
-    def transport(self) -> httpx2.AsyncHTTPTransport:
+    def lease(self) -> tuple[httpx2.AsyncHTTPTransport, Callable[[], None]]:
         loop = asyncio.get_running_loop()
         shards = self._by_loop.get(loop)
         if shards is None:
             shards = self._by_loop[loop] = _Shards(self.policy.pool_size)
-        return shards.next()
+        return shards.lease()
 
     def close(self) -> None:
         """Close the pool of the running loop, if any (others close with their loop)."""
@@ -132,7 +169,6 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
     """Send with the policy's retries; read the body within the deadline
     unless the caller streams a successful answer. Raises urllib3's exception
     types (mapped), `MaxRetryError`, `EmptyPoolError` or `DeadlineExceeded`."""
-    transport = pool.transport()
     retry = policy.build_retry()
     method, url = request.method, request.url.path
     token = current_trace.set(trace)
@@ -142,11 +178,15 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
             read = timeout.read_timeout
             request.extensions["timeout"] = {"connect": timeout.connect_timeout, "read": read, "write": read,
                                              "pool": max(MIN_TIMEOUT, trace.remaining())}
+            transport, release = pool.lease()
             try:
                 response = await transport.handle_async_request(request)
-            except httpx2.PoolTimeout as err:
-                raise EmptyPoolError(None, "no pooled connection came free") from err  # type: ignore[arg-type]
-            except httpx2.TransportError as err:
+            except BaseException as err:
+                release()
+                if isinstance(err, httpx2.PoolTimeout):
+                    raise EmptyPoolError(None, "no pooled connection came free") from err  # type: ignore[arg-type]
+                if not isinstance(err, httpx2.TransportError):
+                    raise
                 retry = retry.increment(method, url, error=_as_urllib3(err, url))
                 await asyncio.sleep(retry.wait_for())
                 continue
@@ -156,13 +196,17 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
                     retry = retry.increment(method, url, response=view)
                 except MaxRetryError:
                     break  # out of retries: the caller gets this answer
-                await response.aclose()
+                try:
+                    await response.aclose()
+                finally:
+                    release()
                 await asyncio.sleep(retry.wait_for(view))
                 continue
             break
     finally:
         current_trace.reset(token)
-    answer = AsyncUpstreamResponse(response.status_code, headers=response.headers, stream=response.stream,
+    answer = AsyncUpstreamResponse(response.status_code, headers=response.headers,
+                                   stream=_Releasing(response.stream, release),
                                    extensions=response.extensions, request=request)
     if not stream or answer.status_code >= 400:
         try:

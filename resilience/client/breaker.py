@@ -251,6 +251,13 @@ class SharedBreaker:
         # Every probe slot is taken: wait for a probe's verdict.
         raise CircuitOpen(self.name, min(self.reset_timeout, 1.0))
 
+    def looks_open(self) -> bool:
+        """Whether this process's last read of the shared state said open, with
+        the reset timeout not yet over (memory only: no round trip, no probe
+        slot taken). A hint for choosing among endpoints; `admit()` decides."""
+        snap = self._snapshot
+        return snap is not None and snap.state == OPEN and snap.opened_at + self.reset_timeout > self.clock()
+
     def record_success(self, admission: Admission) -> None:
         if admission.probe:
             self.storage.release_probe()

@@ -1,8 +1,9 @@
 """The resilient client: one logic of steps, two faces (sync and async).
 
 `UpstreamClient._steps` is the whole logic of a call as a generator: the
-response cache, single-flight, the breaker, the bulkhead, sending, error
-classification and the stale fallback. Where it needs I/O it yields a
+response cache, single-flight, the endpoint and its breaker, the bulkhead,
+sending, error classification, failover to another endpoint and the stale
+fallback. Where it needs I/O it yields a
 command (`Send`, `Sleep`, `Follow`, `Acquire`); `request()` performs them
 with requests and threads, `arequest()` with httpx2 and the event loop, and
 both send the outcome back in. Everything else (what to cache, what counts
@@ -22,6 +23,7 @@ from the database in a worker thread when a check is due.
 from __future__ import annotations
 
 import asyncio
+import json as json_module
 import logging
 import time
 from collections.abc import Callable, Generator
@@ -38,10 +40,10 @@ from resilience import exceptions as errors
 from resilience.cache import default_cache
 from resilience.client import responses
 from resilience.client.asend import asend, build_request
-from resilience.client.breaker import CircuitOpen
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.credentials import Credentials
-from resilience.client.failures import classify
+from resilience.client.endpoints import Choice, Member, Pool, Unavailable
+from resilience.client.failures import classify, nothing_sent
 from resilience.client.flight import SingleFlight, copy_error, release_lock
 from resilience.client.live import Built, LivePolicy, cache_is_shared
 from resilience.client.policy import Trace
@@ -66,7 +68,7 @@ logger = logging.getLogger(__name__)
 # -- commands the steps yield ----------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Send:
-    built: Built
+    member: Member
     spec: RequestSpec
     credentials: Credentials
     trace: Trace
@@ -181,6 +183,43 @@ def async_from_entry(entry: CacheEntry, spec: RequestSpec, meta: CallMeta) -> As
     return AsyncUpstreamResponse.from_entry(entry, httpx2.Request(spec.method, spec.full_url()), meta)
 
 
+def _spec_for(member: Member, spec: RequestSpec, policy: Any) -> RequestSpec:
+    """The call as sent to `member`: its base URL in place of the policy's,
+    and its model name in a JSON body's "model" when it overrides it."""
+    if member.base_url == policy.base_url and not member.model:
+        return spec
+    url = spec.url
+    if member.base_url != policy.base_url and url.startswith(policy.base_url):
+        url = member.base_url + url[len(policy.base_url):]  # the checked suffix, on another base
+    data, body = spec.data, spec.json
+    if member.model:
+        if isinstance(body, dict) and "model" in body:
+            body = {**body, "model": member.model}
+        elif body is None and isinstance(data, (bytes, str)) and data[:1] in (b"{", "{"):
+            try:
+                decoded = json_module.loads(data)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, dict) and "model" in decoded:
+                decoded["model"] = member.model
+                data = json_module.dumps(decoded, separators=(",", ":")).encode()
+    return RequestSpec(spec.method, url, spec.params, spec.headers, data, body)
+
+
+def _release_probe(choice: Choice) -> None:
+    admission, breaker = choice.admission, choice.member.breaker
+    if admission is not None and admission.probe and breaker is not None:
+        breaker.storage.release_probe()
+
+
+def _on_close(member: Member, release: Callable[[], None] | None) -> Callable[[], None]:
+    def closed() -> None:
+        member.in_flight -= 1
+        if release is not None:
+            release()
+    return closed
+
+
 def _fresh(found: Any) -> CacheEntry | None:
     return found if isinstance(found, CacheEntry) and found.fresh() else None
 
@@ -274,8 +313,8 @@ class UpstreamClient:
     @staticmethod
     def _perform(command: Command) -> Any:
         if isinstance(command, Send):
-            built = command.built
-            return send(built.session, built.policy, command.spec, command.credentials, command.trace,
+            member = command.member
+            return send(member.session, member.policy, command.spec, command.credentials, command.trace,
                         stream=command.stream)
         if isinstance(command, Acquire):
             return command.bulkhead.acquire(command.timeout)
@@ -342,8 +381,8 @@ class UpstreamClient:
     @staticmethod
     async def _aperform(command: Command) -> Any:
         if isinstance(command, Send):
-            built = command.built
-            return await asend(built.apool, built.policy, build_request(command.spec, command.credentials),
+            member = command.member
+            return await asend(member.apool, member.policy, build_request(command.spec, command.credentials),
                                command.trace, stream=command.stream)
         if isinstance(command, Acquire):
             return await command.bulkhead.aacquire(command.timeout)
@@ -480,79 +519,129 @@ class UpstreamClient:
 
     def _fetch(self, built: Built, spec: RequestSpec, from_entry: FromEntry, *, stream: bool,
                stale: CacheEntry | None) -> Steps:
-        """One logical upstream call: breaker, bulkhead, send, classification."""
-        policy, breaker, bulkhead = built.policy, built.breaker, built.bulkhead
-        credentials = built.credentials_now()
-        if credentials.needed and not credentials.secret:  # before admission: takes no probe slot
-            failure = credentials.missing_error()
-            return Answer(Result(Outcome.REFUSED, error=failure.message), error=failure)
-        admission = None
-        if breaker is not None:
-            try:
-                admission = breaker.admit()
-            except CircuitOpen as err:
-                failure = errors.BreakerOpen(f"circuit breaker for {self.name!r} is open", upstream=self.name,
-                                             retry_after=err.retry_after)
-                result = Result(Outcome.BREAKER_OPEN, breaker_state="open", error=failure.message)
-                return self._stale_or(result, failure, stale, spec, from_entry)
-        state = admission.state if admission is not None else ""
+        """One logical upstream call: the endpoint, its breaker, the bulkhead,
+        send, classification, and failover to another endpoint.
+
+        Every attempt goes to an endpoint `Pool.choose` gives (a single-URL
+        upstream's pool has one). Within the policy's retries and the one
+        deadline, a failure the policy retries (a connection error or
+        timeout, a retry status) moves the next attempt to an endpoint not
+        yet tried, then to any other; the trace's history names each
+        attempt's endpoint. With no other endpoint available, retries stay
+        on this one (the transport's own loop with the policy's backoff, as
+        for a single URL)."""
+        policy, pool, bulkhead = built.policy, built.pool, built.bulkhead
+        choice = pool.choose()
+        if isinstance(choice, Unavailable):
+            if choice.retry_after is None and choice.missing is not None:  # takes no probe slot
+                failure = choice.missing.missing_error()
+                return Answer(Result(Outcome.REFUSED, error=failure.message), error=failure)
+            if pool.single:
+                message = f"circuit breaker for {self.name!r} is open"
+            else:
+                message = f"every endpoint of {self.name!r} is out (breaker open or cooling down)"
+            failure = errors.BreakerOpen(message, upstream=self.name, retry_after=choice.retry_after)
+            result = Result(Outcome.BREAKER_OPEN, breaker_state="open", error=failure.message)
+            return self._stale_or(result, failure, stale, spec, from_entry)
         if bulkhead is not None:
             granted = yield Acquire(bulkhead, policy.bulkhead_wait)
             if not granted:
-                if admission is not None and admission.probe:
-                    breaker.storage.release_probe()  # type: ignore[union-attr]
+                _release_probe(choice)
                 failure = errors.BulkheadFull(
                     f"{self.name}: {bulkhead.limit} calls already in flight (bulkhead)", upstream=self.name,
                     retry_after=max(1.0, policy.bulkhead_wait))
-                return self._stale_or(Result(Outcome.REJECTED, breaker_state=state, error=failure.message),
-                                      failure, stale, spec, from_entry)
+                return self._stale_or(Result(Outcome.REJECTED, breaker_state=choice.state,
+                                             error=failure.message), failure, stale, spec, from_entry)
         release = bulkhead.release if bulkhead is not None else None
         trace = Trace(deadline=time.monotonic() + policy.deadline)
+        tried: tuple[Member, ...] = ()
         try:
-            try:
-                response = yield Send(built, spec, credentials, trace, stream)
-            except Exception as exc:
-                failure = classify(exc, trace, upstream=self.name)
-                failure.message = credentials.redact(failure.message)
-                attempts, retries = max(1, len(trace.history)), tuple(trace.history)
-                local = isinstance(failure, errors.LocalCapacityExhausted)
-                if admission is not None:
+            while True:
+                member, admission = choice.member, choice.admission
+                breaker = member.breaker
+                tried += (member,)
+                trace.endpoint = member.name
+                # Another endpoint available: this one gets one attempt, the retry moves on.
+                # Else the transport retries here, with the policy's backoff, up to the policy's limit.
+                trace.stop_after = len(trace.history) + 1 if pool.has_alternative(member) \
+                    else policy.retry_total + 1
+                credentials = member.credentials_now()
+                began = time.perf_counter()
+                member.in_flight += 1
+                try:
+                    response = yield Send(member, _spec_for(member, spec, policy), credentials, trace, stream)
+                except Exception as exc:
+                    member.in_flight -= 1
+                    failure = classify(exc, trace, upstream=self.name)
+                    failure.message = credentials.redact(failure.message)
+                    local = isinstance(failure, errors.LocalCapacityExhausted)
+                    if admission is not None:
+                        if not local:
+                            breaker.record_failure(admission, exc)  # type: ignore[union-attr]
+                        elif admission.probe:
+                            breaker.storage.release_probe()  # type: ignore[union-attr]
                     if not local:
-                        breaker.record_failure(admission, exc)  # type: ignore[union-attr]
-                    elif admission.probe:
-                        breaker.storage.release_probe()  # type: ignore[union-attr]
-                result = Result(outcome_of(failure), attempts=attempts, retries=retries, breaker_state=state,
-                                error=failure.message)
-                return self._stale_or(result, failure, stale, spec, from_entry)
+                        pool.observe(member, ok=False, latency_ms=(time.perf_counter() - began) * 1000)
+                        if self._may_fail_over(pool, policy, trace) and (
+                                nothing_sent(exc) or spec.method in policy.retry_methods):
+                            following = pool.choose(tried)
+                            if isinstance(following, Choice):
+                                choice = following
+                                continue
+                    attempts, retries = max(1, len(trace.history)), tuple(trace.history)
+                    result = Result(outcome_of(failure), attempts=attempts, retries=retries,
+                                    breaker_state=choice.state, error=failure.message, endpoint=member.name)
+                    return self._stale_or(result, failure, stale, spec, from_entry)
 
-            status = response.status_code
-            retryable = status in policy.retry_statuses and spec.method in policy.retry_methods
-            retried = retryable and bool(trace.history)
-            attempts = len(trace.history) + (0 if retried else 1)
-            upstream_failed = status >= 500 or retried
-            if admission is not None:
-                if upstream_failed:
-                    breaker.record_failure(admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
-                        f"status {status}", upstream=self.name, response=response))
-                else:
-                    breaker.record_success(admission)  # type: ignore[union-attr]
-            response.meta = CallMeta(attempts=attempts)
-            result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
-                            breaker_state=state)
-            if status < 400:
-                if stream and release is not None:
-                    response.when_closed(release)  # the slot is held while the caller reads
+                status = response.status_code
+                retryable = status in policy.retry_statuses and spec.method in policy.retry_methods
+                retried = retryable and bool(trace.history)
+                attempts = len(trace.history) + (0 if retried else 1)
+                upstream_failed = status >= 500 or retried
+                if status in (429, 503) and not pool.single:  # a single URL answers its callers as before
+                    asked = retry_after_of(response.headers)
+                    if asked:
+                        pool.cool(member, asked)
+                if admission is not None:
+                    if upstream_failed:
+                        breaker.record_failure(admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
+                            f"status {status}", upstream=self.name, response=response))
+                    else:
+                        breaker.record_success(admission)  # type: ignore[union-attr]
+                pool.observe(member, ok=not upstream_failed and status != 429,
+                             latency_ms=(time.perf_counter() - began) * 1000)
+                if retried and self._may_fail_over(pool, policy, trace):
+                    following = pool.choose(tried)
+                    if isinstance(following, Choice):  # the error answer's body was read: nothing to close
+                        member.in_flight -= 1
+                        choice = following
+                        continue
+                response.meta = CallMeta(attempts=attempts)
+                result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
+                                breaker_state=choice.state, endpoint=member.name)
+                if status < 400 and stream:
+                    # The slot and the in-flight count are held while the caller reads.
+                    response.when_closed(_on_close(member, release))
                     release = None
-                return Answer(result, response=response)
-            failure = http_failure(self.name, status, response, retried=retried, attempts=attempts,
-                                   retry_after=retry_after_of(response.headers))
-            result = replace(result, outcome=Outcome.HTTP_ERROR, error=failure.message)
-            if upstream_failed and stale is not None:
-                return self._stale_or(result, failure, stale, spec, from_entry)
-            return Answer(result, response=response, http_error=failure)
+                else:
+                    member.in_flight -= 1
+                if status < 400:
+                    return Answer(result, response=response)
+                failure = http_failure(self.name, status, response, retried=retried, attempts=attempts,
+                                       retry_after=retry_after_of(response.headers))
+                result = replace(result, outcome=Outcome.HTTP_ERROR, error=failure.message)
+                if upstream_failed and stale is not None:
+                    return self._stale_or(result, failure, stale, spec, from_entry)
+                return Answer(result, response=response, http_error=failure)
         finally:
             if release is not None:
                 release()
+
+    @staticmethod
+    def _may_fail_over(pool: Pool, policy: Any, trace: Trace) -> bool:
+        """Whether a failed attempt may move to another endpoint: there is
+        one, a retry is left, and so is time."""
+        return not pool.single and len(trace.history) <= policy.retry_total and trace.remaining() > 0
 
     def _stale_or(self, result: Result, failure: errors.UpstreamError, stale: CacheEntry | None,
                   spec: RequestSpec, from_entry: FromEntry) -> Answer:
@@ -570,5 +659,6 @@ class UpstreamClient:
             upstream=self.name, method=plan.method, spec=plan.spec, raw_path=plan.path,
             secret_names=built.credentials.secret_names, result=answer.result,
             latency_ms=round((time.perf_counter() - started) * 1000, 3), created=time.time(),
-            request_id=current_request_id.get() or "", sample_rate=built.policy.log_sample_rate)
+            request_id=current_request_id.get() or "", sample_rate=built.policy.log_sample_rate,
+            endpoint=answer.result.endpoint)
         call_record_emit(record, sender=UpstreamClient)

@@ -64,6 +64,14 @@ def _unwrap(exc: BaseException) -> BaseException:
     return reason
 
 
+def nothing_sent(exc: BaseException) -> bool:
+    """Whether a failed send never reached the upstream (the connection was
+    not made): trying another endpoint cannot repeat a request it ran."""
+    reason = _unwrap(exc)
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError)) or isinstance(
+        exc, requests.ConnectTimeout)
+
+
 def classify(exc: BaseException, trace: Trace, *, upstream: str) -> errors.UpstreamError:
     """The UpstreamError kind for a failed send (see the module docstring)."""
     tries = len(trace.history)

@@ -28,8 +28,8 @@ from resilience.client.asend import AsyncPool
 from resilience.client.breaker import SharedBreaker, Transition, log_transition
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.credentials import Credentials
+from resilience.client.endpoints import Pool, pool_specs
 from resilience.client.policy import Policy
-from resilience.client.send import session_build
 from resilience.conf import resilience_settings
 from resilience.models import Upstream
 from resilience.signals import breaker_state_changed
@@ -61,41 +61,56 @@ def _announce(change: Transition) -> None:
 
 @dataclass(slots=True)
 class Built:
-    """Everything built from one policy version."""
+    """Everything built from one policy version: the endpoint pool (one
+    session, async pool, credential and breaker per endpoint), the bulkhead.
+    `session`, `apool`, `breaker` and `credentials` are the first endpoint's
+    (a single-URL upstream's only one)."""
 
     policy: Policy
-    session: requests.Session
-    apool: AsyncPool
-    breaker: SharedBreaker | None
+    pool: Pool
     bulkhead: Bulkhead | None
-    credentials: Credentials
     version: Any
     updated_at: Any
 
     @classmethod
     def of(cls, row: Upstream, version: Any) -> Built:
         policy = Policy.from_model(row)
-        breaker = None
-        if policy.breaker_enabled:
-            breaker = SharedBreaker(
-                policy.name, fail_max=policy.breaker_fail_max, reset_timeout=policy.breaker_reset_timeout,
+
+        def breaker_for(name: str) -> SharedBreaker | None:
+            if not policy.breaker_enabled:
+                return None
+            return SharedBreaker(
+                name, fail_max=policy.breaker_fail_max, reset_timeout=policy.breaker_reset_timeout,
                 success_threshold=policy.breaker_success_threshold,
                 half_open_max=policy.breaker_half_open_max, probe_ttl=policy.deadline + 1,
                 listeners=[_announce])
-        return cls(policy=policy, session=session_build(policy), apool=AsyncPool(policy), breaker=breaker,
+
+        return cls(policy=policy, pool=Pool(policy, pool_specs(row), breaker_for),
                    bulkhead=Bulkhead(policy.bulkhead_max) if policy.bulkhead_max else None,
-                   credentials=Credentials.for_policy(policy), version=version, updated_at=row.updated_at)
+                   version=version, updated_at=row.updated_at)
+
+    @property
+    def session(self) -> requests.Session:
+        return self.pool.first.session
+
+    @property
+    def apool(self) -> AsyncPool:
+        return self.pool.first.apool
+
+    @property
+    def breaker(self) -> SharedBreaker | None:
+        return self.pool.first.breaker
+
+    @property
+    def credentials(self) -> Credentials:
+        return self.pool.first.credentials
 
     def credentials_now(self) -> Credentials:
-        """The credential, read again while it is still missing."""
-        credentials = self.credentials
-        if credentials.needed and not credentials.secret:
-            credentials = self.credentials = Credentials.for_policy(self.policy)
-        return credentials
+        """The first endpoint's credential, read again while it is still missing."""
+        return self.pool.first.credentials_now()
 
     def close(self) -> None:
-        self.session.close()
-        self.apool.close()
+        self.pool.close()
 
 
 class LivePolicy:

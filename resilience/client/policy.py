@@ -67,6 +67,8 @@ class Policy:
     auth_env_var: str
     auth_name: str
     health_path: str
+    endpoint_strategy: str = "weighted"
+    max_ejection_percent: int = 100
 
     @classmethod
     def from_model(cls, row: Any) -> Policy:
@@ -92,6 +94,7 @@ class Policy:
             default_headers=dict(row.default_headers or {}),
             auth_kind=row.auth_kind, auth_env_var=row.auth_env_var, auth_name=row.auth_name,
             health_path=row.health_path,
+            endpoint_strategy=row.endpoint_strategy, max_ejection_percent=row.max_ejection_percent,
         )
 
     def build_retry(self) -> PolicyRetry:
@@ -130,11 +133,19 @@ class DeadlineExceeded(Exception):
 
 @dataclass
 class Trace:
-    """Per-call state shared with urllib3's retry machinery."""
+    """Per-call state shared with urllib3's retry machinery.
+
+    One trace spans every attempt of a call, across the endpoints it fails
+    over to: `endpoint` names the endpoint being tried ("" for a single-URL
+    upstream), and `stop_after` (when set) is the history length at which
+    the transport stops retrying and hands the failure back, so the client
+    can move the retry to another endpoint (resilience.client.core)."""
 
     deadline: float
     started: float = field(default_factory=time.monotonic)
     history: list[dict[str, Any]] = field(default_factory=list)
+    endpoint: str = ""
+    stop_after: int | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -195,14 +206,19 @@ class PolicyRetry(Retry):
     def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
                   error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Retry:
         trace = current_trace.get()
+        stop = False
         if trace is not None:
-            trace.history.append({
+            entry = {
                 "status": getattr(response, "status", None),
                 "error": type(error).__name__ if error is not None else None,
                 "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
                 "wait_s": 0.0,
-            })
-        if error is not None and unfixable(error):  # no attempts left for this one
+            }
+            if trace.endpoint:
+                entry["endpoint"] = trace.endpoint
+            trace.history.append(entry)
+            stop = trace.stop_after is not None and len(trace.history) >= trace.stop_after
+        if stop or (error is not None and unfixable(error)):  # no attempts left for this one
             exhausted = self.new(total=0, connect=0, read=0, status=0, other=0)
             return Retry.increment(exhausted, method, url, response, error, _pool, _stacktrace)
         return super().increment(method, url, response, error, _pool, _stacktrace)

@@ -27,6 +27,7 @@ class Result:
     cache_hit: bool = False
     breaker_state: str = ""
     error: str = ""
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class CallRecord:
             "outcome": str(result.outcome), "latency_ms": self.latency_ms, "attempts": result.attempts,
             "retries": list(result.retries), "cache_hit": result.cache_hit,
             "breaker_state": result.breaker_state, "request_id": self.request_id, "error": result.error[:500],
+            "endpoint": self.endpoint,
         }
 
 

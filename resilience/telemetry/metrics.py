@@ -58,6 +58,10 @@ UPSTREAM_LATENCY = Histogram(
     "breaker refusals are not observed).", ["upstream"], buckets=LATENCY_BUCKETS)
 UPSTREAM_RETRIES = Counter(
     "resilience_upstream_retries", "Attempts beyond the first of each upstream call.", ["upstream"])
+ENDPOINT_CALLS = Counter(
+    "resilience_endpoint_calls", "Logical upstream calls by the endpoint of their last attempt, for "
+    "upstreams with endpoints (names set by operators, never by callers).",
+    ["upstream", "endpoint", "outcome"])
 BREAKER_TRANSITIONS = Counter(
     "resilience_breaker_transitions",
     "Circuit breaker state changes (counted by the process that made them).",
@@ -76,6 +80,11 @@ def _children(upstream: str, outcome: str) -> tuple[Any, Any, Any]:
             UPSTREAM_RETRIES.labels(upstream))
 
 
+@functools.lru_cache(maxsize=4096)
+def _endpoint_child(upstream: str, endpoint: str, outcome: str) -> Any:
+    return ENDPOINT_CALLS.labels(upstream, endpoint, outcome)
+
+
 def _on_call_completed(sender: Any, *, call: Any, **kwargs: Any) -> None:
     upstream, attempts = call.upstream, call.attempts
     try:
@@ -85,6 +94,9 @@ def _on_call_completed(sender: Any, *, call: Any, **kwargs: Any) -> None:
             latency.observe(call.latency_ms / 1000)
         if attempts > 1:
             retries.inc(attempts - 1)
+        endpoint = getattr(call, "endpoint", "")
+        if endpoint:
+            _endpoint_child(upstream, endpoint, str(call.outcome)).inc()
     except Exception:  # metrics must never fail a call
         logger.exception("metrics: could not count a call to %s", upstream)
 
@@ -114,28 +126,42 @@ def request_observe(*, view: str, method: str, status: int, seconds: float) -> N
 # -- state, at scrape time ---------------------------------------------------------------------
 class BreakerCollector:
     """`resilience_breaker_state` (0 closed, 1 half-open, 2 open) and
-    `resilience_breaker_failures` per upstream with an enabled breaker, read
-    from the shared breaker storage: the same answer from every worker."""
+    `resilience_breaker_failures` per upstream with an enabled breaker, and
+    `resilience_endpoint_breaker_state` per enabled endpoint of such an
+    upstream, read from the shared breaker storage: the same answer from
+    every worker. One query (upstreams joined to their endpoints)."""
 
     def collect(self) -> Iterator[Metric]:
+        from resilience.client.breaker import SharedBreaker
+        from resilience.client.endpoints import breaker_name
         from resilience.models import Upstream
-        from resilience.telemetry.selectors import breaker_status
 
         state = GaugeMetricFamily("resilience_breaker_state", "Circuit breaker state: 0 closed, "
                                   "1 half-open, 2 open.", labels=["upstream"])
         failures = GaugeMetricFamily("resilience_breaker_failures",
                                      "Consecutive failures counted by the breaker.", labels=["upstream"])
+        endpoints = GaugeMetricFamily("resilience_endpoint_breaker_state", "Endpoint circuit breaker state: "
+                                      "0 closed, 1 half-open, 2 open.", labels=["upstream", "endpoint"])
         try:
-            upstreams = list(Upstream.objects.filter(breaker_enabled=True))
+            rows = list(Upstream.objects.filter(breaker_enabled=True).order_by("name").values_list(
+                "name", "breaker_fail_max", "breaker_reset_timeout", "endpoints__name", "endpoints__enabled"))
         except DatabaseError:
             logger.warning("metrics: breaker states left out (database unavailable)")
             return
-        for upstream in upstreams:
-            status = breaker_status(upstream)
-            state.add_metric([upstream.name], BREAKER_STATE_VALUES.get(status["state"], 0))
-            failures.add_metric([upstream.name], status["failures"] or 0)
+        seen: set[str] = set()
+        for name, fail_max, reset_timeout, endpoint, enabled in rows:
+            if name not in seen:
+                seen.add(name)
+                status = SharedBreaker.status_of(name, fail_max=fail_max, reset_timeout=reset_timeout)
+                state.add_metric([name], BREAKER_STATE_VALUES.get(status["state"], 0))
+                failures.add_metric([name], status["failures"] or 0)
+            if endpoint and enabled:
+                status = SharedBreaker.status_of(breaker_name(name, endpoint), fail_max=fail_max,
+                                                 reset_timeout=reset_timeout)
+                endpoints.add_metric([name, endpoint], BREAKER_STATE_VALUES.get(status["state"], 0))
         yield state
         yield failures
+        yield endpoints
 
 
 class CacheCollector:

@@ -36,9 +36,21 @@ def form_data(form) -> dict:
     return data
 
 
+def page_data(page) -> dict:
+    """What a browser would post for a rendered change page: the model form
+    and each inline's management form (the endpoints inline)."""
+    data = form_data(page.context["adminform"].form)
+    inlines = page.context.get("inline_admin_formsets", [])
+    for inline in inlines:
+        management = inline.formset.management_form
+        for name in management.fields:
+            data[management.add_prefix(name)] = management[name].value()
+    return data
+
+
 def test_add_form_rejects_bad_values_with_clear_messages(staff_client):
     page = staff_client.get(reverse("admin:resilience_upstream_add"))
-    data = form_data(page.context["adminform"].form)
+    data = page_data(page)
     data.update(name="bad", base_url="ftp://files.example", retry_statuses="[200, 999]",
                 cache_vary_headers='["Authorization"]', connect_timeout="-1")
     response = staff_client.post(reverse("admin:resilience_upstream_add"), data)
@@ -53,7 +65,7 @@ def test_sample_rate_is_edited_in_its_own_fieldset_and_bounded(staff_client):
     page = staff_client.get(reverse("admin:resilience_upstream_add"))
     html = " ".join(page.content.decode().split())
     assert "Call log" in html and "successful calls are sampled at this rate" in html
-    data = form_data(page.context["adminform"].form)
+    data = page_data(page)
     assert float(data["log_sample_rate"]) == 0.01  # the documented default
     data.update(name="sampled", base_url="https://api.example.com", log_sample_rate="1.5")
     response = staff_client.post(reverse("admin:resilience_upstream_add"), data)
@@ -67,7 +79,7 @@ def test_history_and_rollback(staff_client, make_upstream):
     row = make_upstream(read_timeout=5.0)
     change_url = reverse("admin:resilience_upstream_change", args=[row.pk])
     page = staff_client.get(change_url)
-    data = form_data(page.context["adminform"].form)
+    data = page_data(page)
     data["read_timeout"] = "9.5"
     response = staff_client.post(change_url, data)
     assert response.status_code == 302, response.context["adminform"].form.errors
@@ -80,7 +92,7 @@ def test_history_and_rollback(staff_client, make_upstream):
     revert_url = reverse("admin:resilience_upstream_simple_history", args=[row.pk, first.history_id])
     page = staff_client.get(revert_url)
     assert page.status_code == 200 and "Revert" in page.content.decode()
-    assert staff_client.post(revert_url, form_data(page.context["adminform"].form)).status_code == 302
+    assert staff_client.post(revert_url, page_data(page)).status_code == 302
     row.refresh_from_db()
     assert row.read_timeout == 5.0
     assert row.history.count() == 3

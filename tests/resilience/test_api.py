@@ -224,7 +224,8 @@ def test_calls_are_paginated_newest_first(make_upstream, user_client):
     assert [c["path"] for c in last["results"]] == ["/p4"] and last["next"] is None
     row = last["results"][0]
     assert set(row) == {"id", "created_at", "upstream", "method", "path", "status", "outcome", "latency_ms",
-                        "attempts", "retries", "cache_hit", "breaker_state", "request_id", "error"}
+                        "attempts", "retries", "cache_hit", "breaker_state", "request_id", "error",
+                        "endpoint"}
     assert_error(user_client.get(f"{API}/upstreams/api/calls", {"page": 9}), 404, "not_found")
 
 

@@ -52,7 +52,8 @@ SCRIPTS = {
     "post is not retried after sending": ({}, [Reply(503), Reply(200)], ("POST", "/r")),
     "refused path": ({}, [], ("GET", "//evil.example/x")),
     "read timeout": ({"read_timeout": 0.1, "retry_total": 0}, [Reply(200, delay=0.5)], ("GET", "/r")),
-    "deadline": ({"deadline": 0.3, "retry_backoff_factor": 0.2}, [Reply(503)] * 5, ("GET", "/r")),
+    # The second retry's wait (4 s) cannot fit in the deadline: the same 2 attempts however busy the box.
+    "deadline": ({"deadline": 2.0, "retry_backoff_factor": 2.0}, [Reply(503)] * 5, ("GET", "/r")),
     "stale on error": ({"cache_ttl": 1, "cache_serve_stale": True}, [Reply(200, body={"v": 1}), Reply(500)],
                        ("GET", "/r")),
 }
@@ -122,6 +123,32 @@ def test_a_streamed_async_call_reads_as_it_comes(fake, make_upstream):
             await response.aclose()
 
     assert async_to_sync(read)() == b"one two three"
+
+
+def test_quiet_calls_share_one_connection_and_every_slot_comes_back(fake, make_upstream):
+    """Fill-first shards: one call at a time reuses one connection even with a
+    pool of many shards, and answers, streams, retried statuses and refused
+    connections all give their shard slot back."""
+    make_upstream(pool_size=200, retry_total=1, retry_backoff_factor=0.01)
+    fake.script("/ok", Reply(200, body={"v": 1}))
+    fake.script("/s", Reply(200, chunks=(b"a", b"b")))
+    fake.script("/flaky", Reply(503), Reply(200, body={"v": 2}))
+
+    async def calls():
+        client = upstream("api")
+        for _ in range(5):
+            await client.aget("/ok", cache=False)
+        response = await client.aget("/s", stream=True)
+        await response.aclose()  # closed before the body was read
+        await client.aget("/flaky", cache=False)
+        built = client._live.current()
+        shards = built.apool._by_loop[asyncio.get_running_loop()]
+        return len(shards.transports), list(shards.in_flight)
+
+    shard_count, in_flight = async_to_sync(calls)()
+    assert shard_count > 1 and in_flight == [0] * shard_count
+    ok = [r for r in fake.requests if r.path == "/ok"]
+    assert len({r.connection_id for r in ok}) == 1
 
 
 def test_the_sync_client_loads_its_policy_lazily_on_an_event_loop(fake, make_upstream):

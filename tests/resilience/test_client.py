@@ -144,12 +144,14 @@ def test_deadline_bounds_a_slow_upstream_across_retries(fake, make_upstream):
 
 
 def test_deadline_bounds_a_slow_body(fake, make_upstream):
-    make_upstream(retry_total=0, read_timeout=10, deadline=0.3)
-    fake.script("/drip", Reply(200, body=b"x" * 4000, body_delay=0.15))
+    # The whole body takes 4 x 1 s; the deadline ends the read at 0.5 s (plus
+    # scheduling slack on a busy box, far from the 4 s without a deadline).
+    make_upstream(retry_total=0, read_timeout=10, deadline=0.5)
+    fake.script("/drip", Reply(200, body=b"x" * 4000, body_delay=1.0))
     started = time.monotonic()
     with pytest.raises(errors.UpstreamTimeout):
         upstream("api").get("/drip")
-    assert time.monotonic() - started < 0.3 + 0.2  # at most one chunk wait past it
+    assert time.monotonic() - started < 0.5 + 1.0
 
 
 def test_connection_reset_is_retried_then_reported(fake, make_upstream):

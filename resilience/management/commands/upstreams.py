@@ -1,15 +1,19 @@
-"""`manage.py upstreams`: every upstream's breaker and statistics as a table."""
+"""`manage.py upstreams`: every upstream's breaker and statistics as a table,
+then the endpoints of upstreams that have several (state, weight, score,
+error rate, p95 over the last 5 minutes)."""
 from __future__ import annotations
 
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from resilience.client.endpoints import snapshot
 from resilience.models import Upstream
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 
 COLUMNS = ("upstream", "breaker", "calls", "err%", "p50ms", "p95ms", "p99ms", "hit%", "retries", "trips")
+ENDPOINT_COLUMNS = ("endpoint", "state", "weight", "prio", "score", "calls", "err%", "p95ms", "cooling")
 
 
 def _fmt(value: Any) -> str:
@@ -38,7 +42,20 @@ class Command(BaseCommand):
         if len(rows) == 1:
             self.stdout.write("no upstreams configured (see the admin, or manage.py seed_upstreams)")
             return
-        widths = [max(len(str(r[i])) for r in rows) for i in range(len(COLUMNS))]
+        self._table(rows)
+        endpoint_rows: list[tuple[Any, ...]] = [ENDPOINT_COLUMNS]
+        for upstream in Upstream.objects.filter(endpoints__isnull=False).distinct():
+            for e in snapshot(upstream)["endpoints"]:
+                endpoint_rows.append((
+                    f"{upstream.name}/{e['name']}", e["state"], e["weight"], e["priority"], _fmt(e["score"]),
+                    e["calls"], f"{e['error_rate'] * 100:.1f}", _fmt(e["p95_ms"]),
+                    f"{e['cooling_for']:.0f}s" if e["cooling_for"] else "-"))
+        if len(endpoint_rows) > 1:
+            self.stdout.write("")
+            self._table(endpoint_rows)
+
+    def _table(self, rows: list[tuple[Any, ...]]) -> None:
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
         for index, row in enumerate(rows):
             line = "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
                              for i, (v, w) in enumerate(zip(row, widths, strict=True)))

@@ -1,0 +1,252 @@
+"""The OpenAI-compatible front door: `POST /v1/chat/completions` (plain and
+streamed) and `GET /v1/models`, so any OpenAI SDK uses the gateway by
+changing its base URL.
+
+Authentication is the project's API tokens (`Authorization: Bearer <key>`,
+the same cached lookup as POST /api/ai/generate: aigen.async_views), never a
+provider key: the provider's credential is the upstream's or its endpoint's
+environment variable. The request's `model` picks the upstream that lists
+it in `served_models`; the body goes through that upstream's client
+(`arequest`: policy, endpoint choice and failover, breakers, call log,
+metrics), with an endpoint's model override applied to the body it is sent
+to. Async views without DRF: a generation waits on the provider without
+holding a thread.
+
+Errors come in OpenAI's shape, `{"error": {"message", "type", "param",
+"code"}}`: 400/401/404/405/413/415/429 from the gateway itself, the
+provider's own error body when it answered one, and for a call that got no
+usable answer (every endpoint out, timeout, connection failure) the status
+of the project's error (503 with `Retry-After`, 504, 502) with its code.
+
+Streams: until the provider has answered 200 the call can still fail over
+to another endpoint. After that, a stream that breaks (connection lost,
+timeout, or ended without `data: [DONE]`) ends with one error event,
+`data: {"error": {"message": ..., "type": "server_error", "code":
+"stream_interrupted"}}`, which the OpenAI SDKs raise as an APIError: never
+a silent truncation.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from aigen.async_views import _authenticate, _body, _Refusal
+from aigen.exceptions import RequestTooLarge
+from aigen.throttling import GenerateThrottle
+from resilience import exceptions as errors
+from resilience.client import upstream_client
+from resilience.conf import resilience_settings
+
+CHAT_PATH = "chat/completions"
+#: Keep this many bytes of a stream's end to tell a finished stream from a cut one.
+_TAIL = 64
+
+
+def openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 kind: str | None = None, retry_after: float | None = None) -> JsonResponse:
+    """OpenAI's error body with `status` (and `Retry-After` when given)."""
+    kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
+    response = JsonResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                            status=status)
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    response._has_been_logged = True  # type: ignore[attr-defined]  # counted, not logged line by line
+    return response
+
+
+def _stream_error(message: str) -> bytes:
+    body = {"error": {"message": message, "type": "server_error", "param": None,
+                      "code": "stream_interrupted"}}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+class _ModelMap:
+    """model name -> upstream name, from the enabled upstreams' `served_models`,
+    re-read at most every `POLICY_CHECK_INTERVAL` seconds (one query). While
+    one request re-reads it, the others use the map read a moment ago: a
+    burst arriving as it expires makes one query, not one each (they would
+    queue on the one thread that runs the ORM)."""
+
+    def __init__(self) -> None:
+        self._map: dict[str, str] = {}
+        self._read_at = -math.inf
+        self._loaded = False
+        self._refreshing = False
+
+    def clear(self) -> None:
+        self._read_at = -math.inf
+        self._loaded = False
+
+    @staticmethod
+    def _load() -> dict[str, str]:
+        from resilience.models import Upstream
+
+        found: dict[str, str] = {}
+        for name, served in Upstream.objects.filter(enabled=True).order_by("name").values_list(
+                "name", "served_models"):
+            for model in served or ():
+                found.setdefault(model, name)  # one upstream per model: the first by name
+        return found
+
+    async def get(self) -> dict[str, str]:
+        if time.monotonic() - self._read_at < resilience_settings.POLICY_CHECK_INTERVAL or (
+                self._refreshing and self._loaded):
+            return self._map
+        self._refreshing = True
+        try:
+            self._map = await sync_to_async(self._load)()
+        finally:
+            self._refreshing = False
+        self._read_at = time.monotonic()
+        self._loaded = True
+        return self._map
+
+
+models = _ModelMap()
+
+
+async def _caller(request: HttpRequest) -> HttpResponse | None:
+    """None when the caller may go on, else the OpenAI-shaped refusal."""
+    user, refused = await _authenticate(request)
+    if refused is not None:
+        try:
+            detail = json.loads(refused.content)["error"]
+        except (ValueError, KeyError, TypeError):
+            detail = {"message": "Authentication failed.", "code": "authentication_failed"}
+        response = openai_error(refused.status_code, detail.get("message", ""),
+                                code="invalid_api_key" if refused.status_code == 401 else detail.get("code"))
+        if refused.has_header("WWW-Authenticate"):
+            response["WWW-Authenticate"] = refused["WWW-Authenticate"]
+        return response
+    request.user = user
+    return None
+
+
+class _Invalid(Exception):
+    """A chat request the gateway refuses (400 naming `param`)."""
+
+    def __init__(self, param: str | None, message: str) -> None:
+        super().__init__(message)
+        self.param, self.message = param, message
+
+
+def _checked(payload: Any) -> tuple[str, bool]:
+    """(model, stream) of a chat request, or `_Invalid` naming the field.
+    The rest of the body is the provider's to judge."""
+    if not isinstance(payload, dict):
+        raise _Invalid(None, "The body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _Invalid("model", "you must provide a model parameter")
+    if not isinstance(payload.get("messages"), list) or not payload["messages"]:
+        raise _Invalid("messages", "'messages' must be a non-empty array")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _Invalid("stream", "'stream' must be a boolean")
+    return model, stream
+
+
+def _upstream_error(err: errors.UpstreamError) -> JsonResponse:
+    return openai_error(err.status, err.message, code=err.code, retry_after=err.retry_after)
+
+
+def _provider_error(response: Any) -> HttpResponse:
+    """The provider's error answer: its OpenAI-shaped body as it is, else wrapped."""
+    status = response.status_code
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        answer = HttpResponse(response.content, status=status, content_type="application/json")
+        retry_after = response.headers.get("Retry-After")
+        if retry_after:
+            answer["Retry-After"] = retry_after
+        answer._has_been_logged = True  # type: ignore[attr-defined]
+        return answer
+    return openai_error(status, f"the provider answered {status}", code="provider_error")
+
+
+def _passed_through(response: Any) -> StreamingHttpResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        tail = b""
+        try:
+            async for chunk in response.aiter_bytes():
+                tail = (tail + chunk)[-_TAIL:]
+                yield chunk
+        except Exception as err:  # whatever broke the stream, the caller must hear of it
+            yield _stream_error(f"the provider's stream broke: {type(err).__name__}")
+            return
+        finally:
+            await response.aclose()
+        if b"[DONE]" not in tail:
+            yield _stream_error("the provider's stream ended before [DONE]")
+
+    answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
+    answer["Cache-Control"] = "no-cache, no-transform"
+    answer["X-Accel-Buffering"] = "no"
+    return answer
+
+
+@csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        response = openai_error(405, f"Method {request.method} not allowed.", code="method_not_allowed")
+        response["Allow"] = "POST"
+        return response
+    refused = await _caller(request)
+    if refused is not None:
+        return refused
+    throttle = GenerateThrottle()
+    if not throttle.allow_request(request, None):
+        wait = throttle.wait() or 1.0
+        return openai_error(429, "Rate limit reached for the gateway.", code="rate_limit_exceeded",
+                            kind="requests", retry_after=wait)
+    try:
+        payload = _body(request)
+        model, stream = _checked(payload)
+    except RequestTooLarge as err:
+        return openai_error(413, err.message, code="request_too_large")
+    except _Invalid as invalid:
+        return openai_error(400, invalid.message, param=invalid.param)
+    except _Refusal as refusal:  # not JSON, or not application/json
+        return openai_error(refusal.status, refusal.message, code=refusal.code)
+    name = (await models.get()).get(model)
+    if name is None:
+        return openai_error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                            code="model_not_found", param="model")
+    try:
+        response = await upstream_client(name).arequest("POST", CHAT_PATH, json=payload, stream=stream,
+                                                        cache=False, raise_for_status=False)
+    except errors.UpstreamError as err:
+        return _upstream_error(err)
+    if response.status_code >= 400:
+        return _provider_error(response)
+    if stream:
+        return _passed_through(response)
+    return HttpResponse(response.content, status=response.status_code, content_type="application/json")
+
+
+async def model_list(request: HttpRequest) -> HttpResponse:
+    if request.method != "GET":
+        response = openai_error(405, f"Method {request.method} not allowed.", code="method_not_allowed")
+        response["Allow"] = "GET"
+        return response
+    refused = await _caller(request)
+    if refused is not None:
+        return refused
+    served = await models.get()
+    return JsonResponse({"object": "list", "data": [
+        {"id": model, "object": "model", "created": 0, "owned_by": name}
+        for model, name in sorted(served.items())]})
+
+
+# Completions take seconds by design: not "slow requests" (resilience.middleware).
+chat_completions.slow_expected = True  # type: ignore[attr-defined]
