@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev run serve test lint bench bench-stats loadtest demo clean
+.PHONY: setup setup-dev run serve test accept fuzz lint bench bench-stats loadtest demo clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,15 @@ serve: setup
 
 test: setup-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The acceptance suite alone (tests/acceptance/, also part of `make test`):
+# schema fuzzing, injected faults, clean shutdown under load, abuse.
+accept: setup-dev
+	$(BIN)/python -m pytest -m acceptance tests/acceptance $(PYTEST_ARGS)
+
+# A longer schemathesis run than CI's (FUZZ_EXAMPLES per operation, FUZZ_SEED).
+fuzz: setup-dev
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest -s tests/acceptance/test_schema_fuzz.py $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(BIN)/ruff check .

@@ -27,7 +27,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.authentication import CSRFCheck
 from rest_framework.authtoken.models import Token
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, Throttled
 
 from aigen.exceptions import GenerationError, RequestTooLarge
 from aigen.services import atext_generate, atext_generate_stream
@@ -35,6 +35,7 @@ from aigen.throttling import GenerateThrottle
 from resilience.client.flight import SingleFlight
 from resilience.exceptions import AppError
 from resilience.parsers import json_loads
+from resilience.throttling import AuthFailureThrottle
 
 #: Seconds a token key -> user lookup is kept in process.
 TOKEN_CACHE_SECONDS = 30.0
@@ -116,14 +117,22 @@ async def _authenticate(request: HttpRequest) -> tuple[Any, HttpResponse | None]
     if header:
         keyword, _, key = header.partition(" ")
         if keyword in _KEYWORDS:
+            # Token guessing is throttled per client address, as in the DRF views.
+            throttle = AuthFailureThrottle()
+            try:
+                throttle.check(request)
+            except Throttled as err:
+                return None, _error("throttled", str(err.detail), 429, retry_after=err.wait)
             key = key.strip()
             if not key or " " in key:
+                throttle.record_failure(request)
                 return None, _unauthenticated("Invalid token header.")
             user = tokens.get(key)
             if user is None:
                 # A burst of requests with a new key makes one query, not one each.
                 user, _ = await _lookups.arun(key, lambda: _token_user(key), wait=10.0)
                 if user is None:
+                    throttle.record_failure(request)
                     return None, _unauthenticated("Invalid token.")
                 if not user.is_active:
                     return None, _unauthenticated("User inactive or deleted.")

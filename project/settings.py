@@ -103,6 +103,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.boo
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DB_POOL_MIN", default=2), "max_size": env.int("DB_POOL_MAX", default=20),
         "timeout": env.float("DB_POOL_TIMEOUT", default=10.0)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Bounded waits on PostgreSQL: a connection attempt (TCP and the startup
+    # exchange) gives up after DB_CONNECT_TIMEOUT seconds, a statement is
+    # cancelled by the server after DB_STATEMENT_TIMEOUT seconds (0: never),
+    # and an established connection whose peer stops acknowledging (a network
+    # drop) is closed by the kernel after DB_TCP_USER_TIMEOUT seconds, with
+    # keepalives probing idle connections. A request thread never waits on the
+    # database forever; /readyz answers 503 meanwhile.
+    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _db_options.setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5))
+    _statement_ms = int(env.float("DB_STATEMENT_TIMEOUT", default=30.0) * 1000)
+    _db_options.setdefault("options", f"-c statement_timeout={_statement_ms}")
+    _db_options.setdefault("tcp_user_timeout", int(env.float("DB_TCP_USER_TIMEOUT", default=30.0) * 1000))
+    _db_options.setdefault("keepalives", 1)
+    _db_options.setdefault("keepalives_idle", 30)
+    _db_options.setdefault("keepalives_interval", 10)
+    _db_options.setdefault("keepalives_count", 3)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache -----------------------------------------------------------------
@@ -159,7 +176,7 @@ WHITENOISE_AUTOREFRESH = DEBUG
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "resilience.api.BearerTokenAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "resilience.api.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -170,6 +187,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {
         "generate": env.str("AI_GENERATE_THROTTLE", default="60/min"),
+        # Failed token checks per client address (resilience.throttling); past it, 429.
+        "auth_failure": env.str("AUTH_FAILURE_THROTTLE", default="30/min") or None,
     },
 }
 if DEBUG:

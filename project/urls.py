@@ -33,4 +33,5 @@ urlpatterns = [
 # The flaky demo upstream: only with DEBUG or RESILIENCE["DEMO_ENABLED"] (never in production).
 urlpatterns += demo.demo_urls()
 # Last: /api/ paths no route matched (a trailing slash either way; else a JSON 404).
-urlpatterns += [re_path(r"^api(?:/(?P<path>.*))?$", api_route_fallback, name="api-fallback")]
+# [\s\S]: a path may carry a decoded CR/LF (%0d%0a), which "." does not match.
+urlpatterns += [re_path(r"^api(?:/(?P<path>[\s\S]*))?$", api_route_fallback, name="api-fallback")]

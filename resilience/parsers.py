@@ -7,11 +7,18 @@ What it refuses, in the shared error shape (resilience.api):
   reading at most one byte past the limit. DRF reads the body stream itself,
   so Django's own size check would never run;
 - a body that is not JSON, or nested so deeply that Python's parser gives up
-  (RecursionError, e.g. 10 KB of `[`): 400 `parse_error`, never a 500.
+  (RecursionError, e.g. 10 KB of `[`): 400 `parse_error`, never a 500;
+- JSON that is not text: a `\ud800` escape without its pair (a lone UTF-16
+  surrogate) parses into a string that cannot be encoded as UTF-8, so the
+  first error message that echoes it, cache key that hashes it or database
+  write that stores it failed with a 500 (found by tests/acceptance). One
+  regular-expression search over the text, C speed; escaped backslashes are
+  honoured (`"\\ud800"` is the text `\ud800`, not an escape).
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django.conf import settings
@@ -36,10 +43,29 @@ def declared_too_large(meta: dict[str, Any]) -> bool:
     return limit is not None and declared > limit
 
 
+# A \uXXXX escape in the surrogate range, preceded by an even number of backslashes;
+# and a valid high-low pair of them.
+_SURROGATE = re.compile(r"(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def lone_surrogate(text: str) -> bool:
+    """Whether a JSON text escapes a UTF-16 surrogate outside a valid pair."""
+    if not _SURROGATE.search(text):
+        return False
+    return bool(_SURROGATE.search(_PAIR.sub(r"\1", text)))
+
+
 def json_loads(raw: bytes | str) -> Any:
     """`json.loads` whose failures are ParseError (400 `parse_error`)."""
     try:
-        return json.loads(raw)
+        text = raw.decode(json.detect_encoding(raw)) if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as err:
+        raise ParseError(f"JSON parse error - {err}") from None
+    if lone_surrogate(text):
+        raise ParseError("JSON parse error - a lone UTF-16 surrogate escape is not text.")
+    try:
+        return json.loads(text)
     except RecursionError:
         raise ParseError("JSON parse error - nested too deeply.") from None
     except ValueError as err:

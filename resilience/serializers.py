@@ -45,6 +45,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "Authenticated but not allowed: staff only (`permission_denied`).",
     404: "No such resource (`unknown_upstream`, `not_found`).",
     413: "The request body is over the size limit (`request_too_large`).",
+    415: "The request body is not `application/json` (`unsupported_media_type`).",
     429: "Too many requests (`throttled`; see `Retry-After`).",
     502: "The upstream failed (`upstream_error` kinds).",
     503: "Unavailable (`breaker_open`, `upstream_disabled`; see `Retry-After`).",
@@ -62,29 +63,38 @@ def error_responses(*statuses: int, **descriptions: str) -> dict[int, OpenApiRes
 
 def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
                          public: bool) -> dict[str, Any]:
-    """SPECTACULAR_SETTINGS postprocessing hook: every operation that needs
-    authentication documents the 401 error body (DRF answers it for all), and
-    every operation that takes a body documents 413 and the 400 `parse_error`
-    (resilience.parsers answers them for all)."""
+    """SPECTACULAR_SETTINGS postprocessing hook: document the errors DRF and
+    the project answer for whole classes of operations, so no view has to
+    repeat them: 401 and 429 (token guessing, resilience.throttling) on every
+    operation that needs authentication; 413, 415 and the 400 `parse_error`
+    on every operation that takes a body (resilience.parsers answers them for
+    all); 404 on every operation with a path parameter (a value the route does
+    not match is a JSON 404 too: resilience.api.api_route_fallback)."""
     components = result.setdefault("components", {}).setdefault("schemas", {})
     if "ErrorResponse" not in components:
         return result  # nothing references the error shape (no API routes)
     ref = {"$ref": "#/components/schemas/ErrorResponse"}
+
+    def document(operation: dict[str, Any], status: int) -> None:
+        operation["responses"].setdefault(str(status), {
+            "content": {"application/json": {"schema": ref}}, "description": ERROR_DESCRIPTIONS[status]})
+
     for path_item in result.get("paths", {}).values():
         for operation in path_item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
-            responses = operation["responses"]
             if "requestBody" in operation:  # every JSON body goes through resilience.parsers
-                responses.setdefault("413", {"content": {"application/json": {"schema": ref}},
-                                             "description": ERROR_DESCRIPTIONS[413]})
-                responses.setdefault("400", {"content": {"application/json": {"schema": ref}},
-                                             "description": "Not JSON or nested too deeply (`parse_error`)."})
+                document(operation, 413)
+                document(operation, 415)
+                operation["responses"].setdefault("400", {
+                    "content": {"application/json": {"schema": ref}},
+                    "description": "Not JSON or nested too deeply (`parse_error`)."})
             security = operation.get("security")
-            if not security or {} in security or "401" in responses:
-                continue
-            responses["401"] = {"content": {"application/json": {"schema": ref}},
-                                "description": ERROR_DESCRIPTIONS[401]}
+            if security and {} not in security:
+                document(operation, 401)
+                document(operation, 429)
+            if any(param.get("in") == "path" for param in operation.get("parameters", ())):
+                document(operation, 404)
     return result
 
 

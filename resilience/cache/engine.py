@@ -28,6 +28,7 @@ from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from resilience.cache import deadline
 from resilience.cache.local import LocalMemoryCache
 from resilience.cache.stats import Counters, Flusher, counts_delete, counts_read, counts_write
 
@@ -76,6 +77,8 @@ class Engine:
                 "SOCKET_CONNECT_TIMEOUT": connect_timeout,
                 "SOCKET_TIMEOUT": socket_timeout,
                 "IGNORE_EXCEPTIONS": False,
+                # A whole reply within SOCKET_TIMEOUT, not each read (a trickle never times out).
+                "CONNECTION_POOL_KWARGS": deadline.pool_kwargs(),
                 **options,
             }
             self.redis = RedisCache(server, {**params, "OPTIONS": redis_options})

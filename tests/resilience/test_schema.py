@@ -70,13 +70,14 @@ def test_resilience_operations_document_their_errors(schema):
         return documented
 
     base = "/api/resilience"
-    assert errors_of(f"{base}/upstreams", "get") == {"401"}
-    assert errors_of(f"{base}/upstreams/{{name}}", "get") == {"401", "404"}
-    assert errors_of(f"{base}/upstreams/{{name}}/calls", "get") == {"400", "401", "404"}
+    # 429: any token check may be throttled (token guessing, resilience.throttling).
+    assert errors_of(f"{base}/upstreams", "get") == {"401", "429"}
+    assert errors_of(f"{base}/upstreams/{{name}}", "get") == {"401", "404", "429"}
+    assert errors_of(f"{base}/upstreams/{{name}}/calls", "get") == {"400", "401", "404", "429"}
     for path, method in ((f"{base}/upstreams/{{name}}/breaker/reset", "post"),
                          (f"{base}/upstreams/{{name}}/probe", "post"),
                          (f"{base}/upstreams/{{name}}/cache", "delete")):
-        assert errors_of(path, method) == {"401", "403", "404"}
+        assert errors_of(path, method) == {"401", "403", "404", "429"}
     calls = schema["paths"][f"{base}/upstreams/{{name}}/calls"]["get"]
     params = {p["name"] for p in calls["parameters"]}
     assert params == {"name", "outcome", "status", "since", "until", "page", "page_size"}
