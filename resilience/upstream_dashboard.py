@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 
 from resilience.exceptions import UnknownUpstream
 from resilience.models import Upstream
+from resilience.serializers import error_responses
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.detail import DEFAULT_RANGE, RANGES, Range, upstream_detail
 
@@ -67,7 +68,7 @@ class UpstreamDashboardDataView(APIView):
 
     @extend_schema(parameters=[OpenApiParameter("range", str, enum=list(RANGES),
                                                 description=f"Time range (default {DEFAULT_RANGE}).")],
-                   responses={200: dict})
+                   responses={200: dict, **error_responses(400, 401, 403, 404)})
     def get(self, request: Request, name: str) -> Response:
         chosen = _range(request.query_params.get("range"))
         if chosen is None:
@@ -87,8 +88,10 @@ upstream_page_data = UpstreamDashboardDataView.as_view()
 def dashboard_urls() -> list[Any]:
     from django.urls import path
 
+    # The page's data is an API route (a JSON 404 for a name no route matches,
+    # like every /api/ path): /api/resilience/upstreams/<name>/dashboard.
     return [
         path("dashboard/upstreams/<slug:name>", upstream_page, name="resilience-dashboard-upstream"),
-        path("dashboard/upstreams/<slug:name>/data", upstream_page_data,
+        path("api/resilience/upstreams/<slug:name>/dashboard", upstream_page_data,
              name="resilience-dashboard-upstream-data"),
     ]

@@ -19,7 +19,7 @@ from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db
 
-PAGE, DATA = "/dashboard/upstreams/payments", "/dashboard/upstreams/payments/data"
+PAGE, DATA = "/dashboard/upstreams/payments", "/api/resilience/upstreams/payments/dashboard"
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_bad_range_is_400_naming_the_field_and_unknown_upstream_404(client, traf
     response = client.get(f"{DATA}?range=2w")
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "range"
-    response = client.get("/dashboard/upstreams/nope/data")
+    response = client.get("/api/resilience/upstreams/nope/dashboard")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_upstream"
     assert client.get("/dashboard/upstreams/nope").status_code == 404
