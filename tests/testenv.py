@@ -16,6 +16,9 @@ os.environ.setdefault("CACHE_KEY_PREFIX", "rsltest")
 os.environ.setdefault("SEED_UPSTREAMS_ON_MIGRATE", "false")
 # Call logs are flushed explicitly in tests (no writer thread racing the test DB).
 os.environ.setdefault("CALL_LOG_FLUSH_INTERVAL", "0")
+# Generation records too: a writer thread's INSERT racing a test's own writes on
+# SQLite's shared in-memory test database fails with "database table is locked".
+os.environ.setdefault("AI_RECORD_FLUSH_INTERVAL", "0")
 # Tests move a connection's host and port to cut the database on purpose; a
 # psycopg pool would keep its connections to the old address. (The ASGI
 # server test runs the pool-free SQLite path; the pool is psycopg's own.)
