@@ -24,6 +24,7 @@ from django.views.decorators.http import require_GET
 
 from resilience.advisor.panels import advisor_panels
 from resilience.cache.ops import cache_stats
+from resilience.jobs.selectors import upstream_health
 from resilience.models import Upstream
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
@@ -61,9 +62,21 @@ def _breaker_detail(breaker: dict[str, Any]) -> str:
     return failures
 
 
-def _upstream_display(breaker: dict[str, Any], stats: dict[str, Any]) -> dict[str, str]:
+def _probe_display(probe: dict[str, Any] | None) -> str:
+    """The last scheduled health probe (resilience.jobs.probes), for people."""
+    if probe is None:
+        return "not probed"
+    at = probe["at"][11:19]  # hh:mm:ss of the ISO time (UTC)
+    if probe["healthy"]:
+        return f"healthy \u00b7 {at}"
+    return f"unhealthy ({probe['status'] or probe['error'] or 'no answer'}) \u00b7 {at}"
+
+
+def _upstream_display(breaker: dict[str, Any], stats: dict[str, Any],
+                      probe: dict[str, Any] | None = None) -> dict[str, str]:
     return {
         "state": breaker["state"],
+        "probe": _probe_display(probe),
         "breaker_detail": _breaker_detail(breaker),
         "calls": f"{stats['calls']:,}",
         "errors": f"{stats['errors']:,}",
@@ -96,6 +109,7 @@ def dashboard_snapshot(*, now: Any = None) -> dict[str, Any]:
     carries a `display` dict of the same values formatted for people."""
     now = now or timezone.now()
     upstreams = []
+    probes = upstream_health()["probed"]  # each probed upstream's last probe
     for row in Upstream.objects.order_by("name"):
         breaker = breaker_status(row)
         stats = upstream_stats(name=row.name, window=WINDOWS[STATS_WINDOW], now=now)
@@ -107,7 +121,8 @@ def dashboard_snapshot(*, now: Any = None) -> dict[str, Any]:
             "breaker": breaker,
             "stats": stats,
             "series": upstream_timeseries(name=row.name, window=CHART_WINDOW, bucket=CHART_BUCKET, now=now),
-            "display": _upstream_display(breaker, stats),
+            "probe": probes.get(row.name),
+            "display": _upstream_display(breaker, stats, probes.get(row.name)),
         })
     cache = cache_stats()
     return {

@@ -96,6 +96,7 @@ def test_staff_sees_a_card_per_upstream_with_the_numbers_of_real_calls(staff_cli
         "calls": "6", "errors": "3", "error_rate": "50.0%",
         "p50": payments["display"]["p50"], "p95": payments["display"]["p95"],
         "p99": payments["display"]["p99"], "hit_rate": "0.0%", "retries": "0", "trips": "1",
+        "probe": "not probed",
     }
     assert payments["display"]["p95"].endswith("ms")
     search = card(snapshot, "search")
@@ -140,7 +141,7 @@ def test_data_endpoint_shape(staff_client, traffic):
     assert [u["name"] for u in body["upstreams"]] == ["payments", "search"]
     payments = body["upstreams"][0]
     assert set(payments) == {"name", "base_url", "description", "enabled", "breaker", "stats", "series",
-                             "display"}
+                             "probe", "display"}
     assert {"state", "failures", "fail_max", "retry_after"} <= set(payments["breaker"])
     assert {"calls", "errors", "error_rate", "p50_ms", "p95_ms", "p99_ms", "cache_hit_rate", "retries",
             "breaker_trips"} <= set(payments["stats"])
@@ -211,3 +212,17 @@ def test_timeseries_in_hour_buckets_reads_hour_rollups():
 def test_timeseries_refuses_a_bucket_that_does_not_divide_the_window_or_is_not_whole_minutes(bucket):
     with pytest.raises(ValueError):
         upstream_timeseries(name="api", bucket=bucket, now=NOW)
+
+
+def test_each_card_shows_the_last_health_probe(staff_client, make_upstream):
+    from resilience.jobs.models import ProbeResult
+
+    make_upstream(name="api", health_path="/health", probe_interval=30)
+    make_upstream(name="quiet")
+    ProbeResult.objects.create(upstream="api", ok=True, status=200)
+    ProbeResult.objects.create(upstream="api", ok=False, status=503)  # the last one counts
+    snapshot = json.loads(staff_client.get(reverse("resilience-dashboard-data")).content)
+    api, quiet = card(snapshot, "api"), card(snapshot, "quiet")
+    assert api["probe"]["healthy"] is False and api["display"]["probe"].startswith("unhealthy (503)")
+    assert quiet["probe"] is None and quiet["display"]["probe"] == "not probed"
+    assert '<dd data-field="probe">unhealthy (503)' in staff_client.get(PAGE).content.decode()
