@@ -90,9 +90,9 @@ class _Releasing(httpx2.AsyncByteStream):
         self._stream = stream
         self._release = release
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # The pool's own iterator, not a generator around it: no extra step per chunk.
+        return self._stream.__aiter__()
 
     async def aclose(self) -> None:
         try:
