@@ -195,12 +195,16 @@ def _passed_through(response: Any) -> StreamingHttpResponse:
     return answer
 
 
+def _method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
+    response = openai_error(405, f"Method {request.method} not allowed.", code="method_not_allowed")
+    response["Allow"] = allowed
+    return response
+
+
 @csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        response = openai_error(405, f"Method {request.method} not allowed.", code="method_not_allowed")
-        response["Allow"] = "POST"
-        return response
+        return _method_not_allowed(request, "POST")
     refused = await _caller(request)
     if refused is not None:
         return refused
@@ -236,9 +240,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 
 async def model_list(request: HttpRequest) -> HttpResponse:
     if request.method != "GET":
-        response = openai_error(405, f"Method {request.method} not allowed.", code="method_not_allowed")
-        response["Allow"] = "GET"
-        return response
+        return _method_not_allowed(request, "GET")
     refused = await _caller(request)
     if refused is not None:
         return refused
