@@ -68,6 +68,10 @@ class UpstreamAdmin(SimpleHistoryAdmin):
     form = UpstreamForm
     change_form_template = "admin/resilience/upstream/change_form.html"
     inlines = [EndpointInline]
+    def get_queryset(self, request):
+        # The breaker column reads each upstream's endpoints: one query for the page.
+        return super().get_queryset(request).prefetch_related("endpoints")
+
     list_display = ("name", "base_url_short", "enabled", "breaker_state", "error_rate_5m", "calls_5m",
                     "log_sampling", "updated")
     list_filter = ("enabled", "breaker_enabled")

@@ -93,7 +93,7 @@ class UpstreamListView(APIView):
     def get(self, request: Request) -> Response:
         call_log_flush()
         items = [{**upstream_overview(upstream, window=WINDOWS["5m"]), "policy": upstream}
-                 for upstream in Upstream.objects.all()]
+                 for upstream in Upstream.objects.prefetch_related("endpoints")]
         return Response(s.UpstreamListResponseSerializer({"success": True, "upstreams": items}).data)
 
 

@@ -110,7 +110,7 @@ def dashboard_snapshot(*, now: Any = None) -> dict[str, Any]:
     now = now or timezone.now()
     upstreams = []
     probes = upstream_health()["probed"]  # each probed upstream's last probe
-    for row in Upstream.objects.order_by("name"):
+    for row in Upstream.objects.order_by("name").prefetch_related("endpoints"):
         breaker = breaker_status(row)
         stats = upstream_stats(name=row.name, window=WINDOWS[STATS_WINDOW], now=now)
         upstreams.append({
