@@ -1,13 +1,14 @@
-"""The async transport: httpx2 connection pools (one per event loop), and
-the policy's retries driven by the same `PolicyRetry` urllib3 uses for the
-sync face: httpx errors are mapped onto urllib3's exception types, so
-`increment`, `is_retry` and `wait_for` decide exactly as they do there.
+"""The async transport: httpcore2 connection pools on plain asyncio (one per
+event loop; `aionet`), and the policy's retries driven by the same
+`PolicyRetry` urllib3 uses for the sync face: httpx errors are mapped onto
+urllib3's exception types, so `increment`, `is_retry` and `wait_for` decide
+exactly as they do there.
 
 Pool overflow: a call beyond `pool_size` waits for a connection until its
 deadline (httpx's pool timeout), then fails as `PoolExhausted`.
 
-The pool is sharded: httpcore re-examines every pooled connection (a socket
-probe each) whenever a request starts or ends, so one pool of hundreds of
+The pool is sharded: httpcore re-examines every pooled connection whenever
+a request starts or ends, so one pool of hundreds of
 connections costs O(connections) per call. Shards of at most `SHARD_SIZE`
 connections keep that cost flat. A call takes the first shard with a free
 slot (fill-first, counted from send to the body's close), so a quiet upstream
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx2
 from urllib3.exceptions import (
@@ -30,6 +31,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from resilience.client.aionet import Transport
 from resilience.client.credentials import Credentials
 from resilience.client.policy import (
     MIN_TIMEOUT,
@@ -55,15 +57,11 @@ class _Shards:
     def __init__(self, pool_size: int) -> None:
         count = max(1, -(-pool_size // SHARD_SIZE))
         self.per_shard = -(-pool_size // count)
-        self.transports = [
-            httpx2.AsyncHTTPTransport(
-                limits=httpx2.Limits(max_connections=self.per_shard, max_keepalive_connections=self.per_shard,
-                                     keepalive_expiry=KEEPALIVE_EXPIRY),
-                trust_env=False, retries=0)
-            for _ in range(count)]
+        self.transports = [Transport(max_connections=self.per_shard, keepalive_expiry=KEEPALIVE_EXPIRY)
+                           for _ in range(count)]
         self.in_flight = [0] * count
 
-    def lease(self) -> tuple[httpx2.AsyncHTTPTransport, Callable[[], None]]:
+    def lease(self) -> tuple[Transport, Callable[[], None]]:
         """The first shard with a free slot (when every one is full, the least
         busy: the call then waits in its pool) and the release of that slot,
         which may be called more than once."""
@@ -83,24 +81,6 @@ class _Shards:
         return self.transports[index], release
 
 
-class _Releasing(httpx2.AsyncByteStream):
-    """A response body that gives its shard slot back when it is closed."""
-
-    def __init__(self, stream: httpx2.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._stream = stream
-        self._release = release
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        # The pool's own iterator, not a generator around it: no extra step per chunk.
-        return self._stream.__aiter__()
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            self._release()
-
-
 class AsyncPool:
     """The async connection pool of one upstream: per event loop (connections
     belong to the loop that opened them), sharded."""
@@ -111,7 +91,7 @@ class AsyncPool:
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = \
             weakref.WeakKeyDictionary()
 
-    def lease(self) -> tuple[httpx2.AsyncHTTPTransport, Callable[[], None]]:
+    def lease(self) -> tuple[Transport, Callable[[], None]]:
         loop = asyncio.get_running_loop()
         shards = self._by_loop.get(loop)
         if shards is None:
@@ -180,9 +160,8 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
                                              "pool": max(MIN_TIMEOUT, trace.remaining())}
             transport, release = pool.lease()
             try:
-                response = await transport.handle_async_request(request)
+                response = await transport.send(request, release)  # the body's close releases the slot
             except BaseException as err:
-                release()
                 if isinstance(err, httpx2.PoolTimeout):
                     raise EmptyPoolError(None, "no pooled connection came free") from err  # type: ignore[arg-type]
                 if not isinstance(err, httpx2.TransportError):
@@ -196,17 +175,14 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
                     retry = retry.increment(method, url, response=view)
                 except MaxRetryError:
                     break  # out of retries: the caller gets this answer
-                try:
-                    await response.aclose()
-                finally:
-                    release()
+                await response.aclose()
                 await asyncio.sleep(retry.wait_for(view))
                 continue
             break
     finally:
         current_trace.reset(token)
     answer = AsyncUpstreamResponse(response.status_code, headers=response.headers,
-                                   stream=_Releasing(response.stream, release),
+                                   stream=response.stream,
                                    extensions=response.extensions, request=request)
     if not stream or answer.status_code >= 400:
         try:

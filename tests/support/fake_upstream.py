@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -272,6 +273,9 @@ class HTTPFake:
     so a client configured with the old URL reaches the restarted fake.
     """
 
+    #: Serve HTTPS with this server-side context (set before `start()`).
+    tls: ssl.SSLContext | None = None
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -293,6 +297,8 @@ class HTTPFake:
             return self
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", self._port or 0), self)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -338,8 +344,8 @@ class HTTPFake:
 
     @property
     def root_url(self) -> str:
-        """http://127.0.0.1:PORT, without a trailing slash."""
-        return f"http://127.0.0.1:{self.port}"
+        """http://127.0.0.1:PORT (https:// with `tls`), without a trailing slash."""
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}"
 
     # -- records ----------------------------------------------------------
 
