@@ -69,3 +69,7 @@ def post_worker_init(worker):
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, _exit)
+
+    from project.warm import warm_worker
+
+    warm_worker()
