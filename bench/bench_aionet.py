@@ -1,0 +1,137 @@
+"""The async client's network layer against the library's, side by side in
+one run on one event loop (uvloop, as `make serve` runs), against a local
+nginx (the Python fake when nginx is missing):
+
+- httpx2's own transport (httpcore2 over anyio: a cancel scope per read and
+  write) is the baseline;
+- `resilience.client.aionet.Transport`: the same httpcore2 pool and HTTP/1.1
+  code over a plain asyncio protocol (what the async client uses);
+- the whole async client (`await upstream(name).aget(...)`: policy, breaker,
+  call record, metrics) over it, for scale.
+
+Each contender is timed one GET at a time and 64 at once (wall time per GET),
+in alternating rounds; the ratio is the median of per-round ratios to the
+baseline. Keeping our own backend over the library's is worth it only when it
+is cheaper here.
+"""
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+from bench.common import Nginx, django_setup, fmt_time, table
+
+N = 200
+ROUNDS = 15
+CONCURRENT = 64
+
+Op = Callable[[], Awaitable[object]]
+
+
+async def _per_get(op: Op, n: int, concurrent: int) -> float:
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await op()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(n // concurrent) for _ in range(concurrent)))
+    return (time.perf_counter() - start) / (n // concurrent * concurrent)
+
+
+async def _paired(contenders: dict[str, Op], baseline: str, *, concurrent: int) -> dict[str, tuple[float, float]]:
+    """name -> (median seconds per GET, median ratio to the baseline's round)."""
+    n = N * (4 if concurrent > 1 else 1)
+    for op in contenders.values():
+        await _per_get(op, 64, min(concurrent, 64))
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    ratios: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for index in range(ROUNDS):
+        order = names if index % 2 else list(reversed(names))
+        measured = {name: await _per_get(contenders[name], n, concurrent) for name in order}
+        for name, seconds in measured.items():
+            times[name].append(seconds)
+            ratios[name].append(seconds / measured[baseline])
+    return {name: (statistics.median(times[name]), statistics.median(ratios[name])) for name in names}
+
+
+async def _run(url: str) -> list[tuple[object, ...]]:
+    import httpx2
+
+    from resilience import upstream
+    from resilience.client.aionet import Transport
+
+    library = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=CONCURRENT), trust_env=False)
+    ours = Transport(max_connections=CONCURRENT, keepalive_expiry=4.0)
+    timeout = {"connect": 1.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+
+    def request() -> httpx2.Request:
+        made = httpx2.Request("GET", url + "/bench")
+        made.extensions["timeout"] = timeout
+        return made
+
+    async def via_library() -> object:
+        response = await library.handle_async_request(request())
+        try:
+            return await response.aread()
+        finally:
+            await response.aclose()
+
+    async def via_ours() -> object:
+        response = await ours.send(request(), lambda: None)
+        try:
+            return await response.aread()
+        finally:
+            await response.aclose()
+
+    client = upstream("bench-aionet")
+
+    async def via_client() -> object:
+        return (await client.aget("/bench", cache=False)).content
+
+    contenders = {"httpx2's transport (httpcore2 over anyio)": via_library,
+                  "aionet.Transport (httpcore2 over asyncio)": via_ours,
+                  "async client: aget (policy, breaker, record, metrics)": via_client}
+    rows: list[tuple[object, ...]] = []
+    baseline = next(iter(contenders))
+    for concurrent in (1, CONCURRENT):
+        measured = await _paired(contenders, baseline, concurrent=concurrent)
+        for name, (seconds, ratio) in measured.items():
+            rows.append((f"{name}, {concurrent} at once", fmt_time(seconds),
+                         "1.00 (baseline)" if name == baseline else f"{ratio:.2f}"))
+    await library.aclose()
+    await ours.aclose()
+    return rows
+
+
+def main() -> None:
+    django_setup()
+    from resilience.models import Upstream
+    from resilience.telemetry.calllog import call_log_discard
+    from tests.support.fake_upstream import FakeUpstream
+
+    nginx = Nginx().start() if Nginx.available() else None
+    fake = None if nginx is not None else FakeUpstream().start()
+    url = nginx.url if nginx is not None else fake.url
+    Upstream.objects.update_or_create(name="bench-aionet", defaults={
+        "base_url": url, "retry_total": 0, "pool_size": CONCURRENT, "connect_timeout": 1, "read_timeout": 5,
+        "deadline": 10, "cache_ttl": 0})
+    try:
+        import uvloop
+
+        rows = uvloop.run(_run(url))
+    finally:
+        call_log_discard()
+        if nginx is not None:
+            nginx.stop()
+        if fake is not None:
+            fake.stop()
+    against = "nginx" if nginx is not None else "Python fake"
+    table(f"Async network layer: per GET against {against} (median of {ROUNDS} alternating rounds)",
+          ("path", "per GET", "ratio"), rows)
+
+
+if __name__ == "__main__":
+    main()
