@@ -40,7 +40,8 @@ async def _per_get(op: Op, n: int, concurrent: int) -> float:
     return (time.perf_counter() - start) / (n // concurrent * concurrent)
 
 
-async def _paired(contenders: dict[str, Op], baseline: str, *, concurrent: int) -> dict[str, tuple[float, float]]:
+async def _paired(contenders: dict[str, Op], baseline: str, *,
+                  concurrent: int) -> dict[str, tuple[float, float]]:
     """name -> (median seconds per GET, median ratio to the baseline's round)."""
     n = N * (4 if concurrent > 1 else 1)
     for op in contenders.values():
