@@ -178,7 +178,7 @@ def _passed_through(response: Any) -> StreamingHttpResponse:
     async def chunks() -> AsyncIterator[bytes]:
         tail = b""
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_body():
                 tail = (tail + chunk)[-_TAIL:]
                 yield chunk
         except Exception as err:  # whatever broke the stream, the caller must hear of it

@@ -182,10 +182,7 @@ class _AsyncBodyStream(httpx2.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._chunks is None:
-            # An unencoded body (as SSE streams are) straight off the pool: the
-            # response's own iterators would only count and pass each chunk on.
-            encoded = self._response.headers.get("content-encoding", "identity") != "identity"
-            self._chunks = self._response.aiter_bytes() if encoded else aiter(self._response.stream)
+            self._chunks = self._response.aiter_body()
         try:
             async for chunk in self._chunks:
                 yield chunk

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +132,16 @@ class AsyncUpstreamResponse(_CallResponse, httpx2.Response):
     @property
     def ok(self) -> bool:
         return self.status_code < 400
+
+    def aiter_body(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive, decoded: `aiter_bytes()`, or for
+        an unencoded body (as server-sent events are) the chunks straight off
+        the connection, without the response's own steps per chunk. Unlike
+        `aiter_bytes()`, reaching the end does not close the response: close
+        it (`aclose()`) when done."""
+        if self.headers.get("content-encoding", "identity") == "identity":
+            return aiter(self.stream)
+        return self.aiter_bytes()
 
     async def aclose(self) -> None:
         try:

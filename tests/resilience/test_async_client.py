@@ -3,6 +3,7 @@ the same answers, errors and call-log rows (one logic underneath)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -123,6 +124,31 @@ def test_a_streamed_async_call_reads_as_it_comes(fake, make_upstream):
             await response.aclose()
 
     assert async_to_sync(read)() == b"one two three"
+
+
+def test_aiter_body_passes_plain_chunks_through_and_decodes_encoded_ones(fake, make_upstream):
+    """`aiter_body()`: the chunks as they come off the connection when the
+    body is not encoded, decoded ones when it is; the connection is reused
+    once the response is closed."""
+    make_upstream()
+    fake.script("/plain", Reply(200, chunks=(b"data: 1\n\n", b"data: 2\n\n")))
+    packed = gzip.compress(b"x" * 5000)
+    fake.script("/packed", Reply(200, body=packed, headers={"Content-Encoding": "gzip"}))
+
+    async def read(path):
+        response = await upstream("api").aget(path, stream=True)
+        try:
+            return [chunk async for chunk in response.aiter_body()]
+        finally:
+            await response.aclose()
+
+    async def both():
+        return await read("/plain"), await read("/packed")
+
+    plain, packed_chunks = async_to_sync(both)()
+    assert b"".join(plain) == b"data: 1\n\ndata: 2\n\n"
+    assert b"".join(packed_chunks) == b"x" * 5000
+    assert fake.connections == 1
 
 
 def test_quiet_calls_share_one_connection_and_every_slot_comes_back(fake, make_upstream):
