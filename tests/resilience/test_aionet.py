@@ -9,6 +9,7 @@ import ssl
 import httpx2
 import pytest
 import trustme
+import uvloop
 
 from resilience.client.aionet import READ_HIGH_WATER, Transport
 from tests.support.fake_upstream import FakeUpstream, Reply
@@ -38,6 +39,12 @@ async def _fetch(transport: Transport, url: str, releases: Releases, **kwargs) -
         await response.aclose()
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run_loop(request):
+    """Each test on both loops: asyncio's (tests, runserver) and uvloop (`make serve`)."""
+    return asyncio.run if request.param == "asyncio" else uvloop.run
+
+
 @pytest.fixture
 def fake():
     with FakeUpstream() as server:
@@ -59,7 +66,7 @@ def tls_fake(authority):
         yield server
 
 
-def test_plain_requests_reuse_one_connection(fake):
+def test_plain_requests_reuse_one_connection(fake, run_loop):
     fake.script("/r", Reply(200, body={"ok": True}))
     releases = Releases()
 
@@ -70,13 +77,13 @@ def test_plain_requests_reuse_one_connection(fake):
         finally:
             await transport.aclose()
 
-    answers = asyncio.run(run())
+    answers = run_loop(run())
     assert answers == [(200, b'{"ok": true}')] * 3
     assert fake.connections == 1
     assert releases.count == 3
 
 
-def test_tls_round_trip_verifies_and_reuses_the_connection(tls_fake, authority):
+def test_tls_round_trip_verifies_and_reuses_the_connection(tls_fake, authority, run_loop):
     tls_fake.script("/secure", Reply(200, body="over TLS"))
     client_context = ssl.create_default_context()
     authority.configure_trust(client_context)
@@ -91,14 +98,14 @@ def test_tls_round_trip_verifies_and_reuses_the_connection(tls_fake, authority):
         finally:
             await transport.aclose()
 
-    first, second = asyncio.run(run())
+    first, second = run_loop(run())
     assert tls_fake.url.startswith("https://")
     assert first == second == (200, b"over TLS")
     assert tls_fake.connections == 1
     assert releases.count == 2
 
 
-def test_tls_certificate_from_an_unknown_authority_is_refused(tls_fake):
+def test_tls_certificate_from_an_unknown_authority_is_refused(tls_fake, run_loop):
     releases = Releases()
 
     async def run():
@@ -109,12 +116,12 @@ def test_tls_certificate_from_an_unknown_authority_is_refused(tls_fake):
             await transport.aclose()
 
     with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        asyncio.run(run())
+        run_loop(run())
     assert tls_fake.count() == 0
     assert releases.count == 1
 
 
-def test_read_timeout_is_httpx_read_timeout_and_releases(fake):
+def test_read_timeout_is_httpx_read_timeout_and_releases(fake, run_loop):
     fake.script("/slow", Reply(200, delay=2.0))
     releases = Releases()
 
@@ -126,11 +133,11 @@ def test_read_timeout_is_httpx_read_timeout_and_releases(fake):
             await transport.aclose()
 
     with pytest.raises(httpx2.ReadTimeout):
-        asyncio.run(run())
+        run_loop(run())
     assert releases.count == 1
 
 
-def test_refused_connection_is_a_connect_error(fake):
+def test_refused_connection_is_a_connect_error(fake, run_loop):
     url = fake.url
     fake.stop()
     releases = Releases()
@@ -143,11 +150,11 @@ def test_refused_connection_is_a_connect_error(fake):
             await transport.aclose()
 
     with pytest.raises(httpx2.ConnectError):
-        asyncio.run(run())
+        run_loop(run())
     assert releases.count == 1
 
 
-def test_a_connection_the_server_dropped_while_idle_is_not_reused(fake):
+def test_a_connection_the_server_dropped_while_idle_is_not_reused(fake, run_loop):
     """The pooled connection's EOF is seen from the protocol's state: the next
     request opens a new connection instead of failing on the dead one."""
     fake.script("/r", Reply(200, body="ok"))
@@ -165,11 +172,11 @@ def test_a_connection_the_server_dropped_while_idle_is_not_reused(fake):
         finally:
             await transport.aclose()
 
-    assert asyncio.run(run()) == ((200, b"ok"), (200, b"ok"))
+    assert run_loop(run()) == ((200, b"ok"), (200, b"ok"))
     assert fake.count("/r") == 2
 
 
-def test_a_body_larger_than_the_read_buffer_arrives_whole(fake):
+def test_a_body_larger_than_the_read_buffer_arrives_whole(fake, run_loop):
     """Reading pauses past READ_HIGH_WATER and resumes as the reader drains it."""
     body = bytes(range(256)) * (4 * READ_HIGH_WATER // 256 + 7)
     fake.script("/big", Reply(200, body=body))
@@ -187,14 +194,14 @@ def test_a_body_larger_than_the_read_buffer_arrives_whole(fake):
         finally:
             await transport.aclose()
 
-    received, again = asyncio.run(run())
+    received, again = run_loop(run())
     assert received == body
     assert again == (200, body)
     assert fake.connections == 1
     assert releases.count == 2
 
 
-def test_more_concurrent_requests_than_connections_wait_and_all_succeed(fake):
+def test_more_concurrent_requests_than_connections_wait_and_all_succeed(fake, run_loop):
     fake.script("/r", Reply(200, body="ok", delay=0.05))
     releases = Releases()
 
@@ -205,7 +212,37 @@ def test_more_concurrent_requests_than_connections_wait_and_all_succeed(fake):
         finally:
             await transport.aclose()
 
-    assert asyncio.run(run()) == [(200, b"ok")] * 24
+    assert run_loop(run()) == [(200, b"ok")] * 24
     assert fake.connections <= 3
     assert fake.max_concurrent <= 3
     assert releases.count == 24
+
+
+def test_small_and_large_request_bodies_arrive_whole_over_one_connection(fake, run_loop):
+    """A body far past the transport's write buffer goes out whole, in order,
+    under flow control (the writer waits for the buffer to drain)."""
+    fake.script("/in", Reply(200, body="got it"))
+    small = b'{"hello": "world"}'
+    large = bytes(range(256)) * (3 * 1024 * 1024 // 256)
+    releases = Releases()
+
+    async def post(transport: Transport, body: bytes) -> tuple[int, bytes]:
+        request = httpx2.Request("POST", fake.url + "/in", content=body)
+        request.extensions["timeout"] = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+        response = await transport.send(request, releases)
+        try:
+            return response.status_code, await response.aread()
+        finally:
+            await response.aclose()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            return [await post(transport, body) for body in (small, large, small)]
+        finally:
+            await transport.aclose()
+
+    assert run_loop(run()) == [(200, b"got it")] * 3
+    assert [recorded.body for recorded in fake.requests] == [small, large, small]
+    assert fake.connections == 1
+    assert releases.count == 3
