@@ -39,6 +39,15 @@ async def _fetch(transport: Transport, url: str, releases: Releases, **kwargs) -
         await response.aclose()
 
 
+async def _fetch_once(url: str, releases: Releases, **kwargs) -> tuple[int, bytes]:
+    """One GET through a fresh transport (closed afterwards)."""
+    transport = Transport(max_connections=2, keepalive_expiry=5.0)  # the system's trust store
+    try:
+        return await _fetch(transport, url, releases, **kwargs)
+    finally:
+        await transport.aclose()
+
+
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run_loop(request):
     """Each test on both loops: asyncio's (tests, runserver) and uvloop (`make serve`)."""
@@ -108,15 +117,8 @@ def test_tls_round_trip_verifies_and_reuses_the_connection(tls_fake, authority, 
 def test_tls_certificate_from_an_unknown_authority_is_refused(tls_fake, run_loop):
     releases = Releases()
 
-    async def run():
-        transport = Transport(max_connections=2, keepalive_expiry=5.0)  # the system's trust store
-        try:
-            await _fetch(transport, tls_fake.url + "/secure", releases)
-        finally:
-            await transport.aclose()
-
     with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        run_loop(run())
+        run_loop(_fetch_once(tls_fake.url + "/secure", releases))
     assert tls_fake.count() == 0
     assert releases.count == 1
 
@@ -125,15 +127,8 @@ def test_read_timeout_is_httpx_read_timeout_and_releases(fake, run_loop):
     fake.script("/slow", Reply(200, delay=2.0))
     releases = Releases()
 
-    async def run():
-        transport = Transport(max_connections=2, keepalive_expiry=5.0)
-        try:
-            await _fetch(transport, fake.url + "/slow", releases, read_timeout=0.2)
-        finally:
-            await transport.aclose()
-
     with pytest.raises(httpx2.ReadTimeout):
-        run_loop(run())
+        run_loop(_fetch_once(fake.url + "/slow", releases, read_timeout=0.2))
     assert releases.count == 1
 
 
@@ -142,15 +137,8 @@ def test_refused_connection_is_a_connect_error(fake, run_loop):
     fake.stop()
     releases = Releases()
 
-    async def run():
-        transport = Transport(max_connections=2, keepalive_expiry=5.0)
-        try:
-            await _fetch(transport, url + "/gone", releases)
-        finally:
-            await transport.aclose()
-
     with pytest.raises(httpx2.ConnectError):
-        run_loop(run())
+        run_loop(_fetch_once(url + "/gone", releases))
     assert releases.count == 1
 
 
