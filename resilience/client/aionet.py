@@ -286,11 +286,11 @@ class Transport:
         """Send `request`; the answer's body runs `on_close` when closed (and so
         does a failure to get an answer)."""
         url = request.url
-        core = httpcore2.Request(
-            method=request.method,
-            url=httpcore2.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
-            headers=request.headers.raw, content=request.stream, extensions=request.extensions)
         try:
+            target = httpcore2.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
+                                   target=url.raw_path)
+            core = httpcore2.Request(method=request.method, url=target, headers=request.headers.raw,
+                                     content=request.stream, extensions=request.extensions)
             answer = await self._pool.handle_async_request(core)
         except _HTTPCORE_ERRORS as err:
             on_close()

@@ -234,3 +234,18 @@ def test_small_and_large_request_bodies_arrive_whole_over_one_connection(fake, r
     assert [recorded.body for recorded in fake.requests] == [small, large, small]
     assert fake.connections == 1
     assert releases.count == 3
+
+
+def test_a_request_the_pool_cannot_send_is_httpx_error_and_releases(run_loop):
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            await transport.send(_request("ftp://127.0.0.1:1/file"), releases)
+        finally:
+            await transport.aclose()
+
+    with pytest.raises(httpx2.UnsupportedProtocol):
+        run_loop(run())
+    assert releases.count == 1
