@@ -4,9 +4,8 @@
  * The page arrives with its data; this draws each card's chart from the
  * embedded snapshot, then polls the JSON endpoint every `data-refresh-seconds`
  * and updates the cards in place. Numbers come formatted by the server
- * (`display`), so the page and its refreshes always read the same way. A
- * failed refresh is shown on the page and retried; an expired session stops
- * polling and asks for a reload (which leads to the login).
+ * (`display`), so the page and its refreshes always read the same way. The
+ * polling, its failures and an expired session are live.js's.
  */
 (function () {
   "use strict";
@@ -116,45 +115,13 @@
     time.textContent = new Date(snapshot.generated_at).toLocaleTimeString();
   }
 
-  function setLive(root, state, text) {
-    var live = root.querySelector('[data-field="live"]');
-    live.setAttribute("data-state", state);
-    live.textContent = text;
-  }
-
   function start() {
     var root = document.getElementById("rs-root");
     if (!root) { return; }
     var url = root.getAttribute("data-url");
     var every = 1000 * (parseInt(root.getAttribute("data-refresh-seconds"), 10) || 5);
     render(root, JSON.parse(document.getElementById("rs-snapshot").textContent));
-    setLive(root, "ok", "live, every " + every / 1000 + " s \u00b7 updated");
-
-    function schedule() { window.setTimeout(refresh, every); }
-
-    function refresh() {
-      if (document.hidden) { schedule(); return; }
-      fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin", cache: "no-store"})
-        .then(function (response) {
-          var json = (response.headers.get("Content-Type") || "").indexOf("application/json") === 0;
-          if (response.redirected || response.status === 401 || response.status === 403 || !json) {
-            setLive(root, "error", "signed out: reload the page to log in \u00b7 last update");
-            return;  // no more polling: a login page will not turn into data
-          }
-          if (!response.ok) { throw new Error("HTTP " + response.status); }
-          return response.json().then(function (snapshot) {
-            render(root, snapshot);
-            setLive(root, "ok", "live, every " + every / 1000 + " s \u00b7 updated");
-            schedule();
-          });
-        })
-        .catch(function (err) {
-          setLive(root, "error", "refresh failed (" + err.message + "), retrying \u00b7 last update");
-          schedule();
-        });
-    }
-
-    schedule();
+    window.rsLive.poll(root, url, every, function (snapshot) { render(root, snapshot); });
   }
 
   if (document.readyState === "loading") {

@@ -6,8 +6,8 @@
  * embedded data, then refreshes everything from `data-url` every
  * `data-refresh-seconds`. The breaker timeline is a strip of coloured bands
  * (a title on each gives its state and times); failures are a table whose
- * request ids open the call-log list filtered by that id. An expired session
- * stops the polling and says so.
+ * request ids open the call-log list filtered by that id. The polling, its
+ * failures and an expired session are live.js's.
  */
 (function () {
   "use strict";
@@ -189,20 +189,12 @@
     failures(root.querySelector("[data-failures]"), d, root.getAttribute("data-calllog-url"));
   }
 
-  function setLive(root, state, text) {
-    var live = root.querySelector('[data-field="live"]');
-    live.setAttribute("data-state", state);
-    live.textContent = text;
-  }
-
   function start() {
     var root = document.getElementById("rs-upstream");
     if (!root || typeof uPlot === "undefined") { return; }
     var url = root.getAttribute("data-url");
     var every = 1000 * (parseInt(root.getAttribute("data-refresh-seconds"), 10) || 10);
-    var latest = JSON.parse(document.getElementById("rs-detail").textContent);
-    render(root, latest);
-    setLive(root, "ok", "live, every " + every / 1000 + " s \u00b7 updated");
+    render(root, JSON.parse(document.getElementById("rs-detail").textContent));
     // Charts follow their panel's width (the grid reflows with the window).
     if (window.ResizeObserver) {
       var observer = new ResizeObserver(function (entries) {
@@ -215,29 +207,7 @@
       root.querySelectorAll("[data-plot]").forEach(function (el) { observer.observe(el); });
     }
 
-    function schedule() { window.setTimeout(refresh, every); }
-    function refresh() {
-      if (document.hidden) { schedule(); return; }
-      fetch(url, {headers: {Accept: "application/json"}, credentials: "same-origin", cache: "no-store"})
-        .then(function (response) {
-          if (response.status === 401 || response.status === 403) {
-            setLive(root, "error", "signed out: reload the page to log in \u00b7 last update");
-            return;
-          }
-          if (!response.ok) { throw new Error("HTTP " + response.status); }
-          return response.json().then(function (d) {
-            latest = d;
-            render(root, d);
-            setLive(root, "ok", "live, every " + every / 1000 + " s \u00b7 updated");
-            schedule();
-          });
-        })
-        .catch(function (err) {
-          setLive(root, "error", "refresh failed (" + err.message + "), retrying \u00b7 last update");
-          schedule();
-        });
-    }
-    schedule();
+    window.rsLive.poll(root, url, every, function (data) { render(root, data); });
   }
 
   if (document.readyState === "loading") {
