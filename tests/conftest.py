@@ -3,6 +3,7 @@ clean cache for every test."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from django.core.cache import cache
@@ -70,3 +71,17 @@ def redis_process():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def policy(db):
+    """Make a valid, saved upstream policy: `policy("name", field=value, ...)`."""
+    from resilience.models import Upstream
+
+    def make(name: str = "api", **fields: Any) -> Upstream:
+        row = Upstream(name=name, base_url="http://127.0.0.1:9/", **fields)
+        row.full_clean()
+        row.save()
+        return row
+
+    return make

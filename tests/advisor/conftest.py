@@ -43,17 +43,6 @@ def traffic(upstream: str, *, since: timedelta, until: timedelta = timedelta(0),
 
 
 @pytest.fixture
-def policy(db):
-    def make(name: str = "api", **fields: Any) -> Upstream:
-        row = Upstream(name=name, base_url="http://127.0.0.1:9/", **fields)
-        row.full_clean()
-        row.save()
-        return row
-
-    return make
-
-
-@pytest.fixture
 def healthy(policy):
     """An upstream with 8 days of steady healthy traffic (30 calls a minute
     over the last 26 h, 30 calls every 10 minutes before); the last 16

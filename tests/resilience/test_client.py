@@ -467,25 +467,6 @@ def test_reset_clients_rebuilds_from_the_database(fake, make_upstream):
 
 
 # -- the near cache in front of Redis ---------------------------------------------------------------
-@pytest.fixture
-def on_redis(redis_url):
-    from django.test import override_settings
-
-    from resilience.cache import reset_engines
-
-    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
-                          "KEY_PREFIX": "rsltest-near"}}
-    with override_settings(CACHES=caches):
-        from django.core.cache import cache
-
-        reset_engines()
-        reset_clients()
-        cache.clear()
-        yield
-        cache.clear()
-    reset_engines()
-
-
 def test_hot_entries_skip_the_redis_round_trip(fake, make_upstream, on_redis, monkeypatch):
     from django.core.cache import cache
 

@@ -383,24 +383,6 @@ def test_metrics_count_calls_and_breaker_state_per_endpoint(fakes, make_pool):
     assert gauges == {("pool", "e0"): 2, ("pool", "e1"): 0}
 
 
-@pytest.fixture
-def on_redis(redis_url):
-    from django.core.cache import cache
-    from django.test import override_settings
-
-    from resilience.cache import reset_engines
-
-    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
-                          "KEY_PREFIX": "rsltest-pools"}}
-    with override_settings(CACHES=caches):
-        reset_engines()
-        reset_clients()
-        cache.clear()
-        yield
-        cache.clear()
-    reset_engines()
-
-
 def test_the_score_window_is_shared_through_redis(on_redis):
     from resilience.client.endpoints import Window, score_of
 

@@ -4,10 +4,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
-from resilience.models import Upstream
-
 #: A fixed moment in the middle of a minute; tests pass `now=` to the selectors.
 NOW = datetime(2026, 3, 1, 12, 30, 30, tzinfo=UTC)
 
@@ -33,12 +29,3 @@ class Call:
                 "request_id": self.request_id, "error": self.error}
 
 
-@pytest.fixture
-def policy(db):
-    def make(name: str = "api", **fields: Any) -> Upstream:
-        row = Upstream(name=name, base_url="http://127.0.0.1:9/", **fields)
-        row.full_clean()
-        row.save()
-        return row
-
-    return make
