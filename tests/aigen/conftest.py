@@ -130,3 +130,20 @@ def staff_api(staff_user) -> APIClient:
 @pytest.fixture
 def make_client():
     return _client
+
+
+@pytest.fixture
+def mixed_warmup_file(tmp_path, section2_data):
+    """A warmup file of four entries: one good, one whose data fails
+    validation, one naming an unknown template, one without a section."""
+    import yaml
+
+    bad = dict(section2_data, enterprise_info={**section2_data["enterprise_info"], "employees_count": "x"})
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump([
+        {"template_id": "emergency_plan", "section_id": "2", "data": section2_data},
+        {"template_id": "emergency_plan", "section_id": "2", "data": bad},
+        {"template_id": "nope", "section_id": "1", "data": {}},
+        {"template_id": "emergency_plan"},
+    ], allow_unicode=True), encoding="utf-8")
+    return path

@@ -50,18 +50,10 @@ def test_warmup_from_json_and_yaml_files(tmp_path, sample, section2_data):
     assert "0 generated, 2 already cached, 0 failed" in _warmup("--file", str(as_yaml), "--concurrency", "2")
 
 
-def test_warmup_reports_failures_and_exits_non_zero(tmp_path, section2_data):
-    bad = dict(section2_data, enterprise_info={**section2_data["enterprise_info"], "employees_count": "x"})
-    path = tmp_path / "warm.yaml"
-    path.write_text(yaml.safe_dump([
-        {"template_id": "emergency_plan", "section_id": "2", "data": section2_data},
-        {"template_id": "emergency_plan", "section_id": "2", "data": bad},
-        {"template_id": "nope", "section_id": "1", "data": {}},
-        {"template_id": "emergency_plan"},
-    ], allow_unicode=True), encoding="utf-8")
+def test_warmup_reports_failures_and_exits_non_zero(mixed_warmup_file):
     out = StringIO()
     with pytest.raises(CommandError, match="3 of 4 warmup request"):
-        call_command("cache_warmup", "--file", str(path), stdout=out)
+        call_command("cache_warmup", "--file", str(mixed_warmup_file), stdout=out)
     text = out.getvalue()
     assert "1 generated, 0 already cached, 3 failed" in text
     assert "data.enterprise_info.employees_count" in text and "template_not_found" in text

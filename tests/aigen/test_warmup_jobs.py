@@ -6,7 +6,6 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
-import yaml
 from django.core.management import CommandError, call_command
 
 from aigen.jobs import GENERATE_JOB
@@ -55,18 +54,10 @@ def test_enqueue_fans_out_as_jobs_with_progress_and_a_summary(worker_while_waiti
     assert Job.objects.filter(name=GENERATE_JOB, args__use_cache=False).count() == 5
 
 
-def test_refused_entries_and_failed_jobs_are_counted_and_named(worker_while_waiting, tmp_path, section2_data):
-    bad = dict(section2_data, enterprise_info={**section2_data["enterprise_info"], "employees_count": "x"})
-    path = tmp_path / "warm.yaml"
-    path.write_text(yaml.safe_dump([
-        {"template_id": "emergency_plan", "section_id": "2", "data": section2_data},
-        {"template_id": "emergency_plan", "section_id": "2", "data": bad},
-        {"template_id": "nope", "section_id": "1", "data": {}},
-        {"template_id": "emergency_plan"},
-    ], allow_unicode=True), encoding="utf-8")
+def test_refused_entries_and_failed_jobs_are_counted_and_named(worker_while_waiting, mixed_warmup_file):
     out = StringIO()
     with pytest.raises(CommandError, match="3 of 4 warmup request"):
-        call_command("cache_warmup", "--file", str(path), "--enqueue", stdout=out)
+        call_command("cache_warmup", "--file", str(mixed_warmup_file), "--enqueue", stdout=out)
     text = out.getvalue()
     assert "not queued: nope/1: template_not_found" in text and "missing section_id, data" in text
     assert "Queued 2 job(s)" in text and "queued 0, running 0, done 1, failed 1" in text
