@@ -85,3 +85,12 @@ def policy(db):
         return row
 
     return make
+
+
+@pytest.fixture
+def fake():
+    """A scriptable upstream on 127.0.0.1 (tests.support.fake_upstream)."""
+    from tests.support.fake_upstream import FakeUpstream
+
+    with FakeUpstream() as server:
+        yield server

@@ -61,14 +61,6 @@ def healthy(policy):
 
 
 @pytest.fixture
-def fake():
-    from tests.support.fake_upstream import FakeUpstream
-
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture
 def live_upstream(db, fake):
     """A policy pointing at the fake upstream, with fast timeouts and retries."""
     from resilience.client import reset_clients

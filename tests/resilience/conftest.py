@@ -7,7 +7,6 @@ from resilience.cache.engine import Engine
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
 from resilience.models import Upstream
-from tests.support.fake_upstream import FakeUpstream
 
 # Fast policies: tests wait milliseconds, not seconds.
 FAST = {
@@ -17,12 +16,6 @@ FAST = {
     # Every call keeps its row, so tests can inspect them (sampling has its own tests).
     "log_sample_rate": 1.0,
 }
-
-
-@pytest.fixture
-def fake():
-    with FakeUpstream() as server:
-        yield server
 
 
 @pytest.fixture

@@ -54,12 +54,6 @@ def run_loop(request):
     return asyncio.run if request.param == "asyncio" else uvloop.run
 
 
-@pytest.fixture
-def fake():
-    with FakeUpstream() as server:
-        yield server
-
-
 @pytest.fixture(scope="module")
 def authority():
     return trustme.CA()
