@@ -15,6 +15,7 @@ import pytest
 
 from resilience.cache import FallbackCache, reset_engines
 from resilience.cache.engine import Engine
+from tests.resilience.conftest import Clock
 from tests.support.faultproxy import FaultProxy
 
 SOCKET_TIMEOUT = 0.25  # the setting's default (CACHE_SOCKET_TIMEOUT, CACHE_CONNECT_TIMEOUT)
@@ -29,14 +30,6 @@ FAULTS = [
     ("blackhole", lambda p: p.blackhole()),
     ("refused", lambda p: p.refuse()),
 ]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
