@@ -170,8 +170,8 @@ class _AsyncBodyStream(httpx2.AsyncByteStream):
 
     Iterating it again (as `_BodyStream` above) continues where the last iteration stopped: the openai
     SDK stops reading at `[DONE]` and then drains `response.stream` so the
-    connection can go back to the pool. A fresh `aiter_bytes()` there would
-    fail (the body is already being streamed), the drain would give up and
+    connection can go back to the pool. A fresh iteration of the body there
+    would fail (it is already being streamed), the drain would give up and
     the connection be closed half-read: one new connection per stream.
     """
 
