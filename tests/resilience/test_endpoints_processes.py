@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
-import time
 
 import pytest
 import redis
 
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.worker import ROOT, worker_env
+from tests.support.worker import gather, run_worker, spawn, start_together, worker_env
+
+POOL_WORKER = "tests.support.pool_worker"
 
 PROCESSES = 4
 FAIL_MAX = 3
@@ -33,35 +32,15 @@ def setup_pool(env, servers, **policy) -> None:
             "read_timeout": 3, "deadline": 5, "retry_backoff_factor": 0, "retry_jitter": 0,
             "retry_after_max": 30, "breaker_fail_max": FAIL_MAX, "breaker_reset_timeout": 60,
             "endpoints": [{"name": f"e{i}", "base_url": s.url} for i, s in enumerate(servers)], **policy}
-    _run(env, "setup", json.dumps(spec))
-
-
-def _run(env, *args: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", "tests.support.pool_worker", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    run_worker(env, "setup", json.dumps(spec), module=POOL_WORKER)
 
 
 def call_together(env, seconds: float, interval: float) -> list[dict[str, int]]:
     """Every process boots and builds its client, then all start at once."""
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.pool_worker", "call", "pool", "/item",
-                               str(seconds), str(interval)], env=env, cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [spawn(env, "call", "pool", "/item", str(seconds), str(interval), module=POOL_WORKER)
              for _ in range(PROCESSES)]
-    for proc in procs:
-        line = proc.stdout.readline()
-        assert line and json.loads(line)["ready"], proc.stderr.read()[-3000:]
-    go = time.time() + 0.1
-    for proc in procs:
-        proc.stdin.write(f"go {go}\n")
-        proc.stdin.flush()
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1])["outcomes"])
-    return results
+    start_together(procs)
+    return [result["outcomes"] for result in gather(procs)]
 
 
 def test_a_retry_after_cools_the_endpoint_in_every_process(shared):

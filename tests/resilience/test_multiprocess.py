@@ -3,15 +3,13 @@ policies through a real Redis (and one SQLite file for the policy rows)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 import redis
 
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.worker import ROOT, worker_env
+from tests.support.worker import gather, spawn, start_together, worker_env
 from tests.support.worker import run_worker as run
 
 PROCESSES = 4
@@ -27,21 +25,6 @@ def shared(tmp_path, redis_url):
     redis.Redis.from_url(redis_url).flushdb()
 
 
-def spawn(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.support.worker", *args], env=env, cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def gather(procs: list[subprocess.Popen]) -> list[dict]:
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
 def setup_upstream(env: dict[str, str], fake: FakeUpstream, **policy) -> None:
     spec = {"name": "api", "base_url": fake.url, "retry_total": 0, "connect_timeout": 0.5,
             "read_timeout": 3, "deadline": 5, "retry_backoff_factor": 0, "retry_jitter": 0, **policy}
@@ -51,13 +34,7 @@ def setup_upstream(env: dict[str, str], fake: FakeUpstream, **policy) -> None:
 def call_together(env: dict[str, str], path: str, count: int) -> list[list[str]]:
     """Every process boots and builds its client, then all start at once."""
     procs = [spawn(env, "call", "api", path, str(count), "sync") for _ in range(PROCESSES)]
-    for proc in procs:
-        line = proc.stdout.readline()
-        assert line and json.loads(line)["ready"], proc.stderr.read()[-3000:]
-    go = time.time() + 0.1
-    for proc in procs:
-        proc.stdin.write(f"go {go}\n")
-        proc.stdin.flush()
+    start_together(procs)
     return [r["outcomes"] for r in gather(procs)]
 
 

@@ -22,12 +22,42 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_worker(env: dict[str, str], *args: str, timeout: float = 60) -> dict[str, Any]:
+def run_worker(env: dict[str, str], *args: str, timeout: float = 60,
+               module: str = "tests.support.worker") -> dict[str, Any]:
     """Run one worker action to completion; its last output line, parsed."""
-    done = subprocess.run([sys.executable, "-m", "tests.support.worker", *args], env=env, cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def spawn(env: dict[str, str], *args: str, module: str = "tests.support.worker") -> subprocess.Popen:
+    """Start one worker action; talk to it with `start_together` and `gather`."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def start_together(procs: list[subprocess.Popen]) -> None:
+    """Wait until every process said it is ready, then tell all of them one
+    moment to start at."""
+    for proc in procs:
+        line = proc.stdout.readline()
+        assert line and json.loads(line)["ready"], proc.stderr.read()[-3000:]
+    go = time.time() + 0.1
+    for proc in procs:
+        proc.stdin.write(f"go {go}\n")
+        proc.stdin.flush()
+
+
+def gather(procs: list[subprocess.Popen]) -> list[dict]:
+    """Each process's last output line, parsed, once it exited cleanly."""
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 def worker_env(database_file: str, redis_url: str, **extra: str) -> dict[str, str]:
