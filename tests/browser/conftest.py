@@ -22,8 +22,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-# The loopback fake upstream and its policies, shared with the client tests.
-fake = resilience_fixtures.fake
+# The client tests' policies on the loopback fake upstream (`fake`: tests/conftest.py).
 make_upstream = resilience_fixtures.make_upstream
 
 
