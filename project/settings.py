@@ -13,11 +13,13 @@ import os
 import warnings
 from pathlib import Path
 
-import environ
+from project.environment import CredentialVariables, Environment
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+# Remembers every variable read below: those are the deploy's own, which no
+# upstream policy may name (see "Upstream credentials" at the end).
+env = Environment()
 if (BASE_DIR / ".env").is_file():
     env.read_env(BASE_DIR / ".env")
 
@@ -235,8 +237,7 @@ RESILIENCE = {
     "SEED_ON_MIGRATE": env.bool("SEED_UPSTREAMS_ON_MIGRATE", default=True),
     # The flaky demo upstream (/demo/flaky/...) is served with DEBUG on, or with this.
     "DEMO_ENABLED": env.bool("DEMO_ENABLED", default=False),
-    # Upstream credentials: a policy names a variable, its value is read from here.
-    "SECRETS": os.environ,
+    # Upstream credentials: see the end of this file.
     # Jobs: finished job rows, probe history older than this are pruned.
     "JOB_RETENTION_DAYS": env.int("JOB_RETENTION_DAYS", default=7),
     "PROBE_HISTORY_KEEP": env.int("PROBE_HISTORY_KEEP", default=500),
@@ -250,7 +251,8 @@ RESILIENCE_ADVISOR = {
 }
 
 AIGEN = {
-    "OPENAI_API_KEY": env.str("OPENAI_API_KEY", default=""),
+    # Read as a credential: the `openai` upstream may name it (it is declared, not a deploy variable).
+    "OPENAI_API_KEY": env.credential("OPENAI_API_KEY"),
     # Seeds the `openai` upstream (empty: OpenAI's own URL); the stored policy wins after.
     "OPENAI_BASE_URL": env.str("OPENAI_BASE_URL", default=""),
     "MODEL": env.str("AI_MODEL", default="gpt-4o-mini"),
@@ -299,3 +301,20 @@ LOGGING = {
         "httpx2": {"level": "WARNING"},
     },
 }
+
+# --- Upstream credentials (resilience.conf `credential_refusal`) -------------------
+# A policy (Upstream.auth_env_var, Endpoint.auth_env_var) may name only a
+# variable declared as an upstream credential: one starting with
+# UPSTREAM_CREDENTIAL_PREFIX, or listed in UPSTREAM_CREDENTIAL_VARIABLES (plus
+# those this file reads as credentials: OPENAI_API_KEY). Every variable this
+# file reads is the deploy's own and refused by name whatever is declared
+# (env.read: complete here, at the end). The client is handed only the
+# declared variables, never the whole environment.
+RESILIENCE["CREDENTIAL_PREFIX"] = env.str("UPSTREAM_CREDENTIAL_PREFIX", default="UPSTREAM_")
+RESILIENCE["CREDENTIAL_VARIABLES"] = sorted(
+    {*env.credentials, *env.list("UPSTREAM_CREDENTIAL_VARIABLES", default=[])})
+# The live set: a read added below this block is refused too.
+RESILIENCE["DEPLOY_VARIABLES"] = env.read
+RESILIENCE["SECRETS"] = CredentialVariables(
+    os.environ, prefix=RESILIENCE["CREDENTIAL_PREFIX"],
+    names=frozenset(RESILIENCE["CREDENTIAL_VARIABLES"]), refused=env.read)

@@ -46,8 +46,16 @@ DEFAULTS: dict[str, Any] = {
     # set, /metrics sums every worker process's metric files found there.
     "METRICS_MULTIPROC_DIR": "",
     # Where credentials are read from: a mapping of variable name -> secret
-    # (project/settings.py hands over the environment). Policies name a variable.
+    # (project/settings.py hands over only the declared variables of the
+    # environment). Policies name a variable; see `credential_refusal`.
     "SECRETS": {},
+    # Variables declared as upstream credentials: by name, or by this prefix
+    # ("" declares none by prefix). Nothing else may be named by a policy.
+    "CREDENTIAL_VARIABLES": [],
+    "CREDENTIAL_PREFIX": "UPSTREAM_",
+    # The deploy's own variables (every one project/settings.py reads): refused
+    # by name whatever is declared, as are `ALWAYS_REFUSED` and `REFUSED_PREFIXES`.
+    "DEPLOY_VARIABLES": (),
     # `migrate` creates the built-in upstreams (openai) that do not exist yet,
     # as `manage.py seed_upstreams` does.
     "SEED_ON_MIGRATE": True,
@@ -95,3 +103,28 @@ class AppSettings:
 
 
 resilience_settings = AppSettings("RESILIENCE", DEFAULTS)
+
+#: Never an upstream credential, whatever the settings read or declare: the
+#: deploy's secrets by name (some read by code other than the settings).
+ALWAYS_REFUSED = frozenset({"SECRET_KEY", "SECRET_KEY_FALLBACKS", "DATABASE_URL", "REDIS_URL",
+                            "JOBS_REDIS_URL", "CREDENTIALS_KEYS", "METRICS_TOKEN"})
+#: Prefixes of variables Django and libpq read (DJANGO_SETTINGS_MODULE,
+#: DJANGO_SUPERUSER_PASSWORD, PGPASSWORD, ...): never an upstream credential.
+REFUSED_PREFIXES = ("DJANGO_", "PG")
+
+
+def credential_refusal(name: str) -> str:
+    """Why a policy may not name environment variable `name` as its
+    credential ("" when it may): it is one of the deploy's own variables, or
+    it was not declared (RESILIENCE CREDENTIAL_VARIABLES / CREDENTIAL_PREFIX).
+    The message names the variable, never a value."""
+    if name in ALWAYS_REFUSED or name in resilience_settings.DEPLOY_VARIABLES or name.startswith(
+            REFUSED_PREFIXES):
+        return (f"{name} is one of the deployment's own variables and can never be an upstream "
+                f"credential.")
+    prefix = resilience_settings.CREDENTIAL_PREFIX
+    if name in resilience_settings.CREDENTIAL_VARIABLES or (prefix and name.startswith(prefix)):
+        return ""
+    declared = f"start its name with {prefix} or " if prefix else ""
+    return (f"{name} is not declared as an upstream credential: {declared}list it in "
+            f"UPSTREAM_CREDENTIAL_VARIABLES.")

@@ -50,6 +50,15 @@ class UpstreamDisabled(UpstreamError):
     status = 503
 
 
+class CredentialRefused(UpstreamError):
+    """The policy names an environment variable that may not be an upstream
+    credential (a row saved before the rule, or the settings changed since):
+    nothing is sent. The message names the variable, never a value."""
+
+    code = "credential_refused"
+    status = 502
+
+
 class InvalidUpstreamPath(UpstreamError):
     """The path would leave the upstream's base URL (absolute URL, //host, ..)."""
 

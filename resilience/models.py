@@ -10,9 +10,47 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from resilience.conf import credential_refusal
+
 KNOWN_STATUSES = {s.value for s in HTTPStatus}
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
-ENV_VAR_NAME = RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "Use an environment variable name like GITHUB_TOKEN.")
+ENV_VAR_NAME = RegexValidator(r"^[A-Z_][A-Z0-9_]*$",
+                              "Use an environment variable name like UPSTREAM_GITHUB_TOKEN.")
+#: The permission (on Upstream, covering its endpoints) to bind a credential to an origin.
+CHANGE_CREDENTIALS = "resilience.change_credentials"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, "int | None"]
+#: Where a credential goes and which: (origin, variable name).
+Binding = tuple[Origin, str]
+
+
+def origin_of(url: str) -> Origin:
+    """(scheme, host, port) of `url`, the port made explicit: where a credential goes."""
+    parts = urlsplit(url or "")
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or DEFAULT_PORTS.get(scheme)
+
+
+def origin_text(origin: Origin) -> str:
+    scheme, host, port = origin
+    return f"{scheme}://{host}:{port}"
+
+
+def credential_moved(before: Binding | None, after: Binding | None) -> bool:
+    """Whether going from binding `before` to `after` (each `(origin, variable)`
+    or None for no credential) sends a credential somewhere it did not go:
+    a credential added, moved to another origin, or another variable sent.
+    Dropping a credential never does."""
+    return after is not None and after != before
+
+
+def _variable_errors(field: str, name: str) -> dict[str, str]:
+    problem = credential_refusal(name) if name else ""
+    return {field: problem} if problem else {}
 
 
 #: Share of successful calls that keep a call-log row, unless an upstream says otherwise:
@@ -122,7 +160,8 @@ class Upstream(models.Model):
         "Headers sent with every call (no secrets: use the authentication fields)."))
     auth_kind = models.CharField(max_length=10, choices=AuthKind.choices, default=AuthKind.NONE)
     auth_env_var = models.CharField(max_length=100, blank=True, validators=[ENV_VAR_NAME], help_text=(
-        "Environment variable holding the secret. The secret itself is never stored."))
+        "Environment variable holding the secret: one declared as an upstream credential (by default "
+        "any name starting with UPSTREAM_). The secret itself is never stored."))
     auth_name = models.CharField(max_length=100, blank=True, help_text=(
         "Header name (custom header) or query parameter name (query parameter)."))
     health_path = models.CharField(max_length=300, blank=True, help_text=(
@@ -156,9 +195,18 @@ class Upstream(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [("change_credentials", (
+            "Can bind a credential to an origin (add one, or change the scheme, host or port of an "
+            "upstream or endpoint that sends one)"))]
 
     def __str__(self) -> str:
         return self.name
+
+    def credential_binding(self) -> Binding | None:
+        """(origin, variable) this upstream's own URL gets, or None without a credential."""
+        if self.auth_kind == self.AuthKind.NONE or not self.auth_env_var:
+            return None
+        return origin_of(self.base_url), self.auth_env_var
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
@@ -189,6 +237,7 @@ class Upstream(models.Model):
             errors["default_headers"] = "Put credentials in an environment variable (authentication)."
         if self.auth_kind != self.AuthKind.NONE and not self.auth_env_var:
             errors["auth_env_var"] = "Name the environment variable that holds the secret."
+        errors.update(_variable_errors("auth_env_var", self.auth_env_var))
         if self.auth_kind in (self.AuthKind.HEADER, self.AuthKind.QUERY) and not self.auth_name:
             errors["auth_name"] = "Name the header or query parameter."
         if self.connect_timeout and self.deadline and self.connect_timeout > self.deadline:
@@ -233,7 +282,8 @@ class Endpoint(models.Model):
     base_url = models.URLField(max_length=500, help_text="http(s) URL this endpoint's calls are joined to.")
     auth_env_var = models.CharField(max_length=100, blank=True, validators=[ENV_VAR_NAME], help_text=(
         "Environment variable holding this endpoint's secret (the upstream's authentication kind "
-        "applies). Empty: the upstream's variable. The secret itself is never stored."))
+        "applies), declared as an upstream credential. Empty: the upstream's variable. The secret itself "
+        "is never stored."))
     weight = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(10_000)], help_text=(
         "Share of calls under weighted random (and the weight of the score strategy); 0 = only "
         "when no other endpoint is available."))
@@ -257,10 +307,22 @@ class Endpoint(models.Model):
     def __str__(self) -> str:
         return f"{self.upstream_id and self.upstream.name}/{self.name}"
 
+    def credential_binding(self, upstream: Upstream | None = None) -> Binding | None:
+        """(origin, variable) this endpoint gets (its own variable, else the
+        upstream's), or None when no credential is sent to it."""
+        upstream = upstream or self.upstream
+        variable = self.auth_env_var or upstream.auth_env_var
+        if upstream.auth_kind == Upstream.AuthKind.NONE or not variable:
+            return None
+        return origin_of(self.base_url), variable
+
     def clean(self) -> None:
+        errors = _variable_errors("auth_env_var", self.auth_env_var)
         problem = base_url_errors(self.base_url)
         if problem:
-            raise ValidationError({"base_url": problem})
+            errors["base_url"] = problem
+        if errors:
+            raise ValidationError(errors)
 
     def save(self, *args, **kwargs) -> None:
         self.base_url = self.base_url.rstrip("/")

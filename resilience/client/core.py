@@ -594,6 +594,8 @@ class UpstreamClient:
                     return self._stale_or(result, failure, stale, spec, from_entry)
 
                 status = response.status_code
+                if status >= 400:  # an error answer may echo the credentials it was sent
+                    credentials.mask(response, spec)
                 retryable = status in policy.retry_statuses and spec.method in policy.retry_methods
                 retried = retryable and bool(trace.history)
                 attempts = len(trace.history) + (0 if retried else 1)

@@ -7,6 +7,7 @@ raised. Called by the client's steps; nothing here does I/O.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -110,6 +111,31 @@ def redact_text(text: str, *, secrets: Iterable[str] = (),
             if encoded != secret:
                 text = text.replace(encoded, REDACTED)
     return _param_pattern(secret_names).sub(rf"\1={REDACTED}", text)
+
+
+@functools.lru_cache(maxsize=256)
+def _param_pattern_bytes(names: frozenset[str]) -> re.Pattern[bytes]:
+    return re.compile(_param_pattern(names).pattern.encode())
+
+
+def secret_forms(secret: str) -> tuple[bytes, ...]:
+    """The ways `secret` can stand in a body: as is, URL-encoded and
+    JSON-escaped (a `/` as `\\/`, non-ASCII as `\\u....`)."""
+    forms = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1],
+             json.dumps(secret, ensure_ascii=False)[1:-1], secret.replace("/", "\\/")}
+    return tuple(sorted((f.encode() for f in forms), key=len, reverse=True))
+
+
+def redact_bytes(body: bytes, *, secrets: Iterable[str] = (),
+                 secret_names: frozenset[str] = SECRET_PARAMS) -> bytes:
+    """`redact_text` for a body as received: the known secrets in every form
+    they take in a body, and the value of every `name=value` whose name is a
+    secret parameter (a URL echoed with its query)."""
+    for secret in secrets:
+        if secret and len(secret) >= _MIN_SECRET_LEN:
+            for form in secret_forms(secret):
+                body = body.replace(form, REDACTED.encode())
+    return _param_pattern_bytes(secret_names).sub(rb"\1=" + REDACTED.encode(), body)
 
 
 class RedactingFilter(logging.Filter):

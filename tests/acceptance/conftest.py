@@ -29,7 +29,7 @@ SECRETS = {
     "SECRET_KEY": "acceptance-django-secret-Kq7vX2",
     "OPENAI_API_KEY": "sk-acceptance-openai-Zr81Lw",
     "METRICS_TOKEN": "acceptance-metrics-token-Hd3Pq9",
-    "ACCEPT_UPSTREAM_KEY": "acceptance-upstream-key-Tb52Mn",
+    "UPSTREAM_ACCEPT_KEY": "acceptance-upstream-key-Tb52Mn",
 }
 
 
@@ -111,7 +111,7 @@ def live(tmp_path_factory, exposure):
     """One production server for the session's outside-in tests: gunicorn +
     uvicorn workers, the known secrets in its environment, the `openai`
     upstream on a fake provider and a `secured` upstream (bearer credential
-    from ACCEPT_UPSTREAM_KEY) on a fake upstream."""
+    from UPSTREAM_ACCEPT_KEY) on a fake upstream."""
     from tests.support.fake_openai import MODEL_ID, FakeOpenAI
     from tests.support.fake_upstream import FakeUpstream
     from tests.support.live_server import LiveServer
@@ -124,7 +124,7 @@ def live(tmp_path_factory, exposure):
             server.shell(
                 "from resilience.models import Upstream;"
                 f"Upstream.objects.create(name='secured', base_url={upstream.url!r}, auth_kind='bearer',"
-                "auth_env_var='ACCEPT_UPSTREAM_KEY', log_sample_rate=1.0, read_timeout=2.0, deadline=4.0);"
+                "auth_env_var='UPSTREAM_ACCEPT_KEY', log_sample_rate=1.0, read_timeout=2.0, deadline=4.0);"
                 "print('ok')")
             yield Live(server, upstream, provider)
             # Everything the server wrote while the suite ran, and every call-log row it kept.

@@ -32,7 +32,7 @@ BODY = b"0123456789abcdef" * 4096  # 64 KiB: long enough for a trickle to outlas
 POLICY = {"connect_timeout": 0.5, "read_timeout": 1.0, "deadline": DEADLINE, "retry_total": 2,
           "retry_backoff_factor": 0.05, "retry_jitter": 0.0, "retry_after_max": 0.1,
           "breaker_fail_max": 50, "log_sample_rate": 1.0,
-          "auth_kind": Upstream.AuthKind.BEARER, "auth_env_var": "ACCEPT_UPSTREAM_KEY"}
+          "auth_kind": Upstream.AuthKind.BEARER, "auth_env_var": "UPSTREAM_ACCEPT_KEY"}
 
 #: (fault name, how to switch it on, whether the call can still succeed)
 FAULTS = [
@@ -114,5 +114,5 @@ def test_no_call_outlives_its_deadline_and_the_upstream_recovers(faulty, proxy, 
         assert any(row["outcome"] != "ok" for row in rows)
     exposure.add(f"upstream {fault} call log", repr(rows))
     # The credential reached the upstream (the proxy passed it), and nothing else.
-    assert any(r.headers.get("Authorization") == f"Bearer {SECRETS['ACCEPT_UPSTREAM_KEY']}"
+    assert any(r.headers.get("Authorization") == f"Bearer {SECRETS['UPSTREAM_ACCEPT_KEY']}"
                for r in fake.requests)

@@ -17,7 +17,7 @@ from tests.support.fake_upstream import Reply
 
 
 def test_no_secret_anywhere_the_suite_looked(live, exposure):
-    key = SECRETS["ACCEPT_UPSTREAM_KEY"]
+    key = SECRETS["UPSTREAM_ACCEPT_KEY"]
     # An upstream that echoes the credential it was sent in its error body and headers.
     live.upstream.script("/", Reply(500, body={"error": f"bad credential Bearer {key}"},
                                     headers={"X-Echo": f"Bearer {key}"}))
@@ -44,7 +44,7 @@ def test_no_secret_anywhere_the_suite_looked(live, exposure):
     assert seen["probe"].json()["probe"]["ok"] is False  # the echoing failure was really met
     assert seen["metrics"].status_code == 200 and seen["metrics_refused"].status_code in (401, 403)
     # The policy names the variable, never its value: the response was the one that matters.
-    assert "ACCEPT_UPSTREAM_KEY" in seen["detail"].text
+    assert "UPSTREAM_ACCEPT_KEY" in seen["detail"].text
     assert any(r.headers.get("Authorization") == f"Bearer {key}" for r in live.upstream.requests)
 
     exposure.add("live call log", live.server.shell(

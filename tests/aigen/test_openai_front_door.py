@@ -35,12 +35,12 @@ def providers():
 def gateway(db, providers, settings):
     """An `llm` upstream serving MODEL from two providers (priority: primary,
     then a fallback that names the model its own way)."""
-    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"PRIMARY_KEY": "sk-primary",
-                                                              "FALLBACK_KEY": "sk-fallback"}}
+    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_PRIMARY_KEY": "sk-primary",
+                                                              "UPSTREAM_FALLBACK_KEY": "sk-fallback"}}
     settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
     primary, fallback = providers
     row = Upstream(name="llm", base_url=primary.url, served_models=[MODEL], endpoint_strategy="priority",
-                   auth_kind="bearer", auth_env_var="PRIMARY_KEY", connect_timeout=0.5, read_timeout=5,
+                   auth_kind="bearer", auth_env_var="UPSTREAM_PRIMARY_KEY", connect_timeout=0.5, read_timeout=5,
                    deadline=10, retry_total=2, retry_backoff_factor=0, retry_jitter=0,
                    retry_statuses=[429, 500, 502, 503, 504], retry_methods=["POST"], retry_after_max=30,
                    breaker_fail_max=3, log_sample_rate=1.0)
@@ -48,7 +48,7 @@ def gateway(db, providers, settings):
     row.save()
     Endpoint.objects.create(upstream=row, name="primary", base_url=primary.url, priority=0)
     Endpoint.objects.create(upstream=row, name="fallback", base_url=fallback.url, priority=1,
-                            auth_env_var="FALLBACK_KEY", model="fallback-model")
+                            auth_env_var="UPSTREAM_FALLBACK_KEY", model="fallback-model")
     reset_clients()
     openai_views.models.clear()
     tokens.clear()

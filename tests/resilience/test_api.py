@@ -162,8 +162,8 @@ def test_list_shows_an_open_breaker_with_retry_after(fake, make_upstream, user_c
 
 
 def test_detail_has_the_full_policy_without_secrets(fake, make_upstream, user_client, monkeypatch):
-    monkeypatch.setenv("API_SECRET_TOKEN", "s3cr3t-value-never-shown")
-    make_upstream(auth_kind="bearer", auth_env_var="API_SECRET_TOKEN", description="the API",
+    monkeypatch.setenv("UPSTREAM_API_TOKEN", "s3cr3t-value-never-shown")
+    make_upstream(auth_kind="bearer", auth_env_var="UPSTREAM_API_TOKEN", description="the API",
                   retry_statuses=[503], default_headers={"Accept": "application/json"})
     upstream("api").get("/x")
     assert fake.requests[0].headers["Authorization"] == "Bearer s3cr3t-value-never-shown"
@@ -172,7 +172,7 @@ def test_detail_has_the_full_policy_without_secrets(fake, make_upstream, user_cl
     policy = response.json()["upstream"]
     expected = {f.name for f in Upstream._meta.concrete_fields} - {"id"}
     assert set(policy) == expected
-    assert policy["auth_env_var"] == "API_SECRET_TOKEN"
+    assert policy["auth_env_var"] == "UPSTREAM_API_TOKEN"
     assert policy["retry_statuses"] == [503]
     assert policy["default_headers"] == {"Accept": "application/json"}
 

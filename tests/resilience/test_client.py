@@ -395,8 +395,8 @@ def test_followers_get_the_leaders_failure(fake, make_upstream):
 
 # -- credentials and call logs ---------------------------------------------------------------
 def test_credentials_come_from_the_environment_and_never_reach_logs(fake, make_upstream, monkeypatch):
-    monkeypatch.setenv("TEST_API_TOKEN", "s3cr3t-value")
-    make_upstream(auth_kind="query", auth_env_var="TEST_API_TOKEN", auth_name="api_key", cache_ttl=60)
+    monkeypatch.setenv("UPSTREAM_TEST_TOKEN", "s3cr3t-value")
+    make_upstream(auth_kind="query", auth_env_var="UPSTREAM_TEST_TOKEN", auth_name="api_key", cache_ttl=60)
     upstream("api").get("/q", params={"token": "caller-secret", "page": "2"})
     recorded = fake.requests[0]
     assert recorded.params["api_key"] == "s3cr3t-value"
@@ -406,16 +406,16 @@ def test_credentials_come_from_the_environment_and_never_reach_logs(fake, make_u
 
 
 def test_bearer_token_header(fake, make_upstream, monkeypatch):
-    monkeypatch.setenv("TEST_API_TOKEN", "tok")
-    make_upstream(auth_kind="bearer", auth_env_var="TEST_API_TOKEN")
+    monkeypatch.setenv("UPSTREAM_TEST_TOKEN", "tok")
+    make_upstream(auth_kind="bearer", auth_env_var="UPSTREAM_TEST_TOKEN")
     upstream("api").get("/b")
     assert fake.requests[0].headers["Authorization"] == "Bearer tok"
 
 
 def test_missing_secret_is_a_clear_error(fake, make_upstream, monkeypatch):
-    monkeypatch.delenv("TEST_API_TOKEN", raising=False)
-    make_upstream(auth_kind="bearer", auth_env_var="TEST_API_TOKEN")
-    with pytest.raises(errors.UpstreamError, match="TEST_API_TOKEN"):
+    monkeypatch.delenv("UPSTREAM_TEST_TOKEN", raising=False)
+    make_upstream(auth_kind="bearer", auth_env_var="UPSTREAM_TEST_TOKEN")
+    with pytest.raises(errors.UpstreamError, match="UPSTREAM_TEST_TOKEN"):
         upstream("api").get("/b")
     assert fake.count() == 0
 

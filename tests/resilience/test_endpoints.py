@@ -226,9 +226,9 @@ def test_a_post_is_not_repeated_elsewhere_unless_the_policy_retries_posts(fakes,
 
 
 def test_each_endpoint_sends_its_own_credential(fakes, make_pool, settings):
-    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"KEY_A": "secret-a", "KEY_B": "secret-b"}}
-    make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="KEY_A",
-              endpoint_fields={1: {"auth_env_var": "KEY_B"}})
+    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_KEY_A": "secret-a", "UPSTREAM_KEY_B": "secret-b"}}
+    make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="UPSTREAM_KEY_A",
+              endpoint_fields={1: {"auth_env_var": "UPSTREAM_KEY_B"}})
     fakes[0].script("/item", Reply(503))
     upstream("pool").get("/item")
     assert fakes[0].requests[-1].headers["Authorization"] == "Bearer secret-a"
@@ -307,14 +307,14 @@ def test_the_api_and_the_command_show_each_endpoint(fakes, make_pool):
     from django.core.management import call_command
     from rest_framework.test import APIClient
 
-    make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="POOL_KEY")
+    make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="UPSTREAM_POOL_KEY")
     client = APIClient()
     client.force_authenticate(get_user_model().objects.create_user("ops"))
     body = client.get("/api/resilience/upstreams/pool").json()
     pool = body["pool"]
     assert pool["strategy"] == "priority"
     assert [(e["name"], e["state"], e["auth_env_var"]) for e in pool["endpoints"]] == [
-        ("e0", "closed", "POOL_KEY"), ("e1", "closed", "POOL_KEY")]
+        ("e0", "closed", "UPSTREAM_POOL_KEY"), ("e1", "closed", "UPSTREAM_POOL_KEY")]
     out = StringIO()
     call_command("upstreams", stdout=out)
     assert "pool/e0" in out.getvalue() and "pool/e1" in out.getvalue()
@@ -415,9 +415,9 @@ def test_without_redis_the_score_window_is_per_process(settings):
 
 
 def test_an_endpoint_key_replaces_the_callers_authorization(fakes, make_pool, settings):
-    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"KEY_A": "secret-a", "KEY_B": "secret-b"}}
-    make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="KEY_A",
-              endpoint_fields={1: {"auth_env_var": "KEY_B"}})
+    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_KEY_A": "secret-a", "UPSTREAM_KEY_B": "secret-b"}}
+    make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="UPSTREAM_KEY_A",
+              endpoint_fields={1: {"auth_env_var": "UPSTREAM_KEY_B"}})
     fakes[0].script("/item", Reply(503))
     client = upstream("pool")
     client.get("/item", headers={"Authorization": "Bearer from-the-caller"})

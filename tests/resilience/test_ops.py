@@ -150,7 +150,7 @@ def test_auth_needs_an_environment_variable_name():
     row.auth_env_var = "not a name"
     with pytest.raises(ValidationError):
         row.full_clean()
-    row.auth_env_var = "GITHUB_TOKEN"
+    row.auth_env_var = "UPSTREAM_GITHUB_TOKEN"
     row.full_clean()
 
 
