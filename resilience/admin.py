@@ -22,7 +22,7 @@ from django.views.decorators.http import require_POST
 from simple_history.admin import SimpleHistoryAdmin
 
 from resilience import services
-from resilience.admin_forms import UpstreamForm
+from resilience.admin_forms import REASON_MAX_LENGTH, EndpointForm, UpstreamForm
 from resilience.models import BreakerEvent, CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
@@ -35,12 +35,24 @@ admin.site.index_title = "Upstream policies, telemetry and jobs"
 BREAKER_COLOURS = {"closed": "#2e7d32", "half-open": "#ef6c00", "open": "#c62828", "disabled": "#757575"}
 
 
+def _for_user(form_class: type, request: HttpRequest) -> type:
+    """The admin's form class for this request, knowing who saves (the
+    credential binding rule: resilience.admin_forms)."""
+    return type(form_class.__name__, (form_class,), {"user": request.user})
+
+
 class EndpointInline(admin.TabularInline):
     """The upstream's endpoints, edited on its page (each change is kept in
     the endpoint's history: simple_history records inline saves too)."""
 
     model = Endpoint
+    form = EndpointForm
     extra = 0
+
+    def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.form = _for_user(formset.form, request)
+        return formset
     fields = ("name", "base_url", "auth_env_var", "weight", "priority", "enabled", "model", "pool_size")
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
@@ -50,8 +62,13 @@ class EndpointAdmin(SimpleHistoryAdmin):
     """Endpoints are edited inline on their upstream; this page lists them
     and their history."""
 
+    form = EndpointForm
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model")
     list_select_related = ("upstream",)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        return _for_user(super().get_form(request, obj, change=change, **kwargs), request)
     list_filter = ("enabled",)
     search_fields = ("name", "base_url", "upstream__name")
 
@@ -157,10 +174,15 @@ class UpstreamAdmin(SimpleHistoryAdmin):
                     "p95": "\u2014" if stats["p95_ms"] is None else f"{stats['p95_ms']:.0f} ms"}
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), "live": live})
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        return _for_user(super().get_form(request, obj, change=change, **kwargs), request)
+
     def save_model(self, request: HttpRequest, obj: Upstream, form: Any, change: bool) -> None:
         reason = (form.cleaned_data.get("change_reason") or "").strip()
+        note = getattr(obj, "_change_reason", "")  # a credential bound (the form noted it)
         if reason:
-            obj._change_reason = reason  # simple_history stores it as history_change_reason
+            # simple_history stores it as history_change_reason
+            obj._change_reason = f"{note}; {reason}"[:REASON_MAX_LENGTH] if note else reason
         super().save_model(request, obj, form, change)
 
     # -- the list ----------------------------------------------------------------------------

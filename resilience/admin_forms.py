@@ -1,4 +1,5 @@
-"""The upstream admin form: list fields as widgets, and a reason for the change.
+"""The upstream and endpoint admin forms: list fields as widgets, a reason for
+the change, and the credential binding rule.
 
 The JSON list fields of a policy are edited as what they are: methods as
 checkboxes, status codes, header names and model names as a comma-separated
@@ -6,6 +7,15 @@ tag input that is validated item by item (the model's `clean()` still checks
 the whole policy). The reason is not a model field: it is stored as the
 history row's `history_change_reason` (django-simple-history), where the
 history page shows it next to the change and its author.
+
+A change that binds a credential to an origin (adds one, moves it to another
+scheme, host or port, or sends another variable there) is refused with a
+form error unless the user holds `resilience.change_credentials`
+(`resilience.models.credential_change_refusal`); when it is allowed, the
+history row says so (its change reason) next to who did it. The admin sets
+`user` on the form class it builds for each request; the old binding is read
+from the database, never from the form's instance (a history revert hands
+the form an old version).
 """
 from __future__ import annotations
 
@@ -16,7 +26,17 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from resilience.models import HTTP_METHODS, KNOWN_STATUSES, Upstream
+from resilience.models import (
+    HTTP_METHODS,
+    KNOWN_STATUSES,
+    Binding,
+    Endpoint,
+    Upstream,
+    binding_of,
+    credential_change_refusal,
+    credential_moved,
+    origin_text,
+)
 
 #: django-simple-history's history_change_reason column.
 REASON_MAX_LENGTH = 100
@@ -121,6 +141,58 @@ class UpstreamForm(forms.ModelForm):
                                       "placeholder": "why this change (kept in history)"}),
         help_text="Kept in this policy's history next to the change and its author.")
 
+    #: The user saving (set by the admin per request); None refuses every credential move.
+    user: Any = None
+
     class Meta:
         model = Upstream
         fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        stored = Upstream.objects.filter(pk=self.instance.pk).first() if self.instance.pk else None
+        after = binding_of(cleaned.get("base_url") or "", cleaned.get("auth_kind") or "",
+                           cleaned.get("auth_env_var") or "")
+        credential_check(self, stored.credential_binding() if stored else None, after)
+        return cleaned
+
+
+def credential_check(form: forms.ModelForm, before: Binding | None, after: Binding | None) -> None:
+    """Refuse the form (a non-field error) when the change binds a credential
+    the form's user may not bind; note an allowed move in the instance's
+    history change reason."""
+    refusal = credential_change_refusal(user=form.user, before=before, after=after)  # type: ignore[attr-defined]
+    if refusal:
+        raise ValidationError(refusal, code="credential_change_forbidden")
+    if credential_moved(before, after):
+        origin, variable = after  # type: ignore[misc]
+        note = f"credential {variable} bound to {origin_text(origin)}"
+        form.instance._change_reason = note[:REASON_MAX_LENGTH]
+
+
+class EndpointForm(forms.ModelForm):
+    """An endpoint, inline on its upstream's page or on its own."""
+
+    user: Any = None
+
+    class Meta:
+        model = Endpoint
+        fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        upstream = cleaned.get("upstream") or getattr(self.instance, "upstream", None)
+        if upstream is None:
+            return cleaned
+        stored = (Endpoint.objects.select_related("upstream").filter(pk=self.instance.pk).first()
+                  if self.instance.pk else None)
+        before = None
+        if stored is not None:
+            # Under the same upstream, judged against the upstream as it is being saved:
+            # inline, the upstream's own form judges what its change does to every endpoint.
+            before = (stored.credential_binding(upstream) if stored.upstream_id == upstream.pk
+                      else stored.credential_binding())
+        after = binding_of(cleaned.get("base_url") or "", upstream.auth_kind,
+                           cleaned.get("auth_env_var") or upstream.auth_env_var)
+        credential_check(self, before, after)
+        return cleaned

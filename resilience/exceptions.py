@@ -29,6 +29,15 @@ class AppError(Exception):
         return {"code": self.code, "message": self.message, **self.extra}
 
 
+class CredentialChangeForbidden(AppError):
+    """A change would bind a credential to an origin (add one, move it to
+    another scheme, host or port, or send another variable) and the user
+    lacks `resilience.change_credentials`."""
+
+    code = "credential_change_forbidden"
+    status = 403
+
+
 class UpstreamError(AppError):
     """A call to an upstream API did not produce a usable response."""
 

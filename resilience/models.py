@@ -3,6 +3,7 @@ their per-minute and per-hour rollups (see resilience.telemetry)."""
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
@@ -35,6 +36,13 @@ def origin_of(url: str) -> Origin:
     return scheme, (parts.hostname or "").lower(), port or DEFAULT_PORTS.get(scheme)
 
 
+def binding_of(url: str, auth_kind: str, variable: str) -> Binding | None:
+    """Where a credential goes: (origin, variable), or None when none is sent."""
+    if auth_kind == "none" or not auth_kind or not variable:
+        return None
+    return origin_of(url), variable
+
+
 def origin_text(origin: Origin) -> str:
     scheme, host, port = origin
     return f"{scheme}://{host}:{port}"
@@ -46,6 +54,24 @@ def credential_moved(before: Binding | None, after: Binding | None) -> bool:
     a credential added, moved to another origin, or another variable sent.
     Dropping a credential never does."""
     return after is not None and after != before
+
+
+def credential_change_refusal(*, user: Any, before: Binding | None, after: Binding | None) -> str:
+    """Why `user` may not make a change that takes a row's credential binding
+    from `before` to `after` ("" when they may, or when no credential moves).
+    Binding a credential to an origin needs `change_credentials`."""
+    if not credential_moved(before, after):
+        return ""
+    if user is not None and user.has_perm(CHANGE_CREDENTIALS):
+        return ""
+    origin, variable = after  # type: ignore[misc]
+    if before is None:
+        what = f"sending credential {variable} to {origin_text(origin)}"
+    elif before[0] != origin:
+        what = f"moving credential {variable} from {origin_text(before[0])} to {origin_text(origin)}"
+    else:
+        what = f"sending credential {variable} instead of {before[1]} to {origin_text(origin)}"
+    return f"{what} needs the permission to change credentials ({CHANGE_CREDENTIALS})."
 
 
 def _variable_errors(field: str, name: str) -> dict[str, str]:
@@ -204,9 +230,7 @@ class Upstream(models.Model):
 
     def credential_binding(self) -> Binding | None:
         """(origin, variable) this upstream's own URL gets, or None without a credential."""
-        if self.auth_kind == self.AuthKind.NONE or not self.auth_env_var:
-            return None
-        return origin_of(self.base_url), self.auth_env_var
+        return binding_of(self.base_url, self.auth_kind, self.auth_env_var)
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
@@ -311,10 +335,7 @@ class Endpoint(models.Model):
         """(origin, variable) this endpoint gets (its own variable, else the
         upstream's), or None when no credential is sent to it."""
         upstream = upstream or self.upstream
-        variable = self.auth_env_var or upstream.auth_env_var
-        if upstream.auth_kind == Upstream.AuthKind.NONE or not variable:
-            return None
-        return origin_of(self.base_url), variable
+        return binding_of(self.base_url, upstream.auth_kind, self.auth_env_var or upstream.auth_env_var)
 
     def clean(self) -> None:
         errors = _variable_errors("auth_env_var", self.auth_env_var)

@@ -19,7 +19,10 @@ application once `EFFECT_MIN_CALLS` calls have passed.
 
 Failure behaviour: applying a suggestion that is not open, or whose field no
 longer holds the value it was proposed against, raises `SuggestionConflict`
-(409) and changes nothing; an unknown id raises `SuggestionNotFound` (404).
+(409) and changes nothing; an unknown id raises `SuggestionNotFound` (404);
+a change that would bind a credential to an origin (resilience.models
+`credential_change_refusal`) by a user without `change_credentials`, or
+automatically, raises `CredentialChangeForbidden` (403) and changes nothing.
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ from resilience.advisor.conf import advisor_settings
 from resilience.advisor.data import advisor_data
 from resilience.advisor.models import Suggestion
 from resilience.advisor.rules import Finding, figures, rules_evaluate
-from resilience.exceptions import AppError
-from resilience.models import Upstream
+from resilience.exceptions import AppError, CredentialChangeForbidden
+from resilience.models import Upstream, credential_change_refusal
 from resilience.telemetry.selectors import upstream_totals
 
 logger = logging.getLogger(__name__)
@@ -178,8 +181,13 @@ def _policy_set(*, name: str, field: str, expect: Any, value: Any, user: Any, re
     if not _same(current, expect):
         raise SuggestionConflict(f"{name}.{field} is {current!r} now, not {expect!r} as when proposed",
                                  field=field, current=current)
+    before = row.credential_binding()
     setattr(row, field, value)
     row.full_clean()
+    # Like the admin: no policy write binds a credential without the permission.
+    refusal = credential_change_refusal(user=user, before=before, after=row.credential_binding())
+    if refusal:
+        raise CredentialChangeForbidden(refusal, upstream=name, field=field)
     row._change_reason = reason  # simple-history's change reason
     if user is not None and getattr(user, "is_authenticated", False):
         row._history_user = user

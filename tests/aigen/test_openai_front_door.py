@@ -40,7 +40,8 @@ def gateway(db, providers, settings):
     settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
     primary, fallback = providers
     row = Upstream(name="llm", base_url=primary.url, served_models=[MODEL], endpoint_strategy="priority",
-                   auth_kind="bearer", auth_env_var="UPSTREAM_PRIMARY_KEY", connect_timeout=0.5, read_timeout=5,
+                   auth_kind="bearer", auth_env_var="UPSTREAM_PRIMARY_KEY", connect_timeout=0.5,
+                   read_timeout=5,
                    deadline=10, retry_total=2, retry_backoff_factor=0, retry_jitter=0,
                    retry_statuses=[429, 500, 502, 503, 504], retry_methods=["POST"], retry_after_max=30,
                    breaker_fail_max=3, log_sample_rate=1.0)

@@ -226,7 +226,8 @@ def test_a_post_is_not_repeated_elsewhere_unless_the_policy_retries_posts(fakes,
 
 
 def test_each_endpoint_sends_its_own_credential(fakes, make_pool, settings):
-    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_KEY_A": "secret-a", "UPSTREAM_KEY_B": "secret-b"}}
+    settings.RESILIENCE = {**settings.RESILIENCE,
+                           "SECRETS": {"UPSTREAM_KEY_A": "secret-a", "UPSTREAM_KEY_B": "secret-b"}}
     make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="UPSTREAM_KEY_A",
               endpoint_fields={1: {"auth_env_var": "UPSTREAM_KEY_B"}})
     fakes[0].script("/item", Reply(503))
@@ -415,7 +416,8 @@ def test_without_redis_the_score_window_is_per_process(settings):
 
 
 def test_an_endpoint_key_replaces_the_callers_authorization(fakes, make_pool, settings):
-    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_KEY_A": "secret-a", "UPSTREAM_KEY_B": "secret-b"}}
+    settings.RESILIENCE = {**settings.RESILIENCE,
+                           "SECRETS": {"UPSTREAM_KEY_A": "secret-a", "UPSTREAM_KEY_B": "secret-b"}}
     make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="UPSTREAM_KEY_A",
               endpoint_fields={1: {"auth_env_var": "UPSTREAM_KEY_B"}})
     fakes[0].script("/item", Reply(503))
