@@ -250,7 +250,8 @@ class UpstreamAdmin(SimpleHistoryAdmin):
             self.message_user(request, f"{upstream.name}: {result['status']} in "
                                        f"{result['latency_ms']} ms", messages.SUCCESS)
         else:
-            problem = result["status"] or (result["error"] or {}).get("message")
+            problem = (f"{result['status']} {result.get('detail', '')[:100]}".strip() if result["status"]
+                       else (result["error"] or {}).get("message"))
             self.message_user(request, f"{upstream.name}: failed ({problem})", messages.ERROR)
 
 

@@ -272,6 +272,8 @@ class ProbeResultSerializer(serializers.Serializer):
     ok = serializers.BooleanField(help_text="A response below 400 arrived.")
     status = serializers.IntegerField(allow_null=True, help_text="The upstream's status; null on failure.")
     error = ProbeErrorSerializer(allow_null=True, help_text="Why no response arrived.")
+    detail = serializers.CharField(required=False, allow_blank=True, help_text=(
+        "The start of an error answer's body, credentials masked; empty otherwise."))
     attempts = serializers.IntegerField(required=False)
     latency_ms = serializers.FloatField()
 

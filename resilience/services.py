@@ -37,8 +37,13 @@ def upstream_cache_clear(*, name: str) -> int:
     return cache.delete_pattern(f"http:{name}:*")
 
 
+#: Characters of a failed probe's answer shown to staff (the API, the admin).
+PROBE_DETAIL_CHARS = 200
+
+
 def upstream_probe(*, name: str) -> dict[str, Any]:
-    """One real call to the upstream's health path (bypassing the cache)."""
+    """One real call to the upstream's health path (bypassing the cache); a
+    failed answer's `detail` is the start of its body, credentials masked."""
     upstream = _get(name)
     started = time.perf_counter()
     try:
@@ -47,7 +52,10 @@ def upstream_probe(*, name: str) -> dict[str, Any]:
     except errors.UpstreamError as err:
         return {"ok": False, "status": None, "error": err.as_dict(),
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-    return {"ok": response.status_code < 400, "status": response.status_code, "error": None,
+    failed = response.status_code >= 400
+    return {"ok": not failed, "status": response.status_code, "error": None,
+            # Why it failed in the upstream's words (its credentials masked by the client).
+            "detail": response.text[:PROBE_DETAIL_CHARS] if failed else "",
             "attempts": response.attempts,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 

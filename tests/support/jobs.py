@@ -44,3 +44,15 @@ def blocks(*, started: str, release: str) -> str:
             return "released"
         time.sleep(0.01)
     return "gave up"
+
+
+@job(attempts=1)
+def upstream_said(*, name: str, path: str) -> str:
+    """Calls upstream `name` and fails with what it answered, as a job that
+    reports a provider's error text does."""
+    from resilience import upstream
+
+    response = upstream(name).get(path, raise_for_status=False)
+    if response.status_code >= 400:
+        raise RuntimeError(f"{name} said {response.status_code}: {response.text} ({response.url})")
+    return response.text
