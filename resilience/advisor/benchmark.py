@@ -14,6 +14,9 @@ statistics like any others.
 `concurrency` bounded by `BENCHMARK_MAX_REQUESTS` / `_CONCURRENCY`; its report
 is the job's result, kept for `JOB_RETENTION_DAYS`.
 
+Neither side follows redirects: a 3xx is the answer, counted alike on both
+sides, and no call leaves the upstream's URL for wherever it points.
+
 Failure behaviour: a call's error is counted under its kind, never raised;
 an unknown upstream raises `UnknownUpstream` before anything is sent.
 """
@@ -109,7 +112,9 @@ def benchmark_run(*, upstream: str, path: str = "/", requests: int = 100, concur
 
     def bare() -> str:
         try:
-            response = session.get(url, timeout=timeout)
+            # Never follows a redirect (as the client and the probe do not): a
+            # redirect counts as the answer it is, and nothing goes to another host.
+            response = session.get(url, timeout=timeout, allow_redirects=False)
             response.content  # noqa: B018  (read the body, as the client does)
         except Exception as err:  # counted by kind, as the client's errors are
             return type(err).__name__
