@@ -258,30 +258,37 @@ class OpenAIProvider(Provider):
     generation is one logical call with one deadline, one breaker and one
     call-log row.
 
+    The provider's key is the upstream policy's credential (OPENAI_API_KEY on
+    the seeded `openai` upstream): the client adds it for the policy's origin
+    only, so moving the upstream elsewhere takes the permission to change
+    credentials. The SDK holds a placeholder.
+
     Requests go through the SDK's own `post` (its documented way to send any
-    request) with `cast_to=object`: the SDK builds the request, authenticates,
-    decodes the SSE stream and maps errors, and answers are kept as the JSON
-    it received instead of being rebuilt as typed models chunk by chunk (that
-    construction was about a tenth of a worker's CPU per streamed generation).
+    request) with `cast_to=object`: the SDK builds the request, decodes the
+    SSE stream and maps errors, and answers are kept as the JSON it received
+    instead of being rebuilt as typed models chunk by chunk (that construction
+    was about a tenth of a worker's CPU per streamed generation).
     """
 
     name = "openai"
 
-    def __init__(self, *, api_key: str, model: str, upstream_name: str = "openai") -> None:
+    def __init__(self, *, model: str, upstream_name: str = "openai") -> None:
         import httpx2
         import openai
 
-        from aigen.transport import SDK_BASE_URL, AsyncUpstreamTransport, UpstreamTransport
+        from aigen.transport import SDK_API_KEY, SDK_BASE_URL, AsyncUpstreamTransport, UpstreamTransport
 
         self.model = model
         self.upstream_name = upstream_name
+        # The key never goes into the SDK: the upstream's policy names it
+        # (OPENAI_API_KEY on the seeded `openai` upstream), bound to its origin.
         self.client = openai.OpenAI(
-            api_key=api_key, base_url=SDK_BASE_URL, max_retries=0,
+            api_key=SDK_API_KEY, base_url=SDK_BASE_URL, max_retries=0,
             http_client=httpx2.Client(transport=UpstreamTransport(upstream_name)),
         )
         # No pool of its own (the transport is the upstream's): usable from any event loop.
         self.async_client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=SDK_BASE_URL, max_retries=0,
+            api_key=SDK_API_KEY, base_url=SDK_BASE_URL, max_retries=0,
             http_client=httpx2.AsyncClient(transport=AsyncUpstreamTransport(upstream_name)),
         )
 
@@ -398,9 +405,8 @@ _announced = False
 
 def provider_build() -> Provider:
     """A provider for the current settings: OpenAI with a key, else the mock."""
-    key = aigen_settings.OPENAI_API_KEY
-    if key:
-        return OpenAIProvider(api_key=key, model=aigen_settings.MODEL, upstream_name=aigen_settings.UPSTREAM)
+    if aigen_settings.OPENAI_API_KEY:
+        return OpenAIProvider(model=aigen_settings.MODEL, upstream_name=aigen_settings.UPSTREAM)
     return MockProvider()
 
 
@@ -436,6 +442,25 @@ def provider_announce() -> None:
     else:
         logger.info("aigen: provider %s, model %s, through upstream %r", info["provider"], info["model"],
                     aigen_settings.UPSTREAM)
+        if provider_upstream_keyless():
+            logger.warning("aigen: upstream %r names no credential, so OPENAI_API_KEY is not sent: set its "
+                           "authentication to bearer with OPENAI_API_KEY (admin, needs change_credentials)",
+                           aigen_settings.UPSTREAM)
+
+
+def provider_upstream_keyless() -> bool:
+    """Whether the provider's upstream exists and names no credential (the
+    key is the upstream's credential; the SDK sends none). False when the
+    tables are not there yet."""
+    from django.db import DatabaseError
+
+    from resilience.models import Upstream
+
+    try:
+        return Upstream.objects.filter(name=aigen_settings.UPSTREAM,
+                                       auth_kind=Upstream.AuthKind.NONE).exists()
+    except DatabaseError:
+        return False
 
 
 def provider_prepare() -> None:

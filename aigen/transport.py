@@ -2,12 +2,14 @@
 resilience upstream client: `UpstreamTransport` (sync SDK, `upstream.request`)
 and `AsyncUpstreamTransport` (`AsyncOpenAI`, `upstream.arequest`).
 
-The SDK is built with `base_url=SDK_BASE_URL` (a placeholder with no path) and
-`max_retries=0`; this transport takes each request's path ("/chat/completions")
-and hands it to `upstream(name).request(...)`, which joins it to the policy's
-base URL and applies its timeouts, retries, circuit breaker and call log. The
+The SDK is built with `base_url=SDK_BASE_URL` (a placeholder with no path),
+`api_key=SDK_API_KEY` (a placeholder too: the key is the upstream policy's
+credential, sent only to the policy's origin) and `max_retries=0`; this
+transport takes each request's path ("/chat/completions") and hands it to
+`upstream(name).request(...)`, which joins it to the policy's base URL and
+applies its credential, timeouts, retries, circuit breaker and call log. The
 policy in the admin is therefore the single source of truth for where the SDK
-goes and how hard it tries.
+goes, with which key, and how hard it tries.
 
 A provider that ignores `"stream": true` and answers one JSON completion is
 handed to the SDK as a one-event stream (`_completion_as_events`), so the
@@ -33,11 +35,15 @@ from resilience.exceptions import UpstreamConnectionError, UpstreamTimeout
 
 #: The SDK's base URL: no path, so the SDK's paths are relative to the policy's.
 SDK_BASE_URL = "http://openai.upstream"
+#: The SDK's key: never sent (the upstream's credential is; see `_REQUEST_DROP`).
+SDK_API_KEY = "the-upstream-policy-credential"
 
 # Hop-by-hop or recomputed by requests; Host would name the placeholder.
 # Accept-Encoding is left to requests, which knows what it can decode.
+# Authorization: the SDK's holds a placeholder; the credential is the upstream
+# policy's (bound to its origin), never one the SDK carries.
 _REQUEST_DROP = frozenset({"host", "content-length", "connection", "transfer-encoding", "accept-encoding",
-                           "keep-alive", "upgrade", "te", "trailer"})
+                           "keep-alive", "upgrade", "te", "trailer", "authorization"})
 # requests hands over decoded bytes, so the encoding and length no longer apply.
 _RESPONSE_DROP = frozenset({"content-encoding", "content-length", "transfer-encoding", "connection",
                             "keep-alive"})

@@ -88,6 +88,8 @@ def upstreams_seed(*, using: str = "default") -> list[str]:
             "pool_size": 500, "bulkhead_max": 1000, "bulkhead_wait": 1.0,
             # The model the front door (/v1/chat/completions) routes here.
             "served_models": [aigen_settings.MODEL],
+            # The provider's key, bound to this origin: the SDK sends none of its own.
+            "auth_kind": "bearer", "auth_env_var": "OPENAI_API_KEY",
         },
     }
     created = []

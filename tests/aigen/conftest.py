@@ -28,6 +28,8 @@ FAST_OPENAI = {
     "breaker_enabled": True, "breaker_fail_max": 3, "breaker_reset_timeout": 30.0,
     "log_sample_rate": 1.0,  # every call keeps its row, for the tests to inspect
     "cache_ttl": 0,
+    # As seeded: the provider's key is the upstream's credential.
+    "auth_kind": "bearer", "auth_env_var": "OPENAI_API_KEY",
 }
 
 SECTION_2 = {
@@ -92,6 +94,7 @@ def openai_policy(db, fake_openai):
 def openai_fake(openai_policy, fake_openai, settings):
     """The OpenAI provider (real SDK, real resilient client) against the fake."""
     settings.AIGEN = {**settings.AIGEN, "OPENAI_API_KEY": "sk-test-key", "MODEL": MODEL_ID}
+    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"OPENAI_API_KEY": "sk-test-key"}}
     return fake_openai
 
 

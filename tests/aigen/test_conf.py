@@ -28,7 +28,10 @@ def test_the_seed_uses_the_variable_or_openai(settings):
     assert base_url_disagreement() is None  # nothing set: nothing to disagree with
     with_env_url(settings, "http://127.0.0.1:9/v1")
     assert upstreams_seed() == ["openai"]
-    assert Upstream.objects.get(name="openai").base_url == "http://127.0.0.1:9/v1"
+    seeded = Upstream.objects.get(name="openai")
+    assert seeded.base_url == "http://127.0.0.1:9/v1"
+    # The provider's key is the upstream's credential, bound to this origin.
+    assert (seeded.auth_kind, seeded.auth_env_var) == ("bearer", "OPENAI_API_KEY")
     assert base_url_disagreement() is None
 
 

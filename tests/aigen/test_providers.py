@@ -76,6 +76,47 @@ def test_openai_happy_path_goes_through_the_upstream_policy(openai_fake):
     assert (log.method, log.path, log.status, log.outcome) == ("POST", "/v1/chat/completions", 200, "ok")
 
 
+def test_the_key_goes_only_as_the_upstreams_credential(openai_fake, openai_policy):
+    """H2 (issue 23): the SDK used to put OPENAI_API_KEY on every request, so
+    whoever could move the `openai` upstream's URL (dropping its credential
+    needs no permission) sent the key along. Now the key is the policy's."""
+    openai_policy(auth_kind="none", auth_env_var="")
+    _provider().complete(_prompt())
+    [request] = openai_fake.requests
+    assert "Authorization" not in request.headers and "sk-test-key" not in repr(request.headers)
+
+
+def test_a_stored_provider_upstream_takes_the_key_over_when_migrated(openai_policy, settings):
+    import importlib
+    from types import SimpleNamespace
+
+    from django.apps import apps
+    from django.db import connection
+
+    migration = importlib.import_module("resilience.migrations.0007_credentials")
+    openai_policy(auth_kind="none", auth_env_var="")
+    settings.AIGEN = {**settings.AIGEN, "OPENAI_API_KEY": ""}  # no key: the SDK sent none either
+    migration.bind_the_provider_key(apps, SimpleNamespace(connection=connection))
+    assert Upstream.objects.get(name="openai").auth_kind == "none"
+    settings.AIGEN = {**settings.AIGEN, "OPENAI_API_KEY": "sk-test-key"}
+    migration.bind_the_provider_key(apps, SimpleNamespace(connection=connection))
+    row = Upstream.objects.get(name="openai")
+    assert (row.auth_kind, row.auth_env_var) == ("bearer", "OPENAI_API_KEY")
+
+
+def test_the_server_start_says_when_the_providers_upstream_names_no_key(openai_fake, openai_policy,
+                                                                          caplog, monkeypatch):
+    from aigen import providers
+
+    monkeypatch.setattr(providers, "_announced", False)
+    providers.provider_announce()
+    assert "names no credential" not in caplog.text
+    openai_policy(auth_kind="none", auth_env_var="")
+    monkeypatch.setattr(providers, "_announced", False)
+    providers.provider_announce()
+    assert "upstream 'openai' names no credential, so OPENAI_API_KEY is not sent" in caplog.text
+
+
 def test_openai_streaming(openai_fake):
     provider = _provider()
     prompt = _prompt("1")

@@ -21,7 +21,7 @@ PROMPT = Prompt(messages=[{"role": "user", "content": "你好"}], params={}, tem
 
 @pytest.fixture
 def provider(openai_fake) -> OpenAIProvider:
-    return OpenAIProvider(api_key="sk-test-key", model=MODEL_ID)
+    return OpenAIProvider(model=MODEL_ID)
 
 
 def test_async_complete_through_the_upstream(provider, openai_fake):
