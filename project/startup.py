@@ -49,6 +49,7 @@ def announce() -> None:
 
     provider_announce()
     _announce_base_url()
+    _announce_refused_credentials()
     name = getattr(cache, "backend_name", type(cache).__name__)
     logging.getLogger("resilience.cache").info(
         "cache: %s%s", name, ", local-memory fallback" if getattr(cache, "redis_configured", False)
@@ -68,6 +69,21 @@ def _announce_base_url() -> None:
         return
     if disagreement is not None:
         logging.getLogger("aigen.conf").warning("%s", disagreement.message)
+
+
+def _announce_refused_credentials() -> None:
+    import logging
+
+    from django.db import DatabaseError
+
+    from resilience.services import credentials_refused
+
+    try:
+        refused = credentials_refused()
+    except DatabaseError:  # not migrated yet: nothing stored
+        return
+    for line in refused:
+        logging.getLogger("resilience.credentials").warning("credential refused, nothing is sent: %s", line)
 
 
 def serve_or_exit() -> None:

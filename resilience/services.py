@@ -9,7 +9,8 @@ from django.core.cache import cache
 
 from resilience import exceptions as errors
 from resilience.client import reset_clients, upstream_client
-from resilience.models import Upstream
+from resilience.conf import credential_refusal
+from resilience.models import Endpoint, Upstream
 from resilience.telemetry.selectors import breaker_status
 
 
@@ -58,6 +59,18 @@ def upstream_probe(*, name: str) -> dict[str, Any]:
             "detail": response.text[:PROBE_DETAIL_CHARS] if failed else "",
             "attempts": response.attempts,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def credentials_refused() -> list[str]:
+    """One line per stored policy naming a variable it may not name (a row
+    from before the rule, or the declarations changed since): such a row
+    sends nothing (`CredentialRefused`). For the server's start, so an
+    upgrade says what to rename or declare."""
+    named = [(f"upstream {name!r}", variable) for name, variable in
+             Upstream.objects.exclude(auth_env_var="").values_list("name", "auth_env_var")]
+    named += [(f"endpoint {upstream}/{name}", variable) for upstream, name, variable in
+              Endpoint.objects.exclude(auth_env_var="").values_list("upstream__name", "name", "auth_env_var")]
+    return [f"{what}: {problem}" for what, variable in named if (problem := credential_refusal(variable))]
 
 
 def upstreams_seed(*, using: str = "default") -> list[str]:

@@ -122,6 +122,23 @@ def test_an_endpoint_naming_a_refused_variable_gets_no_call(fake, settings):
     assert fake.requests[0].headers["Authorization"] == "Bearer good-key"
 
 
+def test_a_starting_server_names_every_stored_row_that_sends_nothing(caplog):
+    from project.startup import announce
+
+    row = Upstream.objects.create(name="github", base_url="https://api.github.com", auth_kind="bearer",
+                                  auth_env_var="GITHUB_TOKEN")
+    Endpoint.objects.create(upstream=row, name="mirror", base_url="https://m.example",
+                            auth_env_var="DATABASE_URL")
+    Upstream.objects.create(name="fine", base_url="https://x.example", auth_kind="bearer",
+                            auth_env_var="UPSTREAM_FINE")
+    with caplog.at_level("INFO"):
+        announce()
+    refused = [r.getMessage() for r in caplog.records if "credential refused" in r.getMessage()]
+    assert len(refused) == 2
+    assert "upstream 'github': GITHUB_TOKEN is not declared" in refused[0]
+    assert "endpoint github/mirror: DATABASE_URL is one of the deployment's own" in refused[1]
+
+
 def test_the_probe_api_names_the_refused_variable(fake, settings, django_user_model):
     Upstream.objects.create(name="old", base_url=fake.url, auth_kind="bearer", auth_env_var="REDIS_URL")
     reset_clients()
