@@ -118,6 +118,7 @@ def _param_pattern_bytes(names: frozenset[str]) -> re.Pattern[bytes]:
     return re.compile(_param_pattern(names).pattern.encode())
 
 
+@functools.lru_cache(maxsize=64)
 def secret_forms(secret: str) -> tuple[bytes, ...]:
     """The ways `secret` can stand in a body: as is, URL-encoded and
     JSON-escaped (a `/` as `\\/`, non-ASCII as `\\u....`)."""
@@ -135,6 +136,8 @@ def redact_bytes(body: bytes, *, secrets: Iterable[str] = (),
         if secret and len(secret) >= _MIN_SECRET_LEN:
             for form in secret_forms(secret):
                 body = body.replace(form, REDACTED.encode())
+    if b"=" not in body:  # most error bodies (JSON) quote no query: skip the scan
+        return body
     return _param_pattern_bytes(secret_names).sub(rb"\1=" + REDACTED.encode(), body)
 
 
