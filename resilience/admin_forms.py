@@ -173,6 +173,8 @@ def credential_check(form: forms.ModelForm, before: Binding | None, after: Bindi
 class EndpointForm(forms.ModelForm):
     """An endpoint, inline on its upstream's page or on its own."""
 
+    base_url = forms.URLField(max_length=500, assume_scheme="https",
+                              help_text=Endpoint._meta.get_field("base_url").help_text)
     user: Any = None
 
     class Meta:
