@@ -186,7 +186,7 @@ def _post_change(client, row, **changes):
 ])
 def test_the_admin_refuses_moving_a_credential_without_the_permission(change, client, keyed,
                                                                        django_user_model):
-    client.force_login(_staff(django_user_model, "editor", *EDITOR))
+    client.force_login(_staff(django_user_model, "editor", "change_upstream"))
     response = _post_change(client, keyed, **change)
     assert response.status_code == 200
     assert "change_credentials" in str(response.context["adminform"].form.non_field_errors())
