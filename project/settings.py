@@ -299,6 +299,9 @@ LOGGING = {
         # The openai SDK's transport logs each request against its placeholder
         # host; the resilient client's call log records the real call.
         "httpx2": {"level": "WARNING"},
+        # Its DEBUG trace prints every response's headers, which a provider
+        # may fill with the key it was sent (an `X-Echo: Bearer sk-...`).
+        "httpcore2": {"level": "INFO"},
     },
 }
 

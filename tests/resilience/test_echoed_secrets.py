@@ -43,13 +43,14 @@ def _shown(response) -> str:
 
 
 @pytest.mark.parametrize("face", ["sync", "async"])
-def test_a_401_echoing_the_key_is_masked_in_body_and_headers(face, keyed, fake):
+def test_a_401_echoing_the_key_is_masked_in_body_and_headers(face, keyed, fake, caplog):
     keyed(auth_kind="bearer")
     fake.script("/x", Reply(401, headers={"X-Echo": f"got Bearer {SECRET}"}, body={"error": {
         "message": f"Incorrect API key provided: {SECRET}", "type": "invalid_request_error"}}))
-    response = _call(face)
+    with caplog.at_level("DEBUG"):  # the transports' own debug lines (httpcore2 prints headers)
+        response = _call(face)
     assert fake.requests[0].headers["Authorization"] == f"Bearer {SECRET}"  # it was sent...
-    shown = _shown(response)
+    shown = _shown(response) + caplog.text
     assert SECRET not in shown  # ...and nothing passes it on
     assert response.json()["error"]["message"] == "Incorrect API key provided: REDACTED"
     assert response.headers["X-Echo"] == "got Bearer REDACTED"
