@@ -150,8 +150,10 @@ class UpstreamForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if not cleaned.get("base_url"):
+            return cleaned  # refused already, for its own reason
         stored = Upstream.objects.filter(pk=self.instance.pk).first() if self.instance.pk else None
-        after = binding_of(cleaned.get("base_url") or "", cleaned.get("auth_kind") or "",
+        after = binding_of(cleaned["base_url"], cleaned.get("auth_kind") or "",
                            cleaned.get("auth_env_var") or "")
         credential_check(self, stored.credential_binding() if stored else None, after)
         return cleaned
@@ -184,8 +186,8 @@ class EndpointForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         upstream = cleaned.get("upstream") or getattr(self.instance, "upstream", None)
-        if upstream is None:
-            return cleaned
+        if upstream is None or not cleaned.get("base_url"):
+            return cleaned  # refused already, for its own reason
         stored = (Endpoint.objects.select_related("upstream").filter(pk=self.instance.pk).first()
                   if self.instance.pk else None)
         before = None
@@ -194,7 +196,7 @@ class EndpointForm(forms.ModelForm):
             # inline, the upstream's own form judges what its change does to every endpoint.
             before = (stored.credential_binding(upstream) if stored.upstream_id == upstream.pk
                       else stored.credential_binding())
-        after = binding_of(cleaned.get("base_url") or "", upstream.auth_kind,
+        after = binding_of(cleaned["base_url"], upstream.auth_kind,
                            cleaned.get("auth_env_var") or upstream.auth_env_var)
         credential_check(self, before, after)
         return cleaned
