@@ -3,7 +3,7 @@
     POST   generate       template + section + data -> content (cached; SSE with "stream": true)
     GET    templates      the registry with each section's fields
     GET    cache/stats    AI cache statistics
-    DELETE cache          clear cached AI answers (staff; optional template_id)
+    DELETE cache          clear cached AI answers (change_upstream; optional template_id)
 
 Authentication and the error shape are the project's (resilience.api): every
 error is `{"success": false, "error": {"code", "message", ...}}`.
@@ -16,7 +16,6 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.permissions import IsAdminUser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -29,6 +28,7 @@ from aigen.selectors import ai_cache_stats, template_list
 from aigen.throttling import GenerateThrottle
 from resilience.cache.ops import cache_clear
 from resilience.parsers import LimitedJSONParser
+from resilience.permissions import UpstreamOperate
 from resilience.serializers import error_responses
 
 
@@ -172,15 +172,17 @@ class CacheStatsView(_AigenView):
 
 
 class CacheClearView(_AigenView):
-    permission_classes = [IsAdminUser]
+    # The AI answers are the provider upstream's cached responses: clearing
+    # them needs what the admin's Clear cache button needs.
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(
-        summary="Clear cached AI answers (staff)",
+        summary="Clear cached AI answers (change_upstream)",
         parameters=[OpenApiParameter("template_id", str, description="Only this template's answers.")],
         responses={200: inline_serializer("AICacheCleared", {
             "success": serializers.BooleanField(), "deleted": serializers.IntegerField(),
             "template_id": serializers.CharField(allow_null=True)}),
-            **error_responses(403, 404, e404="Unknown template (`template_not_found`).")},
+            **error_responses(401, 403, 404, e404="Unknown template (`template_not_found`).")},
     )
     def delete(self, request: Request) -> Response:
         template_id = request.query_params.get("template_id")

@@ -4,9 +4,12 @@ log, breaker reset, probe and cache control, cache statistics.
 
 Views stay thin: reads go through resilience.telemetry.selectors (after flushing this
 process's buffered call logs, so calls made a moment ago count), writes
-through resilience.services. Reading needs an authenticated user, writing a
-staff user. Errors use the project's shape (resilience.api); an unknown
-upstream is a 404 `unknown_upstream`.
+through resilience.services. Each route asks the model permission the admin
+asks for the same page or button (resilience.permissions): policies need
+view_upstream, call logs view_calllog, breaker reset, probe and cache clear
+change_upstream; cache statistics any authenticated caller. Errors use the
+project's shape (resilience.api); an unknown upstream is a 404
+`unknown_upstream`.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -26,6 +28,7 @@ from resilience import serializers as s
 from resilience.cache.ops import cache_stats
 from resilience.client.endpoints import snapshot
 from resilience.models import CallLog, Upstream
+from resilience.permissions import CallLogRead, UpstreamOperate, UpstreamRead
 from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import (
@@ -85,10 +88,12 @@ class CallLogPagination(PageNumberPagination):
 
 
 class UpstreamListView(APIView):
+    permission_classes = [UpstreamRead]
+
     @extend_schema(
         operation_id="resilience_upstreams_list",
-        summary="Every upstream: policy summary, live breaker, the last 5 minutes",
-        responses={200: s.UpstreamListResponseSerializer, **s.error_responses(401)},
+        summary="Every upstream: policy summary, live breaker, the last 5 minutes (view_upstream)",
+        responses={200: s.UpstreamListResponseSerializer, **s.error_responses(401, 403)},
     )
     def get(self, request: Request) -> Response:
         call_log_flush()
@@ -98,11 +103,13 @@ class UpstreamListView(APIView):
 
 
 class UpstreamDetailView(APIView):
+    permission_classes = [UpstreamRead]
+
     @extend_schema(
         operation_id="resilience_upstreams_retrieve",
-        summary="One upstream: full policy, statistics per window, recent failures",
+        summary="One upstream: full policy, statistics per window, recent failures (view_upstream)",
         parameters=[NAME],
-        responses={200: s.UpstreamDetailResponseSerializer, **s.error_responses(401, 404)},
+        responses={200: s.UpstreamDetailResponseSerializer, **s.error_responses(401, 403, 404)},
     )
     def get(self, request: Request, name: str) -> Response:
         upstream = _upstream(name)
@@ -119,18 +126,19 @@ class UpstreamDetailView(APIView):
 
 
 class UpstreamCallsView(ListAPIView):
+    permission_classes = [CallLogRead]
     serializer_class = s.CallLogSerializer
     pagination_class = CallLogPagination
 
     @extend_schema(
         operation_id="resilience_upstreams_calls_list",
-        summary="The upstream's call log, newest first",
+        summary="The upstream's call log, newest first (view_calllog)",
         description=("Every failed, retried, stale or rejected call has a row; successful calls are sampled "
                      "at the upstream's `log_sample_rate` (`sampling` in the response says at what rate). "
                      "The statistics count every call."),
         parameters=[NAME, s.CallLogFilterSerializer],
         responses={200: s.CallLogSerializer(many=True),
-                   **s.error_responses(400, 401, 404, e404="Unknown upstream or page out of range.")},
+                   **s.error_responses(400, 401, 403, 404, e404="Unknown upstream or page out of range.")},
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
@@ -147,11 +155,11 @@ class UpstreamCallsView(ListAPIView):
 
 
 class BreakerResetView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(
         operation_id="resilience_upstreams_breaker_reset",
-        summary="Close the upstream's circuit breaker now (staff)",
+        summary="Close the upstream's circuit breaker now (change_upstream)",
         parameters=[NAME], request=None,
         responses={200: s.BreakerResetResponseSerializer, **s.error_responses(401, 403, 404)},
     )
@@ -162,11 +170,11 @@ class BreakerResetView(APIView):
 
 
 class ProbeView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(
         operation_id="resilience_upstreams_probe",
-        summary="One real call to the upstream's health path (staff)",
+        summary="One real call to the upstream's health path (change_upstream)",
         description=("Bypasses the response cache but not the breaker. A failed probe is still a 200: "
                      "`probe.ok` is false and `probe.error` says why."),
         parameters=[NAME], request=None,
@@ -180,11 +188,11 @@ class ProbeView(APIView):
 
 
 class UpstreamCacheView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(
         operation_id="resilience_upstreams_cache_clear",
-        summary="Remove the upstream's cached responses (staff)",
+        summary="Remove the upstream's cached responses (change_upstream)",
         parameters=[NAME], request=None,
         responses={200: s.CacheClearedResponseSerializer, **s.error_responses(401, 403, 404)},
     )
