@@ -175,8 +175,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # --- REST framework --------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "resilience.api.BearerTokenAuthentication",
-        "resilience.api.ThrottledTokenAuthentication",
+        "aigen.auth.BearerTokenAuthentication",
+        "aigen.auth.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -262,6 +262,8 @@ AIGEN = {
     "RECORD_FLUSH_INTERVAL": env.float("AI_RECORD_FLUSH_INTERVAL", default=1.0),
     # Generation records older than this (days) are pruned (prune_telemetry, the prune job).
     "GENERATION_RETENTION_DAYS": env.int("AI_GENERATION_RETENTION_DAYS", default=30),
+    # Seconds a worker may keep a token's user before re-reading the shared token generation.
+    "TOKEN_CHECK_INTERVAL": env.float("TOKEN_CHECK_INTERVAL", default=0.5),
 }
 
 # --- Jobs (resilience.jobs) ------------------------------------------------------

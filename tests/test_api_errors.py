@@ -9,8 +9,8 @@ import re
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
+from aigen.tokens import token_issue
 from tests.resilience.test_schema import api_routes
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +21,7 @@ DEEP = "[" * 5000 + "]" * 5000  # 10 KB, nested 5,000 levels
 @pytest.fixture
 def staff() -> Client:
     user = get_user_model().objects.create_user("ops", password="pw-ops-1", is_staff=True)
-    return Client(headers={"Authorization": f"Bearer {Token.objects.create(user=user).key}"})
+    return Client(headers={"Authorization": f"Bearer {token_issue(user=user)}"})
 
 
 def shared_error(response, status: int, code: str | None = None) -> dict:

@@ -19,11 +19,11 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.test import AsyncClient, Client
 from django.urls import URLPattern, URLResolver, get_resolver
-from rest_framework.authtoken.models import Token
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
+from aigen.tokens import token_issue
 from resilience import upstream
 from resilience.client import reset_clients
 from resilience.exceptions import InvalidUpstreamPath, UpstreamError
@@ -222,7 +222,7 @@ def test_token_guessing_is_throttled_per_address(django_user_model, guessing_clo
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
         **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "auth_failure": "10/min"}}
     user = django_user_model.objects.create_user("guessed")
-    key = Token.objects.create(user=user).key
+    key = token_issue(user=user)
     attacker = Client(REMOTE_ADDR="203.0.113.7")
     statuses = [attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Bearer {i:040x}").status_code
                 for i in range(15)]
@@ -309,8 +309,8 @@ def test_every_staff_route_refuses_a_non_staff_user_and_every_route_an_anonymous
     call_command("seed_upstreams", stdout=open("/dev/null", "w"))  # noqa: SIM115
     user = django_user_model.objects.create_user("plain", password="pw-plain-1")
     staff = django_user_model.objects.create_user("boss", password="pw-boss-1", is_staff=True)
-    plain = Client(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
-    boss = Client(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=staff).key}")
+    plain = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=user)}")
+    boss = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=staff)}")
     session = Client()
     session.force_login(user)
     anonymous = Client()

@@ -7,9 +7,9 @@ import socket
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from aigen.tokens import token_issue
 from resilience import exceptions as errors
 from resilience import upstream
 from resilience.models import CallLog
@@ -97,7 +97,7 @@ def test_the_probe_api_answers_without_the_secret(fake, make_upstream, monkeypat
     fake.script("/health", Reply(200, delay=0.6))
     staff = get_user_model().objects.create_user("ops", is_staff=True)
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=staff).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=staff)}")
     response = api.post("/api/resilience/upstreams/api/probe")
     assert response.status_code == 200, response.content
     probe = response.json()["probe"]
