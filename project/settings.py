@@ -227,6 +227,9 @@ RESILIENCE = {
     "POLICY_CHECK_INTERVAL": env.float("POLICY_CHECK_INTERVAL", default=1.0),
     "HTTP_CACHE_NEAR_SECONDS": env.float("HTTP_CACHE_NEAR_SECONDS", default=1.0),
     "METRICS_TOKEN": env.str("METRICS_TOKEN", default=""),
+    # Proxies whose X-Forwarded-For names the client (addresses or CIDRs); empty: none.
+    # gunicorn.conf.py reads the same variable for uvicorn's forwarded_allow_ips.
+    "TRUSTED_PROXIES": env.list("TRUSTED_PROXIES", default=[]),
     "SLOW_REQUEST_SECONDS": env.float("SLOW_REQUEST_SECONDS", default=1.0),
     "COMPRESS_MIN_SIZE": env.int("COMPRESS_MIN_BYTES", default=1024),
     # The variable prometheus_client itself reads in every worker (multiprocess mode).
