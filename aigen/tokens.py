@@ -123,10 +123,12 @@ class TokenUsers:
             self._checked_at = self.clock()
 
     def clear(self) -> None:
+        """Forget every kept user; the next lookup re-reads the generation."""
         with self._lock:
             self._users.clear()
             self._epoch += 1
             self._generation = _UNSHARED
+            self._checked_at = -math.inf
 
     def kept(self, digest: str) -> tuple[Any, int]:
         """(the kept user or None, the epoch to pass to `keep`)."""
