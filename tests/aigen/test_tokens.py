@@ -2,7 +2,7 @@
 DRF keys keep working through the migration, the admin never shows a token,
 and a revoked token stops working on every route: at once in the process
 that revoked it, within the check interval in every other one (a movable
-clock here; several real worker processes in test_a_revoked_token_...)."""
+clock here; several real worker processes in tests/acceptance/test_tokens_live.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +21,6 @@ from aigen import tokens
 from aigen.models import ApiToken
 from aigen.tokens import GENERATION_KEY, token_digest, token_issue, token_revoke
 from resilience.cache import default_cache
-from tests.support.live_server import LiveServer
 
 pytestmark = pytest.mark.django_db
 
@@ -143,40 +142,3 @@ def test_the_admin_lists_tokens_by_prefix_and_revokes_but_never_shows_or_adds(al
     assert key not in page and token_digest(key) not in page
     admin.post(reverse("admin:aigen_apitoken_delete", args=[row.pk]), {"post": "yes"})
     assert not ApiToken.objects.exists() and drf(key) == 401
-
-
-# -- several real worker processes ---------------------------------------------------------------
-ROUTES = [("GET", DRF_ROUTE, None, 200), ("GET", "/api/resilience/cache/stats", None, 200),
-          ("POST", "/api/ai/generate", b"{}", 400), ("GET", "/v1/models", None, 200)]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_revoked_token_stops_on_every_route_in_every_worker(tmp_path, redis_url):
-    """Two gunicorn workers, each keeping the token's user after many requests on
-    fresh connections; the token is revoked from a third process (`manage.py
-    shell`); the next request on every route, whichever worker takes it, is
-    refused. TOKEN_CHECK_INTERVAL 0 makes "the next request" exact: the interval
-    itself is the movable-clock tests' subject above."""
-    import requests
-
-    env = {"REDIS_URL": redis_url, "CACHE_KEY_PREFIX": f"rsltok{tmp_path.name[-8:]}",
-           "TOKEN_CHECK_INTERVAL": "0", "AUTH_FAILURE_THROTTLE": ""}
-    with LiveServer(tmp_path, env=env, workers=2) as server:
-        key = server.token("carol")
-
-        def answers() -> list[int]:
-            statuses = []
-            for method, path, body, _ in ROUTES:
-                for _ in range(8):  # a fresh connection each: both workers take some
-                    response = requests.request(method, f"{server.url}{path}", data=body, timeout=30,
-                                                headers={"Authorization": f"Bearer {key}",
-                                                         "Content-Type": "application/json",
-                                                         "Connection": "close"})
-                    statuses.append(response.status_code)
-            return statuses
-
-        assert answers() == [ok for *_, ok in ROUTES for _ in range(8)]
-        server.shell("from django.contrib.auth import get_user_model;"
-                     "from aigen.tokens import token_revoke;"
-                     "print(token_revoke(user=get_user_model().objects.get(username='carol')))")
-        assert answers() == [401] * (8 * len(ROUTES))
