@@ -11,6 +11,7 @@ error is `{"success": false, "error": {"code", "message", ...}}`.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -78,6 +79,9 @@ def generate_args(body: Any) -> dict[str, Any]:
         raise InvalidInput("data", "This field is required.")
     if not isinstance(data, dict):
         raise InvalidInput("data", "Expected an object.")
+    culprit = non_finite_path(data, "data")
+    if culprit is not None:
+        raise InvalidInput(culprit, "NaN and Infinity are not JSON numbers.")
     args["data"] = data
     for name, default in (("use_cache", True), ("stream", False)):
         value = body.get(name, default)
@@ -85,6 +89,26 @@ def generate_args(body: Any) -> dict[str, Any]:
             raise InvalidInput(name, "Expected true or false.")
         args[name] = value
     return args
+
+
+def non_finite_path(value: Any, path: str) -> str | None:
+    """The path of the first NaN or +-Infinity in `value`, or None.
+
+    Python's JSON parser accepts them, JSON does not: stored in a JSONField
+    they failed the database's JSON check as a 500 (issue 23, L2). Walked
+    with a stack of its own, so deep nesting costs no recursion.
+    """
+    stack = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend((f"{where}.{key}", inner) for key, inner in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", inner) for index, inner in reversed(list(enumerate(item))))
+    return None
 
 
 class GenerateRequestSerializer(serializers.Serializer):

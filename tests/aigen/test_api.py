@@ -227,6 +227,13 @@ def test_mistyped_data_field_is_400_naming_it(api, section2_data):
     assert "integer" in error["message"]
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_or_infinity_in_data_is_400_naming_the_field(api, section2_data, constant):
+    raw = json.dumps(_body({**section2_data, "extra": [{"score": 0.25}]})).replace("0.25", constant)
+    error = _error(api.post(GENERATE, data=raw, content_type="application/json"), 400, "invalid")
+    assert error["field"] == "data.extra[0].score" and "NaN" in error["message"]
+
+
 def test_body_over_the_limit_is_413(api, section2_data, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
     section2_data["enterprise_info"]["main_products"] = "x" * 4000
