@@ -33,6 +33,7 @@ from aigen.exceptions import GenerationError, RequestTooLarge
 from aigen.services import atext_generate, atext_generate_stream
 from aigen.throttling import GenerateThrottle
 from aigen.tokens import atoken_user
+from resilience.context import current_caller
 from resilience.exceptions import AppError
 from resilience.parsers import json_loads
 
@@ -82,6 +83,7 @@ async def _authenticate(request: HttpRequest) -> tuple[Any, HttpResponse | None]
         if keyword in _KEYWORDS:
             user = await atoken_user(key.strip())
             if user is not None:
+                current_caller.set(user.pk)  # upstream calls of this request are its (call logs)
                 return user, None
             # Only a failed check is counted, per client address (as in the DRF views).
             refusal = await sync_to_async(token_refused)(request, "Invalid token.")
@@ -91,6 +93,7 @@ async def _authenticate(request: HttpRequest) -> tuple[Any, HttpResponse | None]
     user = await request.auser()
     if not user.is_authenticated:
         return None, _unauthenticated("Authentication credentials were not provided.")
+    current_caller.set(user.pk)
     # A session-authenticated POST must pass the CSRF check, as DRF requires.
     check = CSRFCheck(lambda req: HttpResponse())
     check.process_request(request)

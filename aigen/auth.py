@@ -15,6 +15,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication, get_authorization_header
 
 from aigen.tokens import token_user
+from resilience.context import current_caller
 from resilience.throttling import AuthFailureThrottle
 
 
@@ -47,6 +48,7 @@ class ThrottledTokenAuthentication(TokenAuthentication):
         user = token_user(key)
         if user is None:
             raise token_refused(request, "Invalid token.")
+        current_caller.set(user.pk)  # upstream calls of this request are its (call logs)
         return user, None
 
     def authenticate_credentials(self, key: str) -> Any:  # DRF's table is not read

@@ -6,8 +6,9 @@ Views stay thin: reads go through resilience.telemetry.selectors (after flushing
 process's buffered call logs, so calls made a moment ago count), writes
 through resilience.services. Each route asks the model permission the admin
 asks for the same page or button (resilience.permissions): policies need
-view_upstream, call logs view_calllog, breaker reset, probe and cache clear
-change_upstream; cache statistics any authenticated caller. Errors use the
+view_upstream, breaker reset, probe and cache clear change_upstream; call
+logs view_calllog, without which a caller sees the calls made for it only
+(its API requests, its jobs); cache statistics any authenticated caller. Errors use the
 project's shape (resilience.api); an unknown upstream is a 404
 `unknown_upstream`.
 """
@@ -28,7 +29,7 @@ from resilience import serializers as s
 from resilience.cache.ops import cache_stats
 from resilience.client.endpoints import snapshot
 from resilience.models import CallLog, Upstream
-from resilience.permissions import CallLogRead, UpstreamOperate, UpstreamRead
+from resilience.permissions import CALLLOG_VIEW, UpstreamOperate, UpstreamRead, admin_allows
 from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import (
@@ -126,13 +127,13 @@ class UpstreamDetailView(APIView):
 
 
 class UpstreamCallsView(ListAPIView):
-    permission_classes = [CallLogRead]
+    # Any caller; one without view permission on call logs sees its own calls only.
     serializer_class = s.CallLogSerializer
     pagination_class = CallLogPagination
 
     @extend_schema(
         operation_id="resilience_upstreams_calls_list",
-        summary="The upstream's call log, newest first (view_calllog)",
+        summary="The upstream's call log, newest first (view_calllog; without it, your own calls)",
         description=("Every failed, retried, stale or rejected call has a row; successful calls are sampled "
                      "at the upstream's `log_sample_rate` (`sampling` in the response says at what rate). "
                      "The statistics count every call."),
@@ -151,7 +152,9 @@ class UpstreamCallsView(ListAPIView):
         filters.is_valid(raise_exception=True)
         self.paginator.sampling = sampling_note(row)
         call_log_flush()
-        return call_logs(name=row.name, **filters.validated_data)
+        user = self.request.user
+        caller = None if admin_allows(user, CALLLOG_VIEW) else user.pk
+        return call_logs(name=row.name, caller=caller, **filters.validated_data)
 
 
 class BreakerResetView(APIView):

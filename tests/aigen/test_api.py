@@ -10,6 +10,8 @@ from django.test import AsyncClient
 
 from aigen.models import Generation
 from aigen.records import generation_records_flush
+from resilience.models import CallLog
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_openai import CONTENT_PREFIX
 from tests.support.fake_upstream import Reply
 
@@ -57,6 +59,20 @@ def test_generate_through_openai_and_section_id_as_number(api, openai_fake, sect
     assert response.json()["provider"] == "openai"
     again = api.post(GENERATE, _body(section2_data, use_cache=False), format="json").json()
     assert again["cached"] is False and openai_fake.chat_calls == 2
+
+
+def test_the_callers_provider_calls_are_its_own_in_the_call_log(api, user, make_client, openai_fake,
+                                                                 section2_data, django_user_model):
+    """The call-log rows of a caller's generation carry the caller: it may read
+    them without view permission on call logs, and no one else's (L10)."""
+    assert api.post(GENERATE, _body(section2_data), format="json").status_code == 200
+    other = make_client(django_user_model.objects.create_user("other"))
+    assert other.post(GENERATE, _body(section2_data, use_cache=False), format="json").status_code == 200
+    call_log_flush()
+    assert sorted(CallLog.objects.filter(upstream="openai").values_list("caller_id", flat=True)) == sorted(
+        [user.pk, django_user_model.objects.get(username="other").pk])
+    mine = api.get("/api/resilience/upstreams/openai/calls").json()["results"]
+    assert len(mine) == 1 and mine[0]["method"] == "POST"
 
 
 def test_token_scheme_and_session_also_work(make_client, user, client, section2_data):

@@ -7,6 +7,8 @@ import pytest
 
 from resilience.jobs.models import Job
 from resilience.jobs.worker import worker_run
+from resilience.models import CallLog
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,6 +65,11 @@ def test_provider_failure_is_retried_later(api, openai_fake, section2_data):
     assert (waiting["status"], waiting["attempts"]) == ("queued", 1)
     assert waiting["error"]["code"] == "provider_error"
     assert Job.objects.get(pk=job["id"]).run_after is not None
+    # The job's provider calls were made for its owner (call logs, L10).
+    call_log_flush()
+    owner = Job.objects.get(pk=job["id"]).owner_id
+    callers = set(CallLog.objects.filter(upstream="openai").values_list("caller_id", flat=True))
+    assert owner and callers == {owner}
 
 
 def test_only_the_owner_or_staff_can_read(api, make_client, staff_api, section2_data):

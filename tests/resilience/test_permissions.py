@@ -11,8 +11,10 @@ from django.test import Client
 from django.urls import reverse
 
 from resilience import upstream
+from resilience.context import caller_bound
 from resilience.jobs.models import Job
 from resilience.permissions import admin_allows
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.roles import ROLES, api_client, grant, role_user
 
 pytestmark = pytest.mark.django_db
@@ -34,7 +36,6 @@ WRITES = [
 READS = [
     ("get", f"{API}/upstreams", None, {"view_upstream"}),
     ("get", f"{API}/upstreams/api", None, {"view_upstream"}),
-    ("get", f"{API}/upstreams/api/calls", None, {"view_calllog"}),
     ("get", f"{API}/findings", None, {"view_suggestion"}),
     ("get", f"{API}/upstreams/api/findings", None, {"view_suggestion"}),
     ("get", f"{API}/benchmarks/00000000-0000-0000-0000-000000000000", None, {"view_job"}),
@@ -97,6 +98,26 @@ def test_a_non_staff_user_with_permissions_is_still_refused(upstream_api):
     assert user.has_perm("resilience.change_upstream")
     assert not admin_allows(user, "resilience.change_upstream")
     assert outcome(api_client(user).post(f"{API}/upstreams/api/breaker/reset")) == "403"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_call_logs_show_everything_with_view_permission_else_the_callers_own(upstream_api, role):
+    """L10: a caller without view_calllog sees only the calls made for it."""
+    user = role_user(role)
+    other = role_user("user", username="other")
+    for caller in ([user.pk] if user else []) + [other.pk, None]:
+        with caller_bound(caller):
+            upstream("api").get(f"/for/{caller}")
+    call_log_flush()
+    response = api_client(user).get(f"{API}/upstreams/api/calls")
+    if user is None:
+        assert outcome(response) == "401"
+        return
+    paths = sorted(row["path"] for row in response.json()["results"])
+    if role in ("viewer", "operator"):
+        assert paths == sorted([f"/for/{user.pk}", f"/for/{other.pk}", "/for/None"])
+    else:
+        assert paths == [f"/for/{user.pk}"]
 
 
 def test_cache_statistics_stay_open_to_any_caller(upstream_api):
