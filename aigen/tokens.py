@@ -26,6 +26,7 @@ answers instead, correct and slower.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -157,6 +158,17 @@ def _usable(key: str) -> bool:
     return 0 < len(key) <= MAX_TOKEN_LENGTH and key.isascii() and key.isprintable() and " " not in key
 
 
+def _handed_out(user: Any) -> Any:
+    """A copy of the kept user for one request, or None when inactive.
+
+    A copy: permission checks cache their answers on the user object, and
+    permissions change without a user save (groups, grants), so each request
+    starts from none cached and asks the database, as with a fresh user; and
+    what one request sets on its user stays its own.
+    """
+    return copy.copy(user) if user.is_active else None
+
+
 def token_user(key: str) -> Any:
     """The active user whose token is `key`, or None (sync: DRF views)."""
     if not _usable(key):
@@ -170,7 +182,7 @@ def token_user(key: str) -> Any:
         if user is None:
             return None
         users.keep(digest, user, epoch)
-    return user if user.is_active else None
+    return _handed_out(user)
 
 
 async def atoken_user(key: str) -> Any:
@@ -188,4 +200,4 @@ async def atoken_user(key: str) -> Any:
         if user is None:
             return None
         users.keep(digest, user, epoch)
-    return user if user.is_active else None
+    return _handed_out(user)

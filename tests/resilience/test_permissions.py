@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -197,3 +198,12 @@ def test_superusers_pass_everywhere(upstream_api):
     client = api_client(root)
     assert outcome(client.post(f"{API}/upstreams/api/breaker/reset")) == "allowed"
     assert upstream("api").breaker is None or upstream("api").breaker.status()["state"] == "closed"
+
+
+def test_a_permission_taken_away_applies_to_the_next_request_of_a_kept_token(upstream_api):
+    """Tokens keep their user in process (aigen.tokens); permissions are not kept with it."""
+    operator = role_user("operator")
+    client = api_client(operator)
+    assert outcome(client.post(f"{API}/upstreams/api/breaker/reset")) == "allowed"
+    operator.user_permissions.remove(Permission.objects.get(codename="change_upstream"))
+    assert outcome(client.post(f"{API}/upstreams/api/breaker/reset")) == "403"
