@@ -139,7 +139,7 @@ class UpstreamCallsView(ListAPIView):
                      "The statistics count every call."),
         parameters=[NAME, s.CallLogFilterSerializer],
         responses={200: s.CallLogSerializer(many=True),
-                   **s.error_responses(400, 401, 403, 404, e404="Unknown upstream or page out of range.")},
+                   **s.error_responses(400, 401, 404, e404="Unknown upstream or page out of range.")},
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
