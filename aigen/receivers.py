@@ -1,6 +1,7 @@
-"""Signal receivers: an API token issued or deleted, or a user saved
-(deactivated, deleted), makes every worker forget the token users it keeps
-(aigen.tokens)."""
+"""Signal receivers: an API token deleted (revoked, replaced) or changed, or
+a user saved (deactivated) or deleted, makes every worker forget the token
+users it keeps (aigen.tokens). A user changed by a queryset `update()` sends
+no signal: deactivate users with `save()` (as the admin does)."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +17,9 @@ from aigen.tokens import tokens_changed, users
 
 @receiver(post_save, sender=ApiToken, dispatch_uid="aigen.receivers.token_saved")
 @receiver(post_delete, sender=ApiToken, dispatch_uid="aigen.receivers.token_deleted")
-def token_changed(sender: type, instance: ApiToken, **kwargs: Any) -> None:
+def token_changed(sender: type, instance: ApiToken, created: bool = False, **kwargs: Any) -> None:
+    if created:
+        return  # a new token invalidates nothing kept (misses are not kept)
     users.clear()  # this process at once (this transaction sees the change already)
     # The others after commit: a worker that reloads must not read the old row.
     transaction.on_commit(tokens_changed)
