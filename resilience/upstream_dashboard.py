@@ -20,13 +20,13 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from resilience.exceptions import UnknownUpstream
 from resilience.models import Upstream
+from resilience.permissions import CallLogRead, UpstreamRead
 from resilience.serializers import error_responses
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.detail import DEFAULT_RANGE, RANGES, Range, upstream_detail
@@ -62,9 +62,10 @@ def upstream_page(request: HttpRequest, name: str) -> HttpResponse:
 
 
 class UpstreamDashboardDataView(APIView):
-    """The per-upstream page's data: series, breaker bands, recent failures."""
+    """The per-upstream page's data: series, breaker bands, recent failures
+    (call-log rows): view permission on upstreams and on call logs."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamRead, CallLogRead]
 
     @extend_schema(parameters=[OpenApiParameter("range", str, enum=list(RANGES),
                                                 description=f"Time range (default {DEFAULT_RANGE}).")],

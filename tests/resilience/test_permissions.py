@@ -40,6 +40,7 @@ READS = [
     ("get", f"{API}/findings", None, {"view_suggestion"}),
     ("get", f"{API}/upstreams/api/findings", None, {"view_suggestion"}),
     ("get", f"{API}/benchmarks/00000000-0000-0000-0000-000000000000", None, {"view_job"}),
+    ("get", f"{API}/upstreams/api/dashboard", None, {"view_upstream", "view_calllog"}),
 ]
 #: What each role holds (tests/support/roles.py).
 HELD = {"anonymous": None, "user": set(), "staff": set(),
