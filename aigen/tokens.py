@@ -74,7 +74,8 @@ def token_issue(*, user: Any, replace: bool = False) -> str:
         elif existing.exists():
             raise TokenExists(user.get_username(), ApiToken.objects.get(user=user).prefix)
         ApiToken.objects.create(user=user, digest=token_digest(token), prefix=token[:PREFIX_LENGTH])
-    logger.info("API token issued for user %s", user.pk)
+    # Debug: the issuing command says it itself, and prints nothing but the token on stdout.
+    logger.debug("API token issued for user %s", user.pk)
     return token
 
 
