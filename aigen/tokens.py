@@ -89,7 +89,7 @@ def token_revoke(*, user: Any) -> bool:
 
 def tokens_changed() -> None:
     """Tell every worker to forget the token users it keeps (a token was
-    issued or deleted, a user saved); this one forgets them at once."""
+    deleted, a user saved); this one forgets them at once."""
     users.clear()
     default_cache().set(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
 
@@ -116,7 +116,8 @@ class TokenUsers:
         """Read the generation key; drop every kept user when it moved or
         cannot be trusted (sync: a cache read)."""
         store = default_cache()
-        generation = store.get(GENERATION_KEY, _UNSHARED) if cache_is_shared(store) else _UNSHARED
+        # Never bumped yet is a generation too (None): only a change drops the kept users.
+        generation = store.get(GENERATION_KEY) if cache_is_shared(store) else _UNSHARED
         with self._lock:
             if generation is _UNSHARED or generation != self._generation:
                 self._users.clear()

@@ -142,3 +142,18 @@ def test_the_admin_lists_tokens_by_prefix_and_revokes_but_never_shows_or_adds(al
     assert key not in page and token_digest(key) not in page
     admin.post(reverse("admin:aigen_apitoken_delete", args=[row.pk]), {"post": "yes"})
     assert not ApiToken.objects.exists() and drf(key) == 401
+
+
+def test_kept_users_stay_kept_while_the_generation_holds(alice, clock, settings, monkeypatch,
+                                                         django_assert_num_queries):
+    """With a shared cache: one cache read per interval and no query while nothing was
+    revoked (the key never set, as on a fresh deployment)."""
+    settings.AIGEN = {**settings.AIGEN, "TOKEN_CHECK_INTERVAL": 0.5}
+    monkeypatch.setattr(tokens, "cache_is_shared", lambda store: True)  # one process: it is
+    default_cache().delete(GENERATION_KEY)
+    key = token_issue(user=alice)
+    assert tokens.token_user(key) is not None
+    for _ in range(3):
+        clock.now += 1.0  # a check each time
+        with django_assert_num_queries(0):
+            assert tokens.token_user(key).pk == alice.pk
