@@ -21,7 +21,8 @@ several methods, an admin action, a view outside DRF). The map:
 
 A refusal is DRF's: 401 without credentials, 403 `permission_denied` with
 them. A non-staff user never passes, whatever permissions it holds: the
-admin would not let it in either.
+admin would not let it in either. The dashboard pages (staff sessions) ask
+the same with Django's `permission_required` (`DASHBOARD_READ`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ SUGGESTION_VIEW = "resilience.view_suggestion"
 SUGGESTION_CHANGE = "resilience.change_suggestion"
 JOB_VIEW = "resilience.view_job"
 DEADLETTER_CHANGE = "resilience.change_deadletter"
+#: The dashboards show policies, statistics and call-log failures.
+DASHBOARD_READ = (UPSTREAM_VIEW, CALLLOG_VIEW)
 
 
 def admin_allows(user: Any, *perms: str) -> bool:

@@ -1,10 +1,11 @@
 """The per-upstream dashboard page (/dashboard/upstreams/<name>) and its data.
 
-The page is for staff with an admin session (anyone else goes to the admin
-login); it arrives with its data, and its script (upstream.js, drawing with
-the vendored uPlot) refreshes it from the data endpoint. The data endpoint is
-a DRF view: staff read it with a session or with a Bearer token as the rest of
-the API, and its errors have the API's JSON shape (400 naming `range`, 404
+The page is for staff with an admin session and view permission on
+upstreams and call logs (anyone else goes to the admin login, or gets 403);
+it arrives with its data, and its script (upstream.js, drawing with the
+vendored uPlot) refreshes it from the data endpoint. The data endpoint is
+a DRF view: the same users read it with a session or with a Bearer token as
+the rest of the API, and its errors have the API's JSON shape (400 naming `range`, 404
 for an unknown upstream). What is read and what it costs:
 resilience.telemetry.detail.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
@@ -26,7 +28,7 @@ from rest_framework.views import APIView
 
 from resilience.exceptions import UnknownUpstream
 from resilience.models import Upstream
-from resilience.permissions import CallLogRead, UpstreamRead
+from resilience.permissions import DASHBOARD_READ, CallLogRead, UpstreamRead
 from resilience.serializers import error_responses
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.detail import DEFAULT_RANGE, RANGES, Range, upstream_detail
@@ -42,6 +44,7 @@ def _range(key: str | None) -> Range | None:
 @require_GET
 @never_cache
 @staff_member_required
+@permission_required(DASHBOARD_READ, raise_exception=True)
 def upstream_page(request: HttpRequest, name: str) -> HttpResponse:
     upstream = Upstream.objects.filter(name=name).first()
     if upstream is None:

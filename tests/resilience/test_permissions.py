@@ -208,3 +208,13 @@ def test_a_permission_taken_away_applies_to_the_next_request_of_a_kept_token(ups
     assert outcome(client.post(f"{API}/upstreams/api/breaker/reset")) == "allowed"
     operator.user_permissions.remove(Permission.objects.get(codename="change_upstream"))
     assert outcome(client.post(f"{API}/upstreams/api/breaker/reset")) == "403"
+
+
+@pytest.mark.parametrize(("role", "status"), [
+    ("user", 302), ("staff", 403), ("viewer", 200), ("operator", 200)])
+@pytest.mark.parametrize("path", ["/dashboard/", "/dashboard/data", "/dashboard/upstreams/api"])
+def test_the_dashboards_ask_the_same_view_permissions(upstream_api, role, status, path):
+    """They show policies, statistics and call-log failures: view_upstream and view_calllog."""
+    page = Client()
+    page.force_login(role_user(role))
+    assert page.get(path).status_code == status
