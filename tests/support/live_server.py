@@ -101,7 +101,8 @@ class LiveServer:
         return self.manage("shell", "-c", code).strip().splitlines()[-1]
 
     def token(self, username: str, *, staff: bool = False) -> str:
-        """An API token for `username` (created, staff or not, on first use)."""
+        """An API token for `username` (created on first use; `staff`: a superuser, holding
+        every permission the staff routes ask)."""
         if username not in self._tokens:
             self._tokens[username] = self.shell(
                 "from django.contrib.auth import get_user_model;"
