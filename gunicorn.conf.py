@@ -27,6 +27,11 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = 30  # clean shutdown: in-flight requests finish, buffered call logs are written
 keepalive = 75
 accesslog = "-" if os.environ.get("ACCESS_LOG", "false").lower() in ("1", "true", "yes") else None
+# X-Forwarded-For / -Proto are believed only from these proxies (TRUSTED_PROXIES,
+# as Django's RESILIENCE["TRUSTED_PROXIES"]); by default from no one. uvicorn's
+# own default trusts any loopback peer, so a client on the same host could pick
+# a fresh address per request (the auth-failure throttle counts by address).
+forwarded_allow_ips = os.environ.get("TRUSTED_PROXIES", "")
 
 
 def _metrics_dir() -> str:

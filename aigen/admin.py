@@ -1,10 +1,22 @@
-"""Read-only admin for generation records: browse and filter, never edit."""
+"""Admin for generation records (read-only: browse and filter, never edit)
+and API tokens (list and revoke; never shown, never issued here).
+
+DRF's own token admin is removed: it showed every key in clear to any staff
+user with view permission on tokens. Tokens are issued by `manage.py
+issue_token`, which shows a token once; the admin shows only its prefix."""
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
 
-from aigen.models import Generation
+from django.contrib import admin
+from django.http import HttpRequest
+from rest_framework.authtoken.models import TokenProxy
+
+from aigen.models import ApiToken, Generation
 from resilience.admin import ReadOnlyAdmin
+
+if admin.site.is_registered(TokenProxy):
+    admin.site.unregister(TokenProxy)
 
 
 @admin.register(Generation)
@@ -16,3 +28,26 @@ class GenerationAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("user",)
     ordering = ("-created_at",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens by user and prefix; deleting one (delete permission) revokes it
+    in every worker within a second (aigen.tokens)."""
+
+    list_display = ("user", "token_prefix", "created_at")
+    search_fields = ("user__username", "prefix")
+    list_select_related = ("user",)
+    ordering = ("-created_at",)
+    fields = ("user", "token_prefix", "created_at")
+    readonly_fields = fields
+
+    @admin.display(description="token")
+    def token_prefix(self, obj: ApiToken) -> str:
+        return f"{obj.prefix}\u2026"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # `manage.py issue_token`: the one place a token is shown
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -3,7 +3,7 @@
     POST   generate       template + section + data -> content (cached; SSE with "stream": true)
     GET    templates      the registry with each section's fields
     GET    cache/stats    AI cache statistics
-    DELETE cache          clear cached AI answers (staff; optional template_id)
+    DELETE cache          clear cached AI answers (change_upstream; optional template_id)
 
 Authentication and the error shape are the project's (resilience.api): every
 error is `{"success": false, "error": {"code", "message", ...}}`.
@@ -11,12 +11,12 @@ error is `{"success": false, "error": {"code", "message", ...}}`.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.permissions import IsAdminUser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -29,6 +29,7 @@ from aigen.selectors import ai_cache_stats, template_list
 from aigen.throttling import GenerateThrottle
 from resilience.cache.ops import cache_clear
 from resilience.parsers import LimitedJSONParser
+from resilience.permissions import UpstreamOperate
 from resilience.serializers import error_responses
 
 
@@ -78,6 +79,9 @@ def generate_args(body: Any) -> dict[str, Any]:
         raise InvalidInput("data", "This field is required.")
     if not isinstance(data, dict):
         raise InvalidInput("data", "Expected an object.")
+    culprit = non_finite_path(data, "data")
+    if culprit is not None:
+        raise InvalidInput(culprit, "NaN and Infinity are not JSON numbers.")
     args["data"] = data
     for name, default in (("use_cache", True), ("stream", False)):
         value = body.get(name, default)
@@ -85,6 +89,26 @@ def generate_args(body: Any) -> dict[str, Any]:
             raise InvalidInput(name, "Expected true or false.")
         args[name] = value
     return args
+
+
+def non_finite_path(value: Any, path: str) -> str | None:
+    """The path of the first NaN or +-Infinity in `value`, or None.
+
+    Python's JSON parser accepts them, JSON does not: stored in a JSONField
+    they failed the database's JSON check as a 500 (issue 23, L2). Walked
+    with a stack of its own, so deep nesting costs no recursion.
+    """
+    stack = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend((f"{where}.{key}", inner) for key, inner in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{index}]", inner) for index, inner in reversed(list(enumerate(item))))
+    return None
 
 
 class GenerateRequestSerializer(serializers.Serializer):
@@ -172,15 +196,17 @@ class CacheStatsView(_AigenView):
 
 
 class CacheClearView(_AigenView):
-    permission_classes = [IsAdminUser]
+    # The AI answers are the provider upstream's cached responses: clearing
+    # them needs what the admin's Clear cache button needs.
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(
-        summary="Clear cached AI answers (staff)",
+        summary="Clear cached AI answers (change_upstream)",
         parameters=[OpenApiParameter("template_id", str, description="Only this template's answers.")],
         responses={200: inline_serializer("AICacheCleared", {
             "success": serializers.BooleanField(), "deleted": serializers.IntegerField(),
             "template_id": serializers.CharField(allow_null=True)}),
-            **error_responses(403, 404, e404="Unknown template (`template_not_found`).")},
+            **error_responses(401, 403, 404, e404="Unknown template (`template_not_found`).")},
     )
     def delete(self, request: Request) -> Response:
         template_id = request.query_params.get("template_id")

@@ -39,6 +39,10 @@ DEFAULTS: dict[str, Any] = {
     # this many days are deleted by `manage.py prune_telemetry` and the
     # scheduled prune job. Metrics do not read them (aigen.metrics).
     "GENERATION_RETENTION_DAYS": 30,
+    # API tokens (aigen.tokens): each process re-reads the shared token
+    # generation at most this often (seconds), so a revoked token stops
+    # working in every worker within about this long.
+    "TOKEN_CHECK_INTERVAL": 0.5,
 }
 
 

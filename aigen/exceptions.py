@@ -87,3 +87,14 @@ class SingleFlightTimeout(ProviderTimeout):
     """An identical request was generating and did not finish in time."""
 
     code = "generation_wait_timeout"
+
+
+class TokenExists(AppError):
+    """The user already has an API token (only a replacement can be issued)."""
+
+    code = "token_exists"
+    status = 409
+
+    def __init__(self, username: str, prefix: str) -> None:
+        super().__init__(f"User {username!r} already has an API token ({prefix}\u2026).",
+                         username=username, prefix=prefix)

@@ -19,6 +19,7 @@ from aigen.api import generate_args
 from aigen.exceptions import GenerationError, InvalidInput
 from aigen.registry import get_registry
 from aigen.services import text_generate
+from resilience.context import caller_bound
 from resilience.exceptions import AppError
 from resilience.jobs import job, job_enqueue
 from resilience.jobs.models import Job
@@ -41,8 +42,9 @@ def generation_job(*, template_id: str, section_id: str, data: Any, use_cache: b
                    user_id: int | None = None) -> dict[str, Any]:
     """Generate one section; returns generate's response body."""
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
-    result = text_generate(template_id=template_id, section_id=section_id, data=data,
-                           use_cache=use_cache, user=user)
+    with caller_bound(user_id):  # its upstream calls are the owner's (call logs)
+        result = text_generate(template_id=template_id, section_id=section_id, data=data,
+                               use_cache=use_cache, user=user)
     return {"success": True, **result.as_dict()}
 
 

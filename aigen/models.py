@@ -1,5 +1,6 @@
 """Generation records: one row per generate request (served from the cache or
-not), written in bulk off the request path by `aigen.records`."""
+not), written in bulk off the request path by `aigen.records`; API tokens,
+kept as digests (`aigen.tokens` issues, checks and revokes them)."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -39,3 +40,21 @@ class Generation(models.Model):
     def __str__(self) -> str:
         how = "cache" if self.cached else self.provider
         return f"{self.template_id}/{self.section_id} via {how}: {self.outcome}"
+
+
+class ApiToken(models.Model):
+    """A user's API token, stored as the SHA-256 digest of the token: the
+    token itself is shown once, when issued (`manage.py issue_token`), and is
+    in no table, backup or admin page. `prefix` (its first characters) tells
+    tokens apart on screen. One per user; deleting it revokes it."""
+
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False)
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_token")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}\u2026"

@@ -55,20 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     from asgiref.sync import async_to_sync
     from django.contrib.auth import get_user_model
     from django.test import AsyncClient, override_settings
-    from rest_framework.authtoken.models import Token
 
     from aigen.records import generation_records_flush
     from aigen.registry import get_registry
+    from aigen.tokens import token_issue
     from project import asgi_signals
 
     asgi_signals.install()  # as project/asgi.py does for the server
     user, _ = get_user_model().objects.get_or_create(username="bench")
-    token, _ = Token.objects.get_or_create(user=user)
+    token = token_issue(user=user, replace=True)
     template = get_registry().template("emergency_plan")
     body = json.dumps({"template_id": template.id, "section_id": "2", "data": dict(template.sample_data)},
                       ensure_ascii=False).encode()
     client = AsyncClient()
-    headers = {"Authorization": f"Bearer {token.key}"}
+    headers = {"Authorization": f"Bearer {token}"}
 
     async def post(path: str) -> object:
         response = await client.post(path, body, content_type="application/json", headers=headers)

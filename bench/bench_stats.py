@@ -179,7 +179,7 @@ def _call_log_bytes_per_million(now: datetime) -> tuple[int, float]:
              "path": f"/v1/items/{rng.randrange(10**6)}?page={rng.randrange(50)}", "status": 200,
              "outcome": "ok", "latency_ms": round(_latency(rng), 3), "attempts": 1, "retries": [],
              "cache_hit": False, "breaker_state": "closed", "request_id": f"{rng.getrandbits(64):016x}",
-             "error": ""} for i in range(kept)]
+             "error": "", "caller_id": None} for i in range(kept)]
     insert_rows(CallLog, COLUMNS, rows)
     with connection.cursor() as cursor:
         cursor.execute(f"VACUUM ANALYZE {CallLog._meta.db_table}")

@@ -177,8 +177,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # --- REST framework --------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "resilience.api.BearerTokenAuthentication",
-        "resilience.api.ThrottledTokenAuthentication",
+        "aigen.auth.BearerTokenAuthentication",
+        "aigen.auth.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -229,6 +229,9 @@ RESILIENCE = {
     "POLICY_CHECK_INTERVAL": env.float("POLICY_CHECK_INTERVAL", default=1.0),
     "HTTP_CACHE_NEAR_SECONDS": env.float("HTTP_CACHE_NEAR_SECONDS", default=1.0),
     "METRICS_TOKEN": env.str("METRICS_TOKEN", default=""),
+    # Proxies whose X-Forwarded-For names the client (addresses or CIDRs); empty: none.
+    # gunicorn.conf.py reads the same variable for uvicorn's forwarded_allow_ips.
+    "TRUSTED_PROXIES": env.list("TRUSTED_PROXIES", default=[]),
     "SLOW_REQUEST_SECONDS": env.float("SLOW_REQUEST_SECONDS", default=1.0),
     "COMPRESS_MIN_SIZE": env.int("COMPRESS_MIN_BYTES", default=1024),
     # The variable prometheus_client itself reads in every worker (multiprocess mode).
@@ -264,6 +267,8 @@ AIGEN = {
     "RECORD_FLUSH_INTERVAL": env.float("AI_RECORD_FLUSH_INTERVAL", default=1.0),
     # Generation records older than this (days) are pruned (prune_telemetry, the prune job).
     "GENERATION_RETENTION_DAYS": env.int("AI_GENERATION_RETENTION_DAYS", default=30),
+    # Seconds a worker may keep a token's user before re-reading the shared token generation.
+    "TOKEN_CHECK_INTERVAL": env.float("TOKEN_CHECK_INTERVAL", default=0.5),
 }
 
 # --- Jobs (resilience.jobs) ------------------------------------------------------

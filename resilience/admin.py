@@ -4,7 +4,9 @@
 An upstream's change page shows its live breaker, error rate and p95 at the
 top (from the rollups: resilience.telemetry.selectors) with reset, probe and
 clear-cache buttons; each posts to its own admin URL (staff with change
-permission, CSRF-checked) and calls the same service as the list action.
+permission, CSRF-checked) and calls the same service as the list action,
+which needs the same permission. The operations API asks the same
+permissions (resilience.permissions).
 """
 from __future__ import annotations
 
@@ -228,18 +230,19 @@ class UpstreamAdmin(SimpleHistoryAdmin):
     def log_sampling(self, obj: Upstream) -> str:
         return "all" if obj.log_sample_rate >= 1 else f"{obj.log_sample_rate:.2%}"
 
-    @admin.action(description="Reset circuit breaker")
+    # The list actions need what the change page's buttons need (change_upstream).
+    @admin.action(description="Reset circuit breaker", permissions=["change"])
     def reset_breaker(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
         for upstream in queryset:
             services.breaker_reset(name=upstream.name)
         self.message_user(request, f"Breaker reset for {queryset.count()} upstream(s).", messages.SUCCESS)
 
-    @admin.action(description="Clear cached responses")
+    @admin.action(description="Clear cached responses", permissions=["change"])
     def clear_cache(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
         removed = sum(services.upstream_cache_clear(name=u.name) for u in queryset)
         self.message_user(request, f"Removed {removed} cached response(s).", messages.SUCCESS)
 
-    @admin.action(description="Probe now")
+    @admin.action(description="Probe now", permissions=["change"])
     def probe_now(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
         for upstream in queryset:
             self._probe_message(request, upstream)

@@ -1,5 +1,5 @@
-"""DRF glue shared by every API in the project: Bearer token authentication
-and the exception handler that gives every error one JSON shape:
+"""DRF glue shared by every API in the project: the exception handler that
+gives every error one JSON shape (token authentication is aigen.auth's):
 
     {"success": false, "error": {"code": "...", "message": "...", ...}}
 
@@ -21,37 +21,11 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
-from rest_framework.authentication import TokenAuthentication, get_authorization_header
 from rest_framework.response import Response
 
 from resilience.exceptions import AppError
-from resilience.throttling import AuthFailureThrottle
 
 logger = logging.getLogger(__name__)
-
-
-class ThrottledTokenAuthentication(TokenAuthentication):
-    """DRF token auth (`Authorization: Token <token>`) whose failed checks are
-    counted per client address: past `AUTH_FAILURE_THROTTLE` every token
-    check from it answers 429 (resilience.throttling)."""
-
-    def authenticate(self, request: Any) -> Any:
-        words = get_authorization_header(request).split()
-        if not words or words[0].lower() != self.keyword.lower().encode():
-            return None  # not a token request: nothing to throttle
-        throttle = AuthFailureThrottle()
-        throttle.check(request)
-        try:
-            return super().authenticate(request)
-        except exceptions.AuthenticationFailed:
-            throttle.record_failure(request)
-            raise
-
-
-class BearerTokenAuthentication(ThrottledTokenAuthentication):
-    """The same, for `Authorization: Bearer <token>`."""
-
-    keyword = "Bearer"
 
 
 def error_response(code: str, message: str, http_status: int, *,

@@ -4,9 +4,13 @@ log, breaker reset, probe and cache control, cache statistics.
 
 Views stay thin: reads go through resilience.telemetry.selectors (after flushing this
 process's buffered call logs, so calls made a moment ago count), writes
-through resilience.services. Reading needs an authenticated user, writing a
-staff user. Errors use the project's shape (resilience.api); an unknown
-upstream is a 404 `unknown_upstream`.
+through resilience.services. Each route asks the model permission the admin
+asks for the same page or button (resilience.permissions): policies need
+view_upstream, breaker reset, probe and cache clear change_upstream; call
+logs view_calllog, without which a caller sees the calls made for it only
+(its API requests, its jobs); cache statistics any authenticated caller. Errors use the
+project's shape (resilience.api); an unknown upstream is a 404
+`unknown_upstream`.
 """
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -26,6 +29,7 @@ from resilience import serializers as s
 from resilience.cache.ops import cache_stats
 from resilience.client.endpoints import snapshot
 from resilience.models import CallLog, Upstream
+from resilience.permissions import CALLLOG_VIEW, UpstreamOperate, UpstreamRead, admin_allows
 from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import (
@@ -85,10 +89,12 @@ class CallLogPagination(PageNumberPagination):
 
 
 class UpstreamListView(APIView):
+    permission_classes = [UpstreamRead]
+
     @extend_schema(
         operation_id="resilience_upstreams_list",
-        summary="Every upstream: policy summary, live breaker, the last 5 minutes",
-        responses={200: s.UpstreamListResponseSerializer, **s.error_responses(401)},
+        summary="Every upstream: policy summary, live breaker, the last 5 minutes (view_upstream)",
+        responses={200: s.UpstreamListResponseSerializer, **s.error_responses(401, 403)},
     )
     def get(self, request: Request) -> Response:
         call_log_flush()
@@ -98,11 +104,13 @@ class UpstreamListView(APIView):
 
 
 class UpstreamDetailView(APIView):
+    permission_classes = [UpstreamRead]
+
     @extend_schema(
         operation_id="resilience_upstreams_retrieve",
-        summary="One upstream: full policy, statistics per window, recent failures",
+        summary="One upstream: full policy, statistics per window, recent failures (view_upstream)",
         parameters=[NAME],
-        responses={200: s.UpstreamDetailResponseSerializer, **s.error_responses(401, 404)},
+        responses={200: s.UpstreamDetailResponseSerializer, **s.error_responses(401, 403, 404)},
     )
     def get(self, request: Request, name: str) -> Response:
         upstream = _upstream(name)
@@ -119,12 +127,13 @@ class UpstreamDetailView(APIView):
 
 
 class UpstreamCallsView(ListAPIView):
+    # Any caller; one without view permission on call logs sees its own calls only.
     serializer_class = s.CallLogSerializer
     pagination_class = CallLogPagination
 
     @extend_schema(
         operation_id="resilience_upstreams_calls_list",
-        summary="The upstream's call log, newest first",
+        summary="The upstream's call log, newest first (view_calllog; without it, your own calls)",
         description=("Every failed, retried, stale or rejected call has a row; successful calls are sampled "
                      "at the upstream's `log_sample_rate` (`sampling` in the response says at what rate). "
                      "The statistics count every call."),
@@ -143,15 +152,17 @@ class UpstreamCallsView(ListAPIView):
         filters.is_valid(raise_exception=True)
         self.paginator.sampling = sampling_note(row)
         call_log_flush()
-        return call_logs(name=row.name, **filters.validated_data)
+        user = self.request.user
+        caller = None if admin_allows(user, CALLLOG_VIEW) else user.pk
+        return call_logs(name=row.name, caller=caller, **filters.validated_data)
 
 
 class BreakerResetView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(
         operation_id="resilience_upstreams_breaker_reset",
-        summary="Close the upstream's circuit breaker now (staff)",
+        summary="Close the upstream's circuit breaker now (change_upstream)",
         parameters=[NAME], request=None,
         responses={200: s.BreakerResetResponseSerializer, **s.error_responses(401, 403, 404)},
     )
@@ -162,11 +173,11 @@ class BreakerResetView(APIView):
 
 
 class ProbeView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(
         operation_id="resilience_upstreams_probe",
-        summary="One real call to the upstream's health path (staff)",
+        summary="One real call to the upstream's health path (change_upstream)",
         description=("Bypasses the response cache but not the breaker. A failed probe is still a 200: "
                      "`probe.ok` is false and `probe.error` says why."),
         parameters=[NAME], request=None,
@@ -180,11 +191,11 @@ class ProbeView(APIView):
 
 
 class UpstreamCacheView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(
         operation_id="resilience_upstreams_cache_clear",
-        summary="Remove the upstream's cached responses (staff)",
+        summary="Remove the upstream's cached responses (change_upstream)",
         parameters=[NAME], request=None,
         responses={200: s.CacheClearedResponseSerializer, **s.error_responses(401, 403, 404)},
     )

@@ -35,6 +35,11 @@ DEFAULTS: dict[str, Any] = {
     # (seconds) when the cache is Redis, saving a round trip per hit; a clear
     # made by another process is seen after at most this long. 0 turns it off.
     "HTTP_CACHE_NEAR_SECONDS": 1.0,
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For is
+    # believed: the client address of a request they pass is the last one in
+    # the header that is not a trusted proxy. Empty: no one, REMOTE_ADDR is the
+    # client (gunicorn.conf.py's forwarded_allow_ips follows the same variable).
+    "TRUSTED_PROXIES": [],
     # /metrics: open on loopback; elsewhere this bearer token is required.
     "METRICS_TOKEN": "",
     # API requests slower than this are logged once with their request id.

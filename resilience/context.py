@@ -1,4 +1,23 @@
-"""Per-request context that upstream calls pick up (the request id)."""
+"""Per-request context that upstream calls pick up: the request id, and the
+caller (the id of the user a call is made for, when one is known: the API
+authentication binds it, a generation job binds its owner). A call-log row
+keeps both, so a caller without view permission on call logs is shown its
+own calls only (resilience.api_views)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 current_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+current_caller: ContextVar[int | None] = ContextVar("caller", default=None)
+
+
+@contextmanager
+def caller_bound(user_id: int | None) -> Iterator[None]:
+    """Calls made inside are made for user `user_id`."""
+    token = current_caller.set(user_id)
+    try:
+        yield
+    finally:
+        current_caller.reset(token)

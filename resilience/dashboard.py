@@ -3,8 +3,9 @@ breaker, recent statistics and last hour, plus the cache backend's state.
 
 `dashboard` renders the page with the data in it (first paint needs no
 script); the page's script then polls `dashboard_data`, the same snapshot as
-JSON, and updates it in place. Both are staff-only: anyone else is sent to the
-admin login.
+JSON, and updates it in place. Both are for staff with view permission on
+upstreams and call logs (resilience.permissions): anyone else is sent to the
+admin login, or refused with 403.
 
 The buffered call logs of this process are flushed before reading, so the
 latest calls show; other processes' rows arrive within their flush interval.
@@ -16,6 +17,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -26,6 +28,7 @@ from resilience.advisor.panels import advisor_panels
 from resilience.cache.ops import cache_stats
 from resilience.jobs.selectors import upstream_health
 from resilience.models import Upstream
+from resilience.permissions import DASHBOARD_READ
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 from resilience.telemetry.timeseries import upstream_timeseries
@@ -146,6 +149,7 @@ def _refresh_seconds(request: HttpRequest) -> int:
 @require_GET
 @never_cache
 @staff_member_required
+@permission_required(DASHBOARD_READ, raise_exception=True)
 def dashboard(request: HttpRequest) -> HttpResponse:
     call_log_flush()
     snapshot = dashboard_snapshot()
@@ -162,6 +166,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 @never_cache
 @staff_member_required
+@permission_required(DASHBOARD_READ, raise_exception=True)
 def dashboard_data(request: HttpRequest) -> JsonResponse:
     call_log_flush()
     return JsonResponse(dashboard_snapshot())

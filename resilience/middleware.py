@@ -43,7 +43,7 @@ from django.utils.text import compress_string
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from resilience.conf import resilience_settings
-from resilience.context import current_request_id
+from resilience.context import current_caller, current_request_id
 from resilience.telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -140,9 +140,12 @@ class RequestIdMiddleware(_BothModes):
     def before(self, request: HttpRequest) -> Any:
         request_id = request_id_from(request.META.get("HTTP_X_REQUEST_ID"))
         request.request_id = request_id  # type: ignore[attr-defined]
-        return request_id, current_request_id.set(request_id)
+        # No caller until authentication names one (a thread serving requests
+        # one after another under WSGI must not lend one request's caller to the next).
+        return request_id, current_request_id.set(request_id), current_caller.set(None)
 
     def release(self, state: Any) -> None:
+        current_caller.reset(state[2])
         current_request_id.reset(state[1])
 
     def after(self, request: HttpRequest, response: HttpResponseBase, state: Any) -> HttpResponseBase:

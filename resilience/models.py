@@ -387,6 +387,8 @@ class CallLog(models.Model):
         "attempt's endpoint is in the retries."))
     request_id = models.CharField(max_length=64, blank=True, db_index=True)
     error = models.CharField(max_length=500, blank=True)
+    caller_id = models.PositiveBigIntegerField(null=True, blank=True, help_text=(
+        "The id of the user the call was made for (API caller, job owner), when known."))
 
     class Meta:
         ordering = ["-created_at"]

@@ -99,14 +99,15 @@ def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
-    """`Authorization: Bearer <token>` (resilience.api.BearerTokenAuthentication)."""
+    """`Authorization: Bearer <token>` (aigen.auth.BearerTokenAuthentication)."""
 
-    target_class = "resilience.api.BearerTokenAuthentication"
+    target_class = "aigen.auth.BearerTokenAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
         return {"type": "http", "scheme": "bearer",
-                "description": "A DRF token (admin: Auth Token) sent as `Authorization: Bearer <token>`."}
+                "description": ("An API token (`manage.py issue_token`) sent as "
+                                "`Authorization: Bearer <token>`.")}
 
 
 # -- live state and statistics --------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The per-upstream dashboard page (/dashboard/upstreams/<name>) and its data.
 
-The page is for staff with an admin session (anyone else goes to the admin
-login); it arrives with its data, and its script (upstream.js, drawing with
-the vendored uPlot) refreshes it from the data endpoint. The data endpoint is
-a DRF view: staff read it with a session or with a Bearer token as the rest of
-the API, and its errors have the API's JSON shape (400 naming `range`, 404
+The page is for staff with an admin session and view permission on
+upstreams and call logs (anyone else goes to the admin login, or gets 403);
+it arrives with its data, and its script (upstream.js, drawing with the
+vendored uPlot) refreshes it from the data endpoint. The data endpoint is
+a DRF view: the same users read it with a session or with a Bearer token as
+the rest of the API, and its errors have the API's JSON shape (400 naming `range`, 404
 for an unknown upstream). What is read and what it costs:
 resilience.telemetry.detail.
 """
@@ -14,19 +15,20 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from resilience.exceptions import UnknownUpstream
 from resilience.models import Upstream
+from resilience.permissions import DASHBOARD_READ, CallLogRead, UpstreamRead
 from resilience.serializers import error_responses
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.detail import DEFAULT_RANGE, RANGES, Range, upstream_detail
@@ -42,6 +44,7 @@ def _range(key: str | None) -> Range | None:
 @require_GET
 @never_cache
 @staff_member_required
+@permission_required(DASHBOARD_READ, raise_exception=True)
 def upstream_page(request: HttpRequest, name: str) -> HttpResponse:
     upstream = Upstream.objects.filter(name=name).first()
     if upstream is None:
@@ -62,9 +65,10 @@ def upstream_page(request: HttpRequest, name: str) -> HttpResponse:
 
 
 class UpstreamDashboardDataView(APIView):
-    """The per-upstream page's data: series, breaker bands, recent failures."""
+    """The per-upstream page's data: series, breaker bands, recent failures
+    (call-log rows): view permission on upstreams and on call logs."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamRead, CallLogRead]
 
     @extend_schema(parameters=[OpenApiParameter("range", str, enum=list(RANGES),
                                                 description=f"Time range (default {DEFAULT_RANGE}).")],

@@ -7,11 +7,11 @@ import json
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
+from aigen.tokens import token_issue
 from tests.resilience.test_schema import api_routes
+from tests.support.roles import role_user
 
 pytestmark = pytest.mark.django_db
 
@@ -20,8 +20,8 @@ DEEP = "[" * 5000 + "]" * 5000  # 10 KB, nested 5,000 levels
 
 @pytest.fixture
 def staff() -> Client:
-    user = get_user_model().objects.create_user("ops", password="pw-ops-1", is_staff=True)
-    return Client(headers={"Authorization": f"Bearer {Token.objects.create(user=user).key}"})
+    user = role_user("operator", username="ops")  # staff with view and change permissions
+    return Client(headers={"Authorization": f"Bearer {token_issue(user=user)}"})
 
 
 def shared_error(response, status: int, code: str | None = None) -> dict:

@@ -48,9 +48,9 @@ def server(tmp_path):
         _manage(env, "seed_upstreams")
         token = _manage(env, "shell", "-c", (
             "from django.contrib.auth import get_user_model;"
-            "from rest_framework.authtoken.models import Token;"
+            "from aigen.tokens import token_issue;"
             "u = get_user_model().objects.create_user('load');"
-            "print(Token.objects.create(user=u).key)")).strip().splitlines()[-1]
+            "print(token_issue(user=u))")).strip().splitlines()[-1]
         process = subprocess.Popen(
             [str(gunicorn), "project.asgi:application", "--config", "gunicorn.conf.py",
              "--bind", f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -1,5 +1,7 @@
 """Admin for suggestions: staff apply (a normal policy change, with history),
-dismiss or roll back; everything else is read-only."""
+dismiss or roll back; everything else is read-only. Dismissing needs change
+permission on suggestions; applying and rolling back change a policy, so they
+need change permission on upstreams too (as the API: resilience.permissions)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +12,7 @@ from django.http import HttpRequest
 
 from resilience.advisor import services
 from resilience.advisor.models import Suggestion
+from resilience.permissions import UPSTREAM_CHANGE
 
 
 @admin.register(Suggestion)
@@ -28,6 +31,9 @@ class SuggestionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_apply_permission(self, request: HttpRequest) -> bool:
+        return self.has_change_permission(request) and request.user.has_perm(UPSTREAM_CHANGE)
+
     def _each(self, request: HttpRequest, queryset: QuerySet[Suggestion], action: Any, verb: str) -> None:
         for row in queryset:
             try:
@@ -37,7 +43,7 @@ class SuggestionAdmin(admin.ModelAdmin):
             else:
                 self.message_user(request, f"#{row.pk} {verb}: {row.upstream}.{row.field}", messages.SUCCESS)
 
-    @admin.action(description="Apply (policy change with history)", permissions=["change"])
+    @admin.action(description="Apply (policy change with history)", permissions=["apply"])
     def apply(self, request: HttpRequest, queryset: QuerySet[Suggestion]) -> None:
         self._each(request, queryset, services.suggestion_apply, "applied")
 
@@ -45,6 +51,6 @@ class SuggestionAdmin(admin.ModelAdmin):
     def dismiss(self, request: HttpRequest, queryset: QuerySet[Suggestion]) -> None:
         self._each(request, queryset, services.suggestion_dismiss, "dismissed")
 
-    @admin.action(description="Roll back (restore the previous value)", permissions=["change"])
+    @admin.action(description="Roll back (restore the previous value)", permissions=["apply"])
     def rollback(self, request: HttpRequest, queryset: QuerySet[Suggestion]) -> None:
         self._each(request, queryset, services.suggestion_rollback, "rolled back")

@@ -1,11 +1,14 @@
 """The advisor's API (routes in resilience.urls, under /api/resilience/):
 
-    GET  findings                          every upstream's findings and suggestions (auth)
-    GET  upstreams/{name}/findings         one upstream's (auth)
-    POST suggestions/{id}/apply|dismiss|rollback   (staff)
-    POST benchmarks                        queue a bounded benchmark job (staff) -> 202
-    GET  benchmarks/{id}                   its status and report (staff)
+    GET  findings                          every upstream's findings and suggestions (view_suggestion)
+    GET  upstreams/{name}/findings         one upstream's (view_suggestion)
+    POST suggestions/{id}/dismiss          (change_suggestion)
+    POST suggestions/{id}/apply|rollback   (change_suggestion and change_upstream: a policy change)
+    POST benchmarks                        queue a bounded benchmark job (change_upstream) -> 202
+    GET  benchmarks/{id}                   its status and report (view_job)
     GET  resources                         per-process resources, pools, bulkheads (staff)
+
+Permissions are the admin's for the same action (resilience.permissions).
 
 Views stay thin: resilience.advisor.services, .benchmark and .resources do
 the work. Errors use the project's JSON shape.
@@ -27,6 +30,13 @@ from resilience.advisor import benchmark, resources, services
 from resilience.advisor.conf import advisor_settings
 from resilience.advisor.models import Suggestion
 from resilience.models import Upstream
+from resilience.permissions import (
+    JobRead,
+    SuggestionApply,
+    SuggestionDecide,
+    SuggestionRead,
+    UpstreamOperate,
+)
 from resilience.serializers import ErrorResponseSerializer, error_responses
 from resilience.telemetry.calllog import call_log_flush
 
@@ -88,9 +98,11 @@ def _by_endpoint(request: Request) -> bool:
 
 
 class FindingsView(APIView):
+    permission_classes = [SuggestionRead]
+
     @extend_schema(operation_id="resilience_findings_list", parameters=[FindingsQuerySerializer],
                    summary="Every upstream's findings (with evidence) and the advisor's suggestions",
-                   responses={200: FindingsResponseSerializer, **error_responses(400, 401)})
+                   responses={200: FindingsResponseSerializer, **error_responses(400, 401, 403)})
     def get(self, request: Request) -> Response:
         by_endpoint = _by_endpoint(request)
         call_log_flush()
@@ -98,10 +110,12 @@ class FindingsView(APIView):
 
 
 class UpstreamFindingsView(APIView):
+    permission_classes = [SuggestionRead]
+
     @extend_schema(operation_id="resilience_upstreams_findings_list",
                    parameters=[NAME, FindingsQuerySerializer],
                    summary="One upstream's findings and suggestions",
-                   responses={200: FindingsResponseSerializer, **error_responses(400, 401, 404)})
+                   responses={200: FindingsResponseSerializer, **error_responses(400, 401, 403, 404)})
     def get(self, request: Request, name: str) -> Response:
         by_endpoint = _by_endpoint(request)
         if not Upstream.objects.filter(name=name).exists():
@@ -111,7 +125,7 @@ class UpstreamFindingsView(APIView):
 
 
 class _SuggestionAction(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [SuggestionApply]
     operation: Any = None
 
     def post(self, request: Request, suggestion_id: int) -> Response:
@@ -130,17 +144,19 @@ class SuggestionApplyView(_SuggestionAction):
     operation = staticmethod(services.suggestion_apply)
 
     @extend_schema(operation_id="resilience_suggestions_apply", parameters=[ID], request=None,
-                   summary="Apply a suggestion: a normal policy change, with history (staff)",
+                   summary=("Apply a suggestion: a normal policy change, with history "
+                            "(change_suggestion, change_upstream)"),
                    responses={200: SuggestionResponse, **_ACTION_ERRORS})
     def post(self, request: Request, suggestion_id: int) -> Response:
         return super().post(request, suggestion_id)
 
 
 class SuggestionDismissView(_SuggestionAction):
+    permission_classes = [SuggestionDecide]
     operation = staticmethod(services.suggestion_dismiss)
 
     @extend_schema(operation_id="resilience_suggestions_dismiss", parameters=[ID], request=None,
-                   summary="Dismiss a suggestion (not proposed again for DISMISS_DAYS) (staff)",
+                   summary="Dismiss a suggestion (not proposed again for DISMISS_DAYS) (change_suggestion)",
                    responses={200: SuggestionResponse, **_ACTION_ERRORS})
     def post(self, request: Request, suggestion_id: int) -> Response:
         return super().post(request, suggestion_id)
@@ -150,7 +166,8 @@ class SuggestionRollbackView(_SuggestionAction):
     operation = staticmethod(services.suggestion_rollback)
 
     @extend_schema(operation_id="resilience_suggestions_rollback", parameters=[ID], request=None,
-                   summary="Put back the value an applied suggestion replaced (staff)",
+                   summary=("Put back the value an applied suggestion replaced "
+                            "(change_suggestion, change_upstream)"),
                    responses={200: SuggestionResponse, **_ACTION_ERRORS})
     def post(self, request: Request, suggestion_id: int) -> Response:
         return super().post(request, suggestion_id)
@@ -192,10 +209,10 @@ def _job_body(request: Request, row: Any) -> dict[str, Any]:
 
 
 class BenchmarksView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(operation_id="resilience_benchmarks_create", request=BenchmarkRequestSerializer,
-                   summary="Queue a benchmark of an upstream through the resilient client (staff)",
+                   summary="Queue a benchmark of an upstream through the resilient client (change_upstream)",
                    description="Bounded: `requests` <= BENCHMARK_MAX_REQUESTS, `concurrency` <= "
                                "BENCHMARK_MAX_CONCURRENCY. The report is kept as the job's result.",
                    responses={202: OpenApiResponse(BenchmarkResponse, description="Queued; poll status_url."),
@@ -209,11 +226,11 @@ class BenchmarksView(APIView):
 
 
 class BenchmarkView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [JobRead]
 
     @extend_schema(operation_id="resilience_benchmarks_retrieve",
                    parameters=[OpenApiParameter("job_id", str, OpenApiParameter.PATH)],
-                   summary="A queued benchmark's status and report (staff)",
+                   summary="A queued benchmark's status and report (view_job)",
                    responses={200: BenchmarkResponse, **error_responses(401, 403, 404)})
     def get(self, request: Request, job_id: str) -> Response:
         return Response(_job_body(request, benchmark.benchmark_job_get(job_id=job_id)))

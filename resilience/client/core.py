@@ -59,7 +59,7 @@ from resilience.client.send import send
 from resilience.client.spec import RequestSpec
 from resilience.client.urls import join_url, redact_path
 from resilience.conf import resilience_settings
-from resilience.context import current_request_id
+from resilience.context import current_caller, current_request_id
 from resilience.models import Outcome
 
 logger = logging.getLogger(__name__)
@@ -662,5 +662,5 @@ class UpstreamClient:
             secret_names=built.credentials.secret_names, result=answer.result,
             latency_ms=round((time.perf_counter() - started) * 1000, 3), created=time.time(),
             request_id=current_request_id.get() or "", sample_rate=built.policy.log_sample_rate,
-            endpoint=answer.result.endpoint)
+            endpoint=answer.result.endpoint, caller=current_caller.get())
         call_record_emit(record, sender=UpstreamClient)

@@ -46,6 +46,8 @@ class CallRecord:
     request_id: str
     sample_rate: float = 1.0
     endpoint: str = ""
+    #: The user the call was made for (resilience.context.current_caller), if known.
+    caller: int | None = None
 
     @property
     def path(self) -> str:
@@ -91,7 +93,7 @@ class CallRecord:
             "outcome": str(result.outcome), "latency_ms": self.latency_ms, "attempts": result.attempts,
             "retries": list(result.retries), "cache_hit": result.cache_hit,
             "breaker_state": result.breaker_state, "request_id": self.request_id, "error": result.error[:500],
-            "endpoint": self.endpoint,
+            "endpoint": self.endpoint, "caller_id": self.caller,
         }
 
 

@@ -1,6 +1,6 @@
 """Admin for jobs (all of them, read-only), dead letters (with a requeue
-action), the engine's task results and the probe history; registered from
-resilience.admin."""
+action, for users with change permission on dead letters), the engine's task
+results and the probe history; registered from resilience.admin."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,6 +12,7 @@ from django.utils.html import format_html
 
 from resilience.jobs.models import DeadLetter, Job, ProbeResult
 from resilience.jobs.runner import job_requeue
+from resilience.permissions import DEADLETTER_CHANGE
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -47,7 +48,12 @@ class DeadLetterAdmin(_ReadOnly):
         error = obj.error or {}
         return format_html("<code>{}</code> {}", error.get("code", ""), error.get("message", ""))
 
-    @admin.action(description="Requeue (a fresh set of attempts)")
+    def has_requeue_permission(self, request: HttpRequest) -> bool:
+        # The rows stay read-only (has_change_permission is False for every
+        # user), so the action asks the model permission itself.
+        return request.user.has_perm(DEADLETTER_CHANGE)
+
+    @admin.action(description="Requeue (a fresh set of attempts)", permissions=["requeue"])
     def requeue(self, request: HttpRequest, queryset: QuerySet) -> None:
         count = sum(job_requeue(row) for row in queryset)
         self.message_user(request, f"Requeued {count} job(s).", messages.SUCCESS)

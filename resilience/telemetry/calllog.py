@@ -54,7 +54,7 @@ from resilience.telemetry.rollups import Key, RollupDelta, minute_of, rollups_wr
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("created_at", "upstream", "method", "path", "status", "outcome", "latency_ms", "attempts",
-           "retries", "cache_hit", "breaker_state", "request_id", "error", "endpoint")
+           "retries", "cache_hit", "breaker_state", "request_id", "error", "endpoint", "caller_id")
 #: Outcomes of a successful call: their rows are sampled. Every other outcome keeps its row.
 SAMPLED_OUTCOMES = frozenset(str(o) for o in (Outcome.OK, Outcome.CACHE_HIT, Outcome.SHARED))
 
@@ -132,7 +132,8 @@ class CallLogWriter(BufferedWriter):
                     self.sampled_out += 1
                     continue
             # Rows are built here, for kept calls only (path redaction is not free).
-            self._kept.append({"endpoint": endpoint, **(call if isinstance(call, dict) else call.as_row())})
+            self._kept.append({"endpoint": endpoint, "caller_id": None,
+                               **(call if isinstance(call, dict) else call.as_row())})
 
     # -- writing ---------------------------------------------------------------------------
     def _write_batch(self, rows: list[Any]) -> None:

@@ -157,8 +157,12 @@ def upstream_overview(upstream: Upstream, *, window: timedelta = WINDOWS["5m"]) 
 
 
 def call_logs(*, name: str, outcome: str | None = None, status: int | None = None,
-              since: Any = None, until: Any = None) -> QuerySet[CallLog]:
+              since: Any = None, until: Any = None, caller: int | None = None) -> QuerySet[CallLog]:
+    """Upstream `name`'s call-log rows, newest first; with `caller`, only the
+    calls made for that user."""
     logs = CallLog.objects.filter(upstream=name)
+    if caller is not None:
+        logs = logs.filter(caller_id=caller)
     if outcome:
         logs = logs.filter(outcome=outcome)
     if status:

@@ -118,7 +118,9 @@ def live(tmp_path_factory, exposure):
 
     with FakeUpstream() as upstream, FakeOpenAI() as provider:
         env = {**SECRETS, "OPENAI_BASE_URL": provider.url, "AI_MODEL": MODEL_ID,
-               "AI_GENERATE_THROTTLE": "100000/min", "LOG_LEVEL": "DEBUG"}
+               "AI_GENERATE_THROTTLE": "100000/min", "LOG_LEVEL": "DEBUG",
+               # Workers re-read the token generation this often (test_tokens_live.py waits it out).
+               "TOKEN_CHECK_INTERVAL": "0.1"}
         server = LiveServer(tmp_path_factory.mktemp("live"), env=env)
         with server:
             server.shell(

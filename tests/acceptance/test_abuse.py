@@ -17,17 +17,19 @@ import pytest
 import requests
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.test import AsyncClient, Client
 from django.urls import URLPattern, URLResolver, get_resolver
-from rest_framework.authtoken.models import Token
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
+from aigen.tokens import token_issue
 from resilience import upstream
 from resilience.client import reset_clients
 from resilience.exceptions import InvalidUpstreamPath, UpstreamError
 from resilience.models import Upstream
+from resilience.permissions import AdminPermission
 from resilience.throttling import AuthFailureThrottle
 from tests.support.fake_upstream import FakeUpstream
 
@@ -100,7 +102,7 @@ def test_invalid_utf8_in_path_and_query_is_a_4xx(live):
     for target in ["/api/resilience/upstreams/%ff%fe", "/api/resilience/upstreams/openai/calls?since=%ff",
                    "/api/ai/jobs/%c0%ae%c0%ae", "/api/%ff", "/api/resilience/upstreams/openai/calls?page=%00",
                    "/api/resilience/upstreams/openai/calls?outcome=%00"]:
-        response = requests.get(f"{live.url}{target}", headers=live.headers(), timeout=30)
+        response = requests.get(f"{live.url}{target}", headers=live.headers(staff=True), timeout=30)
         _assert_refused(response, 400, 404)
     _still_serving(live)
 
@@ -222,24 +224,26 @@ def test_token_guessing_is_throttled_per_address(django_user_model, guessing_clo
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
         **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "auth_failure": "10/min"}}
     user = django_user_model.objects.create_user("guessed")
-    key = Token.objects.create(user=user).key
+    key = token_issue(user=user)
     attacker = Client(REMOTE_ADDR="203.0.113.7")
     statuses = [attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Bearer {i:040x}").status_code
                 for i in range(15)]
     assert statuses[:10] == [401] * 10 and statuses[10:] == [429] * 5, statuses
-    blocked = attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Token {key}")
-    # Even the right key, for the rest of the window.
+    blocked = attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Token {'f' * 40}")
     assert blocked.status_code == 429 and int(blocked["Retry-After"]) >= 1
     assert blocked.json()["error"]["code"] == "throttled"
     # X-Forwarded-For is the caller's to write: it buys no fresh bucket.
-    spoofed = attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Bearer {key}",
+    spoofed = attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Bearer {'e' * 40}",
                            HTTP_X_FORWARDED_FOR="10.9.9.9")
     assert spoofed.status_code == 429
-    # Someone else is not locked out, and the guesser is let back in when the window passes.
-    assert Client(REMOTE_ADDR="198.51.100.1").get("/api/ai/templates",
-                                                   HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
-    guessing_clock["t"] += 60
+    # A valid token behind the same address is never refused by the failure throttle (L4).
+    assert attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Token {key}").status_code == 200
     assert attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
+    # Someone else is not throttled, and the guesser is let back in when the window passes.
+    assert Client(REMOTE_ADDR="198.51.100.1").get(
+        "/api/ai/templates", HTTP_AUTHORIZATION=f"Bearer {'d' * 40}").status_code == 401
+    guessing_clock["t"] += 60
+    assert attacker.get("/api/ai/templates", HTTP_AUTHORIZATION=f"Bearer {'c' * 40}").status_code == 401
 
 
 @pytest.mark.django_db(transaction=True)
@@ -256,6 +260,11 @@ def test_token_guessing_on_the_async_generate_view_is_throttled_too(guessing_clo
     assert [r.status_code for r in responses] == [401] * 5 + [429] * 3
     assert responses[0].json()["error"]["code"] == "authentication_failed"
     assert int(responses[-1]["Retry-After"]) >= 1
+    # The same address with a valid token gets past authentication (400: the empty body).
+    key = token_issue(user=get_user_model().objects.create_user("valid"))
+    valid = async_to_sync(attacker.post)("/api/ai/generate", data={}, content_type="application/json",
+                                         headers={"Authorization": f"Bearer {key}"})
+    assert valid.status_code == 400, valid.content
 
 
 # -- staff routes ----------------------------------------------------------------------------------
@@ -297,7 +306,7 @@ def _staff_methods(callback: Any) -> set[str]:
         view = cls(**(getattr(callback, "initkwargs", None) or {}))
         view.request = Request(getattr(APIRequestFactory(), method)("/"))
         view.args, view.kwargs, view.format_kwarg = (), {}, None
-        if any(isinstance(p, IsAdminUser) for p in view.get_permissions()):
+        if any(isinstance(p, (IsAdminUser, AdminPermission)) for p in view.get_permissions()):
             found.add(method)
     return found
 
@@ -308,9 +317,11 @@ def test_every_staff_route_refuses_a_non_staff_user_and_every_route_an_anonymous
 
     call_command("seed_upstreams", stdout=open("/dev/null", "w"))  # noqa: SIM115
     user = django_user_model.objects.create_user("plain", password="pw-plain-1")
-    staff = django_user_model.objects.create_user("boss", password="pw-boss-1", is_staff=True)
-    plain = Client(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
-    boss = Client(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=staff).key}")
+    # Staff routes ask model permissions too (resilience.permissions; the matrix of roles is in
+    # tests/resilience/test_permissions.py): a superuser holds them all.
+    staff = django_user_model.objects.create_superuser("boss", password="pw-boss-1")
+    plain = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=user)}")
+    boss = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=staff)}")
     session = Client()
     session.force_login(user)
     anonymous = Client()

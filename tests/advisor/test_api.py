@@ -5,15 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from resilience.advisor.models import Suggestion
 from resilience.jobs.models import Job
 from resilience.models import Upstream
 from tests.advisor.conftest import minute_delta, traffic
+from tests.support.roles import api_client
 
 pytestmark = pytest.mark.django_db
 
@@ -21,10 +20,9 @@ API = "/api/resilience"
 
 
 def client_for(*, staff: bool) -> APIClient:
-    user = get_user_model().objects.create_user(username="staff" if staff else "user", is_staff=staff)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
-    return client
+    """Staff with view and change permissions, or a plain API caller (the
+    whole matrix of roles: tests/resilience/test_permissions.py)."""
+    return api_client("operator" if staff else "user")
 
 
 @pytest.fixture
@@ -58,7 +56,7 @@ def test_non_staff_gets_403(method, path):
 
 
 def test_findings_with_evidence_and_suggestions(wasteful):
-    body = client_for(staff=False).get(f"{API}/findings").json()
+    body = api_client("viewer").get(f"{API}/findings").json()
     assert body["success"] is True
     finding = next(f for f in body["findings"] if f["kind"] == "retry_waste")
     assert set(finding["evidence"]) >= {"figures", "windows", "threshold"}
@@ -73,7 +71,7 @@ def test_findings_with_evidence_and_suggestions(wasteful):
 
 
 def test_unknown_upstream_findings_is_404(policy):
-    user = client_for(staff=False)
+    user = api_client("viewer")
     assert_error(user.get(f"{API}/upstreams/nope/findings"), 404, "unknown_upstream")
 
 
@@ -156,7 +154,7 @@ def test_findings_per_endpoint_and_a_bad_query(policy):
 
     rollups_write({("api", "search", minute_of((now - timedelta(minutes=m)).timestamp())): minute_delta(
         calls=1, attempts=3, outcome="http_error", signals={"retried": 1}) for m in range(2, 60)})
-    user = client_for(staff=False)
+    user = api_client("viewer")
     body = user.get(f"{API}/findings?by=endpoint").json()
     found = {(f["kind"], f["endpoint"]) for f in body["findings"]}
     assert ("retry_waste", "search") in found and {endpoint for _, endpoint in found} == {"search"}

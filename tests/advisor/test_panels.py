@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.template.loader import render_to_string
 from django.test import Client
 from django.utils import timezone
 
 from resilience.advisor.panels import findings_panel, resources_panel
 from tests.advisor.conftest import minute_delta, traffic
+from tests.support.roles import role_user
 
 pytestmark = pytest.mark.django_db
 
@@ -21,7 +21,7 @@ def test_the_dashboard_shows_findings_and_resources(policy):
     traffic("api", since=timedelta(hours=2), every=2, now=timezone.now(),
             make=lambda _: minute_delta(calls=1, attempts=3, outcome="http_error", signals={"retried": 1}))
     client = Client()
-    client.force_login(get_user_model().objects.create_user("ops", is_staff=True))
+    client.force_login(role_user("viewer", username="ops"))  # the dashboard needs view permissions
     page = client.get("/dashboard/").content.decode()
     assert 'id="rs-findings"' in page and "retry_waste" in page
     assert "threshold: at least 20 retried calls" in page

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from aigen import services
@@ -18,6 +17,7 @@ from resilience.client import reset_clients
 from resilience.client.flight import SingleFlight
 from resilience.models import Upstream
 from tests.support.fake_openai import MODEL_ID, FakeOpenAI
+from tests.support.roles import grant, user_token
 
 # The seeded openai policy's shape, with waits in milliseconds.
 FAST_OPENAI = {
@@ -109,14 +109,14 @@ def user(db):
 
 @pytest.fixture
 def staff_user(db):
-    return _user("root", staff=True)
+    # Clearing the AI cache needs what the admin's Clear cache button needs.
+    return grant(_user("root", staff=True), "view_upstream", "change_upstream")
 
 
 def _client(user=None, scheme: str = "Bearer") -> APIClient:
     client = APIClient()
     if user is not None:
-        token, _ = Token.objects.get_or_create(user=user)
-        client.credentials(HTTP_AUTHORIZATION=f"{scheme} {token.key}")
+        client.credentials(HTTP_AUTHORIZATION=f"{scheme} {user_token(user)}")
     return client
 
 

@@ -10,6 +10,8 @@ from django.test import AsyncClient
 
 from aigen.models import Generation
 from aigen.records import generation_records_flush
+from resilience.models import CallLog
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_openai import CONTENT_PREFIX
 from tests.support.fake_upstream import Reply
 
@@ -57,6 +59,20 @@ def test_generate_through_openai_and_section_id_as_number(api, openai_fake, sect
     assert response.json()["provider"] == "openai"
     again = api.post(GENERATE, _body(section2_data, use_cache=False), format="json").json()
     assert again["cached"] is False and openai_fake.chat_calls == 2
+
+
+def test_the_callers_provider_calls_are_its_own_in_the_call_log(api, user, make_client, openai_fake,
+                                                                 section2_data, django_user_model):
+    """The call-log rows of a caller's generation carry the caller: it may read
+    them without view permission on call logs, and no one else's (L10)."""
+    assert api.post(GENERATE, _body(section2_data), format="json").status_code == 200
+    other = make_client(django_user_model.objects.create_user("other"))
+    assert other.post(GENERATE, _body(section2_data, use_cache=False), format="json").status_code == 200
+    call_log_flush()
+    assert sorted(CallLog.objects.filter(upstream="openai").values_list("caller_id", flat=True)) == sorted(
+        [user.pk, django_user_model.objects.get(username="other").pk])
+    mine = api.get("/api/resilience/upstreams/openai/calls").json()["results"]
+    assert len(mine) == 1 and mine[0]["method"] == "POST"
 
 
 def test_token_scheme_and_session_also_work(make_client, user, client, section2_data):
@@ -225,6 +241,13 @@ def test_mistyped_data_field_is_400_naming_it(api, section2_data):
     error = _error(api.post(GENERATE, _body(section2_data), format="json"), 400, "invalid")
     assert error["field"] == "data.enterprise_info.employees_count"
     assert "integer" in error["message"]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_or_infinity_in_data_is_400_naming_the_field(api, section2_data, constant):
+    raw = json.dumps(_body({**section2_data, "extra": [{"score": 0.25}]})).replace("0.25", constant)
+    error = _error(api.post(GENERATE, data=raw, content_type="application/json"), 400, "invalid")
+    assert error["field"] == "data.extra[0].score" and "NaN" in error["message"]
 
 
 def test_body_over_the_limit_is_413(api, section2_data, settings):

@@ -1,15 +1,16 @@
 """Management commands: cache_warmup and issue_token, through call_command."""
 from __future__ import annotations
 
+import hashlib
 import json
 from io import StringIO
 
 import pytest
 import yaml
 from django.core.management import CommandError, call_command
-from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
-from aigen.models import Generation
+from aigen.models import ApiToken, Generation
 from aigen.services import text_generate
 from tests.support.fake_upstream import Reply
 
@@ -83,19 +84,25 @@ def test_warmup_needs_a_source():
         _warmup()
 
 
-def test_issue_token(user):
+def test_issue_token_shows_the_token_once_and_stores_only_its_digest(user):
     out, err = StringIO(), StringIO()
     call_command("issue_token", "alice", stdout=out, stderr=err)
     key = out.getvalue().strip()
-    assert Token.objects.get(user=user).key == key
-    assert "Issued token for alice" in err.getvalue()
+    assert len(key) == 40 and "Issued token for alice" in err.getvalue()
+    row = ApiToken.objects.get(user=user)
+    assert row.digest == hashlib.sha256(key.encode()).hexdigest() and row.prefix == key[:8]
+    assert key not in {str(v) for v in ApiToken.objects.values_list("digest", "prefix").get()}
+    api = APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert api.get("/api/ai/templates").status_code == 200
 
-    out = StringIO()
-    call_command("issue_token", "alice", stdout=out, stderr=StringIO())
-    assert out.getvalue().strip() == key
+    # Not again: it cannot be shown twice.
+    with pytest.raises(CommandError, match=r"already has an API token \(" + key[:8]):
+        call_command("issue_token", "alice", stdout=StringIO(), stderr=StringIO())
 
     out = StringIO()
     call_command("issue_token", "alice", "--reset", stdout=out, stderr=StringIO())
-    assert out.getvalue().strip() not in ("", key)
+    new = out.getvalue().strip()
+    assert new not in ("", key) and ApiToken.objects.filter(user=user).count() == 1
+    assert api.get("/api/ai/templates").status_code == 401  # the old one is revoked
     with pytest.raises(CommandError, match="No user"):
         call_command("issue_token", "bob", stdout=StringIO(), stderr=StringIO())

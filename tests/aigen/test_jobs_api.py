@@ -1,10 +1,14 @@
 """Queued generations through /api/ai/jobs, run by the real database engine."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from resilience.jobs.models import Job
 from resilience.jobs.worker import worker_run
+from resilience.models import CallLog
+from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,6 +65,11 @@ def test_provider_failure_is_retried_later(api, openai_fake, section2_data):
     assert (waiting["status"], waiting["attempts"]) == ("queued", 1)
     assert waiting["error"]["code"] == "provider_error"
     assert Job.objects.get(pk=job["id"]).run_after is not None
+    # The job's provider calls were made for its owner (call logs, L10).
+    call_log_flush()
+    owner = Job.objects.get(pk=job["id"]).owner_id
+    callers = set(CallLog.objects.filter(upstream="openai").values_list("caller_id", flat=True))
+    assert owner and callers == {owner}
 
 
 def test_only_the_owner_or_staff_can_read(api, make_client, staff_api, section2_data):
@@ -92,6 +101,16 @@ def test_priority_high_is_for_staff(api, staff_api, section2_data):
 ])
 def test_bad_bodies_name_the_field(api, body, field):
     assert _error(api.post(JOBS, body, format="json"), 400, "invalid")["field"] == field
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(("constant", "path"), [("NaN", "x"), ("Infinity", "y[1]"), ("-Infinity", "z.deep")])
+def test_nan_or_infinity_in_data_is_400_naming_the_field_not_500(api, section2_data, constant, path):
+    """Python's parser takes them; JSON and the database's JSON check do not (issue 23, L2)."""
+    data = {**section2_data, "x": 1.5, "y": [0, 2.5], "z": {"deep": 3.5}}
+    raw = json.dumps(_body(data)).replace({"x": "1.5", "y[1]": "2.5", "z.deep": "3.5"}[path], constant)
+    error = _error(api.post(JOBS, data=raw, content_type="application/json"), 400, "invalid")
+    assert error["field"] == f"data.{path}" and "NaN" in error["message"]
     assert not Job.objects.exists()
 
 

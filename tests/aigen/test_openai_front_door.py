@@ -11,10 +11,10 @@ import openai
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 
 from aigen import openai_views
-from aigen.async_views import tokens
+from aigen.tokens import token_issue
+from aigen.tokens import users as token_users
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
 from resilience.models import CallLog, Endpoint, Upstream
@@ -52,9 +52,9 @@ def gateway(db, providers, settings):
                             auth_env_var="UPSTREAM_FALLBACK_KEY", model="fallback-model")
     reset_clients()
     openai_views.models.clear()
-    tokens.clear()
+    token_users.clear()
     user = get_user_model().objects.create_user("caller")
-    return Token.objects.create(user=user).key
+    return token_issue(user=user)
 
 
 def sdk_run(key: str, work):

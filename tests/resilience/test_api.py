@@ -6,10 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.urls import URLPattern, get_resolver
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from resilience import exceptions as errors
@@ -17,6 +15,7 @@ from resilience import upstream
 from resilience.models import CallLog, Upstream
 from resilience.telemetry.calllog import call_log_flush, call_log_record
 from tests.support.fake_upstream import Reply
+from tests.support.roles import api_client, role_user
 
 pytestmark = pytest.mark.django_db
 
@@ -31,21 +30,22 @@ ADVISOR_ACTIONS = {"suggestions/<int:suggestion_id>/apply", "suggestions/<int:su
                    "suggestions/<int:suggestion_id>/rollback", "benchmarks", "benchmarks/<str:job_id>"}
 
 
-def client_for(*, staff: bool) -> APIClient:
-    user = get_user_model().objects.create_user(username="staff" if staff else "user", is_staff=staff)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
-    return client
+@pytest.fixture
+def user_client() -> APIClient:
+    """An API caller: not staff, no permissions."""
+    return api_client("user")
 
 
 @pytest.fixture
-def user_client() -> APIClient:
-    return client_for(staff=False)
+def viewer_client() -> APIClient:
+    """Staff with view permissions (the matrix of roles: test_permissions.py)."""
+    return api_client("viewer")
 
 
 @pytest.fixture
 def staff_client() -> APIClient:
-    return client_for(staff=True)
+    """Staff with view and change permissions."""
+    return api_client("operator")
 
 
 def assert_error(response, status: int, code: str) -> dict:
@@ -90,11 +90,19 @@ def test_a_bad_token_gets_401(make_upstream, method, path):
 
 
 @pytest.mark.parametrize(("method", "path"), READS)
-def test_users_may_read(make_upstream, user_client, method, path):
+def test_viewers_may_read(make_upstream, viewer_client, method, path):
     make_upstream()
-    response = getattr(user_client, method)(path)
+    response = getattr(viewer_client, method)(path)
     assert response.status_code == 200, response.content
     assert response.json()["success"] is True
+
+
+# Cache statistics are open to any caller; call logs show a caller its own calls (test_permissions.py).
+@pytest.mark.parametrize(("method", "path"), [r for r in READS if not r[1].endswith(("/stats", "/calls"))])
+def test_users_without_view_permission_may_not_read_policies_or_findings(make_upstream, user_client,
+                                                                          method, path):
+    make_upstream()
+    assert_error(getattr(user_client, method)(path), 403, "permission_denied")
 
 
 @pytest.mark.parametrize(("method", "path"), WRITES)
@@ -115,7 +123,7 @@ def test_staff_may_do_everything(make_upstream, staff_client, method, path):
 def test_session_login_works_too(make_upstream):
     make_upstream()
     client = APIClient()
-    client.force_login(get_user_model().objects.create_user(username="u"))
+    client.force_login(role_user("viewer"))
     assert client.get(f"{API}/upstreams").status_code == 200
 
 
@@ -127,7 +135,7 @@ def test_unknown_upstream_is_a_404_in_the_error_shape(staff_client, method, path
 
 
 # -- reads ----------------------------------------------------------------------------------------
-def test_list_shows_policy_breaker_and_fresh_calls(fake, make_upstream, user_client):
+def test_list_shows_policy_breaker_and_fresh_calls(fake, make_upstream, viewer_client):
     make_upstream("api", cache_ttl=60)
     make_upstream("other", breaker_enabled=False)
     fake.script("/bad", Reply(500))
@@ -136,7 +144,7 @@ def test_list_shows_policy_breaker_and_fresh_calls(fake, make_upstream, user_cli
     with pytest.raises(errors.UpstreamError):
         upstream("api").get("/bad")
     # No flush here: the view flushes the buffered call logs itself.
-    body = user_client.get(f"{API}/upstreams").json()
+    body = viewer_client.get(f"{API}/upstreams").json()
     by_name = {u["name"]: u for u in body["upstreams"]}
     assert list(by_name) == ["api", "other"]
     api = by_name["api"]
@@ -151,23 +159,23 @@ def test_list_shows_policy_breaker_and_fresh_calls(fake, make_upstream, user_cli
     assert by_name["other"]["breaker"]["state"] == "disabled"
 
 
-def test_list_shows_an_open_breaker_with_retry_after(fake, make_upstream, user_client, breaker_clock):
+def test_list_shows_an_open_breaker_with_retry_after(fake, make_upstream, viewer_client, breaker_clock):
     make_upstream(retry_total=0, breaker_fail_max=2, breaker_reset_timeout=30)
     fake.script("/down", Reply(503))
     fail_until_open()
     breaker_clock.advance(10)
-    [api] = user_client.get(f"{API}/upstreams").json()["upstreams"]
+    [api] = viewer_client.get(f"{API}/upstreams").json()["upstreams"]
     assert api["breaker"]["state"] == "open"
     assert api["breaker"]["retry_after"] == pytest.approx(20, abs=0.01)
 
 
-def test_detail_has_the_full_policy_without_secrets(fake, make_upstream, user_client, monkeypatch):
+def test_detail_has_the_full_policy_without_secrets(fake, make_upstream, viewer_client, monkeypatch):
     monkeypatch.setenv("UPSTREAM_API_TOKEN", "s3cr3t-value-never-shown")
     make_upstream(auth_kind="bearer", auth_env_var="UPSTREAM_API_TOKEN", description="the API",
                   retry_statuses=[503], default_headers={"Accept": "application/json"})
     upstream("api").get("/x")
     assert fake.requests[0].headers["Authorization"] == "Bearer s3cr3t-value-never-shown"
-    response = user_client.get(f"{API}/upstreams/api")
+    response = viewer_client.get(f"{API}/upstreams/api")
     assert b"s3cr3t" not in response.content
     policy = response.json()["upstream"]
     expected = {f.name for f in Upstream._meta.concrete_fields} - {"id"}
@@ -177,7 +185,7 @@ def test_detail_has_the_full_policy_without_secrets(fake, make_upstream, user_cl
     assert policy["default_headers"] == {"Accept": "application/json"}
 
 
-def test_detail_has_stats_per_window_and_recent_failures(fake, make_upstream, user_client):
+def test_detail_has_stats_per_window_and_recent_failures(fake, make_upstream, viewer_client):
     make_upstream(retry_total=1, breaker_fail_max=10)
     fake.script("/flaky", Reply(503), Reply(200, body={"ok": True}))
     fake.script("/gone", Reply(404))
@@ -189,7 +197,7 @@ def test_detail_has_stats_per_window_and_recent_failures(fake, make_upstream, us
                      "retries": [], "cache_hit": False, "breaker_state": "", "request_id": "", "error": ""})
     call_log_flush()
     old = CallLog.objects.get(path="/old")
-    body = user_client.get(f"{API}/upstreams/api").json()
+    body = viewer_client.get(f"{API}/upstreams/api").json()
     assert body["breaker"]["state"] == "closed"
     assert set(body["stats"]) == {"5m", "1h", "24h", "7d"}
     five, day, week = body["stats"]["5m"], body["stats"]["24h"], body["stats"]["7d"]
@@ -211,39 +219,40 @@ def make_logs(count: int, **fields) -> None:
                    **fields}) for i in range(count)])
 
 
-def test_calls_are_paginated_newest_first(make_upstream, user_client):
+def test_calls_are_paginated_newest_first(make_upstream, viewer_client):
     make_upstream()
     make_logs(5)
     make_logs(2, upstream="elsewhere")
-    body = user_client.get(f"{API}/upstreams/api/calls", {"page_size": 2}).json()
+    body = viewer_client.get(f"{API}/upstreams/api/calls", {"page_size": 2}).json()
     assert body["success"] is True and body["count"] == 5
     assert body["sampling"] == {"success_sample_rate": 1.0, "note": "Every call has a row."}
     assert [c["path"] for c in body["results"]] == ["/p0", "/p1"]
     assert body["previous"] is None and "page=2" in body["next"]
-    last = user_client.get(f"{API}/upstreams/api/calls", {"page_size": 2, "page": 3}).json()
+    last = viewer_client.get(f"{API}/upstreams/api/calls", {"page_size": 2, "page": 3}).json()
     assert [c["path"] for c in last["results"]] == ["/p4"] and last["next"] is None
     row = last["results"][0]
     assert set(row) == {"id", "created_at", "upstream", "method", "path", "status", "outcome", "latency_ms",
                         "attempts", "retries", "cache_hit", "breaker_state", "request_id", "error",
                         "endpoint"}
-    assert_error(user_client.get(f"{API}/upstreams/api/calls", {"page": 9}), 404, "not_found")
+    assert_error(viewer_client.get(f"{API}/upstreams/api/calls", {"page": 9}), 404, "not_found")
 
 
-def test_calls_page_size_has_a_default_and_a_maximum(make_upstream, user_client):
+def test_calls_page_size_has_a_default_and_a_maximum(make_upstream, viewer_client):
     make_upstream()
     make_logs(501)
-    assert len(user_client.get(f"{API}/upstreams/api/calls").json()["results"]) == 50
-    assert len(user_client.get(f"{API}/upstreams/api/calls", {"page_size": 10_000}).json()["results"]) == 500
+    assert len(viewer_client.get(f"{API}/upstreams/api/calls").json()["results"]) == 50
+    page = viewer_client.get(f"{API}/upstreams/api/calls", {"page_size": 10_000}).json()
+    assert len(page["results"]) == 500
 
 
-def test_calls_include_calls_made_a_moment_ago(fake, make_upstream, user_client):
+def test_calls_include_calls_made_a_moment_ago(fake, make_upstream, viewer_client):
     make_upstream()
     upstream("api").get("/fresh")
-    [row] = user_client.get(f"{API}/upstreams/api/calls").json()["results"]
+    [row] = viewer_client.get(f"{API}/upstreams/api/calls").json()["results"]
     assert (row["path"], row["outcome"], row["status"], row["attempts"]) == ("/fresh", "ok", 200, 1)
 
 
-def test_calls_filters(make_upstream, user_client):
+def test_calls_filters(make_upstream, viewer_client):
     make_upstream()
     now = timezone.now()
     make_logs(3)
@@ -251,7 +260,7 @@ def test_calls_filters(make_upstream, user_client):
     make_logs(1, status=None, outcome="timeout", created_at=now - timedelta(hours=3))
 
     def paths(**params) -> list[str]:
-        response = user_client.get(f"{API}/upstreams/api/calls", params)
+        response = viewer_client.get(f"{API}/upstreams/api/calls", params)
         assert response.status_code == 200, response.content
         return [c["outcome"] for c in response.json()["results"]]
 
@@ -275,18 +284,18 @@ def test_calls_filters(make_upstream, user_client):
     ({"until": "2024-13-45T99:00"}, "until"),
     ({"since": "2024-02-01T00:00:00Z", "until": "2024-01-01T00:00:00Z"}, "until"),
 ])
-def test_bad_call_filters_are_a_400_naming_the_field(make_upstream, user_client, params, field):
+def test_bad_call_filters_are_a_400_naming_the_field(make_upstream, viewer_client, params, field):
     make_upstream()
-    error = assert_error(user_client.get(f"{API}/upstreams/api/calls", params), 400, "invalid")
+    error = assert_error(viewer_client.get(f"{API}/upstreams/api/calls", params), 400, "invalid")
     assert error["field"] == field
     assert error["message"].startswith(f"{field}:")
 
 
-def test_cache_stats(fake, make_upstream, user_client):
+def test_cache_stats(fake, make_upstream, viewer_client):
     make_upstream(cache_ttl=60)
     upstream("api").get("/c")
     upstream("api").get("/c")
-    body = user_client.get(f"{API}/cache/stats").json()
+    body = viewer_client.get(f"{API}/cache/stats").json()
     assert set(body) == {"success", "backend", "redis_configured", "fallback", "scope", "hits", "misses",
                          "sets", "deletes", "errors", "fallbacks", "total_requests", "hit_rate", "hit_ratio"}
     assert body["backend"] in ("redis", "memory") and body["fallback"] is False
@@ -357,8 +366,8 @@ def test_cache_delete_removes_this_upstreams_responses_and_counts_them(fake, mak
     assert fake.count() == before + 1
 
 
-def test_calls_say_that_successes_are_sampled_and_at_what_rate(make_upstream, user_client):
+def test_calls_say_that_successes_are_sampled_and_at_what_rate(make_upstream, viewer_client):
     make_upstream(log_sample_rate=0.01)
-    sampling = user_client.get(f"{API}/upstreams/api/calls").json()["sampling"]
+    sampling = viewer_client.get(f"{API}/upstreams/api/calls").json()["sampling"]
     assert sampling["success_sample_rate"] == 0.01
     assert "successful calls are sampled: 1.00% of them keep a row" in sampling["note"]

@@ -18,6 +18,7 @@ from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import breaker_status
 from tests.resilience.conftest import Clock
 from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.roles import role_user
 
 
 @pytest.fixture
@@ -304,13 +305,12 @@ def test_a_single_url_upstream_is_the_one_endpoint_case(make_upstream, fake):
 def test_the_api_and_the_command_show_each_endpoint(fakes, make_pool):
     from io import StringIO
 
-    from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from rest_framework.test import APIClient
 
     make_pool(fakes[:2], endpoint_strategy="priority", auth_kind="bearer", auth_env_var="UPSTREAM_POOL_KEY")
     client = APIClient()
-    client.force_authenticate(get_user_model().objects.create_user("ops"))
+    client.force_authenticate(role_user("viewer"))  # reading policies needs view_upstream
     body = client.get("/api/resilience/upstreams/pool").json()
     pool = body["pool"]
     assert pool["strategy"] == "priority"

@@ -10,7 +10,6 @@ import zlib
 
 import brotli
 import pytest
-from django.contrib.auth import get_user_model
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
@@ -25,6 +24,7 @@ from resilience.middleware import (
 )
 from resilience.models import CallLog
 from resilience.telemetry.calllog import call_log_flush
+from tests.support.roles import role_user
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +34,7 @@ DOCS_JS = "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js"
 @pytest.fixture
 def staff_client() -> APIClient:
     client = APIClient()
-    client.force_login(get_user_model().objects.create_user(username="staff", is_staff=True))
+    client.force_login(role_user("operator", username="staff"))  # the probe needs change_upstream
     return client
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import socket
 
 import pytest
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from aigen.tokens import token_issue
 from resilience import exceptions as errors
 from resilience import upstream
 from resilience.models import CallLog
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.metrics import scrape_registry
 from tests.support.fake_upstream import Reply
+from tests.support.roles import role_user
 
 SECRET = "sk-SECRET-4d9f2c1b7e"
 AUTH = {
@@ -95,9 +95,9 @@ def test_the_probe_api_answers_without_the_secret(fake, make_upstream, monkeypat
     make_upstream(auth_env_var="UPSTREAM_KEY", auth_kind="query", auth_name="api_key", deadline=0.2,
                   read_timeout=2.0, retry_total=0, health_path="/health?x=1")
     fake.script("/health", Reply(200, delay=0.6))
-    staff = get_user_model().objects.create_user("ops", is_staff=True)
+    staff = role_user("operator", username="ops")  # probing needs change_upstream
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=staff).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=staff)}")
     response = api.post("/api/resilience/upstreams/api/probe")
     assert response.status_code == 200, response.content
     probe = response.json()["probe"]

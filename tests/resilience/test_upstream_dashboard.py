@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test.utils import CaptureQueriesContext
-from rest_framework.authtoken.models import Token
 
+from aigen.tokens import token_issue
 from resilience import exceptions as errors
 from resilience import upstream
 from resilience.context import current_request_id
@@ -60,15 +60,13 @@ def test_anonymous_page_goes_to_login_and_data_is_401_json(client, make_upstream
 def test_non_staff_token_is_refused(client, make_upstream, django_user_model):
     make_upstream("payments")
     user = django_user_model.objects.create_user("viewer", password=None)
-    token = Token.objects.create(user=user)
-    response = client.get(DATA, headers={"Authorization": f"Bearer {token.key}"})
+    response = client.get(DATA, headers={"Authorization": f"Bearer {token_issue(user=user)}"})
     assert response.status_code == 403
     assert response.json()["error"]["code"]
 
 
 def test_staff_token_reads_the_data(client, traffic, staff):
-    token = Token.objects.create(user=staff)
-    response = client.get(f"{DATA}?range=15m", headers={"Authorization": f"Bearer {token.key}"})
+    response = client.get(f"{DATA}?range=15m", headers={"Authorization": f"Bearer {token_issue(user=staff)}"})
     assert response.status_code == 200
     body = response.json()
     assert body["name"] == "payments"

@@ -101,14 +101,15 @@ class LiveServer:
         return self.manage("shell", "-c", code).strip().splitlines()[-1]
 
     def token(self, username: str, *, staff: bool = False) -> str:
-        """An API token for `username` (created, staff or not, on first use)."""
+        """An API token for `username` (created on first use; `staff`: a superuser, holding
+        every permission the staff routes ask)."""
         if username not in self._tokens:
             self._tokens[username] = self.shell(
                 "from django.contrib.auth import get_user_model;"
-                "from rest_framework.authtoken.models import Token;"
+                "from aigen.tokens import token_issue;"
                 f"u, _ = get_user_model().objects.get_or_create(username={username!r});"
-                f"u.is_staff = {staff!r}; u.save();"
-                "print(Token.objects.get_or_create(user=u)[0].key)")
+                f"u.is_staff = u.is_superuser = {staff!r}; u.save();"
+                "print(token_issue(user=u, replace=True))")
         return self._tokens[username]
 
     def start(self) -> LiveServer:

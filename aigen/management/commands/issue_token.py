@@ -1,17 +1,22 @@
-"""Issue (or show) the API token of a user: `manage.py issue_token alice [--reset]`."""
+"""Issue a user's API token: `manage.py issue_token alice [--reset]`.
+
+The token is printed once, here: only its digest is stored, so it cannot be
+shown again. A user has one token; `--reset` revokes it and issues a new one.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
-from rest_framework.authtoken.models import Token
+
+from aigen.exceptions import TokenExists
+from aigen.tokens import token_issue
 
 
 class Command(BaseCommand):
-    help = ("Print USERNAME's API token (sent as 'Authorization: Bearer <token>'), creating it if "
-            "needed; --reset replaces an existing one.")
+    help = ("Issue USERNAME an API token (sent as 'Authorization: Bearer <token>') and print it: the "
+            "only time it is shown. With a token already issued, --reset revokes it and issues a new one.")
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("username")
@@ -27,10 +32,10 @@ class Command(BaseCommand):
                                "or in the admin first.")
         if not user.is_active:
             raise CommandError(f"User {username!r} is inactive.")
-        with transaction.atomic():
-            if reset:
-                Token.objects.filter(user=user).delete()
-            token, created = Token.objects.get_or_create(user=user)
-        verb = "Issued" if created else "Existing"
-        self.stderr.write(f"{verb} token for {username}:")
-        self.stdout.write(token.key)
+        try:
+            token = token_issue(user=user, replace=reset)
+        except TokenExists as err:
+            raise CommandError(f"{err.message} It is stored as a digest and cannot be shown again: "
+                               "--reset revokes it and issues a new one.") from None
+        self.stderr.write(f"Issued token for {username} (shown once; store it now):")
+        self.stdout.write(token)

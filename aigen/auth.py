@@ -1,0 +1,61 @@
+"""DRF authentication with the project's API tokens (aigen.tokens):
+`Authorization: Bearer <token>` and DRF's `Authorization: Token <token>`.
+
+A valid token is never refused by the failure throttle: only failed checks
+are counted per client address (resilience.throttling), and past the rate a
+failed check answers 429 with `Retry-After` instead of 401. So one client
+guessing from an address shared with others (a NAT, an office) slows itself
+down without locking out the valid tokens behind the same address.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions
+from rest_framework.authentication import TokenAuthentication, get_authorization_header
+
+from aigen.tokens import token_user
+from resilience.context import current_caller
+from resilience.throttling import AuthFailureThrottle
+
+
+def token_refused(request: Any, message: str) -> exceptions.APIException:
+    """What a failed token check raises: counted against the client's
+    address, 429 once it used up its failures, else 401 with `message`."""
+    throttle = AuthFailureThrottle()
+    try:
+        throttle.check(request)
+    except exceptions.Throttled as throttled:
+        return throttled
+    throttle.record_failure(request)
+    return exceptions.AuthenticationFailed(message)
+
+
+class ThrottledTokenAuthentication(TokenAuthentication):
+    """`Authorization: Token <token>`, checked against the stored digests
+    (a subclass of DRF's for the schema generator; nothing of its lookup is used)."""
+
+    def authenticate(self, request: Any) -> Any:
+        words = get_authorization_header(request).split()
+        if not words or words[0].lower() != self.keyword.lower().encode():
+            return None  # not a token request: nothing to check or throttle
+        if len(words) != 2:
+            raise token_refused(request, "Invalid token header.")
+        try:
+            key = words[1].decode("ascii")
+        except UnicodeError:
+            raise token_refused(request, "Invalid token header.") from None
+        user = token_user(key)
+        if user is None:
+            raise token_refused(request, "Invalid token.")
+        current_caller.set(user.pk)  # upstream calls of this request are its (call logs)
+        return user, None
+
+    def authenticate_credentials(self, key: str) -> Any:  # DRF's table is not read
+        raise exceptions.AuthenticationFailed("Invalid token.")
+
+
+class BearerTokenAuthentication(ThrottledTokenAuthentication):
+    """The same, for `Authorization: Bearer <token>`."""
+
+    keyword = "Bearer"
