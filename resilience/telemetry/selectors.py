@@ -54,7 +54,8 @@ def breaker_status(upstream: Upstream) -> dict[str, Any]:
     if not upstream.breaker_enabled:
         return {"state": "disabled", "failures": 0, "fail_max": upstream.breaker_fail_max,
                 "opened_at": None, "retry_after": None}
-    limits = {"fail_max": upstream.breaker_fail_max, "reset_timeout": upstream.breaker_reset_timeout}
+    limits = {"fail_max": upstream.breaker_fail_max, "reset_timeout": upstream.breaker_reset_timeout,
+              "probe_interval": upstream.breaker_probe_interval}
     endpoints = [e.name for e in upstream.endpoints.all() if e.enabled]
     if not endpoints:
         return SharedBreaker.status_of(upstream.name, **limits)
