@@ -177,7 +177,10 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
     def take_probe(self, limit: int, ttl: float) -> bool:
         """Claim one of `limit` probe slots; a slot is freed by `release_probe`
         or, should its holder die, when the slot counter expires after `ttl`."""
-        return self._incr(self.k_probes, ttl) <= limit
+        if self._incr(self.k_probes, ttl) <= limit:
+            return True
+        self.release_probe()  # a refused claim holds no slot
+        return False
 
     def release_probe(self) -> None:
         try:

@@ -638,8 +638,10 @@ class UpstreamClient:
         attempt.tried += (member,)
         trace.endpoint = member.name
         if not pool.single:
+            # A half-open probe's verdict is its first answer: it never stays for a retry.
+            probe = attempt.choice.admission is not None and attempt.choice.admission.probe
             trace.discipline = Discipline(alternative=pool.has_alternative(member, avoid=attempt.silent),
-                                          sticky=pool.strategy == "priority",
+                                          sticky=pool.strategy == "priority" and not probe,
                                           retry_after_max=policy.retry_after_max,
                                           retry_total=policy.retry_total)
         credentials = member.credentials_now()
@@ -685,8 +687,9 @@ class UpstreamClient:
         on, an unfixable one may go to the fallback model; else the answer."""
         policy, pool, trace, member = built.policy, built.pool, attempt.trace, attempt.member
         status = response.status_code
+        verdict = unfixable_answer(status, response.content) if status == 400 else ""
         retryable = status in policy.retry_statuses and attempt.spec.method in policy.retry_methods
-        retried = retryable and bool(trace.history)
+        retried = retryable and bool(trace.history) and not verdict  # never repeated as it is
         upstream_failed = status >= 500 or retried
         if status in (429, 503) and not pool.single:  # a single URL answers its callers as before
             asked = retry_after_of(response.headers)
@@ -701,20 +704,20 @@ class UpstreamClient:
                 breaker.record_success(admission)  # type: ignore[union-attr]
         pool.observe(member, ok=not upstream_failed and status != 429, latency_ms=attempt.elapsed_ms())
         following = None
-        if retried and self._may_fail_over(pool, policy, trace):
+        if verdict:
+            following = self._model_fallback(pool, policy, attempt, verdict)
+        elif retried and self._may_fail_over(pool, policy, trace):
             following = attempt.next_choice(pool)
-        elif status == 400:
-            following = self._model_fallback(pool, policy, attempt, response)
         if isinstance(following, Choice):  # the error answer's body was read: nothing to close
             member.in_flight -= 1
             return following
-        return self._answer(attempt, response, retried=retried, upstream_failed=upstream_failed)
+        return self._answer(attempt, response, retried=retried, upstream_failed=upstream_failed,
+                            verdict=verdict)
 
-    def _model_fallback(self, pool: Pool, policy: Any, attempt: Attempt, response: Any) -> Choice | None:
+    def _model_fallback(self, pool: Pool, policy: Any, attempt: Attempt, verdict: str) -> Choice | None:
         """The next attempt's endpoint when a 400 says the model cannot take
-        this request (its context, its content policy) and the policy names
-        a model to ask instead; None when the answer stands."""
-        verdict = unfixable_answer(response.status_code, response.content)
+        this request (`verdict`: its context, its content policy) and the
+        policy names a model to ask instead; None when the answer stands."""
         fallback = {CONTEXT_LENGTH: policy.context_fallback_model,
                     CONTENT_POLICY: policy.content_policy_fallback_model}.get(verdict, "")
         trace = attempt.trace
@@ -722,7 +725,7 @@ class UpstreamClient:
             return None
         if not names_model(attempt.spec):
             return None
-        trace.history.append({"status": response.status_code, "error": verdict, "wait_s": 0.0,
+        trace.history.append({"status": 400, "error": verdict, "wait_s": 0.0,
                               "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
                               "endpoint": attempt.member.name, "fallback_model": fallback})
         logger.debug("upstream %s: %s from %s, asking %s", self.name, verdict, attempt.member.name, fallback)
@@ -730,7 +733,8 @@ class UpstreamClient:
         following = pool.choose(avoid=attempt.silent)
         return following if isinstance(following, Choice) else None
 
-    def _answer(self, attempt: Attempt, response: Any, *, retried: bool, upstream_failed: bool) -> Answer:
+    def _answer(self, attempt: Attempt, response: Any, *, retried: bool, upstream_failed: bool,
+                verdict: str = "") -> Answer:
         """The call's answer from the last attempt's response."""
         trace, member = attempt.trace, attempt.member
         status = response.status_code
@@ -748,7 +752,6 @@ class UpstreamClient:
             return Answer(result, response=response)
         failure = http_failure(self.name, status, response, retried=retried, attempts=attempts,
                                retry_after=retry_after_of(response.headers))
-        verdict = unfixable_answer(status, response.content) if status == 400 else ""
         if verdict:
             failure.message = f"{failure.message} ({verdict})"
         result = replace(result, outcome=Outcome.HTTP_ERROR, error=failure.message)
