@@ -277,7 +277,7 @@ class SharedBreaker:
                 remaining = snap.opened_at + self.wait(snap.reopens) - now
                 if remaining > 0:
                     raise CircuitOpen(self.name, remaining)
-                self._transition(OPEN, HALF_OPEN, "probe wait elapsed")
+                self._transition(OPEN, HALF_OPEN, "probe wait elapsed", opened_at=snap.opened_at)
         return self._probe()
 
     def _probe(self) -> Admission:
@@ -362,19 +362,24 @@ class SharedBreaker:
             return False
         return self._transition(state, CLOSED, "reset by operator")
 
-    def _transition(self, expected: str, target: str, reason: str) -> bool:
+    def _transition(self, expected: str, target: str, reason: str, *, opened_at: float | None = None) -> bool:
         """Move expected -> target unless another worker already moved it.
 
         The cache lock makes this a compare-and-set across processes; the
         winner alone notifies listeners (one log line, one event per change),
         after the lock is released. A worker that cannot get the lock within
-        `transition_wait` leaves the change to the one holding it.
+        `transition_wait` leaves the change to the one holding it. With
+        `opened_at`, the open state must also be the opening this worker saw:
+        a breaker that was probed and opened again meanwhile is left alone
+        (else a late worker would start a second probe at once).
         """
         lock = default_cache().lock(self.storage.k_lock, timeout=5, blocking_timeout=self.transition_wait)
         if not lock.acquire():
             return False
         try:
             if self.storage.state != expected:
+                return False
+            if opened_at is not None and default_cache().get(self.storage.k_opened, 0.0) != opened_at:
                 return False
             machine = self.machine
             if target == OPEN:
