@@ -128,8 +128,9 @@ def upstream_stats(*, name: str, window: timedelta, now: Any = None,
     now = now or timezone.now()
     total, since = upstream_totals(name=name, window=window, now=now, endpoint=endpoint)
     p50, p95, p99 = histogram.percentiles(total.latency, (0.50, 0.95, 0.99))
-    trips = BreakerEvent.objects.filter(upstream=name, to_state=OPEN, created_at__gte=since,
-                                        created_at__lte=now).count()
+    # A trip is closed -> open; a failed probe opening it again is the same outage.
+    trips = BreakerEvent.objects.filter(upstream=name, from_state=CLOSED, to_state=OPEN,
+                                        created_at__gte=since, created_at__lte=now).count()
     calls = total.calls
     return {
         "window_seconds": int(window.total_seconds()),

@@ -354,3 +354,20 @@ def test_a_probe_slot_taken_from_a_stale_half_open_view_is_given_back(on_redis, 
     with pytest.raises(CircuitOpen) as caught:
         there.admit()  # open again for 2 s: no second probe from an old view
     assert caught.value.retry_after == pytest.approx(2.0)
+
+
+def test_failed_probes_are_one_trip_in_the_statistics(fakes, make_pool, breaker_clock):
+    from datetime import timedelta
+
+    from resilience.models import BreakerEvent
+    from resilience.telemetry.selectors import upstream_stats
+
+    make_pool(fakes[:2], breaker_fail_max=1, breaker_probe_interval=1.0, breaker_reset_timeout=8.0)
+    fakes[0].script("/item", Reply(500))
+    upstream("pool").get("/item")
+    for wait in (1.0, 2.0, 4.0):  # three probes during the outage, each failing
+        breaker_clock.advance(wait)
+        upstream("pool").get("/item")
+    call_log_flush()
+    assert BreakerEvent.objects.filter(to_state="open").count() == 4
+    assert upstream_stats(name="pool", window=timedelta(minutes=5))["breaker_trips"] == 1
