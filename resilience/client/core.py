@@ -264,9 +264,6 @@ class Attempt:
         spent = frozenset(m for m in pool.members if self.trace.burst_spent(m.name))
         return pool.choose(self.tried, avoid=self.silent, exclude=spent)
 
-    def stale_or(self, client: UpstreamClient, result: Result, failure: errors.UpstreamError) -> Answer:
-        return client._stale_or(result, failure, self.stale, self.spec, self.from_entry)
-
 
 def _release_probe(choice: Choice) -> None:
     admission, breaker = choice.admission, choice.member.breaker
@@ -680,7 +677,7 @@ class UpstreamClient:
         result = Result(outcome_of(failure), attempts=max(1, len(trace.history)),
                         retries=tuple(trace.history), breaker_state=attempt.choice.state,
                         error=failure.message, endpoint=member.name)
-        return attempt.stale_or(self, result, failure)
+        return self._stale_or(result, failure, attempt.stale, attempt.spec, attempt.from_entry)
 
     def _answered(self, built: Built, attempt: Attempt, response: Any) -> Answer | Choice:
         """An attempt that got an answer: count it; a retried failure moves
@@ -756,7 +753,7 @@ class UpstreamClient:
             failure.message = f"{failure.message} ({verdict})"
         result = replace(result, outcome=Outcome.HTTP_ERROR, error=failure.message)
         if upstream_failed and attempt.stale is not None:
-            return attempt.stale_or(self, result, failure)
+            return self._stale_or(result, failure, attempt.stale, attempt.spec, attempt.from_entry)
         return Answer(result, response=response, http_error=failure)
 
     @staticmethod
