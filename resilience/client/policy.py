@@ -172,7 +172,8 @@ class Discipline:
     - under the other strategies every endpoint is as good: the call moves
       on at once;
     - never more than `BURST_ATTEMPTS` attempts at one endpoint;
-    - never more than `retry_total` retries in the whole call.
+    - never more than `retry_total` retries in the whole call, and a stay
+      never takes the last one: that is kept for the other endpoint.
     """
 
     alternative: bool = False
@@ -185,6 +186,8 @@ class Discipline:
             return False
         if not self.alternative:
             return True
+        if len(trace.history) >= self.retry_total:  # the last retry is kept for the other endpoint
+            return False
         if error is not None or response is None or not self.sticky:
             return False
         here = trace.attempts_at(trace.endpoint)

@@ -154,6 +154,13 @@ def test_a_429_without_retry_after_backs_off_with_jitter_then_fails_over(fakes, 
     assert 0.2 <= waits[0] <= 0.3 and 0.4 <= waits[1] <= 0.5  # factor * 2^(n-1) plus up to the jitter
 
 
+def test_retries_on_the_primary_always_leave_one_for_the_fallback(fakes, make_pool, waits):
+    make_pool(fakes[:2], retry_total=2)  # the seeded openai policy's budget
+    fakes[0].script("/item", Reply(429))
+    response = upstream("pool").get("/item")
+    assert response.endpoint == "e1" and served(fakes[:2]) == [2, 1] and response.attempts == 3
+
+
 def test_never_more_than_three_attempts_at_one_endpoint_in_its_first_seconds(fakes, make_pool):
     make_pool(fakes[:2], retry_total=10)
     for server in fakes[:2]:
