@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from itertools import takewhile
 from typing import Any
 
+from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
@@ -203,11 +204,15 @@ class Discipline:
 
 
 def _retry_after_seconds(response: Any) -> float | None:
+    """Seconds a `Retry-After` asks for (a number or an HTTP date, as urllib3
+    reads it); None when absent or unreadable."""
     value = str(response.headers.get("Retry-After", "") or "").strip()
+    if not value:
+        return None
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # absent, or an HTTP date: not a short wait
+        return float(Retry(0).parse_retry_after(value))
+    except InvalidHeader:
+        return None
 
 
 @dataclass

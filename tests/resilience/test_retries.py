@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import random
+import time
 
 import pytest
 
@@ -119,6 +120,16 @@ def test_a_429_with_a_short_retry_after_is_waited_out_on_the_primary(fakes, make
     response = upstream("pool").get("/item")
     assert response.json() == {"from": "primary"}
     assert waits == [1.0] and served(fakes[:2]) == [2, 0]
+
+
+def test_a_retry_after_given_as_a_date_is_read_as_its_seconds(fakes, make_pool, waits):
+    from email.utils import formatdate
+
+    make_pool(fakes[:2], retry_after_max=30, deadline=5)
+    far = formatdate(timeval=time.time() + 3600, usegmt=True)
+    fakes[0].script("/item", Reply(429, retry_after=far), Reply(200))
+    assert upstream("pool").get("/item").endpoint == "e1"  # an hour away: not waited for, no backoff retries
+    assert waits == [] and served(fakes[:2]) == [1, 1]
 
 
 def test_the_async_face_waits_out_a_short_retry_after_too(fakes, make_pool, waits):
