@@ -13,7 +13,10 @@ across workers like every breaker; a single-URL upstream's breaker keeps the
 upstream's name, so its state is where it always was.
 
 Choosing (`Pool.choose`): the strategy orders the endpoints not yet tried in
-this call; the first one that is available is taken. Unavailable means: its
+this call (then the others but the last tried; an endpoint that left an
+attempt unanswered only when nothing else is left, one that had its burst of
+attempts never: `avoid` and `exclude`, from the call's steps in
+resilience.client.core); the first one that is available is taken. Unavailable means: its
 credential is missing, it is cooling down (it answered 429/503 with
 Retry-After), or its breaker refuses. Strategies:
 
