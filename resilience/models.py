@@ -151,8 +151,14 @@ class Upstream(models.Model):
     breaker_enabled = models.BooleanField(default=True)
     breaker_fail_max = models.PositiveSmallIntegerField(default=5, validators=[MinValueValidator(1)],
                                                         help_text="Consecutive failures that open it.")
-    breaker_reset_timeout = _seconds(30.0, low=0.01, high=3600, help_text=(
-        "Seconds an open breaker waits before letting probes through."))
+    breaker_reset_timeout = _seconds(8.0, low=0.01, high=3600, help_text=(
+        "Longest wait (seconds) of an open breaker before it lets a probe through: the wait starts "
+        "at the probe interval and doubles after each failed probe, up to this."))
+    breaker_probe_interval = _seconds(1.0, low=0.01, high=3600, help_text=(
+        "Seconds an open breaker waits before its first probe (at most the reset timeout). A probe "
+        "that fails doubles the wait, up to the reset timeout; a probe that succeeds closes it. "
+        "Short waits bring a recovered endpoint back within seconds; only one probe at a time "
+        "passes, across all workers."))
     breaker_success_threshold = models.PositiveSmallIntegerField(
         default=1, validators=[MinValueValidator(1)], help_text="Successful probes that close it.")
     breaker_half_open_max = models.PositiveSmallIntegerField(
@@ -213,6 +219,14 @@ class Upstream(models.Model):
     served_models = models.JSONField(default=list, blank=True, help_text=(
         "Model names served through the OpenAI-compatible front door (/v1/chat/completions), "
         "e.g. [\"gpt-4o-mini\"]. Leave empty for upstreams that are not language models."))
+    context_fallback_model = models.CharField(max_length=200, blank=True, help_text=(
+        "Model with a larger context asked instead when a provider answers 400 "
+        "context_length_exceeded (the JSON body's \"model\"; it replaces an endpoint's model "
+        "override). Empty: that answer is returned at once, never retried on the same model."))
+    content_policy_fallback_model = models.CharField(max_length=200, blank=True, help_text=(
+        "Model asked instead when a provider refuses a request on content policy "
+        "(content_policy_violation, content_filter). Empty: the refusal is returned at once, with "
+        "the provider's reason."))
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

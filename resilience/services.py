@@ -88,7 +88,8 @@ def upstreams_seed(*, using: str = "default") -> list[str]:
         # streams for a while), 2 retries on 429/5xx/timeouts waiting 0.5 s
         # then 1 s plus up to 0.5 s of jitter (names that do not resolve and
         # refused connections are not retried at all); POST is retried because
-        # a completion request has no side effects. The pool and bulkhead fit
+        # a completion request has no side effects. An open endpoint is probed
+        # after 1 s, then 2, 4 and every 8 s: back in use within seconds. The pool and bulkhead fit
         # an async worker carrying hundreds of generations at once.
         "openai": {
             "base_url": openai_base_url(),
@@ -97,7 +98,7 @@ def upstreams_seed(*, using: str = "default") -> list[str]:
             "retry_total": 2, "retry_backoff_factor": 0.5, "retry_backoff_max": 4.0,
             "retry_jitter": 0.5, "retry_statuses": [429, 500, 502, 503, 504],
             "retry_methods": ["GET", "POST"], "retry_after_max": 8.0,
-            "breaker_fail_max": 5, "breaker_reset_timeout": 30.0,
+            "breaker_fail_max": 5, "breaker_reset_timeout": 8.0, "breaker_probe_interval": 1.0,
             "pool_size": 500, "bulkhead_max": 1000, "bulkhead_wait": 1.0,
             # The model the front door (/v1/chat/completions) routes here.
             "served_models": [aigen_settings.MODEL],

@@ -149,7 +149,9 @@ def advisor_data(*, now: datetime, names: Iterable[str] | None = None,
                           inclusive=True), by_endpoint)
     days = _grouped(rows(DayRollup, windows.baseline_days_since, windows.baseline_days_until,
                          inclusive=False), by_endpoint)
-    events = BreakerEvent.objects.filter(to_state="open", created_at__gte=now - DAY, created_at__lte=now)
+    # Trips only (closed -> open): failed probes opening it again belong to the same outage.
+    events = BreakerEvent.objects.filter(from_state="closed", to_state="open", created_at__gte=now - DAY,
+                                         created_at__lte=now)
     if names is not None:
         events = events.filter(upstream__in=list(names))
     opens = {row["upstream"]: row for row in events.order_by().values("upstream").annotate(

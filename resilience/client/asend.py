@@ -36,9 +36,9 @@ from resilience.client.credentials import Credentials
 from resilience.client.policy import (
     MIN_TIMEOUT,
     DeadlineExceeded,
-    DeadlineTimeout,
     Policy,
     Trace,
+    attempt_timeout,
     current_trace,
 )
 from resilience.client.responses import AsyncUpstreamResponse
@@ -154,7 +154,7 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
     token = current_trace.set(trace)
     try:
         while True:
-            timeout = DeadlineTimeout(policy.connect_timeout, policy.read_timeout, trace.deadline)
+            timeout = attempt_timeout(policy, trace)
             read = timeout.read_timeout
             request.extensions["timeout"] = {"connect": timeout.connect_timeout, "read": read, "write": read,
                                              "pool": max(MIN_TIMEOUT, trace.remaining())}
@@ -167,7 +167,7 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
                 if not isinstance(err, httpx2.TransportError):
                     raise
                 retry = retry.increment(method, url, error=_as_urllib3(err, url))
-                await asyncio.sleep(retry.wait_for())
+                await retry.asleep()
                 continue
             view = _StatusView(response)
             if retry.is_retry(method, response.status_code, bool(response.headers.get("Retry-After"))):
@@ -176,7 +176,7 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
                 except MaxRetryError:
                     break  # out of retries: the caller gets this answer
                 await response.aclose()
-                await asyncio.sleep(retry.wait_for(view))
+                await retry.asleep(view)
                 continue
             break
     finally:

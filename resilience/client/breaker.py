@@ -26,6 +26,16 @@ after the transition's lock is released, so no call waits on what a listener
 does (the client's listener queues a database record, see
 resilience.receivers).
 
+Recovery: an open breaker first waits `probe_interval` seconds, then lets
+one probe through (across all workers: the probe slots are shared). A probe
+that fails opens it again for twice the last wait, up to `reset_timeout`;
+one that succeeds closes it and the next opening starts short again. The
+count of failed probes since the breaker opened is shared with the state
+(`breaker:<name>:reopens`), so every worker computes the same wait. So an
+endpoint that recovers is back in use within `reset_timeout` seconds (plus
+one probe) however long it was down, while a dead one costs one probe per
+wait, never a burst.
+
 On failure of the cache itself the breaker keeps working on whichever store
 the fallback backend serves from; it never raises cache errors.
 """
@@ -83,6 +93,7 @@ class _Snapshot:
     opened_at: float
     fails: int
     read_at: float  # time.monotonic()
+    reopens: int = 0  # failed probes since the breaker opened
 
 
 class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
@@ -98,12 +109,15 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
         base = f"breaker:{name}"
         self.k_state, self.k_opened = f"{base}:state", f"{base}:opened_at"
         self.k_fails, self.k_successes, self.k_probes = f"{base}:fails", f"{base}:ok", f"{base}:probes"
+        self.k_reopens = f"{base}:reopens"
         self.k_lock = f"breaker:{name}:transition"
 
-    def snapshot(self) -> tuple[str, float, int]:
-        """(state, opened_at, consecutive failures) in one round trip."""
-        got = default_cache().get_many([self.k_state, self.k_opened, self.k_fails])
-        return got.get(self.k_state, CLOSED), got.get(self.k_opened, 0.0), got.get(self.k_fails, 0)
+    def snapshot(self) -> tuple[str, float, int, int]:
+        """(state, opened_at, consecutive failures, failed probes since it
+        opened) in one round trip."""
+        got = default_cache().get_many([self.k_state, self.k_opened, self.k_fails, self.k_reopens])
+        return (got.get(self.k_state, CLOSED), got.get(self.k_opened, 0.0), got.get(self.k_fails, 0),
+                got.get(self.k_reopens, 0))
 
     def _incr(self, key: str, ttl: float | None = None) -> int:
         if default_cache().add(key, 1, timeout=ttl):
@@ -163,7 +177,10 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
     def take_probe(self, limit: int, ttl: float) -> bool:
         """Claim one of `limit` probe slots; a slot is freed by `release_probe`
         or, should its holder die, when the slot counter expires after `ttl`."""
-        return self._incr(self.k_probes, ttl) <= limit
+        if self._incr(self.k_probes, ttl) <= limit:
+            return True
+        self.release_probe()  # a refused claim holds no slot
+        return False
 
     def release_probe(self) -> None:
         try:
@@ -174,15 +191,22 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
     def reset_probes(self) -> None:
         default_cache().delete(self.k_probes)
 
+    def count_reopen(self) -> None:
+        self._incr(self.k_reopens)
+
+    def reset_reopens(self) -> None:
+        default_cache().delete(self.k_reopens)
+
 
 class SharedBreaker:
     """A circuit breaker shared by every worker, with no lock held around the
     guarded call (see the module docstring).
 
     Parameters: `fail_max` consecutive failures open it; after
-    `reset_timeout` seconds it lets `half_open_max` probes through at once
-    (across all processes); `success_threshold` successful probes close it,
-    one failed probe opens it again. `probe_ttl` bounds how long a crashed
+    `probe_interval` seconds (None: `reset_timeout`) it lets `half_open_max`
+    probes through at once (across all processes); `success_threshold`
+    successful probes close it, one failed probe opens it again for twice
+    the last wait, at most `reset_timeout` (see `wait`). `probe_ttl` bounds how long a crashed
     probe can hold its slot. `listeners` are called with a `Transition` by the
     process that made it. `clock` is a seam for tests.
     """
@@ -195,11 +219,12 @@ class SharedBreaker:
     closed_recheck = 0.25
 
     def __init__(self, name: str, *, fail_max: int = 5, reset_timeout: float = 30,
-                 success_threshold: int = 1, half_open_max: int = 1, probe_ttl: float = 60,
-                 listeners: list[Callable[[Transition], None]] | None = None) -> None:
+                 probe_interval: float | None = None, success_threshold: int = 1, half_open_max: int = 1,
+                 probe_ttl: float = 60, listeners: list[Callable[[Transition], None]] | None = None) -> None:
         self.name = name
         self.fail_max = fail_max
         self.reset_timeout = reset_timeout
+        self.probe_interval = reset_timeout if probe_interval is None else probe_interval
         self.success_threshold = success_threshold
         self.half_open_max = half_open_max
         self.probe_ttl = probe_ttl
@@ -221,9 +246,15 @@ class SharedBreaker:
 
     # -- the three steps of a guarded call ------------------------------------------
     def _read(self) -> _Snapshot:
-        state, opened_at, fails = self.storage.snapshot()
-        snap = self._snapshot = _Snapshot(state, opened_at, fails, time.monotonic())
+        state, opened_at, fails, reopens = self.storage.snapshot()
+        snap = self._snapshot = _Snapshot(state, opened_at, fails, time.monotonic(), reopens)
         return snap
+
+    def wait(self, reopens: int) -> float:
+        """Seconds an open breaker waits before a probe after `reopens`
+        failed probes: the probe interval, doubled per failed probe, capped
+        by the reset timeout."""
+        return wait_after(reopens, probe_interval=self.probe_interval, reset_timeout=self.reset_timeout)
 
     def admit(self) -> Admission:
         """Let a call through, or raise `CircuitOpen`. Never blocks on a lock
@@ -236,41 +267,57 @@ class SharedBreaker:
             return Admission(probe=False, state=CLOSED, fails_seen=snap.fails)
         if snap.state == OPEN:
             now = self.clock()
-            remaining = snap.opened_at + self.reset_timeout - now
+            remaining = snap.opened_at + self.wait(snap.reopens) - now
             if remaining > 0:
                 raise CircuitOpen(self.name, remaining)
             snap = self._read()  # the memo said open: is it still, everywhere?
             if snap.state == CLOSED:
                 return Admission(probe=False, state=CLOSED, fails_seen=snap.fails)
             if snap.state == OPEN:
-                if snap.opened_at + self.reset_timeout > now:
-                    raise CircuitOpen(self.name, snap.opened_at + self.reset_timeout - now)
-                self._transition(OPEN, HALF_OPEN, "reset timeout elapsed")
-        if self.storage.take_probe(self.half_open_max, self.probe_ttl):
+                remaining = snap.opened_at + self.wait(snap.reopens) - now
+                if remaining > 0:
+                    raise CircuitOpen(self.name, remaining)
+                self._transition(OPEN, HALF_OPEN, "probe wait elapsed", opened_at=snap.opened_at)
+        return self._probe()
+
+    def _probe(self) -> Admission:
+        """A probe slot of a half-open breaker, or `CircuitOpen`. The state is
+        read again once a slot is taken: a process whose memory still says
+        half-open must not probe a breaker that a failed probe has just
+        opened again (that was a burst of probes, one per process)."""
+        if not self.storage.take_probe(self.half_open_max, self.probe_ttl):
+            # Every probe slot is taken: wait for a probe's verdict.
+            raise CircuitOpen(self.name, min(self.probe_interval, 1.0))
+        snap = self._read()
+        if snap.state == HALF_OPEN:
             return Admission(probe=True, state=HALF_OPEN)
-        # Every probe slot is taken: wait for a probe's verdict.
-        raise CircuitOpen(self.name, min(self.reset_timeout, 1.0))
+        self.storage.release_probe()
+        if snap.state == CLOSED:
+            return Admission(probe=False, state=CLOSED, fails_seen=snap.fails)
+        raise CircuitOpen(self.name, max(0.0, snap.opened_at + self.wait(snap.reopens) - self.clock()))
 
     def looks_open(self) -> bool:
         """Whether this process's last read of the shared state said open, with
         the reset timeout not yet over (memory only: no round trip, no probe
         slot taken). A hint for choosing among endpoints; `admit()` decides."""
         snap = self._snapshot
-        return snap is not None and snap.state == OPEN and snap.opened_at + self.reset_timeout > self.clock()
+        return snap is not None and snap.state == OPEN and \
+            snap.opened_at + self.wait(snap.reopens) > self.clock()
 
     def record_success(self, admission: Admission) -> None:
         if admission.probe:
-            self.storage.release_probe()
+            # The slot is given back after the transition, so no other probe slips in between.
             if self.storage.add_success() >= self.success_threshold:
                 self._transition(HALF_OPEN, CLOSED, "probe succeeded")
+            self.storage.release_probe()
         elif admission.fails_seen:
             self.storage.reset_counter()
             self._remember(fails=0)
 
     def record_failure(self, admission: Admission, exc: BaseException) -> None:
         if admission.probe:
-            self.storage.release_probe()
             self._transition(HALF_OPEN, OPEN, f"probe failed: {type(exc).__name__}")
+            self.storage.release_probe()
             return
         fails = self.storage.add_failure()
         if fails >= self.fail_max:
@@ -289,16 +336,20 @@ class SharedBreaker:
     # -- state --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Live state for dashboards and APIs."""
-        return self.status_of(self.name, fail_max=self.fail_max, reset_timeout=self.reset_timeout)
+        return self.status_of(self.name, fail_max=self.fail_max, reset_timeout=self.reset_timeout,
+                              probe_interval=self.probe_interval)
 
     @classmethod
-    def status_of(cls, name: str, *, fail_max: int, reset_timeout: float) -> dict[str, Any]:
+    def status_of(cls, name: str, *, fail_max: int, reset_timeout: float,
+                  probe_interval: float | None = None) -> dict[str, Any]:
         """Live state of breaker `name` from one read of the shared storage,
         without building a breaker."""
-        state, opened_at, fails = CacheBreakerStorage(name).snapshot()
+        state, opened_at, fails, reopens = CacheBreakerStorage(name).snapshot()
         retry_after = None
         if state == OPEN:
-            retry_after = round(max(0.0, opened_at + reset_timeout - cls.clock()), 3)
+            wait = wait_after(reopens, reset_timeout=reset_timeout,
+                              probe_interval=reset_timeout if probe_interval is None else probe_interval)
+            retry_after = round(max(0.0, opened_at + wait - cls.clock()), 3)
         return {"state": state, "failures": fails, "fail_max": fail_max,
                 "opened_at": opened_at or None, "retry_after": retry_after}
 
@@ -311,13 +362,16 @@ class SharedBreaker:
             return False
         return self._transition(state, CLOSED, "reset by operator")
 
-    def _transition(self, expected: str, target: str, reason: str) -> bool:
+    def _transition(self, expected: str, target: str, reason: str, *, opened_at: float | None = None) -> bool:
         """Move expected -> target unless another worker already moved it.
 
         The cache lock makes this a compare-and-set across processes; the
         winner alone notifies listeners (one log line, one event per change),
         after the lock is released. A worker that cannot get the lock within
-        `transition_wait` leaves the change to the one holding it.
+        `transition_wait` leaves the change to the one holding it. With
+        `opened_at`, the open state must also be the opening this worker saw:
+        a breaker that was probed and opened again meanwhile is left alone
+        (else a late worker would start a second probe at once).
         """
         lock = default_cache().lock(self.storage.k_lock, timeout=5, blocking_timeout=self.transition_wait)
         if not lock.acquire():
@@ -325,14 +379,21 @@ class SharedBreaker:
         try:
             if self.storage.state != expected:
                 return False
+            if opened_at is not None and default_cache().get(self.storage.k_opened, 0.0) != opened_at:
+                return False
             machine = self.machine
             if target == OPEN:
+                if expected == HALF_OPEN:
+                    self.storage.count_reopen()  # the next wait doubles
+                else:
+                    self.storage.reset_reopens()
                 machine.open()
             elif target == HALF_OPEN:
                 self.storage.reset_probes()
                 machine.half_open()
             else:
                 self.storage.reset_probes()
+                self.storage.reset_reopens()
                 machine.close()
         finally:
             _release(lock, self.name)
@@ -344,6 +405,11 @@ class SharedBreaker:
 
     #: Longest wait (seconds) for another worker's transition in progress.
     transition_wait = 0.5
+
+
+def wait_after(reopens: int, *, probe_interval: float, reset_timeout: float) -> float:
+    """The probe wait after `reopens` failed probes (see the module docstring)."""
+    return min(reset_timeout, probe_interval * 2 ** min(reopens, 32))
 
 
 def _release(lock: Any, name: str) -> None:

@@ -30,23 +30,33 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import requests
 from asgiref.sync import sync_to_async
 from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import ReadTimeoutError
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
 from resilience.client import responses
 from resilience.client.asend import asend, build_request
+from resilience.client.breaker import Admission
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.credentials import Credentials
 from resilience.client.endpoints import Choice, Member, Pool, Unavailable
-from resilience.client.failures import classify, nothing_sent
+from resilience.client.failures import (
+    CONTENT_POLICY,
+    CONTEXT_LENGTH,
+    classify,
+    describe_cause,
+    nothing_sent,
+    unfixable_answer,
+)
 from resilience.client.flight import SingleFlight, copy_error, release_lock
 from resilience.client.live import Built, LivePolicy, cache_is_shared
-from resilience.client.policy import Trace
+from resilience.client.policy import Discipline, Trace
 from resilience.client.record import CallRecord, Result, call_record_emit
 from resilience.client.responses import (
     AsyncUpstreamResponse,
@@ -183,27 +193,76 @@ def async_from_entry(entry: CacheEntry, spec: RequestSpec, meta: CallMeta) -> As
     return AsyncUpstreamResponse.from_entry(entry, httpx2.Request(spec.method, spec.full_url()), meta)
 
 
-def _spec_for(member: Member, spec: RequestSpec, policy: Any) -> RequestSpec:
+def _json_body(spec: RequestSpec) -> dict[str, Any] | None:
+    """The call's JSON object body (given as `json`, or as JSON bytes/text), or None."""
+    if isinstance(spec.json, dict):
+        return spec.json
+    data = spec.data
+    if spec.json is None and isinstance(data, (bytes, str)) and data[:1] in (b"{", "{"):
+        try:
+            decoded = json_module.loads(data)
+        except ValueError:
+            return None
+        return decoded if isinstance(decoded, dict) else None
+    return None
+
+
+def names_model(spec: RequestSpec) -> bool:
+    """Whether the call's JSON body names a "model" (a model fallback can replace)."""
+    body = _json_body(spec)
+    return body is not None and "model" in body
+
+
+def spec_for(member: Member, spec: RequestSpec, policy: Any, *, model: str = "") -> RequestSpec:
     """The call as sent to `member`: its base URL in place of the policy's,
-    and its model name in a JSON body's "model" when it overrides it."""
-    if member.base_url == policy.base_url and not member.model:
+    and in a JSON body's "model" the call's fallback `model` when there is
+    one, else the endpoint's model override when it has one."""
+    model = model or member.model
+    if member.base_url == policy.base_url and not model:
         return spec
     url = spec.url
     if member.base_url != policy.base_url and url.startswith(policy.base_url):
         url = member.base_url + url[len(policy.base_url):]  # the checked suffix, on another base
     data, body = spec.data, spec.json
-    if member.model:
-        if isinstance(body, dict) and "model" in body:
-            body = {**body, "model": member.model}
-        elif body is None and isinstance(data, (bytes, str)) and data[:1] in (b"{", "{"):
-            try:
-                decoded = json_module.loads(data)
-            except ValueError:
-                decoded = None
-            if isinstance(decoded, dict) and "model" in decoded:
-                decoded["model"] = member.model
-                data = json_module.dumps(decoded, separators=(",", ":")).encode()
+    decoded = _json_body(spec) if model else None
+    if decoded is not None and "model" in decoded:
+        if isinstance(body, dict):
+            body = {**body, "model": model}
+        else:
+            data = json_module.dumps({**decoded, "model": model}, separators=(",", ":")).encode()
     return RequestSpec(spec.method, url, spec.params, spec.headers, data, body)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One call's attempts: the call as the caller made it, the endpoint of
+    the next attempt and what the earlier ones taught (endpoints tried, the
+    silent ones, a fallback model). Belongs to one call; never shared."""
+
+    spec: RequestSpec
+    from_entry: FromEntry
+    stale: CacheEntry | None
+    stream: bool
+    choice: Choice
+    trace: Trace
+    model: str = ""
+    tried: tuple[Member, ...] = ()
+    silent: frozenset[Member] = frozenset()
+    release: Callable[[], None] | None = None
+    began: float = 0.0
+
+    @property
+    def member(self) -> Member:
+        return self.choice.member
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.began) * 1000
+
+    def next_choice(self, pool: Pool) -> Choice | Unavailable:
+        """Where a failed attempt moves: not yet tried first, a silent
+        endpoint last, never one that had its burst of attempts."""
+        spent = frozenset(m for m in pool.members if self.trace.burst_spent(m.name))
+        return pool.choose(self.tried, avoid=self.silent, exclude=spent)
 
 
 def _release_probe(choice: Choice) -> None:
@@ -520,29 +579,21 @@ class UpstreamClient:
     def _fetch(self, built: Built, spec: RequestSpec, from_entry: FromEntry, *, stream: bool,
                stale: CacheEntry | None) -> Steps:
         """One logical upstream call: the endpoint, its breaker, the bulkhead,
-        send, classification, and failover to another endpoint.
+        then attempts until one answers or none may follow.
 
         Every attempt goes to an endpoint `Pool.choose` gives (a single-URL
-        upstream's pool has one). Within the policy's retries and the one
-        deadline, a failure the policy retries (a connection error or
-        timeout, a retry status) moves the next attempt to an endpoint not
-        yet tried, then to any other; the trace's history names each
-        attempt's endpoint. With no other endpoint available, retries stay
-        on this one (the transport's own loop with the policy's backoff, as
-        for a single URL)."""
+        upstream's pool has one). Whether a failure is retried on its own
+        endpoint (by the transport, with the policy's waits) or moves the
+        call to another is the policy's `Discipline`; a move goes to an
+        endpoint not yet tried, then to any other, an endpoint that left an
+        attempt unanswered last of all, within the policy's retries and the
+        one deadline. The trace's history names each attempt's endpoint."""
         policy, pool, bulkhead = built.policy, built.pool, built.bulkhead
         choice = pool.choose()
         if isinstance(choice, Unavailable):
-            if choice.retry_after is None and choice.missing is not None:  # takes no probe slot
-                failure = choice.missing.missing_error()
-                return Answer(Result(Outcome.REFUSED, error=failure.message), error=failure)
-            if pool.single:
-                message = f"circuit breaker for {self.name!r} is open"
-            else:
-                message = f"every endpoint of {self.name!r} is out (breaker open or cooling down)"
-            failure = errors.BreakerOpen(message, upstream=self.name, retry_after=choice.retry_after)
-            result = Result(Outcome.BREAKER_OPEN, breaker_state="open", error=failure.message)
-            return self._stale_or(result, failure, stale, spec, from_entry)
+            return self._unavailable(choice, pool, stale, spec, from_entry)
+        attempt = Attempt(spec, from_entry, stale, stream, choice,
+                          Trace(deadline=time.monotonic() + policy.deadline))
         if bulkhead is not None:
             granted = yield Acquire(bulkhead, policy.bulkhead_wait)
             if not granted:
@@ -552,92 +603,160 @@ class UpstreamClient:
                     retry_after=max(1.0, policy.bulkhead_wait))
                 return self._stale_or(Result(Outcome.REJECTED, breaker_state=choice.state,
                                              error=failure.message), failure, stale, spec, from_entry)
-        release = bulkhead.release if bulkhead is not None else None
-        trace = Trace(deadline=time.monotonic() + policy.deadline)
-        tried: tuple[Member, ...] = ()
+            attempt.release = bulkhead.release
         try:
             while True:
-                member, admission = choice.member, choice.admission
-                breaker = member.breaker
-                tried += (member,)
-                trace.endpoint = member.name
-                # Another endpoint available: this one gets one attempt, the retry moves on.
-                # Else the transport retries here, with the policy's backoff, up to the policy's limit.
-                trace.stop_after = len(trace.history) + 1 if pool.has_alternative(member) \
-                    else policy.retry_total + 1
-                credentials = member.credentials_now()
-                began = time.perf_counter()
-                member.in_flight += 1
-                try:
-                    response = yield Send(member, _spec_for(member, spec, policy), credentials, trace, stream)
-                except Exception as exc:
-                    member.in_flight -= 1
-                    failure = classify(exc, trace, upstream=self.name)
-                    failure.message = credentials.redact(failure.message)
-                    local = isinstance(failure, errors.LocalCapacityExhausted)
-                    if admission is not None:
-                        if not local:
-                            breaker.record_failure(admission, exc)  # type: ignore[union-attr]
-                        elif admission.probe:
-                            breaker.storage.release_probe()  # type: ignore[union-attr]
-                    if not local:
-                        pool.observe(member, ok=False, latency_ms=(time.perf_counter() - began) * 1000)
-                        if self._may_fail_over(pool, policy, trace) and (
-                                nothing_sent(exc) or spec.method in policy.retry_methods):
-                            following = pool.choose(tried)
-                            if isinstance(following, Choice):
-                                choice = following
-                                continue
-                    attempts, retries = max(1, len(trace.history)), tuple(trace.history)
-                    result = Result(outcome_of(failure), attempts=attempts, retries=retries,
-                                    breaker_state=choice.state, error=failure.message, endpoint=member.name)
-                    return self._stale_or(result, failure, stale, spec, from_entry)
-
-                status = response.status_code
-                if status >= 400:  # an error answer may echo the credentials it was sent
-                    credentials.mask(response, spec)
-                retryable = status in policy.retry_statuses and spec.method in policy.retry_methods
-                retried = retryable and bool(trace.history)
-                attempts = len(trace.history) + (0 if retried else 1)
-                upstream_failed = status >= 500 or retried
-                if status in (429, 503) and not pool.single:  # a single URL answers its callers as before
-                    asked = retry_after_of(response.headers)
-                    if asked:
-                        pool.cool(member, asked)
-                if admission is not None:
-                    if upstream_failed:
-                        breaker.record_failure(admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
-                            f"status {status}", upstream=self.name, response=response))
-                    else:
-                        breaker.record_success(admission)  # type: ignore[union-attr]
-                pool.observe(member, ok=not upstream_failed and status != 429,
-                             latency_ms=(time.perf_counter() - began) * 1000)
-                if retried and self._may_fail_over(pool, policy, trace):
-                    following = pool.choose(tried)
-                    if isinstance(following, Choice):  # the error answer's body was read: nothing to close
-                        member.in_flight -= 1
-                        choice = following
-                        continue
-                response.meta = CallMeta(attempts=attempts)
-                result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
-                                breaker_state=choice.state, endpoint=member.name)
-                if status < 400 and stream:
-                    # The slot and the in-flight count are held while the caller reads.
-                    response.when_closed(_on_close(member, release))
-                    release = None
-                else:
-                    member.in_flight -= 1
-                if status < 400:
-                    return Answer(result, response=response)
-                failure = http_failure(self.name, status, response, retried=retried, attempts=attempts,
-                                       retry_after=retry_after_of(response.headers))
-                result = replace(result, outcome=Outcome.HTTP_ERROR, error=failure.message)
-                if upstream_failed and stale is not None:
-                    return self._stale_or(result, failure, stale, spec, from_entry)
-                return Answer(result, response=response, http_error=failure)
+                outcome = yield from self._attempt(built, attempt)
+                if isinstance(outcome, Answer):
+                    return outcome
+                attempt.choice = outcome
         finally:
-            if release is not None:
-                release()
+            if attempt.release is not None:
+                attempt.release()
+
+    def _unavailable(self, choice: Unavailable, pool: Pool, stale: CacheEntry | None, spec: RequestSpec,
+                     from_entry: FromEntry) -> Answer:
+        """No endpoint can take the call: a missing credential, or every one out."""
+        if choice.retry_after is None and choice.missing is not None:  # takes no probe slot
+            failure = choice.missing.missing_error()
+            return Answer(Result(Outcome.REFUSED, error=failure.message), error=failure)
+        if pool.single:
+            message = f"circuit breaker for {self.name!r} is open"
+        else:
+            message = f"every endpoint of {self.name!r} is out (breaker open or cooling down)"
+        failure = errors.BreakerOpen(message, upstream=self.name, retry_after=choice.retry_after)
+        result = Result(Outcome.BREAKER_OPEN, breaker_state="open", error=failure.message)
+        return self._stale_or(result, failure, stale, spec, from_entry)
+
+    def _attempt(self, built: Built, attempt: Attempt) -> Generator[Command, Any, Answer | Choice]:
+        """Send one attempt (the transport may retry it on its endpoint, as
+        the discipline says); its answer, or the choice for the next one."""
+        policy, pool, trace, member = built.policy, built.pool, attempt.trace, attempt.member
+        attempt.tried += (member,)
+        trace.endpoint = member.name
+        if not pool.single:
+            # A half-open probe's verdict is its first answer: it never stays for a retry.
+            probe = attempt.choice.admission is not None and attempt.choice.admission.probe
+            trace.discipline = Discipline(alternative=pool.has_alternative(member, avoid=attempt.silent),
+                                          sticky=pool.strategy == "priority" and not probe,
+                                          retry_after_max=policy.retry_after_max,
+                                          retry_total=policy.retry_total)
+        credentials = member.credentials_now()
+        attempt.began = time.perf_counter()
+        member.in_flight += 1
+        try:
+            response = yield Send(member, spec_for(member, attempt.spec, policy, model=attempt.model),
+                                  credentials, trace, attempt.stream)
+        except Exception as exc:
+            member.in_flight -= 1
+            return self._failed(built, attempt, exc, credentials)
+        if response.status_code >= 400:  # an error answer may echo the credentials it was sent
+            credentials.mask(response, attempt.spec)
+        return self._answered(built, attempt, response)
+
+    def _failed(self, built: Built, attempt: Attempt, exc: Exception,
+                credentials: Credentials) -> Answer | Choice:
+        """A send that got no answer: count it, then move on or give up."""
+        policy, pool, trace, member = built.policy, built.pool, attempt.trace, attempt.member
+        failure = classify(exc, trace, upstream=self.name)
+        failure.message = credentials.redact(failure.message)
+        local = isinstance(failure, errors.LocalCapacityExhausted)
+        admission, breaker = attempt.choice.admission, member.breaker
+        if admission is not None:
+            if not local:
+                breaker.record_failure(admission, exc)  # type: ignore[union-attr]
+            elif admission.probe:
+                breaker.storage.release_probe()  # type: ignore[union-attr]
+        if not local:
+            pool.observe(member, ok=False, latency_ms=attempt.elapsed_ms())
+            if isinstance(failure, errors.UpstreamTimeout) and not nothing_sent(exc):
+                attempt.silent |= {member}  # tried again only when nothing else is left
+            if self._may_fail_over(pool, policy, trace) and (
+                    nothing_sent(exc) or attempt.spec.method in policy.retry_methods):
+                following = attempt.next_choice(pool)
+                if isinstance(following, Choice):
+                    return following
+        result = Result(outcome_of(failure), attempts=max(1, len(trace.history)),
+                        retries=tuple(trace.history), breaker_state=attempt.choice.state,
+                        error=failure.message, endpoint=member.name)
+        return self._stale_or(result, failure, attempt.stale, attempt.spec, attempt.from_entry)
+
+    def _answered(self, built: Built, attempt: Attempt, response: Any) -> Answer | Choice:
+        """An attempt that got an answer: count it; a retried failure moves
+        on, an unfixable one may go to the fallback model; else the answer."""
+        policy, pool, trace, member = built.policy, built.pool, attempt.trace, attempt.member
+        status = response.status_code
+        verdict = unfixable_answer(status, response.content) if status == 400 else ""
+        retryable = status in policy.retry_statuses and attempt.spec.method in policy.retry_methods
+        retried = retryable and bool(trace.history) and not verdict  # never repeated as it is
+        upstream_failed = status >= 500 or retried
+        if status in (429, 503) and not pool.single:  # a single URL answers its callers as before
+            asked = retry_after_of(response.headers)
+            if asked:
+                pool.cool(member, asked)
+        admission, breaker = attempt.choice.admission, member.breaker
+        if admission is not None:
+            if upstream_failed:
+                breaker.record_failure(admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
+                    f"status {status}", upstream=self.name, response=response))
+            else:
+                breaker.record_success(admission)  # type: ignore[union-attr]
+        pool.observe(member, ok=not upstream_failed and status != 429, latency_ms=attempt.elapsed_ms())
+        following = None
+        if verdict:
+            following = self._model_fallback(pool, policy, attempt, verdict)
+        elif retried and self._may_fail_over(pool, policy, trace):
+            following = attempt.next_choice(pool)
+        if isinstance(following, Choice):  # the error answer's body was read: nothing to close
+            member.in_flight -= 1
+            return following
+        return self._answer(attempt, response, retried=retried, upstream_failed=upstream_failed,
+                            verdict=verdict)
+
+    def _model_fallback(self, pool: Pool, policy: Any, attempt: Attempt, verdict: str) -> Choice | None:
+        """The next attempt's endpoint when a 400 says the model cannot take
+        this request (`verdict`: its context, its content policy) and the
+        policy names a model to ask instead; None when the answer stands."""
+        fallback = {CONTEXT_LENGTH: policy.context_fallback_model,
+                    CONTENT_POLICY: policy.content_policy_fallback_model}.get(verdict, "")
+        trace = attempt.trace
+        if not fallback or fallback == attempt.model or trace.remaining() <= 0:
+            return None
+        if not names_model(attempt.spec):
+            return None
+        trace.history.append({"status": 400, "error": verdict, "wait_s": 0.0,
+                              "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
+                              "endpoint": attempt.member.name, "fallback_model": fallback})
+        logger.debug("upstream %s: %s from %s, asking %s", self.name, verdict, attempt.member.name, fallback)
+        attempt.model, attempt.tried = fallback, ()  # the model changed, not the endpoint: from the top
+        following = pool.choose(avoid=attempt.silent)
+        return following if isinstance(following, Choice) else None
+
+    def _answer(self, attempt: Attempt, response: Any, *, retried: bool, upstream_failed: bool,
+                verdict: str = "") -> Answer:
+        """The call's answer from the last attempt's response."""
+        trace, member = attempt.trace, attempt.member
+        status = response.status_code
+        attempts = len(trace.history) + (0 if retried else 1)
+        response.meta = CallMeta(attempts=attempts, endpoint=member.name, model=attempt.model)
+        result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
+                        breaker_state=attempt.choice.state, endpoint=member.name)
+        if status < 400 and attempt.stream:
+            # The slot and the in-flight count are held while the caller reads.
+            response.when_closed(_on_close(member, attempt.release))
+            attempt.release = None
+        else:
+            member.in_flight -= 1
+        if status < 400:
+            return Answer(result, response=response)
+        failure = http_failure(self.name, status, response, retried=retried, attempts=attempts,
+                               retry_after=retry_after_of(response.headers))
+        if verdict:
+            failure.message = f"{failure.message} ({verdict})"
+        result = replace(result, outcome=Outcome.HTTP_ERROR, error=failure.message)
+        if upstream_failed and attempt.stale is not None:
+            return self._stale_or(result, failure, attempt.stale, attempt.spec, attempt.from_entry)
+        return Answer(result, response=response, http_error=failure)
 
     @staticmethod
     def _may_fail_over(pool: Pool, policy: Any, trace: Trace) -> bool:
@@ -654,6 +773,39 @@ class UpstreamClient:
         response = from_entry(stale, spec, CallMeta(from_cache=True, stale=True, attempts=result.attempts))
         return Answer(replace(result, outcome=Outcome.STALE, status=stale.status, cache_hit=True),
                       response=response)
+
+    # -- accounting after the answer ---------------------------------------------------------
+    def stream_failure_record(self, *, response: Any, error: BaseException, cool_for: float = 0.0) -> None:
+        """Count a streamed answer that broke after its headers (cut, stalled,
+        an error event) as a failure of the endpoint that served it: its
+        breaker counts the failure (a half-open probe's success was already
+        counted), the score window counts it, `cool_for` seconds (when
+        given) take the endpoint out of rotation in every worker, and one
+        call record (call log, rollups, metrics) says what broke.
+
+        For the stream supervisor; no database access (the endpoint is
+        looked up in the pool in use), so it may run on the event loop. An
+        endpoint gone from the pool since (a policy reload) is not counted."""
+        built = self._live.last()
+        name = response.meta.endpoint
+        member = next((m for m in built.pool.members if m.name == name), None) if built else None
+        if built is None or member is None:
+            return
+        if member.breaker is not None:
+            member.breaker.record_failure(Admission(probe=False, state="closed"), error)
+        built.pool.observe(member, ok=False, latency_ms=0.0)
+        if cool_for > 0 and not built.pool.single:
+            built.pool.cool(member, cool_for)
+        timed_out = isinstance(error, (TimeoutError, ReadTimeoutError, httpx2.TimeoutException))
+        result = Result(Outcome.TIMEOUT if timed_out else Outcome.CONNECTION_ERROR,
+                        status=response.status_code, attempts=1, endpoint=name,
+                        error=f"{self.name}: the stream broke after the headers ({describe_cause(error)})")
+        request = getattr(response, "request", None)  # no query string: it may carry a credential
+        path = urlsplit(str(getattr(request, "url", "") or "")).path[:200]
+        call_record_emit(CallRecord(
+            upstream=self.name, method=getattr(request, "method", "") or "", spec=None, raw_path=path,
+            secret_names=built.credentials.secret_names, result=result, latency_ms=0.0, created=time.time(),
+            request_id=current_request_id.get() or "", sample_rate=1.0, endpoint=name), sender=UpstreamClient)
 
     # -- the record ------------------------------------------------------------------------
     def _emit(self, built: Built, plan: Plan, answer: Answer, started: float) -> None:

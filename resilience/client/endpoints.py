@@ -13,7 +13,10 @@ across workers like every breaker; a single-URL upstream's breaker keeps the
 upstream's name, so its state is where it always was.
 
 Choosing (`Pool.choose`): the strategy orders the endpoints not yet tried in
-this call; the first one that is available is taken. Unavailable means: its
+this call (then the others but the last tried; an endpoint that left an
+attempt unanswered only when nothing else is left, one that had its burst of
+attempts never: `avoid` and `exclude`, from the call's steps in
+resilience.client.core); the first one that is available is taken. Unavailable means: its
 credential is missing, it is cooling down (it answered 429/503 with
 Retry-After), or its breaker refuses. Strategies:
 
@@ -311,19 +314,34 @@ class Pool:
         return self.members[0]
 
     # -- choosing ----------------------------------------------------------------------------
-    def choose(self, tried: tuple[Member, ...] = ()) -> Choice | Unavailable:
+    def choose(self, tried: tuple[Member, ...] = (), *, avoid: frozenset[Member] = frozenset(),
+               exclude: frozenset[Member] = frozenset()) -> Choice | Unavailable:
         """The endpoint for the next attempt: one not in `tried` if any is
         available, else any available one but the last tried (a retry
-        "then anywhere"), else `Unavailable`."""
-        now = self.clock()
+        "then anywhere"), else `Unavailable`. Endpoints in `avoid` (they
+        left an attempt unanswered) come only when no other is available;
+        those in `exclude` never."""
         if not self.single and time.monotonic() - self._cool_read >= self.recheck:  # a single URL never cools
             self._read_cooldowns()
         if self.single:
-            candidates = list(self.members)
-        else:
-            candidates = [m for m in self.members if m not in tried]
+            return self._first_available(list(self.members))
+        allowed = [m for m in self.members if m not in exclude]
+        preferred = [m for m in allowed if m not in avoid]
+        for group in (preferred, allowed):
+            candidates = [m for m in group if m not in tried]
+            if not candidates and tried:
+                candidates = [m for m in group if m is not tried[-1]]
             if not candidates:
-                candidates = [m for m in self.members if m is not tried[-1]]
+                continue
+            found = self._first_available(candidates)
+            if isinstance(found, Choice) or group is allowed:
+                return found
+        return self._first_available([])
+
+    def _first_available(self, candidates: list[Member]) -> Choice | Unavailable:
+        """The first of `candidates` in the strategy's order that can take an
+        attempt (see the module docstring)."""
+        now = self.clock()
         out: list[tuple[float, Member]] = []
         missing = None
         while candidates:
@@ -384,15 +402,15 @@ class Pool:
                 return member
         return candidates[-1]
 
-    def has_alternative(self, member: Member) -> bool:
-        """Whether another endpoint looks available now (from process memory:
-        no round trip, no probe slot taken). Without one, a failed attempt's
-        retries stay on `member`, with the policy's backoff."""
+    def has_alternative(self, member: Member, *, avoid: frozenset[Member] = frozenset()) -> bool:
+        """Whether another endpoint, not in `avoid`, looks available now (from
+        process memory: no round trip, no probe slot taken). Without one, a
+        failed attempt's retries stay on `member`, with the policy's backoff."""
         if self.single:
             return False
         now = self.clock()
         for other in self.members:
-            if other is member or other.cool_until > now:
+            if other is member or other in avoid or other.cool_until > now:
                 continue
             credentials = other.credentials
             if credentials.needed and not credentials.secret:
@@ -481,7 +499,8 @@ def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
             breaker = {"state": "disabled", "failures": 0, "retry_after": None}
         else:
             breaker = SharedBreaker.status_of(name, fail_max=upstream.breaker_fail_max,
-                                              reset_timeout=upstream.breaker_reset_timeout)
+                                              reset_timeout=upstream.breaker_reset_timeout,
+                                              probe_interval=upstream.breaker_probe_interval)
         until = cooling.get(cooldown_key(upstream.name, spec.name)) or 0.0
         stats = upstream_stats(name=upstream.name, window=timedelta(seconds=window_seconds),
                                endpoint=spec.name)

@@ -6,9 +6,14 @@ with it any credential sent as a query parameter.
 Both faces use `classify`: the async transport maps httpx errors onto
 urllib3's exception types first (resilience.client.asend), so one table
 decides what is a timeout, a refused connection or local exhaustion.
+
+`unfixable_answer` reads a provider's error answer for the failures no retry
+can fix on the same model (a prompt over the model's context, a
+content-policy refusal), which the client never repeats as they are.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import requests
@@ -95,3 +100,31 @@ def classify(exc: BaseException, trace: Trace, *, upstream: str) -> errors.Upstr
                                        upstream=upstream, last_error=described)
     return errors.UpstreamConnectionError(f"{upstream}: connection failed ({described})", upstream=upstream)
 
+
+
+#: What `unfixable_answer` returns.
+CONTEXT_LENGTH = "context_length_exceeded"
+CONTENT_POLICY = "content_policy"
+_CONTEXT_CODES = frozenset({"context_length_exceeded"})
+_CONTENT_CODES = frozenset({"content_policy_violation", "content_filter"})
+
+
+def unfixable_answer(status: int, body: bytes) -> str:
+    """`CONTEXT_LENGTH` or `CONTENT_POLICY` when a 400 answer says the request
+    itself is what the model refuses (OpenAI's error shape: `error.code`, or
+    `error.type` for content policy), else "". A body that is not that
+    shape is an ordinary error answer."""
+    if status != 400 or not body or body[:1] not in (b"{", b" ", b"\n"):
+        return ""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(error, dict):
+        return ""
+    code, kind = error.get("code"), error.get("type")
+    if code in _CONTEXT_CODES:
+        return CONTEXT_LENGTH
+    if code in _CONTENT_CODES or kind in _CONTENT_CODES:
+        return CONTENT_POLICY
+    return ""

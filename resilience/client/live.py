@@ -81,6 +81,7 @@ class Built:
                 return None
             return SharedBreaker(
                 name, fail_max=policy.breaker_fail_max, reset_timeout=policy.breaker_reset_timeout,
+                probe_interval=policy.breaker_probe_interval,
                 success_threshold=policy.breaker_success_threshold,
                 half_open_max=policy.breaker_half_open_max, probe_ttl=policy.deadline + 1,
                 listeners=[_announce])
@@ -135,6 +136,10 @@ class LivePolicy:
         """Whether `current()` would check (or load) now."""
         return self._built is None or \
             time.monotonic() - self._checked_at >= resilience_settings.POLICY_CHECK_INTERVAL
+
+    def last(self) -> Built | None:
+        """The `Built` in use, without checking for a change (no I/O)."""
+        return self._built
 
     def current(self) -> Built:
         built = self._built

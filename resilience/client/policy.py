@@ -12,9 +12,17 @@ history of failed attempts. urllib3 runs retries in the calling thread, so
 outlives it: a retry whose wait would pass the deadline is not waited for
 (`DeadlineExceeded`), and every connect and read timeout is clamped to the
 time left.
+
+`Discipline` decides, for an upstream with several endpoints, whether a
+failed attempt is retried on its own endpoint (by the transport, with the
+policy's waits) or handed back so the call moves to another endpoint
+(resilience.client.core): the retry discipline the README's "Retries and
+failover" describes. `attempt_timeout` is the one place the timers of an
+attempt are chosen.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import random
 import socket
@@ -23,6 +31,7 @@ from dataclasses import dataclass, field
 from itertools import takewhile
 from typing import Any
 
+from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
@@ -69,6 +78,9 @@ class Policy:
     health_path: str
     endpoint_strategy: str = "weighted"
     max_ejection_percent: int = 100
+    breaker_probe_interval: float = 1.0
+    context_fallback_model: str = ""
+    content_policy_fallback_model: str = ""
 
     @classmethod
     def from_model(cls, row: Any) -> Policy:
@@ -95,6 +107,9 @@ class Policy:
             auth_kind=row.auth_kind, auth_env_var=row.auth_env_var, auth_name=row.auth_name,
             health_path=row.health_path,
             endpoint_strategy=row.endpoint_strategy, max_ejection_percent=row.max_ejection_percent,
+            breaker_probe_interval=row.breaker_probe_interval,
+            context_fallback_model=row.context_fallback_model,
+            content_policy_fallback_model=row.content_policy_fallback_model,
         )
 
     def build_retry(self) -> PolicyRetry:
@@ -131,24 +146,116 @@ class DeadlineExceeded(Exception):
         self.wanted_wait = wanted_wait
 
 
+#: Retries of a 429 without Retry-After on the primary (priority strategy) before moving on.
+RATE_LIMIT_RETRIES = 2
+#: Retries of a 5xx on the primary (priority strategy) before moving on.
+SERVER_ERROR_RETRIES = 1
+#: Never more than BURST_ATTEMPTS attempts at one endpoint in its first BURST_SECONDS of a call.
+BURST_ATTEMPTS = 3
+BURST_SECONDS = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Discipline:
+    """Whether a failed attempt stays on its endpoint (the transport retries
+    it there, with the policy's backoff or the Retry-After asked) or is
+    handed back so the call moves on to another endpoint.
+
+    With no other endpoint available (`alternative` false) every retry stays,
+    as for a single URL. Otherwise:
+    - a failure without an answer (a timeout before the headers, a reset)
+      moves on at once: a silent provider is left, not waited for again;
+    - under the `priority` strategy (`sticky`: the primary is the model the
+      caller wanted) a 5xx is retried once here, a 429 with a Retry-After
+      of at most `retry_after_max` that fits in half the time left is waited
+      out here, a 429 without one is retried up to `RATE_LIMIT_RETRIES`
+      times with the policy's jittered backoff; then the call moves on;
+    - under the other strategies every endpoint is as good: the call moves
+      on at once;
+    - never more than `BURST_ATTEMPTS` attempts at one endpoint;
+    - never more than `retry_total` retries in the whole call, and a stay
+      never takes the last one: that is kept for the other endpoint.
+    """
+
+    alternative: bool = False
+    sticky: bool = False
+    retry_after_max: float = 30.0
+    retry_total: int = 0
+
+    def stays(self, trace: Trace, *, response: Any = None, error: BaseException | None = None) -> bool:
+        if len(trace.history) > self.retry_total:  # the call's retries are spent, on any endpoint
+            return False
+        if not self.alternative:
+            return True
+        if len(trace.history) >= self.retry_total:  # the last retry is kept for the other endpoint
+            return False
+        if error is not None or response is None or not self.sticky:
+            return False
+        here = trace.attempts_at(trace.endpoint)
+        if here >= BURST_ATTEMPTS:
+            return False
+        status = response.status
+        if status == 429:
+            asked = _retry_after_seconds(response)
+            if asked is None:
+                return here <= RATE_LIMIT_RETRIES
+            return asked <= self.retry_after_max and asked <= trace.remaining() / 2
+        return status >= 500 and here <= SERVER_ERROR_RETRIES
+
+
+def _retry_after_seconds(response: Any) -> float | None:
+    """Seconds a `Retry-After` asks for (a number or an HTTP date, as urllib3
+    reads it); None when absent or unreadable."""
+    value = str(response.headers.get("Retry-After", "") or "").strip()
+    if not value:
+        return None
+    try:
+        return float(Retry(0).parse_retry_after(value))
+    except InvalidHeader:
+        return None
+
+
 @dataclass
 class Trace:
     """Per-call state shared with urllib3's retry machinery.
 
     One trace spans every attempt of a call, across the endpoints it fails
     over to: `endpoint` names the endpoint being tried ("" for a single-URL
-    upstream), and `stop_after` (when set) is the history length at which
-    the transport stops retrying and hands the failure back, so the client
-    can move the retry to another endpoint (resilience.client.core)."""
+    upstream), and `discipline` (when set) decides whether a failure is
+    retried on that endpoint by the transport or handed back to the client,
+    which moves the call to another endpoint (resilience.client.core)."""
 
     deadline: float
     started: float = field(default_factory=time.monotonic)
     history: list[dict[str, Any]] = field(default_factory=list)
     endpoint: str = ""
-    stop_after: int | None = None
+    discipline: Discipline | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def attempts_at(self, endpoint: str) -> int:
+        """Failed attempts at `endpoint` in this call so far."""
+        return sum(1 for entry in self.history if entry.get("endpoint", "") == endpoint)
+
+    def burst_spent(self, endpoint: str) -> bool:
+        """Whether `endpoint` had `BURST_ATTEMPTS` attempts in this call, the
+        first less than `BURST_SECONDS` ago."""
+        times = [entry["at_ms"] for entry in self.history if entry.get("endpoint", "") == endpoint]
+        elapsed_ms = (time.monotonic() - self.started) * 1000
+        return len(times) >= BURST_ATTEMPTS and elapsed_ms - times[0] < BURST_SECONDS * 1000
+
+
+def header_wait(policy: Policy) -> float:
+    """Seconds an attempt waits for the provider's answer to begin (its
+    headers) and between reads: the one place this timer is chosen
+    (bounded by the call's deadline in `attempt_timeout`)."""
+    return policy.read_timeout
+
+
+def attempt_timeout(policy: Policy, trace: Trace) -> DeadlineTimeout:
+    """The connect and read timeouts of one attempt, never past the deadline."""
+    return DeadlineTimeout(policy.connect_timeout, header_wait(policy), trace.deadline)
 
 
 current_trace: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("resilience_trace",
@@ -193,6 +300,7 @@ class PolicyRetry(Retry):
     """
 
     sleeper = staticmethod(time.sleep)
+    asleeper = staticmethod(asyncio.sleep)
 
     def __init__(self, *args: Any, retry_after_max: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -217,7 +325,8 @@ class PolicyRetry(Retry):
             if trace.endpoint:
                 entry["endpoint"] = trace.endpoint
             trace.history.append(entry)
-            stop = trace.stop_after is not None and len(trace.history) >= trace.stop_after
+            stop = trace.discipline is not None and not trace.discipline.stays(
+                trace, response=response, error=error)
         if stop or (error is not None and unfixable(error)):  # no attempts left for this one
             exhausted = self.new(total=0, connect=0, read=0, status=0, other=0)
             return Retry.increment(exhausted, method, url, response, error, _pool, _stacktrace)
@@ -258,3 +367,9 @@ class PolicyRetry(Retry):
         wait = self.wait_for(response)
         if wait > 0:
             self.sleeper(wait)
+
+    async def asleep(self, response: Any = None) -> None:
+        """`sleep` for the async transport (its seam: `asleeper`)."""
+        wait = self.wait_for(response)
+        if wait > 0:
+            await self.asleeper(wait)

@@ -36,12 +36,16 @@ def wall_clock() -> float:
 class CallMeta:
     """Where an answer came from: `from_cache` (cache, stale copy or another
     caller's flight), `stale`, `shared` (another caller's flight) and how
-    many `attempts` this call made upstream (0 when none)."""
+    many `attempts` this call made upstream (0 when none); `endpoint` the
+    endpoint that answered and `model` the fallback model asked instead of
+    the caller's ("" when none)."""
 
     from_cache: bool = False
     stale: bool = False
     shared: bool = False
     attempts: int = 0
+    endpoint: str = ""
+    model: str = ""
 
 
 FRESH = CallMeta()
@@ -87,6 +91,10 @@ class _CallResponse:
     @property
     def attempts(self) -> int:
         return self.meta.attempts
+
+    @property
+    def endpoint(self) -> str:
+        return self.meta.endpoint
 
     def when_closed(self, callback: Callable[[], None]) -> None:
         self._on_close = callback

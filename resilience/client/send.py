@@ -21,9 +21,9 @@ from resilience.client.credentials import Credentials
 from resilience.client.policy import (
     MIN_TIMEOUT,
     DeadlineExceeded,
-    DeadlineTimeout,
     Policy,
     Trace,
+    attempt_timeout,
     current_trace,
 )
 from resilience.client.responses import UpstreamResponse
@@ -103,7 +103,7 @@ def send(session: requests.Session, policy: Policy, spec: RequestSpec, credentia
     try:
         response = session.send(
             prepared, stream=True, allow_redirects=False, verify=True,
-            timeout=DeadlineTimeout(policy.connect_timeout, policy.read_timeout, trace.deadline))
+            timeout=attempt_timeout(policy, trace))
         if not stream or response.status_code >= 400:
             read_body(response, trace)
     finally:

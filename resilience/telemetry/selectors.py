@@ -54,7 +54,8 @@ def breaker_status(upstream: Upstream) -> dict[str, Any]:
     if not upstream.breaker_enabled:
         return {"state": "disabled", "failures": 0, "fail_max": upstream.breaker_fail_max,
                 "opened_at": None, "retry_after": None}
-    limits = {"fail_max": upstream.breaker_fail_max, "reset_timeout": upstream.breaker_reset_timeout}
+    limits = {"fail_max": upstream.breaker_fail_max, "reset_timeout": upstream.breaker_reset_timeout,
+              "probe_interval": upstream.breaker_probe_interval}
     endpoints = [e.name for e in upstream.endpoints.all() if e.enabled]
     if not endpoints:
         return SharedBreaker.status_of(upstream.name, **limits)
@@ -127,8 +128,9 @@ def upstream_stats(*, name: str, window: timedelta, now: Any = None,
     now = now or timezone.now()
     total, since = upstream_totals(name=name, window=window, now=now, endpoint=endpoint)
     p50, p95, p99 = histogram.percentiles(total.latency, (0.50, 0.95, 0.99))
-    trips = BreakerEvent.objects.filter(upstream=name, to_state=OPEN, created_at__gte=since,
-                                        created_at__lte=now).count()
+    # A trip is closed -> open; a failed probe opening it again is the same outage.
+    trips = BreakerEvent.objects.filter(upstream=name, from_state=CLOSED, to_state=OPEN,
+                                        created_at__gte=since, created_at__lte=now).count()
     calls = total.calls
     return {
         "window_seconds": int(window.total_seconds()),

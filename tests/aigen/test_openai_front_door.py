@@ -96,19 +96,20 @@ def test_a_failing_primary_fails_over_to_the_fallback_with_its_model_name(gatewa
     assert fallback.requests[-1].headers["Authorization"] == "Bearer sk-fallback"
     call_log_flush()
     log = CallLog.objects.get(upstream="llm")
-    assert log.endpoint == "fallback" and [r["endpoint"] for r in log.retries] == ["primary"]
+    # The primary's 503 is retried once there, then the fallback answers.
+    assert log.endpoint == "fallback" and [r["endpoint"] for r in log.retries] == ["primary", "primary"]
 
 
 def test_a_stream_passes_through_and_fails_over_before_its_first_byte(gateway, providers):
     primary, fallback = providers
-    primary.fail_next(Reply(502))
+    primary.fail_next(Reply(502), Reply(502))  # retried once on the primary, then the fallback
 
     async def work(client):
         stream = await client.chat.completions.create(model=MODEL, messages=ask("streamed"), stream=True)
         return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
 
     assert sdk_run(gateway, work) == CONTENT_PREFIX + "streamed"
-    assert primary.chat_calls == 1 and fallback.chat_calls == 1
+    assert primary.chat_calls == 2 and fallback.chat_calls == 1
 
 
 def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event(gateway, db):

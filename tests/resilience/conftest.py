@@ -13,6 +13,8 @@ FAST = {
     "connect_timeout": 0.1, "read_timeout": 2.0, "deadline": 5.0,
     "retry_total": 2, "retry_backoff_factor": 0.0, "retry_jitter": 0.0,
     "retry_after_max": 0.05, "breaker_fail_max": 3, "breaker_reset_timeout": 30.0,
+    # Every wait of an open breaker is the reset timeout (recovery probing has its own tests).
+    "breaker_probe_interval": 30.0,
     # Every call keeps its row, so tests can inspect them (sampling has its own tests).
     "log_sample_rate": 1.0,
 }

@@ -145,3 +145,24 @@ def test_call_log_admin_is_read_only(staff_client, fake, make_upstream):
     # The list says that it holds a sample of the successes, and at what rate.
     assert "successful calls are sampled per upstream (api: all)" in " ".join(page.content.decode().split())
     assert staff_client.get(reverse("admin:resilience_calllog_add")).status_code == 403
+
+
+def test_recovery_and_fallback_model_fields_are_edited_with_history(staff_client, make_upstream):
+    row = make_upstream()
+    change_url = reverse("admin:resilience_upstream_change", args=[row.pk])
+    page = staff_client.get(change_url)
+    html = page.content.decode()
+    assert "breaker_probe_interval" in html and "context_fallback_model" in html
+    assert "content_policy_fallback_model" in html
+    data = page_data(page)
+    data.update(breaker_probe_interval="0.5", context_fallback_model="gpt-long",
+                content_policy_fallback_model="gpt-lenient", change_reason="bigger context")
+    response = staff_client.post(change_url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    upstream_row = Upstream.objects.get(pk=row.pk)
+    assert (upstream_row.breaker_probe_interval, upstream_row.context_fallback_model,
+            upstream_row.content_policy_fallback_model) == (0.5, "gpt-long", "gpt-lenient")
+    latest = upstream_row.history.first()
+    assert latest.context_fallback_model == "gpt-long" and latest.history_change_reason == "bigger context"
+    policy = upstream(row.name).policy  # reaches the client
+    assert (policy.breaker_probe_interval, policy.context_fallback_model) == (0.5, "gpt-long")
