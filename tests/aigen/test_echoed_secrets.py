@@ -22,9 +22,7 @@ MODEL = "echo-model"
 def echoing(db, settings, make_client, user):
     """An `echo` upstream serving MODEL from a fake provider, with KEY as
     its credential sent the way `kind` says; returns (provider, caller's SDK key)."""
-    from rest_framework.authtoken.models import Token
-
-    from aigen.async_views import tokens
+    from aigen.tokens import token_issue, users
 
     settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_ECHO_KEY": KEY}}
     settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
@@ -37,10 +35,10 @@ def echoing(db, settings, make_client, user):
             row.save()
             reset_clients()
             openai_views.models.clear()
-            tokens.clear()
+            users.clear()
             return provider
 
-        make.token = Token.objects.create(user=user).key
+        make.token = token_issue(user=user)
         yield make
 
 

@@ -10,9 +10,9 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from aigen.tokens import token_issue
 from project.environment import CredentialVariables
 from resilience import exceptions as errors
 from resilience import upstream
@@ -144,7 +144,7 @@ def test_the_probe_api_names_the_refused_variable(fake, settings, django_user_mo
     reset_clients()
     staff = django_user_model.objects.create_superuser("root", "r@example.com", "pw")
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=staff).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=staff)}")
     probe = api.post("/api/resilience/upstreams/old/probe").json()["probe"]
     assert probe["ok"] is False and probe["error"]["code"] == "credential_refused"
     assert "REDIS_URL" in probe["error"]["message"]
@@ -280,10 +280,12 @@ def test_the_api_holds_policy_writes_to_the_same_rule(keyed, django_user_model):
     suggestion = Suggestion.objects.create(upstream="keyed", kind="test", field="base_url",
                                            from_value=keyed.base_url, to_value="https://attacker.example")
     api = APIClient()
-    for name, codenames, status in (("editor", EDITOR, 403),
-                                    ("keeper", (*EDITOR, "change_credentials"), 200)):
+    # Applying takes change_suggestion too (resilience.permissions); the credential rule comes on top.
+    deciding = (*EDITOR, "view_suggestion", "change_suggestion")
+    for name, codenames, status in (("editor", deciding, 403),
+                                    ("keeper", (*deciding, "change_credentials"), 200)):
         user = _staff(django_user_model, name, *codenames)
-        api.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=user)}")
         response = api.post(f"/api/resilience/suggestions/{suggestion.pk}/apply")
         assert response.status_code == status, response.content
         if status == 403:

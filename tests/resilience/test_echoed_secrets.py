@@ -111,14 +111,15 @@ def test_a_job_reporting_what_the_upstream_said_keeps_no_key(keyed, fake):
 
 def test_a_probe_shows_why_it_failed_without_the_key(keyed, fake, client, django_user_model):
     from django.urls import reverse
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
+
+    from aigen.tokens import token_issue
 
     row = keyed(auth_kind="bearer", health_path="/health")
     fake.script("/health", Reply(401, body=f"Incorrect API key provided: {SECRET}".encode()))
     staff = django_user_model.objects.create_superuser("root", "r@example.com", "pw")
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=staff).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=staff)}")
     response = api.post("/api/resilience/upstreams/api/probe")
     probe = response.json()["probe"]
     assert (probe["ok"], probe["status"]) == (False, 401)
