@@ -1,0 +1,23 @@
+"""The alerts' scheduled jobs (resilience.jobs): `resilience.alerts_evaluate`
+every `EVALUATE_INTERVAL` seconds and `resilience.alerts_prune` hourly, each
+queued once per interval across the cluster by the schedules."""
+from __future__ import annotations
+
+from typing import Any
+
+from resilience.jobs.registry import job
+
+
+@job(name="resilience.alerts_evaluate", attempts=1, timeout=120)
+def alerts_evaluate_job() -> dict[str, Any]:
+    from resilience.alerts.services import alerts_evaluate
+
+    moves = alerts_evaluate()
+    return {"moves": len(moves)}
+
+
+@job(name="resilience.alerts_prune", attempts=2, timeout=600)
+def alerts_prune_job() -> dict[str, int]:
+    from resilience.alerts.services import alerts_prune
+
+    return alerts_prune()
