@@ -168,6 +168,34 @@ def alerts_evaluate(*, now: datetime | None = None) -> list[dict[str, Any]]:
     return run.moves
 
 
+#: The seeds' five rules (also created by migration 0010_alerts, which keeps its own copy).
+DEFAULT_RULES: list[dict[str, Any]] = [
+    {"name": "success-rate-warning", "description": "Success rate under 90% for a minute",
+     "metric": "success_rate", "op": "<", "threshold": 90.0, "severity": "warning"},
+    {"name": "success-rate-critical", "description": "Success rate under 80% for a minute",
+     "metric": "success_rate", "op": "<", "threshold": 80.0, "severity": "critical"},
+    {"name": "latency-p95-slow", "description": "p95 latency over 5 s for two minutes",
+     "metric": "p95_latency_ms", "op": ">", "threshold": 5000.0, "severity": "warning", "for_seconds": 120},
+    {"name": "breaker-open", "description": "A circuit breaker opened",
+     "metric": "breakers_open", "op": ">", "threshold": 0.0, "severity": "warning", "for_seconds": 0},
+    {"name": "all-endpoints-down", "description": "Every endpoint of an upstream is out of rotation",
+     "metric": "all_endpoints_out", "op": ">", "threshold": 0.0, "severity": "critical", "for_seconds": 0},
+]
+
+
+def alert_rules_seed() -> list[str]:
+    """Create the default rules that do not exist yet (by name); returns the
+    created names. Existing rules are the operator's: never changed here."""
+    created = []
+    for fields in DEFAULT_RULES:
+        rule = AlertRule(**fields)
+        rule.full_clean(validate_unique=False)
+        _, was_created = AlertRule.objects.get_or_create(name=fields["name"], defaults=fields)
+        if was_created:
+            created.append(fields["name"])
+    return created
+
+
 def alerts_firing() -> list[Alert]:
     """Firing alerts, most severe first (the API, the dashboard)."""
     order = {"critical": 0, "warning": 1, "info": 2}
