@@ -97,7 +97,8 @@ def test_a_silence_suppresses_the_notification_until_it_ends(provider, fake, rec
 def test_a_still_firing_alert_is_notified_again_after_its_repeat_interval(provider, fake, receiver,
                                                                           alerting):
     alerting("success-rate-critical")
-    AlertRule.objects.filter(name="success-rate-critical").update(for_seconds=0, repeat_interval=600, window=3600)
+    AlertRule.objects.filter(name="success-rate-critical").update(
+        for_seconds=0, repeat_interval=600, window=3600)
     t0 = timezone.now()
     calls(20, failing=True, fake=fake)
     alerts_evaluate(now=t0)
