@@ -17,6 +17,7 @@ import pytest
 import requests
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib.auth.models import Permission
 from django.test import AsyncClient, Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.authtoken.models import Token
@@ -309,6 +310,8 @@ def test_every_staff_route_refuses_a_non_staff_user_and_every_route_an_anonymous
     call_command("seed_upstreams", stdout=open("/dev/null", "w"))  # noqa: SIM115
     user = django_user_model.objects.create_user("plain", password="pw-plain-1")
     staff = django_user_model.objects.create_user("boss", password="pw-boss-1", is_staff=True)
+    # Operator controls also check the model permission the admin needs (staff alone is not enough).
+    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="resilience"))
     plain = Client(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     boss = Client(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=staff).key}")
     session = Client()
