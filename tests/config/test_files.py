@@ -4,6 +4,7 @@ reason, a bad file changes nothing and names the entry and field."""
 from __future__ import annotations
 
 from io import StringIO
+from pathlib import Path
 
 import pytest
 import yaml
@@ -54,7 +55,7 @@ def test_the_export_holds_every_upstream_endpoint_and_rule_with_variable_names_o
     assert llm["auth_env_var"] == "LLM_KEY" and llm["endpoints"][0]["name"] == "fallback"
     assert llm["endpoints"][0]["auth_env_var"] == "FALLBACK_KEY"
     assert {r["name"] for r in document["alert_rules"]} >= {"success-rate-warning", "breaker-open"}
-    assert "sk-live-secret-value" not in open(path).read()
+    assert "sk-live-secret-value" not in Path(path).read_text()
 
 
 def test_applying_the_exported_file_is_a_no_op(configured, tmp_path):
