@@ -29,22 +29,35 @@ def backend_kind() -> str:
 
 
 class ScheduleTicker(threading.Thread):
-    """Calls `schedules_tick()` every `every` seconds until stopped; an error
-    is logged and the next tick tries again."""
+    """Calls `schedules_tick()` every `every` seconds until stopped. A failing
+    tick is logged once with its traceback when ticks start failing and once
+    when they work again, not every second (the next tick always tries);
+    a Redis outage alone does not fail a tick (the tick's lock falls back to
+    the database's, see resilience.jobs.schedules)."""
 
     def __init__(self, every: float = 1.0) -> None:
         super().__init__(name="jobs-schedules", daemon=True)
         self.every = every
         self.stopped = threading.Event()
+        self.failing = False
 
     def run(self) -> None:
         while not self.stopped.wait(self.every):
-            try:
-                close_old_connections()
-                schedules_tick()
-            except Exception:
-                logger.exception("schedule tick failed; trying again in %g s", self.every)
+            self.tick()
         connections.close_all()
+
+    def tick(self) -> None:
+        try:
+            close_old_connections()
+            schedules_tick()
+        except Exception:  # any failure: the next tick tries again; said once per streak
+            if not self.failing:
+                logger.exception("schedule ticks failing; trying again every %g s", self.every)
+            self.failing = True
+            return
+        if self.failing:
+            logger.info("schedule ticks work again")
+            self.failing = False
 
 
 def worker_run(*, queues: list[str] | None = None, batch: bool = False, scheduler: bool = True,

@@ -66,6 +66,11 @@ BREAKER_TRANSITIONS = Counter(
     "resilience_breaker_transitions",
     "Circuit breaker state changes (counted by the process that made them).",
     ["upstream", "from_state", "to_state"])
+LOCK_EVENTS = Counter(
+    "resilience_lock_events", "Distributed lock events (resilience.locks): acquired, contended, "
+    "not_acquired, expired, fallbacks. Lock names are never a label (they may carry ids).", ["event"])
+LOCK_WAIT_SECONDS = Counter(
+    "resilience_lock_wait_seconds", "Seconds spent waiting to acquire distributed locks, summed.")
 HTTP_REQUEST_LATENCY = Histogram(
     "http_request_duration_seconds",
     "The service's own request latency until the response is ready, by view.",
