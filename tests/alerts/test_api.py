@@ -100,3 +100,13 @@ def test_alerts_evaluate_lists_what_fires(firing):
     # No traffic in the rollups: every success-rate alert resolves.
     assert "success-rate-critical [llm]: firing -> resolved (value None)" in out.getvalue()
     assert out.getvalue().rstrip().endswith("0 alert(s) firing")
+
+
+def test_the_dashboard_shows_the_alerts_firing(firing, client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("watcher", is_staff=True))
+    page = client.get("/dashboard/").content.decode()
+    assert 'id="rs-alerts"' in page and "Alerts firing: <span data-field=\"alerts_count\">2</span>" in page
+    assert "<td>success-rate-critical</td><td>llm</td><td>success_rate &lt; 80</td>" in page
+    data = client.get("/dashboard/data").json()
+    assert [(a["rule"], a["subject"], a["severity"]) for a in data["alerts"]] == [
+        ("success-rate-critical", "llm", "critical"), ("success-rate-warning", "llm", "warning")]
