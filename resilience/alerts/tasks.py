@@ -5,19 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from resilience.alerts.services import alerts_evaluate, alerts_prune
 from resilience.jobs.registry import job
 
 
 @job(name="resilience.alerts_evaluate", attempts=1, timeout=120)
 def alerts_evaluate_job() -> dict[str, Any]:
-    from resilience.alerts.services import alerts_evaluate
-
-    moves = alerts_evaluate()
-    return {"moves": len(moves)}
+    return {"moves": len(alerts_evaluate())}
 
 
 @job(name="resilience.alerts_prune", attempts=2, timeout=600)
 def alerts_prune_job() -> dict[str, int]:
-    from resilience.alerts.services import alerts_prune
-
     return alerts_prune()

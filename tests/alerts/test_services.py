@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from resilience import exceptions, upstream
 from resilience.alerts.models import Alert, AlertEvent, AlertRule
-from resilience.alerts.services import alerts_evaluate, silence_create, silence_end
+from resilience.alerts.services import alerts_evaluate, alerts_prune, silence_create, silence_end
 from resilience.telemetry.calllog import call_log_flush
 from tests.alerts.conftest import later
 from tests.support.fake_upstream import Reply
@@ -147,3 +147,17 @@ def test_an_alert_of_a_disabled_rule_resolves(provider, fake, receiver, alerting
     AlertRule.objects.filter(name="success-rate-critical").update(enabled=False)
     alerts_evaluate(now=timezone.now())
     assert Alert.objects.get().state == "resolved"
+
+
+def test_history_resolved_alerts_and_ended_silences_are_pruned_after_retention(provider, fake, alerting):
+    alerting("success-rate-critical")
+    AlertRule.objects.filter(name="success-rate-critical").update(for_seconds=0)
+    t0 = timezone.now()
+    silence = silence_create(rule=None, seconds=60)
+    calls(20, failing=True, fake=fake)
+    alerts_evaluate(now=t0)
+    alerts_evaluate(now=later(t0, 3600))  # out of the window: resolved
+    silence_end(silence=silence)
+    assert alerts_prune(now=later(t0, 29 * 86400)) == {"events": 0, "alerts": 0, "silences": 0}
+    assert alerts_prune(now=later(t0, 31 * 86400)) == {"events": 2, "alerts": 1, "silences": 1}
+    assert not Alert.objects.exists() and not AlertEvent.objects.exists()
