@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from django.db import close_old_connections, connections
 from django.utils.crypto import get_random_string
 from django_tasks import task_backends
 
+from resilience.cache import default_cache
 from resilience.jobs.runner import QUEUES
 from resilience.jobs.schedules import schedules_tick
 
 logger = logging.getLogger(__name__)
 ALL_QUEUES = list(QUEUES.values())  # high, default, low
+#: Cache key of the last successful schedule tick of any worker (unix time):
+#: `/metrics` exports it, so a cluster whose workers all died is visible.
+LAST_TICK_KEY = "jobs:scheduler:last_tick"
 
 
 def backend_kind() -> str:
@@ -55,6 +60,7 @@ class ScheduleTicker(threading.Thread):
                 logger.exception("schedule ticks failing; trying again every %g s", self.every)
             self.failing = True
             return
+        default_cache().set(LAST_TICK_KEY, time.time(), timeout=None)
         if self.failing:
             logger.info("schedule ticks work again")
             self.failing = False

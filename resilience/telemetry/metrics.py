@@ -39,6 +39,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from resilience.cache import default_cache
 from resilience.conf import resilience_settings
 from resilience.signals import breaker_state_changed, call_completed
 
@@ -199,6 +200,8 @@ class OperationsCollector:
       `resilience_jobs_queue_oldest_age_seconds{queue}`: how long the oldest
       of them has been due; `resilience_jobs_running{queue}`;
     - `resilience_jobs_dead_letters`: failed jobs kept (until retention);
+      `resilience_jobs_scheduler_last_tick_timestamp_seconds`: the last
+      schedule tick of any worker (from the shared cache: absent without Redis);
     - `resilience_probe_ok{upstream}` (1 healthy, 0 not),
       `resilience_probe_timestamp_seconds{upstream}` and
       `resilience_probe_consecutive_failures{upstream}`: the last probes of
@@ -253,6 +256,11 @@ class OperationsCollector:
         yield running
         yield GaugeMetricFamily("resilience_jobs_dead_letters", "Failed jobs kept (dead letters).",
                                 value=dead)
+        last_tick = default_cache().get("jobs:scheduler:last_tick")  # resilience.jobs.worker.LAST_TICK_KEY
+        if last_tick is not None:
+            yield GaugeMetricFamily("resilience_jobs_scheduler_last_tick_timestamp_seconds",
+                                    "Unix time of the last schedule tick of any jobs worker (shared through "
+                                    "Redis; absent without it).", value=last_tick)
         ok = GaugeMetricFamily("resilience_probe_ok", "The last health probe: 1 healthy, 0 unhealthy.",
                                labels=["upstream"])
         when = GaugeMetricFamily("resilience_probe_timestamp_seconds", "Unix time of the last health probe.",

@@ -9,7 +9,9 @@ import pytest
 from django.utils import timezone
 
 from resilience.alerts.models import Alert, AlertRule
+from resilience.cache import default_cache
 from resilience.jobs.models import Job, ProbeResult
+from resilience.jobs.worker import LAST_TICK_KEY
 from resilience.locks import Lock
 from tests.resilience.test_metrics import scrape, value
 
@@ -31,6 +33,9 @@ def test_queue_depth_oldest_age_running_and_dead_letters():
     assert 600 <= value(samples, "resilience_jobs_queue_oldest_age_seconds", queue="high") < 700
     assert value(samples, "resilience_jobs_running", queue="default") == 1
     assert value(samples, "resilience_jobs_dead_letters") == 1
+    assert "resilience_jobs_scheduler_last_tick_timestamp_seconds" not in samples  # no worker ticked
+    default_cache().set(LAST_TICK_KEY, 1_800_000_000.0)
+    assert value(scrape(), "resilience_jobs_scheduler_last_tick_timestamp_seconds") == 1_800_000_000.0
 
 
 def test_probes_last_result_and_failure_streak_per_upstream(policy):

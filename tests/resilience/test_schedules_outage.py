@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from resilience.cache import default_cache
 from resilience.jobs.locks import lock_stats_store, redis_outage
 from resilience.jobs.models import Job
 from resilience.jobs.schedules import schedules_tick
-from resilience.jobs.worker import ScheduleTicker
+from resilience.jobs.worker import LAST_TICK_KEY, ScheduleTicker
 
 pytestmark = pytest.mark.django_db
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -69,3 +70,4 @@ def test_a_ticker_says_once_that_ticks_fail_and_once_that_they_work_again(caplog
     messages = [r.message for r in caplog.records]
     assert messages.count("schedule ticks failing; trying again every 0.01 s") == 1
     assert messages.count("schedule ticks work again") == 1
+    assert isinstance(default_cache().get(LAST_TICK_KEY), float)  # what /metrics exports
