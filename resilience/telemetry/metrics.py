@@ -231,8 +231,8 @@ class OperationsCollector:
             due = Q(run_after__isnull=True) | Q(run_after__lte=now)
             kept = [Job.Status.QUEUED, Job.Status.RUNNING, Job.Status.FAILED]
             rows = list(Job.objects.filter(status__in=kept).values("status", "priority").annotate(
-                            count=Count("id", filter=due | ~Q(status=Job.Status.QUEUED)),
-                            oldest=Min(Coalesce("run_after", "created_at"), filter=due)))
+                count=Count("id", filter=due | ~Q(status=Job.Status.QUEUED)),
+                oldest=Min(Coalesce("run_after", "created_at"), filter=due)))
             waiting = {r["priority"]: r for r in rows if r["status"] == Job.Status.QUEUED}
             busy = {r["priority"]: r["count"] for r in rows if r["status"] == Job.Status.RUNNING}
             dead = sum(r["count"] for r in rows if r["status"] == Job.Status.FAILED)
