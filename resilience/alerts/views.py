@@ -1,9 +1,11 @@
 """The alerts' API (routes in resilience.urls, under /api/resilience/):
 
-    GET  alerts                      alerts firing (and pending with ?state=all), most severe first (auth)
-    GET  alerts/silences             silences in force and those to come (auth)
-    POST alerts/silences             silence a rule and/or subject for {"seconds"} (add_silence)
-    POST alerts/silences/{id}/end    end a silence now (add_silence)
+    GET  alerts                    alerts firing (?state=all: pending too), most severe first (view_alert)
+    GET  alerts/silences           silences in force and those to come (view_alert)
+    POST alerts/silences           silence a rule and/or subject for {"seconds"} (add_silence)
+    POST alerts/silences/{id}/end  end a silence now (add_silence)
+
+Every route needs a staff user holding the permission named (as the admin).
 
 Rules are edited in the admin (with history) or applied from a file
 (`manage.py config_apply`). Views stay thin: resilience.alerts.services.
@@ -19,7 +21,7 @@ from rest_framework.views import APIView
 from resilience import exceptions as errors
 from resilience.alerts import services
 from resilience.alerts.models import Alert, AlertRule, Silence
-from resilience.ops.permissions import CanManageSilences
+from resilience.ops.permissions import AlertRead, SilenceManage
 from resilience.serializers import error_responses
 
 SILENCE_MAX = 30 * 86400
@@ -75,9 +77,11 @@ class SilencesResponseSerializer(serializers.Serializer):
 
 
 class AlertsView(APIView):
+    permission_classes = [AlertRead]
+
     @extend_schema(operation_id="resilience_alerts", summary="Alerts firing now (and pending: ?state=all)",
                    parameters=[AlertsQuerySerializer],
-                   responses={200: AlertsResponseSerializer, **error_responses(400, 401)})
+                   responses={200: AlertsResponseSerializer, **error_responses(400, 401, 403)})
     def get(self, request: Request) -> Response:
         query = AlertsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -90,10 +94,10 @@ class AlertsView(APIView):
 
 class SilencesView(APIView):
     def get_permissions(self) -> list:
-        return [CanManageSilences()] if self.request.method == "POST" else super().get_permissions()
+        return [SilenceManage()] if self.request.method == "POST" else [AlertRead()]
 
     @extend_schema(operation_id="resilience_alerts_silences", summary="Silences in force or to come",
-                   responses={200: SilencesResponseSerializer, **error_responses(401)})
+                   responses={200: SilencesResponseSerializer, **error_responses(401, 403)})
     def get(self, request: Request) -> Response:
         silences = Silence.objects.filter(ends_at__gt=services.clock()).select_related("rule", "created_by")
         return Response(SilencesResponseSerializer({"success": True, "silences": list(silences)}).data)
@@ -120,7 +124,7 @@ ID = OpenApiParameter("silence_id", int, OpenApiParameter.PATH, description="The
 
 
 class SilenceEndView(APIView):
-    permission_classes = [CanManageSilences]
+    permission_classes = [SilenceManage]
 
     @extend_schema(operation_id="resilience_alerts_silence_end", summary="End a silence now (staff with "
                    "add_silence)", parameters=[ID], request=None,

@@ -1,6 +1,6 @@
 """Breaker controls (routes in resilience.urls, under /api/resilience/):
 
-    GET  upstreams/{name}/breakers          every endpoint's breaker as it is (auth)
+    GET  upstreams/{name}/breakers          every endpoint's breaker as it is (staff with view_upstream)
     POST upstreams/{name}/breakers/reset    close one endpoint's ({"endpoint"}) or all (change_upstream)
     POST upstreams/{name}/breakers/open     force one open for {"seconds"} (change_upstream)
 
@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from resilience import services
-from resilience.ops.permissions import CanChangeUpstreams
+from resilience.ops.permissions import UpstreamOperate, UpstreamRead
 from resilience.serializers import BreakerStatusSerializer, error_responses
 
 NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="The upstream's name (a slug).")
@@ -67,15 +67,17 @@ def _answer(state: dict) -> Response:
 
 
 class BreakersView(APIView):
+    permission_classes = [UpstreamRead]
+
     @extend_schema(operation_id="resilience_upstreams_breakers", parameters=[NAME],
-                   summary="Every endpoint's breaker as it is now",
-                   responses={200: BreakersResponseSerializer, **error_responses(401, 404)})
+                   summary="Every endpoint's breaker as it is now (staff with view_upstream)",
+                   responses={200: BreakersResponseSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, name: str) -> Response:
         return _answer(services.breakers_state(name=name))
 
 
 class BreakersResetView(APIView):
-    permission_classes = [CanChangeUpstreams]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(operation_id="resilience_upstreams_breakers_reset", parameters=[NAME],
                    summary="Close one endpoint's breaker, or every one (staff with change_upstream)",
@@ -94,7 +96,7 @@ class BreakersResetView(APIView):
 
 
 class BreakersOpenView(APIView):
-    permission_classes = [CanChangeUpstreams]
+    permission_classes = [UpstreamOperate]
 
     @extend_schema(operation_id="resilience_upstreams_breakers_open", parameters=[NAME],
                    summary="Force one endpoint's breaker open for a while (staff with change_upstream)",

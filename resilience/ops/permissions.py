@@ -1,5 +1,14 @@
-"""Permissions of the operator controls: staff, and explicitly the model
-permission the admin needs for the same change (staff alone is not enough)."""
+"""Permissions of the operator controls and the alerts: a staff user holding
+the model permission the admin asks for the same page or button (staff alone
+is not enough), the rule the rest of the API follows.
+
+| class | permission | for |
+|---|---|---|
+| `UpstreamRead` | view_upstream | breakers' state |
+| `UpstreamOperate` | change_upstream | breaker reset and forced opening (the admin's buttons) |
+| `AlertRead` | view_alert | alerts and silences |
+| `SilenceManage` | add_silence | silencing, ending a silence |
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -8,23 +17,25 @@ from rest_framework.permissions import IsAdminUser
 
 
 class StaffWithPermission(IsAdminUser):
-    """A staff user holding `perm` (subclasses name it)."""
+    """A staff user holding every one of `perms` (subclasses name them)."""
 
-    perm = ""
+    perms: tuple[str, ...] = ()
 
     def has_permission(self, request: Any, view: Any) -> bool:
-        return super().has_permission(request, view) and request.user.has_perm(self.perm)
+        return super().has_permission(request, view) and request.user.has_perms(self.perms)
 
 
-class CanChangeUpstreams(StaffWithPermission):
-    """Breaker controls: what the admin's upstream page needs."""
-
-    perm = "resilience.change_upstream"
+class UpstreamRead(StaffWithPermission):
+    perms = ("resilience.view_upstream",)
 
 
-class CanChangeAlertRules(StaffWithPermission):
-    perm = "resilience.change_alertrule"
+class UpstreamOperate(StaffWithPermission):
+    perms = ("resilience.change_upstream",)
 
 
-class CanManageSilences(StaffWithPermission):
-    perm = "resilience.add_silence"
+class AlertRead(StaffWithPermission):
+    perms = ("resilience.view_alert",)
+
+
+class SilenceManage(StaffWithPermission):
+    perms = ("resilience.add_silence",)

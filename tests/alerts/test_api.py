@@ -39,7 +39,9 @@ def firing():
 
 
 def test_firing_alerts_most_severe_first_and_pending_on_request(firing):
-    client = client_for("reader")
+    assert client_for("plain", perms=("view_alert",)).get(API).status_code == 403  # not staff
+    assert client_for("staff-only", staff=True).get(API).status_code == 403  # no view_alert
+    client = client_for("reader", staff=True, perms=("view_alert",))
     body = client.get(API).json()
     assert [(a["rule"], a["subject"], a["severity"]) for a in body["alerts"]] == [
         ("success-rate-critical", "llm", "critical"), ("success-rate-warning", "llm", "warning")]
@@ -51,12 +53,12 @@ def test_firing_alerts_most_severe_first_and_pending_on_request(firing):
 
 
 def test_silences_need_the_permission_and_name_bad_fields(firing):
-    plain_staff = client_for("staffer", staff=True)
+    plain_staff = client_for("staffer", staff=True, perms=("view_alert",))
     body = {"rule": "success-rate-critical", "subject": "llm", "seconds": 3600, "comment": "deploy"}
     response = plain_staff.post(f"{API}/silences", body, format="json")
     assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
 
-    operator = client_for("oncall", staff=True, perms=("add_silence",))
+    operator = client_for("oncall", staff=True, perms=("add_silence", "view_alert"))
     response = operator.post(f"{API}/silences", body, format="json")
     assert response.status_code == 201, response.content
     silence = response.json()["silence"]

@@ -60,9 +60,10 @@ def states(body) -> dict[str, str]:
 
 
 def operator(*, perm: bool = True) -> APIClient:
+    """Staff with view_upstream, and change_upstream unless `perm` is False."""
     user = get_user_model().objects.create_user(username="olga" if perm else "sam", is_staff=True)
-    if perm:
-        user.user_permissions.add(Permission.objects.get(codename="change_upstream"))
+    codenames = ["view_upstream", "change_upstream"] if perm else ["view_upstream"]
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     return client
@@ -140,6 +141,11 @@ def test_staff_without_the_change_permission_may_look_but_not_act(pool):
         response = client.post(path, body, format="json")
         assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
     assert APIClient().get(API).status_code == 401
+    # Looking needs view_upstream too, as the admin's upstream pages do.
+    nobody = get_user_model().objects.create_user(username="staff-only", is_staff=True)
+    staff_only = APIClient()
+    staff_only.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=nobody).key}")
+    assert staff_only.get(API).status_code == 403
 
 
 def test_the_admin_actions_reset_and_force_open_with_the_permission(pool, fakes, client):
