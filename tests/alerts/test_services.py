@@ -9,7 +9,13 @@ from django.utils import timezone
 
 from resilience import exceptions, upstream
 from resilience.alerts.models import Alert, AlertEvent, AlertRule
-from resilience.alerts.services import alerts_evaluate, alerts_prune, silence_create, silence_end
+from resilience.alerts.services import (
+    alert_rules_seed,
+    alerts_evaluate,
+    alerts_prune,
+    silence_create,
+    silence_end,
+)
 from resilience.telemetry.calllog import call_log_flush
 from tests.alerts.conftest import later
 from tests.support.fake_upstream import Reply
@@ -161,3 +167,17 @@ def test_history_resolved_alerts_and_ended_silences_are_pruned_after_retention(p
     assert alerts_prune(now=later(t0, 29 * 86400)) == {"events": 0, "alerts": 0, "silences": 0}
     assert alerts_prune(now=later(t0, 31 * 86400)) == {"events": 2, "alerts": 1, "silences": 1}
     assert not Alert.objects.exists() and not AlertEvent.objects.exists()
+
+
+def test_a_refusing_slack_webhook_is_logged_without_its_url(provider, fake, receiver, settings, caplog):
+    secret_path = "/slack/T000/B000/XXXXsecretXXXX"
+    receiver.script(secret_path, Reply(404, "no_service"), method="POST")
+    settings.RESILIENCE_ALERTS = {"SLACK_WEBHOOK_URL": receiver.root_url + secret_path}
+    alert_rules_seed()
+    AlertRule.objects.exclude(name="success-rate-critical").update(enabled=False)
+    AlertRule.objects.filter(name="success-rate-critical").update(for_seconds=0)
+    calls(20, failing=True, fake=fake)
+    alerts_evaluate(now=timezone.now())
+    assert AlertEvent.objects.get().notified == "failed"
+    assert "alert notification to slack refused: HTTP 404" in caplog.text
+    assert "XXXXsecretXXXX" not in caplog.text
