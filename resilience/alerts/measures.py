@@ -3,7 +3,12 @@
 Rates and latency come from the minute rollups only (never from call-log
 rows): one query per distinct rule window, whose rows are (upstream,
 endpoint, minute) whatever the traffic. Breakers and cooldowns come from the
-shared breaker store (resilience.client.endpoints.endpoint_states), queues
+shared breaker store (resilience.client.endpoints.endpoint_states); when the
+cache is not shared (no Redis, as under `make run`, or Redis fallen back)
+that store is this process's own, so a breaker's last recorded transition
+(`BreakerEvent`, written by the process that made it; at most
+`EVENT_LOOKBACK` rows per upstream) counts too: open in either is open
+(cooldowns are then this process's only). Queues
 from the jobs ledger (one grouped query), probes from the probe history (at
 most `PROBE_LOOKBACK` rows per probed upstream). Each source is read at most
 once per evaluation (`Measures` keeps what it read).
@@ -13,6 +18,7 @@ A subject without data (no calls in the window, fewer than the rule's
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,14 +27,18 @@ from django.db.models import Count, Min, Q
 from django.db.models.functions import Coalesce
 
 from resilience.alerts.models import QUEUE_METRICS, AlertRule, Metric
+from resilience.cache import default_cache
 from resilience.client.endpoints import endpoint_states
+from resilience.client.live import cache_is_shared
 from resilience.jobs.models import Job, ProbeResult
 from resilience.jobs.runner import QUEUES
-from resilience.models import MinuteRollup, Upstream
+from resilience.models import BreakerEvent, MinuteRollup, Upstream
 from resilience.telemetry import histogram
 
 #: Probe results read per upstream to count consecutive failures.
 PROBE_LOOKBACK = 20
+#: Breaker events read per upstream when the breaker store is per process.
+EVENT_LOOKBACK = 200
 
 _FIELDS = ("upstream", "endpoint", "calls", "errors", "cache_hits", "latency")
 
@@ -118,7 +128,10 @@ class Measures:
             row = self.upstreams().get(upstream)
             if row is None:
                 return None
-            self._endpoints[upstream] = endpoint_states(row)
+            states = endpoint_states(row)
+            if not cache_is_shared(default_cache()):
+                states = _with_recorded(row, states, now=self.now)
+            self._endpoints[upstream] = states
         return self._endpoints[upstream]
 
     def _probe_failures(self) -> dict[str, int]:
@@ -162,3 +175,36 @@ class Measures:
         if queue is not None:
             rows = rows.filter(priority={v: k for k, v in QUEUES.items()}[queue])
         return float(rows.count())
+
+
+_FORCED = re.compile(r"forced open by .* for (\d+(?:\.\d+)?)s")
+
+
+def _with_recorded(upstream: Upstream, states: list[dict[str, Any]], *,
+                   now: datetime) -> list[dict[str, Any]]:
+    """`states` with each breaker's last recorded transition where this
+    process saw it closed (another process's breaker, without a shared store).
+
+    A recorded opening counts while it can still hold: for the upstream's
+    reset timeout (a forced one: for its seconds) plus a minute. After that
+    the breaker has half-opened at its next call and recorded what followed,
+    or nothing called it and its state was lost with the process that held
+    it: an old "open" is not an alert forever."""
+    last: dict[str, tuple[str, datetime, str]] = {}
+    events = BreakerEvent.objects.filter(upstream=upstream.name).order_by("-created_at", "-id")
+    for reason, to_state, at in events.values_list("reason", "to_state", "created_at")[:EVENT_LOOKBACK]:
+        # An endpoint's events say so first ("endpoint b: ..."; resilience.receivers).
+        name = reason.split(":", 1)[0].removeprefix("endpoint ") if reason.startswith("endpoint ") else ""
+        last.setdefault(name, (to_state, at, reason))
+    merged = []
+    for state in states:
+        recorded = last.get(state["name"])
+        if recorded and state["breaker_state"] == "closed" and state["state"] != "disabled":
+            to_state, at, reason = recorded
+            forced = _FORCED.search(reason)
+            holds = float(forced.group(1)) if forced else upstream.breaker_reset_timeout
+            if to_state != "open" or now - at <= timedelta(seconds=holds + 60):
+                state = {**state, "breaker_state": to_state, "state": to_state}
+        merged.append(state)
+    return merged
+

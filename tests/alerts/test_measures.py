@@ -12,7 +12,7 @@ from resilience import services
 from resilience.alerts.measures import Measures
 from resilience.alerts.models import AlertRule
 from resilience.jobs.models import Job, ProbeResult
-from resilience.models import Endpoint
+from resilience.models import BreakerEvent, Endpoint
 from resilience.telemetry.rollups import RollupDelta, minute_of, rollups_write
 
 pytestmark = pytest.mark.django_db
@@ -71,3 +71,24 @@ def test_probe_failure_streak_and_p95_from_the_histograms(policy):
     assert p95 == pytest.approx(7000, rel=0.02)
     assert measures.values(rule(metric="p95_latency_ms", scope="upstream", target="api", min_calls=500)) == {
         "api": None}  # too few calls to judge
+
+
+def test_without_a_shared_store_the_recorded_transitions_count(policy, settings):
+    """`make run`: no Redis, so the jobs worker's breaker store is its own; the
+    web process's breaker events (in the database) say what opened."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    pool = policy("pool", breaker_reset_timeout=30)
+    for name in ("a", "b"):
+        Endpoint.objects.create(upstream=pool, name=name, base_url=f"https://{name}.example")
+    now = timezone.now()
+    BreakerEvent.objects.create(upstream="pool", from_state="closed", to_state="open",
+                                reason="endpoint a: 5 consecutive failures")
+    BreakerEvent.objects.create(upstream="pool", from_state="closed", to_state="open",
+                                reason="endpoint b: forced open by olga for 600s: drill")
+    every = rule(metric="all_endpoints_out", scope="upstream", target="pool")
+    assert Measures(now).values(every) == {"pool": 1.0}
+    # Two minutes on, a's opening (30 s reset timeout) is over; b's forced 600 s still holds.
+    assert Measures(now + timedelta(minutes=2)).values(rule(metric="breakers_open")) == {"pool": 1.0}
+    BreakerEvent.objects.create(upstream="pool", from_state="open", to_state="closed",
+                                reason="endpoint b: reset by olga")
+    assert Measures(now).values(rule(metric="breakers_open")) == {"pool": 1.0}  # a only
