@@ -27,6 +27,7 @@ setup-dev: $(VENV)/.dev
 run: setup
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py migrate --noinput
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py seed_upstreams
+	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py config_apply --on-start
 	export DEBUG=$${DEBUG:-true}; \
 	$(BIN)/python manage.py jobs_worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null' EXIT; \
@@ -44,6 +45,7 @@ serve: setup
 	mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && \
 	$(BIN)/python manage.py migrate --noinput && \
 	$(BIN)/python manage.py seed_upstreams && \
+	$(BIN)/python manage.py config_apply --on-start && \
 	$(BIN)/python manage.py collectstatic --noinput -v 0 && \
 	exec $(BIN)/gunicorn project.asgi:application --config gunicorn.conf.py --bind $(HOST):$(PORT)
 

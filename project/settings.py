@@ -253,6 +253,21 @@ RESILIENCE_ADVISOR = {
     "AUTO_APPLY_KINDS": env.list("ADVISOR_AUTO_APPLY", default=[]),
 }
 
+# Alerts (resilience.alerts.conf): evaluation interval and where notifications go.
+RESILIENCE_ALERTS = {
+    "EVALUATE_INTERVAL": env.int("ALERTS_EVALUATE_INTERVAL", default=15),
+    "WEBHOOK_URL": env.str("ALERT_WEBHOOK_URL", default=""),
+    "WEBHOOK_SECRET": env.str("ALERT_WEBHOOK_SECRET", default=""),
+    "SLACK_WEBHOOK_URL": env.str("ALERT_SLACK_WEBHOOK_URL", default=""),
+    "EMAIL_TO": env.list("ALERT_EMAIL_TO", default=[]),
+    "RETENTION_DAYS": env.int("ALERT_RETENTION_DAYS", default=30),
+}
+# Mail (alert notifications by email): EMAIL_URL such as smtp+tls://user:password@host:587.
+vars().update(env.email_url("EMAIL_URL", default="smtp://localhost:25"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="gateway@localhost")
+# A configuration file (manage.py config_export's YAML) applied when the server starts.
+CONFIG_FILE = env.str("CONFIG_FILE", default="")
+
 AIGEN = {
     # Read as a credential: the `openai` upstream may name it (it is declared, not a deploy variable).
     "OPENAI_API_KEY": env.credential("OPENAI_API_KEY"),

@@ -10,6 +10,7 @@ permissions (resilience.permissions).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib import admin, messages
@@ -25,7 +26,10 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from resilience import services
 from resilience.admin_forms import REASON_MAX_LENGTH, EndpointForm, UpstreamForm
+from resilience.client.endpoints import endpoint_states
+from resilience.exceptions import AppError
 from resilience.models import BreakerEvent, CallLog, Endpoint, Upstream
+from resilience.permissions import admin_allows
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 
@@ -66,13 +70,49 @@ class EndpointAdmin(SimpleHistoryAdmin):
 
     form = EndpointForm
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model")
+    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model", "breaker")
     list_select_related = ("upstream",)
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         return _for_user(super().get_form(request, obj, change=change, **kwargs), request)
     list_filter = ("enabled",)
     search_fields = ("name", "base_url", "upstream__name")
+    actions = ["reset_breakers", "force_open_5m", "force_open_1h"]
+
+    @admin.display(description="breaker")
+    def breaker(self, obj: Endpoint) -> str:
+        states = {s["name"]: s for s in endpoint_states(obj.upstream)}
+        state = states.get(obj.name, {})
+        forced = state.get("forced")
+        return f"{state.get('state', '?')}" + (f" (forced by {forced['by']})" if forced else "")
+
+    def has_breaker_permission(self, request: HttpRequest) -> bool:
+        """Breaker controls need what the upstream's page needs (change_upstream)."""
+        return admin_allows(request.user, "resilience.change_upstream")
+
+    def _breakers(self, request: HttpRequest, queryset: QuerySet[Endpoint], control: Any, done: str) -> None:
+        by = request.user.get_username()
+        for endpoint in queryset.select_related("upstream"):
+            try:
+                control(name=endpoint.upstream.name, endpoint=endpoint.name, by=by)
+            except AppError as err:
+                self.message_user(request, f"{endpoint}: {err.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{endpoint}: breaker {done}.", messages.SUCCESS)
+
+    @admin.action(description="Reset breaker (close it now)", permissions=["breaker"])
+    def reset_breakers(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        self._breakers(request, queryset, services.breaker_endpoint_reset, "reset")
+
+    @admin.action(description="Force breaker open for 5 minutes", permissions=["breaker"])
+    def force_open_5m(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        self._breakers(request, queryset, functools.partial(services.breaker_force_open, seconds=300),
+                       "forced open for 5 minutes")
+
+    @admin.action(description="Force breaker open for 1 hour", permissions=["breaker"])
+    def force_open_1h(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        self._breakers(request, queryset, functools.partial(services.breaker_force_open, seconds=3600),
+                       "forced open for 1 hour")
 
 
 def _topic(title: str, *fields: str, description: str = "") -> tuple[str, dict[str, Any]]:
@@ -298,4 +338,5 @@ class BreakerEventAdmin(ReadOnlyAdmin):
 
 
 from resilience.advisor import admin as advisor_admin  # noqa: E402, F401  (suggestions)
+from resilience.alerts import admin as alerts_admin  # noqa: E402, F401  (rules, alerts, silences)
 from resilience.jobs import admin as jobs_admin  # noqa: E402, F401  (jobs, dead letters, probes)

@@ -167,7 +167,7 @@ class BreakerResetView(APIView):
         responses={200: s.BreakerResetResponseSerializer, **s.error_responses(401, 403, 404)},
     )
     def post(self, request: Request, name: str) -> Response:
-        status = breaker_reset(name=name)
+        status = breaker_reset(name=name, by=request.user.get_username())
         return Response(s.BreakerResetResponseSerializer(
             {"success": True, "upstream": name, "breaker": status}).data)
 

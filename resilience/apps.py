@@ -14,6 +14,7 @@ class ResilienceConfig(AppConfig):
         from resilience import checks, receivers  # noqa: F401
         from resilience.advisor import resources  # noqa: F401  (per-process resource snapshots)
         from resilience.advisor import tasks as advisor_tasks  # noqa: F401  (the scheduled advisor run)
+        from resilience.alerts import tasks as alerts_tasks  # noqa: F401  (the scheduled alert evaluation)
         from resilience.jobs import tasks  # noqa: F401  (registers the built-in jobs)
         from resilience.services import upstreams_seed_after_migrate
         from resilience.telemetry import metrics  # noqa: F401

@@ -25,6 +25,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from resilience.advisor.panels import advisor_panels
+from resilience.alerts.services import alerts_firing
 from resilience.cache.ops import cache_stats
 from resilience.jobs.selectors import upstream_health
 from resilience.models import Upstream
@@ -108,8 +109,9 @@ def _cache_display(stats: dict[str, Any]) -> dict[str, str]:
 def dashboard_snapshot(*, now: Any = None) -> dict[str, Any]:
     """Everything the dashboard shows, JSON-ready: each upstream's policy
     summary, live breaker, statistics over `STATS_WINDOW` and per-minute
-    series over the last hour; the cache backend's statistics. Each part
-    carries a `display` dict of the same values formatted for people."""
+    series over the last hour; the cache backend's statistics; the alerts
+    firing (most severe first). Each upstream and the cache carry a
+    `display` dict of the same values formatted for people."""
     now = now or timezone.now()
     upstreams = []
     probes = upstream_health()["probed"]  # each probed upstream's last probe
@@ -128,8 +130,12 @@ def dashboard_snapshot(*, now: Any = None) -> dict[str, Any]:
             "display": _upstream_display(breaker, stats, probes.get(row.name)),
         })
     cache = cache_stats()
+    alerts = [{"rule": a.rule.name, "subject": a.subject, "severity": a.rule.severity,
+               "condition": a.rule.condition_text(), "value": a.value,
+               "fired_at": a.fired_at.isoformat() if a.fired_at else None} for a in alerts_firing()]
     return {
         "generated_at": now.isoformat(),
+        "alerts": alerts,
         "stats_window": STATS_WINDOW,
         "chart": {"window_seconds": int(CHART_WINDOW.total_seconds()),
                   "bucket_seconds": int(CHART_BUCKET.total_seconds())},

@@ -155,3 +155,35 @@ class RequestTooLarge(AppError):
 
     code = "request_too_large"
     status = 413
+
+
+class UnknownEndpoint(AppError):
+    code = "unknown_endpoint"
+    status = 404
+
+
+class BreakerControlRefused(AppError):
+    """A breaker control that cannot apply: the breaker is disabled, the
+    endpoint is disabled, or another worker's transition held the breaker."""
+
+    code = "breaker_control_refused"
+    status = 409
+
+
+class ConfigInvalid(AppError):
+    """A configuration file that cannot be applied; `entry` and `field` say where."""
+
+    code = "config_invalid"
+    status = 400
+
+
+class InvalidInput(AppError):
+    """Bad input found past the serializers (a service's own check); `field` names it."""
+
+    code = "invalid"
+    status = 400
+
+
+class NotFound(AppError):
+    code = "not_found"
+    status = 404

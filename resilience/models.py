@@ -486,9 +486,11 @@ class DayRollup(Rollup):
         indexes = [models.Index(fields=["start"], name="resilience_dayrollup_start")]
 # Jobs, dead letters and probe history live in resilience.jobs; their models
 # register under this app from here.
-# The advisor's suggestions (resilience.advisor) register the same way.
+# The advisor's suggestions (resilience.advisor) and the alert rules, alerts,
+# their history and silences (resilience.alerts) register the same way.
 from resilience.advisor.models import Suggestion  # noqa: E402
+from resilience.alerts.models import Alert, AlertEvent, AlertRule, Silence  # noqa: E402
 from resilience.jobs.models import DeadLetter, Job, ProbeResult  # noqa: E402
 
-__all__ = ["BreakerEvent", "CallLog", "DeadLetter", "Endpoint", "Job", "ProbeResult", "Suggestion",
-           "Upstream"]
+__all__ = ["Alert", "AlertEvent", "AlertRule", "BreakerEvent", "CallLog", "DeadLetter", "Endpoint", "Job",
+           "ProbeResult", "Silence", "Suggestion", "Upstream"]

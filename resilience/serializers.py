@@ -44,6 +44,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "No or bad credentials (`not_authenticated`, `authentication_failed`).",
     403: "Authenticated but not allowed: staff only (`permission_denied`).",
     404: "No such resource (`unknown_upstream`, `not_found`).",
+    409: "The change does not apply now (`breaker_control_refused`, `suggestion_conflict`).",
     413: "The request body is over the size limit (`request_too_large`).",
     415: "The request body is not `application/json` (`unsupported_media_type`).",
     429: "Too many requests (`throttled`; see `Retry-After`).",

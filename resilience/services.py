@@ -2,6 +2,7 @@
 management commands (they stay thin and call these)."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,9 +10,13 @@ from django.core.cache import cache
 
 from resilience import exceptions as errors
 from resilience.client import reset_clients, upstream_client
+from resilience.client.breaker import SharedBreaker
+from resilience.client.endpoints import endpoint_states
 from resilience.conf import credential_refusal
 from resilience.models import Endpoint, Upstream
 from resilience.telemetry.selectors import breaker_status
+
+logger = logging.getLogger(__name__)
 
 
 def _get(name: str) -> Upstream:
@@ -21,14 +26,77 @@ def _get(name: str) -> Upstream:
         raise errors.UnknownUpstream(f"no upstream named {name!r}", upstream=name) from None
 
 
-def breaker_reset(*, name: str) -> dict[str, Any]:
-    """Close upstream `name`'s breaker now; returns its new status."""
+def breaker_reset(*, name: str, by: str = "operator") -> dict[str, Any]:
+    """Close every breaker of upstream `name` (each endpoint's) now; returns
+    the upstream's breaker status as it then is."""
     upstream = _get(name)
     if upstream.breaker_enabled:
-        breaker = upstream_client(name).breaker
-        if breaker is not None:
-            breaker.reset()
+        for breaker in upstream_client(name).breakers().values():
+            breaker.close_by(by=by)
     return breaker_status(upstream)
+
+
+def breakers_state(*, name: str) -> dict[str, Any]:
+    """Upstream `name`'s breakers as they are: its own view and every endpoint's."""
+    upstream = _get(name)
+    return {"upstream": name, "breaker": breaker_status(upstream), "endpoints": endpoint_states(upstream)}
+
+
+def _endpoint_breaker(upstream: Upstream, endpoint: str | None) -> SharedBreaker:
+    """The live breaker of one endpoint (None: the single-URL upstream's own)."""
+    if not upstream.breaker_enabled:
+        raise errors.BreakerControlRefused(f"upstream {upstream.name!r} has its breaker disabled",
+                                           upstream=upstream.name)
+    rows = {row.name: row for row in upstream.endpoints.all()}
+    if endpoint is None or endpoint == "":
+        if rows:
+            raise errors.InvalidInput(f"upstream {upstream.name!r} has endpoints: name one",
+                                      field="endpoint")
+        endpoint = ""
+    elif endpoint not in rows:
+        raise errors.UnknownEndpoint(f"upstream {upstream.name!r} has no endpoint {endpoint!r}",
+                                     upstream=upstream.name, endpoint=endpoint)
+    elif not rows[endpoint].enabled:
+        raise errors.BreakerControlRefused(f"endpoint {endpoint!r} is disabled (it gets no calls)",
+                                           upstream=upstream.name, endpoint=endpoint)
+    return upstream_client(upstream.name).breakers()[endpoint]
+
+
+def breaker_endpoint_reset(*, name: str, endpoint: str | None, by: str, reason: str = "") -> dict[str, Any]:
+    """Close one endpoint's breaker now (recorded with `by`); returns every
+    endpoint's state (`breakers_state`)."""
+    upstream = _get(name)
+    _endpoint_breaker(upstream, endpoint).close_by(by=by, reason=reason)
+    logger.info("breaker %s/%s reset by %s", name, endpoint or "", by)
+    return breakers_state(name=name)
+
+
+def breaker_reset_all(*, name: str, by: str, reason: str = "") -> dict[str, Any]:
+    """Close every endpoint's breaker of upstream `name` (recorded with `by`);
+    returns every endpoint's state."""
+    upstream = _get(name)
+    if upstream.breaker_enabled:
+        for breaker in upstream_client(name).breakers().values():
+            breaker.close_by(by=by, reason=reason)
+    return breakers_state(name=name)
+
+
+def breaker_force_open(*, name: str, endpoint: str | None, seconds: float, by: str,
+                       reason: str = "") -> dict[str, Any]:
+    """Open one endpoint's breaker for `seconds` (maintenance, drills) in
+    every worker, recorded with `by`; afterwards it half-opens and a probe
+    decides. Returns every endpoint's state."""
+    if not 1 <= seconds <= FORCE_OPEN_MAX:
+        raise errors.InvalidInput(f"seconds must be between 1 and {FORCE_OPEN_MAX}", field="seconds")
+    upstream = _get(name)
+    if not _endpoint_breaker(upstream, endpoint).force_open(seconds=seconds, by=by, reason=reason):
+        raise errors.BreakerControlRefused("another worker is changing this breaker; try again",
+                                           upstream=name)
+    return breakers_state(name=name)
+
+
+#: Longest forced opening (seconds): a day; longer maintenance is disabling the endpoint.
+FORCE_OPEN_MAX = 86400
 
 
 def upstream_cache_clear(*, name: str) -> int:

@@ -3,6 +3,8 @@ from django.urls import path
 
 from resilience import api_views as views
 from resilience.advisor import views as advisor
+from resilience.alerts import views as alerts
+from resilience.ops import breakers
 
 app_name = "resilience-api"
 
@@ -13,7 +15,14 @@ urlpatterns = [
     path("upstreams/<slug:name>/breaker/reset", views.BreakerResetView.as_view(), name="breaker-reset"),
     path("upstreams/<slug:name>/probe", views.ProbeView.as_view(), name="upstream-probe"),
     path("upstreams/<slug:name>/cache", views.UpstreamCacheView.as_view(), name="upstream-cache"),
+    path("upstreams/<slug:name>/breakers", breakers.BreakersView.as_view(), name="breakers"),
+    path("upstreams/<slug:name>/breakers/reset", breakers.BreakersResetView.as_view(), name="breakers-reset"),
+    path("upstreams/<slug:name>/breakers/open", breakers.BreakersOpenView.as_view(), name="breakers-open"),
     path("cache/stats", views.CacheStatsView.as_view(), name="cache-stats"),
+    # Alerts (resilience.alerts.views).
+    path("alerts", alerts.AlertsView.as_view(), name="alerts"),
+    path("alerts/silences", alerts.SilencesView.as_view(), name="silences"),
+    path("alerts/silences/<int:silence_id>/end", alerts.SilenceEndView.as_view(), name="silence-end"),
     # The advisor (resilience.advisor.views).
     path("findings", advisor.FindingsView.as_view(), name="findings"),
     path("upstreams/<slug:name>/findings", advisor.UpstreamFindingsView.as_view(), name="upstream-findings"),

@@ -42,6 +42,7 @@ the fallback backend serves from; it never raises cache errors.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
         self.k_fails, self.k_successes, self.k_probes = f"{base}:fails", f"{base}:ok", f"{base}:probes"
         self.k_reopens = f"{base}:reopens"
         self.k_lock = f"breaker:{name}:transition"
+        self.k_forced = f"{base}:forced"
 
     def snapshot(self) -> tuple[str, float, int, int]:
         """(state, opened_at, consecutive failures, failed probes since it
@@ -405,6 +407,60 @@ class SharedBreaker:
 
     #: Longest wait (seconds) for another worker's transition in progress.
     transition_wait = 0.5
+
+    # -- operator controls (resilience.services.breaker_*) ---------------------------------
+    def force_open(self, *, seconds: float, by: str, reason: str = "") -> bool:
+        """Open the breaker now for `seconds` (maintenance, drills), in every
+        worker, recorded with who did it; an open breaker's time is set anew.
+
+        The shared state is what any trip writes, with `opened_at` placed so
+        that the reset timeout ends `seconds` from now: every worker refuses
+        calls until then without a check of its own, and afterwards it
+        half-opens and a probe decides, as after any trip. The forced-open
+        note (`forced_status`) expires with it. False when another worker's
+        transition held the lock for `transition_wait` (nothing changed)."""
+        store = default_cache()
+        lock = store.lock(self.storage.k_lock, timeout=5, blocking_timeout=self.transition_wait)
+        if not lock.acquire():
+            return False
+        try:
+            old = self.storage.state
+            until = self.clock() + seconds
+            store.set_many({self.storage.k_state: OPEN, self.storage.k_opened: until - self.reset_timeout},
+                           timeout=None)
+            store.set(self.storage.k_forced, {"until": until, "by": by, "reason": reason},
+                      timeout=math.ceil(seconds) + 1)
+            self.storage.reset_counter()
+            self.storage.reset_probes()
+            self.storage.reset_success_counter()
+        finally:
+            _release(lock, self.name)
+        self._snapshot = None
+        note = f"forced open by {by} for {seconds:g}s" + (f": {reason}" if reason else "")
+        change = Transition(self.name, old, OPEN, note)
+        for listener in self.listeners:
+            listener(change)
+        return True
+
+    def close_by(self, *, by: str, reason: str = "") -> bool:
+        """Close the breaker now (an operator's reset), recorded with who did
+        it, ending a forced opening too. True when it was not closed."""
+        self._snapshot = None
+        default_cache().delete(self.storage.k_forced)
+        state = self.storage.state
+        if state == CLOSED:
+            self.storage.reset_counter()
+            return False
+        note = f"reset by {by}" + (f": {reason}" if reason else "")
+        return self._transition(state, CLOSED, note)
+
+    @staticmethod
+    def forced_status(name: str) -> dict[str, Any] | None:
+        """Breaker `name`'s forced opening still in force ({until, by, reason}), or None."""
+        forced = default_cache().get(CacheBreakerStorage(name).k_forced)
+        if forced is None or forced.get("until", 0) <= SharedBreaker.clock():
+            return None
+        return forced
 
 
 def wait_after(reopens: int, *, probe_interval: float, reset_timeout: float) -> float:

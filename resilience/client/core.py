@@ -42,7 +42,7 @@ from resilience import exceptions as errors
 from resilience.cache import default_cache
 from resilience.client import responses
 from resilience.client.asend import asend, build_request
-from resilience.client.breaker import Admission
+from resilience.client.breaker import Admission, SharedBreaker
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.credentials import Credentials
 from resilience.client.endpoints import Choice, Member, Pool, Unavailable
@@ -307,6 +307,11 @@ class UpstreamClient:
     @property
     def breaker(self):
         return self._live.current().breaker
+
+    def breakers(self) -> dict[str, SharedBreaker]:
+        """The breakers of the enabled endpoints as this process built them
+        (with their listeners), by endpoint name ("" for a single URL)."""
+        return {m.name: m.breaker for m in self._live.current().pool.members if m.breaker is not None}
 
     @property
     def bulkhead(self) -> Bulkhead | None:

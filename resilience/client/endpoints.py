@@ -520,3 +520,33 @@ def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
     return {"strategy": upstream.endpoint_strategy, "max_ejection_percent": upstream.max_ejection_percent,
             "state": "open" if all_out else "closed", "window_seconds": window_seconds,
             "endpoints": endpoints}
+
+
+def endpoint_states(upstream: Any) -> list[dict[str, Any]]:
+    """Every endpoint of `upstream` (an Upstream row; the implicit one when it
+    has none) as it really is now, from the shared state alone (no rollups):
+    name, enabled, its breaker's name, state (closed, open, half-open,
+    disabled), failures, retry_after, cooling_for, and `forced` ({until, by,
+    reason}) while an operator's forced opening holds. For the breaker
+    controls' answers and the alert rules; one `get_many` per breaker."""
+    rows = list(upstream.endpoints.all())
+    specs = [(row.name, row.enabled) for row in rows] or [("", True)]
+    cooling = default_cache().get_many([cooldown_key(upstream.name, name) for name, _ in specs])
+    now = Pool.clock()
+    states = []
+    for name, enabled in specs:
+        breaker = breaker_name(upstream.name, name)
+        if upstream.breaker_enabled:
+            status = SharedBreaker.status_of(breaker, fail_max=upstream.breaker_fail_max,
+                                             reset_timeout=upstream.breaker_reset_timeout)
+            forced = SharedBreaker.forced_status(breaker)
+        else:
+            status, forced = {"state": "disabled", "failures": 0, "retry_after": None}, None
+        until = cooling.get(cooldown_key(upstream.name, name)) or 0.0
+        states.append({"name": name, "breaker": breaker, "enabled": enabled,
+                       "state": status["state"] if enabled else "disabled",
+                       "breaker_state": status["state"], "failures": status["failures"],
+                       "retry_after": status["retry_after"],
+                       "cooling_for": round(until - now, 3) if until > now else 0.0, "forced": forced})
+    return states
+

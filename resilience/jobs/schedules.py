@@ -8,7 +8,9 @@ trying while one is ticking.
 
 Schedules: one health probe per upstream with a health path and a
 `probe_interval`; `resilience.prune` hourly; `resilience.reap` every minute;
-`resilience.advise` (the advisor, resilience.advisor.tasks) every 5 minutes.
+`resilience.advise` (the advisor, resilience.advisor.tasks) every 5 minutes;
+`resilience.alerts_evaluate` every `RESILIENCE_ALERTS["EVALUATE_INTERVAL"]` seconds
+(15) and `resilience.alerts_prune` hourly (resilience.alerts.tasks).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from resilience.alerts.conf import alerts_settings
 from resilience.jobs.locks import Lock
 from resilience.jobs.runner import job_enqueue
 
@@ -50,6 +53,9 @@ def schedules() -> list[Schedule]:
     from resilience.advisor.tasks import ADVISE_INTERVAL
 
     found.append(Schedule(key="advise", job="resilience.advise", interval=ADVISE_INTERVAL, priority="low"))
+    found.append(Schedule(key="alerts", job="resilience.alerts_evaluate",
+                          interval=max(1, int(alerts_settings.EVALUATE_INTERVAL)), priority="high"))
+    found.append(Schedule(key="alerts-prune", job="resilience.alerts_prune", interval=3600, priority="low"))
     return found
 
 
@@ -57,7 +63,9 @@ def schedules_tick(*, now: datetime | None = None, use_lock: bool = True) -> lis
     """Queue every schedule whose current interval has no job yet; returns the
     keys queued by this call (empty when another worker holds the tick)."""
     now = now or timezone.now()
-    tick = Lock("jobs:schedules", timeout=10, blocking_timeout=0, extend=False)
+    # fallback: with Redis out the tick takes the database's lock (one warning per outage) and
+    # the schedules keep running; the unique key stays the guarantee of one job per interval.
+    tick = Lock("jobs:schedules", timeout=10, blocking_timeout=0, extend=False, fallback=True)
     if use_lock and not tick.acquire():
         return []
     queued = []

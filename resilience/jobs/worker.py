@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from django.db import close_old_connections, connections
 from django.utils.crypto import get_random_string
 from django_tasks import task_backends
 
+from resilience.cache import default_cache
 from resilience.jobs.runner import QUEUES
 from resilience.jobs.schedules import schedules_tick
 
 logger = logging.getLogger(__name__)
 ALL_QUEUES = list(QUEUES.values())  # high, default, low
+#: Cache key of the last successful schedule tick of any worker (unix time):
+#: `/metrics` exports it, so a cluster whose workers all died is visible.
+LAST_TICK_KEY = "jobs:scheduler:last_tick"
 
 
 def backend_kind() -> str:
@@ -29,22 +34,36 @@ def backend_kind() -> str:
 
 
 class ScheduleTicker(threading.Thread):
-    """Calls `schedules_tick()` every `every` seconds until stopped; an error
-    is logged and the next tick tries again."""
+    """Calls `schedules_tick()` every `every` seconds until stopped. A failing
+    tick is logged once with its traceback when ticks start failing and once
+    when they work again, not every second (the next tick always tries);
+    a Redis outage alone does not fail a tick (the tick's lock falls back to
+    the database's, see resilience.jobs.schedules)."""
 
     def __init__(self, every: float = 1.0) -> None:
         super().__init__(name="jobs-schedules", daemon=True)
         self.every = every
         self.stopped = threading.Event()
+        self.failing = False
 
     def run(self) -> None:
         while not self.stopped.wait(self.every):
-            try:
-                close_old_connections()
-                schedules_tick()
-            except Exception:
-                logger.exception("schedule tick failed; trying again in %g s", self.every)
+            self.tick()
         connections.close_all()
+
+    def tick(self) -> None:
+        try:
+            close_old_connections()
+            schedules_tick()
+        except Exception:  # any failure: the next tick tries again; said once per streak
+            if not self.failing:
+                logger.exception("schedule ticks failing; trying again every %g s", self.every)
+            self.failing = True
+            return
+        default_cache().set(LAST_TICK_KEY, time.time(), timeout=None)
+        if self.failing:
+            logger.info("schedule ticks work again")
+            self.failing = False
 
 
 def worker_run(*, queues: list[str] | None = None, batch: bool = False, scheduler: bool = True,

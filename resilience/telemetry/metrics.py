@@ -39,6 +39,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from resilience.cache import default_cache
 from resilience.conf import resilience_settings
 from resilience.signals import breaker_state_changed, call_completed
 
@@ -66,6 +67,11 @@ BREAKER_TRANSITIONS = Counter(
     "resilience_breaker_transitions",
     "Circuit breaker state changes (counted by the process that made them).",
     ["upstream", "from_state", "to_state"])
+LOCK_EVENTS = Counter(
+    "resilience_lock_events", "Distributed lock events (resilience.locks): acquired, contended, "
+    "not_acquired, expired, fallbacks. Lock names are never a label (they may carry ids).", ["event"])
+LOCK_WAIT_SECONDS = Counter(
+    "resilience_lock_wait_seconds", "Seconds spent waiting to acquire distributed locks, summed.")
 HTTP_REQUEST_LATENCY = Histogram(
     "http_request_duration_seconds",
     "The service's own request latency until the response is ready, by view.",
@@ -185,6 +191,104 @@ class CacheCollector:
         yield backend
 
 
+class OperationsCollector:
+    """The jobs queues, probes and alerts, read from the database at scrape
+    time (the same answer from every worker; a few grouped queries whatever
+    the traffic):
+
+    - `resilience_jobs_queue_depth{queue}`: jobs waiting and due;
+      `resilience_jobs_queue_oldest_age_seconds{queue}`: how long the oldest
+      of them has been due; `resilience_jobs_running{queue}`;
+    - `resilience_jobs_dead_letters`: failed jobs kept (until retention);
+      `resilience_jobs_scheduler_last_tick_timestamp_seconds`: the last
+      schedule tick of any worker (from the shared cache: absent without Redis);
+    - `resilience_probe_ok{upstream}` (1 healthy, 0 not),
+      `resilience_probe_timestamp_seconds{upstream}` and
+      `resilience_probe_consecutive_failures{upstream}`: the last probes of
+      each probed upstream;
+    - `resilience_alerts_firing{rule_id, metric, severity}`: firing alerts per
+      rule. Labels are bounded by configuration, never by callers: queues are
+      the three priorities, upstreams and rules are rows operators create, and
+      a rule is labelled by its id (a rename does not start a new series) with
+      its metric kind and severity (for grouping without a join).
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        from django.db.models import Count, Min, Q
+        from django.db.models.functions import Coalesce
+        from django.utils import timezone
+
+        from resilience.models import Alert, Job, ProbeResult, Upstream
+
+        now = timezone.now()
+        queues = {"high": "high", "normal": "default", "low": "low"}
+        depth = GaugeMetricFamily("resilience_jobs_queue_depth", "Jobs waiting to run now, per queue.",
+                                  labels=["queue"])
+        age = GaugeMetricFamily("resilience_jobs_queue_oldest_age_seconds",
+                                "Seconds the oldest waiting job has been due, per queue.", labels=["queue"])
+        running = GaugeMetricFamily("resilience_jobs_running", "Jobs running, per queue.", labels=["queue"])
+        try:
+            due = Q(run_after__isnull=True) | Q(run_after__lte=now)
+            kept = [Job.Status.QUEUED, Job.Status.RUNNING, Job.Status.FAILED]
+            rows = list(Job.objects.filter(status__in=kept).values("status", "priority").annotate(
+                count=Count("id", filter=due | ~Q(status=Job.Status.QUEUED)),
+                oldest=Min(Coalesce("run_after", "created_at"), filter=due)))
+            waiting = {r["priority"]: r for r in rows if r["status"] == Job.Status.QUEUED}
+            busy = {r["priority"]: r["count"] for r in rows if r["status"] == Job.Status.RUNNING}
+            dead = sum(r["count"] for r in rows if r["status"] == Job.Status.FAILED)
+            probed = list(Upstream.objects.filter(probe_interval__gt=0).exclude(health_path="")
+                          .values_list("name", flat=True))
+            probes = {name: list(ProbeResult.objects.filter(upstream=name)
+                                 .values_list("ok", "created_at")[:20]) for name in probed}
+            firing = list(Alert.objects.filter(state=Alert.State.FIRING).values(
+                "rule_id", "rule__metric", "rule__severity").annotate(count=Count("id")))
+        except DatabaseError:
+            logger.warning("metrics: jobs, probes and alerts left out (database unavailable)")
+            return
+        for priority, queue in queues.items():
+            row = waiting.get(priority)
+            depth.add_metric([queue], row["count"] if row else 0)
+            oldest = row["oldest"] if row else None
+            age.add_metric([queue], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+            running.add_metric([queue], busy.get(priority, 0))
+        yield depth
+        yield age
+        yield running
+        yield GaugeMetricFamily("resilience_jobs_dead_letters", "Failed jobs kept (dead letters).",
+                                value=dead)
+        last_tick = default_cache().get("jobs:scheduler:last_tick")  # resilience.jobs.worker.LAST_TICK_KEY
+        if last_tick is not None:
+            yield GaugeMetricFamily("resilience_jobs_scheduler_last_tick_timestamp_seconds",
+                                    "Unix time of the last schedule tick of any jobs worker (shared through "
+                                    "Redis; absent without it).", value=last_tick)
+        ok = GaugeMetricFamily("resilience_probe_ok", "The last health probe: 1 healthy, 0 unhealthy.",
+                               labels=["upstream"])
+        when = GaugeMetricFamily("resilience_probe_timestamp_seconds", "Unix time of the last health probe.",
+                                 labels=["upstream"])
+        streak = GaugeMetricFamily("resilience_probe_consecutive_failures",
+                                   "Failed health probes in a row (of the last 20).", labels=["upstream"])
+        for name, results in probes.items():
+            if not results:
+                continue
+            ok.add_metric([name], 1 if results[0][0] else 0)
+            when.add_metric([name], results[0][1].timestamp())
+            failures = 0
+            for healthy, _ in results:
+                if healthy:
+                    break
+                failures += 1
+            streak.add_metric([name], failures)
+        yield ok
+        yield when
+        yield streak
+        alerts = GaugeMetricFamily("resilience_alerts_firing", "Firing alerts per rule (by id; see "
+                                   "/api/resilience/alerts for names).",
+                                   labels=["rule_id", "metric", "severity"])
+        for row in firing:
+            alerts.add_metric([str(row["rule_id"]), row["rule__metric"], row["rule__severity"]], row["count"])
+        yield alerts
+
+
 def scrape_registry() -> CollectorRegistry:
     """A registry for one scrape: every worker's event metrics (multiprocess
     mode) or this process's, plus the state collectors."""
@@ -194,7 +298,7 @@ def scrape_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry, path=str(path))
     else:
         registry.register(REGISTRY)
-    for collector in (BreakerCollector(), CacheCollector()):
+    for collector in (BreakerCollector(), CacheCollector(), OperationsCollector()):
         registry.register(collector)
     return registry
 

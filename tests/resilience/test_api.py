@@ -28,6 +28,11 @@ WRITES = [("post", f"{API}/upstreams/api/breaker/reset"), ("post", f"{API}/upstr
 # 401/403/404 are tested in tests/advisor/test_api.py.
 ADVISOR_ACTIONS = {"suggestions/<int:suggestion_id>/apply", "suggestions/<int:suggestion_id>/dismiss",
                    "suggestions/<int:suggestion_id>/rollback", "benchmarks", "benchmarks/<str:job_id>"}
+# Breaker controls and alerts: their permission matrix is in tests/resilience/test_breaker_controls.py
+# and tests/alerts/test_api.py.
+OPS_ROUTES = {"upstreams/<slug:name>/breakers", "upstreams/<slug:name>/breakers/reset",
+              "upstreams/<slug:name>/breakers/open", "alerts", "alerts/silences",
+              "alerts/silences/<int:silence_id>/end"}
 
 
 @pytest.fixture
@@ -69,7 +74,7 @@ def test_every_route_is_in_the_permission_matrix():
 
     routes = {str(p.pattern) for p in urls.urlpatterns if isinstance(p, URLPattern)}
     tested = {path.removeprefix(f"{API}/").replace("/api", "/<slug:name>", 1) for _, path in READS + WRITES}
-    assert routes == tested | ADVISOR_ACTIONS
+    assert routes == tested | ADVISOR_ACTIONS | OPS_ROUTES
     assert any(str(p.pattern) == "api/resilience/" for p in get_resolver().url_patterns)
 
 

@@ -136,7 +136,7 @@ def test_data_endpoint_shape(staff_client, traffic):
     assert response["Content-Type"] == "application/json"
     assert "no-cache" in response["Cache-Control"]
     body = json.loads(response.content)
-    assert set(body) == {"generated_at", "stats_window", "chart", "upstreams", "cache"}
+    assert set(body) == {"generated_at", "stats_window", "chart", "upstreams", "cache", "alerts"}
     assert body["chart"] == {"window_seconds": 3600, "bucket_seconds": 60}
     assert [u["name"] for u in body["upstreams"]] == ["payments", "search"]
     payments = body["upstreams"][0]

@@ -2,6 +2,7 @@
 locks, and the process-local lock (expiry and extension with a moved clock)."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -9,7 +10,8 @@ import pytest
 import redis
 
 from resilience.jobs import locks as locks_module
-from resilience.locks import Lock, LockNotAcquired, lock
+from resilience.jobs.locks import lock_stats_store
+from resilience.locks import Lock, LockNotAcquired, lock, lock_stats
 
 
 @pytest.fixture
@@ -120,3 +122,61 @@ def test_postgresql_advisory_lock_across_connections(settings):
     thread.join()
     assert seen["got"] is False
     assert holder.release() is True
+
+
+# -- async with, names from arguments, counters (on the real Redis) ------------------------------
+def test_async_with_excludes_and_releases(on_redis):
+    async def scenario():
+        async with lock("a1", blocking_timeout=0) as held:
+            assert held.backend == "redis" and held.held
+            with pytest.raises(LockNotAcquired):
+                async with lock("a1", blocking_timeout=0):
+                    pass
+        async with lock("a1", blocking_timeout=0):  # released on exit: free again
+            return True
+
+    assert asyncio.run(scenario())
+
+
+def test_a_decorated_call_locks_per_argument(on_redis):
+    inside: list[str] = []
+
+    @lock("user:{user_id}", blocking_timeout=0)
+    def sync_user(*, user_id: int, note: str = "") -> str:
+        inside.append(f"{user_id}")
+        # Another user is not blocked by this one; the same user is.
+        assert Lock("user:99", blocking_timeout=0, extend=False).acquire()
+        with pytest.raises(LockNotAcquired), lock(f"user:{user_id}", blocking_timeout=0):
+            pass
+        return "done"
+
+    assert sync_user(user_id=7) == "done"
+    assert inside == ["7"]
+
+
+def test_an_async_decorated_call_locks_per_argument(on_redis):
+    @lock("tenant:{tenant}:export", blocking_timeout=0)
+    async def export(tenant: str) -> str:
+        assert on_redis.get(f"{first_prefix()}:lock:tenant:{tenant}:export") is not None
+        return tenant
+
+    assert asyncio.run(export("acme")) == "acme"
+    assert on_redis.get(f"{first_prefix()}:lock:tenant:acme:export") is None
+
+
+def test_a_name_field_that_is_not_a_parameter_is_refused_when_decorating():
+    with pytest.raises(TypeError, match="'user' is not a parameter of"):
+        @lock("user:{user}")
+        def work(*, user_id: int) -> None: ...
+
+
+def test_counters_say_acquired_contended_waited_and_expired(on_redis):
+    lock_stats_store.reset()
+    holder = Lock("c1", timeout=0.2, blocking_timeout=0, extend=False)
+    assert holder.acquire()
+    assert not Lock("c1", timeout=5, blocking_timeout=0.1, extend=False).acquire()  # waits, gives up
+    time.sleep(0.25)  # the holder's TTL runs out
+    assert holder.release() is False
+    stats = lock_stats()
+    assert stats["acquired"] == 1 and stats["contended"] == 1 and stats["not_acquired"] == 1
+    assert stats["expired"] == 1 and stats["waited"] > 0

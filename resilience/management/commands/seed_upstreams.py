@@ -1,11 +1,12 @@
-"""`manage.py seed_upstreams`: create the built-in upstream policies if missing
-(`migrate` does it too); `--sync-openai-url` points the stored `openai`
-upstream at OPENAI_BASE_URL."""
+"""`manage.py seed_upstreams`: create the built-in upstream policies and the
+default alert rules if missing (`migrate` does it too); `--sync-openai-url`
+points the stored `openai` upstream at OPENAI_BASE_URL."""
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from resilience.alerts.services import alert_rules_seed
 from resilience.exceptions import AppError
 from resilience.services import upstream_openai_sync, upstreams_seed
 
@@ -29,6 +30,9 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"created: {', '.join(created)}"))
         else:
             self.stdout.write("all built-in upstreams exist")
+        rules = alert_rules_seed()  # the default alert rules, when an operator deleted them
+        if rules:
+            self.stdout.write(self.style.SUCCESS(f"alert rules created: {', '.join(rules)}"))
         if options["sync_openai_url"]:
             try:
                 old = upstream_openai_sync(reason="seed_upstreams --sync-openai-url")

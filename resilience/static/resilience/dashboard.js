@@ -106,6 +106,8 @@
     });
     Object.keys(existing).forEach(function (name) { existing[name].remove(); });
 
+    renderAlerts(root.querySelector("#rs-alerts"), snapshot.alerts || []);
+
     var cache = root.querySelector("#rs-cache");
     fill(cache, snapshot.cache.display);
     cache.classList.toggle("rs-cache-fallback", snapshot.cache.fallback);
@@ -113,6 +115,25 @@
     var time = root.querySelector('[data-field="generated_at"]');
     time.setAttribute("datetime", snapshot.generated_at);
     time.textContent = new Date(snapshot.generated_at).toLocaleTimeString();
+  }
+
+  function renderAlerts(section, alerts) {
+    if (!section) { return; }
+    var body = section.querySelector("tbody");
+    body.textContent = "";
+    alerts.forEach(function (a) {
+      var row = document.createElement("tr");
+      row.className = "rs-severity-" + a.severity;
+      [a.severity, a.rule, a.subject, a.condition, a.value === null ? "\u2014" : String(a.value),
+       a.fired_at ? new Date(a.fired_at).toLocaleTimeString() : ""].forEach(function (text) {
+        var cell = document.createElement("td");
+        cell.textContent = text;
+        row.appendChild(cell);
+      });
+      body.appendChild(row);
+    });
+    section.querySelector("[data-field=alerts_count]").textContent = String(alerts.length);
+    section.classList.toggle("rs-alerts-quiet", alerts.length === 0);
   }
 
   function start() {

@@ -1,0 +1,11 @@
+"""Alerts: rules in the database, evaluated from the telemetry rollups (and
+the jobs ledger, probe history and shared breaker state) by one scheduled
+runner across the cluster; each alert goes pending -> firing -> resolved with
+its history kept, and notifies webhooks (HMAC-signed JSON, Slack's incoming
+webhook shape) and email once per transition, grouped per rule, with a repeat
+interval and silences.
+
+Who may import it: the edges (API views, admin, commands, dashboard) and the
+jobs registry (`resilience.alerts.tasks`). It imports the client only for
+breaker and endpoint state, and the telemetry for rollups.
+"""
