@@ -105,7 +105,13 @@ def test_alerts_evaluate_lists_what_fires(firing):
 
 
 def test_the_dashboard_shows_the_alerts_firing(firing, client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("watcher", is_staff=True))
+    from django.contrib.auth.models import Permission
+
+    watcher = django_user_model.objects.create_user("watcher", is_staff=True)
+    # The dashboard asks what its data shows (resilience.permissions.DASHBOARD_READ).
+    watcher.user_permissions.set(Permission.objects.filter(
+        content_type__app_label="resilience", codename__in=("view_upstream", "view_calllog", "view_alert")))
+    client.force_login(watcher)
     page = client.get("/dashboard/").content.decode()
     assert 'id="rs-alerts"' in page and "Alerts firing: <span data-field=\"alerts_count\">2</span>" in page
     assert "<td>success-rate-critical</td><td>llm</td><td>success_rate &lt; 80</td>" in page
