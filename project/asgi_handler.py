@@ -15,17 +15,73 @@ runs inline. An async receiver connected later would make Django's sync
 `Signal.send` call async_to_sync on the loop, which asgiref refuses: such a
 receiver, when present, sends this handler back to Django's thread hop.
 
-The rest of `handle` is Django's own (5.2), unchanged.
+The door (project.door) is here too: `handle` refuses a body over the limit
+before reading it (declared) or the moment it passes it (chunked), and gives
+the body-free routes an empty body without receiving any. `send_response`
+bounds each body send by `SEND_TIMEOUT`: a client that reads nothing for that
+long has its response (and the stream behind it: upstream connection,
+bulkhead slot) closed, counted in `resilience_send_timeouts_total`.
+
+The rest of `handle` is Django's own (5.2).
 """
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
+import tempfile
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
+
+from project import door
+from resilience.conf import resilience_settings
+from resilience.context import open_streams
+from resilience.telemetry import metrics
+
+logger = logging.getLogger(__name__)
+
+
+class SendTimedOut(Exception):
+    """The client read nothing for SEND_TIMEOUT seconds while a body chunk waited."""
+
+
+def _path_info(scope) -> str:
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _declares_body(scope) -> bool:
+    length = door.declared_length(_header(scope, b"content-length"))
+    return bool(length) or _header(scope, b"transfer-encoding") is not None
+
+
+def _closing(send):
+    """`send` that marks the response `Connection: close` (a body was left unread)."""
+    async def closing_send(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+    return closing_send
+
+
+async def send_too_large(send, path: str) -> None:
+    body = door.too_large_body(path)
+    headers = [(k.lower().encode(), v.encode()) for k, v in door.too_large_headers(body)]
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _finished_receivers_are_sync() -> bool:
@@ -40,11 +96,66 @@ class GatewayASGIHandler(ASGIHandler):
         else:
             await sync_to_async(response.close)()
 
-    async def handle(self, scope, receive, send):  # Django 5.2's, but for the two closes
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
+    async def read_body(self, receive):
+        """Django's, counting: past the limit, BodyTooLarge before the chunk is written."""
+        limit = door.body_limit()
+        # Returned open (the request reads it); closed by `handle`, as Django's is.
+        body_file = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted()
+            if chunk := message.get("body"):
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    body_file.close()
+                    raise door.BodyTooLarge()
+                body_file.write(chunk)
+            if not message.get("more_body", False):
+                break
+        body_file.seek(0)
+        return body_file
+
+    async def send_response(self, response, send):
+        timeout = float(resilience_settings.SEND_TIMEOUT or 0)
+        if timeout <= 0:
+            return await super().send_response(response, send)
+
+        async def bounded_send(message):
+            if message["type"] != "http.response.body":
+                return await send(message)
+            try:
+                return await asyncio.wait_for(send(message), timeout)
+            except TimeoutError:
+                raise SendTimedOut() from None
+
+        return await super().send_response(response, bounded_send)
+
+    async def handle(self, scope, receive, send):  # Django 5.2's, with the door and the two closes
+        path = _path_info(scope)
+        listen = True
+        if door.reads_no_body(path):
+            # Nothing is received, not even the (empty) request message, so no
+            # disconnect listener either: these answers are immediate. A body
+            # stays unread on the wire and the connection is closed after the
+            # answer instead of reading it.
+            body_file, listen = io.BytesIO(), False
+            if _declares_body(scope):
+                send = _closing(send)
+        elif door.declared_too_large(_header(scope, b"content-length")):
+            await send_too_large(send, path)
             return
+        else:
+            try:
+                body_file = await self.read_body(receive)
+            except RequestAborted:
+                return
+            except door.BodyTooLarge:
+                await send_too_large(send, path)
+                return
         set_script_prefix(get_script_prefix(scope))
         await signals.request_started.asend(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
@@ -60,12 +171,20 @@ class GatewayASGIHandler(ASGIHandler):
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 pass  # client disconnected during send_response
+            except SendTimedOut:
+                # The response's iterator was closed on the way out (aclosing in
+                # send_response): the stream's upstream connection and slot are free.
+                # Returning without finishing the body makes the server drop the connection.
+                metrics.send_timeout_count()
+                logger.warning("closed a response the client read nothing of for %s s: %s %.200r",
+                               resilience_settings.SEND_TIMEOUT, request.method, path)
             return response
 
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request(request, send)),
-        ]
+        held: set = set()
+        holding = open_streams.set(held)  # the tasks below share this set (context copies)
+        tasks = [asyncio.create_task(process_request(request, send))]
+        if listen:
+            tasks.insert(0, asyncio.create_task(self.listen_for_disconnect(receive)))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
             if task.done():
@@ -83,8 +202,12 @@ class GatewayASGIHandler(ASGIHandler):
                 except asyncio.CancelledError:
                     pass
 
+        open_streams.reset(holding)
+        for stream in list(held):  # left open by a dropped consumer (send timeout, disconnect)
+            await stream.aclose()
+
         try:
-            response = tasks[1].result()
+            response = tasks[-1].result()
         except asyncio.CancelledError:
             await signals.request_finished.asend(sender=self.__class__)
         else:

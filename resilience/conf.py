@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     "HTTP_CACHE_NEAR_SECONDS": 1.0,
     # /metrics: open on loopback; elsewhere this bearer token is required.
     "METRICS_TOKEN": "",
+    # Seconds a response body may wait on a client that reads nothing before
+    # the response is closed (its stream's upstream connection and bulkhead slot
+    # released; project.asgi_handler). 0: wait forever.
+    "SEND_TIMEOUT": 30.0,
     # API requests slower than this are logged once with their request id.
     "SLOW_REQUEST_SECONDS": 1.0,
     # Responses at least this big (bytes) are gzip/brotli-compressed when the

@@ -70,6 +70,9 @@ HTTP_REQUEST_LATENCY = Histogram(
     "http_request_duration_seconds",
     "The service's own request latency until the response is ready, by view.",
     ["view", "method", "status"], buckets=LATENCY_BUCKETS)
+SEND_TIMEOUTS = Counter(
+    "resilience_send_timeouts", "Responses closed because the client read nothing for SEND_TIMEOUT "
+    "seconds (a parked stream; its upstream connection and bulkhead slot were released).")
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -121,6 +124,11 @@ def request_observe(*, view: str, method: str, status: int, seconds: float) -> N
     """Count one request the service answered (by the timing middleware)."""
     method = method if method in HTTP_METHODS else "other"
     HTTP_REQUEST_LATENCY.labels(view, method, str(status)).observe(seconds)
+
+
+def send_timeout_count() -> None:
+    """Count one response closed by the send timeout (project.asgi_handler)."""
+    SEND_TIMEOUTS.inc()
 
 
 # -- state, at scrape time ---------------------------------------------------------------------
