@@ -1,0 +1,100 @@
+"""Deploy settings (issue 23 M4, L7): the TLS switches read from the
+environment, `check --deploy` clean on the README's production settings (with
+Django's middleware-gated checks run for the project's subclasses), and a weak
+SECRET_KEY refused by the servers in one line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.redis_server import free_port
+from tests.test_setup import fresh_env, manage
+
+ROOT = Path(__file__).resolve().parent.parent
+STRONG_KEY = "Zq3v-production-like-secret-key-for-the-deploy-tests-only-9f8e7d"
+#: The README's production settings (Security section), TLS ended by a proxy.
+PRODUCTION = {"DEBUG": "false", "SECRET_KEY": STRONG_KEY, "ALLOWED_HOSTS": "gateway.example.com",
+              "SECURE_PROXY_SSL_HEADER": "HTTP_X_FORWARDED_PROTO,https", "SECURE_HSTS_PRELOAD": "true"}
+SWITCHES = ("SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS",
+            "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD", "SECURE_PROXY_SSL_HEADER")
+
+
+def _settings(tmp_path: Path, **env: str) -> dict:
+    code = ("import json; from django.conf import settings as s;"
+            f"print(json.dumps({{n: getattr(s, n, None) for n in {SWITCHES!r}}}))")
+    done = manage(fresh_env(tmp_path, **env), "shell", "-c", code)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_tls_switches_are_on_by_default_behind_tls_with_debug_off(tmp_path):
+    behind_proxy = _settings(tmp_path, DEBUG="false", SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO,https")
+    assert behind_proxy == {"SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True,
+                            "SECURE_SSL_REDIRECT": True, "SECURE_HSTS_SECONDS": 31536000,
+                            "SECURE_HSTS_INCLUDE_SUBDOMAINS": True, "SECURE_HSTS_PRELOAD": False,
+                            "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"]}
+    assert _settings(tmp_path, DEBUG="false", HTTPS="true")["SECURE_SSL_REDIRECT"] is True
+    plain = _settings(tmp_path, DEBUG="false")  # no TLS configured: nothing that would lock clients out
+    assert not any(plain[name] for name in SWITCHES)
+    debugging = _settings(tmp_path, DEBUG="true", HTTPS="true")
+    assert not debugging["SESSION_COOKIE_SECURE"] and not debugging["SECURE_HSTS_SECONDS"]
+    # each switch on its own
+    chosen = _settings(tmp_path, DEBUG="false", HTTPS="true", SECURE_SSL_REDIRECT="false",
+                       SECURE_HSTS_SECONDS="60", SECURE_HSTS_INCLUDE_SUBDOMAINS="false",
+                       SECURE_HSTS_PRELOAD="true", CSRF_COOKIE_SECURE="false")
+    assert chosen["SECURE_SSL_REDIRECT"] is False and chosen["SECURE_HSTS_SECONDS"] == 60
+    assert chosen["SECURE_HSTS_INCLUDE_SUBDOMAINS"] is False and chosen["SECURE_HSTS_PRELOAD"] is True
+    assert chosen["CSRF_COOKIE_SECURE"] is False and chosen["SESSION_COOKIE_SECURE"] is True
+
+
+def test_check_deploy_is_clean_on_the_production_settings(tmp_path):
+    clean = manage(fresh_env(tmp_path, **PRODUCTION), "check", "--deploy", "--fail-level", "WARNING")
+    assert clean.returncode == 0, clean.stderr
+    assert "no issues" in clean.stdout and "W001" not in clean.stderr
+    # Without TLS, the checks Django skipped on its false W001/W003 alarm now speak.
+    plain = manage(fresh_env(tmp_path, DEBUG="false", SECRET_KEY=STRONG_KEY,
+                             ALLOWED_HOSTS="gateway.example.com"), "check", "--deploy")
+    for check in ("security.W004", "security.W008", "security.W016"):
+        assert check in plain.stderr, plain.stderr
+    for false_alarm in ("security.W001", "security.W002", "security.W003", "resilience.W10"):
+        assert false_alarm not in plain.stderr
+
+
+def test_check_deploy_still_reports_missing_security_middleware(settings):
+    from resilience.checks import check_deploy_middleware
+
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "Security" not in m and "Csrf" not in m]
+    ids = {message.id for message in check_deploy_middleware()}
+    assert {"resilience.W101", "resilience.W103"} <= ids and "security.W004" not in ids
+
+
+def test_ssl_redirect_spares_probes_and_scrapes(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/admin/login/").status_code == 301
+    assert client.get("/admin/login/", secure=True).status_code == 200
+
+
+@pytest.mark.parametrize("key", ["short-key", "a" * 60, "django-insecure-" + "k3y-Xz9" * 10])
+def test_a_weak_secret_key_refuses_to_serve_in_one_line(tmp_path, key):
+    env = fresh_env(tmp_path, DEBUG="false", SECRET_KEY=key)
+    refused = subprocess.run([sys.executable, "-m", "project.startup"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cannot serve: resilience.E005: SECRET_KEY is too weak")
+    assert key not in refused.stderr  # the key itself is never printed
+
+
+def test_gunicorn_refuses_a_weak_secret_key(tmp_path):
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    env = fresh_env(tmp_path, DEBUG="false", SECRET_KEY="short-key")
+    served = subprocess.run([str(gunicorn), "project.asgi:application", "--config", "gunicorn.conf.py",
+                             "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert served.returncode != 0 and "Traceback" not in served.stderr + served.stdout
+    assert len([line for line in served.stderr.splitlines() if "resilience.E005" in line]) == 1
