@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -66,6 +67,7 @@ INSTALLED_APPS = [
     "project",
     "django.contrib.admin",
     "django.contrib.auth",
+    "axes",  # login lockout (see "Login throttle" below)
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
@@ -98,6 +100,8 @@ MIDDLEWARE = [
     "resilience.inline_middleware.InlineMessageMiddleware",
     "resilience.inline_middleware.InlineXFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    # Last, as django-axes asks: turns a lockout into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -181,6 +185,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "/admin/login/"
+
+# --- Login throttle (django-axes) ----------------------------------------------------
+# Password logins (the admin's, any session login) lock out after LOGIN_FAILURE_LIMIT
+# failures per username or per client address (either one), for LOGIN_COOLOFF_MINUTES;
+# `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS` / `axes_reset` lift it.
+# The address is REMOTE_ADDR (what the server trusts of X-Forwarded-For: FORWARDED_ALLOW_IPS).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env.bool("LOGIN_THROTTLE", default=True)
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_COOLOFF_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# One row per (username, address) with failures, dropped after the cool-off; no row
+# per successful login (a table that would grow with traffic).
+AXES_DISABLE_ACCESS_LOG = True
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+AXES_VERBOSE = False  # its start-up banner would precede every command's output
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
