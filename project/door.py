@@ -33,6 +33,8 @@ from collections.abc import Iterable
 
 from django.conf import settings
 
+from project.errors import error_payload
+
 #: Answered without authentication and without a body: none is ever read.
 BODY_FREE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 TOO_LARGE_STATUS = "413 Request Entity Too Large"
@@ -70,13 +72,8 @@ def too_large_body(path: str) -> bytes:
     """The 413 body for `path`, in that route's error shape."""
     limit = body_limit()
     message = f"Request body exceeds the size limit of {limit} bytes."
-    if path == "/v1" or path.startswith("/v1/"):
-        error = {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                           "code": "request_too_large"}}
-    else:
-        error = {"success": False, "error": {"code": "request_too_large", "message": message,
-                                             "limit": limit}}
-    return json.dumps(error).encode()
+    return json.dumps(error_payload(path, status=413, code="request_too_large", message=message,
+                                    limit=limit)).encode()
 
 
 def too_large_headers(body: bytes) -> list[tuple[str, str]]:

@@ -61,6 +61,8 @@ SESSION_COOKIE_HTTPONLY = True
 # SSL-redirect and CSRF-cookie checks they gate: resilience.checks runs the same
 # checks for the subclasses (resilience.W101-W103 and Django's own messages).
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
+# A failed CSRF check under /api and /v1 answers JSON in the route's shape (project.errors).
+CSRF_FAILURE_VIEW = "project.errors.csrf_failure"
 
 INSTALLED_APPS = [
     # First, so its `runserver` (project.devserver: bodies bounded at the door) wins over staticfiles'.
@@ -280,6 +282,7 @@ RESILIENCE = {
     "POLICY_CHECK_INTERVAL": env.float("POLICY_CHECK_INTERVAL", default=1.0),
     "HTTP_CACHE_NEAR_SECONDS": env.float("HTTP_CACHE_NEAR_SECONDS", default=1.0),
     "METRICS_TOKEN": env.str("METRICS_TOKEN", default=""),
+    "METRICS_ALLOWED_ADDRESSES": env.list("METRICS_ALLOWED_ADDRESSES", default=[]),
     "SEND_TIMEOUT": env.float("SEND_TIMEOUT", default=30.0),
     "SLOW_REQUEST_SECONDS": env.float("SLOW_REQUEST_SECONDS", default=1.0),
     "COMPRESS_MIN_SIZE": env.int("COMPRESS_MIN_BYTES", default=1024),

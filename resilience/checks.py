@@ -5,6 +5,7 @@ entry points, so a bad configuration refuses to serve.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -131,6 +132,23 @@ def check_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
             errors.append(checks.Error(
                 f"Cache option {name} must be a positive number of seconds, not {value!r}.",
                 id="resilience.E004",
+            ))
+    return errors
+
+
+@checks.register(checks.Tags.security)
+def check_metrics_addresses(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Every METRICS_ALLOWED_ADDRESSES entry is an address or a network (else /metrics would fail)."""
+    resilience = getattr(settings, "RESILIENCE", {}) or {}
+    errors: list[checks.CheckMessage] = []
+    for entry in resilience.get("METRICS_ALLOWED_ADDRESSES", []) or []:
+        try:
+            ipaddress.ip_network(str(entry).strip(), strict=False)
+        except ValueError:
+            errors.append(checks.Error(
+                f"METRICS_ALLOWED_ADDRESSES entry {entry!r} is not an address or a network.",
+                hint="Use addresses or networks, comma-separated: 10.0.0.5,192.168.0.0/24.",
+                id="resilience.E006",
             ))
     return errors
 

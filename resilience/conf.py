@@ -35,8 +35,11 @@ DEFAULTS: dict[str, Any] = {
     # (seconds) when the cache is Redis, saving a round trip per hit; a clear
     # made by another process is seen after at most this long. 0 turns it off.
     "HTTP_CACHE_NEAR_SECONDS": 1.0,
-    # /metrics: open on loopback; elsewhere this bearer token is required.
+    # /metrics: this bearer token is required, from every peer (loopback too)...
     "METRICS_TOKEN": "",
+    # ...unless the peer's address is in this list (addresses or networks,
+    # "10.0.0.0/8"; a request relayed by a proxy never matches).
+    "METRICS_ALLOWED_ADDRESSES": [],
     # Seconds a response body may wait on a client that reads nothing before
     # the response is closed (its stream's upstream connection and bulkhead slot
     # released; project.asgi_handler). 0: wait forever.

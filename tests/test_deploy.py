@@ -4,12 +4,17 @@ Django's middleware-gated checks run for the project's subclasses), and a weak
 SECRET_KEY refused by the servers in one line."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support.redis_server import free_port
 from tests.test_setup import fresh_env, manage
@@ -98,3 +103,54 @@ def test_gunicorn_refuses_a_weak_secret_key(tmp_path):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert served.returncode != 0 and "Traceback" not in served.stderr + served.stdout
     assert len([line for line in served.stderr.splitlines() if "resilience.E005" in line]) == 1
+
+
+def test_startup_never_prints_a_secret_from_openai_base_url(tmp_path):
+    url = "https://user:pw-in-url-5e1@api.example.com/v1?x-code=sk-in-query-77aa"
+    env = fresh_env(tmp_path, DEBUG="false", SECRET_KEY=STRONG_KEY, OPENAI_BASE_URL=url)
+    refused = subprocess.run([sys.executable, "-m", "project.startup"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "aigen.E005" in refused.stderr  # the URL is refused, and named
+    assert "api.example.com/v1?x-code=REDACTED" in refused.stderr
+    assert "sk-in-query-77aa" not in refused.stderr and "pw-in-url-5e1" not in refused.stderr
+
+
+def test_a_missing_metrics_folder_is_one_line_not_a_traceback(tmp_path):
+    env = fresh_env(tmp_path, DEBUG="false", SECRET_KEY=STRONG_KEY,
+                    PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing" / "prometheus"))
+    refused = subprocess.run([sys.executable, "-m", "project.startup"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("cannot serve: No such file or directory") and \
+        len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_serve_makes_the_metrics_folder_before_anything_starts(tmp_path):
+    """`make serve` and gunicorn's start hook create PROMETHEUS_MULTIPROC_DIR before
+    the start-up check (which, like every Django process, opens files there)."""
+    folder = tmp_path / "missing" / "prometheus"
+    planned = subprocess.run(["make", "-n", "serve", f"PROMETHEUS_MULTIPROC_DIR={folder}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=False).stdout
+    assert planned.index("mkdir -p") < planned.index("project.startup") < planned.index("gunicorn")
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    port = free_port()
+    env = fresh_env(tmp_path, DEBUG="false", SECRET_KEY=STRONG_KEY)
+    assert manage(env, "migrate", "--noinput", "-v", "0").returncode == 0
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    process = subprocess.Popen(
+        [str(gunicorn), "project.asgi:application", "--config", "gunicorn.conf.py",
+         "--bind", f"127.0.0.1:{port}", "--workers", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(requests.ConnectionError, requests.Timeout):
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.05)
+        assert process.poll() is None, process.communicate(timeout=10)[0][-3000:]
+        assert folder.is_dir()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert "Traceback" not in output, output[-3000:]
