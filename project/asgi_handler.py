@@ -128,7 +128,9 @@ class GatewayASGIHandler(ASGIHandler):
             if message["type"] != "http.response.body":
                 return await send(message)
             try:
-                return await asyncio.wait_for(send(message), timeout)
+                # A timer armed around the send (no task per chunk, as wait_for would make).
+                async with asyncio.timeout(timeout):
+                    return await send(message)
             except TimeoutError:
                 raise SendTimedOut() from None
 
