@@ -47,26 +47,35 @@ def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+#: Bytes received past the response a call of `_response` read (a pipelined answer), by socket.
+_unread: dict[int, bytes] = {}
+
+
 def _response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response off `sock` (status, lower-cased headers, body by Content-Length)."""
-    data = b""
+    """One response off `sock` (status, lower-cased headers, body by Content-Length),
+    keeping whatever follows it (a pipelined response) for the next call."""
+    data = _unread.pop(sock.fileno(), b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         assert chunk, f"connection closed before a response: {data!r}"
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = dict((k.strip().lower(), v.strip()) for k, v in (h.split(":", 1) for h in header_lines))
     length = int(headers.get("content-length", "0"))
-    while len(body) < length:
+    while len(rest) < length:
         chunk = sock.recv(65536)
         assert chunk, "connection closed inside the body"
-        body += chunk
-    return int(status_line.split()[1]), headers, body
+        rest += chunk
+    if rest[length:]:
+        _unread[sock.fileno()] = rest[length:]
+    return int(status_line.split()[1]), headers, rest[:length]
 
 
 def _closed(sock: socket.socket) -> bool:
     """Whether the server closed the connection (EOF within the socket's timeout)."""
+    if _unread.pop(sock.fileno(), b""):
+        return False
     try:
         return sock.recv(65536) == b""
     except ConnectionResetError:
