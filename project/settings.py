@@ -354,5 +354,7 @@ LOGGING = {
         # The openai SDK's transport logs each request against its placeholder
         # host; the resilient client's call log records the real call.
         "httpx2": {"level": "WARNING"},
+        # django-axes logs every login attempt and clean-up at INFO; lockouts are warnings.
+        "axes": {"level": "WARNING"},
     },
 }

@@ -84,6 +84,15 @@ def test_ssl_redirect_spares_probes_and_scrapes(client, settings):
     assert client.get("/admin/login/", secure=True).status_code == 200
 
 
+def test_hsts_and_secure_cookies_reach_the_browser(client, settings):
+    settings.SECURE_HSTS_SECONDS, settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = 31536000, True
+    settings.SECURE_HSTS_PRELOAD = settings.CSRF_COOKIE_SECURE = settings.SESSION_COOKIE_SECURE = True
+    page = client.get("/admin/login/", secure=True)
+    assert page["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+    assert page.cookies["csrftoken"]["secure"] is True
+    assert "Strict-Transport-Security" not in client.get("/admin/login/")  # never over plain HTTP
+
+
 @pytest.mark.parametrize("key", ["short-key", "a" * 60, "django-insecure-" + "k3y-Xz9" * 10])
 def test_a_weak_secret_key_refuses_to_serve_in_one_line(tmp_path, key):
     env = fresh_env(tmp_path, DEBUG="false", SECRET_KEY=key)
