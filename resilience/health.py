@@ -215,8 +215,11 @@ def sees_details(request: HttpRequest) -> bool:
     /readyz found; anyone else only whether the service is ready."""
     if metrics_token_given(request):
         return True
-    user = getattr(request, "user", None)
-    return bool(user is not None and user.is_active and user.is_staff)
+    try:
+        user = getattr(request, "user", None)
+        return bool(user is not None and user.is_active and user.is_staff)
+    except DatabaseError:  # the session's user cannot be read while the database is down
+        return False
 
 
 @never_cache

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from django.db import connections
+from django.db import OperationalError, connections
 from django.test import Client
 from django.utils import timezone
 
@@ -114,3 +114,17 @@ def test_anonymous_callers_learn_only_whether_it_is_ready(readyz_client, django_
 def test_anonymous_callers_still_get_the_503(broken_database):
     response = Client().get("/readyz")
     assert response.status_code == 503 and response.json() == {"status": "unavailable"}
+
+
+def test_a_staff_session_during_a_database_outage_gets_the_status(broken_database, django_user_model,
+                                                                  monkeypatch):
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_user("ops-outage", is_staff=True))
+    # The session's user is read from the database that is now down.
+    monkeypatch.setattr("django.contrib.auth.get_user", _raise_database_error)
+    response = staff.get("/readyz")
+    assert response.status_code == 503 and response.json() == {"status": "unavailable"}
+
+
+def _raise_database_error(request):
+    raise OperationalError("the database is down")
