@@ -76,9 +76,12 @@ def _closing(send):
     return closing_send
 
 
-async def send_too_large(send, path: str) -> None:
-    body = door.too_large_body(path)
-    headers = [(k.lower().encode(), v.encode()) for k, v in door.too_large_headers(body)]
+async def send_too_large(send, scope) -> None:
+    body = door.too_large_body(_path_info(scope))
+    metrics.body_refused_count()
+    given = _header(scope, b"x-request-id")
+    headers = [(k.lower().encode(), v.encode())
+               for k, v in door.too_large_headers(body, given.decode("latin-1") if given else None)]
     await send({"type": "http.response.start", "status": 413,
                 "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
@@ -148,7 +151,7 @@ class GatewayASGIHandler(ASGIHandler):
             if _declares_body(scope):
                 send = _closing(send)
         elif door.declared_too_large(_header(scope, b"content-length")):
-            await send_too_large(send, path)
+            await send_too_large(send, scope)
             return
         else:
             try:
@@ -156,7 +159,7 @@ class GatewayASGIHandler(ASGIHandler):
             except RequestAborted:
                 return
             except door.BodyTooLarge:
-                await send_too_large(send, path)
+                await send_too_large(send, scope)
                 return
         set_script_prefix(get_script_prefix(scope))
         await signals.request_started.asend(sender=self.__class__, scope=scope)

@@ -34,6 +34,8 @@ from collections.abc import Iterable
 from django.conf import settings
 
 from project.errors import error_payload
+from resilience.middleware import REQUEST_ID_HEADER, request_id_from
+from resilience.telemetry import metrics
 
 #: Answered without authentication and without a body: none is ever read.
 BODY_FREE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -76,8 +78,10 @@ def too_large_body(path: str) -> bytes:
                                     limit=limit)).encode()
 
 
-def too_large_headers(body: bytes) -> list[tuple[str, str]]:
-    return [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+def too_large_headers(body: bytes, given_request_id: str | None) -> list[tuple[str, str]]:
+    """The 413's headers; it carries a request id like every answer (the caller's when sane)."""
+    return [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            (REQUEST_ID_HEADER, request_id_from(given_request_id))]
 
 
 class WSGIDoor:
@@ -93,8 +97,9 @@ class WSGIDoor:
             environ["CONTENT_LENGTH"] = "0"
         elif declared_too_large(environ.get("CONTENT_LENGTH")):
             body = too_large_body(path)
+            metrics.body_refused_count()
             # WSGI forbids an application's `Connection` header: the server closes
             # the connection because the body was not read (project.devserver).
-            start_response(TOO_LARGE_STATUS, too_large_headers(body))
+            start_response(TOO_LARGE_STATUS, too_large_headers(body, environ.get("HTTP_X_REQUEST_ID")))
             return [body]
         return self.application(environ, start_response)

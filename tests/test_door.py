@@ -109,6 +109,7 @@ def test_a_huge_declared_body_is_refused_before_it_is_sent(served, path, shape):
         status, headers, body = _response(sock)
         assert status == 413  # no "100 Continue" first: the body was never asked for
         assert headers["connection"] == "close" and headers["content-type"] == "application/json"
+        assert len(headers["x-request-id"]) == 32  # like every answer
         error = json.loads(body)
         if shape == "openai":
             assert error["error"]["code"] == "request_too_large" and error["error"]["type"]
@@ -119,8 +120,15 @@ def test_a_huge_declared_body_is_refused_before_it_is_sent(served, path, shape):
         assert _closed(sock)
 
 
+def _scraped(server, name: str) -> float:
+    text = requests.get(f"{server.url}/metrics", timeout=10,
+                        headers={"Authorization": "Bearer door-metrics-token"}).text
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0)
+
+
 def test_a_chunked_body_is_cut_off_once_it_passes_the_limit(served):
     server, _ = served
+    refused_before = _scraped(server, "resilience_request_bodies_refused_total")
     with _connect(server.port) as sock:
         sock.sendall(_head("POST", "/api/ai/generate", {"Content-Type": "application/json",
                                                         "Transfer-Encoding": "chunked"}))
@@ -134,6 +142,7 @@ def test_a_chunked_body_is_cut_off_once_it_passes_the_limit(served):
     assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
     assert headers["connection"] == "close"
     assert sent < 2 * 1024 * 1024  # answered while the body was still coming, not after it
+    assert _scraped(server, "resilience_request_bodies_refused_total") == refused_before + 1
 
 
 def test_body_free_routes_read_no_body(served):
@@ -205,9 +214,7 @@ def test_streams_nobody_reads_are_closed_and_free_their_bulkhead_slots(served):
                 break
             time.sleep(0.05)
         assert answered is not None and answered.status_code == 200, server.output[-3000:]
-        scraped = requests.get(f"{server.url}/metrics", timeout=10,
-                               headers={"Authorization": "Bearer door-metrics-token"}).text
-        assert "resilience_send_timeouts_total 2.0" in scraped
+        assert _scraped(server, "resilience_send_timeouts_total") == 2
     finally:
         for sock in parked:
             sock.close()
@@ -265,7 +272,7 @@ def test_runserver_refuses_a_huge_body_without_reading_it(runserver):
                                                             "Content-Length": str(GIB)}))
         status, headers, body = _response(sock)
         assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
-        assert headers["connection"] == "close"
+        assert headers["connection"] == "close" and len(headers["x-request-id"]) == 32
         assert _closed(sock)  # Django's own server would sit reading the 1 GiB it was promised
     with _connect(runserver) as sock:  # a body-free route with a body: answered, never drained
         sock.sendall(_head("GET", "/healthz", {"Content-Length": str(GIB)}))

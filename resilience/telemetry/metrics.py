@@ -70,6 +70,9 @@ HTTP_REQUEST_LATENCY = Histogram(
     "http_request_duration_seconds",
     "The service's own request latency until the response is ready, by view.",
     ["view", "method", "status"], buckets=LATENCY_BUCKETS)
+BODIES_REFUSED = Counter(
+    "resilience_request_bodies_refused", "Requests answered 413 at the door: a body over MAX_REQUEST_BYTES, "
+    "declared or counted as it arrived (never read past the limit).")
 SEND_TIMEOUTS = Counter(
     "resilience_send_timeouts", "Responses closed because the client read nothing for SEND_TIMEOUT "
     "seconds (a parked stream; its upstream connection and bulkhead slot were released).")
@@ -124,6 +127,11 @@ def request_observe(*, view: str, method: str, status: int, seconds: float) -> N
     """Count one request the service answered (by the timing middleware)."""
     method = method if method in HTTP_METHODS else "other"
     HTTP_REQUEST_LATENCY.labels(view, method, str(status)).observe(seconds)
+
+
+def body_refused_count() -> None:
+    """Count one request refused at the door (project.door)."""
+    BODIES_REFUSED.inc()
 
 
 def send_timeout_count() -> None:
