@@ -283,3 +283,47 @@ def test_runserver_refuses_a_huge_body_without_reading_it(runserver):
                          headers={"Content-Type": "application/json"}).status_code == 401  # past the door
     assert requests.post(f"http://127.0.0.1:{runserver}/api/ai/generate", data=at_limit + b" ", timeout=10,
                          headers={"Content-Type": "application/json"}).status_code == 413
+
+
+# -- the send watchdog, in process -------------------------------------------------------------------
+def _stream_response(chunks: int):
+    from django.http import StreamingHttpResponse
+
+    closed = []
+
+    async def body():
+        try:
+            for i in range(chunks):
+                yield b"chunk %d\n" % i
+        finally:
+            closed.append(True)
+    return StreamingHttpResponse(body()), closed
+
+
+def test_a_slow_but_steady_reader_is_not_cut_off(settings):
+    settings.RESILIENCE = {**settings.RESILIENCE, "SEND_TIMEOUT": 0.1}
+    response, closed = _stream_response(6)
+    sent = []
+
+    async def slow_send(message):  # each chunk waits under the timeout; the whole stream over it
+        if message["type"] == "http.response.body":
+            await asyncio.sleep(0.04)
+        sent.append(message)
+
+    asyncio.run(GatewayASGIHandler().send_response(response, slow_send))
+    assert len([m for m in sent if m.get("body")]) == 6 and not sent[-1].get("more_body") and closed
+
+
+def test_a_send_that_never_completes_times_out_and_closes_the_body(settings):
+    from project.asgi_handler import SendTimedOut
+
+    settings.RESILIENCE = {**settings.RESILIENCE, "SEND_TIMEOUT": 0.05}
+    response, closed = _stream_response(1000)
+
+    async def stuck_send(message):
+        if message["type"] == "http.response.body" and message.get("body") == b"chunk 3\n":
+            await asyncio.Event().wait()  # the client's window stays shut
+
+    with pytest.raises(SendTimedOut):
+        asyncio.run(GatewayASGIHandler().send_response(response, stuck_send))
+    assert closed  # the body's generator was closed on the way out
