@@ -19,8 +19,12 @@ The door (project.door) is here too: `handle` refuses a body over the limit
 before reading it (declared) or the moment it passes it (chunked), and gives
 the body-free routes an empty body without receiving any. `send_response`
 bounds each body send by `SEND_TIMEOUT`: a client that reads nothing for that
-long has its response (and the stream behind it: upstream connection,
-bulkhead slot) closed, counted in `resilience_send_timeouts_total`.
+long has its response closed, counted in `resilience_send_timeouts_total`,
+and every upstream stream the request left open is closed when `handle` ends
+(resilience.context.open_streams: its connection and bulkhead slot are free at
+once, not whenever the garbage collector reaches the abandoned generators).
+The response is left unfinished on purpose: uvicorn then drops the connection
+(and logs "ASGI callable returned without completing response" once).
 
 The rest of `handle` is Django's own (5.2).
 """
