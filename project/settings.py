@@ -192,7 +192,8 @@ LOGIN_URL = "/admin/login/"
 # Password logins (the admin's, any session login) lock out after LOGIN_FAILURE_LIMIT
 # failures per username or per client address (either one), for LOGIN_COOLOFF_MINUTES;
 # `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS` / `axes_reset` lift it.
-# The address is REMOTE_ADDR (what the server trusts of X-Forwarded-For: FORWARDED_ALLOW_IPS).
+# The address is REMOTE_ADDR (the client's behind a proxy only when the server trusts that
+# proxy's X-Forwarded-For: uvicorn's forwarded_allow_ips, gunicorn.conf.py).
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before the password is checked
     "django.contrib.auth.backends.ModelBackend",
