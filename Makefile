@@ -37,12 +37,13 @@ run: setup
 # set REDIS_URL so the workers share breakers, caches and statistics).
 # Background jobs need at least one `manage.py jobs_worker` process next to it,
 # with the same environment (README, Jobs): this target does not start one.
-# PROMETHEUS_MULTIPROC_DIR must exist before any manage.py command runs
-# (django-rq's collector opens its files at import), so it is made first.
+# PROMETHEUS_MULTIPROC_DIR must exist before any Django process starts, the
+# start-up check included (django-rq's collector opens its files at import),
+# so it is made first.
 serve: setup
-	$(BIN)/python -m project.startup
 	export PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/var/prometheus}; \
 	mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && \
+	$(BIN)/python -m project.startup && \
 	$(BIN)/python manage.py migrate --noinput && \
 	$(BIN)/python manage.py seed_upstreams && \
 	$(BIN)/python manage.py config_apply --on-start && \

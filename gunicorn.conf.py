@@ -26,6 +26,10 @@ backlog = int(os.environ.get("BACKLOG", "4096"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = 30  # clean shutdown: in-flight requests finish, buffered call logs are written
 keepalive = 75
+# Request bodies: uvicorn has no size limit of its own, and gunicorn's
+# limit_request_* settings do not reach uvicorn workers; the limit is enforced
+# by the application before it reads a byte (project.door: MAX_REQUEST_BYTES,
+# 413 on a declared or counted excess, body-free health and metrics routes).
 accesslog = "-" if os.environ.get("ACCESS_LOG", "false").lower() in ("1", "true", "yes") else None
 # X-Forwarded-For / -Proto are believed only from these proxies (TRUSTED_PROXIES,
 # as Django's RESILIENCE["TRUSTED_PROXIES"]); by default from no one. uvicorn's
@@ -39,6 +43,12 @@ def _metrics_dir() -> str:
 
 
 def on_starting(server):
+    # The metrics folder first: every Django process, the check below included,
+    # opens files in it at import (a missing folder was a traceback).
+    path = _metrics_dir()
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
     # Refuse to start, in one line and before any worker boots, when serving is
     # unsafe (no SECRET_KEY with DEBUG off, failed system checks). In a process
     # of its own: the master stays free of Django, as the workers expect.
@@ -46,10 +56,6 @@ def on_starting(server):
                              cwd=os.path.dirname(os.path.abspath(__file__)))
     if checked.returncode:
         raise SystemExit(checked.returncode)
-    path = _metrics_dir()
-    if path:
-        shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(path, exist_ok=True)
 
 
 def child_exit(server, worker):

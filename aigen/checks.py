@@ -36,6 +36,7 @@ def check_openai_base_url(app_configs: Any = None, **kwargs: Any) -> list[checks
     from django.core.exceptions import ValidationError
 
     from aigen.conf import aigen_settings, openai_base_url
+    from resilience.client.urls import display_url
     from resilience.models import Upstream
 
     if not aigen_settings.OPENAI_BASE_URL:
@@ -44,7 +45,8 @@ def check_openai_base_url(app_configs: Any = None, **kwargs: Any) -> list[checks
         Upstream(name=aigen_settings.UPSTREAM, base_url=openai_base_url()).clean()
     except ValidationError as err:
         problem = "; ".join(err.message_dict.get("base_url", err.messages))
-        return [checks.Error(f"OPENAI_BASE_URL {openai_base_url()!r}: {problem}",
+        # The URL as shown has no user, password or query values: they are what may hold a key.
+        return [checks.Error(f"OPENAI_BASE_URL {display_url(openai_base_url())!r}: {problem}",
                              hint="Set OPENAI_BASE_URL to the provider's base URL, "
                                   "e.g. https://api.openai.com/v1.",
                              id="aigen.E005")]

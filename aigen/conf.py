@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resilience.client.urls import display_url
 from resilience.conf import AppSettings
 
 DEFAULTS: dict[str, Any] = {
@@ -78,9 +79,10 @@ class BaseUrlDisagreement:
 
     @property
     def message(self) -> str:
-        return (f"OPENAI_BASE_URL is {self.environment} but the stored {self.upstream!r} upstream "
-                f"calls {self.stored}: the stored policy wins. Edit the upstream in the admin, or run "
-                f"`manage.py seed_upstreams --sync-openai-url` to store the variable's URL.")
+        return (f"OPENAI_BASE_URL is {display_url(self.environment)} but the stored {self.upstream!r} "
+                f"upstream calls {display_url(self.stored)}: the stored policy wins. Edit the upstream "
+                f"in the admin, or run `manage.py seed_upstreams --sync-openai-url` to store the "
+                f"variable's URL.")
 
 
 def base_url_disagreement() -> BaseUrlDisagreement | None:

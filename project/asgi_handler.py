@@ -15,17 +15,110 @@ runs inline. An async receiver connected later would make Django's sync
 `Signal.send` call async_to_sync on the loop, which asgiref refuses: such a
 receiver, when present, sends this handler back to Django's thread hop.
 
-The rest of `handle` is Django's own (5.2), unchanged.
+The door (project.door) is here too: `handle` refuses a body over the limit
+before reading it (declared) or the moment it passes it (chunked), and gives
+the body-free routes an empty body without receiving any. `send_response`
+bounds each body send by `SEND_TIMEOUT`: a client that reads nothing for that
+long has its response closed, counted in `resilience_send_timeouts_total`,
+and every upstream stream the request left open is closed when `handle` ends
+(resilience.context.open_streams: its connection and bulkhead slot are free at
+once, not whenever the garbage collector reaches the abandoned generators).
+The response is left unfinished on purpose: uvicorn then drops the connection
+(and logs "ASGI callable returned without completing response" once).
+
+The rest of `handle` is Django's own (5.2).
 """
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
+import tempfile
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
+
+from project import door
+from resilience.conf import resilience_settings
+from resilience.context import open_streams
+from resilience.telemetry import metrics
+
+logger = logging.getLogger(__name__)
+
+
+class SendTimedOut(Exception):
+    """The client read nothing for SEND_TIMEOUT seconds while a body chunk waited."""
+
+
+def _path_info(scope) -> str:
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _declares_body(scope) -> bool:
+    length = door.declared_length(_header(scope, b"content-length"))
+    return bool(length) or _header(scope, b"transfer-encoding") is not None
+
+
+def _closing(send):
+    """`send` that marks the response `Connection: close` (a body was left unread)."""
+    async def closing_send(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+    return closing_send
+
+
+async def send_too_large(send, scope) -> None:
+    body = door.too_large_body(_path_info(scope))
+    metrics.body_refused_count()
+    given = _header(scope, b"x-request-id")
+    headers = [(k.lower().encode(), v.encode())
+               for k, v in door.too_large_headers(body, given.decode("latin-1") if given else None)]
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _SendWatch:
+    """Bounds how long one response's body sends may wait on a client that
+    reads nothing (uvicorn's `send` waits on flow control while the socket's
+    buffers are full). One timer per response, re-armed at most once per
+    timeout, instead of a timer around every chunk: a chunk costs two
+    attribute writes (a timer per send was 13 us per chunk under uvloop).
+    When a send has waited `timeout` seconds the sending task is cancelled;
+    `send_response` turns that into SendTimedOut."""
+
+    def __init__(self, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.task = asyncio.current_task()
+        self.sending_since: float | None = None
+        self.fired = False
+        self._timer = self.loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        since = self.sending_since
+        now = self.loop.time()
+        if since is not None and now - since >= self.timeout:
+            self.fired = True
+            self.task.cancel()
+            return
+        self._timer = self.loop.call_at((since if since is not None else now) + self.timeout, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 def _finished_receivers_are_sync() -> bool:
@@ -40,11 +133,76 @@ class GatewayASGIHandler(ASGIHandler):
         else:
             await sync_to_async(response.close)()
 
-    async def handle(self, scope, receive, send):  # Django 5.2's, but for the two closes
+    async def read_body(self, receive):
+        """Django's, counting: past the limit, BodyTooLarge before the chunk is written."""
+        limit = door.body_limit()
+        # Returned open (the request reads it); closed by `handle`, as Django's is.
+        body_file = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted()
+            if chunk := message.get("body"):
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    body_file.close()
+                    raise door.BodyTooLarge()
+                body_file.write(chunk)
+            if not message.get("more_body", False):
+                break
+        body_file.seek(0)
+        return body_file
+
+    async def send_response(self, response, send):
+        timeout = float(resilience_settings.SEND_TIMEOUT or 0)
+        if timeout <= 0:
+            return await super().send_response(response, send)
+        watch = _SendWatch(timeout)
+
+        async def watched_send(message):
+            if message["type"] != "http.response.body":
+                return await send(message)
+            watch.sending_since = watch.loop.time()
+            try:
+                return await send(message)
+            finally:
+                watch.sending_since = None
+
         try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
+            return await super().send_response(response, watched_send)
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise  # cancelled for another reason (the client went away)
+            asyncio.current_task().uncancel()
+            raise SendTimedOut() from None
+        finally:
+            watch.stop()
+
+    async def handle(self, scope, receive, send):  # Django 5.2's, with the door and the two closes
+        path = _path_info(scope)
+        listen = True
+        if door.reads_no_body(path):
+            # Nothing is received, not even the (empty) request message, so no
+            # disconnect listener either: these answers are immediate. A body
+            # stays unread on the wire and the connection is closed after the
+            # answer instead of reading it.
+            body_file, listen = io.BytesIO(), False
+            if _declares_body(scope):
+                send = _closing(send)
+        elif door.declared_too_large(_header(scope, b"content-length")):
+            await send_too_large(send, scope)
             return
+        else:
+            try:
+                body_file = await self.read_body(receive)
+            except RequestAborted:
+                return
+            except door.BodyTooLarge:
+                await send_too_large(send, scope)
+                return
         set_script_prefix(get_script_prefix(scope))
         await signals.request_started.asend(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
@@ -60,12 +218,20 @@ class GatewayASGIHandler(ASGIHandler):
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 pass  # client disconnected during send_response
+            except SendTimedOut:
+                # The response's iterator was closed on the way out (aclosing in
+                # send_response): the stream's upstream connection and slot are free.
+                # Returning without finishing the body makes the server drop the connection.
+                metrics.send_timeout_count()
+                logger.warning("closed a response the client read nothing of for %s s: %s %.200r",
+                               resilience_settings.SEND_TIMEOUT, request.method, path)
             return response
 
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request(request, send)),
-        ]
+        held: set = set()
+        holding = open_streams.set(held)  # the tasks below share this set (context copies)
+        tasks = [asyncio.create_task(process_request(request, send))]
+        if listen:
+            tasks.insert(0, asyncio.create_task(self.listen_for_disconnect(receive)))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
             if task.done():
@@ -83,8 +249,12 @@ class GatewayASGIHandler(ASGIHandler):
                 except asyncio.CancelledError:
                     pass
 
+        open_streams.reset(holding)
+        for stream in list(held):  # left open by a dropped consumer (send timeout, disconnect)
+            await stream.aclose()
+
         try:
-            response = tasks[1].result()
+            response = tasks[-1].result()
         except asyncio.CancelledError:
             await signals.request_finished.asend(sender=self.__class__)
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 from project.environment import CredentialVariables, Environment
@@ -36,9 +37,41 @@ SECRET_KEY = env.str("SECRET_KEY", default="") or DEV_SECRET_KEY
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# --- TLS -------------------------------------------------------------------------
+# Behind a proxy that ends TLS: SECURE_PROXY_SSL_HEADER names the header it sets,
+# e.g. "HTTP_X_FORWARDED_PROTO,https" (only when the proxy always sets or strips it).
+# HTTPS=true says the service is reached over TLS (on by default with the header).
+# With DEBUG off and TLS configured, secure cookies, HSTS and the SSL redirect are on
+# unless switched off one by one; with DEBUG on or no TLS they are off unless switched on.
+_proxy_ssl_header = env.list("SECURE_PROXY_SSL_HEADER", default=[])
+if _proxy_ssl_header:
+    SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0], _proxy_ssl_header[1] if len(_proxy_ssl_header) > 1
+                               else "https")
+_tls = not DEBUG and env.bool("HTTPS", default=bool(_proxy_ssl_header))
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_tls)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_tls)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_tls)
+# Probes and scrapes come over plain HTTP from inside the network: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if _tls else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_tls)
+# Preloading is a promise to browsers that is slow to take back: asked for explicitly.
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_HTTPONLY = True
+# Django's deployment checks W001-W003 look for its middleware by dotted path and
+# miss the project's subclasses (resilience.inline_middleware), skipping the HSTS,
+# SSL-redirect and CSRF-cookie checks they gate: resilience.checks runs the same
+# checks for the subclasses (resilience.W101-W103 and Django's own messages).
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
+# A failed CSRF check under /api and /v1 answers JSON in the route's shape (project.errors).
+CSRF_FAILURE_VIEW = "project.errors.csrf_failure"
+
 INSTALLED_APPS = [
+    # First, so its `runserver` (project.devserver: bodies bounded at the door) wins over staticfiles'.
+    "project",
     "django.contrib.admin",
     "django.contrib.auth",
+    "axes",  # login lockout (see "Login throttle" below)
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
@@ -71,6 +104,8 @@ MIDDLEWARE = [
     "resilience.inline_middleware.InlineMessageMiddleware",
     "resilience.inline_middleware.InlineXFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    # Last, as django-axes asks: turns a lockout into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -155,6 +190,27 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "/admin/login/"
 
+# --- Login throttle (django-axes) ----------------------------------------------------
+# Password logins (the admin's, any session login) lock out after LOGIN_FAILURE_LIMIT
+# failures per username or per client address (either one), for LOGIN_COOLOFF_MINUTES;
+# `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS` / `axes_reset` lift it.
+# The address is REMOTE_ADDR (the client's behind a proxy only when the server trusts that
+# proxy's X-Forwarded-For: uvicorn's forwarded_allow_ips, gunicorn.conf.py).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env.bool("LOGIN_THROTTLE", default=True)
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_COOLOFF_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# One row per (username, address) with failures, dropped after the cool-off; no row
+# per successful login (a table that would grow with traffic).
+AXES_DISABLE_ACCESS_LOG = True
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+AXES_VERBOSE = False  # its start-up banner would precede every command's output
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
@@ -232,6 +288,8 @@ RESILIENCE = {
     # Proxies whose X-Forwarded-For names the client (addresses or CIDRs); empty: none.
     # gunicorn.conf.py reads the same variable for uvicorn's forwarded_allow_ips.
     "TRUSTED_PROXIES": env.list("TRUSTED_PROXIES", default=[]),
+    "METRICS_ALLOWED_ADDRESSES": env.list("METRICS_ALLOWED_ADDRESSES", default=[]),
+    "SEND_TIMEOUT": env.float("SEND_TIMEOUT", default=30.0),
     "SLOW_REQUEST_SECONDS": env.float("SLOW_REQUEST_SECONDS", default=1.0),
     "COMPRESS_MIN_SIZE": env.int("COMPRESS_MIN_BYTES", default=1024),
     # The variable prometheus_client itself reads in every worker (multiprocess mode).
@@ -322,6 +380,8 @@ LOGGING = {
         # Its DEBUG trace prints every response's headers, which a provider
         # may fill with the key it was sent (an `X-Echo: Bearer sk-...`).
         "httpcore2": {"level": "INFO"},
+        # django-axes logs every login attempt and clean-up at INFO; lockouts are warnings.
+        "axes": {"level": "WARNING"},
     },
 }
 

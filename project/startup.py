@@ -91,7 +91,12 @@ def serve_or_exit() -> None:
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    django.setup()
+    try:
+        django.setup()
+    except OSError as err:  # e.g. PROMETHEUS_MULTIPROC_DIR names a folder that does not exist
+        sys.stderr.write(f"cannot serve: {err.strerror}: {err.filename} (a folder named in the "
+                         f"environment, such as PROMETHEUS_MULTIPROC_DIR, must exist)\n")
+        raise SystemExit(1) from None
     problems = serving_problems()
     for message in problems:
         sys.stderr.write(f"cannot serve: {problem_line(message)}\n")

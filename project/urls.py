@@ -3,9 +3,10 @@ from django.contrib import admin
 from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
 from aigen import openai_views
+from project.schema import SchemaView
 from resilience import dashboard, demo, health, upstream_dashboard
 from resilience.api import api_route_fallback
 from resilience.telemetry import metrics
@@ -23,7 +24,7 @@ urlpatterns = [
     path("v1/models", openai_views.model_list, name="openai-models"),
     path("api/resilience/", include("resilience.urls")),
     # Public: the schema and its docs describe the API, they expose no data.
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("metrics", metrics.metrics_view, name="metrics"),
     # Browsers ask for it on every page: without it each visit logged a 404
@@ -35,3 +36,9 @@ urlpatterns += demo.demo_urls()
 # Last: /api/ paths no route matched (a trailing slash either way; else a JSON 404).
 # [\s\S]: a path may carry a decoded CR/LF (%0d%0a), which "." does not match.
 urlpatterns += [re_path(r"^api(?:/(?P<path>[\s\S]*))?$", api_route_fallback, name="api-fallback")]
+
+# Errors Django answers itself, in the route's shape under /v1 and /api (project.errors).
+handler400 = "project.errors.bad_request"
+handler403 = "project.errors.permission_denied"
+handler404 = "project.errors.page_not_found"
+handler500 = "project.errors.server_error"

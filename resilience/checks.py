@@ -5,12 +5,19 @@ entry points, so a bad configuration refuses to serve.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core import checks
+from django.core.checks.security import base as security_checks
+from django.core.checks.security import csrf as csrf_checks
 from django.core.exceptions import ImproperlyConfigured
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.csrf import CsrfViewMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.utils.module_loading import import_string
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
@@ -32,7 +39,68 @@ def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
                  "(or DEBUG=true for development).",
             id="resilience.E001",
         )]
+    if not settings.DEBUG and weak_secret(secret):
+        base = security_checks
+        return [checks.Error(
+            f"SECRET_KEY is too weak to serve with DEBUG off: it needs at least {base.SECRET_KEY_MIN_LENGTH} "
+            f"characters, {base.SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, and no "
+            f"'{base.SECRET_KEY_INSECURE_PREFIX}' prefix.",
+            hint="Generate one: python -c 'import secrets; print(secrets.token_urlsafe(50))'",
+            id="resilience.E005",
+        )]
     return []
+
+
+def weak_secret(secret: str) -> bool:
+    """What Django's `check --deploy` warns of (security.W009), refused here."""
+    return (len(secret) < security_checks.SECRET_KEY_MIN_LENGTH
+            or len(set(secret)) < security_checks.SECRET_KEY_MIN_UNIQUE_CHARACTERS
+            or secret.startswith(security_checks.SECRET_KEY_INSECURE_PREFIX))
+
+
+def _has_middleware(kind: type) -> bool:
+    """Whether settings.MIDDLEWARE lists `kind` or a subclass of it."""
+    for path in settings.MIDDLEWARE:
+        try:
+            if issubclass(import_string(path), kind):
+                return True
+        except (ImportError, TypeError):  # an unimportable entry is Django's own error to report
+            continue
+    return False
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_deploy_middleware(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Django's deployment checks that depend on its middleware, recognising the
+    project's subclasses (Django's own compare dotted paths: security.W001-W003
+    are silenced in settings, and the checks they gate are run here with
+    Django's messages)."""
+    messages: list[checks.CheckMessage] = []
+    if not _has_middleware(SecurityMiddleware):
+        messages.append(checks.Warning(security_checks.W001.msg, id="resilience.W101"))
+    else:
+        if not settings.SECURE_HSTS_SECONDS:
+            messages.append(security_checks.W004)
+        else:
+            if not settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+                messages.append(security_checks.W005)
+            if not settings.SECURE_HSTS_PRELOAD:
+                messages.append(security_checks.W021)
+        if settings.SECURE_CONTENT_TYPE_NOSNIFF is not True:
+            messages.append(security_checks.W006)
+        if settings.SECURE_SSL_REDIRECT is not True:
+            messages.append(security_checks.W008)
+        if not settings.SECURE_REFERRER_POLICY:
+            messages.append(security_checks.W022)
+    if not _has_middleware(XFrameOptionsMiddleware):
+        messages.append(checks.Warning(security_checks.W002.msg, id="resilience.W102"))
+    elif settings.X_FRAME_OPTIONS != "DENY":
+        messages.append(security_checks.W019)
+    if not _has_middleware(CsrfViewMiddleware):
+        messages.append(checks.Warning(csrf_checks.W003.msg, id="resilience.W103"))
+    elif not settings.CSRF_USE_SESSIONS and settings.CSRF_COOKIE_SECURE is not True:
+        messages.append(csrf_checks.W016)
+    return messages
 
 
 @checks.register(checks.Tags.security)
@@ -64,6 +132,23 @@ def check_cache(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
             errors.append(checks.Error(
                 f"Cache option {name} must be a positive number of seconds, not {value!r}.",
                 id="resilience.E004",
+            ))
+    return errors
+
+
+@checks.register(checks.Tags.security)
+def check_metrics_addresses(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Every METRICS_ALLOWED_ADDRESSES entry is an address or a network (else /metrics would fail)."""
+    resilience = getattr(settings, "RESILIENCE", {}) or {}
+    errors: list[checks.CheckMessage] = []
+    for entry in resilience.get("METRICS_ALLOWED_ADDRESSES", []) or []:
+        try:
+            ipaddress.ip_network(str(entry).strip(), strict=False)
+        except ValueError:
+            errors.append(checks.Error(
+                f"METRICS_ALLOWED_ADDRESSES entry {entry!r} is not an address or a network.",
+                hint="Use addresses or networks, comma-separated: 10.0.0.5,192.168.0.0/24.",
+                id="resilience.E006",
             ))
     return errors
 

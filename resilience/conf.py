@@ -40,8 +40,15 @@ DEFAULTS: dict[str, Any] = {
     # the header that is not a trusted proxy. Empty: no one, REMOTE_ADDR is the
     # client (gunicorn.conf.py's forwarded_allow_ips follows the same variable).
     "TRUSTED_PROXIES": [],
-    # /metrics: open on loopback; elsewhere this bearer token is required.
+    # /metrics: this bearer token is required, from every peer (loopback too)...
     "METRICS_TOKEN": "",
+    # ...unless the peer's address is in this list (addresses or networks,
+    # "10.0.0.0/8"; a request relayed by a proxy never matches).
+    "METRICS_ALLOWED_ADDRESSES": [],
+    # Seconds a response body may wait on a client that reads nothing before
+    # the response is closed (its stream's upstream connection and bulkhead slot
+    # released; project.asgi_handler). 0: wait forever.
+    "SEND_TIMEOUT": 30.0,
     # API requests slower than this are logged once with their request id.
     "SLOW_REQUEST_SECONDS": 1.0,
     # Responses at least this big (bytes) are gzip/brotli-compressed when the

@@ -1,6 +1,7 @@
 """Liveness and readiness, on django-health-check's checks.
 
-`/healthz`: the process answers. `/readyz`: the checks below, each a
+`/healthz`: the process answers. `/readyz`: the checks below (their details
+for staff or `Bearer <METRICS_TOKEN>` only; anyone else reads the status), each a
 django-health-check `HealthCheck` (the library's for the database, the
 cache round trip and Redis; ours for what only this project knows), run in
 the request's own thread:
@@ -44,6 +45,7 @@ from health_check.checks import Cache, Database
 from health_check.exceptions import HealthCheckException, ServiceUnavailable, ServiceWarning
 
 from resilience.conf import resilience_settings
+from resilience.telemetry.metrics import metrics_token_given
 
 logger = logging.getLogger(__name__)
 
@@ -208,14 +210,31 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def sees_details(request: HttpRequest) -> bool:
+    """Staff (a session) or the scraper (`Bearer <METRICS_TOKEN>`) read what
+    /readyz found; anyone else only whether the service is ready."""
+    if metrics_token_given(request):
+        return True
+    try:
+        user = getattr(request, "user", None)
+        return bool(user is not None and user.is_active and user.is_staff)
+    except DatabaseError:  # the session's user cannot be read while the database is down
+        return False
+
+
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = ready_checks()
     status, report = checks_report(checks)
+    code = 503 if status == "unavailable" else 200
+    if not sees_details(request):
+        # Upstream names, probe errors, the database vendor and the cache state
+        # tell an attacker what is behind the door: none of it for anonymous callers.
+        return JsonResponse({"status": status}, status=code)
     report["database"]["vendor"] = connection.vendor
     report["cache"].update({k: v for k, v in cache_status().items() if k != "ok"})
     for check in checks["upstreams"]:
         if isinstance(check, UpstreamProbes) and check.health:
             report["upstreams"].update(unhealthy=check.health["unhealthy"], probed=check.health["probed"])
-    return JsonResponse({"status": status, "checks": report}, status=503 if status == "unavailable" else 200)
+    return JsonResponse({"status": status, "checks": report}, status=code)

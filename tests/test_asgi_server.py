@@ -38,7 +38,8 @@ def server(tmp_path):
     with FakeOpenAI() as provider:
         port = free_port()
         env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.sqlite3'}",
-               "SECRET_KEY": "asgi-test-secret", "DEBUG": "false", "OPENAI_API_KEY": "sk-test",
+               "SECRET_KEY": "asgi-test-secret-long-enough-to-serve-0123456789abcdefgh", "DEBUG": "false",
+               "OPENAI_API_KEY": "sk-test",
                "OPENAI_BASE_URL": provider.url, "AI_MODEL": MODEL_ID, "AI_GENERATE_THROTTLE": "100000/min",
                "WORKERS": "2", "CALL_LOG_FLUSH_INTERVAL": "0.2",
                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus")}

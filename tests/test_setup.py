@@ -72,7 +72,7 @@ def test_servers_refuse_in_one_line_without_a_secret(tmp_path):
 
 
 def test_with_a_secret_the_startup_check_passes(tmp_path):
-    env = fresh_env(tmp_path, SECRET_KEY="a-real-secret-for-this-test-only-0123456789")
+    env = fresh_env(tmp_path, SECRET_KEY="a-real-secret-for-this-test-only-0123456789-long-enough")
     result = subprocess.run([sys.executable, "-m", "project.startup"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr

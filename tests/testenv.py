@@ -8,7 +8,7 @@ never touches the data of a service sharing the server.
 """
 import os
 
-os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key-long-enough-to-serve-0123456789abcdef")  # E005
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("CACHE_KEY_PREFIX", "rsltest")
 # Tests start from empty upstream tables (fixtures create what they need);

@@ -22,6 +22,8 @@ import httpx2
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from resilience.context import open_streams
+
 # Response headers never replayed from the cache.
 UNCACHED_HEADERS = frozenset({"set-cookie", "connection", "keep-alive", "transfer-encoding",
                               "content-encoding", "content-length"})
@@ -150,6 +152,20 @@ class AsyncUpstreamResponse(_CallResponse, httpx2.Response):
         if self.headers.get("content-encoding", "identity") == "identity":
             return aiter(self.stream)
         return self.aiter_bytes()
+
+    _held_by: set[Any] | None = None
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        super().when_closed(callback)
+        # Held by the request (resilience.context.open_streams) until closed.
+        self._held_by = open_streams.get()
+        if self._held_by is not None:
+            self._held_by.add(self)
+
+    def _closed(self) -> None:
+        if self._held_by is not None:
+            self._held_by.discard(self)
+        super()._closed()
 
     async def aclose(self) -> None:
         try:

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from resilience import exceptions as errors
 
@@ -81,6 +81,29 @@ def _join(base_url: str, path: str, *, upstream: str) -> str:
     if parts.query:
         url += "?" + parts.query
     return url
+
+
+def display_url(url: str) -> str:
+    """A URL fit for a message or a log line: the user and password dropped,
+    every query value (a bare `?value` whole) and the fragment replaced by
+    REDACTED (a URL given by an operator may carry a key under any parameter
+    name). Scheme, host, port, path and the query's parameter names are kept,
+    to say what is wrong."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # not a number: shown as given would show whatever it hides
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    if parts.username is not None or parts.password is not None:
+        netloc = f"{REDACTED}@{netloc}"
+    # A part without "=" is a bare value (a key passed as `?sk-...`): nothing of it is kept.
+    query = "&".join(f"{name}={REDACTED}" if sep else REDACTED
+                     for name, sep, _ in (part.partition("=") for part in parts.query.split("&") if part))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, REDACTED if parts.fragment else ""))
 
 
 def redact_path(path_url: str, secret_names: frozenset[str]) -> str:

@@ -76,6 +76,12 @@ HTTP_REQUEST_LATENCY = Histogram(
     "http_request_duration_seconds",
     "The service's own request latency until the response is ready, by view.",
     ["view", "method", "status"], buckets=LATENCY_BUCKETS)
+BODIES_REFUSED = Counter(
+    "resilience_request_bodies_refused", "Requests answered 413 at the door: a body over MAX_REQUEST_BYTES, "
+    "declared or counted as it arrived (never read past the limit).")
+SEND_TIMEOUTS = Counter(
+    "resilience_send_timeouts", "Responses closed because the client read nothing for SEND_TIMEOUT "
+    "seconds (a parked stream; its upstream connection and bulkhead slot were released).")
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -127,6 +133,16 @@ def request_observe(*, view: str, method: str, status: int, seconds: float) -> N
     """Count one request the service answered (by the timing middleware)."""
     method = method if method in HTTP_METHODS else "other"
     HTTP_REQUEST_LATENCY.labels(view, method, str(status)).observe(seconds)
+
+
+def body_refused_count() -> None:
+    """Count one request refused at the door (project.door)."""
+    BODIES_REFUSED.inc()
+
+
+def send_timeout_count() -> None:
+    """Count one response closed by the send timeout (project.asgi_handler)."""
+    SEND_TIMEOUTS.inc()
 
 
 # -- state, at scrape time ---------------------------------------------------------------------
@@ -308,34 +324,47 @@ def _error(code: str, message: str, status: int) -> JsonResponse:
     return JsonResponse({"success": False, "error": {"code": code, "message": message}}, status=status)
 
 
-def _loopback(request: HttpRequest) -> bool:
-    """A direct client on this host. A request relayed by a proxy (it names
-    the original client) is not, even though it arrives from 127.0.0.1."""
+@functools.lru_cache(maxsize=16)
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries if entry.strip())
+
+
+def _allowed_address(request: HttpRequest) -> bool:
+    """A direct client whose address is in `METRICS_ALLOWED_ADDRESSES`. A request
+    relayed by a proxy (it names the original client) is not, whatever address
+    it arrives from: the proxy's address says nothing of who asks."""
     if any(request.META.get(h) for h in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")):
         return False
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
         return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or bool(mapped and mapped.is_loopback)
+    address = getattr(address, "ipv4_mapped", None) or address
+    allowed = _networks(tuple(resilience_settings.METRICS_ALLOWED_ADDRESSES))
+    return any(address in network for network in allowed)
+
+
+def metrics_token_given(request: HttpRequest) -> bool:
+    """Whether the request carries `Authorization: Bearer <METRICS_TOKEN>` (and one is set)."""
+    token = str(resilience_settings.METRICS_TOKEN or "")
+    scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                                              token.encode())
 
 
 def metrics_denied(request: HttpRequest) -> JsonResponse | None:
     """Why this request may not read /metrics (None: it may).
 
-    With `METRICS_TOKEN` set, `Authorization: Bearer <token>` is required from
-    everyone; without it, only loopback clients get in.
+    It needs `Authorization: Bearer <METRICS_TOKEN>`, or to come straight from
+    an address in `METRICS_ALLOWED_ADDRESSES`; loopback is no exception (any
+    local process, or a local proxy, would be let in). With neither
+    configured, /metrics is closed.
     """
-    token = str(resilience_settings.METRICS_TOKEN or "")
-    if not token:
-        if _loopback(request):
-            return None
-        return _error("permission_denied", "/metrics is open to loopback clients only; set METRICS_TOKEN "
-                      "to scrape it from elsewhere.", 403)
-    scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+    if metrics_token_given(request) or _allowed_address(request):
         return None
+    if not resilience_settings.METRICS_TOKEN:
+        return _error("permission_denied", "/metrics needs METRICS_TOKEN (or METRICS_ALLOWED_ADDRESSES for "
+                      "this address) set on the server.", 403)
     response = _error("not_authenticated", "/metrics needs Authorization: Bearer <METRICS_TOKEN>.", 401)
     response["WWW-Authenticate"] = 'Bearer realm="metrics"'
     return response

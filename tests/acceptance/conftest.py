@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 #: Known values for every kind of secret; none may show up anywhere.
 SECRETS = {
-    "SECRET_KEY": "acceptance-django-secret-Kq7vX2",
+    "SECRET_KEY": "acceptance-django-secret-Kq7vX2-long-enough-to-serve-0123456789",
     "OPENAI_API_KEY": "sk-acceptance-openai-Zr81Lw",
     "METRICS_TOKEN": "acceptance-metrics-token-Hd3Pq9",
     "UPSTREAM_ACCEPT_KEY": "acceptance-upstream-key-Tb52Mn",

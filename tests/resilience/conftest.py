@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 
 from resilience.cache.engine import Engine
 from resilience.client import reset_clients
@@ -79,3 +80,11 @@ def on_redis(redis_url):
         yield
         cache.clear()
     reset_engines()
+
+
+@pytest.fixture
+def readyz_client(settings):
+    """A client that reads /readyz's details: the scraper, with the metrics
+    token (anonymous callers get the status alone)."""
+    settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_TOKEN": "readyz-details"}
+    return Client(HTTP_AUTHORIZATION="Bearer readyz-details")

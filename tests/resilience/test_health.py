@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from django.db import connections
+from django.db import OperationalError, connections
+from django.test import Client
 from django.utils import timezone
 
 from resilience import health
@@ -16,6 +17,12 @@ from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.django_db
 
+
+
+@pytest.fixture
+def client(readyz_client):
+    """These tests read /readyz's details: as the scraper (resilience/conftest.py)."""
+    return readyz_client
 
 @pytest.fixture
 def broken_database(monkeypatch):
@@ -84,3 +91,40 @@ def test_redis_is_pinged_when_configured(client, settings, redis_url):
     body = client.get("/readyz").json()
     assert body["status"] == "degraded"
     assert body["checks"]["redis"]["ok"] is False and "Redis" in body["checks"]["redis"]["error"]
+
+
+def test_anonymous_callers_learn_only_whether_it_is_ready(readyz_client, django_user_model):
+    Upstream.objects.create(name="secretly-named", base_url="http://127.0.0.1:9", health_path="/health",
+                            probe_interval=30)
+    ProbeResult.objects.create(upstream="secretly-named", ok=False, status=503, error="HTTP 503")
+    anonymous = Client().get("/readyz")
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "degraded"}
+    assert "secretly-named" not in anonymous.content.decode()
+    wrong_token = Client(HTTP_AUTHORIZATION="Bearer not-the-token").get("/readyz")
+    assert wrong_token.json() == {"status": "degraded"}
+    plain = Client()
+    plain.force_login(django_user_model.objects.create_user("plain"))
+    assert plain.get("/readyz").json() == {"status": "degraded"}
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_user("ops", is_staff=True))
+    assert staff.get("/readyz").json()["checks"]["upstreams"]["unhealthy"] == ["secretly-named"]
+    assert readyz_client.get("/readyz").json()["checks"]["database"]["vendor"]  # the metrics token
+
+
+def test_anonymous_callers_still_get_the_503(broken_database):
+    response = Client().get("/readyz")
+    assert response.status_code == 503 and response.json() == {"status": "unavailable"}
+
+
+def test_a_staff_session_during_a_database_outage_gets_the_status(broken_database, django_user_model,
+                                                                  monkeypatch):
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_user("ops-outage", is_staff=True))
+    # The session's user is read from the database that is now down.
+    monkeypatch.setattr("django.contrib.auth.get_user", _raise_database_error)
+    response = staff.get("/readyz")
+    assert response.status_code == 503 and response.json() == {"status": "unavailable"}
+
+
+def _raise_database_error(request):
+    raise OperationalError("the database is down")

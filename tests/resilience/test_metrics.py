@@ -22,6 +22,14 @@ pytestmark = pytest.mark.django_db
 
 metrics.metrics_install()  # what web workers get from the middleware's import
 
+#: The scrapes below come from the test client's 127.0.0.1, listed here (no token needed).
+SCRAPER = ["127.0.0.1"]
+
+
+@pytest.fixture(autouse=True)
+def scraper_address(settings):
+    settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_ALLOWED_ADDRESSES": SCRAPER}
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -234,9 +242,21 @@ def test_metrics_are_summed_over_worker_processes(fake, tmp_path, settings):
 
 
 # -- who may read it --------------------------------------------------------------------------------
-@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "127.0.0.2", "::ffff:127.0.0.1"])
-def test_open_to_loopback_without_a_token(db, address):
-    assert Client().get("/metrics", REMOTE_ADDR=address).status_code == 200
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "127.0.0.2", "::ffff:127.0.0.1", "10.0.0.5"])
+def test_loopback_is_no_exception_without_a_token(db, settings, address):
+    settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_ALLOWED_ADDRESSES": []}
+    response = Client().get("/metrics", REMOTE_ADDR=address)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "permission_denied"
+    assert "METRICS_TOKEN" in response.json()["error"]["message"]
+
+
+def test_a_listed_address_or_network_may_scrape(db, settings):
+    settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_ALLOWED_ADDRESSES": ["10.0.0.0/24", "::1"]}
+    for address in ("10.0.0.5", "::1", "::ffff:10.0.0.9"):
+        assert Client().get("/metrics", REMOTE_ADDR=address).status_code == 200, address
+    for address in ("10.0.1.5", "127.0.0.1"):  # loopback only when listed
+        assert Client().get("/metrics", REMOTE_ADDR=address).status_code == 403, address
 
 
 @pytest.mark.parametrize("headers", [
@@ -252,8 +272,16 @@ def test_elsewhere_without_a_token_is_forbidden(db, headers):
     assert response.json()["error"]["code"] == "permission_denied"
 
 
+def test_a_bad_address_entry_is_a_system_check_error(settings):
+    from resilience.checks import check_metrics_addresses
+
+    settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_ALLOWED_ADDRESSES": ["10.0.0.0/24", "prometheus"]}
+    assert [m.id for m in check_metrics_addresses()] == ["resilience.E006"]
+
+
 def test_a_configured_token_is_required_from_everyone(db, settings):
-    settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_TOKEN": "scrape-me"}
+    settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_TOKEN": "scrape-me",
+                           "METRICS_ALLOWED_ADDRESSES": []}
     client = Client()
     for headers in ({}, {"HTTP_AUTHORIZATION": "Bearer wrong"}, {"HTTP_AUTHORIZATION": "Token scrape-me"},
                     {"REMOTE_ADDR": "10.0.0.5"}):

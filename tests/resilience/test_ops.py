@@ -57,7 +57,8 @@ def test_cache_clear_on_redis(redis_url):
 
 # -- health ----------------------------------------------------------------------------------------
 @pytest.mark.django_db
-def test_healthz_and_readyz(client):
+def test_healthz_and_readyz(readyz_client):
+    client = readyz_client
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200

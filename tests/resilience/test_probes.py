@@ -20,6 +20,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+
+@pytest.fixture
+def client(readyz_client):
+    """These tests read /readyz's details: as the scraper (resilience/conftest.py)."""
+    return readyz_client
+
 @pytest.fixture
 def changes():
     seen: list[tuple[str, str | None, str, int | None]] = []

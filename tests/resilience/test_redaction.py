@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from aigen.tokens import token_issue
 from resilience import exceptions as errors
 from resilience import upstream
+from resilience.client.urls import display_url
 from resilience.models import CallLog
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.metrics import scrape_registry
@@ -103,3 +104,14 @@ def test_the_probe_api_answers_without_the_secret(fake, make_upstream, monkeypat
     probe = response.json()["probe"]
     assert probe["ok"] is False and probe["error"]["code"] == "upstream_timeout"
     assert SECRET not in response.content.decode()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://api.example.com/v1", "https://api.example.com/v1"),
+    ("https://user:pw-1@api.example.com:8443/v1?key=sk-abc&x-code=zz#frag",
+     "https://REDACTED@api.example.com:8443/v1?key=REDACTED&x-code=REDACTED#REDACTED"),
+    ("https://api.example.com/v1?sk-bare-secret&a=1", "https://api.example.com/v1?REDACTED&a=REDACTED"),
+    ("http://[::1]:8000/v1?token=t", "http://[::1]:8000/v1?token=REDACTED"),
+])
+def test_display_url_keeps_no_credential(url, shown):
+    assert display_url(url) == shown

@@ -75,7 +75,9 @@ class LiveServer:
     def _environment(self) -> dict[str, str]:
         metrics_dir = self.workdir / "prometheus"
         metrics_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SECRET_KEY": "acceptance-live-secret", "DEBUG": "false",
+        env = {**os.environ, "DEBUG": "false",
+               # Long enough to serve (resilience.E005).
+               "SECRET_KEY": "acceptance-live-secret-long-enough-to-serve-0123456789abcdef",
                "WORKERS": str(self.workers), "CALL_LOG_FLUSH_INTERVAL": "0.2",
                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "DB_POOL": "false",
                "PYTHONUNBUFFERED": "1"}
