@@ -263,6 +263,11 @@ SPECTACULAR_SETTINGS = {
     # The schema and the docs are public (they expose no data); the API is not.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    # Several `state` fields with different choice sets: each set named once.
+    "ENUM_NAME_OVERRIDES": {
+        "BreakerStateEnum": "resilience.serializers.BREAKER_STATES",
+        "AlertStateEnum": "resilience.alerts.models.Alert.State",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "resilience.serializers.error_responses_hook",

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from resilience import services
 from resilience.permissions import UpstreamOperate, UpstreamRead
-from resilience.serializers import BreakerStatusSerializer, error_responses
+from resilience.serializers import BREAKER_STATES, BreakerStatusSerializer, error_responses
 
 NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="The upstream's name (a slug).")
 
@@ -33,8 +33,8 @@ class EndpointBreakerSerializer(serializers.Serializer):
     name = serializers.CharField(allow_blank=True, help_text="Empty for a single-URL upstream.")
     breaker = serializers.CharField(help_text="The breaker's name (upstream or upstream/endpoint).")
     enabled = serializers.BooleanField()
-    state = serializers.ChoiceField(["closed", "open", "half-open", "disabled"])
-    breaker_state = serializers.ChoiceField(["closed", "open", "half-open", "disabled"])
+    state = serializers.ChoiceField(BREAKER_STATES)
+    breaker_state = serializers.ChoiceField(BREAKER_STATES)
     failures = serializers.IntegerField()
     retry_after = serializers.FloatField(allow_null=True)
     cooling_for = serializers.FloatField(help_text="Seconds left out of rotation after a Retry-After.")
