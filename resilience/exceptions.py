@@ -121,6 +121,15 @@ class RetriesExhausted(UpstreamError):
             self.retry_after = retry_after
 
 
+class StreamInterrupted(UpstreamError):
+    """A supervised stream broke after it had sent events and could not be
+    continued (resilience.client.stream); the message names the original
+    failure (the cut, the silence), never a later attempt's."""
+
+    code = "stream_interrupted"
+    status = 502
+
+
 class UpstreamHTTPError(UpstreamError):
     """A non-retryable error status; the response is kept on `.response`."""
 

@@ -56,7 +56,9 @@ from resilience.client.responses import (
     UpstreamResponse,
 )
 from resilience.client.send import send
+from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.spec import RequestSpec
+from resilience.client.stream import SupervisedStream
 from resilience.client.urls import join_url, redact_path
 from resilience.conf import resilience_settings
 from resilience.context import current_request_id
@@ -220,6 +222,37 @@ def _on_close(member: Member, release: Callable[[], None] | None) -> Callable[[]
     return closed
 
 
+def _settle_stream(response: Any, member: Member, admission: Any, pool: Pool,
+                   began: float) -> Callable[[], None]:
+    """A streamed answer's verdict, given when it closes: a failure of its
+    endpoint when the reader saw it break (`stream_failure`), else a success."""
+    def settled() -> None:
+        failure = response.stream_failure
+        if admission is not None:
+            if failure is None:
+                member.breaker.record_success(admission)
+            else:
+                member.breaker.record_failure(admission, failure)
+        pool.observe(member, ok=failure is None, latency_ms=(time.perf_counter() - began) * 1000)
+    return settled
+
+
+def _first_choice(pool: Pool, *, avoid: str, only: str) -> Choice | Unavailable:
+    """The first attempt's endpoint: `only` that one when named, else one
+    other than `avoid` when another is available, else any."""
+    if only:
+        pinned = [m for m in pool.members if m.name == only]
+        if pinned:
+            return pool.choose(tuple(m for m in pool.members if m is not pinned[0]))
+    if avoid and not pool.single:
+        avoided = tuple(m for m in pool.members if m.name == avoid)
+        if avoided:
+            choice = pool.choose(avoided)
+            if isinstance(choice, Choice) and not choice.forced:
+                return choice
+    return pool.choose()
+
+
 def _fresh(found: Any) -> CacheEntry | None:
     return found if isinstance(found, CacheEntry) and found.fresh() else None
 
@@ -256,6 +289,24 @@ class UpstreamClient:
     def close(self) -> None:
         self._live.close()
 
+    def endpoint_names(self) -> tuple[str, ...]:
+        """The names of the endpoints calls may go to ("" for a single URL)."""
+        return tuple(member.name for member in self._live.current().pool.members)
+
+    async def astream(self, path: str, *, json: Any, codec: Any = None,
+                      headers: dict[str, str] | None = None) -> Any:
+        """A supervised stream (resilience.client.stream): `json` is the
+        request body, `codec` its wire format (OpenAI chat completions by
+        default). Returns the started `SupervisedStream`; raises the
+        `UpstreamError` kinds, or `UpstreamHTTPError` with the provider's
+        error answer on `.response`."""
+        stream = SupervisedStream(self, path=path, body=json, codec=codec or OPENAI_CHAT, headers=headers)
+        refused = await stream.start()
+        if refused is not None:
+            raise http_failure(self.name, refused.status_code, refused, retried=False, attempts=1,
+                               retry_after=retry_after_of(refused.headers))
+        return stream
+
     # -- the sync face -------------------------------------------------------------------
     def get(self, path: str, **kwargs: Any) -> UpstreamResponse:
         return self.request("GET", path, **kwargs)
@@ -277,7 +328,7 @@ class UpstreamClient:
 
     def request(self, method: str, path: str, *, params: Any = None, headers: dict[str, str] | None = None,
                 data: Any = None, json: Any = None, cache: bool | None = None, stream: bool = False,
-                raise_for_status: bool = True) -> UpstreamResponse:
+                raise_for_status: bool = True, avoid: str = "", endpoint: str = "") -> UpstreamResponse:
         """Call the upstream; returns an `UpstreamResponse` (`from_cache`,
         `stale`, `shared`, `attempts`) or raises an `UpstreamError` kind.
 
@@ -285,12 +336,18 @@ class UpstreamClient:
         `stream=True` returns before a successful body is read (never cached;
         close the response); `raise_for_status=False` returns 4xx/5xx answers
         instead of raising (they still count as the policy says).
+
+        `avoid` names an endpoint the first attempt should not use when
+        another is available; `endpoint` pins the call to one endpoint (the
+        stream supervisor's continuations, resilience.client.stream). A
+        streamed answer is settled and logged when it is closed.
         """
         started = time.perf_counter()
         built = self._live.current()
-        plan = self._begin(built, method, path, params, headers, data, json, cache, stream, sync_from_entry)
+        plan = self._begin(built, method, path, params, headers, data, json, cache, stream, sync_from_entry,
+                           avoid=avoid, only=endpoint)
         answer = plan.refusal or self._drive(plan.steps)  # type: ignore[arg-type]
-        self._emit(built, plan, answer, started)
+        self._emit_when_done(built, plan, answer, started, stream=stream)
         return answer.unwrap(raise_for_status)
 
     def _drive(self, steps: Steps) -> Answer:
@@ -346,7 +403,8 @@ class UpstreamClient:
     async def arequest(self, method: str, path: str, *, params: Any = None,
                        headers: dict[str, str] | None = None, data: Any = None, json: Any = None,
                        cache: bool | None = None, stream: bool = False,
-                       raise_for_status: bool = True) -> AsyncUpstreamResponse:
+                       raise_for_status: bool = True, avoid: str = "",
+                       endpoint: str = "") -> AsyncUpstreamResponse:
         """`request()` for async code: the same steps, errors and call-log
         rows; returns an `AsyncUpstreamResponse` (an httpx2.Response; with
         `stream=True` iterate it with `aiter_bytes()` and `aclose()` it)."""
@@ -356,9 +414,9 @@ class UpstreamClient:
         else:
             built = self._live.current()
         plan = self._begin(built, method, path, params, headers, data, json, cache, stream,
-                           async_from_entry)
+                           async_from_entry, avoid=avoid, only=endpoint)
         answer = plan.refusal or await self._adrive(plan.steps)  # type: ignore[arg-type]
-        self._emit(built, plan, answer, started)
+        self._emit_when_done(built, plan, answer, started, stream=stream)
         return answer.unwrap(raise_for_status)
 
     async def _adrive(self, steps: Steps) -> Answer:
@@ -395,7 +453,8 @@ class UpstreamClient:
 
     # -- the one logic ---------------------------------------------------------------------
     def _begin(self, built: Built, method: str, path: str, params: Any, headers: dict[str, str] | None,
-               data: Any, json: Any, cache: bool | None, stream: bool, from_entry: FromEntry) -> Plan:
+               data: Any, json: Any, cache: bool | None, stream: bool, from_entry: FromEntry, *,
+               avoid: str = "", only: str = "") -> Plan:
         """Check the call and plan its steps, or refuse it."""
         policy = built.policy
         method = method.upper()
@@ -412,7 +471,7 @@ class UpstreamClient:
                 and not stream and spec.cacheable:
             steps = self._cached(built, spec, from_entry)
         else:
-            steps = self._fetch(built, spec, from_entry, stream=stream, stale=None)
+            steps = self._fetch(built, spec, from_entry, stream=stream, stale=None, avoid=avoid, only=only)
         return Plan(method, path, spec, steps=steps)
 
     def _cached(self, built: Built, spec: RequestSpec, from_entry: FromEntry) -> Steps:
@@ -518,7 +577,7 @@ class UpstreamClient:
         default_cache().set(key, response.to_entry(policy.cache_ttl), timeout=keep)
 
     def _fetch(self, built: Built, spec: RequestSpec, from_entry: FromEntry, *, stream: bool,
-               stale: CacheEntry | None) -> Steps:
+               stale: CacheEntry | None, avoid: str = "", only: str = "") -> Steps:
         """One logical upstream call: the endpoint, its breaker, the bulkhead,
         send, classification, and failover to another endpoint.
 
@@ -531,7 +590,7 @@ class UpstreamClient:
         on this one (the transport's own loop with the policy's backoff, as
         for a single URL)."""
         policy, pool, bulkhead = built.policy, built.pool, built.bulkhead
-        choice = pool.choose()
+        choice = _first_choice(pool, avoid=avoid, only=only)
         if isinstance(choice, Unavailable):
             if choice.retry_after is None and choice.missing is not None:  # takes no probe slot
                 failure = choice.missing.missing_error()
@@ -602,26 +661,29 @@ class UpstreamClient:
                     asked = retry_after_of(response.headers)
                     if asked:
                         pool.cool(member, asked)
+                settled_later = stream and status < 400  # a stream is judged when it closes
                 if admission is not None:
                     if upstream_failed:
                         breaker.record_failure(admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
                             f"status {status}", upstream=self.name, response=response))
-                    else:
+                    elif not settled_later:
                         breaker.record_success(admission)  # type: ignore[union-attr]
-                pool.observe(member, ok=not upstream_failed and status != 429,
-                             latency_ms=(time.perf_counter() - began) * 1000)
+                if not settled_later:
+                    pool.observe(member, ok=not upstream_failed and status != 429,
+                                 latency_ms=(time.perf_counter() - began) * 1000)
                 if retried and self._may_fail_over(pool, policy, trace):
                     following = pool.choose(tried)
                     if isinstance(following, Choice):  # the error answer's body was read: nothing to close
                         member.in_flight -= 1
                         choice = following
                         continue
-                response.meta = CallMeta(attempts=attempts)
+                response.meta = CallMeta(attempts=attempts, endpoint=member.name)
                 result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
                                 breaker_state=choice.state, endpoint=member.name)
                 if status < 400 and stream:
                     # The slot and the in-flight count are held while the caller reads.
                     response.when_closed(_on_close(member, release))
+                    response.when_closed(_settle_stream(response, member, admission, pool, began))
                     release = None
                 else:
                     member.in_flight -= 1
@@ -654,11 +716,36 @@ class UpstreamClient:
                       response=response)
 
     # -- the record ------------------------------------------------------------------------
-    def _emit(self, built: Built, plan: Plan, answer: Answer, started: float) -> None:
+    def _emit_when_done(self, built: Built, plan: Plan, answer: Answer, started: float, *,
+                        stream: bool) -> None:
+        """The call's record now, or for a streamed answer when it is closed:
+        with the latency to its headers, and the stream's verdict."""
+        response = answer.response
+        if not stream or response is None or answer.error is not None or response.meta.from_cache \
+                or response.status_code >= 400:
+            self._emit(built, plan, answer, started)
+            return
+        latency = time.perf_counter() - started
+
+        def closed() -> None:
+            result = answer.result
+            failure = response.stream_failure
+            if failure is not None:
+                result = replace(result, outcome=outcome_of(failure), error=failure.message)
+            if response.stream_counts:
+                result = replace(result, stream=tuple(sorted(response.stream_counts.items())))
+            self._emit(built, plan, replace(answer, result=result), started, latency=latency)
+
+        response.when_closed(closed)
+
+    def _emit(self, built: Built, plan: Plan, answer: Answer, started: float, *,
+              latency: float | None = None) -> None:
+        if latency is None:
+            latency = time.perf_counter() - started
         record = CallRecord(
             upstream=self.name, method=plan.method, spec=plan.spec, raw_path=plan.path,
             secret_names=built.credentials.secret_names, result=answer.result,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3), created=time.time(),
+            latency_ms=round(latency * 1000, 3), created=time.time(),
             request_id=current_request_id.get() or "", sample_rate=built.policy.log_sample_rate,
             endpoint=answer.result.endpoint)
         call_record_emit(record, sender=UpstreamClient)

@@ -69,6 +69,9 @@ class Policy:
     health_path: str
     endpoint_strategy: str = "weighted"
     max_ejection_percent: int = 100
+    first_token_timeout: float = 0.0
+    stream_idle_timeout: float = 0.0
+    stream_max_seconds: float = 600.0
 
     @classmethod
     def from_model(cls, row: Any) -> Policy:
@@ -95,6 +98,8 @@ class Policy:
             auth_kind=row.auth_kind, auth_env_var=row.auth_env_var, auth_name=row.auth_name,
             health_path=row.health_path,
             endpoint_strategy=row.endpoint_strategy, max_ejection_percent=row.max_ejection_percent,
+            first_token_timeout=row.first_token_timeout, stream_idle_timeout=row.stream_idle_timeout,
+            stream_max_seconds=row.stream_max_seconds,
         )
 
     def build_retry(self) -> PolicyRetry:
