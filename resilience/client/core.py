@@ -46,6 +46,7 @@ from resilience.client.endpoints import Choice, Member, Pool, Unavailable
 from resilience.client.failures import classify, nothing_sent
 from resilience.client.flight import SingleFlight, copy_error, release_lock
 from resilience.client.live import Built, LivePolicy, cache_is_shared
+from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.policy import Trace
 from resilience.client.record import CallRecord, Result, call_record_emit
 from resilience.client.responses import (
@@ -56,7 +57,6 @@ from resilience.client.responses import (
     UpstreamResponse,
 )
 from resilience.client.send import send
-from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.spec import RequestSpec
 from resilience.client.stream import SupervisedStream
 from resilience.client.urls import join_url, redact_path

@@ -204,7 +204,7 @@ def test_an_error_event_mid_stream_is_continued(gateway, providers):
 
 
 def test_a_provider_that_cuts_every_stream_trips_its_breaker(gateway, providers):
-    primary, fallback = providers
+    primary, _ = providers
     primary.misbehave(MODEL, Behaviour(pieces=10, cut_after=5))
     for _ in range(3):
         assert ask(gateway)["text"] == ANSWER
