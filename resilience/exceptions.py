@@ -129,6 +129,11 @@ class StreamInterrupted(UpstreamError):
     code = "stream_interrupted"
     status = 502
 
+    def __init__(self, message: str, *, upstream: str, cause: str) -> None:
+        super().__init__(message, upstream=upstream, cause=cause)
+        #: The original failure's code (`upstream_timeout` for a stall, ...).
+        self.cause = cause
+
 
 class UpstreamHTTPError(UpstreamError):
     """A non-retryable error status; the response is kept on `.response`."""

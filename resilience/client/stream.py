@@ -252,7 +252,9 @@ class SupervisedStream:
     def _open(self, response: Any, how: str) -> None:
         self._response = response
         self._attempt += 1
-        self._attempt_counts = {how: 1} if how else {}
+        self._attempt_counts = {}
+        if how:
+            self._count(how)
         self.endpoints.append(response.meta.endpoint)
 
     def _count(self, name: str, count: int = 1) -> None:
@@ -389,6 +391,7 @@ class SupervisedStream:
             for event in parsed:
                 yield event
             if done:
+                await _drain(body)
                 return
 
     async def _whole(self, response: Any, first: float) -> list[StreamEvent]:
@@ -482,12 +485,24 @@ class SupervisedStream:
             return original
         what = original.message if original is not None else "the provider's stream broke"
         message = f"{what}; {detail}" if detail else f"{what}; the answer could not be continued"
-        return errors.StreamInterrupted(message, upstream=self.client.name)
+        return errors.StreamInterrupted(message, upstream=self.client.name,
+                                        cause=original.code if original is not None else "upstream_error")
 
     async def aclose(self) -> None:
         """Close the open attempt (a no-op once the stream ended)."""
         if self._response is not None:
             await self._settle(None)
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (the body's end), so the connection goes
+    back to the pool instead of being closed half-read."""
+    try:
+        async with asyncio.timeout(FINISH_GRACE):
+            async for _ in body:
+                pass
+    except (TimeoutError, httpx2.TransportError, OSError):
+        pass  # the close that follows drops the connection: nothing is lost
 
 
 async def _read_error(response: Any) -> bytes:

@@ -20,7 +20,7 @@ from resilience.client.breaker import SharedBreaker
 from resilience.client.stream import prefill_refusers
 from resilience.models import CallLog, Endpoint, MinuteRollup, Upstream
 from resilience.telemetry.calllog import call_log_flush
-from tests.support.fake_openai import CONTENT_PREFIX, Behaviour, FakeOpenAI
+from tests.support.fake_openai import CONTENT_PREFIX, MODEL_ID, Behaviour, FakeOpenAI
 
 MODEL = "gpt-gateway"
 #: A second served model, which the primary cuts (the concurrency test's other half).
@@ -227,3 +227,39 @@ def test_many_concurrent_streams_whose_primary_cuts_half_all_complete(gateway, p
     answers = sdk_run(gateway, work)
     assert [a["text"] for a in answers] == [f"{ANSWER}{i:03d}" for i in range(count)]
     assert fallback.chat_calls == count // 2
+
+
+def test_a_generated_stream_cut_midway_is_continued_on_the_same_endpoint(api, openai_fake, section2_data):
+    """POST /api/ai/generate with "stream": true: its own events, one answer."""
+    from tests.aigen.test_api import _body, _events, _stream
+
+    openai_fake.misbehave(MODEL_ID, Behaviour(pieces=8, cut_after=3), times=1)
+    events = _events(_stream(api, _body(section2_data, stream=True)))
+    assert events[0][0] == "start" and events[-1][0] == "done"
+    text = "".join(data["content"] for name, data in events if name == "delta")
+    first, continuation = openai_fake.chat_requests()
+    assert text == CONTENT_PREFIX + first["messages"][-1]["content"]
+    prefill = continuation["messages"][-1]
+    assert prefill["role"] == "assistant" and text.startswith(prefill["content"])
+    assert events[-1][1]["usage"]["completion_tokens"] == len(text[len(prefill["content"]):]) // 4 + 1
+
+
+def test_the_python_client_streams_supervised(gateway, providers):
+    """`upstream(name).astream(...)`: the same supervision for the project's own code."""
+    from resilience import upstream
+
+    primary, _ = providers
+    primary.misbehave(MODEL, Behaviour(pieces=60, cut_after=40))
+
+    async def work():
+        stream = await upstream("llm").astream("chat/completions", json={
+            "model": MODEL, "stream": True, "messages": [{"role": "user", "content": QUESTION}]})
+        try:
+            text = "".join([event.text async for event in stream])
+        finally:
+            await stream.aclose()
+        return text, stream.endpoints, stream.counts, stream.model
+
+    text, endpoints, counts, model = async_to_sync(work)()
+    assert text == ANSWER and endpoints == ["primary", "fallback"] and model == "fallback-model"
+    assert counts == {"cut": 1, "failover": 1, "continuation": 1}

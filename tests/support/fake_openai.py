@@ -130,6 +130,7 @@ class FakeOpenAI(HTTPFake):
         self._failures: deque[Reply] = deque()
         self._sequence = 0  # numbers completion and request ids
         self._behaviours: dict[str, Behaviour] = {}
+        self._behaviour_left: dict[str, int] = {}  # answers left before a model behaves again
 
     @property
     def url(self) -> str:
@@ -141,10 +142,13 @@ class FakeOpenAI(HTTPFake):
         with self._lock:
             self._failures.extend(replies)
 
-    def misbehave(self, model: str, behaviour: Behaviour) -> None:
-        """Answer requests for `model` ("*": any model) as `behaviour` says."""
+    def misbehave(self, model: str, behaviour: Behaviour, *, times: int | None = None) -> None:
+        """Answer requests for `model` ("*": any model) as `behaviour` says:
+        always, or for the next `times` requests."""
         with self._lock:
             self._behaviours[model] = behaviour
+            if times is not None:
+                self._behaviour_left[model] = times
 
     @property
     def chat_calls(self) -> int:
@@ -160,6 +164,7 @@ class FakeOpenAI(HTTPFake):
         with self._lock:
             self._failures.clear()
             self._behaviours.clear()
+            self._behaviour_left.clear()
         super().reset()
 
     def respond(self, request: Recorded) -> Reply:
@@ -199,7 +204,14 @@ class FakeOpenAI(HTTPFake):
             return Reply(400, body=error_body(400, "'messages' must be a list of objects.", param="messages"))
 
         with self._lock:
-            behaviour = self._behaviours.get(payload["model"]) or self._behaviours.get("*") or NORMAL
+            model = payload["model"] if payload["model"] in self._behaviours else "*"
+            behaviour = self._behaviours.get(model, NORMAL)
+            left = self._behaviour_left.get(model)
+            if left is not None:
+                if left <= 1:
+                    del self._behaviours[model], self._behaviour_left[model]
+                else:
+                    self._behaviour_left[model] = left - 1
         if behaviour.never_answer:
             return Reply(200, delay=NEVER)
         if behaviour.error_code:
