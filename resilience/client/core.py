@@ -625,7 +625,7 @@ class UpstreamClient:
                 trace.stop_after = len(trace.history) + 1 if pool.has_alternative(member) \
                     else policy.retry_total + 1
                 credentials = member.credentials_now()
-                began = time.perf_counter()
+                began, sent_at = time.perf_counter(), time.monotonic()
                 member.in_flight += 1
                 try:
                     response = yield Send(member, _spec_for(member, spec, policy), credentials, trace, stream)
@@ -677,7 +677,7 @@ class UpstreamClient:
                         member.in_flight -= 1
                         choice = following
                         continue
-                response.meta = CallMeta(attempts=attempts, endpoint=member.name)
+                response.meta = CallMeta(attempts=attempts, endpoint=member.name, sent_at=sent_at)
                 result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
                                 breaker_state=choice.state, endpoint=member.name)
                 if status < 400 and stream:

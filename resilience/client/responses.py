@@ -37,13 +37,15 @@ class CallMeta:
     """Where an answer came from: `from_cache` (cache, stale copy or another
     caller's flight), `stale`, `shared` (another caller's flight) and how
     many `attempts` this call made upstream (0 when none); `endpoint` names
-    the endpoint that answered ("" for a single-URL upstream)."""
+    the endpoint that answered ("" for a single-URL upstream), `sent_at`
+    (time.monotonic) when the attempt that answered was sent."""
 
     from_cache: bool = False
     stale: bool = False
     shared: bool = False
     attempts: int = 0
     endpoint: str = ""
+    sent_at: float = 0.0
 
 
 FRESH = CallMeta()

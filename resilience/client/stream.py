@@ -11,7 +11,8 @@ A streamed attempt is a failure until it ends cleanly. Timers, from the
 policy (each 0 means "the read timeout"):
 
 - `first_token_timeout`: from sending an attempt to its first content event
-  (text or the final chunk);
+  (text or the final chunk); until text has reached the caller, also
+  bounded by the call's `deadline` (counted from the first send);
 - `stream_idle_timeout`: the longest silence between events after that;
 - `stream_max_seconds`: the whole stream, continuations included (a cap:
   past it the stream ends with an error, it is not continued).
@@ -250,6 +251,9 @@ class SupervisedStream:
                                           cache=False, raise_for_status=False, avoid=avoid, endpoint=endpoint)
 
     def _open(self, response: Any, how: str) -> None:
+        # The first-token timer counts from the send of the attempt that answered (an attempt
+        # before it, timed out on another endpoint, does not shorten it).
+        self._sent_at = response.meta.sent_at or self._sent_at
         self._response = response
         self._attempt += 1
         self._attempt_counts = {}
@@ -335,7 +339,10 @@ class SupervisedStream:
             elif content:
                 wait, kind = idle, "timeout_idle"
             else:
-                wait, kind = max(0.0, self._sent_at + first - now), "timeout_first_token"
+                first_at = self._sent_at + first
+                if not self._sent_length:  # nothing reached the caller yet: the call's deadline bounds it
+                    first_at = min(first_at, self._started + self._policy.deadline)
+                wait, kind = max(0.0, first_at - now), "timeout_first_token"
             if cap_at is not None and now + wait >= cap_at:
                 wait, kind = max(0.0, cap_at - now), "timeout_max"
             try:

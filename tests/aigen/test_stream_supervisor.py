@@ -263,3 +263,36 @@ def test_the_python_client_streams_supervised(gateway, providers):
     text, endpoints, counts, model = async_to_sync(work)()
     assert text == ANSWER and endpoints == ["primary", "fallback"] and model == "fallback-model"
     assert counts == {"cut": 1, "failover": 1, "continuation": 1}
+
+
+def test_a_provider_that_never_answers_costs_one_timeout_then_the_fallback_answers(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(never_answer=True))
+    Upstream.objects.filter(name="llm").update(read_timeout=TIMER)
+    reset_clients()
+    answer = ask(gateway)
+    assert answer["text"] == ANSWER and answer["model"] == "fallback-model"
+    # How often the silent primary is tried before the fallback is the attempt loop's rule
+    # (issue 24 item 2, the retries branch); the stream's part is that the fallback answers it whole.
+    assert fallback.chat_calls == 1 and rows()[-1].endpoint == "fallback"
+
+
+def test_stream_max_seconds_caps_a_stream_with_an_error_not_a_continuation(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(pieces=10, stall_after=3, stall=5))
+    Upstream.objects.filter(name="llm").update(stream_idle_timeout=2, stream_max_seconds=TIMER)
+    reset_clients()
+    received = []
+
+    async def work(client):
+        stream = await client.chat.completions.create(model=MODEL, stream=True,
+                                                      messages=[{"role": "user", "content": QUESTION}])
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError) as caught:
+        sdk_run(gateway, work)
+    assert "stream_max_seconds (0.3 s) passed" in caught.value.message
+    assert caught.value.code == "upstream_timeout"
+    assert "".join(received) == ANSWER[:54] and fallback.chat_calls == 0
+    assert rows()[0].outcome == "timeout"
