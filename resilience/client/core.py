@@ -289,9 +289,15 @@ class UpstreamClient:
     def close(self) -> None:
         self._live.close()
 
+    def loaded_policy(self):
+        """The policy as the last call loaded it (no reload check: for code on
+        the event loop that just made a call, like the stream supervisor)."""
+        return self._live.loaded().policy
+
     def endpoint_names(self) -> tuple[str, ...]:
-        """The names of the endpoints calls may go to ("" for a single URL)."""
-        return tuple(member.name for member in self._live.current().pool.members)
+        """The names of the endpoints calls may go to ("" for a single URL),
+        as the last call loaded them."""
+        return tuple(member.name for member in self._live.loaded().pool.members)
 
     async def astream(self, path: str, *, json: Any, codec: Any = None,
                       headers: dict[str, str] | None = None) -> Any:

@@ -57,6 +57,7 @@ the answer cannot go on. Closing the stream early closes the open attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -230,7 +231,7 @@ class SupervisedStream:
         self._started = 0.0
         self._sent_at = 0.0
         self._original: errors.UpstreamError | None = None
-        self._closed = False
+        self._endpoint_names: tuple[str, ...] = ()
 
     # -- opening attempts ---------------------------------------------------------------------
     async def start(self) -> Any:
@@ -241,7 +242,8 @@ class SupervisedStream:
         response = await self._send(self.body)
         if response.status_code >= 400:
             return response
-        self._policy = self.client.policy
+        # Read once, while the policy is fresh: no policy load on the event loop later on.
+        self._policy, self._endpoint_names = self.client.loaded_policy(), self.client.endpoint_names()
         self._open(response, "")
         return None
 
@@ -283,10 +285,11 @@ class SupervisedStream:
         try:
             while self._response is not None:
                 try:
-                    async for event in self._read():
-                        delivered = self._deliver(event)
-                        if delivered is not None:
-                            yield delivered
+                    async with contextlib.aclosing(self._read()) as events:
+                        async for event in events:
+                            delivered = self._deliver(event)
+                            if delivered is not None:
+                                yield delivered
                     await self._settle(None)
                     return
                 except _Break as broken:
@@ -451,13 +454,13 @@ class SupervisedStream:
     # -- going on -----------------------------------------------------------------------------
     async def _resume(self, broken: str) -> None:
         """Open the next attempt after `broken` (an endpoint's name) failed."""
+        self._splice = None  # a restart that broke before passing the prefix: its text is dropped
         if self.clock() - self._started >= (self._policy.stream_max_seconds or float("inf")):
             raise self._interrupted()
         if not self._sent_length:
             await self._attempt_with(self.body, "restart", avoid=broken)
             return
-        names = self.client.endpoint_names()
-        others = tuple(n for n in names if n != broken) or (broken,)
+        others = tuple(n for n in self._endpoint_names if n != broken) or (broken,)
         refusing = prefill_refusers(upstream=self.client.name, endpoints=others)
         if len(refusing) < len(others):
             body = self.codec.continuation(self.body, "".join(self._sent))
