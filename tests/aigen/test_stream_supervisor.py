@@ -11,6 +11,7 @@ import openai
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
+from prometheus_client import REGISTRY
 from rest_framework.authtoken.models import Token
 
 from aigen import openai_views
@@ -104,10 +105,17 @@ def rows() -> list[CallLog]:
     return list(CallLog.objects.filter(upstream="llm").order_by("created_at", "id"))
 
 
+def cuts_counted() -> float:
+    return REGISTRY.get_sample_value("resilience_stream_events_total",
+                                     {"upstream": "llm", "endpoint": "primary", "event": "cut"}) or 0.0
+
+
 def test_a_stream_cut_after_40_of_60_events_reaches_the_caller_whole(gateway, providers):
     primary, fallback = providers
     primary.misbehave(MODEL, Behaviour(pieces=60, cut_after=40))
+    counted = cuts_counted()
     answer = ask(gateway)
+    assert cuts_counted() == counted + 1  # /metrics
     assert answer["text"] == ANSWER  # nothing missing, nothing twice
     assert answer["finishes"] == ["stop"] and len(answer["ids"]) == 1
     assert answer["model"] == "fallback-model"  # the model that finished the answer
