@@ -725,13 +725,13 @@ class UpstreamClient:
     def _emit_when_done(self, built: Built, plan: Plan, answer: Answer, started: float, *,
                         stream: bool) -> None:
         """The call's record now, or for a streamed answer when it is closed:
-        with the latency to its headers, and the stream's verdict."""
+        with the time and latency of its headers, and the stream's verdict."""
         response = answer.response
         if not stream or response is None or answer.error is not None or response.meta.from_cache \
                 or response.status_code >= 400:
             self._emit(built, plan, answer, started)
             return
-        latency = time.perf_counter() - started
+        latency, created = time.perf_counter() - started, time.time()
 
         def closed() -> None:
             result = answer.result
@@ -740,18 +740,18 @@ class UpstreamClient:
                 result = replace(result, outcome=outcome_of(failure), error=failure.message)
             if response.stream_counts:
                 result = replace(result, stream=tuple(sorted(response.stream_counts.items())))
-            self._emit(built, plan, replace(answer, result=result), started, latency=latency)
+            self._emit(built, plan, replace(answer, result=result), started, latency=latency, created=created)
 
         response.when_closed(closed)
 
     def _emit(self, built: Built, plan: Plan, answer: Answer, started: float, *,
-              latency: float | None = None) -> None:
+              latency: float | None = None, created: float | None = None) -> None:
         if latency is None:
             latency = time.perf_counter() - started
         record = CallRecord(
             upstream=self.name, method=plan.method, spec=plan.spec, raw_path=plan.path,
             secret_names=built.credentials.secret_names, result=answer.result,
-            latency_ms=round(latency * 1000, 3), created=time.time(),
+            latency_ms=round(latency * 1000, 3), created=time.time() if created is None else created,
             request_id=current_request_id.get() or "", sample_rate=built.policy.log_sample_rate,
             endpoint=answer.result.endpoint)
         call_record_emit(record, sender=UpstreamClient)
