@@ -47,7 +47,7 @@ from resilience.client.failures import classify, nothing_sent
 from resilience.client.flight import SingleFlight, copy_error, release_lock
 from resilience.client.live import Built, LivePolicy, cache_is_shared
 from resilience.client.openai_wire import OPENAI_CHAT
-from resilience.client.policy import Trace
+from resilience.client.policy import Policy, Trace
 from resilience.client.record import CallRecord, Result, call_record_emit
 from resilience.client.responses import (
     AsyncUpstreamResponse,
@@ -58,7 +58,7 @@ from resilience.client.responses import (
 )
 from resilience.client.send import send
 from resilience.client.spec import RequestSpec
-from resilience.client.stream import SupervisedStream
+from resilience.client.stream import SupervisedStream, WireCodec
 from resilience.client.urls import join_url, redact_path
 from resilience.conf import resilience_settings
 from resilience.context import current_request_id
@@ -289,7 +289,7 @@ class UpstreamClient:
     def close(self) -> None:
         self._live.close()
 
-    def loaded_policy(self):
+    def loaded_policy(self) -> Policy:
         """The policy as the last call loaded it (no reload check: for code on
         the event loop that just made a call, like the stream supervisor)."""
         return self._live.loaded().policy
@@ -299,8 +299,8 @@ class UpstreamClient:
         as the last call loaded them."""
         return tuple(member.name for member in self._live.loaded().pool.members)
 
-    async def astream(self, path: str, *, json: Any, codec: Any = None,
-                      headers: dict[str, str] | None = None) -> Any:
+    async def astream(self, path: str, *, json: Any, codec: WireCodec | None = None,
+                      headers: dict[str, str] | None = None) -> SupervisedStream:
         """A supervised stream (resilience.client.stream): `json` is the
         request body, `codec` its wire format (OpenAI chat completions by
         default). Returns the started `SupervisedStream`; raises the
