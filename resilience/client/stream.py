@@ -371,6 +371,10 @@ class SupervisedStream:
                 if finished:
                     self._count("no_done")
                     return
+                if isinstance(err, httpx2.TimeoutException):  # the transport's own read timeout
+                    kind = "timeout_idle" if content else "timeout_first_token"
+                    raise _Break(errors.UpstreamTimeout(f"{name}: read timed out after {events} events",
+                                                        upstream=name), kind) from None
                 raise _Break(errors.UpstreamConnectionError(
                     f"{name}: stream cut after {events} events ({type(err).__name__})", upstream=name),
                     "cut") from None
