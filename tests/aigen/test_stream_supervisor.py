@@ -5,6 +5,7 @@ primary and the fallback endpoint, and timers of fractions of a second."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx2
 import openai
@@ -237,12 +238,24 @@ def test_many_concurrent_streams_whose_primary_cuts_half_all_complete(gateway, p
     assert fallback.chat_calls == count // 2
 
 
-def test_a_generated_stream_cut_midway_is_continued_on_the_same_endpoint(api, openai_fake, section2_data):
+def test_a_generated_stream_cut_midway_is_continued_on_the_same_endpoint(user, openai_fake, section2_data):
     """POST /api/ai/generate with "stream": true: its own events, one answer."""
-    from tests.aigen.test_api import _body, _events, _stream
+    from project.asgi import application
 
+    key = Token.objects.create(user=user).key
     openai_fake.misbehave(MODEL_ID, Behaviour(pieces=8, cut_after=3), times=1)
-    events = _events(_stream(api, _body(section2_data, stream=True)))
+
+    async def go():
+        transport = httpx2.ASGITransport(app=application)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.post("/api/ai/generate", headers={"Authorization": f"Bearer {key}"}, json={
+                "template_id": "emergency_plan", "section_id": "2", "data": section2_data, "stream": True})
+            return response.text
+
+    events = []
+    for block in async_to_sync(go)().strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
     assert events[0][0] == "start" and events[-1][0] == "done"
     text = "".join(data["content"] for name, data in events if name == "delta")
     first, continuation = openai_fake.chat_requests()
