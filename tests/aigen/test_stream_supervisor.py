@@ -40,7 +40,7 @@ def providers():
 
 
 @pytest.fixture
-def gateway(db, providers, settings):
+def gateway(transactional_db, providers, settings):
     """An `llm` upstream: priority strategy, the primary then a fallback that
     names the model its own way; stream timers of 0.3 s."""
     settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"PRIMARY_KEY": "sk-primary",
@@ -238,7 +238,8 @@ def test_many_concurrent_streams_whose_primary_cuts_half_all_complete(gateway, p
     assert fallback.chat_calls == count // 2
 
 
-def test_a_generated_stream_cut_midway_is_continued_on_the_same_endpoint(user, openai_fake, section2_data):
+def test_a_generated_stream_cut_midway_is_continued_on_the_same_endpoint(transactional_db, user, openai_fake,
+                                                                       section2_data):
     """POST /api/ai/generate with "stream": true: its own events, one answer."""
     from project.asgi import application
 
