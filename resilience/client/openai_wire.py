@@ -48,8 +48,10 @@ class OpenAIChat:
             return None
         error = chunk.get("error")
         if error:
-            message = error.get("message") if isinstance(error, dict) else None
-            return StreamEvent(data=chunk, raw=data, error=str(message or error)[:300])
+            # Its code or type only: a provider's message may echo what it was sent (a key, a prompt),
+            # and this one goes to call logs and to the caller.
+            kind = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+            return StreamEvent(data=chunk, raw=data, error=str(kind or "error")[:100])
         text = ""
         finish = None
         choices = chunk.get("choices") or []
