@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from aigen.exceptions import ProviderError
 from aigen.providers import OpenAIProvider, Prompt
@@ -98,3 +101,16 @@ def test_a_relayed_sync_stream_that_breaks_is_a_failure_of_its_endpoint(db, sett
     call_log_flush()
     assert list(CallLog.objects.values_list("outcome", flat=True)) == ["connection_error"] * 2
     assert SharedBreaker.status_of("openai", fail_max=2, reset_timeout=30)["state"] == "open"
+
+
+def test_the_operations_api_shows_the_stream_timers(make_upstream):
+    make_upstream(first_token_timeout=4, stream_idle_timeout=3, stream_max_seconds=120)
+    client = APIClient()
+    user = get_user_model().objects.create_user("reader")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+    [listed] = client.get("/api/resilience/upstreams").json()["upstreams"]
+    assert {k: listed["policy"][k] for k in ("first_token_timeout", "stream_idle_timeout",
+                                             "stream_max_seconds")} == {
+        "first_token_timeout": 4.0, "stream_idle_timeout": 3.0, "stream_max_seconds": 120.0}
+    detail = client.get("/api/resilience/upstreams/api").json()["upstream"]
+    assert detail["stream_idle_timeout"] == 3.0
