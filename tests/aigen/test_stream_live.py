@@ -27,7 +27,7 @@ def server(tmp_path_factory, redis_url):
             f"u = Upstream.objects.create(name='llm', base_url={primary.url!r}, served_models=[{MODEL!r}],"
             " endpoint_strategy='priority', read_timeout=5, deadline=10, retry_total=2,"
             " retry_backoff_factor=0, retry_jitter=0, retry_methods=['POST'], log_sample_rate=1.0,"
-            " first_token_timeout=0.3, stream_idle_timeout=0.3, breaker_enabled=False)\n"
+            " first_token_timeout=2, stream_idle_timeout=0.5, breaker_enabled=False)\n"
             f"Endpoint.objects.create(upstream=u, name='primary', base_url={primary.url!r}, priority=0)\n"
             f"Endpoint.objects.create(upstream=u, name='fallback', base_url={fallback.url!r}, priority=1,"
             " model='fallback-model')")

@@ -30,7 +30,10 @@ CUT_MODEL = "gpt-gateway-cut"
 # 180 characters of answer: 60 content events of 3 characters.
 QUESTION = "Q" * (180 - len(CONTENT_PREFIX))
 ANSWER = CONTENT_PREFIX + QUESTION
+#: The timers of the tests about timers. The others keep 2 s: a cut never waits for a timer, and a
+#: loaded CI box must not turn a slow fallback into one more attempt.
 TIMER = 0.3
+SLACK_TIMER = 2.0
 
 
 @pytest.fixture
@@ -42,7 +45,7 @@ def providers():
 @pytest.fixture
 def gateway(transactional_db, providers, settings):
     """An `llm` upstream: priority strategy, the primary then a fallback that
-    names the model its own way; stream timers of 0.3 s."""
+    names the model its own way; stream timers of 2 s (`timers()` shortens them)."""
     settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"PRIMARY_KEY": "sk-primary",
                                                               "FALLBACK_KEY": "sk-fallback"}}
     settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
@@ -52,7 +55,7 @@ def gateway(transactional_db, providers, settings):
                    connect_timeout=0.5, read_timeout=5, deadline=10, retry_total=2, retry_backoff_factor=0,
                    retry_jitter=0, retry_statuses=[429, 500, 502, 503, 504], retry_methods=["POST"],
                    retry_after_max=30, breaker_fail_max=3, log_sample_rate=1.0,
-                   first_token_timeout=TIMER, stream_idle_timeout=TIMER, stream_max_seconds=30,
+                   first_token_timeout=SLACK_TIMER, stream_idle_timeout=SLACK_TIMER, stream_max_seconds=30,
                    pool_size=300)
     row.full_clean()
     row.save()
@@ -64,6 +67,11 @@ def gateway(transactional_db, providers, settings):
     tokens.clear()
     user = get_user_model().objects.create_user("caller")
     return Token.objects.create(user=user).key
+
+
+def timers(**fields) -> None:
+    Upstream.objects.filter(name="llm").update(**fields)
+    reset_clients()
 
 
 def sdk_run(key: str, work):
@@ -138,6 +146,7 @@ def test_a_stream_cut_after_40_of_60_events_reaches_the_caller_whole(gateway, pr
 def test_a_stall_is_continued_after_the_idle_timeout_and_the_next_call_works(gateway, providers):
     primary, fallback = providers
     primary.misbehave(MODEL, Behaviour(pieces=60, stall_after=20, stall=30))
+    timers(stream_idle_timeout=TIMER)
     assert ask(gateway)["text"] == ANSWER
     assert "silent for 0.3 s" in rows()[0].error
     primary.reset()  # healthy again
@@ -148,6 +157,7 @@ def test_a_stall_is_continued_after_the_idle_timeout_and_the_next_call_works(gat
 def test_a_slow_first_token_is_answered_from_the_fallback(gateway, providers):
     primary, fallback = providers
     primary.misbehave(MODEL, Behaviour(first_token_delay=30))
+    timers(first_token_timeout=TIMER)
     answer = ask(gateway)
     assert answer["text"] == ANSWER and answer["model"] == "fallback-model"
     assert fallback.chat_requests()[-1]["messages"][-1]["role"] == "user"  # nothing sent yet: a fresh ask
@@ -290,8 +300,7 @@ def test_the_python_client_streams_supervised(gateway, providers):
 def test_a_provider_that_never_answers_costs_one_timeout_then_the_fallback_answers(gateway, providers):
     primary, fallback = providers
     primary.misbehave(MODEL, Behaviour(never_answer=True))
-    Upstream.objects.filter(name="llm").update(read_timeout=TIMER)
-    reset_clients()
+    timers(read_timeout=TIMER)
     answer = ask(gateway)
     assert answer["text"] == ANSWER and answer["model"] == "fallback-model"
     assert primary.chat_calls == 1 and fallback.chat_calls == 1  # one timeout, then the fallback
@@ -301,8 +310,7 @@ def test_a_provider_that_never_answers_costs_one_timeout_then_the_fallback_answe
 def test_stream_max_seconds_caps_a_stream_with_an_error_not_a_continuation(gateway, providers):
     primary, fallback = providers
     primary.misbehave(MODEL, Behaviour(pieces=10, stall_after=3, stall=5))
-    Upstream.objects.filter(name="llm").update(stream_idle_timeout=2, stream_max_seconds=TIMER)
-    reset_clients()
+    timers(stream_max_seconds=TIMER)
     received = []
 
     async def work(client):
