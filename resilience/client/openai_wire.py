@@ -15,6 +15,10 @@ message). A provider that does not accept it answers 400 naming the prefix,
 the prefill or the assistant message (OpenAI itself refuses the unknown
 `prefix` property), which `refuses_prefill` recognises.
 
+Only text is continued: an event with a tool call or a second choice
+(`n` > 1) is marked `opaque`, and a stream that broke after one reached the
+caller ends with an error instead.
+
 On failure: `parse` returns None for an event that is not a JSON object
 (the supervisor skips and counts it); nothing here raises.
 """
@@ -54,6 +58,7 @@ class OpenAIChat:
             return StreamEvent(data=chunk, raw=data, error=str(kind or "error")[:100])
         text = ""
         finish = None
+        opaque = False
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
             return None
@@ -61,15 +66,19 @@ class OpenAIChat:
             if not isinstance(choice, dict):
                 return None
             delta = choice.get("delta")
+            if choice.get("index", 0):  # n > 1: a continuation rebuilds one answer only
+                opaque = True
             if isinstance(delta, dict):
                 content = delta.get("content")
                 if isinstance(content, str):
                     text += content
+                if delta.get("tool_calls") or delta.get("function_call"):
+                    opaque = True
             if choice.get("finish_reason"):
                 finish = str(choice["finish_reason"])
         usage = chunk.get("usage")
         return StreamEvent(text=text, finish_reason=finish, usage=usage if isinstance(usage, dict) else None,
-                           data=chunk, raw=data)
+                           data=chunk, raw=data, opaque=opaque)
 
     @staticmethod
     def answer_events(content: bytes) -> list[StreamEvent] | None:

@@ -34,6 +34,10 @@ when one is available (else the same one):
   has, that prefix is dropped and the rest sent (a splice); when it does not,
   the stream ends with `StreamInterrupted` naming the original failure.
 
+Only text is continued: once an event the codec marks `opaque` (OpenAI: a
+tool call, a second choice) has reached the caller, a break ends the stream
+with `StreamInterrupted`.
+
 Malformed events (not JSON, not SSE) are skipped and counted. A stream that
 ends at the HTTP level after its final chunk but without `[DONE]` is complete;
 one whose connection stays open after the final chunk (and usage, when asked
@@ -98,6 +102,9 @@ class StreamEvent:
     attempt: int = 0
     spliced: bool = False
     error: str | None = None
+    #: It carries what a continuation cannot rebuild (a tool call, a second choice): once one
+    #: reached the caller, a break ends the stream with an error instead of a continuation.
+    opaque: bool = False
 
     @property
     def content(self) -> bool:
@@ -232,6 +239,7 @@ class SupervisedStream:
         self._sent_at = 0.0
         self._original: errors.UpstreamError | None = None
         self._endpoint_names: tuple[str, ...] = ()
+        self._opaque = False
 
     # -- opening attempts ---------------------------------------------------------------------
     async def start(self) -> Any:
@@ -453,12 +461,16 @@ class SupervisedStream:
         if event.text:
             self._sent.append(event.text)
             self._sent_length += len(event.text)
+        if event.opaque:
+            self._opaque = True
         return event
 
     # -- going on -----------------------------------------------------------------------------
     async def _resume(self, broken: str) -> None:
         """Open the next attempt after `broken` (an endpoint's name) failed."""
         self._splice = None  # a restart that broke before passing the prefix: its text is dropped
+        if self._opaque:
+            raise self._interrupted("a tool call or a second choice cannot be continued")
         if self.clock() - self._started >= (self._policy.stream_max_seconds or float("inf")):
             raise self._interrupted()
         if not self._sent_length:

@@ -23,6 +23,7 @@ from resilience.client.stream import prefill_refusers
 from resilience.models import CallLog, Endpoint, MinuteRollup, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_openai import CONTENT_PREFIX, MODEL_ID, Behaviour, FakeOpenAI
+from tests.support.fake_upstream import CUT, FakeUpstream, Reply
 
 MODEL = "gpt-gateway"
 #: A second served model, which the primary cuts (the concurrency test's other half).
@@ -325,3 +326,25 @@ def test_stream_max_seconds_caps_a_stream_with_an_error_not_a_continuation(gatew
     assert caught.value.code == "upstream_timeout"
     assert "".join(received) == ANSWER[:54] and fallback.chat_calls == 0
     assert rows()[0].outcome == "timeout"
+
+
+def test_a_stream_that_broke_after_a_tool_call_ends_with_an_error_not_a_continuation(gateway, providers):
+    _, fallback = providers
+    tool = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a'}}
+    call = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL, "choices": [
+        {"index": 0, "finish_reason": None, "delta": {"tool_calls": [tool]}}]}
+    with FakeUpstream() as cut:
+        cut.script("/v1/chat/completions", Reply(200, headers={"Content-Type": "text/event-stream"},
+                                                 chunks=(f"data: {json.dumps(call)}\n\n".encode(), CUT)))
+        Endpoint.objects.filter(name="primary").update(base_url=cut.url + "/v1")
+        reset_clients()
+
+        async def work(client):
+            stream = await client.chat.completions.create(model=MODEL, stream=True,
+                                                          messages=[{"role": "user", "content": QUESTION}])
+            return [chunk async for chunk in stream]
+
+        with pytest.raises(openai.APIError) as caught:
+            sdk_run(gateway, work)
+    assert "a tool call or a second choice cannot be continued" in caught.value.message
+    assert fallback.chat_calls == 0  # its arguments would have been sent twice
