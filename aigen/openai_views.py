@@ -18,12 +18,18 @@ provider's own error body when it answered one, and for a call that got no
 usable answer (every endpoint out, timeout, connection failure) the status
 of the project's error (503 with `Retry-After`, 504, 502) with its code.
 
-Streams: until the provider has answered 200 the call can still fail over
-to another endpoint. After that, a stream that breaks (connection lost,
-timeout, or ended without `data: [DONE]`) ends with one error event,
-`data: {"error": {"message": ..., "type": "server_error", "code":
-"stream_interrupted"}}`, which the OpenAI SDKs raise as an APIError: never
-a silent truncation.
+Streams are supervised (resilience.client.stream): a stream that breaks
+after the provider said 200 (cut, silent past `stream_idle_timeout`, no
+first token within `first_token_timeout`, an error event) goes on on
+another endpoint, and the caller receives one stream: the provider's chunks
+as they were sent while the first attempt serves, then the continuation's
+chunks under the first chunk's `id`, one final chunk with `finish_reason`,
+the usage chunk when asked for, and `data: [DONE]` (also when the provider
+left it out). When the answer cannot go on, the stream ends with one error
+event naming the original failure, `data: {"error": {"message": ...,
+"type": "server_error", "code": "stream_interrupted"}}` (`upstream_timeout`
+past `stream_max_seconds`), which the OpenAI SDKs raise as an APIError:
+never a silent truncation.
 """
 from __future__ import annotations
 
@@ -42,11 +48,12 @@ from aigen.exceptions import RequestTooLarge
 from aigen.throttling import GenerateThrottle
 from resilience import exceptions as errors
 from resilience.client import upstream_client
+from resilience.client.openai_wire import OPENAI_CHAT
+from resilience.client.stream import SupervisedStream
 from resilience.conf import resilience_settings
 
 CHAT_PATH = "chat/completions"
-#: Keep this many bytes of a stream's end to tell a finished stream from a cut one.
-_TAIL = 64
+_DONE = b"data: [DONE]\n\n"
 
 
 def openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -61,9 +68,8 @@ def openai_error(status: int, message: str, *, code: str | None = None, param: s
     return response
 
 
-def _stream_error(message: str) -> bytes:
-    body = {"error": {"message": message, "type": "server_error", "param": None,
-                      "code": "stream_interrupted"}}
+def _stream_error(message: str, code: str = "stream_interrupted") -> bytes:
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
@@ -174,20 +180,27 @@ def _provider_error(response: Any) -> HttpResponse:
     return openai_error(status, f"the provider answered {status}", code="provider_error")
 
 
-def _passed_through(response: Any) -> StreamingHttpResponse:
+def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
+    """The supervised stream as OpenAI chunks (see the module docstring)."""
     async def chunks() -> AsyncIterator[bytes]:
-        tail = b""
+        head: dict[str, Any] = {}
         try:
-            async for chunk in response.aiter_body():
-                tail = (tail + chunk)[-_TAIL:]
-                yield chunk
+            async for event in stream:
+                if not event.attempt and not event.spliced:
+                    if not head and isinstance(event.data, dict):
+                        head = {k: event.data[k] for k in ("id", "created") if k in event.data}
+                    yield b"data: " + event.raw + b"\n\n"  # as the provider sent it
+                    continue
+                chunk = OPENAI_CHAT.with_text(event.data, event.text) if event.spliced else event.data
+                yield f"data: {json.dumps({**chunk, **head})}\n\n".encode()  # one id for the one answer
+            yield _DONE
+        except errors.UpstreamError as err:
+            yield _stream_error(err.message, "stream_interrupted" if err.code != "upstream_timeout"
+                                else err.code)
         except Exception as err:  # whatever broke the stream, the caller must hear of it
-            yield _stream_error(f"the provider's stream broke: {type(err).__name__}")
-            return
+            yield _stream_error(f"the stream broke: {type(err).__name__}")
         finally:
-            await response.aclose()
-        if b"[DONE]" not in tail:
-            yield _stream_error("the provider's stream ended before [DONE]")
+            await stream.aclose()
 
     answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
@@ -226,15 +239,17 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if name is None:
         return openai_error(404, f"The model `{model}` does not exist or you do not have access to it.",
                             code="model_not_found", param="model")
+    client = upstream_client(name)
     try:
-        response = await upstream_client(name).arequest("POST", CHAT_PATH, json=payload, stream=stream,
-                                                        cache=False, raise_for_status=False)
+        if stream:
+            return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT))
+        response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
+    except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
+        return _provider_error(err.response)
     except errors.UpstreamError as err:
         return _upstream_error(err)
     if response.status_code >= 400:
         return _provider_error(response)
-    if stream:
-        return _passed_through(response)
     return HttpResponse(response.content, status=response.status_code, content_type="application/json")
 
 

@@ -28,10 +28,12 @@ from django.core.signals import setting_changed
 
 from aigen.conf import aigen_settings
 from aigen.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
+from resilience.client import upstream_client
 from resilience.exceptions import (
     BreakerOpen,
     LocalCapacityExhausted,
     RetriesExhausted,
+    StreamInterrupted,
     UpstreamDisabled,
     UpstreamError,
     UpstreamHTTPError,
@@ -94,13 +96,15 @@ class CompletionStream:
 
 
 class AsyncCompletionStream:
-    """`CompletionStream` for async code: `async for` the deltas, then `usage`.
-    Always `await aclose()` it (or exhaust it)."""
+    """`CompletionStream` for async code: `async for` the deltas, then `usage`
+    and `model` (the model that finished the answer, when the provider named
+    it). Always `await aclose()` it (or exhaust it)."""
 
     def __init__(self, deltas: AsyncIterator[str], close: Any = None) -> None:
         self._deltas = deltas
         self._close = close
         self.usage = Usage()
+        self.model: str | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._deltas
@@ -232,6 +236,10 @@ def _map_error(err: BaseException, upstream_name: str) -> Exception:
         return ProviderUnavailable("The AI provider is disabled.", retry_after=60, upstream=upstream_name)
     if isinstance(err, UpstreamTimeout):
         return ProviderTimeout("The AI provider did not answer in time.", upstream=upstream_name)
+    if isinstance(err, StreamInterrupted):
+        kind = ProviderTimeout if err.cause == "upstream_timeout" else ProviderError
+        return kind(f"The AI provider's stream broke and could not be continued: {err.message}",
+                    upstream=upstream_name)
     if isinstance(err, RetriesExhausted):
         return ProviderError(f"The AI provider kept failing: {err.message}", upstream=upstream_name,
                              upstream_status=err.last_status)
@@ -356,20 +364,28 @@ class OpenAIProvider(Provider):
         return result
 
     async def astream(self, prompt: Prompt) -> AsyncCompletionStream:
-        import openai
-
-        sdk_stream = await self._acall(prompt, stream=True)
-        result = AsyncCompletionStream(_empty(), close=sdk_stream.close)
+        """A supervised stream (resilience.client.stream): a break after the
+        first byte continues on another endpoint, the text stays one answer."""
+        try:
+            supervised = await upstream_client(self.upstream_name).astream(
+                "/chat/completions", json=self._body(prompt, True))
+        except UpstreamError as err:
+            raise _map_error(err, self.upstream_name) from err
+        result = AsyncCompletionStream(_empty(), close=supervised.aclose)
 
         async def deltas() -> AsyncIterator[str]:
             try:
-                async for chunk in sdk_stream:
-                    for text in _chunk_texts(chunk, result):
-                        yield text
-            except (UpstreamError, openai.OpenAIError, *_UNUSABLE) as err:
+                async for event in supervised:
+                    if event.text:
+                        yield event.text
+                    if event.usage:
+                        result.usage = Usage(*(event.usage.get(n) for n in
+                                               ("prompt_tokens", "completion_tokens", "total_tokens")))
+                result.model = supervised.model
+            except UpstreamError as err:
                 raise _map_error(err, self.upstream_name) from err
             finally:
-                await sdk_stream.close()
+                await supervised.aclose()
 
         result._deltas = deltas()
         return result

@@ -151,12 +151,13 @@ def _cache_get(key: str) -> dict[str, Any] | None:
     return None
 
 
-def _entry(req: _Request, content: str, usage: Usage, latency_ms: int) -> dict[str, Any]:
+def _entry(req: _Request, content: str, usage: Usage, latency_ms: int,
+           model: str | None = None) -> dict[str, Any]:
     return {
         "content": content,
         "section_title": req.section.title,
         "provider": req.provider.name,
-        "model": req.provider.model,
+        "model": model or req.provider.model,
         "usage": usage.as_dict(),
         "latency_ms": latency_ms,
         "generated_at": datetime.now(UTC).isoformat(),
@@ -200,11 +201,14 @@ def _single_flight(req: _Request) -> tuple[dict[str, Any], bool]:
                                   template_id=req.section.template_id, section_id=req.section.id) from None
 
 
-def _keep(req: _Request, content: str, usage: Usage, started: float) -> dict[str, Any]:
-    """Store a provider's answer; an empty one is refused, never cached."""
+def _keep(req: _Request, content: str, usage: Usage, started: float, *,
+          model: str | None = None) -> dict[str, Any]:
+    """Store a provider's answer; an empty one is refused, never cached.
+    `model`: the model that produced it, when not the configured one (a
+    stream finished by a fallback endpoint)."""
     if not content.strip():
         raise ProviderError("The AI provider sent an empty answer.", upstream=req.provider.name)
-    entry = _entry(req, content, usage, _ms_since(started))
+    entry = _entry(req, content, usage, _ms_since(started), model)
     cache.set(req.key, entry, timeout=req.section.cache_ttl)
     return entry
 
@@ -367,9 +371,9 @@ class GenerationStream:
         self._iterated = True
         return True
 
-    def _complete(self, parts: list[str], usage: Usage) -> None:
+    def _complete(self, parts: list[str], usage: Usage, model: str | None = None) -> None:
         req = self._req
-        entry = _keep(req, "".join(parts), usage, self._started)
+        entry = _keep(req, "".join(parts), usage, self._started, model=model)
         self.result = _result(req, entry, cached=False, started=self._started)
 
     def __iter__(self) -> Iterator[str]:
@@ -419,7 +423,7 @@ class GenerationStream:
             async for chunk in completion:
                 parts.append(chunk)
                 yield chunk
-            self._complete(parts, completion.usage)
+            self._complete(parts, completion.usage, completion.model)
         except (GeneratorExit, asyncio.CancelledError):
             await self._afinish(aborted=True)
             raise

@@ -18,7 +18,10 @@ streamed answer is the same text.
 On failure: the resilient client's `UpstreamError` kinds (breaker open, timeout,
 retries exhausted, ...) propagate unchanged through the SDK, which only wraps
 httpx errors; a stream that breaks while its body is read raises
-`UpstreamTimeout` or `UpstreamConnectionError` the same way.
+`UpstreamTimeout` or `UpstreamConnectionError` the same way, and is counted
+as a failure of its endpoint when it closes (breaker, call log). These
+streams are relayed, not supervised: the sync provider's `stream()` goes
+this way; the async one is supervised (resilience.client.stream).
 """
 from __future__ import annotations
 
@@ -129,7 +132,9 @@ class _BodyStream(httpx2.SyncByteStream):
             for chunk in self._iterator:  # noqa: UP028 (`yield from` would close the body with this generator)
                 yield chunk
         except (requests.exceptions.RequestException, ReadTimeoutError, OSError) as err:
-            raise _stream_failure(err, self._upstream) from None
+            failure = _stream_failure(err, self._upstream)
+            self._response.stream_failure = failure  # the endpoint's failure when the body closes
+            raise failure from None
 
     def close(self) -> None:
         self._response.close()
@@ -193,7 +198,9 @@ class _AsyncBodyStream(httpx2.AsyncByteStream):
             async for chunk in self._chunks:
                 yield chunk
         except (httpx2.TransportError, OSError) as err:
-            raise _stream_failure(err, self._upstream) from None
+            failure = _stream_failure(err, self._upstream)
+            self._response.stream_failure = failure  # the endpoint's failure when the body closes
+            raise failure from None
 
     async def aclose(self) -> None:
         await self._response.aclose()

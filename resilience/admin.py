@@ -144,6 +144,9 @@ class UpstreamAdmin(SimpleHistoryAdmin):
         # One topic each, collapsed: the page opens on what identifies the policy.
         _topic("Health probe", "health_path", "probe_interval"),
         _topic("Timeouts", "connect_timeout", "read_timeout", "deadline"),
+        _topic("Streams", "first_token_timeout", "stream_idle_timeout", "stream_max_seconds",
+               description="Timers of a supervised stream: a stream that misses one is continued on "
+                           "another endpoint (resilience.client.stream)."),
         _topic("Retries", "retry_total", "retry_backoff_factor", "retry_backoff_max", "retry_jitter",
                "retry_statuses", "retry_methods", "retry_respect_retry_after", "retry_after_max"),
         _topic("Circuit breaker", "breaker_enabled", "breaker_fail_max", "breaker_probe_interval",

@@ -139,6 +139,20 @@ class RetriesExhausted(UpstreamError):
             self.retry_after = retry_after
 
 
+class StreamInterrupted(UpstreamError):
+    """A supervised stream broke after it had sent events and could not be
+    continued (resilience.client.stream); the message names the original
+    failure (the cut, the silence), never a later attempt's."""
+
+    code = "stream_interrupted"
+    status = 502
+
+    def __init__(self, message: str, *, upstream: str, cause: str) -> None:
+        super().__init__(message, upstream=upstream, cause=cause)
+        #: The original failure's code (`upstream_timeout` for a stall, ...).
+        self.cause = cause
+
+
 class UpstreamHTTPError(UpstreamError):
     """A non-retryable error status; the response is kept on `.response`."""
 

@@ -132,6 +132,16 @@ class Upstream(models.Model):
     read_timeout = _seconds(10.0, low=0.01, high=600, help_text="Seconds to wait for each read.")
     deadline = _seconds(30.0, low=0.05, high=1800, help_text=(
         "Seconds one call may take in all, retries and their waits included."))
+    first_token_timeout = _seconds(0.0, low=0, high=600, help_text=(
+        "Seconds from sending a streamed call to its first content event; past it the attempt is "
+        "abandoned and the call moves to another endpoint (0: only the read timeout applies). "
+        "Bounded by the deadline."))
+    stream_idle_timeout = _seconds(0.0, low=0, high=600, help_text=(
+        "Longest silence between events once a stream has started; past it the stream is continued "
+        "on another endpoint (0: the read timeout)."))
+    stream_max_seconds = _seconds(600.0, low=0, high=7200, help_text=(
+        "Most seconds one supervised stream may last in all, continuations included (0: no cap "
+        "beyond the idle timer)."))
 
     retry_total = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(20)],
                                                    help_text="Retries after the first attempt (0 = none).")

@@ -147,6 +147,10 @@ class PolicySummarySerializer(serializers.Serializer):
     connect_timeout = serializers.FloatField()
     read_timeout = serializers.FloatField()
     deadline = serializers.FloatField()
+    first_token_timeout = serializers.FloatField(
+        help_text="Seconds to a stream's first content event (0: off).")
+    stream_idle_timeout = serializers.FloatField(help_text="Longest silence inside a stream (0: off).")
+    stream_max_seconds = serializers.FloatField(help_text="Most seconds one stream may last (0: no cap).")
     retry_total = serializers.IntegerField()
     breaker_enabled = serializers.BooleanField()
     breaker_fail_max = serializers.IntegerField()

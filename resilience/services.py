@@ -163,6 +163,8 @@ def upstreams_seed(*, using: str = "default") -> list[str]:
             "base_url": openai_base_url(),
             "description": "OpenAI-compatible chat completions (aigen)",
             "connect_timeout": 3.0, "read_timeout": 60.0, "deadline": 120.0,
+            # Streams: a first token within 20 s, no silence over 15 s, ten minutes at most.
+            "first_token_timeout": 20.0, "stream_idle_timeout": 15.0, "stream_max_seconds": 600.0,
             "retry_total": 2, "retry_backoff_factor": 0.5, "retry_backoff_max": 4.0,
             "retry_jitter": 0.5, "retry_statuses": [429, 500, 502, 503, 504],
             "retry_methods": ["GET", "POST"], "retry_after_max": 8.0,

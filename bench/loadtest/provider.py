@@ -11,7 +11,11 @@ counts the calls callers still hold, not ones waiting to notice a closed socket.
 
 Control endpoints for the driver: `GET /_stats` (requests, streams, in flight
 now, peak in flight), `POST /_reset` (zero the counters), `POST /_config`
-(`{"delay": s, "chunks": n}`, applied to calls that start afterwards).
+(`{"delay": s, "chunks": n, "cut_every": k}`, applied to calls that start
+afterwards). With `cut_every` k > 0, every k-th stream is cut half-way (the
+connection closed without a final chunk or `[DONE]`: bench.bench_streams).
+A request whose last message is the assistant's (a continuation's prefill)
+is answered with the rest of the answer after it.
 
 Standalone: `python -m bench.loadtest.provider --port 9100 --delay 1.0 --chunks 10`.
 """
@@ -36,6 +40,7 @@ class ProviderConfig:
 
     delay: float = 1.0
     chunks: int = 10
+    cut_every: int = 0
 
 
 @dataclass
@@ -73,10 +78,15 @@ STATS_KEY = web.AppKey("stats", ProviderStats)
 
 
 def _words(body: dict[str, Any]) -> str:
-    """Answer text that depends on the request, so distinct requests get distinct answers."""
+    """Answer text that depends on the request, so distinct requests get
+    distinct answers; after a prefill, the rest of that answer."""
     messages = body.get("messages") or [{}]
-    last = str(messages[-1].get("content", ""))[-40:]
-    return f"Loopback answer to: {last}"
+    prefill = messages[-1].get("content", "") if messages[-1].get("role") == "assistant" else None
+    asked = [m for m in messages if m.get("role") != "assistant"] or [{}]
+    answer = f"Loopback answer to: {str(asked[-1].get('content', ''))[-40:]}"
+    if isinstance(prefill, str) and answer.startswith(prefill):
+        return answer[len(prefill):]
+    return answer
 
 
 def _usage(prompt: str, answer: str) -> dict[str, int]:
@@ -101,6 +111,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ident = f"chatcmpl-{stats.requests}"
     created = int(time.time())
     stats.enter(stream=stream)
+    cut = stream and config.cut_every > 0 and stats.streams % config.cut_every == 0
     completed = False
     try:
         if not stream:
@@ -119,6 +130,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
         start = time.monotonic()
         for i, piece in enumerate(pieces):
+            if cut and i == len(pieces) // 2:
+                request.transport.close()  # half-way: the connection goes, no final chunk, no [DONE]
+                return response
             # Sleep to the chunk's scheduled time, not a fixed step: no drift under load.
             wait = start + (i + 1) * delay / chunks - time.monotonic()
             if wait > 0:
@@ -177,7 +191,9 @@ async def config_view(request: web.Request) -> web.Response:
         config.delay = max(float(body["delay"]), 0.0)
     if "chunks" in body:
         config.chunks = max(int(body["chunks"]), 1)
-    return web.json_response({"delay": config.delay, "chunks": config.chunks})
+    if "cut_every" in body:
+        config.cut_every = max(int(body["cut_every"]), 0)
+    return web.json_response({"delay": config.delay, "chunks": config.chunks, "cut_every": config.cut_every})
 
 
 def make_app(config: ProviderConfig | None = None) -> web.Application:

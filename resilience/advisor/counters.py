@@ -10,6 +10,10 @@ Names and what each counts (per rollup bucket):
 - `rejected_bulkhead`, `rejected_pool`: calls rejected by the process's
   bulkhead (no attempt was made) or because no pooled connection came free
   (an attempt had begun). Together they are the `rejected` outcome.
+- `stream_<event>`: a streamed attempt's supervision events, counted on
+  the endpoint they happened on (resilience.client.stream: `cut`,
+  `timeout_first_token`, `timeout_idle`, `timeout_max`, `error_event`,
+  `failover`, `continuation`, `splice`, `restart`, `skipped`, `no_done`).
 - `cacheable`: successful GET/HEAD fetches from the upstream whose request can
   be keyed (the calls a response cache could answer); `refetch`: those whose
   key this process had fetched before, less than `REFETCH_WINDOW` seconds
@@ -82,6 +86,9 @@ def signals_count(signals: dict[str, int], call: Any, *, outcome: str, attempts:
         _bump(signals, "throttled", throttled)
     if outcome == "rejected":
         _bump(signals, "rejected_pool" if attempts > 0 else "rejected_bulkhead")
+    result = None if isinstance(call, dict) else getattr(call, "result", None)
+    for name, count in getattr(result, "stream", None) or ():
+        _bump(signals, f"stream_{name}", count)
     spec = None if isinstance(call, dict) else getattr(call, "spec", None)
     if (spec is not None and outcome == "ok" and attempts > 0 and status is not None and 200 <= status < 300
             and spec.method in CACHEABLE_METHODS and spec.cacheable):

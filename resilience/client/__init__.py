@@ -28,7 +28,9 @@ Modules: urls (join and redact), spec (what a call asks), credentials,
 responses (cache entries, response classes, near cache), policy, endpoints, breaker,
 flight, bulkhead, send / asend (the two transports), failures (classify),
 record (the call record), live (policy reload), core (the steps and the two
-faces), registry (one client per name). Callers import `resilience.upstream`
+faces), registry (one client per name), stream (the stream supervisor:
+timers, failover after the first byte, one answer; `upstream(name).astream`)
+and openai_wire (OpenAI's stream format for it). Callers import `resilience.upstream`
 and resilience.exceptions; the names below are for the project's own parts.
 """
 from resilience.client.core import UpstreamClient

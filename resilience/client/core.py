@@ -30,19 +30,17 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
 import requests
 from asgiref.sync import sync_to_async
 from requests.structures import CaseInsensitiveDict
-from urllib3.exceptions import ReadTimeoutError
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
 from resilience.client import responses
 from resilience.client.asend import asend, build_request
-from resilience.client.breaker import Admission, SharedBreaker
+from resilience.client.breaker import SharedBreaker
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.credentials import Credentials
 from resilience.client.endpoints import Choice, Member, Pool, Unavailable
@@ -50,13 +48,13 @@ from resilience.client.failures import (
     CONTENT_POLICY,
     CONTEXT_LENGTH,
     classify,
-    describe_cause,
     nothing_sent,
     unfixable_answer,
 )
 from resilience.client.flight import SingleFlight, copy_error, release_lock
 from resilience.client.live import Built, LivePolicy, cache_is_shared
-from resilience.client.policy import Discipline, Trace
+from resilience.client.openai_wire import OPENAI_CHAT
+from resilience.client.policy import Discipline, Policy, Trace
 from resilience.client.record import CallRecord, Result, call_record_emit
 from resilience.client.responses import (
     AsyncUpstreamResponse,
@@ -67,6 +65,7 @@ from resilience.client.responses import (
 )
 from resilience.client.send import send
 from resilience.client.spec import RequestSpec
+from resilience.client.stream import SupervisedStream, WireCodec
 from resilience.client.urls import join_url, redact_path
 from resilience.conf import resilience_settings
 from resilience.context import current_caller, current_request_id
@@ -250,6 +249,7 @@ class Attempt:
     silent: frozenset[Member] = frozenset()
     release: Callable[[], None] | None = None
     began: float = 0.0
+    sent_at: float = 0.0
 
     @property
     def member(self) -> Member:
@@ -277,6 +277,37 @@ def _on_close(member: Member, release: Callable[[], None] | None) -> Callable[[]
         if release is not None:
             release()
     return closed
+
+
+def _settle_stream(response: Any, member: Member, admission: Any, pool: Pool,
+                   began: float) -> Callable[[], None]:
+    """A streamed answer's verdict, given when it closes: a failure of its
+    endpoint when the reader saw it break (`stream_failure`), else a success."""
+    def settled() -> None:
+        failure = response.stream_failure
+        if admission is not None:
+            if failure is None:
+                member.breaker.record_success(admission)
+            else:
+                member.breaker.record_failure(admission, failure)
+        pool.observe(member, ok=failure is None, latency_ms=(time.perf_counter() - began) * 1000)
+    return settled
+
+
+def _first_choice(pool: Pool, *, avoid: str, only: str) -> Choice | Unavailable:
+    """The first attempt's endpoint: `only` that one when named, else one
+    other than `avoid` when another is available, else any."""
+    if only:
+        pinned = [m for m in pool.members if m.name == only]
+        if pinned:
+            return pool.choose(tuple(m for m in pool.members if m is not pinned[0]))
+    if avoid and not pool.single:
+        avoided = tuple(m for m in pool.members if m.name == avoid)
+        if avoided:
+            choice = pool.choose(avoided)
+            if isinstance(choice, Choice) and not choice.forced:
+                return choice
+    return pool.choose()
 
 
 def _fresh(found: Any) -> CacheEntry | None:
@@ -320,6 +351,30 @@ class UpstreamClient:
     def close(self) -> None:
         self._live.close()
 
+    def loaded_policy(self) -> Policy:
+        """The policy as the last call loaded it (no reload check: for code on
+        the event loop that just made a call, like the stream supervisor)."""
+        return self._live.loaded().policy
+
+    def endpoint_names(self) -> tuple[str, ...]:
+        """The names of the endpoints calls may go to ("" for a single URL),
+        as the last call loaded them."""
+        return tuple(member.name for member in self._live.loaded().pool.members)
+
+    async def astream(self, path: str, *, json: Any, codec: WireCodec | None = None,
+                      headers: dict[str, str] | None = None) -> SupervisedStream:
+        """A supervised stream (resilience.client.stream): `json` is the
+        request body, `codec` its wire format (OpenAI chat completions by
+        default). Returns the started `SupervisedStream`; raises the
+        `UpstreamError` kinds, or `UpstreamHTTPError` with the provider's
+        error answer on `.response`."""
+        stream = SupervisedStream(self, path=path, body=json, codec=codec or OPENAI_CHAT, headers=headers)
+        refused = await stream.start()
+        if refused is not None:
+            raise http_failure(self.name, refused.status_code, refused, retried=False, attempts=1,
+                               retry_after=retry_after_of(refused.headers))
+        return stream
+
     # -- the sync face -------------------------------------------------------------------
     def get(self, path: str, **kwargs: Any) -> UpstreamResponse:
         return self.request("GET", path, **kwargs)
@@ -341,7 +396,7 @@ class UpstreamClient:
 
     def request(self, method: str, path: str, *, params: Any = None, headers: dict[str, str] | None = None,
                 data: Any = None, json: Any = None, cache: bool | None = None, stream: bool = False,
-                raise_for_status: bool = True) -> UpstreamResponse:
+                raise_for_status: bool = True, avoid: str = "", endpoint: str = "") -> UpstreamResponse:
         """Call the upstream; returns an `UpstreamResponse` (`from_cache`,
         `stale`, `shared`, `attempts`) or raises an `UpstreamError` kind.
 
@@ -349,12 +404,18 @@ class UpstreamClient:
         `stream=True` returns before a successful body is read (never cached;
         close the response); `raise_for_status=False` returns 4xx/5xx answers
         instead of raising (they still count as the policy says).
+
+        `avoid` names an endpoint the first attempt should not use when
+        another is available; `endpoint` pins the call to one endpoint (the
+        stream supervisor's continuations, resilience.client.stream). A
+        streamed answer is settled and logged when it is closed.
         """
         started = time.perf_counter()
         built = self._live.current()
-        plan = self._begin(built, method, path, params, headers, data, json, cache, stream, sync_from_entry)
+        plan = self._begin(built, method, path, params, headers, data, json, cache, stream, sync_from_entry,
+                           avoid=avoid, only=endpoint)
         answer = plan.refusal or self._drive(plan.steps)  # type: ignore[arg-type]
-        self._emit(built, plan, answer, started)
+        self._emit_when_done(built, plan, answer, started, stream=stream)
         return answer.unwrap(raise_for_status)
 
     def _drive(self, steps: Steps) -> Answer:
@@ -410,7 +471,8 @@ class UpstreamClient:
     async def arequest(self, method: str, path: str, *, params: Any = None,
                        headers: dict[str, str] | None = None, data: Any = None, json: Any = None,
                        cache: bool | None = None, stream: bool = False,
-                       raise_for_status: bool = True) -> AsyncUpstreamResponse:
+                       raise_for_status: bool = True, avoid: str = "",
+                       endpoint: str = "") -> AsyncUpstreamResponse:
         """`request()` for async code: the same steps, errors and call-log
         rows; returns an `AsyncUpstreamResponse` (an httpx2.Response; with
         `stream=True` iterate it with `aiter_bytes()` and `aclose()` it)."""
@@ -420,9 +482,9 @@ class UpstreamClient:
         else:
             built = self._live.current()
         plan = self._begin(built, method, path, params, headers, data, json, cache, stream,
-                           async_from_entry)
+                           async_from_entry, avoid=avoid, only=endpoint)
         answer = plan.refusal or await self._adrive(plan.steps)  # type: ignore[arg-type]
-        self._emit(built, plan, answer, started)
+        self._emit_when_done(built, plan, answer, started, stream=stream)
         return answer.unwrap(raise_for_status)
 
     async def _adrive(self, steps: Steps) -> Answer:
@@ -459,7 +521,8 @@ class UpstreamClient:
 
     # -- the one logic ---------------------------------------------------------------------
     def _begin(self, built: Built, method: str, path: str, params: Any, headers: dict[str, str] | None,
-               data: Any, json: Any, cache: bool | None, stream: bool, from_entry: FromEntry) -> Plan:
+               data: Any, json: Any, cache: bool | None, stream: bool, from_entry: FromEntry, *,
+               avoid: str = "", only: str = "") -> Plan:
         """Check the call and plan its steps, or refuse it."""
         policy = built.policy
         method = method.upper()
@@ -476,7 +539,7 @@ class UpstreamClient:
                 and not stream and spec.cacheable:
             steps = self._cached(built, spec, from_entry)
         else:
-            steps = self._fetch(built, spec, from_entry, stream=stream, stale=None)
+            steps = self._fetch(built, spec, from_entry, stream=stream, stale=None, avoid=avoid, only=only)
         return Plan(method, path, spec, steps=steps)
 
     def _cached(self, built: Built, spec: RequestSpec, from_entry: FromEntry) -> Steps:
@@ -582,7 +645,7 @@ class UpstreamClient:
         default_cache().set(key, response.to_entry(policy.cache_ttl), timeout=keep)
 
     def _fetch(self, built: Built, spec: RequestSpec, from_entry: FromEntry, *, stream: bool,
-               stale: CacheEntry | None) -> Steps:
+               stale: CacheEntry | None, avoid: str = "", only: str = "") -> Steps:
         """One logical upstream call: the endpoint, its breaker, the bulkhead,
         then attempts until one answers or none may follow.
 
@@ -594,7 +657,7 @@ class UpstreamClient:
         attempt unanswered last of all, within the policy's retries and the
         one deadline. The trace's history names each attempt's endpoint."""
         policy, pool, bulkhead = built.policy, built.pool, built.bulkhead
-        choice = pool.choose()
+        choice = _first_choice(pool, avoid=avoid, only=only)
         if isinstance(choice, Unavailable):
             return self._unavailable(choice, pool, stale, spec, from_entry)
         attempt = Attempt(spec, from_entry, stale, stream, choice,
@@ -647,7 +710,7 @@ class UpstreamClient:
                                           retry_after_max=policy.retry_after_max,
                                           retry_total=policy.retry_total)
         credentials = member.credentials_now()
-        attempt.began = time.perf_counter()
+        attempt.began, attempt.sent_at = time.perf_counter(), time.monotonic()
         member.in_flight += 1
         try:
             response = yield Send(member, spec_for(member, attempt.spec, policy, model=attempt.model),
@@ -700,13 +763,15 @@ class UpstreamClient:
             if asked:
                 pool.cool(member, asked)
         admission, breaker = attempt.choice.admission, member.breaker
+        settled_later = attempt.stream and status < 400  # a stream is judged when it closes
         if admission is not None:
             if upstream_failed:
                 breaker.record_failure(admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
                     f"status {status}", upstream=self.name, response=response))
-            else:
+            elif not settled_later:
                 breaker.record_success(admission)  # type: ignore[union-attr]
-        pool.observe(member, ok=not upstream_failed and status != 429, latency_ms=attempt.elapsed_ms())
+        if not settled_later:
+            pool.observe(member, ok=not upstream_failed and status != 429, latency_ms=attempt.elapsed_ms())
         following = None
         if verdict:
             following = self._model_fallback(pool, policy, attempt, verdict)
@@ -715,7 +780,7 @@ class UpstreamClient:
         if isinstance(following, Choice):  # the error answer's body was read: nothing to close
             member.in_flight -= 1
             return following
-        return self._answer(attempt, response, retried=retried, upstream_failed=upstream_failed,
+        return self._answer(attempt, response, pool, retried=retried, upstream_failed=upstream_failed,
                             verdict=verdict)
 
     def _model_fallback(self, pool: Pool, policy: Any, attempt: Attempt, verdict: str) -> Choice | None:
@@ -737,18 +802,21 @@ class UpstreamClient:
         following = pool.choose(avoid=attempt.silent)
         return following if isinstance(following, Choice) else None
 
-    def _answer(self, attempt: Attempt, response: Any, *, retried: bool, upstream_failed: bool,
+    def _answer(self, attempt: Attempt, response: Any, pool: Pool, *, retried: bool, upstream_failed: bool,
                 verdict: str = "") -> Answer:
         """The call's answer from the last attempt's response."""
         trace, member = attempt.trace, attempt.member
         status = response.status_code
         attempts = len(trace.history) + (0 if retried else 1)
-        response.meta = CallMeta(attempts=attempts, endpoint=member.name, model=attempt.model)
+        response.meta = CallMeta(attempts=attempts, endpoint=member.name, model=attempt.model,
+                                 sent_at=attempt.sent_at)
         result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
                         breaker_state=attempt.choice.state, endpoint=member.name)
         if status < 400 and attempt.stream:
             # The slot and the in-flight count are held while the caller reads.
             response.when_closed(_on_close(member, attempt.release))
+            response.when_closed(_settle_stream(response, member, attempt.choice.admission, pool,
+                                                attempt.began))
             attempt.release = None
         else:
             member.in_flight -= 1
@@ -779,45 +847,37 @@ class UpstreamClient:
         return Answer(replace(result, outcome=Outcome.STALE, status=stale.status, cache_hit=True),
                       response=response)
 
-    # -- accounting after the answer ---------------------------------------------------------
-    def stream_failure_record(self, *, response: Any, error: BaseException, cool_for: float = 0.0) -> None:
-        """Count a streamed answer that broke after its headers (cut, stalled,
-        an error event) as a failure of the endpoint that served it: its
-        breaker counts the failure (a half-open probe's success was already
-        counted), the score window counts it, `cool_for` seconds (when
-        given) take the endpoint out of rotation in every worker, and one
-        call record (call log, rollups, metrics) says what broke.
-
-        For the stream supervisor; no database access (the endpoint is
-        looked up in the pool in use), so it may run on the event loop. An
-        endpoint gone from the pool since (a policy reload) is not counted."""
-        built = self._live.last()
-        name = response.meta.endpoint
-        member = next((m for m in built.pool.members if m.name == name), None) if built else None
-        if built is None or member is None:
-            return
-        if member.breaker is not None:
-            member.breaker.record_failure(Admission(probe=False, state="closed"), error)
-        built.pool.observe(member, ok=False, latency_ms=0.0)
-        if cool_for > 0 and not built.pool.single:
-            built.pool.cool(member, cool_for)
-        timed_out = isinstance(error, (TimeoutError, ReadTimeoutError, httpx2.TimeoutException))
-        result = Result(Outcome.TIMEOUT if timed_out else Outcome.CONNECTION_ERROR,
-                        status=response.status_code, attempts=1, endpoint=name,
-                        error=f"{self.name}: the stream broke after the headers ({describe_cause(error)})")
-        request = getattr(response, "request", None)  # no query string: it may carry a credential
-        path = urlsplit(str(getattr(request, "url", "") or "")).path[:200]
-        call_record_emit(CallRecord(
-            upstream=self.name, method=getattr(request, "method", "") or "", spec=None, raw_path=path,
-            secret_names=built.credentials.secret_names, result=result, latency_ms=0.0, created=time.time(),
-            request_id=current_request_id.get() or "", sample_rate=1.0, endpoint=name), sender=UpstreamClient)
-
     # -- the record ------------------------------------------------------------------------
-    def _emit(self, built: Built, plan: Plan, answer: Answer, started: float) -> None:
+    def _emit_when_done(self, built: Built, plan: Plan, answer: Answer, started: float, *,
+                        stream: bool) -> None:
+        """The call's record now, or for a streamed answer when it is closed:
+        with the time and latency of its headers, and the stream's verdict."""
+        response = answer.response
+        if not stream or response is None or answer.error is not None or response.meta.from_cache \
+                or response.status_code >= 400:
+            self._emit(built, plan, answer, started)
+            return
+        latency, created = time.perf_counter() - started, time.time()
+
+        def closed() -> None:
+            result = answer.result
+            failure = response.stream_failure
+            if failure is not None:
+                result = replace(result, outcome=outcome_of(failure), error=failure.message)
+            if response.stream_counts:
+                result = replace(result, stream=tuple(sorted(response.stream_counts.items())))
+            self._emit(built, plan, replace(answer, result=result), started, latency=latency, created=created)
+
+        response.when_closed(closed)
+
+    def _emit(self, built: Built, plan: Plan, answer: Answer, started: float, *,
+              latency: float | None = None, created: float | None = None) -> None:
+        if latency is None:
+            latency = time.perf_counter() - started
         record = CallRecord(
             upstream=self.name, method=plan.method, spec=plan.spec, raw_path=plan.path,
             secret_names=built.credentials.secret_names, result=answer.result,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3), created=time.time(),
+            latency_ms=round(latency * 1000, 3), created=time.time() if created is None else created,
             request_id=current_request_id.get() or "", sample_rate=built.policy.log_sample_rate,
             endpoint=answer.result.endpoint, caller=current_caller.get())
         call_record_emit(record, sender=UpstreamClient)

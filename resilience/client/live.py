@@ -137,9 +137,11 @@ class LivePolicy:
         return self._built is None or \
             time.monotonic() - self._checked_at >= resilience_settings.POLICY_CHECK_INTERVAL
 
-    def last(self) -> Built | None:
-        """The `Built` in use, without checking for a change (no I/O)."""
-        return self._built
+    def loaded(self) -> Built:
+        """The policy as last loaded, without a check (no database or cache
+        read once a call has loaded it: usable on the event loop)."""
+        built = self._built
+        return built if built is not None else self.current()
 
     def current(self) -> Built:
         built = self._built

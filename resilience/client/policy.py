@@ -81,6 +81,9 @@ class Policy:
     breaker_probe_interval: float = 1.0
     context_fallback_model: str = ""
     content_policy_fallback_model: str = ""
+    first_token_timeout: float = 0.0
+    stream_idle_timeout: float = 0.0
+    stream_max_seconds: float = 600.0
 
     @classmethod
     def from_model(cls, row: Any) -> Policy:
@@ -110,6 +113,8 @@ class Policy:
             breaker_probe_interval=row.breaker_probe_interval,
             context_fallback_model=row.context_fallback_model,
             content_policy_fallback_model=row.content_policy_fallback_model,
+            first_token_timeout=row.first_token_timeout, stream_idle_timeout=row.stream_idle_timeout,
+            stream_max_seconds=row.stream_max_seconds,
         )
 
     def build_retry(self) -> PolicyRetry:

@@ -28,6 +28,8 @@ class Result:
     breaker_state: str = ""
     error: str = ""
     endpoint: str = ""
+    #: A streamed attempt's events (resilience.client.stream): (name, count) pairs.
+    stream: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,9 +38,10 @@ def wall_clock() -> float:
 class CallMeta:
     """Where an answer came from: `from_cache` (cache, stale copy or another
     caller's flight), `stale`, `shared` (another caller's flight) and how
-    many `attempts` this call made upstream (0 when none); `endpoint` the
-    endpoint that answered and `model` the fallback model asked instead of
-    the caller's ("" when none)."""
+    many `attempts` this call made upstream (0 when none); `endpoint` names
+    the endpoint that answered ("" for a single-URL upstream), `model` the
+    fallback model asked instead of the caller's ("" when none), `sent_at`
+    (time.monotonic) when the attempt that answered was sent."""
 
     from_cache: bool = False
     stale: bool = False
@@ -48,6 +49,7 @@ class CallMeta:
     attempts: int = 0
     endpoint: str = ""
     model: str = ""
+    sent_at: float = 0.0
 
 
 FRESH = CallMeta()
@@ -73,10 +75,19 @@ class CacheEntry:
 
 class _CallResponse:
     """What both faces' responses add: where the answer came from (`meta`),
-    and the call's release callback, run once when the response is closed."""
+    and the call's release callbacks, run once each (in order) when the
+    response is closed.
+
+    A streamed answer is settled when it closes, not when its headers came:
+    a reader that saw the stream break (resilience.client.stream) sets
+    `stream_failure` before closing, and the endpoint's breaker, score and
+    call-log row then count the attempt as failed; `stream_counts` (event
+    name -> count) go into the row's rollup signals and the metrics."""
 
     meta: CallMeta = FRESH
-    _on_close: Callable[[], None] | None = None
+    _on_close: list[Callable[[], None]] | None = None
+    stream_failure: Any = None
+    stream_counts: dict[str, int] | None = None
 
     @property
     def from_cache(self) -> bool:
@@ -99,11 +110,13 @@ class _CallResponse:
         return self.meta.endpoint
 
     def when_closed(self, callback: Callable[[], None]) -> None:
-        self._on_close = callback
+        if self._on_close is None:
+            self._on_close = []
+        self._on_close.append(callback)
 
     def _closed(self) -> None:
-        callback, self._on_close = self._on_close, None
-        if callback is not None:
+        callbacks, self._on_close = self._on_close, None
+        for callback in callbacks or ():
             callback()
 
 

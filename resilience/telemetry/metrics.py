@@ -63,6 +63,11 @@ ENDPOINT_CALLS = Counter(
     "resilience_endpoint_calls", "Logical upstream calls by the endpoint of their last attempt, for "
     "upstreams with endpoints (names set by operators, never by callers).",
     ["upstream", "endpoint", "outcome"])
+STREAM_EVENTS = Counter(
+    "resilience_stream_events", "Supervised stream events by the endpoint they happened on: cut, "
+    "timeout_first_token, timeout_idle, timeout_max, error_event, failover, continuation, splice, "
+    "restart, skipped (malformed events), no_done (finished without [DONE]).",
+    ["upstream", "endpoint", "event"])
 BREAKER_TRANSITIONS = Counter(
     "resilience_breaker_transitions",
     "Circuit breaker state changes (counted by the process that made them).",
@@ -109,6 +114,8 @@ def _on_call_completed(sender: Any, *, call: Any, **kwargs: Any) -> None:
         endpoint = getattr(call, "endpoint", "")
         if endpoint:
             _endpoint_child(upstream, endpoint, str(call.outcome)).inc()
+        for event, count in call.result.stream:  # streamed attempts only: rare next to calls
+            STREAM_EVENTS.labels(upstream, endpoint, event).inc(count)
     except Exception:  # metrics must never fail a call
         logger.exception("metrics: could not count a call to %s", upstream)
 

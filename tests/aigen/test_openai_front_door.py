@@ -112,14 +112,15 @@ def test_a_stream_passes_through_and_fails_over_before_its_first_byte(gateway, p
     assert primary.chat_calls == 2 and fallback.chat_calls == 1
 
 
-def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event(gateway, db):
+def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event_when_it_cannot_go_on(gateway, db):
     with FakeUpstream() as cut:
         first = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
                  "choices": [{"index": 0, "delta": {"content": "par"}, "finish_reason": None}]}
         cut.script("/v1/chat/completions", Reply(200, headers={"Content-Type": "text/event-stream"},
                                                  chunks=(f"data: {json.dumps(first)}\n\n".encode(),)))
         Endpoint.objects.filter(name="primary").update(base_url=cut.url + "/v1")
-        Upstream.objects.filter(name="llm").update(base_url=cut.url + "/v1")
+        Endpoint.objects.filter(name="fallback").update(enabled=False)  # nowhere to continue
+        Upstream.objects.filter(name="llm").update(base_url=cut.url + "/v1", retry_total=0)
         reset_clients()
         received = []
 
@@ -131,7 +132,7 @@ def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event(gateway, db)
         with pytest.raises(openai.APIError) as caught:
             sdk_run(gateway, work)
     assert received == ["par"]  # what came, then the error: never a silent truncation
-    assert "ended before [DONE]" in caught.value.message
+    assert "stream cut after 1 events" in caught.value.message
 
 
 def test_every_endpoint_open_answers_503_in_openai_shape_with_retry_after(gateway, providers):

@@ -321,23 +321,6 @@ def test_the_api_shows_the_growing_wait(fakes, make_pool, breaker_clock):
     assert primary["state"] == "open" and primary["retry_after"] == pytest.approx(2.0)
 
 
-# -- accounting for a stream that broke after its headers ----------------------------------------
-def test_a_stream_broken_after_its_headers_counts_against_its_endpoint(fakes, make_pool, pool_clock):
-    make_pool(fakes[:2], breaker_fail_max=1)
-    fakes[0].script("/events", Reply(200, chunks=(b"data: one\n\n",)))
-    client = upstream("pool")
-    response = client.get("/events", stream=True)
-    assert response.endpoint == "e0"
-    response.close()
-    client.stream_failure_record(response=response, error=TimeoutError("idle"), cool_for=5)
-    primary = client._live.current().pool.members[0]
-    assert primary.breaker.status()["state"] == "open"
-    assert primary.cool_until == pytest.approx(pool_clock() + 5)
-    log = last_log()
-    assert (log.outcome, log.endpoint, log.path) == ("timeout", "e0", "/events")
-    assert "broke after the headers" in log.error
-
-
 @pytest.fixture
 def pool_clock(monkeypatch):
     from tests.resilience.conftest import Clock

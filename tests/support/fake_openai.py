@@ -9,17 +9,25 @@ so tests can assert their prompt reached the model: the assistant's content is
 Failure behaviour: a request without `model` or `messages`, or with a body that
 is not JSON, gets a 400 with OpenAI's error shape; `fail_next()` queues replies
 (429, 500, slow, reset, malformed, `MALFORMED_JSON`) that chat requests consume
-one each before normal answers resume.
+one each before normal answers resume. `misbehave(model, Behaviour(...))`
+makes every answer for one model name (or "*" for all) misbehave in a
+stream's own ways: cut after N events, stall, a slow first token, a
+malformed event, no `[DONE]`, an error event, a refused prefill, a
+context-length or content-policy 400, or no answer at all.
+
+Prefills: a request whose last message is the assistant's (`"prefix": true`,
+the continuation form) is answered with the rest of the answer after that
+text, as the continuing providers do, unless the behaviour refuses prefills.
 """
 from __future__ import annotations
 
 import json
 import time
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from tests.support.fake_upstream import HTTPFake, Recorded, Reply
+from tests.support.fake_upstream import CUT, HTTPFake, Recorded, Reply
 
 MODEL_ID = "fake-model"
 CONTENT_PREFIX = "FAKE-LLM: "
@@ -39,6 +47,44 @@ _ERROR_KINDS = {
     404: ("invalid_request_error", "not_found"),
     429: ("requests", "rate_limit_exceeded"),
 }
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the fake answers one model's chat requests.
+
+    pieces: content events in a streamed answer (the text split evenly).
+    content_prefix: what the answer starts with (CONTENT_PREFIX; another
+        value makes a restart that does not reproduce another provider's text).
+    first_token_delay: seconds after the headers before the first event.
+    cut_after: content events sent, then the connection is cut.
+    stall_after, stall: after that many content events, `stall` seconds of silence.
+    malformed_at: a malformed (not JSON) event goes out before content event n (1-based).
+    error_after: after that many content events, an error event, then the end.
+    omit_done: the stream ends after its final chunk (and usage) without `[DONE]`.
+    refuse_prefill: a continuation request gets a 400 naming the prefix.
+    error_code: every request gets a 400 with this code
+        (`context_length_exceeded`, `content_policy_violation`).
+    never_answer: the request is read and nothing is sent back.
+    """
+
+    pieces: int = 4
+    content_prefix: str = CONTENT_PREFIX
+    first_token_delay: float = 0.0
+    cut_after: int | None = None
+    stall_after: int | None = None
+    stall: float = 0.0
+    malformed_at: int | None = None
+    error_after: int | None = None
+    omit_done: bool = False
+    refuse_prefill: bool = False
+    error_code: str | None = None
+    never_answer: bool = False
+
+
+NORMAL = Behaviour()
+#: Seconds a `never_answer` request is held (the fake's stop abandons it).
+NEVER = 3600.0
 
 
 def tokens(text: str) -> int:
@@ -83,6 +129,8 @@ class FakeOpenAI(HTTPFake):
         super().__init__()
         self._failures: deque[Reply] = deque()
         self._sequence = 0  # numbers completion and request ids
+        self._behaviours: dict[str, Behaviour] = {}
+        self._behaviour_left: dict[str, int] = {}  # answers left before a model behaves again
 
     @property
     def url(self) -> str:
@@ -93,6 +141,14 @@ class FakeOpenAI(HTTPFake):
         """Queue `replies` for the next chat requests, one each, after any already queued."""
         with self._lock:
             self._failures.extend(replies)
+
+    def misbehave(self, model: str, behaviour: Behaviour, *, times: int | None = None) -> None:
+        """Answer requests for `model` ("*": any model) as `behaviour` says:
+        always, or for the next `times` requests."""
+        with self._lock:
+            self._behaviours[model] = behaviour
+            if times is not None:
+                self._behaviour_left[model] = times
 
     @property
     def chat_calls(self) -> int:
@@ -107,6 +163,8 @@ class FakeOpenAI(HTTPFake):
         """Forget queued failures as well as records."""
         with self._lock:
             self._failures.clear()
+            self._behaviours.clear()
+            self._behaviour_left.clear()
         super().reset()
 
     def respond(self, request: Recorded) -> Reply:
@@ -145,8 +203,32 @@ class FakeOpenAI(HTTPFake):
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             return Reply(400, body=error_body(400, "'messages' must be a list of objects.", param="messages"))
 
+        with self._lock:
+            model = payload["model"] if payload["model"] in self._behaviours else "*"
+            behaviour = self._behaviours.get(model, NORMAL)
+            left = self._behaviour_left.get(model)
+            if left is not None:
+                if left <= 1:
+                    del self._behaviours[model], self._behaviour_left[model]
+                else:
+                    self._behaviour_left[model] = left - 1
+        if behaviour.never_answer:
+            return Reply(200, delay=NEVER)
+        if behaviour.error_code:
+            message = {"context_length_exceeded": "This model's maximum context length is 8 tokens.",
+                       }.get(behaviour.error_code, f"Your request was rejected ({behaviour.error_code}).")
+            body = error_body(400, message, param="messages")
+            body["error"]["code"] = behaviour.error_code
+            return Reply(400, body=body)
+        last = messages[-1]
+        prefill = _text(last.get("content")) if last.get("role") == "assistant" else None
+        if prefill is not None and behaviour.refuse_prefill:
+            return Reply(400, body=error_body(
+                400, "This model does not support assistant message prefill (prefix).", param="messages"))
         last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-        content = CONTENT_PREFIX + _text(last_user.get("content"))
+        content = behaviour.content_prefix + _text(last_user.get("content"))
+        if prefill is not None:  # a continuation: the rest after the prefill
+            content = content[len(prefill):] if content.startswith(prefill) else content
         prompt_tokens = sum(tokens(_text(m.get("content"))) for m in messages)
         completion_tokens = tokens(content)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -175,11 +257,31 @@ class FakeOpenAI(HTTPFake):
                 {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
             return {**body, "usage": None} if with_usage else body
 
-        events = [chunk({"role": "assistant", "content": ""})]
-        events += [chunk({"content": piece}) for piece in _pieces(content)]
-        events.append(chunk({}, "stop"))
+        def frame(event: dict[str, Any]) -> bytes:
+            return f"data: {json.dumps(event)}\n\n".encode()
+
+        frames: list[bytes | float] = [frame(chunk({"role": "assistant", "content": ""}))]
+        if behaviour.first_token_delay:
+            frames.insert(0, behaviour.first_token_delay)
+        for number, piece in enumerate(_pieces(content, behaviour.pieces), start=1):
+            if number == behaviour.malformed_at:
+                frames.append(b"data: {this is not json\n\n")
+            frames.append(frame(chunk({"content": piece})))
+            if number == behaviour.cut_after:
+                return self._stream(headers, [*frames, CUT])
+            if number == behaviour.error_after:
+                error = error_body(500, "The server had an error while processing your request.")
+                return self._stream(headers, [*frames, frame(error)])
+            if number == behaviour.stall_after:
+                frames.append(behaviour.stall)
+        frames.append(frame(chunk({}, "stop")))
         if with_usage:
-            events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
-        frames = [f"data: {json.dumps(event)}\n\n".encode() for event in events] + [b"data: [DONE]\n\n"]
+            frames.append(frame({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
+        if not behaviour.omit_done:
+            frames.append(b"data: [DONE]\n\n")
+        return self._stream(headers, frames)
+
+    @staticmethod
+    def _stream(headers: dict[str, str], frames: list[bytes | float]) -> Reply:
         return Reply(200, headers={**headers, "Content-Type": "text/event-stream; charset=utf-8",
                                    "Cache-Control": "no-cache"}, chunks=tuple(frames))

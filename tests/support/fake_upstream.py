@@ -33,6 +33,8 @@ from urllib.parse import parse_qsl
 
 # Starts like no HTTP version, so any HTTP client rejects the status line.
 GARBAGE = b"\x00\xffNOT-HTTP garbage from a broken upstream\r\n\r\n"
+#: Among a Reply's chunks: close the connection there (see `Reply.chunks`).
+CUT = b"\x00cut"
 
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -57,7 +59,9 @@ class Reply:
     close: send `Connection: close` and close the connection after the reply.
     chunks: when set, the body is sent with Transfer-Encoding: chunked, one HTTP
         chunk per item, waiting `body_delay` before each; `body` is ignored.
-        Server-sent event streams use it.
+        Server-sent event streams use it. A number among the items is a pause
+        of that many seconds; `CUT` closes the connection there, without the
+        body's terminating chunk (a stream cut mid-way).
     """
 
     status: int = 200
@@ -69,7 +73,7 @@ class Reply:
     reset: bool = False
     malformed: bool = False
     close: bool = False
-    chunks: tuple[bytes, ...] | None = None
+    chunks: tuple[bytes | float, ...] | None = None
 
     def payload(self) -> tuple[bytes, str | None]:
         """The encoded body and the content type it implies (None for no body)."""
@@ -222,6 +226,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.chunks is not None:
             for chunk in reply.chunks:
+                if isinstance(chunk, int | float):
+                    fake._pause(chunk)
+                    continue
+                if chunk is CUT:
+                    raise _Dropped
                 fake._pause(reply.body_delay)
                 if chunk:  # an empty chunk would end the body early
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))

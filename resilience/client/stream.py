@@ -1,0 +1,541 @@
+"""The stream supervisor: one streamed answer that survives its provider.
+
+This module owns what happens after a provider said 200 on a stream: the
+event model (`StreamEvent`), reading server-sent events (`SSEReader`), the
+timers, and the continuation loop (`SupervisedStream`). It is independent
+of any wire format: a `WireCodec` (resilience.client.openai_wire for OpenAI
+chat completions) parses the provider's events and builds continuation
+bodies; the front doors render the events in their caller's own format.
+
+A streamed attempt is a failure until it ends cleanly. Timers, from the
+policy (each 0 means "the read timeout"):
+
+- `first_token_timeout`: from sending an attempt to its first content event
+  (text or the final chunk); until text has reached the caller, also
+  bounded by the call's `deadline` (counted from the first send);
+- `stream_idle_timeout`: the longest silence between events after that;
+- `stream_max_seconds`: the whole stream, continuations included (a cap:
+  past it the stream ends with an error, it is not continued).
+
+An attempt breaks when its connection is cut before the final chunk, when a
+timer above runs out, or when the provider sends an error event. The broken
+attempt is closed as a failure of its endpoint (breaker, score, call-log row
+with its outcome; resilience.client.core settles a stream when it closes),
+and the answer goes on, up to `retry_total` times, on another endpoint
+when one is available (else the same one):
+
+- nothing reached the caller yet: the request is simply sent again;
+- text reached the caller: the request plus the text so far as an assistant
+  prefill (`WireCodec.continuation`); the continuation's text follows;
+- an endpoint that answers a prefill with a 400 naming it is remembered
+  (shared cache key `stream:<upstream>:noprefill:<endpoint>`, for
+  `PREFILL_REFUSAL_TTL`, read by every worker) and the answer is restarted
+  there instead: when the restarted text begins with what the caller already
+  has, that prefix is dropped and the rest sent (a splice); when it does not,
+  the stream ends with `StreamInterrupted` naming the original failure.
+
+Only text is continued: once an event the codec marks `opaque` (OpenAI: a
+tool call, a second choice) has reached the caller, a break ends the stream
+with `StreamInterrupted`.
+
+Malformed events (not JSON, not SSE) are skipped and counted. A stream that
+ends at the HTTP level after its final chunk but without `[DONE]` is complete;
+one whose connection stays open after the final chunk (and usage, when asked
+for) is finished after `FINISH_GRACE` seconds.
+
+Counts per attempt (`cut`, `timeout_first_token`, `timeout_idle`,
+`timeout_max`, `error_event`, `failover`, `continuation`, `restart`,
+`splice`, `skipped`, `no_done`) go on the attempt's call record, so the
+rollups (per endpoint, `stream_<name>` signals) and the metrics count them.
+
+Where the state lives: all of a stream's state is this object's, in the
+task that serves it (text so far, counts, the open attempt); the only shared
+state is the prefill refusal per endpoint, and the breakers and cooldowns
+the client keeps.
+
+On failure: `start()` raises the client's `UpstreamError` kinds (nothing was
+sent) or returns the provider's error answer; iterating raises
+`StreamInterrupted` (or `UpstreamTimeout` for `stream_max_seconds`) once
+the answer cannot go on. Closing the stream early closes the open attempt.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx2
+
+from resilience import exceptions as errors
+from resilience.cache import default_cache
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a stream whose final chunk came may stay open before it is finished for it.
+FINISH_GRACE = 0.25
+#: Seconds an endpoint's refusal of prefills is remembered, across workers.
+PREFILL_REFUSAL_TTL = 24 * 3600
+#: Bytes of one event kept while waiting for its end; past it the event is skipped.
+MAX_EVENT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One provider event, as every front door reads it.
+
+    `text`: the answer's text in it; `finish_reason` when it is the final
+    chunk; `usage` (prompt, completion, total tokens) when it carries them;
+    `data` the provider's event as parsed, and `raw` as it was sent (a front
+    door of the same wire format can pass it on unchanged); `attempt` the
+    attempt it came from (0: the first); `spliced` when `text` is the rest of
+    a restarted answer (its `raw` no longer matches it)."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    data: Any = None
+    raw: bytes = b""
+    attempt: int = 0
+    spliced: bool = False
+    error: str | None = None
+    #: It carries what a continuation cannot rebuild (a tool call, a second choice): once one
+    #: reached the caller, a break ends the stream with an error instead of a continuation.
+    opaque: bool = False
+
+    @property
+    def content(self) -> bool:
+        """Whether the event carries the answer (text or its end)."""
+        return bool(self.text) or self.finish_reason is not None
+
+
+class WireCodec(Protocol):
+    """A provider's stream wire format."""
+
+    def parse(self, data: bytes) -> StreamEvent | None:
+        """The event of one SSE `data` payload; None when it is malformed."""
+
+    def is_done(self, data: bytes) -> bool:
+        """Whether the payload is the stream's terminator (`[DONE]`)."""
+
+    def answer_events(self, content: bytes) -> list[StreamEvent] | None:
+        """The events of a whole (not streamed) answer to a stream request."""
+
+    def wants_usage(self, body: Any) -> bool:
+        """Whether the request asked for a usage event at the end."""
+
+    def continuation(self, body: Any, partial: str) -> Any:
+        """The request asking for the rest of an answer that began with `partial`."""
+
+    def refuses_prefill(self, status: int, content: bytes) -> bool:
+        """Whether an error answer to a continuation says prefills are refused."""
+
+
+class SSEReader:
+    """Server-sent events from a byte stream: the `data` of each event, or
+    None for a block that is not SSE. Comments and blank blocks are dropped."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[bytes | None]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *blocks, rest = buffer.split(b"\n\n")
+        if len(rest) > MAX_EVENT_BYTES:  # no event ends: bounded, and not SSE
+            rest = b""
+            blocks.append(b"\x00")
+        self._buffer = rest
+        found: list[bytes | None] = []
+        for block in blocks:
+            data: list[bytes] = []
+            valid = True
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value[:1] == b" " else value)
+                elif not line or line.startswith(b":"):
+                    continue
+                elif not line.startswith((b"event:", b"id:", b"retry:")):
+                    valid = False
+            if not valid:
+                found.append(None)
+            elif data:
+                found.append(b"\n".join(data))
+        return found
+
+    def rest(self) -> bytes:
+        """What came after the last complete event (at the end of the body)."""
+        return self._buffer
+
+
+class _Break(Exception):
+    """An attempt broke; `failure` says how, `count` is its event name."""
+
+    def __init__(self, failure: errors.UpstreamError, count: str) -> None:
+        super().__init__(failure.message)
+        self.failure, self.count = failure, count
+
+
+# -- the prefill refusals, shared like cooldowns ---------------------------------------------
+def prefill_refusal_key(upstream: str, endpoint: str) -> str:
+    return f"stream:{upstream}:noprefill:{endpoint}"
+
+
+def prefill_refusal_remember(*, upstream: str, endpoint: str) -> None:
+    """Remember, in every worker, that `endpoint` refuses assistant prefills."""
+    default_cache().set(prefill_refusal_key(upstream, endpoint), True, timeout=PREFILL_REFUSAL_TTL)
+    logger.info("stream: endpoint %r of %s refuses prefills; its continuations restart and splice",
+                endpoint, upstream)
+
+
+def prefill_refusers(*, upstream: str, endpoints: tuple[str, ...]) -> set[str]:
+    """Which of `endpoints` are known to refuse prefills (one cache read)."""
+    keys = {prefill_refusal_key(upstream, name): name for name in endpoints}
+    found = default_cache().get_many(list(keys))
+    return {keys[key] for key, value in found.items() if value}
+
+
+class SupervisedStream:
+    """One supervised streamed call (see the module docstring).
+
+        stream = SupervisedStream(client, path="chat/completions", body=body, codec=OPENAI_CHAT)
+        refused = await stream.start()   # the provider's error answer, or None
+        async for event in stream: ...   # StreamEvent, the answer as one stream
+        await stream.aclose()
+
+    After the iteration: `usage`, `finish_reason`, `model`, `endpoints` (one
+    per attempt), `counts` (the stream's events, summed)."""
+
+    #: Test seam: the clock the timers read.
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self, client: Any, *, path: str, body: Any, codec: WireCodec,
+                 headers: dict[str, str] | None = None) -> None:
+        self.client = client
+        self.path = path
+        self.body = body
+        self.codec = codec
+        self.headers = headers
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        self.model: str | None = None
+        self.endpoints: list[str] = []
+        self.counts: dict[str, int] = {}
+        self._policy: Any = None
+        self._response: Any = None
+        self._attempt_counts: dict[str, int] = {}
+        self._attempt = -1
+        self._sent: list[str] = []
+        self._sent_length = 0
+        self._splice: list[str] | None = None  # a restart's text held back until it passes the prefix
+        self._started = 0.0
+        self._sent_at = 0.0
+        self._original: errors.UpstreamError | None = None
+        self._endpoint_names: tuple[str, ...] = ()
+        self._opaque = False
+
+    # -- opening attempts ---------------------------------------------------------------------
+    async def start(self) -> Any:
+        """Send the first attempt. None when its stream is open; else the
+        provider's error answer (status >= 400, body read) for the caller to
+        render. Raises the client's `UpstreamError` kinds."""
+        self._started = self.clock()
+        response = await self._send(self.body)
+        if response.status_code >= 400:
+            return response
+        # Read once, while the policy is fresh: no policy load on the event loop later on.
+        self._policy, self._endpoint_names = self.client.loaded_policy(), self.client.endpoint_names()
+        self._open(response, "")
+        return None
+
+    async def _send(self, body: Any, *, avoid: str = "", endpoint: str = "") -> Any:
+        self._sent_at = self.clock()
+        return await self.client.arequest("POST", self.path, json=body, headers=self.headers, stream=True,
+                                          cache=False, raise_for_status=False, avoid=avoid, endpoint=endpoint)
+
+    def _open(self, response: Any, how: str) -> None:
+        # The first-token timer counts from the send of the attempt that answered (an attempt
+        # before it, timed out on another endpoint, does not shorten it).
+        self._sent_at = response.meta.sent_at or self._sent_at
+        self._response = response
+        self._attempt += 1
+        self._attempt_counts = {}
+        if how:
+            self._count(how)
+        self.endpoints.append(response.meta.endpoint)
+
+    def _count(self, name: str, count: int = 1) -> None:
+        self._attempt_counts[name] = self._attempt_counts.get(name, 0) + count
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    async def _settle(self, failure: errors.UpstreamError | None) -> None:
+        """Close the open attempt with its verdict and its counts."""
+        response, self._response = self._response, None
+        if response is None:
+            return
+        response.stream_failure = failure
+        response.stream_counts = self._attempt_counts
+        await response.aclose()
+
+    # -- reading ------------------------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[StreamEvent]:
+        breaks = 0
+        try:
+            while self._response is not None:
+                try:
+                    async with contextlib.aclosing(self._read()) as events:
+                        async for event in events:
+                            delivered = self._deliver(event)
+                            if delivered is not None:
+                                yield delivered
+                    await self._settle(None)
+                    return
+                except _Break as broken:
+                    self._count(broken.count)
+                    self._count("failover")
+                    endpoint = self._response.meta.endpoint
+                    await self._settle(broken.failure)
+                    if self._original is None:
+                        self._original = broken.failure
+                    logger.debug("stream: %s endpoint %r broke (%s)", self.client.name, endpoint,
+                                 broken.failure.message)
+                    breaks += 1
+                    if broken.count == "timeout_max" or breaks > self._policy.retry_total:
+                        raise self._interrupted() from None
+                    await self._resume(endpoint)
+        finally:
+            await self._settle(None)  # the caller stopped reading: not the endpoint's fault
+
+    def _limits(self) -> tuple[float, float, float]:
+        """(first token, idle, cap) in seconds, 0 meaning none."""
+        policy = self._policy
+        return (policy.first_token_timeout or policy.read_timeout,
+                policy.stream_idle_timeout or policy.read_timeout, policy.stream_max_seconds)
+
+    async def _read(self) -> AsyncIterator[StreamEvent]:
+        """The open attempt's events until it ends cleanly; `_Break` when it
+        breaks. Timers are per read: nothing is awaited under a timer while
+        the caller holds an event."""
+        response, codec = self._response, self.codec
+        first, idle, cap = self._limits()
+        if "json" in response.headers.get("content-type", ""):  # the provider ignored "stream": true
+            for event in await self._whole(response, first):
+                if event.finish_reason is not None:
+                    self.finish_reason = event.finish_reason
+                if event.usage is not None:
+                    self.usage = event.usage
+                yield event
+            return
+        cap_at = self._started + cap if cap else None
+        name = self.client.name
+        reader = SSEReader()
+        body = aiter(response.aiter_body())
+        content = finished = done = False
+        wants_usage = self.codec.wants_usage(self.body)
+        events = 0
+        while True:
+            now = self.clock()
+            if finished and (self.usage is not None or not wants_usage):
+                wait, kind = FINISH_GRACE, "grace"
+            elif content:
+                wait, kind = idle, "timeout_idle"
+            else:
+                first_at = self._sent_at + first
+                if not self._sent_length:  # nothing reached the caller yet: the call's deadline bounds it
+                    first_at = min(first_at, self._started + self._policy.deadline)
+                wait, kind = max(0.0, first_at - now), "timeout_first_token"
+            if cap_at is not None and now + wait >= cap_at:
+                wait, kind = max(0.0, cap_at - now), "timeout_max"
+            try:
+                async with asyncio.timeout(wait):
+                    chunk = await anext(body)
+            except TimeoutError:
+                if finished:
+                    self._count("no_done")
+                    return
+                what = {"timeout_first_token": f"no first token within {first:g} s",
+                        "timeout_idle": f"silent for {idle:g} s after {events} events",
+                        "timeout_max": f"stream_max_seconds ({cap:g} s) passed"}[kind]
+                raise _Break(errors.UpstreamTimeout(f"{name}: {what}", upstream=name), kind) from None
+            except StopAsyncIteration:
+                if done or finished:
+                    if not done:
+                        self._count("no_done")
+                    return
+                raise _Break(errors.UpstreamConnectionError(
+                    f"{name}: stream cut after {events} events (ended before its final chunk)",
+                    upstream=name), "cut") from None
+            except (httpx2.TransportError, OSError) as err:
+                if finished:
+                    self._count("no_done")
+                    return
+                if isinstance(err, httpx2.TimeoutException):  # the transport's own read timeout
+                    kind = "timeout_idle" if content else "timeout_first_token"
+                    raise _Break(errors.UpstreamTimeout(f"{name}: read timed out after {events} events",
+                                                        upstream=name), kind) from None
+                raise _Break(errors.UpstreamConnectionError(
+                    f"{name}: stream cut after {events} events ({type(err).__name__})", upstream=name),
+                    "cut") from None
+            parsed: list[StreamEvent] = []
+            for data in reader.feed(chunk):
+                if data is None:
+                    self._count("skipped")
+                    continue
+                if codec.is_done(data):
+                    done = True
+                    break
+                event = codec.parse(data)
+                if event is None:
+                    self._count("skipped")
+                    continue
+                if event.error is not None:
+                    raise _Break(errors.UpstreamError(f"{name}: the provider's stream failed: {event.error}",
+                                                      upstream=name), "error_event")
+                events += 1
+                if event.content:
+                    content = True
+                if event.finish_reason is not None:
+                    finished = True
+                    self.finish_reason = event.finish_reason
+                if event.usage is not None:
+                    self.usage = event.usage
+                parsed.append(event)
+            for event in parsed:
+                yield event
+            if done:
+                await _drain(body)
+                return
+
+    async def _whole(self, response: Any, first: float) -> list[StreamEvent]:
+        name = self.client.name
+        try:
+            async with asyncio.timeout(max(0.0, self._sent_at + first - self.clock())):
+                content = await response.aread()
+        except TimeoutError:
+            raise _Break(errors.UpstreamTimeout(f"{name}: no answer within {first:g} s", upstream=name),
+                         "timeout_first_token") from None
+        except httpx2.TransportError as err:
+            raise _Break(errors.UpstreamConnectionError(f"{name}: answer cut ({type(err).__name__})",
+                                                        upstream=name), "cut") from None
+        events = self.codec.answer_events(content)
+        if events is None:
+            raise _Break(errors.UpstreamError(f"{name}: the answer is not a completion", upstream=name),
+                         "error_event")
+        return events
+
+    def _deliver(self, event: StreamEvent) -> StreamEvent | None:
+        """What of `event` reaches the caller: all of it on the first attempt;
+        on a continuation none of its empty openers; on a restart, nothing
+        until its text has passed what the caller already has."""
+        if isinstance(event.data, dict) and isinstance(event.data.get("model"), str):
+            self.model = event.data["model"]
+        if self._attempt:
+            if not event.content and event.usage is None:
+                return None
+            event = StreamEvent(event.text, event.finish_reason, event.usage, event.data, event.raw,
+                                self._attempt)
+        if self._splice is not None:
+            self._splice.append(event.text)
+            held = "".join(self._splice)
+            sent = "".join(self._sent)
+            if len(held) < len(sent) and not event.finish_reason:
+                if not sent.startswith(held):
+                    raise self._interrupted("the restarted answer differs from the text already sent")
+                return None
+            if not held.startswith(sent):
+                raise self._interrupted("the restarted answer differs from the text already sent")
+            self._splice = None
+            self._count("splice")
+            event = StreamEvent(held[len(sent):], event.finish_reason, event.usage, event.data, b"",
+                                self._attempt, spliced=True)
+        if event.text:
+            self._sent.append(event.text)
+            self._sent_length += len(event.text)
+        if event.opaque:
+            self._opaque = True
+        return event
+
+    # -- going on -----------------------------------------------------------------------------
+    async def _resume(self, broken: str) -> None:
+        """Open the next attempt after `broken` (an endpoint's name) failed."""
+        self._splice = None  # a restart that broke before passing the prefix: its text is dropped
+        if self._opaque:
+            raise self._interrupted("a tool call or a second choice cannot be continued")
+        if self.clock() - self._started >= (self._policy.stream_max_seconds or float("inf")):
+            raise self._interrupted()
+        if not self._sent_length:
+            await self._attempt_with(self.body, "restart", avoid=broken)
+            return
+        others = tuple(n for n in self._endpoint_names if n != broken) or (broken,)
+        refusing = prefill_refusers(upstream=self.client.name, endpoints=others)
+        if len(refusing) < len(others):
+            body = self.codec.continuation(self.body, "".join(self._sent))
+            response = await self._send(body, avoid=broken)
+            if response.status_code < 400:
+                self._open(response, "continuation")
+                return
+            content = await _read_error(response)
+            endpoint = response.meta.endpoint
+            if not self.codec.refuses_prefill(response.status_code, content):
+                raise self._interrupted()
+            prefill_refusal_remember(upstream=self.client.name, endpoint=endpoint)
+            self._count("prefill_refused")
+            await self._attempt_with(self.body, "restart", endpoint=endpoint)
+        else:
+            await self._attempt_with(self.body, "restart", avoid=broken)
+        self._splice = []
+
+    async def _attempt_with(self, body: Any, how: str, *, avoid: str = "", endpoint: str = "") -> None:
+        try:
+            response = await self._send(body, avoid=avoid, endpoint=endpoint)
+        except errors.UpstreamError:
+            raise self._interrupted() from None
+        if response.status_code >= 400:
+            await response.aclose()
+            raise self._interrupted()
+        self._open(response, how)
+
+    def _interrupted(self, detail: str = "") -> errors.UpstreamError:
+        original = self._original
+        if isinstance(original, errors.UpstreamTimeout) and "stream_max_seconds" in original.message:
+            return original
+        what = original.message if original is not None else "the provider's stream broke"
+        message = f"{what}; {detail}" if detail else f"{what}; the answer could not be continued"
+        return errors.StreamInterrupted(message, upstream=self.client.name,
+                                        cause=original.code if original is not None else "upstream_error")
+
+    async def aclose(self) -> None:
+        """Close the open attempt (a no-op once the stream ended)."""
+        if self._response is not None:
+            await self._settle(None)
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (the body's end), so the connection goes
+    back to the pool instead of being closed half-read."""
+    try:
+        async with asyncio.timeout(FINISH_GRACE):
+            async for _ in body:
+                pass
+    except (TimeoutError, httpx2.TransportError, OSError):
+        pass  # the close that follows drops the connection: nothing is lost
+
+
+async def _read_error(response: Any) -> bytes:
+    try:
+        return await response.aread()
+    except httpx2.HTTPError:
+        return b""
+    finally:
+        await response.aclose()
+
