@@ -154,7 +154,7 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
     token = current_trace.set(trace)
     try:
         while True:
-            timeout = attempt_timeout(policy, trace)
+            timeout = attempt_timeout(policy, trace, stream=stream)
             read = timeout.read_timeout
             request.extensions["timeout"] = {"connect": timeout.connect_timeout, "read": read, "write": read,
                                              "pool": max(MIN_TIMEOUT, trace.remaining())}

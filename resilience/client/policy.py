@@ -251,16 +251,24 @@ class Trace:
         return len(times) >= BURST_ATTEMPTS and elapsed_ms - times[0] < BURST_SECONDS * 1000
 
 
-def header_wait(policy: Policy) -> float:
+def header_wait(policy: Policy, *, stream: bool = False) -> float:
     """Seconds an attempt waits for the provider's answer to begin (its
     headers) and between reads: the one place this timer is chosen
-    (bounded by the call's deadline in `attempt_timeout`)."""
+    (bounded by the call's deadline in `attempt_timeout`).
+
+    A stream's headers come before its first token, so a streamed attempt
+    waits at most `first_token_timeout` for them (when set): a provider that
+    never answers costs that, not `read_timeout`. A plain answer's headers
+    come only once its whole text is written, which can take far longer than
+    a first token; it keeps `read_timeout`."""
+    if stream and policy.first_token_timeout > 0:
+        return min(policy.first_token_timeout, policy.read_timeout)
     return policy.read_timeout
 
 
-def attempt_timeout(policy: Policy, trace: Trace) -> DeadlineTimeout:
+def attempt_timeout(policy: Policy, trace: Trace, *, stream: bool = False) -> DeadlineTimeout:
     """The connect and read timeouts of one attempt, never past the deadline."""
-    return DeadlineTimeout(policy.connect_timeout, header_wait(policy), trace.deadline)
+    return DeadlineTimeout(policy.connect_timeout, header_wait(policy, stream=stream), trace.deadline)
 
 
 current_trace: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("resilience_trace",

@@ -103,7 +103,7 @@ def send(session: requests.Session, policy: Policy, spec: RequestSpec, credentia
     try:
         response = session.send(
             prepared, stream=True, allow_redirects=False, verify=True,
-            timeout=attempt_timeout(policy, trace))
+            timeout=attempt_timeout(policy, trace, stream=stream))
         if not stream or response.status_code >= 400:
             read_body(response, trace)
     finally:

@@ -307,6 +307,16 @@ def test_a_provider_that_never_answers_costs_one_timeout_then_the_fallback_answe
     assert rows()[-1].endpoint == "fallback"
 
 
+def test_a_silent_provider_costs_a_stream_its_first_token_timeout_not_the_read_timeout(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(never_answer=True))
+    # The read timeout alone would spend the whole deadline on the silent primary.
+    timers(first_token_timeout=TIMER, read_timeout=30, deadline=3)
+    answer = ask(gateway)
+    assert answer["text"] == ANSWER and answer["model"] == "fallback-model"
+    assert primary.chat_calls == 1 and fallback.chat_calls == 1
+
+
 def test_stream_max_seconds_caps_a_stream_with_an_error_not_a_continuation(gateway, providers):
     primary, fallback = providers
     primary.misbehave(MODEL, Behaviour(pieces=10, stall_after=3, stall=5))
