@@ -17,7 +17,7 @@ from resilience.signals import health_changed
 def upstream_health_probe(*, name: str) -> dict[str, Any]:
     """Probe upstream `name`'s health path once, keep the result, and send
     `health_changed` when its health differs from the previous probe's."""
-    from resilience.services import upstream_probe
+    from resilience.ops.services import upstream_probe
 
     previous = ProbeResult.objects.filter(upstream=name).values_list("ok", flat=True).first()
     outcome = upstream_probe(name=name)

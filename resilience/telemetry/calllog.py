@@ -22,7 +22,7 @@ With `CALL_LOG_FLUSH_INTERVAL` 0 there is no thread: `call_log_flush()` writes.
 
 Breaker transitions (`BreakerEvent` rows) take the same road in a writer of
 their own: the process that made a transition queues its record
-(resilience.receivers), so no request waits on that write; `call_log_flush()`
+(resilience.client.receivers), so no request waits on that write; `call_log_flush()`
 writes them too.
 
 On failure (database unreachable or refusing): nothing is counted twice and,

@@ -108,7 +108,7 @@ def test_the_dashboard_shows_the_alerts_firing(firing, client, django_user_model
     from django.contrib.auth.models import Permission
 
     watcher = django_user_model.objects.create_user("watcher", is_staff=True)
-    # The dashboard asks what its data shows (resilience.permissions.DASHBOARD_READ).
+    # The dashboard asks what its data shows (resilience.ops.permissions.DASHBOARD_READ).
     watcher.user_permissions.set(Permission.objects.filter(
         content_type__app_label="resilience", codename__in=("view_upstream", "view_calllog", "view_alert")))
     client.force_login(watcher)

@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from resilience import services
 from resilience.alerts.measures import Measures
 from resilience.alerts.models import AlertRule
 from resilience.jobs.models import Job, ProbeResult
 from resilience.models import BreakerEvent, Endpoint
+from resilience.ops import services
 from resilience.telemetry.rollups import RollupDelta, minute_of, rollups_write
 
 pytestmark = pytest.mark.django_db

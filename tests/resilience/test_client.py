@@ -12,8 +12,8 @@ import requests
 from resilience import exceptions as errors
 from resilience import upstream
 from resilience.client import reset_clients
+from resilience.client.context import current_request_id
 from resilience.client.responses import NearCache
-from resilience.context import current_request_id
 from resilience.models import BreakerEvent, CallLog, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_upstream import Reply
@@ -489,7 +489,7 @@ def test_hot_entries_skip_the_redis_round_trip(fake, make_upstream, on_redis, mo
 
 def test_clears_in_this_process_reach_the_near_cache_at_once(fake, make_upstream, on_redis):
     from resilience.cache.ops import cache_clear
-    from resilience.services import upstream_cache_clear
+    from resilience.ops.services import upstream_cache_clear
 
     make_upstream(cache_ttl=60)
     upstream("api").get("/hot")

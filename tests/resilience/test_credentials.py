@@ -280,7 +280,7 @@ def test_the_api_holds_policy_writes_to_the_same_rule(keyed, django_user_model):
     suggestion = Suggestion.objects.create(upstream="keyed", kind="test", field="base_url",
                                            from_value=keyed.base_url, to_value="https://attacker.example")
     api = APIClient()
-    # Applying takes change_suggestion too (resilience.permissions); the credential rule comes on top.
+    # Applying takes change_suggestion too (resilience.ops.permissions); the credential rule comes on top.
     deciding = (*EDITOR, "view_suggestion", "change_suggestion")
     for name, codenames, status in (("editor", deciding, 403),
                                     ("keeper", (*deciding, "change_credentials"), 200)):

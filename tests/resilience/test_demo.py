@@ -11,7 +11,8 @@ from django.core.management import CommandError, call_command
 from django.urls import Resolver404, resolve
 
 from project.urls import urlpatterns as project_urlpatterns
-from resilience.demo import (
+from resilience.models import BreakerEvent, CallLog, Upstream
+from resilience.ops.demo import (
     DEMO_PATTERNS,
     DEMO_POLICY,
     FlakyCycle,
@@ -20,7 +21,6 @@ from resilience.demo import (
     demo_upstream_ensure,
     demo_urls,
 )
-from resilience.models import BreakerEvent, CallLog, Upstream
 from tests.support.redis_server import free_port
 
 # This module doubles as the URLconf of the tests marked `urls(__name__)`: the

@@ -10,9 +10,9 @@ from django.db import OperationalError, connections
 from django.test import Client
 from django.utils import timezone
 
-from resilience import health
 from resilience.jobs.models import Job, ProbeResult
 from resilience.models import Upstream
+from resilience.ops import health
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.django_db

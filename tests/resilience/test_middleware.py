@@ -15,14 +15,14 @@ from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
 
 from resilience import upstream
-from resilience.context import current_request_id
-from resilience.middleware import (
+from resilience.client.context import current_request_id
+from resilience.models import CallLog
+from resilience.ops.middleware import (
     CompressionMiddleware,
     RequestIdMiddleware,
     RequestTimingMiddleware,
     accepted_encoding,
 )
-from resilience.models import CallLog
 from resilience.telemetry.calllog import call_log_flush
 from tests.support.roles import role_user
 
@@ -100,13 +100,13 @@ class SteppingClock:
 def test_a_slow_request_is_logged_once_with_its_id_and_path(monkeypatch, caplog, settings):
     settings.RESILIENCE = {**settings.RESILIENCE, "SLOW_REQUEST_SECONDS": 1.0}
     monkeypatch.setattr(RequestTimingMiddleware, "timer", staticmethod(SteppingClock(0.75)))  # 0.75 s
-    with caplog.at_level(logging.WARNING, logger="resilience.middleware"):
+    with caplog.at_level(logging.WARNING, logger="resilience.ops.middleware"):
         Client().get("/healthz", HTTP_X_REQUEST_ID="fast-one")
-    assert not [r for r in caplog.records if r.name == "resilience.middleware"]
+    assert not [r for r in caplog.records if r.name == "resilience.ops.middleware"]
     monkeypatch.setattr(RequestTimingMiddleware, "timer", staticmethod(SteppingClock(2.5)))  # 2.5 s
-    with caplog.at_level(logging.WARNING, logger="resilience.middleware"):
+    with caplog.at_level(logging.WARNING, logger="resilience.ops.middleware"):
         Client().get("/healthz?x=1", HTTP_X_REQUEST_ID="slow-one")
-    [record] = [r for r in caplog.records if r.name == "resilience.middleware"]
+    [record] = [r for r in caplog.records if r.name == "resilience.ops.middleware"]
     message = record.getMessage()
     assert "slow request" in message and "/healthz" in message and "slow-one" in message
     assert "2.500 s" in message
@@ -115,9 +115,9 @@ def test_a_slow_request_is_logged_once_with_its_id_and_path(monkeypatch, caplog,
 def test_slow_request_logging_can_be_switched_off(monkeypatch, caplog, settings):
     settings.RESILIENCE = {**settings.RESILIENCE, "SLOW_REQUEST_SECONDS": 0}
     monkeypatch.setattr(RequestTimingMiddleware, "timer", staticmethod(SteppingClock(100)))
-    with caplog.at_level(logging.WARNING, logger="resilience.middleware"):
+    with caplog.at_level(logging.WARNING, logger="resilience.ops.middleware"):
         Client().get("/healthz")
-    assert not [r for r in caplog.records if r.name == "resilience.middleware"]
+    assert not [r for r in caplog.records if r.name == "resilience.ops.middleware"]
 
 
 # -- compression -------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from django.test import Client
 from django.urls import reverse
 
 from resilience import upstream
-from resilience.context import caller_bound
+from resilience.client.context import caller_bound
 from resilience.jobs.models import Job
-from resilience.permissions import admin_allows
+from resilience.ops.permissions import admin_allows
 from resilience.telemetry.calllog import call_log_flush
 from tests.support.roles import ROLES, api_client, grant, role_user
 

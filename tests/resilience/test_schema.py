@@ -71,8 +71,8 @@ def test_resilience_operations_document_their_errors(schema):
         return documented
 
     base = "/api/resilience"
-    # 429: any token check may be throttled (token guessing, resilience.throttling).
-    # 403: reading policies needs view_upstream (resilience.permissions); call logs answer
+    # 429: any token check may be throttled (token guessing, resilience.ops.throttling).
+    # 403: reading policies needs view_upstream (resilience.ops.permissions); call logs answer
     # a caller without view_calllog with its own calls.
     assert errors_of(f"{base}/upstreams", "get") == {"401", "403", "429"}
     assert errors_of(f"{base}/upstreams/{{name}}", "get") == {"401", "403", "404", "429"}

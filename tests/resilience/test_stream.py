@@ -76,7 +76,7 @@ def test_stream_timers_are_validated_exposed_and_reloaded(make_upstream, setting
 
 
 def test_the_seeded_openai_upstream_has_stream_timers(db):
-    from resilience.services import upstreams_seed
+    from resilience.ops.services import upstreams_seed
 
     upstreams_seed()
     row = Upstream.objects.get(name="openai")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.test import RequestFactory
 
-from resilience.throttling import client_address
+from resilience.ops.throttling import client_address
 
 ROOT = Path(__file__).resolve().parents[2]
 

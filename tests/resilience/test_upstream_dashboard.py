@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from aigen.tokens import token_issue
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.context import current_request_id
+from resilience.client.context import current_request_id
 from resilience.models import BreakerEvent, HourRollup, MinuteRollup
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.detail import MAX_FAILURES, RANGES, breaker_bands, upstream_series

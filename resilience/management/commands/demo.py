@@ -1,5 +1,5 @@
 """`manage.py demo`: a flaky demo upstream with traffic through it, to watch on
-the dashboard (see resilience.demo). `make demo` runs it with `--serve`."""
+the dashboard (see resilience.ops.demo). `make demo` runs it with `--serve`."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.urls import reverse
 
-from resilience.demo import (
+from resilience.ops.demo import (
     DEFAULT_BASE_URL,
     DEMO_UPSTREAM,
     DemoError,

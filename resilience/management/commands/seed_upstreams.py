@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from resilience.alerts.services import alert_rules_seed
 from resilience.exceptions import AppError
-from resilience.services import upstream_openai_sync, upstreams_seed
+from resilience.ops.services import upstream_openai_sync, upstreams_seed
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ caller (the id of the user a call is made for, when one is known: the API
 authentication binds it, a generation job binds its owner), and the streamed
 upstream responses the request holds open. A call-log row keeps the request
 id and the caller, so a caller without view permission on call logs is shown
-its own calls only (resilience.api_views)."""
+its own calls only (resilience.ops.views)."""
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -40,7 +40,7 @@ def endpoint_changed(sender: type, instance: Endpoint, **kwargs: Any) -> None:
         transaction.on_commit(lambda: policy_changed(name))
 
 
-@receiver(breaker_state_changed, dispatch_uid="resilience.receivers.breaker_event")
+@receiver(breaker_state_changed, dispatch_uid="resilience.client.receivers.breaker_event")
 def breaker_event(sender: Any, *, upstream: str, old: str, new: str, reason: str = "", **kwargs: Any) -> None:
     # An endpoint's breaker is named "<upstream>/<endpoint>": the row counts for its upstream.
     name, _, endpoint = upstream.partition("/")

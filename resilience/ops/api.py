@@ -6,7 +6,7 @@ gives every error one JSON shape (token authentication is aigen.auth's):
 `AppError`s keep their own code and status; DRF's errors map to 400/401/403/
 404/405/413/415/429; anything unexpected is logged and answered as a 500 in the
 same shape, never as a stack trace. The rest of the API's error handling:
-request bodies (size limit, nesting) in `resilience.parsers`, unknown routes
+request bodies (size limit, nesting) in `resilience.ops.parsers`, unknown routes
 and trailing slashes in `api_route_fallback`.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
-        from resilience.parsers import too_large
+        from resilience.ops.parsers import too_large
 
         return exception_handler(too_large(), context)
     if isinstance(exc, exceptions.ValidationError):

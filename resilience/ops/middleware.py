@@ -4,7 +4,7 @@ In `settings.MIDDLEWARE`, in this order and above everything else:
 
 - `RequestIdMiddleware`: takes the caller's `X-Request-ID` when it is sane
   (1-64 characters of `A-Za-z0-9._-`) or makes one; binds it to
-  `resilience.context.current_request_id` while the view runs (and while a
+  `resilience.client.context.current_request_id` while the view runs (and while a
   streaming body is produced), so the call logs of upstream calls the request
   causes carry it; echoes it in the `X-Request-ID` response header.
 - `RequestTimingMiddleware`: request latency by view for /metrics; a request
@@ -42,8 +42,8 @@ from django.utils.cache import patch_vary_headers
 from django.utils.text import compress_string
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from resilience.client.context import current_caller, current_request_id
 from resilience.conf import resilience_settings
-from resilience.context import current_caller, current_request_id
 from resilience.telemetry import metrics
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ several methods, an admin action, a view outside DRF). The map:
 |---|---|---|
 | `UpstreamRead` | view_upstream | policies, live state, statistics |
 | `UpstreamOperate` | change_upstream | breaker reset, probe, cache clear, benchmarks (the admin buttons) |
-| `CallLogRead` | view_calllog | every caller's call logs (without it: one's own, resilience.api_views) |
+| `CallLogRead` | view_calllog | every caller's call logs (without it: one's own, resilience.ops.views) |
 | `SuggestionRead` | view_suggestion | findings and suggestions |
 | `SuggestionDecide` | change_suggestion | dismiss |
 | `SuggestionApply` | change_suggestion + change_upstream | apply and roll back (they change a policy) |

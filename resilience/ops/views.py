@@ -4,12 +4,12 @@ log, breaker reset, probe and cache control, cache statistics.
 
 Views stay thin: reads go through resilience.telemetry.selectors (after flushing this
 process's buffered call logs, so calls made a moment ago count), writes
-through resilience.services. Each route asks the model permission the admin
-asks for the same page or button (resilience.permissions): policies need
+through resilience.ops.services. Each route asks the model permission the admin
+asks for the same page or button (resilience.ops.permissions): policies need
 view_upstream, breaker reset, probe and cache clear change_upstream; call
 logs view_calllog, without which a caller sees the calls made for it only
 (its API requests, its jobs); cache statistics any authenticated caller. Errors use the
-project's shape (resilience.api); an unknown upstream is a 404
+project's shape (resilience.ops.api); an unknown upstream is a 404
 `unknown_upstream`.
 """
 from __future__ import annotations
@@ -25,12 +25,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from resilience import exceptions as errors
-from resilience import serializers as s
 from resilience.cache.ops import cache_stats
 from resilience.client.endpoints import snapshot
 from resilience.models import CallLog, Upstream
-from resilience.permissions import CALLLOG_VIEW, UpstreamOperate, UpstreamRead, admin_allows
-from resilience.services import breaker_reset, upstream_cache_clear, upstream_probe
+from resilience.ops import serializers as s
+from resilience.ops.permissions import CALLLOG_VIEW, UpstreamOperate, UpstreamRead, admin_allows
+from resilience.ops.services import breaker_reset, upstream_cache_clear, upstream_probe
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import (
     WINDOWS,

@@ -217,7 +217,7 @@ class _DemoNoise(logging.Filter):
         return "/demo/flaky" not in message and "Broken pipe" not in message
 
 
-NOISY_LOGGERS = ("django.request", "django.server", "urllib3.connectionpool", "resilience.middleware")
+NOISY_LOGGERS = ("django.request", "django.server", "urllib3.connectionpool", "resilience.ops.middleware")
 
 
 class DemoServer:

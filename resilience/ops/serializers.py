@@ -4,7 +4,7 @@ shared by both apps' APIs.
 Responses are rendered through these serializers, so the published schema is
 exactly what is sent: a key a selector adds appears in the API only once it is
 declared here. `ErrorResponse` is the one error body of the project (see
-resilience.api); `error_responses()` documents it per status code, and the
+resilience.ops.api); `error_responses()` documents it per status code, and the
 `error_responses_hook` postprocessing hook adds the 401 to every operation
 that requires authentication and does not say so itself.
 """
@@ -66,11 +66,11 @@ def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
                          public: bool) -> dict[str, Any]:
     """SPECTACULAR_SETTINGS postprocessing hook: document the errors DRF and
     the project answer for whole classes of operations, so no view has to
-    repeat them: 401 and 429 (token guessing, resilience.throttling) on every
+    repeat them: 401 and 429 (token guessing, resilience.ops.throttling) on every
     operation that needs authentication; 413, 415 and the 400 `parse_error`
-    on every operation that takes a body (resilience.parsers answers them for
+    on every operation that takes a body (resilience.ops.parsers answers them for
     all); 404 on every operation with a path parameter (a value the route does
-    not match is a JSON 404 too: resilience.api.api_route_fallback)."""
+    not match is a JSON 404 too: resilience.ops.api.api_route_fallback)."""
     components = result.setdefault("components", {}).setdefault("schemas", {})
     if "ErrorResponse" not in components:
         return result  # nothing references the error shape (no API routes)
@@ -84,7 +84,7 @@ def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
         for operation in path_item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
-            if "requestBody" in operation:  # every JSON body goes through resilience.parsers
+            if "requestBody" in operation:  # every JSON body goes through resilience.ops.parsers
                 document(operation, 413)
                 document(operation, 415)
                 operation["responses"].setdefault("400", {

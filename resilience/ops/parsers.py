@@ -1,7 +1,7 @@
 """The JSON request parser of every API view (REST_FRAMEWORK's
 DEFAULT_PARSER_CLASSES; the async generate view applies `json_body`).
 
-What it refuses, in the shared error shape (resilience.api):
+What it refuses, in the shared error shape (resilience.ops.api):
 - a body over DATA_UPLOAD_MAX_MEMORY_SIZE (`MAX_REQUEST_BYTES`): 413
   `request_too_large`, decided from Content-Length when declared, else after
   reading at most one byte past the limit. DRF reads the body stream itself,

@@ -4,7 +4,7 @@ breaker, recent statistics and last hour, plus the cache backend's state.
 `dashboard` renders the page with the data in it (first paint needs no
 script); the page's script then polls `dashboard_data`, the same snapshot as
 JSON, and updates it in place. Both are for staff with view permission on
-upstreams and call logs (resilience.permissions): anyone else is sent to the
+upstreams and call logs (resilience.ops.permissions): anyone else is sent to the
 admin login, or refused with 403.
 
 The buffered call logs of this process are flushed before reading, so the
@@ -29,7 +29,7 @@ from resilience.alerts.services import alerts_firing
 from resilience.cache.ops import cache_stats
 from resilience.jobs.selectors import upstream_health
 from resilience.models import Upstream
-from resilience.permissions import DASHBOARD_READ
+from resilience.ops.permissions import DASHBOARD_READ
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 from resilience.telemetry.timeseries import upstream_timeseries

@@ -28,8 +28,8 @@ from rest_framework.views import APIView
 
 from resilience.exceptions import UnknownUpstream
 from resilience.models import Upstream
-from resilience.permissions import DASHBOARD_READ, CallLogRead, UpstreamRead
-from resilience.serializers import error_responses
+from resilience.ops.permissions import DASHBOARD_READ, CallLogRead, UpstreamRead
+from resilience.ops.serializers import error_responses
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.detail import DEFAULT_RANGE, RANGES, Range, upstream_detail
 
