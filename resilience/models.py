@@ -465,7 +465,7 @@ class Rollup(models.Model):
     outcomes = models.JSONField(default=dict)
     latency = models.JSONField(default=dict)
     signals = models.JSONField(default=dict, help_text=(
-        "Counts the advisor reads (resilience.advisor.counters), as {name: count}."))
+        "Counts the advisor reads (resilience.telemetry.counters), as {name: count}."))
 
     class Meta:
         abstract = True

@@ -14,7 +14,7 @@ wait, an exit hook on clean shutdown, or `call_log_flush()`) then
    it, else the policy row; an upstream with no policy row keeps them all);
    The advisor's few extra counts (retries that recovered, 429s, which limit
    rejected a call, repeated cacheable fetches) go into the same rows'
-   `signals` (resilience.advisor.counters);
+   `signals` (resilience.telemetry.counters);
 3. writes, in one transaction, one upsert for the minute rows, one for the
    hour rows and one multi-row INSERT for the kept rows.
 
@@ -45,10 +45,10 @@ from typing import Any
 
 from django.db import DatabaseError, connections, router, transaction
 
-from resilience.advisor.counters import signals_count
 from resilience.conf import resilience_settings
 from resilience.models import DEFAULT_LOG_SAMPLE_RATE, CallLog, Outcome, Upstream
 from resilience.telemetry.buffered import BufferedWriter, insert_rows
+from resilience.telemetry.counters import signals_count
 from resilience.telemetry.rollups import Key, RollupDelta, minute_of, rollups_write
 
 logger = logging.getLogger(__name__)

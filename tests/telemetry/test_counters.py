@@ -9,9 +9,9 @@ import pytest
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.advisor.counters import RefetchTracker, refetch_tracker
 from resilience.models import MinuteRollup
 from resilience.telemetry.calllog import call_log_flush
+from resilience.telemetry.counters import RefetchTracker, refetch_tracker
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
