@@ -479,3 +479,8 @@ def log_transition(change: Transition) -> None:
     """One log line per state change (a listener)."""
     log = logger.warning if change.new == OPEN else logger.info
     log("breaker %s: %s -> %s (%s)", change.upstream, change.old, change.new, change.reason)
+
+
+def breaker_name(upstream: str, endpoint: str) -> str:
+    """The shared breaker's name: the upstream's own for its implicit endpoint."""
+    return f"{upstream}/{endpoint}" if endpoint else upstream

@@ -60,6 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import requests
@@ -67,10 +68,11 @@ from django.db import OperationalError, ProgrammingError, router, transaction
 
 from resilience.cache import default_cache
 from resilience.client.asend import AsyncPool
-from resilience.client.breaker import CircuitOpen, SharedBreaker
+from resilience.client.breaker import CircuitOpen, SharedBreaker, breaker_name
 from resilience.client.credentials import Credentials
 from resilience.client.policy import Policy
 from resilience.client.send import session_build
+from resilience.telemetry.selectors import upstream_stats
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +107,6 @@ class EndpointSpec:
     def of(cls, row: Any) -> EndpointSpec:
         return cls(row.name, row.base_url.rstrip("/"), row.auth_env_var, row.weight, row.priority,
                    row.model, row.pool_size)
-
-
-def breaker_name(upstream: str, endpoint: str) -> str:
-    """The shared breaker's name: the upstream's own for its implicit endpoint."""
-    return f"{upstream}/{endpoint}" if endpoint else upstream
 
 
 def cooldown_key(upstream: str, endpoint: str) -> str:
@@ -480,10 +477,6 @@ def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
     `state` is the upstream's view: `open` when every enabled endpoint is
     out (breaker open or cooling down), else `closed`; each endpoint has its
     own `state` (closed, open, half-open, disabled) and `cooling_for`."""
-    from datetime import timedelta
-
-    from resilience.telemetry.selectors import upstream_stats
-
     rows = list(upstream.endpoints.all())
     implicit = not rows
     totals = Window(upstream.name).totals()  # shared while Redis serves; else this process's (none)

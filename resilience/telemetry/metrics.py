@@ -161,8 +161,10 @@ class BreakerCollector:
     every worker. One query (upstreams joined to their endpoints)."""
 
     def collect(self) -> Iterator[Metric]:
-        from resilience.client.breaker import SharedBreaker
-        from resilience.client.endpoints import breaker_name
+        # Imported at scrape time, not for a circle: this module loads before the
+        # app registry is ready (project.door, project.asgi_handler import it) and
+        # both of these reach the models.
+        from resilience.client.breaker import SharedBreaker, breaker_name
         from resilience.models import Upstream
 
         state = GaugeMetricFamily("resilience_breaker_state", "Circuit breaker state: 0 closed, "
