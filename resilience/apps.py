@@ -17,6 +17,7 @@ class ResilienceConfig(AppConfig):
         from resilience.alerts import tasks as alerts_tasks  # noqa: F401  (the scheduled alert evaluation)
         from resilience.client import receivers  # noqa: F401
         from resilience.jobs import tasks  # noqa: F401  (registers the built-in jobs)
+        from resilience.ops import tasks as ops_tasks  # noqa: F401  (the health probes)
         from resilience.ops.services import upstreams_seed_after_migrate
         from resilience.telemetry import metrics  # noqa: F401
 

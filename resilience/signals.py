@@ -9,7 +9,7 @@
 - `breaker_state_changed`: `upstream`, `old`, `new`, sent once per change by
   the process that made it.
 - `health_changed`: `upstream`, `old`, `new`, `probe`, sent by the scheduled
-  health probe (resilience.jobs.tasks) when an upstream's health changes.
+  health probe (resilience.ops.tasks) when an upstream's health changes.
 - `cache_cleared`: `namespace`, sent by resilience.cache.ops after a
   namespace's keys were deleted (the client empties its near caches on `http`:
   the cache floor cannot call up into the client).

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from resilience.jobs.registry import job
+from resilience.jobs.schedules import schedule_declare
 
 #: Seconds between scheduled advisor runs (resilience.jobs.schedules).
 ADVISE_INTERVAL = 300
@@ -19,3 +20,6 @@ def advisor_run_job() -> dict[str, Any]:
     report = advisor_run()
     return {"findings": len(report["findings"]),
             "open_suggestions": sum(s.status == "open" for s in report["suggestions"])}
+
+
+schedule_declare(key="advise", job="resilience.advise", interval=ADVISE_INTERVAL, priority="low")
