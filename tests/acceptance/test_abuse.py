@@ -318,7 +318,7 @@ def test_every_staff_route_refuses_a_non_staff_user_and_every_route_an_anonymous
     call_command("seed_upstreams", stdout=open("/dev/null", "w"))  # noqa: SIM115
     user = django_user_model.objects.create_user("plain", password="pw-plain-1")
     # Staff routes ask model permissions too (resilience.ops.permissions; the matrix of roles is in
-    # tests/resilience/test_permissions.py): a superuser holds them all.
+    # tests/resilience/ops/test_permissions.py): a superuser holds them all.
     staff = django_user_model.objects.create_superuser("boss", password="pw-boss-1")
     plain = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=user)}")
     boss = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=staff)}")

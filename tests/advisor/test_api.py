@@ -21,7 +21,7 @@ API = "/api/resilience"
 
 def client_for(*, staff: bool) -> APIClient:
     """Staff with view and change permissions, or a plain API caller (the
-    whole matrix of roles: tests/resilience/test_permissions.py)."""
+    whole matrix of roles: tests/resilience/ops/test_permissions.py)."""
     return api_client("operator" if staff else "user")
 
 

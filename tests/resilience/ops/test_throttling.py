@@ -11,7 +11,7 @@ from django.test import RequestFactory
 
 from resilience.ops.throttling import client_address
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def request(remote: str, forwarded: str | None = None):

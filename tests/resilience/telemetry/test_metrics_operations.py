@@ -13,7 +13,7 @@ from resilience.cache import default_cache
 from resilience.jobs.models import Job, ProbeResult
 from resilience.jobs.worker import LAST_TICK_KEY
 from resilience.locks import Lock
-from tests.resilience.test_metrics import scrape, scraper_address, value  # noqa: F401  (the scraper may read /metrics)
+from tests.resilience.telemetry.test_metrics import scrape, scraper_address, value  # noqa: F401  (the scraper may read /metrics)
 
 pytestmark = pytest.mark.django_db
 

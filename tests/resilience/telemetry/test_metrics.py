@@ -30,7 +30,7 @@ SCRAPER = ["127.0.0.1"]
 def scraper_address(settings):
     settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_ALLOWED_ADDRESSES": SCRAPER}
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def scrape(client: Client | None = None, **headers) -> dict[str, dict[tuple, float]]:

@@ -28,7 +28,7 @@ WRITES = [("post", f"{API}/upstreams/api/breaker/reset"), ("post", f"{API}/upstr
 # 401/403/404 are tested in tests/advisor/test_api.py.
 ADVISOR_ACTIONS = {"suggestions/<int:suggestion_id>/apply", "suggestions/<int:suggestion_id>/dismiss",
                    "suggestions/<int:suggestion_id>/rollback", "benchmarks", "benchmarks/<str:job_id>"}
-# Breaker controls and alerts: their permission matrix is in tests/resilience/test_breaker_controls.py
+# Breaker controls and alerts: their permission matrix is in tests/resilience/ops/test_breakers.py
 # and tests/alerts/test_api.py.
 OPS_ROUTES = {"upstreams/<slug:name>/breakers", "upstreams/<slug:name>/breakers/reset",
               "upstreams/<slug:name>/breakers/open", "alerts", "alerts/silences",
