@@ -67,11 +67,13 @@ import requests
 from django.db import OperationalError, ProgrammingError, router, transaction
 
 from resilience.cache import default_cache
+from resilience.cache.engine import NOT_SERVED
 from resilience.client.asend import AsyncPool
 from resilience.client.breaker import CircuitOpen, SharedBreaker, breaker_name
 from resilience.client.credentials import Credentials
 from resilience.client.policy import Policy
 from resilience.client.send import session_build
+from resilience.models import Endpoint
 from resilience.telemetry.selectors import upstream_stats
 
 logger = logging.getLogger(__name__)
@@ -229,8 +231,6 @@ class Window:
         engine = getattr(store, "engine", None)
         read = None
         if engine is not None and getattr(store, "shared", False):
-            from resilience.cache.engine import NOT_SERVED
-
             def on_redis(redis: Any) -> Any:
                 client = redis.client.get_client(write=True)
                 pipe = client.pipeline(transaction=False)
@@ -454,8 +454,6 @@ def pool_specs(row: Any) -> list[EndpointSpec]:
     A database whose schema predates endpoints (new code deployed before its
     migration ran) has no endpoint table: the upstream then keeps calling its
     own base URL, as it did, and a warning says so."""
-    from resilience.models import Endpoint
-
     alias = router.db_for_read(Endpoint)
     try:
         with transaction.atomic(using=alias):  # a savepoint: a failed query leaves no broken transaction

@@ -24,6 +24,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from resilience.exceptions import AppError
+from resilience.ops.parsers import too_large
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
-        from resilience.ops.parsers import too_large
-
         return exception_handler(too_large(), context)
     if isinstance(exc, exceptions.ValidationError):
         field, message = _first_problem(exc.detail)

@@ -36,6 +36,7 @@ from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connection
+from django.db.models import Q
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -45,6 +46,8 @@ from health_check.checks import Cache, Database
 from health_check.exceptions import HealthCheckException, ServiceUnavailable, ServiceWarning
 
 from resilience.conf import resilience_settings
+from resilience.jobs.models import Job
+from resilience.jobs.selectors import upstream_health
 from resilience.telemetry.metrics import metrics_token_given
 
 logger = logging.getLogger(__name__)
@@ -71,8 +74,6 @@ class UpstreamProbes(HealthCheck):
     health: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def run(self) -> None:
-        from resilience.jobs.selectors import upstream_health
-
         self.health = health = upstream_health()
         if not health["ok"]:
             raise ServiceWarning(f"unhealthy upstreams: {', '.join(health['unhealthy'])}")
@@ -84,10 +85,6 @@ class JobWorkers(HealthCheck):
     worker (`manage.py jobs_worker`) is taking jobs."""
 
     def run(self) -> None:
-        from django.db.models import Q
-
-        from resilience.jobs.models import Job
-
         stall = float(resilience_settings.JOBS_STALL_SECONDS)
         if stall <= 0:
             return

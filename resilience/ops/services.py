@@ -6,13 +6,15 @@ import logging
 import time
 from typing import Any
 
+from django.apps import apps as global_apps
 from django.core.cache import cache
 
+from aigen.conf import aigen_settings, openai_base_url
 from resilience import exceptions as errors
 from resilience.client import reset_clients, upstream_client
 from resilience.client.breaker import SharedBreaker
 from resilience.client.endpoints import endpoint_states
-from resilience.conf import credential_refusal
+from resilience.conf import credential_refusal, resilience_settings
 from resilience.models import Endpoint, Upstream
 from resilience.telemetry.selectors import breaker_status
 
@@ -149,8 +151,6 @@ def upstreams_seed(*, using: str = "default") -> list[str]:
     `aigen.conf.base_url_disagreement` and `upstream_openai_sync`).
     Runs after every `migrate` too (`upstreams_seed_after_migrate`).
     """
-    from aigen.conf import aigen_settings, openai_base_url
-
     seeds = {
         # The OpenAI-compatible provider (aigen): 60 s reads (a long answer
         # streams for a while), 2 retries on 429/5xx/timeouts waiting 0.5 s
@@ -196,10 +196,6 @@ def upstreams_seed_after_migrate(*, using: str = "default", apps: Any = None, **
     runs `migrate` alone never answers 502 "no upstream named 'openai'".
     Skipped while the upstream table is behind the model (a partial migrate),
     and with RESILIENCE["SEED_ON_MIGRATE"] off (the test suite's own tables)."""
-    from django.apps import apps as global_apps
-
-    from resilience.conf import resilience_settings
-
     if not resilience_settings.SEED_ON_MIGRATE:
         return
     apps = apps or global_apps
@@ -216,8 +212,6 @@ def upstreams_seed_after_migrate(*, using: str = "default", apps: Any = None, **
 def upstream_openai_sync(*, reason: str = "OPENAI_BASE_URL") -> str | None:
     """Point the stored `openai` upstream at OPENAI_BASE_URL (validated, kept in
     the policy's history); returns the old base URL, or None when they agree."""
-    from aigen.conf import aigen_settings, openai_base_url
-
     upstream = _get(aigen_settings.UPSTREAM)
     wanted = openai_base_url()
     if upstream.base_url.rstrip("/") == wanted.rstrip("/"):

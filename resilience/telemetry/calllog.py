@@ -46,7 +46,7 @@ from typing import Any
 from django.db import DatabaseError, connections, router, transaction
 
 from resilience.conf import resilience_settings
-from resilience.models import DEFAULT_LOG_SAMPLE_RATE, CallLog, Outcome, Upstream
+from resilience.models import DEFAULT_LOG_SAMPLE_RATE, BreakerEvent, CallLog, Outcome, Upstream
 from resilience.telemetry.buffered import BufferedWriter, insert_rows
 from resilience.telemetry.counters import signals_count
 from resilience.telemetry.rollups import Key, RollupDelta, minute_of, rollups_write
@@ -217,8 +217,6 @@ _writer = CallLogWriter("call-log-writer")
 
 
 def _write_events(rows: list[Any]) -> None:
-    from resilience.models import BreakerEvent
-
     insert_rows(BreakerEvent, ("created_at", "upstream", "from_state", "to_state", "reason"), rows)
 
 

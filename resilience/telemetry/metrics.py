@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 
 from resilience.cache import default_cache
+from resilience.cache.ops import cache_stats
 from resilience.conf import resilience_settings
 from resilience.signals import breaker_state_changed, call_completed
 
@@ -200,8 +201,6 @@ class CacheCollector:
     while Redis is up, this process's own while it falls back to memory)."""
 
     def collect(self) -> Iterator[Metric]:
-        from resilience.cache.ops import cache_stats
-
         stats = cache_stats()
         for field, text in (("hits", "Cache hits."), ("misses", "Cache misses."), ("sets", "Cache writes."),
                             ("deletes", "Cache deletions."), ("errors", "Cache backend errors."),
@@ -243,6 +242,8 @@ class OperationsCollector:
         from django.db.models.functions import Coalesce
         from django.utils import timezone
 
+        # At scrape time, not for a circle: this module loads before the app
+        # registry is ready (project.door imports it), and models need it.
         from resilience.models import Alert, Job, ProbeResult, Upstream
 
         now = timezone.now()

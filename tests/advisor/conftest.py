@@ -58,21 +58,3 @@ def healthy(policy):
         return row
 
     return make
-
-
-@pytest.fixture
-def live_upstream(db, fake):
-    """A policy pointing at the fake upstream, with fast timeouts and retries."""
-    from resilience.client import reset_clients
-
-    def make(name: str = "live", **fields: Any) -> Upstream:
-        values = {"base_url": fake.url, "connect_timeout": 0.2, "read_timeout": 2.0, "deadline": 5.0,
-                  "retry_total": 2, "retry_backoff_factor": 0.0, "retry_jitter": 0.0, "retry_after_max": 0.01,
-                  "log_sample_rate": 1.0, **fields}
-        row = Upstream(name=name, **values)
-        row.full_clean()
-        row.save()
-        reset_clients()
-        return row
-
-    return make
