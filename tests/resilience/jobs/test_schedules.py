@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from resilience.cache import default_cache
+from resilience.jobs import schedules as schedules_module
 from resilience.jobs.locks import lock_stats_store, redis_outage
 from resilience.jobs.models import Job
 from resilience.jobs.schedules import schedules_tick
@@ -71,3 +72,26 @@ def test_a_ticker_says_once_that_ticks_fail_and_once_that_they_work_again(caplog
     assert messages.count("schedule ticks failing; trying again every 0.01 s") == 1
     assert messages.count("schedule ticks work again") == 1
     assert isinstance(default_cache().get(LAST_TICK_KEY), float)  # what /metrics exports
+
+
+def test_each_room_declares_its_own_schedules_and_the_ticker_reads_them(make_upstream):
+    make_upstream("probed", health_path="/health", probe_interval=30)
+    make_upstream("quiet", health_path="/health", probe_interval=0)
+    found = {schedule.key: schedule for schedule in schedules_module.schedules()}
+    # prune and reap: the engine's own (resilience.jobs.tasks); probes: resilience.ops.tasks;
+    # advise: resilience.advisor.tasks; alerts: resilience.alerts.tasks.
+    assert {key: (s.job, s.interval) for key, s in found.items()} == {
+        "prune": ("resilience.prune", 3600), "reap": ("resilience.reap", 60),
+        "probe:probed": ("resilience.probe", 30), "advise": ("resilience.advise", 300),
+        "alerts": ("resilience.alerts_evaluate", 15), "alerts-prune": ("resilience.alerts_prune", 3600)}
+    assert found["probe:probed"].args == {"name": "probed"}
+
+
+def test_a_schedule_declared_next_to_its_task_is_queued_once_per_interval(monkeypatch):
+    monkeypatch.setattr(schedules_module, "_sources", {})
+    schedules_module.schedule_declare(key="declared", job="resilience.reap", interval=60, priority="low")
+    assert schedules_tick(now=START, use_lock=False) == [f"declared:{int(START.timestamp() // 60)}"]
+    assert schedules_tick(now=START + timedelta(seconds=30), use_lock=False) == []
+    assert schedules_tick(now=START + timedelta(seconds=60), use_lock=False) == [
+        f"declared:{int(START.timestamp() // 60) + 1}"]
+    assert list(Job.objects.filter(name="resilience.reap").values_list("priority", flat=True)) == ["low"] * 2
