@@ -25,11 +25,11 @@ READS = [("get", f"{API}/upstreams"), ("get", f"{API}/upstreams/api"), ("get", f
 WRITES = [("post", f"{API}/upstreams/api/breaker/reset"), ("post", f"{API}/upstreams/api/probe"),
           ("delete", f"{API}/upstreams/api/cache"), ("get", f"{API}/resources")]
 # Staff-only advisor routes that need a suggestion or a job to answer 200: their
-# 401/403/404 are tested in tests/advisor/test_api.py.
+# 401/403/404 are tested in tests/resilience/advisor/test_api.py.
 ADVISOR_ACTIONS = {"suggestions/<int:suggestion_id>/apply", "suggestions/<int:suggestion_id>/dismiss",
                    "suggestions/<int:suggestion_id>/rollback", "benchmarks", "benchmarks/<str:job_id>"}
 # Breaker controls and alerts: their permission matrix is in tests/resilience/ops/test_breakers.py
-# and tests/alerts/test_api.py.
+# and tests/resilience/alerts/test_api.py.
 OPS_ROUTES = {"upstreams/<slug:name>/breakers", "upstreams/<slug:name>/breakers/reset",
               "upstreams/<slug:name>/breakers/open", "alerts", "alerts/silences",
               "alerts/silences/<int:silence_id>/end"}

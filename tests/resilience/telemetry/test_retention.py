@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from resilience.models import CallLog, DayRollup, HourRollup, MinuteRollup
 from resilience.telemetry.calllog import call_log_flush, call_log_record
 from resilience.telemetry.retention import table_prune, telemetry_prune
-from tests.telemetry.conftest import Call
+from tests.resilience.telemetry.conftest import Call
 
 pytestmark = pytest.mark.django_db
 DAY = 86400

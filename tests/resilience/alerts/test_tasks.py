@@ -7,7 +7,7 @@ import pytest
 from resilience.alerts.models import AlertRule
 from resilience.jobs.models import Job
 from resilience.jobs.worker import worker_run
-from tests.alerts.test_services import calls
+from tests.resilience.alerts.test_services import calls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,7 @@ from django.db import OperationalError, connection
 from resilience.models import CallLog, HourRollup, MinuteRollup
 from resilience.telemetry import calllog
 from resilience.telemetry.calllog import CallLogWriter, call_log_flush, call_log_record
-from tests.telemetry.conftest import NOW, Call
+from tests.resilience.telemetry.conftest import NOW, Call
 
 pytestmark = pytest.mark.django_db
 MINUTE = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)

@@ -9,7 +9,7 @@ import pytest
 
 from resilience.advisor.services import findings_compute
 from resilience.models import BreakerEvent
-from tests.advisor.conftest import HEALTHY, NOW, minute_delta, traffic
+from tests.resilience.advisor.conftest import HEALTHY, NOW, minute_delta, traffic
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from resilience.alerts.services import (
     silence_end,
 )
 from resilience.telemetry.calllog import call_log_flush
-from tests.alerts.conftest import later
+from tests.resilience.alerts.conftest import later
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from resilience.telemetry import selectors
 from resilience.telemetry.calllog import call_log_flush, call_log_record
 from resilience.telemetry.selectors import WINDOWS, upstream_stats
-from tests.telemetry.conftest import NOW, Call
+from tests.resilience.telemetry.conftest import NOW, Call
 
 pytestmark = pytest.mark.django_db
 

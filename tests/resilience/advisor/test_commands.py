@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from tests.advisor.conftest import minute_delta, traffic
+from tests.resilience.advisor.conftest import minute_delta, traffic
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db

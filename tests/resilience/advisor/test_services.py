@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from resilience.advisor import services
 from resilience.advisor.models import Suggestion
 from resilience.models import Upstream
-from tests.advisor.conftest import NOW, minute_delta, traffic
+from tests.resilience.advisor.conftest import NOW, minute_delta, traffic
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from resilience.advisor.models import Suggestion
 from resilience.jobs.models import Job
 from resilience.models import Upstream
-from tests.advisor.conftest import minute_delta, traffic
+from tests.resilience.advisor.conftest import minute_delta, traffic
 from tests.support.roles import api_client
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
-from tests.alerts.conftest import SECRET
+from tests.resilience.alerts.conftest import SECRET
 from tests.support.worker import gather, run_worker, spawn, start_together, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)

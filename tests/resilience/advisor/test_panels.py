@@ -10,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from resilience.advisor.panels import findings_panel, resources_panel
-from tests.advisor.conftest import minute_delta, traffic
+from tests.resilience.advisor.conftest import minute_delta, traffic
 from tests.support.roles import role_user
 
 pytestmark = pytest.mark.django_db

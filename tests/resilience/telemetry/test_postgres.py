@@ -12,8 +12,8 @@ from django.db import connection, connections
 from resilience.models import CallLog, HourRollup, MinuteRollup
 from resilience.telemetry import calllog
 from resilience.telemetry.calllog import CallLogWriter, call_log_flush, call_log_record
+from tests.resilience.telemetry.conftest import NOW, Call
 from tests.support.tcp_proxy import TcpProxy
-from tests.telemetry.conftest import NOW, Call
 
 MINUTE = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
