@@ -64,6 +64,7 @@ fuzz: setup-dev
 
 lint: setup-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: setup-dev
 	$(BIN)/python -m bench

@@ -5,7 +5,7 @@
     GET    cache/stats    AI cache statistics
     DELETE cache          clear cached AI answers (change_upstream; optional template_id)
 
-Authentication and the error shape are the project's (resilience.api): every
+Authentication and the error shape are the project's (resilience.ops.api): every
 error is `{"success": false, "error": {"code", "message", ...}}`.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ from aigen.registry import get_registry
 from aigen.selectors import ai_cache_stats, template_list
 from aigen.throttling import GenerateThrottle
 from resilience.cache.ops import cache_clear
-from resilience.parsers import LimitedJSONParser
-from resilience.permissions import UpstreamOperate
-from resilience.serializers import error_responses
+from resilience.ops.parsers import LimitedJSONParser
+from resilience.ops.permissions import UpstreamOperate
+from resilience.ops.serializers import error_responses
 
 
 class EventStreamRenderer(BaseRenderer):

@@ -33,9 +33,9 @@ from aigen.exceptions import GenerationError, RequestTooLarge
 from aigen.services import atext_generate, atext_generate_stream
 from aigen.throttling import GenerateThrottle
 from aigen.tokens import atoken_user
-from resilience.context import current_caller
+from resilience.client.context import current_caller
 from resilience.exceptions import AppError
-from resilience.parsers import json_loads
+from resilience.ops.parsers import json_loads
 
 _KEYWORDS = ("Bearer", "Token")
 
@@ -124,7 +124,7 @@ def _body(request: HttpRequest) -> Any:
         raise RequestTooLarge(f"Request body exceeds the size limit of {limit} bytes.", limit=limit)
     try:
         return json_loads(raw or b"null")
-    except ParseError as err:  # the shared parser's wording (resilience.parsers)
+    except ParseError as err:  # the shared parser's wording (resilience.ops.parsers)
         raise _Refusal("parse_error", str(err.detail), 400) from None
 
 

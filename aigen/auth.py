@@ -2,7 +2,7 @@
 `Authorization: Bearer <token>` and DRF's `Authorization: Token <token>`.
 
 A valid token is never refused by the failure throttle: only failed checks
-are counted per client address (resilience.throttling), and past the rate a
+are counted per client address (resilience.ops.throttling), and past the rate a
 failed check answers 429 with `Retry-After` instead of 401. So one client
 guessing from an address shared with others (a NAT, an office) slows itself
 down without locking out the valid tokens behind the same address.
@@ -15,8 +15,8 @@ from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication, get_authorization_header
 
 from aigen.tokens import token_user
-from resilience.context import current_caller
-from resilience.throttling import AuthFailureThrottle
+from resilience.client.context import current_caller
+from resilience.ops.throttling import AuthFailureThrottle
 
 
 def token_refused(request: Any, message: str) -> exceptions.APIException:

@@ -19,7 +19,7 @@ from aigen.api import generate_args
 from aigen.exceptions import GenerationError, InvalidInput
 from aigen.registry import get_registry
 from aigen.services import text_generate
-from resilience.context import caller_bound
+from resilience.client.context import caller_bound
 from resilience.exceptions import AppError
 from resilience.jobs import job, job_enqueue
 from resilience.jobs.models import Job

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from aigen.api import GenerateRequestSerializer, GenerateResponseSerializer, LimitedJSONParser
 from aigen.jobs import generation_job_get, generation_job_submit, generation_job_view
 from aigen.throttling import GenerateThrottle
-from resilience.serializers import ErrorDetailSerializer, error_responses
+from resilience.ops.serializers import ErrorDetailSerializer, error_responses
 
 
 class JobRequestSerializer(GenerateRequestSerializer):

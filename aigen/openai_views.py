@@ -265,5 +265,5 @@ async def model_list(request: HttpRequest) -> HttpResponse:
         for model, name in sorted(served.items())]})
 
 
-# Completions take seconds by design: not "slow requests" (resilience.middleware).
+# Completions take seconds by design: not "slow requests" (resilience.ops.middleware).
 chat_completions.slow_expected = True  # type: ignore[attr-defined]

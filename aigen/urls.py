@@ -9,7 +9,7 @@ app_name = "aigen"
 # generator, which finds a view's class as DRF's as_view() leaves it (`cls`).
 async_views.generate.cls = api.GenerateView
 async_views.generate.initkwargs = {}
-# Generations take seconds by design: not "slow requests" (resilience.middleware).
+# Generations take seconds by design: not "slow requests" (resilience.ops.middleware).
 async_views.generate.slow_expected = True
 
 urlpatterns = [

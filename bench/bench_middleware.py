@@ -32,7 +32,7 @@ try:
     from django.http import JsonResponse, StreamingHttpResponse
     from django.urls import path
 
-    from resilience.context import current_request_id
+    from resilience.client.context import current_request_id
 
     seen_in_stream: list[dict[str, str | None]] = []
 
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     import django_guid.middleware
     from asgi_correlation_id import CorrelationIdMiddleware
 
-    from resilience.middleware import SANE_REQUEST_ID
+    from resilience.ops.middleware import SANE_REQUEST_ID
 
     # django-guid refuses to start unless it is an installed app; its checks
     # are a one-time set-up matter, not what is measured here. Our header name
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = asyncio.new_event_loop()
     n = args.requests
     bare = handler([])
-    ours_id = handler(["resilience.middleware.RequestIdMiddleware"])
+    ours_id = handler(["resilience.ops.middleware.RequestIdMiddleware"])
     guid = handler(["django_guid.middleware.guid_middleware"])
     correlation = CorrelationIdMiddleware(bare, validator=SANE_REQUEST_ID.fullmatch)
     plain: dict[str, str] = {}  # each contender makes the id (django-guid accepts UUIDs only)
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     alone = interleaved(loop, {
         "django bare": isolated_django([], n * 10),
         "asgi bare": isolated_asgi(lambda app: app, n * 10),
-        "ours": isolated_django(["resilience.middleware.RequestIdMiddleware"], n * 10),
+        "ours": isolated_django(["resilience.ops.middleware.RequestIdMiddleware"], n * 10),
         "django-guid": isolated_django(["django_guid.middleware.guid_middleware"], n * 10),
         "asgi-correlation-id": isolated_asgi(
             lambda app: CorrelationIdMiddleware(app, validator=SANE_REQUEST_ID.fullmatch), n * 10),
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             return f"fails: {type(err).__name__}: {str(err)[:50]}"
         return f"{decodable_before_end(messages, coding)}/5"
 
-    ours_zip = handler(["resilience.middleware.CompressionMiddleware"])
+    ours_zip = handler(["resilience.ops.middleware.CompressionMiddleware"])
     library_br = handler(["compression_middleware.middleware.CompressionMiddleware"])
     django_gzip = handler(["django.middleware.gzip.GZipMiddleware"])
     rows = []
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         times = interleaved(loop, {"ours": timed(ours_zip, "/big", accept, n),
                                    "library": timed(library, "/big", accept, n)}, args.rounds)
         alone = interleaved(loop, {
-            "ours": isolated_django(["resilience.middleware.CompressionMiddleware"], n, body=BIG,
+            "ours": isolated_django(["resilience.ops.middleware.CompressionMiddleware"], n, body=BIG,
                                     headers=accept),
             "library": isolated_django([library_path], n, body=BIG, headers=accept)}, args.rounds)
         size = {name: len(b"".join(m.get("body", b"") for m in loop.run_until_complete(

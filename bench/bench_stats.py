@@ -151,7 +151,7 @@ def _time(fn, repeats: int = 25) -> float:
 
 
 def _readers(now: datetime) -> dict[str, object]:
-    from resilience.dashboard import dashboard_snapshot
+    from resilience.ops.dashboard import dashboard_snapshot
     from resilience.telemetry.selectors import WINDOWS, upstream_stats
     from resilience.telemetry.timeseries import upstream_timeseries
 

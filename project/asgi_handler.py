@@ -21,7 +21,7 @@ the body-free routes an empty body without receiving any. `send_response`
 bounds each body send by `SEND_TIMEOUT`: a client that reads nothing for that
 long has its response closed, counted in `resilience_send_timeouts_total`,
 and every upstream stream the request left open is closed when `handle` ends
-(resilience.context.open_streams: its connection and bulkhead slot are free at
+(resilience.client.context.open_streams: its connection and bulkhead slot are free at
 once, not whenever the garbage collector reaches the abandoned generators).
 The response is left unfinished on purpose: uvicorn then drops the connection
 (and logs "ASGI callable returned without completing response" once).
@@ -43,8 +43,8 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
 
 from project import door
+from resilience.client.context import open_streams
 from resilience.conf import resilience_settings
-from resilience.context import open_streams
 from resilience.telemetry import metrics
 
 logger = logging.getLogger(__name__)

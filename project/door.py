@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from django.conf import settings
 
 from project.errors import error_payload
-from resilience.middleware import REQUEST_ID_HEADER, request_id_from
+from resilience.ops.middleware import REQUEST_ID_HEADER, request_id_from
 from resilience.telemetry import metrics
 
 #: Answered without authentication and without a body: none is ever read.

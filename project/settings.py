@@ -59,7 +59,7 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", defa
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 SESSION_COOKIE_HTTPONLY = True
 # Django's deployment checks W001-W003 look for its middleware by dotted path and
-# miss the project's subclasses (resilience.inline_middleware), skipping the HSTS,
+# miss the project's subclasses (resilience.ops.inline_middleware), skipping the HSTS,
 # SSL-redirect and CSRF-cookie checks they gate: resilience.checks runs the same
 # checks for the subclasses (resilience.W101-W103 and Django's own messages).
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
@@ -91,18 +91,18 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # Outermost: every response gets the id, timing covers the whole stack,
     # and compression sees the final body (static files from WhiteNoise too).
-    "resilience.middleware.RequestIdMiddleware",
-    "resilience.middleware.RequestTimingMiddleware",
-    "resilience.middleware.CompressionMiddleware",
-    # Django's middleware, with its hooks run inline under ASGI (resilience.inline_middleware).
-    "resilience.inline_middleware.InlineSecurityMiddleware",
-    "resilience.middleware.StaticFilesMiddleware",  # WhiteNoise, in either mode
-    "resilience.inline_middleware.InlineSessionMiddleware",
-    "resilience.inline_middleware.InlineCommonMiddleware",
-    "resilience.inline_middleware.InlineCsrfViewMiddleware",
-    "resilience.inline_middleware.InlineAuthenticationMiddleware",
-    "resilience.inline_middleware.InlineMessageMiddleware",
-    "resilience.inline_middleware.InlineXFrameOptionsMiddleware",
+    "resilience.ops.middleware.RequestIdMiddleware",
+    "resilience.ops.middleware.RequestTimingMiddleware",
+    "resilience.ops.middleware.CompressionMiddleware",
+    # Django's middleware, with its hooks run inline under ASGI (resilience.ops.inline_middleware).
+    "resilience.ops.inline_middleware.InlineSecurityMiddleware",
+    "resilience.ops.middleware.StaticFilesMiddleware",  # WhiteNoise, in either mode
+    "resilience.ops.inline_middleware.InlineSessionMiddleware",
+    "resilience.ops.inline_middleware.InlineCommonMiddleware",
+    "resilience.ops.inline_middleware.InlineCsrfViewMiddleware",
+    "resilience.ops.inline_middleware.InlineAuthenticationMiddleware",
+    "resilience.ops.inline_middleware.InlineMessageMiddleware",
+    "resilience.ops.inline_middleware.InlineXFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
     # Last, as django-axes asks: turns a lockout into its 429 page.
     "axes.middleware.AxesMiddleware",
@@ -239,13 +239,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    # Size limit (413) and nesting depth (400) for every view (resilience.parsers).
-    "DEFAULT_PARSER_CLASSES": ["resilience.parsers.LimitedJSONParser"],
-    "EXCEPTION_HANDLER": "resilience.api.exception_handler",
+    # Size limit (413) and nesting depth (400) for every view (resilience.ops.parsers).
+    "DEFAULT_PARSER_CLASSES": ["resilience.ops.parsers.LimitedJSONParser"],
+    "EXCEPTION_HANDLER": "resilience.ops.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {
         "generate": env.str("AI_GENERATE_THROTTLE", default="60/min"),
-        # Failed token checks per client address (resilience.throttling); past it, 429.
+        # Failed token checks per client address (resilience.ops.throttling); past it, 429.
         "auth_failure": env.str("AUTH_FAILURE_THROTTLE", default="30/min") or None,
     },
 }
@@ -265,12 +265,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     # Several `state` fields with different choice sets: each set named once.
     "ENUM_NAME_OVERRIDES": {
-        "BreakerStateEnum": "resilience.serializers.BREAKER_STATES",
+        "BreakerStateEnum": "resilience.ops.serializers.BREAKER_STATES",
         "AlertStateEnum": "resilience.alerts.models.Alert.State",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "resilience.serializers.error_responses_hook",
+        "resilience.ops.serializers.error_responses_hook",
     ],
 }
 

@@ -76,7 +76,7 @@ def _announce_refused_credentials() -> None:
 
     from django.db import DatabaseError
 
-    from resilience.services import credentials_refused
+    from resilience.ops.services import credentials_refused
 
     try:
         refused = credentials_refused()

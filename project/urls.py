@@ -7,8 +7,8 @@ from drf_spectacular.views import SpectacularSwaggerView
 
 from aigen import openai_views
 from project.schema import SchemaView
-from resilience import dashboard, demo, health, upstream_dashboard
-from resilience.api import api_route_fallback
+from resilience.ops import dashboard, demo, health, upstream_dashboard
+from resilience.ops.api import api_route_fallback
 from resilience.telemetry import metrics
 
 urlpatterns = [

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 def upstream(name: str) -> UpstreamClient:
     """The process-wide client for upstream `name` (see resilience.client)."""
+    # Imported on first use, not for a circle: `import resilience` happens while
+    # Django loads its apps (INSTALLED_APPS), before the models the client reads exist.
     from resilience.client import upstream_client
 
     return upstream_client(name)

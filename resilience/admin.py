@@ -6,7 +6,7 @@ top (from the rollups: resilience.telemetry.selectors) with reset, probe and
 clear-cache buttons; each posts to its own admin URL (staff with change
 permission, CSRF-checked) and calls the same service as the list action,
 which needs the same permission. The operations API asks the same
-permissions (resilience.permissions).
+permissions (resilience.ops.permissions).
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 from simple_history.admin import SimpleHistoryAdmin
 
-from resilience import services
-from resilience.admin_forms import REASON_MAX_LENGTH, EndpointForm, UpstreamForm
 from resilience.client.endpoints import endpoint_states
 from resilience.exceptions import AppError
 from resilience.models import BreakerEvent, CallLog, Endpoint, Upstream
-from resilience.permissions import admin_allows
+from resilience.ops import services
+from resilience.ops.admin_forms import REASON_MAX_LENGTH, EndpointForm, UpstreamForm
+from resilience.ops.permissions import admin_allows
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 
@@ -43,7 +43,7 @@ BREAKER_COLOURS = {"closed": "#2e7d32", "half-open": "#ef6c00", "open": "#c62828
 
 def _for_user(form_class: type, request: HttpRequest) -> type:
     """The admin's form class for this request, knowing who saves (the
-    credential binding rule: resilience.admin_forms)."""
+    credential binding rule: resilience.ops.admin_forms)."""
     return type(form_class.__name__, (form_class,), {"user": request.user})
 
 

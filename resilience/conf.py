@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     # API requests slower than this are logged once with their request id.
     "SLOW_REQUEST_SECONDS": 1.0,
     # Responses at least this big (bytes) are gzip/brotli-compressed when the
-    # client accepts it (resilience.middleware.CompressionMiddleware).
+    # client accepts it (resilience.ops.middleware.CompressionMiddleware).
     "COMPRESS_MIN_SIZE": 1024,
     # prometheus_client multiprocess directory (PROMETHEUS_MULTIPROC_DIR): when
     # set, /metrics sums every worker process's metric files found there.
@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     # `migrate` creates the built-in upstreams (openai) that do not exist yet,
     # as `manage.py seed_upstreams` does.
     "SEED_ON_MIGRATE": True,
-    # Serve the flaky demo upstream (/demo/flaky/...) without DEBUG (resilience.demo).
+    # Serve the flaky demo upstream (/demo/flaky/...) without DEBUG (resilience.ops.demo).
     "DEMO_ENABLED": False,
     # Jobs (resilience.jobs): finished jobs and probe results older than this
     # many days are pruned by the scheduled prune task.

@@ -464,6 +464,8 @@ class Rollup(models.Model):
                                                           "latency histogram's total).")
     outcomes = models.JSONField(default=dict)
     latency = models.JSONField(default=dict)
+    # The counts are kept by resilience.telemetry.counters now; the help text keeps its
+    # migrated wording until a migration of its own changes it (issue 25 adds none).
     signals = models.JSONField(default=dict, help_text=(
         "Counts the advisor reads (resilience.advisor.counters), as {name: count}."))
 

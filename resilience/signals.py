@@ -9,7 +9,10 @@
 - `breaker_state_changed`: `upstream`, `old`, `new`, sent once per change by
   the process that made it.
 - `health_changed`: `upstream`, `old`, `new`, `probe`, sent by the scheduled
-  health probe (resilience.jobs.tasks) when an upstream's health changes.
+  health probe (resilience.ops.tasks) when an upstream's health changes.
+- `cache_cleared`: `namespace`, sent by resilience.cache.ops after a
+  namespace's keys were deleted (the client empties its near caches on `http`:
+  the cache floor cannot call up into the client).
 """
 from django.dispatch import Signal
 
@@ -20,3 +23,5 @@ breaker_state_changed = Signal(use_caching=True)
 # `upstream`, `old` ("healthy"/"unhealthy", None on the first probe), `new`,
 # `probe` (the probe's outcome dict); sent by the worker that ran the probe.
 health_changed = Signal()
+# `namespace`; sent in the process that cleared it.
+cache_cleared = Signal()

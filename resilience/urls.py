@@ -1,10 +1,9 @@
 """Routes of the operations API; the project mounts them at /api/resilience/."""
 from django.urls import path
 
-from resilience import api_views as views
 from resilience.advisor import views as advisor
 from resilience.alerts import views as alerts
-from resilience.ops import breakers
+from resilience.ops import breakers, views
 
 app_name = "resilience-api"
 

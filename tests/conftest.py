@@ -3,13 +3,16 @@ clean cache for every test."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.core.cache import cache
 
 from resilience.cache import reset_engines
 from tests.support.redis_server import RedisProcess, ping, require
+
+if TYPE_CHECKING:
+    from resilience.models import Upstream
 
 
 def pytest_configure(config):
@@ -94,3 +97,24 @@ def fake():
 
     with FakeUpstream() as server:
         yield server
+
+
+@pytest.fixture
+def live_upstream(db, fake):
+    """A policy pointing at the fake upstream, with fast timeouts and retries
+    (the advisor's and telemetry's counter tests)."""
+    # Imported when used: this conftest loads before Django's apps are ready.
+    from resilience.client import reset_clients
+    from resilience.models import Upstream
+
+    def make(name: str = "live", **fields: Any) -> Upstream:
+        values = {"base_url": fake.url, "connect_timeout": 0.2, "read_timeout": 2.0, "deadline": 5.0,
+                  "retry_total": 2, "retry_backoff_factor": 0.0, "retry_jitter": 0.0, "retry_after_max": 0.01,
+                  "log_sample_rate": 1.0, **fields}
+        row = Upstream(name=name, **values)
+        row.full_clean()
+        row.save()
+        reset_clients()
+        return row
+
+    return make

@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 
 from aigen.tokens import token_issue
-from tests.resilience.test_schema import api_routes
+from tests.resilience.ops.test_schema import api_routes
 from tests.support.roles import role_user
 
 pytestmark = pytest.mark.django_db

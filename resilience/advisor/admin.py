@@ -1,7 +1,7 @@
 """Admin for suggestions: staff apply (a normal policy change, with history),
 dismiss or roll back; everything else is read-only. Dismissing needs change
 permission on suggestions; applying and rolling back change a policy, so they
-need change permission on upstreams too (as the API: resilience.permissions)."""
+need change permission on upstreams too (as the API: resilience.ops.permissions)."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +12,7 @@ from django.http import HttpRequest
 
 from resilience.advisor import services
 from resilience.advisor.models import Suggestion
-from resilience.permissions import UPSTREAM_CHANGE
+from resilience.ops.permissions import UPSTREAM_CHANGE
 
 
 @admin.register(Suggestion)

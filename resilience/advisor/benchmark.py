@@ -39,6 +39,7 @@ from resilience.client.urls import join_url
 from resilience.jobs.models import Job
 from resilience.jobs.registry import job
 from resilience.jobs.runner import job_enqueue
+from resilience.models import Upstream
 from resilience.telemetry import histogram
 from resilience.telemetry.calllog import call_log_flush
 
@@ -166,8 +167,6 @@ class BenchmarkNotFound(errors.AppError):
 def benchmark_enqueue(*, upstream: str, path: str, requests: int, concurrency: int, user: Any = None) -> Job:
     """Queue a benchmark of a known upstream (UnknownUpstream, 404, otherwise;
     InvalidUpstreamPath, 400, for a path that would leave its base URL)."""
-    from resilience.models import Upstream
-
     row = Upstream.objects.filter(name=upstream).first()
     if row is None:
         raise errors.UnknownUpstream(f"no upstream named {upstream!r}", upstream=upstream)

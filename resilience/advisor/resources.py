@@ -30,6 +30,7 @@ from django.db import connections
 
 from resilience.advisor.conf import advisor_settings
 from resilience.cache import default_cache
+from resilience.client import registry
 from resilience.signals import call_completed
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ def _redis() -> dict[str, Any] | None:
 
 
 def _upstreams() -> dict[str, Any]:
-    from resilience.client import registry
-
     found: dict[str, Any] = {}
     # The built policy as it is, read without `client.policy`: that may reload
     # the policy from the database, which this thread must not do every few seconds.

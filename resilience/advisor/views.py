@@ -8,7 +8,7 @@
     GET  benchmarks/{id}                   its status and report (view_job)
     GET  resources                         per-process resources, pools, bulkheads (staff)
 
-Permissions are the admin's for the same action (resilience.permissions).
+Permissions are the admin's for the same action (resilience.ops.permissions).
 
 Views stay thin: resilience.advisor.services, .benchmark and .resources do
 the work. Errors use the project's JSON shape.
@@ -30,14 +30,14 @@ from resilience.advisor import benchmark, resources, services
 from resilience.advisor.conf import advisor_settings
 from resilience.advisor.models import Suggestion
 from resilience.models import Upstream
-from resilience.permissions import (
+from resilience.ops.permissions import (
     JobRead,
     SuggestionApply,
     SuggestionDecide,
     SuggestionRead,
     UpstreamOperate,
 )
-from resilience.serializers import ErrorResponseSerializer, error_responses
+from resilience.ops.serializers import ErrorResponseSerializer, error_responses
 from resilience.telemetry.calllog import call_log_flush
 
 NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="The upstream's name (a slug).")

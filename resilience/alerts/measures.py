@@ -193,7 +193,7 @@ def _with_recorded(upstream: Upstream, states: list[dict[str, Any]], *,
     last: dict[str, tuple[str, datetime, str]] = {}
     events = BreakerEvent.objects.filter(upstream=upstream.name).order_by("-created_at", "-id")
     for reason, to_state, at in events.values_list("reason", "to_state", "created_at")[:EVENT_LOOKBACK]:
-        # An endpoint's events say so first ("endpoint b: ..."; resilience.receivers).
+        # An endpoint's events say so first ("endpoint b: ..."; resilience.client.receivers).
         name = reason.split(":", 1)[0].removeprefix("endpoint ") if reason.startswith("endpoint ") else ""
         last.setdefault(name, (to_state, at, reason))
     merged = []

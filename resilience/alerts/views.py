@@ -21,8 +21,8 @@ from rest_framework.views import APIView
 from resilience import exceptions as errors
 from resilience.alerts import services
 from resilience.alerts.models import Alert, AlertRule, Silence
-from resilience.permissions import AlertRead, SilenceManage
-from resilience.serializers import error_responses
+from resilience.ops.permissions import AlertRead, SilenceManage
+from resilience.ops.serializers import error_responses
 
 SILENCE_MAX = 30 * 86400
 

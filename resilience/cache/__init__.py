@@ -10,6 +10,11 @@ Modules, one concern each: `keys` (namespaces), `local` (the local-memory
 store and lock), `engine` (Redis or memory: outage, probe, recovery), `stats`
 (counters and their shared flush), `backend` (the Django backend and its
 lock), `registry` (the shared default instance, reset, fork and exit hooks).
+
+Who may import it: every floor above storage (the client, telemetry, jobs,
+the rooms and edges). It imports only Django, its own modules and
+resilience.signals: a cleared namespace is announced (`cache_cleared`), never
+passed up to the client by a call.
 """
 from resilience.cache.backend import FallbackCache, FallbackLock
 from resilience.cache.keys import NAMESPACES, cache_key

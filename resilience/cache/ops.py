@@ -12,6 +12,7 @@ from typing import Any
 from django.core.cache import cache
 
 from resilience.cache.keys import NAMESPACES
+from resilience.signals import cache_cleared
 
 
 class UnknownNamespace(ValueError):
@@ -44,10 +45,9 @@ def cache_clear(*, namespaces: Iterable[str] | None = None, pattern: str = "*",
             removed[name] = sum(1 for _ in cache.iter_keys(glob))
         else:
             removed[name] = cache.delete_pattern(glob)
-    if "http" in names and not dry_run:
-        from resilience.client import near_caches_clear
-
-        near_caches_clear()
+    if not dry_run:
+        for name in names:
+            cache_cleared.send(sender=None, namespace=name)
     return removed
 
 

@@ -30,8 +30,16 @@ flight, bulkhead, send / asend (the two transports), failures (classify),
 record (the call record), live (policy reload), core (the steps and the two
 faces), registry (one client per name), stream (the stream supervisor:
 timers, failover after the first byte, one answer; `upstream(name).astream`)
-and openai_wire (OpenAI's stream format for it). Callers import `resilience.upstream`
+and openai_wire (OpenAI's stream format for it), context (the request id and
+caller a call carries) and receivers (policy changes, breaker events, cleared
+caches). Callers import `resilience.upstream`
 and resilience.exceptions; the names below are for the project's own parts.
+
+Who may import it: every floor above the calls floor (jobs, advisor, alerts,
+aigen, the edges) and telemetry's breaker readers (resilience.telemetry
+selectors and metrics, a named exception of the layer contract). It imports
+the storage floor (cache, models, conf, exceptions) and the telemetry it
+records calls in, never a floor above.
 """
 from resilience.client.core import UpstreamClient
 from resilience.client.live import policy_changed

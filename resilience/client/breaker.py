@@ -24,7 +24,7 @@ pybreaker is composed, not subclassed: its state machine (`open()`,
 its locked `call()` is never used. Listeners receive a `Transition` value
 after the transition's lock is released, so no call waits on what a listener
 does (the client's listener queues a database record, see
-resilience.receivers).
+resilience.client.receivers).
 
 Recovery: an open breaker first waits `probe_interval` seconds, then lets
 one probe through (across all workers: the probe slots are shared). A probe
@@ -408,7 +408,7 @@ class SharedBreaker:
     #: Longest wait (seconds) for another worker's transition in progress.
     transition_wait = 0.5
 
-    # -- operator controls (resilience.services.breaker_*) ---------------------------------
+    # -- operator controls (resilience.ops.services.breaker_*) ---------------------------------
     def force_open(self, *, seconds: float, by: str, reason: str = "") -> bool:
         """Open the breaker now for `seconds` (maintenance, drills), in every
         worker, recorded with who did it; an open breaker's time is set anew.
@@ -479,3 +479,8 @@ def log_transition(change: Transition) -> None:
     """One log line per state change (a listener)."""
     log = logger.warning if change.new == OPEN else logger.info
     log("breaker %s: %s -> %s (%s)", change.upstream, change.old, change.new, change.reason)
+
+
+def breaker_name(upstream: str, endpoint: str) -> str:
+    """The shared breaker's name: the upstream's own for its implicit endpoint."""
+    return f"{upstream}/{endpoint}" if endpoint else upstream

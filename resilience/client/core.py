@@ -42,6 +42,7 @@ from resilience.client import responses
 from resilience.client.asend import asend, build_request
 from resilience.client.breaker import SharedBreaker
 from resilience.client.bulkhead import Bulkhead
+from resilience.client.context import current_caller, current_request_id
 from resilience.client.credentials import Credentials
 from resilience.client.endpoints import Choice, Member, Pool, Unavailable
 from resilience.client.failures import (
@@ -68,7 +69,6 @@ from resilience.client.spec import RequestSpec
 from resilience.client.stream import SupervisedStream, WireCodec
 from resilience.client.urls import join_url, redact_path
 from resilience.conf import resilience_settings
-from resilience.context import current_caller, current_request_id
 from resilience.models import Outcome
 
 logger = logging.getLogger(__name__)

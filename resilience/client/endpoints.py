@@ -60,17 +60,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import requests
 from django.db import OperationalError, ProgrammingError, router, transaction
 
 from resilience.cache import default_cache
+from resilience.cache.engine import NOT_SERVED
 from resilience.client.asend import AsyncPool
-from resilience.client.breaker import CircuitOpen, SharedBreaker
+from resilience.client.breaker import CircuitOpen, SharedBreaker, breaker_name
 from resilience.client.credentials import Credentials
 from resilience.client.policy import Policy
 from resilience.client.send import session_build
+from resilience.models import Endpoint
+from resilience.telemetry.selectors import upstream_stats
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +109,6 @@ class EndpointSpec:
     def of(cls, row: Any) -> EndpointSpec:
         return cls(row.name, row.base_url.rstrip("/"), row.auth_env_var, row.weight, row.priority,
                    row.model, row.pool_size)
-
-
-def breaker_name(upstream: str, endpoint: str) -> str:
-    """The shared breaker's name: the upstream's own for its implicit endpoint."""
-    return f"{upstream}/{endpoint}" if endpoint else upstream
 
 
 def cooldown_key(upstream: str, endpoint: str) -> str:
@@ -232,8 +231,6 @@ class Window:
         engine = getattr(store, "engine", None)
         read = None
         if engine is not None and getattr(store, "shared", False):
-            from resilience.cache.engine import NOT_SERVED
-
             def on_redis(redis: Any) -> Any:
                 client = redis.client.get_client(write=True)
                 pipe = client.pipeline(transaction=False)
@@ -457,8 +454,6 @@ def pool_specs(row: Any) -> list[EndpointSpec]:
     A database whose schema predates endpoints (new code deployed before its
     migration ran) has no endpoint table: the upstream then keeps calling its
     own base URL, as it did, and a warning says so."""
-    from resilience.models import Endpoint
-
     alias = router.db_for_read(Endpoint)
     try:
         with transaction.atomic(using=alias):  # a savepoint: a failed query leaves no broken transaction
@@ -480,10 +475,6 @@ def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
     `state` is the upstream's view: `open` when every enabled endpoint is
     out (breaker open or cooling down), else `closed`; each endpoint has its
     own `state` (closed, open, half-open, disabled) and `cooling_for`."""
-    from datetime import timedelta
-
-    from resilience.telemetry.selectors import upstream_stats
-
     rows = list(upstream.endpoints.all())
     implicit = not rows
     totals = Window(upstream.name).totals()  # shared while Redis serves; else this process's (none)

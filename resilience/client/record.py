@@ -48,7 +48,7 @@ class CallRecord:
     request_id: str
     sample_rate: float = 1.0
     endpoint: str = ""
-    #: The user the call was made for (resilience.context.current_caller), if known.
+    #: The user the call was made for (resilience.client.context.current_caller), if known.
     caller: int | None = None
 
     @property

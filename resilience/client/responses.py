@@ -22,7 +22,7 @@ import httpx2
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from resilience.context import open_streams
+from resilience.client.context import open_streams
 
 # Response headers never replayed from the cache.
 UNCACHED_HEADERS = frozenset({"set-cookie", "connection", "keep-alive", "transfer-encoding",
@@ -170,7 +170,7 @@ class AsyncUpstreamResponse(_CallResponse, httpx2.Response):
 
     def when_closed(self, callback: Callable[[], None]) -> None:
         super().when_closed(callback)
-        # Held by the request (resilience.context.open_streams) until closed.
+        # Held by the request (resilience.client.context.open_streams) until closed.
         self._held_by = open_streams.get()
         if self._held_by is not None:
             self._held_by.add(self)

@@ -12,7 +12,7 @@ from django.utils.html import format_html
 
 from resilience.jobs.models import DeadLetter, Job, ProbeResult
 from resilience.jobs.runner import job_requeue
-from resilience.permissions import DEADLETTER_CHANGE
+from resilience.ops.permissions import DEADLETTER_CHANGE
 
 
 class _ReadOnly(admin.ModelAdmin):

@@ -6,15 +6,19 @@ number is part of the job's `unique_key` (a unique column, so a second insert
 fails in the database), and a short lock keeps the other workers from even
 trying while one is ticking.
 
-Schedules: one health probe per upstream with a health path and a
-`probe_interval`; `resilience.prune` hourly; `resilience.reap` every minute;
-`resilience.advise` (the advisor, resilience.advisor.tasks) every 5 minutes;
-`resilience.alerts_evaluate` every `RESILIENCE_ALERTS["EVALUATE_INTERVAL"]` seconds
-(15) and `resilience.alerts_prune` hourly (resilience.alerts.tasks).
+The engine knows no application task: each task declares its schedule next
+to its definition, with `schedule_declare` (a fixed interval) or
+`schedule_source_declare` (a function that returns the schedules at tick time,
+for intervals read from settings or rows), and `schedules()` reads the
+declarations. The modules that declare are imported by AppConfig.ready.
+The engine's own: `resilience.prune` hourly, `resilience.reap` every minute
+(resilience.jobs.tasks); the others are in resilience.ops.tasks (probes),
+resilience.advisor.tasks and resilience.alerts.tasks.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,7 +26,6 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from resilience.alerts.conf import alerts_settings
 from resilience.jobs.locks import Lock
 from resilience.jobs.runner import job_enqueue
 
@@ -41,22 +44,28 @@ class Schedule:
         return int(now.timestamp() // self.interval)
 
 
+ScheduleSource = Callable[[], list[Schedule]]
+
+# Filled at import time by the modules that define tasks (keyed, so a module
+# imported twice declares once).
+_sources: dict[str, ScheduleSource] = {}
+
+
+def schedule_source_declare(*, key: str, source: ScheduleSource) -> None:
+    """Declare `source`, called on every tick for the schedules it returns."""
+    _sources[key] = source
+
+
+def schedule_declare(*, key: str, job: str, interval: int, priority: str = "normal",
+                     args: dict[str, Any] | None = None) -> None:
+    """Declare one fixed schedule: job `job` every `interval` seconds."""
+    fixed = Schedule(key=key, job=job, interval=interval, args=args or {}, priority=priority)
+    schedule_source_declare(key=key, source=lambda: [fixed])
+
+
 def schedules() -> list[Schedule]:
-    from resilience.models import Upstream
-
-    found = [Schedule(key=f"probe:{name}", job="resilience.probe", interval=interval,
-                      args={"name": name}, priority="high")
-             for name, interval in Upstream.objects.filter(enabled=True, probe_interval__gt=0)
-             .exclude(health_path="").values_list("name", "probe_interval")]
-    found.append(Schedule(key="prune", job="resilience.prune", interval=3600, priority="low"))
-    found.append(Schedule(key="reap", job="resilience.reap", interval=60))
-    from resilience.advisor.tasks import ADVISE_INTERVAL
-
-    found.append(Schedule(key="advise", job="resilience.advise", interval=ADVISE_INTERVAL, priority="low"))
-    found.append(Schedule(key="alerts", job="resilience.alerts_evaluate",
-                          interval=max(1, int(alerts_settings.EVALUATE_INTERVAL)), priority="high"))
-    found.append(Schedule(key="alerts-prune", job="resilience.alerts_prune", interval=3600, priority="low"))
-    return found
+    """Every declared schedule, as the declarations give them now."""
+    return [schedule for source in list(_sources.values()) for schedule in source()]
 
 
 def schedules_tick(*, now: datetime | None = None, use_lock: bool = True) -> list[str]:

@@ -6,12 +6,11 @@ from typing import Any
 from django.db.models import Count
 
 from resilience.jobs.models import Job, ProbeResult
+from resilience.models import Upstream
 
 
 def upstream_health() -> dict[str, Any]:
     """Each probed upstream's last probe; `ok` is false when any is unhealthy."""
-    from resilience.models import Upstream
-
     names = list(Upstream.objects.filter(enabled=True, probe_interval__gt=0)
                  .exclude(health_path="").values_list("name", flat=True))
     upstreams = {}

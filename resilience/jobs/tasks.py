@@ -1,4 +1,5 @@
-"""The resilience app's own jobs: health probes, pruning and the reaper."""
+"""The engine's own jobs and their schedules: pruning (retention of jobs,
+probe history, engine results and telemetry) and the reaper."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -10,35 +11,14 @@ from resilience.conf import resilience_settings
 from resilience.jobs.models import Job, ProbeResult
 from resilience.jobs.registry import job
 from resilience.jobs.runner import jobs_reap
-from resilience.signals import health_changed
-
-
-@job(name="resilience.probe", attempts=1, timeout=120)
-def upstream_health_probe(*, name: str) -> dict[str, Any]:
-    """Probe upstream `name`'s health path once, keep the result, and send
-    `health_changed` when its health differs from the previous probe's."""
-    from resilience.services import upstream_probe
-
-    previous = ProbeResult.objects.filter(upstream=name).values_list("ok", flat=True).first()
-    outcome = upstream_probe(name=name)
-    error = outcome.get("error") or {}
-    changed = previous is not None and previous != outcome["ok"]
-    ProbeResult.objects.create(upstream=name, ok=outcome["ok"], status=outcome.get("status"),
-                               latency_ms=outcome.get("latency_ms") or 0, changed=changed,
-                               error=str(error.get("message", ""))[:500] if error else "")
-    if changed or previous is None:
-        health_changed.send(sender=upstream_health_probe, upstream=name,
-                            old=None if previous is None else ("healthy" if previous else "unhealthy"),
-                            new="healthy" if outcome["ok"] else "unhealthy", probe=outcome)
-    return {"upstream": name, "ok": outcome["ok"], "status": outcome.get("status")}
+from resilience.jobs.schedules import schedule_declare
+from resilience.telemetry.retention import telemetry_prune
 
 
 @job(name="resilience.prune", attempts=2, timeout=600)
 def jobs_prune() -> dict[str, int]:
     """Apply telemetry retention (call logs, rollups), delete finished jobs,
     engine results and old probe history."""
-    from resilience.telemetry.retention import telemetry_prune
-
     days = timedelta(days=resilience_settings.JOB_RETENTION_DAYS)
     cutoff = timezone.now() - days
     counts = {f"telemetry_{kind}": deleted for kind, deleted in telemetry_prune().items()}
@@ -47,6 +27,9 @@ def jobs_prune() -> dict[str, int]:
     counts["probes"] = probe_history_prune(keep=resilience_settings.PROBE_HISTORY_KEEP, older_than=days)
     counts["engine_results"] = _engine_results_prune(cutoff)
     return counts
+
+
+schedule_declare(key="prune", job="resilience.prune", interval=3600, priority="low")
 
 
 def probe_history_prune(*, keep: int, older_than: timedelta) -> int:
@@ -74,3 +57,6 @@ def _engine_results_prune(cutoff: Any) -> int:
 @job(name="resilience.reap", attempts=1, timeout=120)
 def jobs_reap_job() -> int:
     return jobs_reap()
+
+
+schedule_declare(key="reap", job="resilience.reap", interval=60)

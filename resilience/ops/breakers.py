@@ -16,9 +16,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from resilience import services
-from resilience.permissions import UpstreamOperate, UpstreamRead
-from resilience.serializers import BREAKER_STATES, BreakerStatusSerializer, error_responses
+from resilience.ops import services
+from resilience.ops.permissions import UpstreamOperate, UpstreamRead
+from resilience.ops.serializers import BREAKER_STATES, BreakerStatusSerializer, error_responses
 
 NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="The upstream's name (a slug).")
 

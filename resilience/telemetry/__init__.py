@@ -10,6 +10,11 @@ metrics (`metrics`).
 Who calls what: the client calls `calllog.call_log_record()` once per logical
 call (and sends `resilience.signals.call_completed`, which `metrics` counts);
 views, the admin, the dashboard and management commands read through
-`selectors` and `timeseries` and prune through `retention`. Nothing here
-imports the client.
+`selectors` and `timeseries` and prune through `retention`. `counters` keeps
+the few per-call counts the advisor's rules need that rollups do not.
+
+Who may import it: the calls floor (the client records here) and every floor
+above. It imports the storage floor; it reads the client only for the shared
+breakers' state (`selectors.breaker_status`, `metrics.BreakerCollector`, the
+layer contract's one named exception, to move into the client).
 """

@@ -14,7 +14,7 @@ wait, an exit hook on clean shutdown, or `call_log_flush()`) then
    it, else the policy row; an upstream with no policy row keeps them all);
    The advisor's few extra counts (retries that recovered, 429s, which limit
    rejected a call, repeated cacheable fetches) go into the same rows'
-   `signals` (resilience.advisor.counters);
+   `signals` (resilience.telemetry.counters);
 3. writes, in one transaction, one upsert for the minute rows, one for the
    hour rows and one multi-row INSERT for the kept rows.
 
@@ -22,7 +22,7 @@ With `CALL_LOG_FLUSH_INTERVAL` 0 there is no thread: `call_log_flush()` writes.
 
 Breaker transitions (`BreakerEvent` rows) take the same road in a writer of
 their own: the process that made a transition queues its record
-(resilience.receivers), so no request waits on that write; `call_log_flush()`
+(resilience.client.receivers), so no request waits on that write; `call_log_flush()`
 writes them too.
 
 On failure (database unreachable or refusing): nothing is counted twice and,
@@ -45,10 +45,10 @@ from typing import Any
 
 from django.db import DatabaseError, connections, router, transaction
 
-from resilience.advisor.counters import signals_count
 from resilience.conf import resilience_settings
-from resilience.models import DEFAULT_LOG_SAMPLE_RATE, CallLog, Outcome, Upstream
+from resilience.models import DEFAULT_LOG_SAMPLE_RATE, BreakerEvent, CallLog, Outcome, Upstream
 from resilience.telemetry.buffered import BufferedWriter, insert_rows
+from resilience.telemetry.counters import signals_count
 from resilience.telemetry.rollups import Key, RollupDelta, minute_of, rollups_write
 
 logger = logging.getLogger(__name__)
@@ -217,8 +217,6 @@ _writer = CallLogWriter("call-log-writer")
 
 
 def _write_events(rows: list[Any]) -> None:
-    from resilience.models import BreakerEvent
-
     insert_rows(BreakerEvent, ("created_at", "upstream", "from_state", "to_state", "reason"), rows)
 
 

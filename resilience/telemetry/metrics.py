@@ -5,7 +5,7 @@ Two kinds of metric, each counted where it is exact:
 - Events, counted in the process where they happen: upstream calls by outcome,
   their latency and retries (the `call_completed` signal), breaker transitions
   (`breaker_state_changed`), the service's own request latency by view
-  (resilience.middleware.RequestTimingMiddleware calls `request_observe`), and
+  (resilience.ops.middleware.RequestTimingMiddleware calls `request_observe`), and
   AI generations and tokens (aigen.metrics; no scrape reads the database).
 - State, read at scrape time by collectors: breaker state (shared breaker
   storage, so every worker sees the same) and the cache backend's counters
@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 
 from resilience.cache import default_cache
+from resilience.cache.ops import cache_stats
 from resilience.conf import resilience_settings
 from resilience.signals import breaker_state_changed, call_completed
 
@@ -161,8 +162,10 @@ class BreakerCollector:
     every worker. One query (upstreams joined to their endpoints)."""
 
     def collect(self) -> Iterator[Metric]:
-        from resilience.client.breaker import SharedBreaker
-        from resilience.client.endpoints import breaker_name
+        # Imported at scrape time, not for a circle: this module loads before the
+        # app registry is ready (project.door, project.asgi_handler import it) and
+        # both of these reach the models.
+        from resilience.client.breaker import SharedBreaker, breaker_name
         from resilience.models import Upstream
 
         state = GaugeMetricFamily("resilience_breaker_state", "Circuit breaker state: 0 closed, "
@@ -198,8 +201,6 @@ class CacheCollector:
     while Redis is up, this process's own while it falls back to memory)."""
 
     def collect(self) -> Iterator[Metric]:
-        from resilience.cache.ops import cache_stats
-
         stats = cache_stats()
         for field, text in (("hits", "Cache hits."), ("misses", "Cache misses."), ("sets", "Cache writes."),
                             ("deletes", "Cache deletions."), ("errors", "Cache backend errors."),
@@ -241,6 +242,8 @@ class OperationsCollector:
         from django.db.models.functions import Coalesce
         from django.utils import timezone
 
+        # At scrape time, not for a circle: this module loads before the app
+        # registry is ready (project.door imports it), and models need it.
         from resilience.models import Alert, Job, ProbeResult, Upstream
 
         now = timezone.now()

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from resilience.conf import resilience_settings
 from resilience.models import CallLog, DayRollup, HourRollup, MinuteRollup
+from resilience.telemetry.calllog import call_log_flush
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,6 @@ def telemetry_prune(*, older_than: dict[str, timedelta] | None = None, batch_siz
     deleted per kind. Flushes this process's buffered calls first, so nothing
     written after the prune is older than it.
     """
-    from resilience.telemetry.calllog import call_log_flush
-
     call_log_flush()
     now = now or timezone.now()
     ages = {kind: (older_than or {}).get(kind) or retention_of(kind) for kind in TARGETS}

@@ -40,7 +40,7 @@ STALE = str(Outcome.STALE)
 BREAKER_OPEN = str(Outcome.BREAKER_OPEN)
 COUNTERS = ("calls", "errors", "cache_hits", "stale", "breaker_rejections", "retries", "reached")
 #: Count maps merged per key in SQL: outcomes, the latency histogram, and the
-#: advisor's per-call signals (resilience.advisor.counters).
+#: advisor's per-call signals (resilience.telemetry.counters).
 COUNT_MAPS = ("outcomes", "latency", "signals")
 COLUMNS = ("upstream", "endpoint", "start", *COUNTERS, *COUNT_MAPS)
 

@@ -19,7 +19,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from resilience.client.breaker import CLOSED, HALF_OPEN, OPEN, SharedBreaker
+from resilience.client.breaker import CLOSED, HALF_OPEN, OPEN, SharedBreaker, breaker_name
 from resilience.models import (
     FAILED_OUTCOMES,
     BreakerEvent,
@@ -59,8 +59,6 @@ def breaker_status(upstream: Upstream) -> dict[str, Any]:
     endpoints = [e.name for e in upstream.endpoints.all() if e.enabled]
     if not endpoints:
         return SharedBreaker.status_of(upstream.name, **limits)
-    from resilience.client.endpoints import breaker_name
-
     each = [SharedBreaker.status_of(breaker_name(upstream.name, name), **limits) for name in endpoints]
     opened = [status for status in each if status["state"] == OPEN]
     if len(opened) == len(each):

@@ -29,8 +29,8 @@ from resilience import upstream
 from resilience.client import reset_clients
 from resilience.exceptions import InvalidUpstreamPath, UpstreamError
 from resilience.models import Upstream
-from resilience.permissions import AdminPermission
-from resilience.throttling import AuthFailureThrottle
+from resilience.ops.permissions import AdminPermission
+from resilience.ops.throttling import AuthFailureThrottle
 from tests.support.fake_upstream import FakeUpstream
 
 SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -317,8 +317,8 @@ def test_every_staff_route_refuses_a_non_staff_user_and_every_route_an_anonymous
 
     call_command("seed_upstreams", stdout=open("/dev/null", "w"))  # noqa: SIM115
     user = django_user_model.objects.create_user("plain", password="pw-plain-1")
-    # Staff routes ask model permissions too (resilience.permissions; the matrix of roles is in
-    # tests/resilience/test_permissions.py): a superuser holds them all.
+    # Staff routes ask model permissions too (resilience.ops.permissions; the matrix of roles is in
+    # tests/resilience/ops/test_permissions.py): a superuser holds them all.
     staff = django_user_model.objects.create_superuser("boss", password="pw-boss-1")
     plain = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=user)}")
     boss = Client(HTTP_AUTHORIZATION=f"Bearer {token_issue(user=staff)}")

@@ -27,8 +27,8 @@ from django.test import Client
 
 from resilience.models import CallLog
 from resilience.telemetry.calllog import call_log_flush, call_log_record, call_log_writer
+from tests.resilience.telemetry.conftest import Call
 from tests.support.faultproxy import FaultProxy
-from tests.telemetry.conftest import Call
 
 pytestmark = pytest.mark.postgres
 

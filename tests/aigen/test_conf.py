@@ -11,7 +11,7 @@ from django.core.management import call_command
 from aigen.conf import DEFAULT_OPENAI_BASE_URL, base_url_disagreement, openai_base_url
 from aigen.services import text_generate
 from resilience.models import Upstream
-from resilience.services import upstreams_seed
+from resilience.ops.services import upstreams_seed
 from tests.aigen.conftest import SECTION_2
 from tests.support.redis_server import free_port
 

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.context import current_request_id
+from resilience.client.context import current_request_id
 from resilience.models import Upstream
 from tests.browser.conftest import off_loop
 from tests.support.fake_upstream import Reply

@@ -10,8 +10,8 @@ from django.urls import reverse
 
 from resilience import exceptions as errors
 from resilience import upstream
-from resilience.admin_forms import UpstreamForm
 from resilience.models import Upstream
+from resilience.ops.admin_forms import UpstreamForm
 from tests.resilience.test_admin import page_data
 from tests.support.fake_upstream import Reply
 

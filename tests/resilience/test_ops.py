@@ -71,7 +71,7 @@ def test_healthz_and_readyz(readyz_client):
 def test_database_status_reports_a_real_failure():
     from django.db import connections
 
-    from resilience.health import database_status
+    from resilience.ops.health import database_status
 
     broken = connections.create_connection("default")
     if broken.vendor == "sqlite":

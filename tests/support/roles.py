@@ -23,7 +23,7 @@ from aigen.models import ApiToken
 from aigen.tokens import token_digest, token_issue
 
 ROLES = ("anonymous", "user", "staff", "viewer", "operator")
-#: The models whose permissions the operations API asks (resilience.permissions).
+#: The models whose permissions the operations API asks (resilience.ops.permissions).
 MODELS = ("upstream", "calllog", "suggestion", "job", "deadletter")
 
 _tokens: dict[int, str] = {}

@@ -9,8 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from resilience import services
 from resilience.exceptions import AppError
+from resilience.ops import services
 
 
 class Command(BaseCommand):

@@ -1,5 +1,5 @@
 """`manage.py demo`: a flaky demo upstream with traffic through it, to watch on
-the dashboard (see resilience.demo). `make demo` runs it with `--serve`."""
+the dashboard (see resilience.ops.demo). `make demo` runs it with `--serve`."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.urls import reverse
 
-from resilience.demo import (
+from resilience.advisor.services import advisor_run
+from resilience.ops.demo import (
     DEFAULT_BASE_URL,
     DEMO_UPSTREAM,
     DemoError,
@@ -25,6 +26,7 @@ from resilience.demo import (
     demo_upstream_ensure,
     demo_upstream_validate,
 )
+from resilience.telemetry.calllog import call_log_flush
 
 HEADER = f"{'time':>7}  {'calls':>5}  {'ok':>4}  {'cached':>6}  {'errors':>6}  {'rejected':>8}  " \
          f"{'breaker':<9}  upstream is"
@@ -118,9 +120,6 @@ class Command(BaseCommand):
 
     def _advise(self) -> None:
         """The advisor's findings and open suggestions for the demo upstream (manage.py advise demo)."""
-        from resilience.advisor.services import advisor_run
-        from resilience.telemetry.calllog import call_log_flush
-
         call_log_flush()
         report = advisor_run(names=[DEMO_UPSTREAM])
         self.stdout.write(self.style.MIGRATE_HEADING(

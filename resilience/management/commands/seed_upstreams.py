@@ -6,9 +6,10 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from aigen.conf import base_url_disagreement
 from resilience.alerts.services import alert_rules_seed
 from resilience.exceptions import AppError
-from resilience.services import upstream_openai_sync, upstreams_seed
+from resilience.ops.services import upstream_openai_sync, upstreams_seed
 
 
 class Command(BaseCommand):
@@ -20,8 +21,6 @@ class Command(BaseCommand):
                                  "(the stored policy wins otherwise); recorded in its history")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from aigen.conf import base_url_disagreement
-
         try:
             created = upstreams_seed()
         except ValidationError as err:

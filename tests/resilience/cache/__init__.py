@@ -1,0 +1,1 @@
+"""Tests of resilience.cache (mirrors resilience/cache/)."""

@@ -1,0 +1,1 @@
+"""Tests of resilience.client (mirrors resilience/client/)."""

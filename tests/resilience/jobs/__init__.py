@@ -1,0 +1,1 @@
+"""Tests of resilience.jobs (mirrors resilience/jobs/)."""

@@ -1,0 +1,1 @@
+"""Tests of resilience.ops (mirrors resilience/ops/)."""

@@ -1,0 +1,1 @@
+"""Tests of resilience.telemetry (mirrors resilience/telemetry/)."""
