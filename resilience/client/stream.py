@@ -20,7 +20,7 @@ policy (each 0 means "the read timeout"):
 An attempt breaks when its connection is cut before the final chunk, when a
 timer above runs out, or when the provider sends an error event. The broken
 attempt is closed as a failure of its endpoint (breaker, score, call-log row
-with its outcome; resilience.client.core settles a stream when it closes),
+with its outcome; resilience.client.attempt settles a stream when it closes),
 and the answer goes on, up to `retry_total` times, on another endpoint
 when one is available (else the same one):
 
