@@ -48,6 +48,7 @@ from resilience.client.spec import RequestSpec
 from resilience.client.steps import (
     Acquire,
     Answer,
+    Call,
     Command,
     Follow,
     FromEntry,
@@ -163,8 +164,8 @@ class UpstreamClient:
         """
         started = time.perf_counter()
         built = self._live.current()
-        plan = self._begin(built, method, path, params, headers, data, json, cache, stream, sync_from_entry,
-                           avoid=avoid, only=endpoint)
+        call = Call(method.upper(), path, params, headers, data, json, cache, stream, avoid, endpoint)
+        plan = self._plan(built, call, sync_from_entry)
         answer = plan.refusal or self._drive(plan.steps)  # type: ignore[arg-type]
         answer_record(answer, name=self.name, built=built, plan=plan, started=started, stream=stream,
                       sender=UpstreamClient)
@@ -233,8 +234,8 @@ class UpstreamClient:
             built = await sync_to_async(self._live.current)()
         else:
             built = self._live.current()
-        plan = self._begin(built, method, path, params, headers, data, json, cache, stream,
-                           async_from_entry, avoid=avoid, only=endpoint)
+        call = Call(method.upper(), path, params, headers, data, json, cache, stream, avoid, endpoint)
+        plan = self._plan(built, call, async_from_entry)
         answer = plan.refusal or await self._adrive(plan.steps)  # type: ignore[arg-type]
         answer_record(answer, name=self.name, built=built, plan=plan, started=started, stream=stream,
                       sender=UpstreamClient)
@@ -273,25 +274,23 @@ class UpstreamClient:
         return None
 
     # -- the one logic ---------------------------------------------------------------------
-    def _begin(self, built: Built, method: str, path: str, params: Any, headers: dict[str, str] | None,
-               data: Any, json: Any, cache: bool | None, stream: bool, from_entry: FromEntry, *,
-               avoid: str = "", only: str = "") -> Plan:
-        """Check the call and plan its steps, or refuse it."""
+    def _plan(self, built: Built, call: Call, from_entry: FromEntry) -> Plan:
+        """Check the call and plan its steps (through the cache step when the policy caches it), or
+        refuse it (the upstream is disabled, or the path would leave its base URL)."""
         policy = built.policy
-        method = method.upper()
         try:
             if not policy.enabled:
                 raise errors.UpstreamDisabled(f"upstream {self.name!r} is disabled", upstream=self.name)
-            url = join_url(policy.base_url, path, upstream=self.name)
+            url = join_url(policy.base_url, call.path, upstream=self.name)
         except errors.UpstreamError as err:
-            return Plan(method, redact_path(str(path)[:200], built.credentials.secret_names), None,
+            return Plan(call.method, redact_path(str(call.path)[:200], built.credentials.secret_names), None,
                         refusal=Answer(Result(Outcome.REFUSED, error=err.message), error=err))
-        merged = {**policy.default_headers, **headers} if headers else policy.default_headers
-        spec = RequestSpec(method, url, params, merged, data, json)
-        if policy.cache_ttl > 0 and method in policy.cache_methods and cache is not False \
-                and not stream and spec.cacheable:
+        merged = {**policy.default_headers, **call.headers} if call.headers else policy.default_headers
+        spec = RequestSpec(call.method, url, call.params, merged, call.data, call.json)
+        if policy.cache_ttl > 0 and call.method in policy.cache_methods and call.cache is not False \
+                and not call.stream and spec.cacheable:
             steps = self._cache.run(built, spec, from_entry)
         else:
-            steps = self._attempts.fetch(built, spec, from_entry, stream=stream, stale=None, avoid=avoid,
-                                         only=only)
-        return Plan(method, path, spec, steps=steps)
+            steps = self._attempts.fetch(built, spec, from_entry, stream=call.stream, stale=None,
+                                         avoid=call.avoid, only=call.endpoint)
+        return Plan(call.method, call.path, spec, steps=steps)

@@ -82,6 +82,23 @@ class Answer:
 
 
 @dataclass(frozen=True, slots=True)
+class Call:
+    """A call as the caller made it (the face's arguments, `method` upper-cased), before the policy
+    applies: what `_plan` checks and turns into a `RequestSpec` and steps."""
+
+    method: str
+    path: str
+    params: Any = None
+    headers: dict[str, str] | None = None
+    data: Any = None
+    json: Any = None
+    cache: bool | None = None
+    stream: bool = False
+    avoid: str = ""
+    endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A checked call: its steps to run, or the answer refusing it."""
 
