@@ -318,6 +318,18 @@ def prompt_engine() -> Engine:
     return Engine(dirs=dirs, app_dirs=True, autoescape=False)
 
 
+@dataclass(frozen=True)
+class _TemplateHead:
+    """A template's own values, as its sections inherit them."""
+
+    id: str
+    title: str
+    version: int
+    cache_ttl: int
+    params: dict[str, Any]
+    system: Template | None
+
+
 @dataclass
 class _Loader:
     engine: Engine
@@ -447,17 +459,7 @@ class _Loader:
         if template_id is None:
             return None
         where = f"{where} ({template_id})"
-        title = raw.get("title")
-        if not isinstance(title, str) or not title.strip():
-            self.problem(E_SCHEMA, where, "'title' must be a non-empty string")
-            title = template_id
-        version = raw.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            self.problem(E_SCHEMA, where, "'version' must be a positive integer")
-            version = 1
-        default_ttl = self.ttl(raw.get("cache_ttl"), where, int(aigen_settings.CACHE_TTL))
-        default_params = self.params(raw.get("params"), f"{where}.params")
-        system = self.prompt(raw["system"], f"{where}.system") if raw.get("system") else None
+        head = self.head(raw, where, template_id)
         sample = raw.get("sample_data")
         if not isinstance(sample, dict) or not sample:
             self.problem(E_SCHEMA, f"{where}.sample_data",
@@ -470,50 +472,72 @@ class _Loader:
             raw_sections = []
         sections: dict[str, Section] = {}
         for index, entry in enumerate(raw_sections):
-            at = f"{where}.sections[{index}]"
-            if not isinstance(entry, dict):
-                self.problem(E_SCHEMA, at, "expected a mapping")
-                continue
-            for key in ("id", "title", "prompt"):
-                if key not in entry:
-                    self.problem(E_SCHEMA, at, f"missing {key!r}")
-            section_id = self.ident(entry.get("id"), at, "section")
-            if section_id is None:
-                continue
-            at = f"{at} ({section_id!r})"
-            if section_id in sections:
-                self.problem(E_SCHEMA, at, f"duplicate section id {section_id!r}")
-                continue
-            section_title = entry.get("title")
-            if not isinstance(section_title, str) or not section_title.strip():
-                self.problem(E_SCHEMA, at, "'title' must be a non-empty string")
-                section_title = section_id
-            fields = self.fields(entry.get("fields"), f"{at}.fields")
-            prompt = self.prompt(entry.get("prompt"), f"{at}.prompt")
-            params = {**default_params, **self.params(entry.get("params"), f"{at}.params")}
-            ttl = self.ttl(entry.get("cache_ttl"), at, default_ttl)
-            if prompt is None:
-                continue
-            digest = hashlib.sha256()
-            for part in (system.source if system else "", "\x00", prompt.source):
-                digest.update(part.encode())
-            sections[section_id] = Section(
-                id=section_id, title=section_title.strip(), template_id=template_id,
-                template_title=title.strip(), template_version=version, fields=fields,
-                params=params, cache_ttl=ttl, prompt_name=entry["prompt"], prompt=prompt,
-                system=system, prompt_hash=digest.hexdigest()[:16],
-                description=str(entry.get("description") or "").strip(), labels=field_labels(fields),
-            )
+            section = self.section(entry, f"{where}.sections[{index}]", head=head, taken=sections)
+            if section is not None:
+                sections[section.id] = section
         for section in sections.values() if sample is not None else ():
             try:
                 section.clean(sample)
             except InvalidInput as err:
                 self.problem(E_SAMPLE, f"{where}.sample_data",
                              f"does not fit section {section.id!r}: {err.message}")
-        return TemplateSpec(id=template_id, title=title.strip(), version=version,
+        return TemplateSpec(id=template_id, title=head.title, version=head.version,
                             description=str(raw.get("description") or "").strip(),
                             sections=sections, sample_data=sample or {})
 
+    def head(self, raw: dict[str, Any], where: str, template_id: str) -> _TemplateHead:
+        """What a template gives every section: its title, version, system prompt and defaults."""
+        title = raw.get("title")
+        if not isinstance(title, str) or not title.strip():
+            self.problem(E_SCHEMA, where, "'title' must be a non-empty string")
+            title = template_id
+        version = raw.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            self.problem(E_SCHEMA, where, "'version' must be a positive integer")
+            version = 1
+        cache_ttl = self.ttl(raw.get("cache_ttl"), where, int(aigen_settings.CACHE_TTL))
+        params = self.params(raw.get("params"), f"{where}.params")
+        system = self.prompt(raw["system"], f"{where}.system") if raw.get("system") else None
+        return _TemplateHead(id=template_id, title=title.strip(), version=version, cache_ttl=cache_ttl,
+                             params=params, system=system)
+
+    def section(self, entry: Any, at: str, *, head: _TemplateHead,
+                taken: Mapping[str, Section]) -> Section | None:
+        """One entry of a template's `sections`, or None (its problems noted) when it cannot be used."""
+        if not isinstance(entry, dict):
+            self.problem(E_SCHEMA, at, "expected a mapping")
+            return None
+        for key in ("id", "title", "prompt"):
+            if key not in entry:
+                self.problem(E_SCHEMA, at, f"missing {key!r}")
+        section_id = self.ident(entry.get("id"), at, "section")
+        if section_id is None:
+            return None
+        at = f"{at} ({section_id!r})"
+        if section_id in taken:
+            self.problem(E_SCHEMA, at, f"duplicate section id {section_id!r}")
+            return None
+        section_title = entry.get("title")
+        if not isinstance(section_title, str) or not section_title.strip():
+            self.problem(E_SCHEMA, at, "'title' must be a non-empty string")
+            section_title = section_id
+        fields = self.fields(entry.get("fields"), f"{at}.fields")
+        prompt = self.prompt(entry.get("prompt"), f"{at}.prompt")
+        params = {**head.params, **self.params(entry.get("params"), f"{at}.params")}
+        ttl = self.ttl(entry.get("cache_ttl"), at, head.cache_ttl)
+        if prompt is None:
+            return None
+        system = head.system
+        digest = hashlib.sha256()
+        for part in (system.source if system else "", "\x00", prompt.source):
+            digest.update(part.encode())
+        return Section(
+            id=section_id, title=section_title.strip(), template_id=head.id,
+            template_title=head.title, template_version=head.version, fields=fields,
+            params=params, cache_ttl=ttl, prompt_name=entry["prompt"], prompt=prompt,
+            system=system, prompt_hash=digest.hexdigest()[:16],
+            description=str(entry.get("description") or "").strip(), labels=field_labels(fields),
+        )
 
 def registry_load(path: Path | str | None = None, *, engine: Engine | None = None) -> Registry:
     """Read and validate the registry file (default: the configured one).

@@ -37,16 +37,6 @@ def _make_upstream(name: str, url: str, **fields: object) -> None:
 
 def main() -> None:
     django_setup()
-    import requests
-    import requests_cache
-    from django.conf import settings
-    from django.core.cache import caches
-    from django.test import override_settings
-
-    from resilience import exceptions, upstream
-    from resilience.cache import reset_engines
-    from resilience.client import reset_clients
-    from resilience.telemetry.calllog import call_log_discard
     from tests.support.fake_upstream import FakeUpstream, Reply
 
     fake = FakeUpstream().start()
@@ -55,11 +45,28 @@ def main() -> None:
     _make_upstream("bench", fake.url, cache_ttl=300)
     _make_upstream("bench-nocache", fake.url, cache_ttl=0)
     _make_upstream("bench-open", fake.url, retry_total=0, breaker_fail_max=1, breaker_reset_timeout=3600)
-    counter = itertools.count()
-
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    rows = _call_rows(fake.url, redis_url)
+    rows += _hit_rows(fake.url, redis_url)
+    rows += _rejection_rows()
+    rows += _wave_rows()
+    table("Resilient client (median of interleaved rounds)", ("path", "per call", "ratio", "target"), rows)
+    fake.stop()
+
+
+def _call_rows(fake_url: str, redis_url: str) -> list[tuple[str, ...]]:
+    """A call that reaches the upstream (and a cache miss) vs a bare requests.Session, on nginx."""
+    import requests
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    from resilience import upstream
+    from resilience.cache import reset_engines
+    from resilience.client import reset_clients
+
+    counter = itertools.count()
     nginx = Nginx().start() if Nginx.available() else None
-    target_url = nginx.url if nginx is not None else fake.url
+    target_url = nginx.url if nginx is not None else fake_url
     _make_upstream("bench-nginx", target_url, cache_ttl=0)
     _make_upstream("bench-nginx-cached", target_url, cache_ttl=300)
     bare = requests.Session()
@@ -84,13 +91,24 @@ def main() -> None:
     if nginx is not None:
         nginx.stop()
     against = "nginx" if nginx is not None else "Python fake"
-    rows = [(f"bare requests.Session GET ({against}, same timeouts)", fmt_time(bare_cost),
+    return [(f"bare requests.Session GET ({against}, same timeouts)", fmt_time(bare_cost),
              "1.00 (baseline)", ""),
             ("client call: retries+breaker(Redis)+log+metrics", fmt_time(call_cost), f"{call_ratio:.3f}",
              f"<= 1.05: {verdict(call_ratio <= 1.05)}"),
             ("client cache miss on Redis (also looks up + stores)", fmt_time(miss_cost), f"{miss_ratio:.3f}",
              "(for scale)")]
 
+
+def _hit_rows(fake_url: str, redis_url: str) -> list[tuple[str, ...]]:
+    """The cache-hit path vs a requests_cache hit: local memory, Redis, Redis without the near cache."""
+    from django.conf import settings
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    from resilience.cache import reset_engines
+    from resilience.client import reset_clients
+
+    rows = []
     variants = (("local memory", "", "memory", 1.0), ("Redis", redis_url, "redis", 1.0),
                 ("Redis, near cache off", redis_url, "redis", 0))
     for label, location, rc_backend, near in variants:
@@ -100,28 +118,46 @@ def main() -> None:
         with override_settings(CACHES=caches_setting, RESILIENCE=resilience):
             reset_engines()
             reset_clients()
-            hit_client = upstream("bench")
-            hit_client.get("/hit")
-            if rc_backend == "redis":
-                backend = requests_cache.RedisCache(connection=__import__("redis").Redis.from_url(redis_url))
-            else:
-                backend = "memory"
-            cached_session = requests_cache.CachedSession(backend=backend, expire_after=300)
-            cached_session.cache.clear()
-            cached_session.get(f"{fake.url}/hit")
-            assert hit_client.get("/hit").from_cache and cached_session.get(f"{fake.url}/hit").from_cache
-            hit = compare({
-                "requests_cache": lambda s=cached_session: s.get(f"{fake.url}/hit").content,
-                "client": lambda c=hit_client: c.get("/hit").content,
-            }, n=N * 3)
-            speedup = hit["requests_cache"] / hit["client"]
-            rows.append((f"requests_cache hit ({label})", fmt_time(hit["requests_cache"]),
-                         "1.00 (baseline)", ""))
-            rows.append((f"client cache hit ({label})", fmt_time(hit["client"]), f"{speedup:.1f}x faster",
+            speedup, client_cost, session_cost = _hit_speedup(fake_url, redis_url, rc_backend)
+            rows.append((f"requests_cache hit ({label})", fmt_time(session_cost), "1.00 (baseline)", ""))
+            rows.append((f"client cache hit ({label})", fmt_time(client_cost), f"{speedup:.1f}x faster",
                          f">= 10x: {verdict(speedup >= 10)}"))
             caches["default"].clear()
     reset_engines()
     reset_clients()
+    return rows
+
+
+def _hit_speedup(fake_url: str, redis_url: str, rc_backend: str) -> tuple[float, float, float]:
+    """(speedup, client hit, requests_cache hit) on the same cached URL, under the current settings."""
+    import requests_cache
+
+    from resilience import upstream
+
+    hit_client = upstream("bench")
+    hit_client.get("/hit")
+    if rc_backend == "redis":
+        backend = requests_cache.RedisCache(connection=__import__("redis").Redis.from_url(redis_url))
+    else:
+        backend = "memory"
+    cached_session = requests_cache.CachedSession(backend=backend, expire_after=300)
+    cached_session.cache.clear()
+    cached_session.get(f"{fake_url}/hit")
+    assert hit_client.get("/hit").from_cache and cached_session.get(f"{fake_url}/hit").from_cache
+    hit = compare({
+        "requests_cache": lambda s=cached_session: s.get(f"{fake_url}/hit").content,
+        "client": lambda c=hit_client: c.get("/hit").content,
+    }, n=N * 3)
+    return hit["requests_cache"] / hit["client"], hit["client"], hit["requests_cache"]
+
+
+def _rejection_rows() -> list[tuple[str, ...]]:
+    """An open breaker's rejection: alone, and sustained with its call-log rows written."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from resilience import exceptions, upstream
+    from resilience.telemetry.calllog import call_log_discard
 
     opened = upstream("bench-open")
     try:
@@ -151,9 +187,13 @@ def main() -> None:
         open_cost = statistics.median(samples)
     call_log_discard()
     sustained = compare({"open breaker rejection": rejected}, n=N * 10)["open breaker rejection"]
-    rows.append(("open breaker rejection", fmt_time(open_cost), "",
-                 f"< 50 µs: {verdict(open_cost < 50e-6)}"))
-    rows.append(("... sustained, incl. writing its call-log row", fmt_time(sustained), "", "(for scale)"))
+    return [("open breaker rejection", fmt_time(open_cost), "", f"< 50 µs: {verdict(open_cost < 50e-6)}"),
+            ("... sustained, incl. writing its call-log row", fmt_time(sustained), "", "(for scale)")]
+
+
+def _wave_rows() -> list[tuple[str, ...]]:
+    """16 threads against a 100 ms upstream: the wall time of the wave, in calls."""
+    from resilience import upstream
 
     wave_client = upstream("bench")
     walls = []
@@ -167,10 +207,8 @@ def main() -> None:
             t.join()
         walls.append(time.perf_counter() - started)
     wave = min(walls)
-    rows.append(("16 threads x 100 ms upstream, wall", fmt_time(wave), f"{wave / 0.1:.2f} calls' time",
-                 f"close to 1 (< 1.5): {verdict(wave / 0.1 < 1.5)}"))
-    table("Resilient client (median of interleaved rounds)", ("path", "per call", "ratio", "target"), rows)
-    fake.stop()
+    return [("16 threads x 100 ms upstream, wall", fmt_time(wave), f"{wave / 0.1:.2f} calls' time",
+             f"close to 1 (< 1.5): {verdict(wave / 0.1 < 1.5)}")]
 
 
 if __name__ == "__main__":

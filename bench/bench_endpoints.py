@@ -33,60 +33,24 @@ def _pool_upstream(name: str, url: str, endpoints: int, strategy: str) -> None:
 
 def main() -> None:
     django_setup()
-    import redis as redis_lib
     from django.test import override_settings
 
-    from resilience import upstream
     from resilience.cache import reset_engines
     from resilience.client import reset_clients
     from resilience.telemetry.calllog import call_log_discard
     from tests.support.fake_upstream import FakeUpstream
 
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    try:
-        redis_lib.Redis.from_url(redis_url, socket_timeout=0.5).ping()
-        location, store = redis_url, "Redis"
-    except redis_lib.RedisError:
-        location, store = "", "local memory"
+    location, store = _store_location(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
     fake = FakeUpstream().start()
     nginx = Nginx().start() if Nginx.available() else None
     target = nginx.url if nginx is not None else fake.url
     caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": location,
                           "KEY_PREFIX": "rslbench"}}
-    rows = []
-    worst = 0.0
     with override_settings(CACHES=caches):
         reset_engines()
         reset_clients()
-        for strategy in STRATEGIES:
-            _pool_upstream(f"one-{strategy}", target, 1, strategy)
-            _pool_upstream(f"ten-{strategy}", target, 10, strategy)
-            one = upstream(f"one-{strategy}")._live.current().pool
-            ten = upstream(f"ten-{strategy}")._live.current().pool
-            if strategy == "score":  # a window with data: every choice weighs ten scores
-                for i, member in enumerate(ten.members):
-                    for _ in range(20):
-                        ten.observe(member, ok=True, latency_ms=5.0 + i)
-            for pool in (one, ten):
-                for _ in range(200):
-                    pool.choose()
-            medians = compare({"one": one.choose, "ten": ten.choose}, n=N, rounds=9)
-            one_cost, ten_cost = medians["one"], medians["ten"]
-            added = (ten_cost - one_cost) * 1e6
-            worst = max(worst, added)
-            rows.append((strategy, fmt_time(one_cost), fmt_time(ten_cost), f"{added:.1f} µs",
-                         f"<= {TARGET_US:.0f} µs: {verdict(added <= TARGET_US)}"))
-
-        counter = itertools.count()
-        one_client = upstream("one-weighted")
-        calls = []
-        for strategy in ("weighted", "priority"):
-            ten_client = upstream(f"ten-{strategy}")
-            ratio, ten_call, one_call = paired_ratio(
-                lambda c=ten_client: c.get(f"/item?i={next(counter)}").content,
-                lambda: one_client.get(f"/item?i={next(counter)}").content, n=100, rounds=31)
-            calls.append((f"10 endpoints, {strategy}", fmt_time(ten_call), f"{ratio:.3f}",
-                          f"{(ten_call - one_call) * 1e6:+.1f} µs vs {fmt_time(one_call)}"))
+        rows, worst = _choose_rows(target)
+        calls = _call_rows()
         call_log_discard()
     reset_engines()
     reset_clients()
@@ -101,6 +65,61 @@ def main() -> None:
     table(f"A whole call against {against}, vs a one-endpoint upstream in paired rounds",
           ("upstream", "per call", "ratio", "difference"), calls)
     print(f"\nworst added selection cost: {worst:.1f} µs ({verdict(worst <= TARGET_US)})")
+
+
+def _store_location(redis_url: str) -> tuple[str, str]:
+    """(cache LOCATION, its name): Redis when it answers, else local memory."""
+    import redis as redis_lib
+
+    try:
+        redis_lib.Redis.from_url(redis_url, socket_timeout=0.5).ping()
+    except redis_lib.RedisError:
+        return "", "local memory"
+    return redis_url, "Redis"
+
+
+def _choose_rows(target: str) -> tuple[list[tuple[str, ...]], float]:
+    """Pool.choose() with ten endpoints vs one, per strategy; and the worst added cost in µs."""
+    from resilience import upstream
+
+    rows = []
+    worst = 0.0
+    for strategy in STRATEGIES:
+        _pool_upstream(f"one-{strategy}", target, 1, strategy)
+        _pool_upstream(f"ten-{strategy}", target, 10, strategy)
+        one = upstream(f"one-{strategy}")._live.current().pool
+        ten = upstream(f"ten-{strategy}")._live.current().pool
+        if strategy == "score":  # a window with data: every choice weighs ten scores
+            for i, member in enumerate(ten.members):
+                for _ in range(20):
+                    ten.observe(member, ok=True, latency_ms=5.0 + i)
+        for pool in (one, ten):
+            for _ in range(200):
+                pool.choose()
+        medians = compare({"one": one.choose, "ten": ten.choose}, n=N, rounds=9)
+        one_cost, ten_cost = medians["one"], medians["ten"]
+        added = (ten_cost - one_cost) * 1e6
+        worst = max(worst, added)
+        rows.append((strategy, fmt_time(one_cost), fmt_time(ten_cost), f"{added:.1f} µs",
+                     f"<= {TARGET_US:.0f} µs: {verdict(added <= TARGET_US)}"))
+    return rows, worst
+
+
+def _call_rows() -> list[tuple[str, ...]]:
+    """A whole call on a ten-endpoint upstream vs a one-endpoint one, in paired rounds."""
+    from resilience import upstream
+
+    counter = itertools.count()
+    one_client = upstream("one-weighted")
+    calls = []
+    for strategy in ("weighted", "priority"):
+        ten_client = upstream(f"ten-{strategy}")
+        ratio, ten_call, one_call = paired_ratio(
+            lambda c=ten_client: c.get(f"/item?i={next(counter)}").content,
+            lambda: one_client.get(f"/item?i={next(counter)}").content, n=100, rounds=31)
+        calls.append((f"10 endpoints, {strategy}", fmt_time(ten_call), f"{ratio:.3f}",
+                      f"{(ten_call - one_call) * 1e6:+.1f} µs vs {fmt_time(one_call)}"))
+    return calls
 
 
 if __name__ == "__main__":

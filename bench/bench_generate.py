@@ -49,52 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     django_setup(OPENAI_API_KEY="", AI_GENERATE_THROTTLE="1000000000/min",
                  ALLOWED_HOSTS="localhost,127.0.0.1,testserver")
 
-    import statistics
-    import time
-
     from asgiref.sync import async_to_sync
-    from django.contrib.auth import get_user_model
-    from django.test import AsyncClient, override_settings
+    from django.test import override_settings
 
     from aigen.records import generation_records_flush
-    from aigen.registry import get_registry
-    from aigen.tokens import token_issue
-    from project import asgi_signals
 
-    asgi_signals.install()  # as project/asgi.py does for the server
-    user, _ = get_user_model().objects.get_or_create(username="bench")
-    token = token_issue(user=user, replace=True)
-    template = get_registry().template("emergency_plan")
-    body = json.dumps({"template_id": template.id, "section_id": "2", "data": dict(template.sample_data)},
-                      ensure_ascii=False).encode()
-    client = AsyncClient()
-    headers = {"Authorization": f"Bearer {token}"}
-
-    async def post(path: str) -> object:
-        response = await client.post(path, body, content_type="application/json", headers=headers)
-        if response.status_code != 200:
-            raise SystemExit(f"{path} answered {response.status_code}: {response.content[:300]!r}")
-        return response
-
-    async def measure() -> dict[str, float]:
-        first = (await post("/api/ai/generate")).json()
-        assert first["cached"] is False
-        assert (await post("/api/ai/generate")).json()["cached"] is True
-        paths = {"trivial": PING_PATH, "generate": "/api/ai/generate"}
-        for path in paths.values():  # warm-up
-            for _ in range(100):
-                await post(path)
-        samples: dict[str, list[float]] = {name: [] for name in paths}
-        for _ in range(args.rounds):
-            for name, path in paths.items():
-                started = time.perf_counter()
-                for _ in range(args.requests):
-                    await post(path)
-                samples[name].append((time.perf_counter() - started) / args.requests)
-        return {name: statistics.median(values) for name, values in samples.items()}
-
+    body, headers = _request()
     with override_settings(ROOT_URLCONF="bench.bench_generate"):
-        got = async_to_sync(measure)()
+        got = async_to_sync(_measure)(body, headers, rounds=args.rounds, requests=args.requests)
     generation_records_flush()
 
     ratio = got["trivial"] / got["generate"]  # throughput ratio = inverse time ratio
@@ -107,6 +69,55 @@ def main(argv: list[str] | None = None) -> int:
                f"{ratio:.2f}", f">= {TARGET}: {verdict(ratio >= TARGET)}"),
           ])
     return 0
+
+
+def _request() -> tuple[bytes, dict[str, str]]:
+    """The generate request's body (the template's sample data) and a bench user's token header."""
+    from django.contrib.auth import get_user_model
+
+    from aigen.registry import get_registry
+    from aigen.tokens import token_issue
+    from project import asgi_signals
+
+    asgi_signals.install()  # as project/asgi.py does for the server
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    token = token_issue(user=user, replace=True)
+    template = get_registry().template("emergency_plan")
+    body = json.dumps({"template_id": template.id, "section_id": "2", "data": dict(template.sample_data)},
+                      ensure_ascii=False).encode()
+    return body, {"Authorization": f"Bearer {token}"}
+
+
+async def _measure(body: bytes, headers: dict[str, str], *, rounds: int, requests: int) -> dict[str, float]:
+    """Median time per request of each view, in interleaved rounds (after the cache is warm)."""
+    import statistics
+    import time
+
+    from django.test import AsyncClient
+
+    client = AsyncClient()
+
+    async def post(path: str) -> object:
+        response = await client.post(path, body, content_type="application/json", headers=headers)
+        if response.status_code != 200:
+            raise SystemExit(f"{path} answered {response.status_code}: {response.content[:300]!r}")
+        return response
+
+    first = (await post("/api/ai/generate")).json()
+    assert first["cached"] is False
+    assert (await post("/api/ai/generate")).json()["cached"] is True
+    paths = {"trivial": PING_PATH, "generate": "/api/ai/generate"}
+    for path in paths.values():  # warm-up
+        for _ in range(100):
+            await post(path)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            started = time.perf_counter()
+            for _ in range(requests):
+                await post(path)
+            samples[name].append((time.perf_counter() - started) / requests)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 if __name__ == "__main__":

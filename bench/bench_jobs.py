@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -134,6 +136,18 @@ def _print(results: dict, skipped: dict, *, jobs: int, rounds: int) -> None:
 
 
 # -- child: one backend --------------------------------------------------------------------------
+@dataclass
+class _Backend:
+    """One backend's contenders: the bare baseline write, how to empty its queues, its workers."""
+
+    label: str
+    baseline_name: str
+    engine_name: str
+    baseline: Callable[[], None]
+    clear_queues: Callable[[], None]
+    workers: list[tuple[str, Callable[[], None]]]
+
+
 def child(backend: str, *, jobs: int, rounds: int) -> dict:
     from bench.common import django_setup
 
@@ -146,8 +160,7 @@ def child(backend: str, *, jobs: int, rounds: int) -> dict:
     from resilience.jobs.models import Job
 
     counter = itertools.count()
-    vendor = connection.vendor
-    ledger = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[vendor]
+    ledger = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[connection.vendor]
 
     def clear() -> None:
         Job.objects.all().delete()
@@ -160,86 +173,104 @@ def child(backend: str, *, jobs: int, rounds: int) -> dict:
         jobs_payload.bare_noop.enqueue(next(counter))
 
     clear()
-    if backend == "rq":
-        import django_rq
-        import redis
-        from django_tasks_rq.backend import Job as RQJob
-        from rq import SimpleWorker, Worker
-
-        from resilience.jobs.worker import ALL_QUEUES
-
-        client = redis.Redis.from_url(_redis_url())
-        bare_key = "rslbench:jobs:bare"
-
-        def clear_queues() -> None:
-            for name in ALL_QUEUES:
-                django_rq.get_queue(name).empty()
-            client.delete(bare_key)
-
-        def baseline() -> None:
-            client.lpush(bare_key, PAYLOAD)
-
-        baseline_name, engine_name = "bare LPUSH (redis-py)", "engine only (django-tasks-rq enqueue)"
-        label = f"RQ on Redis (ledger on {ledger})"
-
-        def rq_worker(worker_class):
-            def run() -> None:
-                django_rq.get_worker(*ALL_QUEUES, job_class=RQJob, worker_class=worker_class).work(
-                    burst=True, with_scheduler=False, logging_level="WARNING")
-            return run
-
-        workers = [("SimpleWorker (no fork; jobs_worker --batch)", rq_worker(SimpleWorker)),
-                   ("Worker (a fork per job; jobs_worker)", rq_worker(Worker))]
-        clear_queues()
-    else:
-        key = "INTEGER PRIMARY KEY AUTOINCREMENT" if vendor == "sqlite" else "BIGSERIAL PRIMARY KEY"
-        table_sql = f"CREATE TABLE bench_bare (id {key}, payload TEXT)"
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TABLE IF EXISTS bench_bare")
-            cursor.execute(table_sql)
-
-        def baseline() -> None:
-            with connection.cursor() as cursor:
-                cursor.execute("INSERT INTO bench_bare (payload) VALUES (%s)", [PAYLOAD])
-
-        def clear_queues() -> None:
-            with connection.cursor() as cursor:
-                cursor.execute("DELETE FROM bench_bare")
-
-        from resilience.jobs.worker import worker_run
-
-        baseline_name = f"bare INSERT of one row ({ledger}, autocommit)"
-        engine_name = "engine only (django-tasks-db enqueue)"
-        label = f"database engine on {ledger}"
-        workers = [("jobs_worker (django-tasks-db loop)",
-                    lambda: worker_run(batch=True, scheduler=False, interval=0.001))]
-
-    enqueue_ratio, enqueue, base = paired_ratio(enqueue_job, baseline, n=40, rounds=15, warmup=20)
-    engine_ratio, engine, _ = paired_ratio(enqueue_bare, baseline, n=40, rounds=15, warmup=20)
+    bench = _rq_backend(ledger) if backend == "rq" else _db_backend(ledger)
+    enqueue_ratio, enqueue, base = paired_ratio(enqueue_job, bench.baseline, n=40, rounds=15, warmup=20)
+    engine_ratio, engine, _ = paired_ratio(enqueue_bare, bench.baseline, n=40, rounds=15, warmup=20)
     clear()
-    clear_queues()
+    bench.clear_queues()
 
-    measured = []
-    for name, work in workers:
-        n = jobs if "fork" not in name or "no fork" in name else max(50, jobs // 3)
-        ours, bare = [], []
-        for index in range(rounds):
-            order = [("ours", enqueue_job), ("bare", enqueue_bare)]
-            for kind, put in (order if index % 2 == 0 else order[::-1]):
-                for _ in range(n):
-                    put()
-                started = time.perf_counter()
-                work()
-                took = time.perf_counter() - started
-                (ours if kind == "ours" else bare).append(n / took)
-                if kind == "ours":
-                    assert Job.objects.filter(status="done").count() == n, "not every job ran"
-                clear()
-                clear_queues()
-        measured.append({"name": name, "ours": statistics.median(ours), "bare": statistics.median(bare)})
-    return {"label": label, "baseline_name": baseline_name, "engine_name": engine_name,
+    def clear_all() -> None:
+        clear()
+        bench.clear_queues()
+
+    measured = [_worker_rates(name, work, enqueue_job, enqueue_bare, clear_all, jobs=jobs, rounds=rounds)
+                for name, work in bench.workers]
+    return {"label": bench.label, "baseline_name": bench.baseline_name, "engine_name": bench.engine_name,
             "baseline": base, "enqueue": enqueue, "enqueue_ratio": enqueue_ratio,
             "engine": engine, "engine_ratio": engine_ratio, "workers": measured}
+
+
+def _rq_backend(ledger: str) -> _Backend:
+    import django_rq
+    import redis
+    from django_tasks_rq.backend import Job as RQJob
+    from rq import SimpleWorker, Worker
+
+    from resilience.jobs.worker import ALL_QUEUES
+
+    client = redis.Redis.from_url(_redis_url())
+    bare_key = "rslbench:jobs:bare"
+
+    def clear_queues() -> None:
+        for name in ALL_QUEUES:
+            django_rq.get_queue(name).empty()
+        client.delete(bare_key)
+
+    def baseline() -> None:
+        client.lpush(bare_key, PAYLOAD)
+
+    def rq_worker(worker_class):
+        def run() -> None:
+            django_rq.get_worker(*ALL_QUEUES, job_class=RQJob, worker_class=worker_class).work(
+                burst=True, with_scheduler=False, logging_level="WARNING")
+        return run
+
+    clear_queues()
+    return _Backend(label=f"RQ on Redis (ledger on {ledger})", baseline_name="bare LPUSH (redis-py)",
+                    engine_name="engine only (django-tasks-rq enqueue)", baseline=baseline,
+                    clear_queues=clear_queues,
+                    workers=[("SimpleWorker (no fork; jobs_worker --batch)", rq_worker(SimpleWorker)),
+                             ("Worker (a fork per job; jobs_worker)", rq_worker(Worker))])
+
+
+def _db_backend(ledger: str) -> _Backend:
+    from django.db import connection
+
+    from resilience.jobs.worker import worker_run
+
+    key = "INTEGER PRIMARY KEY AUTOINCREMENT" if connection.vendor == "sqlite" else "BIGSERIAL PRIMARY KEY"
+    table_sql = f"CREATE TABLE bench_bare (id {key}, payload TEXT)"
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS bench_bare")
+        cursor.execute(table_sql)
+
+    def baseline() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO bench_bare (payload) VALUES (%s)", [PAYLOAD])
+
+    def clear_queues() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM bench_bare")
+
+    return _Backend(label=f"database engine on {ledger}",
+                    baseline_name=f"bare INSERT of one row ({ledger}, autocommit)",
+                    engine_name="engine only (django-tasks-db enqueue)", baseline=baseline,
+                    clear_queues=clear_queues,
+                    workers=[("jobs_worker (django-tasks-db loop)",
+                              lambda: worker_run(batch=True, scheduler=False, interval=0.001))])
+
+
+def _worker_rates(name: str, work: Callable[[], None], enqueue_job: Callable[[], None],
+                  enqueue_bare: Callable[[], None], clear_all: Callable[[], None], *, jobs: int,
+                  rounds: int) -> dict:
+    """Jobs per second through one worker, ours vs bare engine tasks, in alternating rounds."""
+    from resilience.jobs.models import Job
+
+    n = jobs if "fork" not in name or "no fork" in name else max(50, jobs // 3)
+    ours, bare = [], []
+    for index in range(rounds):
+        order = [("ours", enqueue_job), ("bare", enqueue_bare)]
+        for kind, put in (order if index % 2 == 0 else order[::-1]):
+            for _ in range(n):
+                put()
+            started = time.perf_counter()
+            work()
+            took = time.perf_counter() - started
+            (ours if kind == "ours" else bare).append(n / took)
+            if kind == "ours":
+                assert Job.objects.filter(status="done").count() == n, "not every job ran"
+            clear_all()
+    return {"name": name, "ours": statistics.median(ours), "bare": statistics.median(bare)}
 
 
 if __name__ == "__main__":

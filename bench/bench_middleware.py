@@ -199,22 +199,31 @@ def main(argv: list[str] | None = None) -> int:
 
     settings.ROOT_URLCONF = "bench.bench_middleware"
     views = importlib.import_module("bench.bench_middleware")  # the module Django routes to
+    _guid_setup()
+    loop = asyncio.new_event_loop()
+    _request_id_table(loop, views, n=args.requests, rounds=args.rounds)
+    _compression_table(loop, n=args.requests, rounds=args.rounds)
+    loop.close()
+    return 0
 
+
+def _guid_setup() -> None:
+    """django-guid refuses to start unless it is an installed app; its checks
+    are a one-time set-up matter, not what is measured here. Our header name
+    (its default is Correlation-ID)."""
     import django_guid.middleware
+    from django_guid.config import settings as guid_settings
+
+    django_guid.middleware.apps.is_installed = lambda name: True
+    guid_settings.settings = {"GUID_HEADER_NAME": "X-Request-ID"}
+
+
+def _request_id_table(loop: asyncio.AbstractEventLoop, views: Any, *, n: int, rounds: int) -> None:
+    """Request id: ours vs django-guid vs asgi-correlation-id, through the handler and alone."""
     from asgi_correlation_id import CorrelationIdMiddleware
 
     from resilience.ops.middleware import SANE_REQUEST_ID
 
-    # django-guid refuses to start unless it is an installed app; its checks
-    # are a one-time set-up matter, not what is measured here. Our header name
-    # (its default is Correlation-ID).
-    django_guid.middleware.apps.is_installed = lambda name: True
-    from django_guid.config import settings as guid_settings
-
-    guid_settings.settings = {"GUID_HEADER_NAME": "X-Request-ID"}
-
-    loop = asyncio.new_event_loop()
-    n = args.requests
     bare = handler([])
     ours_id = handler(["resilience.ops.middleware.RequestIdMiddleware"])
     guid = handler(["django_guid.middleware.guid_middleware"])
@@ -225,15 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours": timed(ours_id, "/small", plain, n),
         "django-guid": timed(guid, "/small", plain, n),
         "asgi-correlation-id": timed(correlation, "/small", plain, n),
-    }, args.rounds)
-
-    def bound_in_stream(name: str, app: Any) -> str:
-        views.seen_in_stream.clear()
-        messages = loop.run_until_complete(asgi_call(app, "/sse", {}))
-        start = next(m for m in messages if m["type"] == "http.response.start")
-        echoed = {k.lower(): v for k, v in start["headers"]}.get(b"x-request-id", b"").decode()
-        seen = views.seen_in_stream
-        return f"{sum(1 for ids in seen if echoed and ids[name] == echoed)}/{len(seen)}"
+    }, rounds)
 
     # The middleware alone, around a view that answers at once: the handler's
     # own ~1 ms per request (above) hides differences of tens of µs in its noise.
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "django-guid": isolated_django(["django_guid.middleware.guid_middleware"], n * 10),
         "asgi-correlation-id": isolated_asgi(
             lambda app: CorrelationIdMiddleware(app, validator=SANE_REQUEST_ID.fullmatch), n * 10),
-    }, args.rounds)
+    }, rounds)
     base = ids["none (baseline)"]
     # What each adds over the same view (Django) or app (ASGI) without it.
     added = {name: alone[name] - alone["asgi bare" if name == "asgi-correlation-id" else "django bare"]
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, app in (("ours", ours_id), ("django-guid", guid), ("asgi-correlation-id", correlation)):
         rows.append((name, fmt_time(ids[name]), f"{ids[name] / ids['ours']:.2f}", fmt_time(added[name]),
-                     f"{added[name] / added['ours']:.2f}", bound_in_stream(name, app)))
+                     f"{added[name] / added['ours']:.2f}", _bound_in_stream(loop, views, name, app)))
     table("Request id: through Django's ASGI handler, and the middleware alone (median of interleaved "
           "rounds)",
           ("middleware", "per request (handler)", "ratio to ours", "middleware alone (added)",
@@ -260,13 +261,19 @@ def main(argv: list[str] | None = None) -> int:
            "id bound while a stream is produced"),
           [("none (baseline)", fmt_time(base), f"{base / ids['ours']:.2f}", "", "", ""), *rows])
 
-    def sse_events(app: Any, coding: str) -> str:
-        try:
-            messages = loop.run_until_complete(asgi_call(app, "/sse", {"Accept-Encoding": coding}))
-        except Exception as err:  # a contender that cannot stream at all
-            return f"fails: {type(err).__name__}: {str(err)[:50]}"
-        return f"{decodable_before_end(messages, coding)}/5"
 
+def _bound_in_stream(loop: asyncio.AbstractEventLoop, views: Any, name: str, app: Any) -> str:
+    """How many of a stream's events saw the echoed request id bound while they were produced."""
+    views.seen_in_stream.clear()
+    messages = loop.run_until_complete(asgi_call(app, "/sse", {}))
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    echoed = {k.lower(): v for k, v in start["headers"]}.get(b"x-request-id", b"").decode()
+    seen = views.seen_in_stream
+    return f"{sum(1 for ids in seen if echoed and ids[name] == echoed)}/{len(seen)}"
+
+
+def _compression_table(loop: asyncio.AbstractEventLoop, *, n: int, rounds: int) -> None:
+    """Compression: ours vs django-compression-middleware (br) and Django's GZipMiddleware (gzip)."""
     ours_zip = handler(["resilience.ops.middleware.CompressionMiddleware"])
     library_br = handler(["compression_middleware.middleware.CompressionMiddleware"])
     django_gzip = handler(["django.middleware.gzip.GZipMiddleware"])
@@ -277,14 +284,15 @@ def main(argv: list[str] | None = None) -> int:
             ("gzip", "Django GZipMiddleware", django_gzip, "django.middleware.gzip.GZipMiddleware")):
         accept = {"Accept-Encoding": coding}
         times = interleaved(loop, {"ours": timed(ours_zip, "/big", accept, n),
-                                   "library": timed(library, "/big", accept, n)}, args.rounds)
+                                   "library": timed(library, "/big", accept, n)}, rounds)
         alone = interleaved(loop, {
             "ours": isolated_django(["resilience.ops.middleware.CompressionMiddleware"], n, body=BIG,
                                     headers=accept),
-            "library": isolated_django([library_path], n, body=BIG, headers=accept)}, args.rounds)
+            "library": isolated_django([library_path], n, body=BIG, headers=accept)}, rounds)
         size = {name: len(b"".join(m.get("body", b"") for m in loop.run_until_complete(
             asgi_call(app, "/big", accept)))) for name, app in (("ours", ours_zip), ("library", library))}
-        events = {name: sse_events(app, coding) for name, app in (("ours", ours_zip), ("library", library))}
+        events = {name: _sse_events(loop, app, coding)
+                  for name, app in (("ours", ours_zip), ("library", library))}
         rows.append((f"{coding}: ours", fmt_time(times["ours"]), "1.00", fmt_time(alone["ours"]), "1.00",
                      f"{size['ours']} B", events["ours"]))
         rows.append((f"{coding}: {library_name}", fmt_time(times["library"]),
@@ -296,8 +304,15 @@ def main(argv: list[str] | None = None) -> int:
            "body",
            "events decodable before the stream ends"),
           rows)
-    loop.close()
-    return 0
+
+
+def _sse_events(loop: asyncio.AbstractEventLoop, app: Any, coding: str) -> str:
+    """How many of the stream's 5 events a client can decode before it ends."""
+    try:
+        messages = loop.run_until_complete(asgi_call(app, "/sse", {"Accept-Encoding": coding}))
+    except Exception as err:  # a contender that cannot stream at all
+        return f"fails: {type(err).__name__}: {str(err)[:50]}"
+    return f"{decodable_before_end(messages, coding)}/5"
 
 
 if __name__ == "__main__":

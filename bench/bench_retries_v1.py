@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.common import table, verdict
 
@@ -39,7 +41,6 @@ def main() -> None:
     import openai
 
     from tests.support.fake_openai import FakeOpenAI
-    from tests.support.fake_upstream import Reply
     from tests.support.live_server import LiveServer
 
     primary, fallback = FakeOpenAI().start(), FakeOpenAI().start()
@@ -59,48 +60,63 @@ def main() -> None:
             answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
             return answer.model, time.monotonic() - started
 
-        rows = []
-        cases = [("500 once", (Reply(500),), MODEL),
-                 ("429 Retry-After: 1", (Reply(429, retry_after="1"),), MODEL),
-                 ("429 without Retry-After, twice", (Reply(429), Reply(429)), "fallback-model"),
-                 ("never answers", (Reply(200, delay=60),), "fallback-model")]
-        for name, replies, wanted in cases:
-            primary.reset()
-            fallback.reset()
-            primary.fail_next(*replies)
-            model, seconds = ask()
-            rows.append((name, model, primary.chat_calls, fallback.chat_calls, f"{seconds:.2f} s",
-                         verdict(model == wanted)))
-            time.sleep(1.5)  # let the breaker forget (one failure each, far below its threshold)
-        table("/v1 with the openai SDK, primary + fallback (priority), make serve with 2 workers",
-              ("the primary", "answered by", "primary calls", "fallback calls", "caller waited", ""), rows)
-
-        primary.reset()
-        primary.fail_next(*[Reply(500)] * 10_000)
-        started = time.monotonic()
-        failed = 0
-        while time.monotonic() - started < OUTAGE_SECONDS:
-            try:
-                ask()
-            except openai.APIError:
-                failed += 1
-            time.sleep(CALL_EVERY)
-        down_calls = primary.chat_calls
-        primary.reset()  # healthy from now on
-        recovered = time.monotonic()
-        back_after = None
-        while time.monotonic() - recovered < 30:
-            if ask()[0] == MODEL:
-                back_after = time.monotonic() - recovered
-                break
-            time.sleep(CALL_EVERY)
-        table(f"/v1: primary down {OUTAGE_SECONDS:.0f} s (500s), a call every {CALL_EVERY} s, then healthy",
-              ("callers that got an error", "calls that reached the primary while down",
-               "primary back in use after recovering", ""),
-              [(failed, down_calls, "never" if back_after is None else f"{back_after:.2f} s",
-                verdict(failed == 0 and back_after is not None and back_after <= 10))])
+        _failure_table(ask, primary, fallback)
+        _outage_table(ask, primary)
     primary.stop()
     fallback.stop()
+
+
+def _failure_table(ask: Callable[[], tuple[str, float]], primary: Any, fallback: Any) -> None:
+    """One failure of the primary at a time: which model answered, and how long the caller waited."""
+    from tests.support.fake_upstream import Reply
+
+    rows = []
+    cases = [("500 once", (Reply(500),), MODEL),
+             ("429 Retry-After: 1", (Reply(429, retry_after="1"),), MODEL),
+             ("429 without Retry-After, twice", (Reply(429), Reply(429)), "fallback-model"),
+             ("never answers", (Reply(200, delay=60),), "fallback-model")]
+    for name, replies, wanted in cases:
+        primary.reset()
+        fallback.reset()
+        primary.fail_next(*replies)
+        model, seconds = ask()
+        rows.append((name, model, primary.chat_calls, fallback.chat_calls, f"{seconds:.2f} s",
+                     verdict(model == wanted)))
+        time.sleep(1.5)  # let the breaker forget (one failure each, far below its threshold)
+    table("/v1 with the openai SDK, primary + fallback (priority), make serve with 2 workers",
+          ("the primary", "answered by", "primary calls", "fallback calls", "caller waited", ""), rows)
+
+
+def _outage_table(ask: Callable[[], tuple[str, float]], primary: Any) -> None:
+    """The primary down for a while, then healthy: errors seen by callers, and when it is used again."""
+    import openai
+
+    from tests.support.fake_upstream import Reply
+
+    primary.reset()
+    primary.fail_next(*[Reply(500)] * 10_000)
+    started = time.monotonic()
+    failed = 0
+    while time.monotonic() - started < OUTAGE_SECONDS:
+        try:
+            ask()
+        except openai.APIError:
+            failed += 1
+        time.sleep(CALL_EVERY)
+    down_calls = primary.chat_calls
+    primary.reset()  # healthy from now on
+    recovered = time.monotonic()
+    back_after = None
+    while time.monotonic() - recovered < 30:
+        if ask()[0] == MODEL:
+            back_after = time.monotonic() - recovered
+            break
+        time.sleep(CALL_EVERY)
+    table(f"/v1: primary down {OUTAGE_SECONDS:.0f} s (500s), a call every {CALL_EVERY} s, then healthy",
+          ("callers that got an error", "calls that reached the primary while down",
+           "primary back in use after recovering", ""),
+          [(failed, down_calls, "never" if back_after is None else f"{back_after:.2f} s",
+            verdict(failed == 0 and back_after is not None and back_after <= 10))])
 
 
 if __name__ == "__main__":

@@ -282,6 +282,24 @@ def main() -> None:
     Upstream.objects.update_or_create(name="bench", defaults={"base_url": "http://127.0.0.1:9"})
     now = datetime.now(UTC).replace(second=30, microsecond=0)
     levels = [float(v) for v in os.environ.get("BENCH_STATS_LEVELS", "1e5,1e6,1e7").split(",")]
+    _reader_tables(levels, now, pg_version=connection.pg_version)
+    size, rate = _call_log_bytes_per_million(now)
+    table("Call-log rows per 1 M successful calls (default sample rate)",
+          ("sample rate", "rows kept", "table + indexes", "target <= 10 MB"),
+          [(f"{rate:g}", f"{round(1_000_000 * rate):,}", _mb(size), verdict(size <= 10e6))])
+    per_call = _writer_cost(100_000)
+    table("Writer cost (off the hot path: the writer thread folds, upserts and inserts)",
+          ("calls", "per call", "at 10 M calls/day"),
+          [("100,000 in flushes of 500", fmt_time(per_call), f"{per_call * 1e7 / 86400:.2%} of one core")])
+    prune_rows = int(float(os.environ.get("BENCH_PRUNE_ROWS", "1e6")))
+    if prune_rows:
+        took, deleted, peak = _prune(prune_rows, now)
+        table("Pruning old call-log rows in batches of 5,000",
+              ("rows deleted", "time", "rows/s", "peak Python memory while deleting"),
+              [(f"{deleted:,}", f"{took:.1f} s", f"{deleted / took:,.0f}", f"{peak / 1e3:.0f} kB")])
+
+def _reader_tables(levels: list[float], now: datetime, *, pg_version: int) -> None:
+    """The statistics readers at each traffic level, and the rollups' storage there."""
     results: dict[float, dict[str, float]] = {}
     storage = []
     for level in levels:
@@ -302,25 +320,11 @@ def main() -> None:
         times = [results[level][name] for level in levels]
         rows.append((name, *[fmt_time(t) for t in times], f"{times[-1] / times[0]:.2f}",
                      verdict(times[-1] <= TARGET)))
-    table(f"Statistics read from rollups on PostgreSQL {connection.pg_version // 10000} (median of 25 warm "
+    table(f"Statistics read from rollups on PostgreSQL {pg_version // 10000} (median of 25 warm "
           f"reads; {NEIGHBOURS} neighbour upstreams of the same traffic share the tables)", header, rows)
     table("Rollup storage at the default retention (all 10 upstreams)",
           ("calls/day per upstream", "minute rows", "minute table", "hour rows", "hour table", "day rows",
            "day table", "per upstream"), storage)
-    size, rate = _call_log_bytes_per_million(now)
-    table("Call-log rows per 1 M successful calls (default sample rate)",
-          ("sample rate", "rows kept", "table + indexes", "target <= 10 MB"),
-          [(f"{rate:g}", f"{round(1_000_000 * rate):,}", _mb(size), verdict(size <= 10e6))])
-    per_call = _writer_cost(100_000)
-    table("Writer cost (off the hot path: the writer thread folds, upserts and inserts)",
-          ("calls", "per call", "at 10 M calls/day"),
-          [("100,000 in flushes of 500", fmt_time(per_call), f"{per_call * 1e7 / 86400:.2%} of one core")])
-    prune_rows = int(float(os.environ.get("BENCH_PRUNE_ROWS", "1e6")))
-    if prune_rows:
-        took, deleted, peak = _prune(prune_rows, now)
-        table("Pruning old call-log rows in batches of 5,000",
-              ("rows deleted", "time", "rows/s", "peak Python memory while deleting"),
-              [(f"{deleted:,}", f"{took:.1f} s", f"{deleted / took:,.0f}", f"{peak / 1e3:.0f} kB")])
 
 
 if __name__ == "__main__":

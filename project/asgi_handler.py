@@ -183,26 +183,10 @@ class GatewayASGIHandler(ASGIHandler):
 
     async def handle(self, scope, receive, send):  # Django 5.2's, with the door and the two closes
         path = _path_info(scope)
-        listen = True
-        if door.reads_no_body(path):
-            # Nothing is received, not even the (empty) request message, so no
-            # disconnect listener either: these answers are immediate. A body
-            # stays unread on the wire and the connection is closed after the
-            # answer instead of reading it.
-            body_file, listen = io.BytesIO(), False
-            if _declares_body(scope):
-                send = _closing(send)
-        elif door.declared_too_large(_header(scope, b"content-length")):
-            await send_too_large(send, scope)
+        opened = await self._open_body(scope, receive, send)
+        if opened is None:
             return
-        else:
-            try:
-                body_file = await self.read_body(receive)
-            except RequestAborted:
-                return
-            except door.BodyTooLarge:
-                await send_too_large(send, scope)
-                return
+        body_file, listen, send = opened
         set_script_prefix(get_script_prefix(scope))
         await signals.request_started.asend(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
@@ -212,24 +196,47 @@ class GatewayASGIHandler(ASGIHandler):
             await self.close_response(error_response)
             return
 
-        async def process_request(request, send):
-            response = await self.run_get_response(request)
-            try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # client disconnected during send_response
-            except SendTimedOut:
-                # The response's iterator was closed on the way out (aclosing in
-                # send_response): the stream's upstream connection and slot are free.
-                # Returning without finishing the body makes the server drop the connection.
-                metrics.send_timeout_count()
-                logger.warning("closed a response the client read nothing of for %s s: %s %.200r",
-                               resilience_settings.SEND_TIMEOUT, request.method, path)
-            return response
-
         held: set = set()
         holding = open_streams.set(held)  # the tasks below share this set (context copies)
-        tasks = [asyncio.create_task(process_request(request, send))]
+        tasks = await self._serve(request, receive, send, listen=listen, body_file=body_file, path=path)
+        open_streams.reset(holding)
+        for stream in list(held):  # left open by a dropped consumer (send timeout, disconnect)
+            await stream.aclose()
+
+        try:
+            response = tasks[-1].result()
+        except asyncio.CancelledError:
+            await signals.request_finished.asend(sender=self.__class__)
+        else:
+            await self.close_response(response)
+
+        body_file.close()
+
+    async def _open_body(self, scope, receive, send):
+        """The door: (body file, whether to listen for a disconnect, the send to answer with), or None
+        when the request was answered already (body too large) or the client went away."""
+        if door.reads_no_body(_path_info(scope)):
+            # Nothing is received, not even the (empty) request message, so no
+            # disconnect listener either: these answers are immediate. A body
+            # stays unread on the wire and the connection is closed after the
+            # answer instead of reading it.
+            return io.BytesIO(), False, _closing(send) if _declares_body(scope) else send
+        if door.declared_too_large(_header(scope, b"content-length")):
+            await send_too_large(send, scope)
+            return None
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return None
+        except door.BodyTooLarge:
+            await send_too_large(send, scope)
+            return None
+        return body_file, True, send
+
+    async def _serve(self, request, receive, send, *, listen, body_file, path):
+        """Run the view and, when `listen`, the disconnect listener side by side; the first to finish
+        cancels the other. Returns the tasks, the view's last."""
+        tasks = [asyncio.create_task(self._respond(request, send, path))]
         if listen:
             tasks.insert(0, asyncio.create_task(self.listen_for_disconnect(receive)))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -248,16 +255,20 @@ class GatewayASGIHandler(ASGIHandler):
                     await task
                 except asyncio.CancelledError:
                     pass
+        return tasks
 
-        open_streams.reset(holding)
-        for stream in list(held):  # left open by a dropped consumer (send timeout, disconnect)
-            await stream.aclose()
-
+    async def _respond(self, request, send, path):
+        """Django's `process_request`: the view's response, sent; a send that timed out is counted."""
+        response = await self.run_get_response(request)
         try:
-            response = tasks[-1].result()
+            await self.send_response(response, send)
         except asyncio.CancelledError:
-            await signals.request_finished.asend(sender=self.__class__)
-        else:
-            await self.close_response(response)
-
-        body_file.close()
+            pass  # client disconnected during send_response
+        except SendTimedOut:
+            # The response's iterator was closed on the way out (aclosing in
+            # send_response): the stream's upstream connection and slot are free.
+            # Returning without finishing the body makes the server drop the connection.
+            metrics.send_timeout_count()
+            logger.warning("closed a response the client read nothing of for %s s: %s %.200r",
+                           resilience_settings.SEND_TIMEOUT, request.method, path)
+        return response

@@ -28,7 +28,7 @@ import secrets
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -323,68 +323,85 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass
+class _Run:
+    """One load run: what every contender is measured against, and what the contenders gave."""
+
+    plan: list[Scenario]
+    provider_url: str
+    provider: Provider
+    pools: int
+    workdir: Any
+    results: list[Result] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    async def contender(self, name: str, starter: Any, dialect: str | None = None) -> None:
+        """Start one contender's server (None: the provider itself), run the plan against it, stop it.
+        A contender that fails is noted in `failures`: the others' figures are kept."""
+        print(f"\n{name}:", flush=True)
+        server = None
+        try:
+            server = await asyncio.to_thread(starter)
+            if server is None:
+                target, group = Target(name, self.provider_url, "openai"), None
+            else:
+                spoken = dialect or ("gateway" if isinstance(server, GatewayServer) else "openai")
+                target, group = Target(name, server.url, spoken, server.token), server.group
+            self.results.extend(await run_target(target, group, self.provider, self.plan, self.pools))
+            self.targets.append(name)
+        except Exception as err:  # one contender failing must not lose the others' figures
+            self.failures.append(f"{name}: {type(err).__name__}: {err}")
+            print(f"  FAILED: {err} (logs in {self.workdir})", flush=True)
+        finally:
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+
+
 async def amain(args: argparse.Namespace) -> int:
     plan = scenarios(args)
     workdir = make_workdir()
     print(f"load run: {', '.join(s.name for s in plan)}{' (quick)' if args.quick else ''}; "
           f"logs in {workdir}", flush=True)
     provider_proc = ProviderProcess(workdir).start()
-    provider = Provider(provider_proc.url)
-    results: list[Result] = []
-    targets: list[str] = []
-    failures: list[str] = []
+    run = _Run(plan, provider_proc.url, Provider(provider_proc.url), args.pools, workdir)
 
-    async def contender(name: str, starter: Any, dialect: str | None = None) -> None:
-        print(f"\n{name}:", flush=True)
-        server = None
-        try:
-            server = await asyncio.to_thread(starter)
-            if server is None:
-                target, group = Target(name, provider_proc.url, "openai"), None
-            else:
-                spoken = dialect or ("gateway" if isinstance(server, GatewayServer) else "openai")
-                target, group = Target(name, server.url, spoken, server.token), server.group
-            results.extend(await run_target(target, group, provider, plan, args.pools))
-            targets.append(name)
-        except Exception as err:  # one contender failing must not lose the others' figures
-            failures.append(f"{name}: {type(err).__name__}: {err}")
-            print(f"  FAILED: {err} (logs in {workdir})", flush=True)
-        finally:
-            if server is not None:
-                await asyncio.to_thread(server.stop)
+    def gateway() -> GatewayServer:
+        return GatewayServer(workdir, provider_url=provider_proc.url, redis_url=args.redis_url,
+                             database_url=args.database_url, make_target=args.make_target).start()
 
     try:
         if not args.no_direct:
-            await contender("direct", lambda: None)
+            await run.contender("direct", lambda: None)
         if not args.no_gateway:
-            await contender("this project", lambda: GatewayServer(
-                workdir, provider_url=provider_proc.url, redis_url=args.redis_url,
-                database_url=args.database_url, make_target=args.make_target).start())
+            await run.contender("this project", gateway)
         if not args.no_front_door:
-            await contender("this project /v1", lambda: GatewayServer(
-                workdir, provider_url=provider_proc.url, redis_url=args.redis_url,
-                database_url=args.database_url, make_target=args.make_target).start(), dialect="openai")
+            await run.contender("this project /v1", gateway, dialect="openai")
         if args.litellm:
             for workers in [int(w) for w in args.litellm_workers.split(",") if w.strip()]:
-                await contender(f"LiteLLM {workers}w", lambda w=workers: LiteLLMServer(
+                await run.contender(f"LiteLLM {workers}w", lambda w=workers: LiteLLMServer(
                     workdir, provider_url=provider_proc.url, workers=w).start())
     finally:
         provider_proc.stop()
+    return _report(run, args)
 
-    print("\n" + table(plan, results, targets))
+
+def _report(run: _Run, args: argparse.Namespace) -> int:
+    """Print the table (and write the JSON when asked); 1 when a contender failed."""
+    print("\n" + table(run.plan, run.results, run.targets))
     print(f"\nCPU and memory are of the server's whole process tree; `direct` has no server. "
           f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
     if args.json_path:
         with open(args.json_path, "w") as out:
-            json.dump({"scenarios": [asdict(s) for s in plan], "results": [asdict(r) for r in results],
-                       "failures": failures}, out, indent=2)
-    for failure in failures:
+            json.dump({"scenarios": [asdict(s) for s in run.plan],
+                       "results": [asdict(r) for r in run.results], "failures": run.failures}, out, indent=2)
+    for failure in run.failures:
         print(f"FAILED {failure}", file=sys.stderr)
-    if args.keep or failures:
-        print(f"logs kept in {workdir}")
+    if args.keep or run.failures:
+        print(f"logs kept in {run.workdir}")
     else:
-        remove_workdir(workdir)
-    return 1 if failures else 0
+        remove_workdir(run.workdir)
+    return 1 if run.failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,16 +8,17 @@ kind (resilience.exceptions). A call goes through, in order:
 1. the live policy (re-read within `POLICY_CHECK_INTERVAL` of a change): live;
 2. path checks: the call can only reach the upstream's own base URL: urls;
 3. the response cache and single-flight (threads, tasks, and processes via
-   Redis): core, flight;
+   Redis): cached, flight;
 4. the endpoint for each attempt (one for a single-URL upstream; strategies,
-   cooldowns, failover to another endpoint inside the deadline): endpoints;
+   cooldowns, failover to another endpoint inside the deadline): attempt,
+   endpoints;
    its shared circuit breaker (no lock held around the call, no round trip
    on a healthy call): breaker;
 5. the bulkhead (calls in flight per process): bulkhead;
 6. the transport: a pooled `requests.Session` with urllib3 retries (send) or
    httpx2 pools with the same retry policy (asend); every wait and timeout is
    bounded by the call's deadline (policy);
-7. one call record: a call-log row, buffered, and `call_completed`: record.
+7. one call record: a call-log row, buffered, and `call_completed`: recorder, record.
 
 On failure: connection errors, timeouts, exhausted retries and 5xx count
 against the breaker; 4xx and local exhaustion (bulkhead, pool) do not. With
@@ -27,8 +28,10 @@ never carry a URL, query or credential (failures, credentials).
 Modules: urls (join and redact), spec (what a call asks), credentials,
 responses (cache entries, response classes, near cache), policy, endpoints, breaker,
 flight, bulkhead, send / asend (the two transports), failures (classify),
-record (the call record), live (policy reload), core (the steps and the two
-faces), registry (one client per name), stream (the stream supervisor:
+record (the call record), live (policy reload), core (the two faces over
+the steps), steps (the commands and values the steps exchange), cached (the
+cache and single-flight step), attempt (the attempt step, on one `Attempt`),
+recorder (the record step), registry (one client per name), stream (the stream supervisor:
 timers, failover after the first byte, one answer; `upstream(name).astream`)
 and openai_wire (OpenAI's stream format for it), context (the request id and
 caller a call carries) and receivers (policy changes, breaker events, cleared

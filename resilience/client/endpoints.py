@@ -16,7 +16,7 @@ Choosing (`Pool.choose`): the strategy orders the endpoints not yet tried in
 this call (then the others but the last tried; an endpoint that left an
 attempt unanswered only when nothing else is left, one that had its burst of
 attempts never: `avoid` and `exclude`, from the call's steps in
-resilience.client.core); the first one that is available is taken. Unavailable means: its
+resilience.client.attempt); the first one that is available is taken. Unavailable means: its
 credential is missing, it is cooling down (it answered 429/503 with
 Retry-After), or its breaker refuses. Strategies:
 

@@ -12,7 +12,7 @@ One logic, two faces: `join`/`finish` keep the table of flights and
 `across` is the cross-process protocol as a generator that yields the
 seconds it wants to sleep, so `run` (threads) and `arun` (tasks) only differ
 in how they wait. The resilient client drives the same pieces from its own
-steps (resilience.client.core).
+steps (resilience.client.cached).
 """
 from __future__ import annotations
 

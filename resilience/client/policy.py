@@ -16,7 +16,7 @@ time left.
 `Discipline` decides, for an upstream with several endpoints, whether a
 failed attempt is retried on its own endpoint (by the transport, with the
 policy's waits) or handed back so the call moves to another endpoint
-(resilience.client.core): the retry discipline the README's "Retries and
+(resilience.client.attempt): the retry discipline the README's "Retries and
 failover" describes. `attempt_timeout` is the one place the timers of an
 attempt are chosen.
 """
@@ -228,7 +228,7 @@ class Trace:
     over to: `endpoint` names the endpoint being tried ("" for a single-URL
     upstream), and `discipline` (when set) decides whether a failure is
     retried on that endpoint by the transport or handed back to the client,
-    which moves the call to another endpoint (resilience.client.core)."""
+    which moves the call to another endpoint (resilience.client.attempt)."""
 
     deadline: float
     started: float = field(default_factory=time.monotonic)

@@ -20,7 +20,7 @@ policy (each 0 means "the read timeout"):
 An attempt breaks when its connection is cut before the final chunk, when a
 timer above runs out, or when the provider sends an error event. The broken
 attempt is closed as a failure of its endpoint (breaker, score, call-log row
-with its outcome; resilience.client.core settles a stream when it closes),
+with its outcome; resilience.client.attempt settles a stream when it closes),
 and the answer goes on, up to `retry_total` times, on another endpoint
 when one is available (else the same one):
 
@@ -322,116 +322,9 @@ class SupervisedStream:
         return (policy.first_token_timeout or policy.read_timeout,
                 policy.stream_idle_timeout or policy.read_timeout, policy.stream_max_seconds)
 
-    async def _read(self) -> AsyncIterator[StreamEvent]:
-        """The open attempt's events until it ends cleanly; `_Break` when it
-        breaks. Timers are per read: nothing is awaited under a timer while
-        the caller holds an event."""
-        response, codec = self._response, self.codec
-        first, idle, cap = self._limits()
-        if "json" in response.headers.get("content-type", ""):  # the provider ignored "stream": true
-            for event in await self._whole(response, first):
-                if event.finish_reason is not None:
-                    self.finish_reason = event.finish_reason
-                if event.usage is not None:
-                    self.usage = event.usage
-                yield event
-            return
-        cap_at = self._started + cap if cap else None
-        name = self.client.name
-        reader = SSEReader()
-        body = aiter(response.aiter_body())
-        content = finished = done = False
-        wants_usage = self.codec.wants_usage(self.body)
-        events = 0
-        while True:
-            now = self.clock()
-            if finished and (self.usage is not None or not wants_usage):
-                wait, kind = FINISH_GRACE, "grace"
-            elif content:
-                wait, kind = idle, "timeout_idle"
-            else:
-                first_at = self._sent_at + first
-                if not self._sent_length:  # nothing reached the caller yet: the call's deadline bounds it
-                    first_at = min(first_at, self._started + self._policy.deadline)
-                wait, kind = max(0.0, first_at - now), "timeout_first_token"
-            if cap_at is not None and now + wait >= cap_at:
-                wait, kind = max(0.0, cap_at - now), "timeout_max"
-            try:
-                async with asyncio.timeout(wait):
-                    chunk = await anext(body)
-            except TimeoutError:
-                if finished:
-                    self._count("no_done")
-                    return
-                what = {"timeout_first_token": f"no first token within {first:g} s",
-                        "timeout_idle": f"silent for {idle:g} s after {events} events",
-                        "timeout_max": f"stream_max_seconds ({cap:g} s) passed"}[kind]
-                raise _Break(errors.UpstreamTimeout(f"{name}: {what}", upstream=name), kind) from None
-            except StopAsyncIteration:
-                if done or finished:
-                    if not done:
-                        self._count("no_done")
-                    return
-                raise _Break(errors.UpstreamConnectionError(
-                    f"{name}: stream cut after {events} events (ended before its final chunk)",
-                    upstream=name), "cut") from None
-            except (httpx2.TransportError, OSError) as err:
-                if finished:
-                    self._count("no_done")
-                    return
-                if isinstance(err, httpx2.TimeoutException):  # the transport's own read timeout
-                    kind = "timeout_idle" if content else "timeout_first_token"
-                    raise _Break(errors.UpstreamTimeout(f"{name}: read timed out after {events} events",
-                                                        upstream=name), kind) from None
-                raise _Break(errors.UpstreamConnectionError(
-                    f"{name}: stream cut after {events} events ({type(err).__name__})", upstream=name),
-                    "cut") from None
-            parsed: list[StreamEvent] = []
-            for data in reader.feed(chunk):
-                if data is None:
-                    self._count("skipped")
-                    continue
-                if codec.is_done(data):
-                    done = True
-                    break
-                event = codec.parse(data)
-                if event is None:
-                    self._count("skipped")
-                    continue
-                if event.error is not None:
-                    raise _Break(errors.UpstreamError(f"{name}: the provider's stream failed: {event.error}",
-                                                      upstream=name), "error_event")
-                events += 1
-                if event.content:
-                    content = True
-                if event.finish_reason is not None:
-                    finished = True
-                    self.finish_reason = event.finish_reason
-                if event.usage is not None:
-                    self.usage = event.usage
-                parsed.append(event)
-            for event in parsed:
-                yield event
-            if done:
-                await _drain(body)
-                return
-
-    async def _whole(self, response: Any, first: float) -> list[StreamEvent]:
-        name = self.client.name
-        try:
-            async with asyncio.timeout(max(0.0, self._sent_at + first - self.clock())):
-                content = await response.aread()
-        except TimeoutError:
-            raise _Break(errors.UpstreamTimeout(f"{name}: no answer within {first:g} s", upstream=name),
-                         "timeout_first_token") from None
-        except httpx2.TransportError as err:
-            raise _Break(errors.UpstreamConnectionError(f"{name}: answer cut ({type(err).__name__})",
-                                                        upstream=name), "cut") from None
-        events = self.codec.answer_events(content)
-        if events is None:
-            raise _Break(errors.UpstreamError(f"{name}: the answer is not a completion", upstream=name),
-                         "error_event")
-        return events
+    def _read(self) -> AsyncIterator[StreamEvent]:
+        """The open attempt's events until it ends cleanly; `_Break` when it breaks."""
+        return _AttemptReader(self).events()
 
     def _deliver(self, event: StreamEvent) -> StreamEvent | None:
         """What of `event` reaches the caller: all of it on the first attempt;
@@ -518,6 +411,155 @@ class SupervisedStream:
         """Close the open attempt (a no-op once the stream ended)."""
         if self._response is not None:
             await self._settle(None)
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far the open attempt got: what its timers and the end of its stream depend on."""
+
+    events: int = 0
+    content: bool = False  # an event with content (text or the final chunk) arrived
+    finished: bool = False  # the final chunk (a finish reason) arrived
+    done: bool = False  # the codec's end marker (`[DONE]`) arrived
+
+
+class _AttemptReader:
+    """Reads one attempt of a `SupervisedStream`: its events until the attempt ends cleanly, or `_Break`
+    naming how it broke. Timers are per read: nothing is awaited under a timer while the caller holds
+    an event. Counts and the answer's `usage` and `finish_reason` go onto the stream."""
+
+    def __init__(self, stream: SupervisedStream) -> None:
+        self.stream = stream
+        self.name = stream.client.name
+        self.response = stream._response
+        self.first, self.idle, self.cap = stream._limits()
+        self.progress = _Progress()
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        stream = self.stream
+        if "json" in self.response.headers.get("content-type", ""):  # the provider ignored "stream": true
+            for event in await self._whole():
+                if event.finish_reason is not None:
+                    stream.finish_reason = event.finish_reason
+                if event.usage is not None:
+                    stream.usage = event.usage
+                yield event
+            return
+        reader = SSEReader()
+        body = aiter(self.response.aiter_body())
+        wants_usage = stream.codec.wants_usage(stream.body)
+        while True:
+            chunk = await self._next_chunk(body, *self._next_wait(wants_usage))
+            if chunk is None:
+                return
+            for event in self._parse(reader, chunk):
+                yield event
+            if self.progress.done:
+                await _drain(body)
+                return
+
+    def _next_wait(self, wants_usage: bool) -> tuple[float, str]:
+        """How long the next read may wait, and the count a timeout there is."""
+        stream, progress = self.stream, self.progress
+        now = stream.clock()
+        if progress.finished and (stream.usage is not None or not wants_usage):
+            wait, kind = FINISH_GRACE, "grace"
+        elif progress.content:
+            wait, kind = self.idle, "timeout_idle"
+        else:
+            first_at = stream._sent_at + self.first
+            if not stream._sent_length:  # nothing reached the caller yet: the call's deadline bounds it
+                first_at = min(first_at, stream._started + stream._policy.deadline)
+            wait, kind = max(0.0, first_at - now), "timeout_first_token"
+        cap_at = stream._started + self.cap if self.cap else None
+        if cap_at is not None and now + wait >= cap_at:
+            wait, kind = max(0.0, cap_at - now), "timeout_max"
+        return wait, kind
+
+    async def _next_chunk(self, body: AsyncIterator[bytes], wait: float, kind: str) -> bytes | None:
+        """The next chunk of the body; None when the stream ended cleanly (after its final chunk);
+        `_Break` when it was cut or a timer ran out before that."""
+        progress, name = self.progress, self.name
+        try:
+            async with asyncio.timeout(wait):
+                return await anext(body)
+        except TimeoutError:
+            if progress.finished:
+                self.stream._count("no_done")
+                return None
+            what = {"timeout_first_token": f"no first token within {self.first:g} s",
+                    "timeout_idle": f"silent for {self.idle:g} s after {progress.events} events",
+                    "timeout_max": f"stream_max_seconds ({self.cap:g} s) passed"}[kind]
+            raise _Break(errors.UpstreamTimeout(f"{name}: {what}", upstream=name), kind) from None
+        except StopAsyncIteration:
+            if progress.done or progress.finished:
+                if not progress.done:
+                    self.stream._count("no_done")
+                return None
+            raise _Break(errors.UpstreamConnectionError(
+                f"{name}: stream cut after {progress.events} events (ended before its final chunk)",
+                upstream=name), "cut") from None
+        except (httpx2.TransportError, OSError) as err:
+            if progress.finished:
+                self.stream._count("no_done")
+                return None
+            raise self._transport_break(err) from None
+
+    def _transport_break(self, err: Exception) -> _Break:
+        events, name = self.progress.events, self.name
+        if isinstance(err, httpx2.TimeoutException):  # the transport's own read timeout
+            kind = "timeout_idle" if self.progress.content else "timeout_first_token"
+            return _Break(errors.UpstreamTimeout(f"{name}: read timed out after {events} events",
+                                                 upstream=name), kind)
+        return _Break(errors.UpstreamConnectionError(
+            f"{name}: stream cut after {events} events ({type(err).__name__})", upstream=name), "cut")
+
+    def _parse(self, reader: SSEReader, chunk: bytes) -> list[StreamEvent]:
+        """The events of `chunk`, all parsed before any is handed on (an error event breaks first)."""
+        stream, progress, codec = self.stream, self.progress, self.stream.codec
+        parsed: list[StreamEvent] = []
+        for data in reader.feed(chunk):
+            if data is None:
+                stream._count("skipped")
+                continue
+            if codec.is_done(data):
+                progress.done = True
+                break
+            event = codec.parse(data)
+            if event is None:
+                stream._count("skipped")
+                continue
+            if event.error is not None:
+                raise _Break(errors.UpstreamError(f"{self.name}: the provider's stream failed: {event.error}",
+                                                  upstream=self.name), "error_event")
+            progress.events += 1
+            if event.content:
+                progress.content = True
+            if event.finish_reason is not None:
+                progress.finished = True
+                stream.finish_reason = event.finish_reason
+            if event.usage is not None:
+                stream.usage = event.usage
+            parsed.append(event)
+        return parsed
+
+    async def _whole(self) -> list[StreamEvent]:
+        """The events of an answer that came whole (JSON, not a stream), read within the first-token timer."""
+        stream, name = self.stream, self.name
+        try:
+            async with asyncio.timeout(max(0.0, stream._sent_at + self.first - stream.clock())):
+                content = await self.response.aread()
+        except TimeoutError:
+            raise _Break(errors.UpstreamTimeout(f"{name}: no answer within {self.first:g} s", upstream=name),
+                         "timeout_first_token") from None
+        except httpx2.TransportError as err:
+            raise _Break(errors.UpstreamConnectionError(f"{name}: answer cut ({type(err).__name__})",
+                                                        upstream=name), "cut") from None
+        events = stream.codec.answer_events(content)
+        if events is None:
+            raise _Break(errors.UpstreamError(f"{name}: the answer is not a completion", upstream=name),
+                         "error_event")
+        return events
 
 
 async def _drain(body: AsyncIterator[bytes]) -> None:

@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import DatabaseError
@@ -215,6 +216,17 @@ class CacheCollector:
         yield backend
 
 
+@dataclass(frozen=True, slots=True)
+class _OperationsState:
+    """What one scrape read of the jobs, probes and alerts (by priority, by upstream, by rule)."""
+
+    waiting: dict[str, dict[str, Any]]
+    busy: dict[str, int]
+    dead: int
+    probes: dict[str, list[tuple[bool, Any]]]
+    firing: list[dict[str, Any]]
+
+
 class OperationsCollector:
     """The jobs queues, probes and alerts, read from the database at scrape
     time (the same answer from every worker; a few grouped queries whatever
@@ -238,55 +250,71 @@ class OperationsCollector:
     """
 
     def collect(self) -> Iterator[Metric]:
+        from django.utils import timezone
+
+        now = timezone.now()
+        try:
+            state = self._read(now)
+        except DatabaseError:
+            logger.warning("metrics: jobs, probes and alerts left out (database unavailable)")
+            return
+        yield from self._jobs(state, now)
+        yield from self._probes(state.probes)
+        yield self._alerts(state.firing)
+
+    @staticmethod
+    def _read(now: Any) -> _OperationsState:
+        """The jobs, probes and alerts as the database has them now (a few grouped queries)."""
         from django.db.models import Count, Min, Q
         from django.db.models.functions import Coalesce
-        from django.utils import timezone
 
         # At scrape time, not for a circle: this module loads before the app
         # registry is ready (project.door imports it), and models need it.
         from resilience.models import Alert, Job, ProbeResult, Upstream
 
-        now = timezone.now()
+        due = Q(run_after__isnull=True) | Q(run_after__lte=now)
+        kept = [Job.Status.QUEUED, Job.Status.RUNNING, Job.Status.FAILED]
+        rows = list(Job.objects.filter(status__in=kept).values("status", "priority").annotate(
+            count=Count("id", filter=due | ~Q(status=Job.Status.QUEUED)),
+            oldest=Min(Coalesce("run_after", "created_at"), filter=due)))
+        probed = list(Upstream.objects.filter(probe_interval__gt=0).exclude(health_path="")
+                      .values_list("name", flat=True))
+        return _OperationsState(
+            waiting={r["priority"]: r for r in rows if r["status"] == Job.Status.QUEUED},
+            busy={r["priority"]: r["count"] for r in rows if r["status"] == Job.Status.RUNNING},
+            dead=sum(r["count"] for r in rows if r["status"] == Job.Status.FAILED),
+            probes={name: list(ProbeResult.objects.filter(upstream=name)
+                               .values_list("ok", "created_at")[:20]) for name in probed},
+            firing=list(Alert.objects.filter(state=Alert.State.FIRING).values(
+                "rule_id", "rule__metric", "rule__severity").annotate(count=Count("id"))))
+
+    @staticmethod
+    def _jobs(state: _OperationsState, now: Any) -> Iterator[Metric]:
         queues = {"high": "high", "normal": "default", "low": "low"}
         depth = GaugeMetricFamily("resilience_jobs_queue_depth", "Jobs waiting to run now, per queue.",
                                   labels=["queue"])
         age = GaugeMetricFamily("resilience_jobs_queue_oldest_age_seconds",
                                 "Seconds the oldest waiting job has been due, per queue.", labels=["queue"])
         running = GaugeMetricFamily("resilience_jobs_running", "Jobs running, per queue.", labels=["queue"])
-        try:
-            due = Q(run_after__isnull=True) | Q(run_after__lte=now)
-            kept = [Job.Status.QUEUED, Job.Status.RUNNING, Job.Status.FAILED]
-            rows = list(Job.objects.filter(status__in=kept).values("status", "priority").annotate(
-                count=Count("id", filter=due | ~Q(status=Job.Status.QUEUED)),
-                oldest=Min(Coalesce("run_after", "created_at"), filter=due)))
-            waiting = {r["priority"]: r for r in rows if r["status"] == Job.Status.QUEUED}
-            busy = {r["priority"]: r["count"] for r in rows if r["status"] == Job.Status.RUNNING}
-            dead = sum(r["count"] for r in rows if r["status"] == Job.Status.FAILED)
-            probed = list(Upstream.objects.filter(probe_interval__gt=0).exclude(health_path="")
-                          .values_list("name", flat=True))
-            probes = {name: list(ProbeResult.objects.filter(upstream=name)
-                                 .values_list("ok", "created_at")[:20]) for name in probed}
-            firing = list(Alert.objects.filter(state=Alert.State.FIRING).values(
-                "rule_id", "rule__metric", "rule__severity").annotate(count=Count("id")))
-        except DatabaseError:
-            logger.warning("metrics: jobs, probes and alerts left out (database unavailable)")
-            return
         for priority, queue in queues.items():
-            row = waiting.get(priority)
+            row = state.waiting.get(priority)
             depth.add_metric([queue], row["count"] if row else 0)
             oldest = row["oldest"] if row else None
             age.add_metric([queue], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
-            running.add_metric([queue], busy.get(priority, 0))
+            running.add_metric([queue], state.busy.get(priority, 0))
         yield depth
         yield age
         yield running
         yield GaugeMetricFamily("resilience_jobs_dead_letters", "Failed jobs kept (dead letters).",
-                                value=dead)
+                                value=state.dead)
         last_tick = default_cache().get("jobs:scheduler:last_tick")  # resilience.jobs.worker.LAST_TICK_KEY
         if last_tick is not None:
             yield GaugeMetricFamily("resilience_jobs_scheduler_last_tick_timestamp_seconds",
                                     "Unix time of the last schedule tick of any jobs worker (shared through "
                                     "Redis; absent without it).", value=last_tick)
+
+    @staticmethod
+    def _probes(probes: dict[str, list[tuple[bool, Any]]]) -> Iterator[Metric]:
         ok = GaugeMetricFamily("resilience_probe_ok", "The last health probe: 1 healthy, 0 unhealthy.",
                                labels=["upstream"])
         when = GaugeMetricFamily("resilience_probe_timestamp_seconds", "Unix time of the last health probe.",
@@ -307,13 +335,15 @@ class OperationsCollector:
         yield ok
         yield when
         yield streak
+
+    @staticmethod
+    def _alerts(firing: list[dict[str, Any]]) -> Metric:
         alerts = GaugeMetricFamily("resilience_alerts_firing", "Firing alerts per rule (by id; see "
                                    "/api/resilience/alerts for names).",
                                    labels=["rule_id", "metric", "severity"])
         for row in firing:
             alerts.add_metric([str(row["rule_id"]), row["rule__metric"], row["rule__severity"]], row["count"])
-        yield alerts
-
+        return alerts
 
 def scrape_registry() -> CollectorRegistry:
     """A registry for one scrape: every worker's event metrics (multiprocess
