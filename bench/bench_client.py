@@ -44,7 +44,9 @@ def main() -> None:
     fake.script("/down", Reply(500))
     _make_upstream("bench", fake.url, cache_ttl=300)
     _make_upstream("bench-nocache", fake.url, cache_ttl=0)
-    _make_upstream("bench-open", fake.url, retry_total=0, breaker_fail_max=1, breaker_reset_timeout=3600)
+    # Open for the whole run: the first probe waits breaker_probe_interval (then up to the reset timeout).
+    _make_upstream("bench-open", fake.url, retry_total=0, breaker_fail_max=1, breaker_reset_timeout=3600,
+                   breaker_probe_interval=3600)
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
     rows = _call_rows(fake.url, redis_url)
     rows += _hit_rows(fake.url, redis_url)
