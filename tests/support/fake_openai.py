@@ -111,6 +111,20 @@ def _pieces(text: str, count: int = 4) -> list[str]:
     return [text[i:i + step] for i in range(0, len(text), step)] or [""]
 
 
+def _tool_call(payload: dict[str, Any], sequence: int) -> dict[str, Any] | None:
+    """The fake's tool use: a request offering tools whose last message is
+    not a tool's result gets a call of its first tool, with the last user
+    text as `{"text": ...}`; once the result came, it answers in text."""
+    tools = payload.get("tools") or []
+    if not tools or payload["messages"][-1].get("role") == "tool" or payload.get("tool_choice") == "none":
+        return None
+    first = tools[0].get("function") or {}
+    last_user = next((m for m in reversed(payload["messages"]) if m.get("role") == "user"), {})
+    arguments = json.dumps({"text": _text(last_user.get("content"))})
+    return {"id": f"call_fake{sequence}", "type": "function",
+            "function": {"name": first.get("name", ""), "arguments": arguments}}
+
+
 class FakeOpenAI(HTTPFake):
     """A fake OpenAI API; point the SDK at `url` (http://127.0.0.1:PORT/v1).
 
@@ -239,6 +253,9 @@ class FakeOpenAI(HTTPFake):
         head = {"id": f"chatcmpl-fake{sequence}", "created": int(time.time()), "model": payload["model"]}
         headers = {"x-request-id": f"req_fake{sequence}"}
 
+        call = _tool_call(payload, sequence)
+        if call is not None:
+            return self._tool_answer(payload, head, headers, usage, call, behaviour.pieces)
         if not payload.get("stream"):
             message = {"role": "assistant", "content": content, "refusal": None}
             return Reply(200, headers=headers, body={
@@ -279,6 +296,34 @@ class FakeOpenAI(HTTPFake):
             frames.append(frame({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
         if not behaviour.omit_done:
             frames.append(b"data: [DONE]\n\n")
+        return self._stream(headers, frames)
+
+    def _tool_answer(self, payload: dict[str, Any], head: dict[str, Any], headers: dict[str, str],
+                     usage: dict[str, Any], call: dict[str, Any], pieces: int) -> Reply:
+        """A call of the request's first tool; streamed, its arguments arrive in `pieces` parts."""
+        if not payload.get("stream"):
+            message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+            return Reply(200, headers=headers, body={
+                **head, "object": "chat.completion", "usage": usage,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": "tool_calls"}]})
+
+        def frame(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            chunk = {**head, "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        function = call["function"]
+        opening = {"index": 0, "id": call["id"], "type": "function",
+                   "function": {"name": function["name"], "arguments": ""}}
+        frames: list[bytes | float] = [frame({"role": "assistant", "content": None, "tool_calls": [opening]})]
+        for piece in _pieces(function["arguments"], pieces):
+            frames.append(frame({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+        frames.append(frame({}, "tool_calls"))
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            tail = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            frames.append(f"data: {json.dumps(tail)}\n\n".encode())
+        frames.append(b"data: [DONE]\n\n")
         return self._stream(headers, frames)
 
     @staticmethod
