@@ -128,9 +128,12 @@ def _openai_messages(messages: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         where = f"messages.{i}"
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
             raise TranslationError(f"{where}.role", f"{where}.role: must be 'user' or 'assistant'")
         content = message.get("content")
+        if message["role"] == "system":  # a system turn mid-conversation (Claude Code sends them)
+            out.append({"role": "system", "content": _system_text(content)})
+            continue
         if isinstance(content, str):
             out.append({"role": message["role"], "content": content})
             continue

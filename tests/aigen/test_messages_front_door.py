@@ -164,7 +164,7 @@ def test_tool_use_with_streamed_arguments_and_the_result_going_back(gateway, pro
     back = primary.chat_requests()[-1]["messages"]
     assert back[-2]["tool_calls"][0]["id"] == use.id  # ids kept both ways
     assert back[-1] == {"role": "tool", "tool_call_id": use.id, "content": "pong"}
-    assert second.stop_reason == "end_turn" and second.content[0].text.startswith(CONTENT_PREFIX)
+    assert second.stop_reason == "end_turn" and second.content[0].text == CONTENT_PREFIX + "pong"
 
 
 def test_count_tokens(gateway):

@@ -22,6 +22,7 @@ text, as the continuing providers do, unless the behaviour refuses prefills.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -111,18 +112,31 @@ def _pieces(text: str, count: int = 4) -> list[str]:
     return [text[i:i + step] for i in range(0, len(text), step)] or [""]
 
 
+#: A user text `TOOL:<name> <json>` asks the fake to call that tool with those arguments.
+TOOL_DIRECTIVE = re.compile(r"TOOL:(\w+) (\{.*\})", re.DOTALL)
+
+
 def _tool_call(payload: dict[str, Any], sequence: int) -> dict[str, Any] | None:
-    """The fake's tool use: a request offering tools whose last message is
-    not a tool's result gets a call of its first tool, with the last user
-    text as `{"text": ...}`; once the result came, it answers in text."""
+    """The fake's tool use, for a request offering tools whose last message
+    is not a tool's result: the tool and arguments a `TOOL:` directive in the
+    last user text names, else with `tool_choice` "required" its first tool
+    with `{"text": <that text>}`; otherwise, and once the result came (the
+    answer is then the result), it answers in text."""
     tools = payload.get("tools") or []
     if not tools or payload["messages"][-1].get("role") == "tool" or payload.get("tool_choice") == "none":
         return None
-    first = tools[0].get("function") or {}
     last_user = next((m for m in reversed(payload["messages"]) if m.get("role") == "user"), {})
-    arguments = json.dumps({"text": _text(last_user.get("content"))})
+    text = _text(last_user.get("content"))
+    directive = TOOL_DIRECTIVE.search(text)
+    names = [(tool.get("function") or {}).get("name", "") for tool in tools]
+    if directive and directive.group(1) in names:
+        name, arguments = directive.group(1), directive.group(2)
+    elif directive or payload.get("tool_choice") != "required":
+        return None  # no tool asked for, or the named one is not offered: answer in text
+    else:
+        name, arguments = names[0], json.dumps({"text": text})
     return {"id": f"call_fake{sequence}", "type": "function",
-            "function": {"name": first.get("name", ""), "arguments": arguments}}
+            "function": {"name": name, "arguments": arguments}}
 
 
 class FakeOpenAI(HTTPFake):
@@ -241,6 +255,8 @@ class FakeOpenAI(HTTPFake):
                 400, "This model does not support assistant message prefill (prefix).", param="messages"))
         last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
         content = behaviour.content_prefix + _text(last_user.get("content"))
+        if last.get("role") == "tool":  # after a tool call: the tool's result
+            content = behaviour.content_prefix + _text(last.get("content"))
         if prefill is not None:  # a continuation: the rest after the prefill
             content = content[len(prefill):] if content.startswith(prefill) else content
         prompt_tokens = sum(tokens(_text(m.get("content"))) for m in messages)
