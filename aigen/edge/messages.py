@@ -203,13 +203,13 @@ async def _with_pings(events: AsyncIterator[Any], interval: float) -> AsyncItera
 
 def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> StreamingHttpResponse:
     writer = translate.AnthropicStreamWriter(model=model)
-    ping = translate.sse("ping", {"type": "ping"})
 
     async def events() -> AsyncIterator[bytes]:
         try:
             async for event in _with_pings(stream, aigen_settings.MESSAGES_PING_INTERVAL):
                 if event is None:
-                    yield ping
+                    for frame in writer.ping():
+                        yield frame
                     continue
                 chunk = OPENAI_CHAT.with_text(event.data, event.text) if event.spliced else event.data
                 for frame in writer.feed(chunk):

@@ -303,6 +303,10 @@ class AnthropicStreamWriter:
                                                    "index": self._tools[position], "delta": delta}))
         return out
 
+    def ping(self) -> list[bytes]:
+        """A keep-alive; `message_start` first when nothing was sent yet (Anthropic's order)."""
+        return [*([] if self.started else self._start({})), sse("ping", {"type": "ping"})]
+
     def feed(self, chunk: Any) -> list[bytes]:
         """The events of one OpenAI chunk (parsed JSON)."""
         if not isinstance(chunk, dict):

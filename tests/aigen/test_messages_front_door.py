@@ -241,3 +241,22 @@ def test_unknown_paths_under_messages_answer_a_json_404_in_anthropics_shape(gate
     assert response.status_code == 404
     assert response.json()["type"] == "error" and response.json()["error"]["type"] == "not_found_error"
     assert client.get("/v1/nothing").json()["error"]["code"] == "unknown_url"  # OpenAI's shape elsewhere
+
+
+def test_a_long_silence_gets_pings_and_the_answer_still_comes_whole(gateway, providers, settings):
+    from project.asgi import application
+
+    settings.AIGEN = {**settings.AIGEN, "MESSAGES_PING_INTERVAL": 0.02}
+    providers[0].misbehave("*", Behaviour(first_token_delay=0.2), times=1)
+
+    async def go():
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            body = {"model": MODEL, "max_tokens": 8, "stream": True, "messages": ask("slow")}
+            response = await http.post("/v1/messages", json=body, headers={"x-api-key": gateway})
+            return response.text
+
+    names = [line.removeprefix("event: ") for line in async_to_sync(go)().splitlines()
+             if line.startswith("event: ")]
+    assert names[:2] == ["message_start", "ping"]  # Anthropic's order, before the first text
+    assert names[-1] == "message_stop" and "content_block_delta" in names
