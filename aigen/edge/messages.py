@@ -44,8 +44,10 @@ from aigen import openai_views
 from aigen.async_views import _authenticate, _body, _Refusal
 from aigen.auth import token_refused
 from aigen.conf import aigen_settings
+from aigen.edge.wire import DEFAULT_VERSION, MESSAGES_PATH, VERSION_HEADER, wire_formats
 from aigen.exceptions import RequestTooLarge
 from aigen.generation import translate
+from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
 from aigen.throttling import GenerateThrottle
 from aigen.tokens import atoken_user
 from resilience import exceptions as errors
@@ -56,7 +58,7 @@ from resilience.context import current_caller
 
 #: The UpstreamError codes that mean "no endpoint could take the call": Anthropic's 529.
 _OVERLOADED = {"breaker_open", "bulkhead_full", "pool_exhausted", "upstream_disabled"}
-_VERSION = "anthropic-version"
+_KINDS = frozenset(translate.ERROR_TYPES.values())
 
 
 def anthropic_error_response(status: int, message: str, *, kind: str | None = None,
@@ -66,7 +68,7 @@ def anthropic_error_response(status: int, message: str, *, kind: str | None = No
     if retry_after is not None:
         response["retry-after"] = str(max(1, math.ceil(retry_after)))
     if version:
-        response[_VERSION] = version
+        response[VERSION_HEADER] = version
     response._has_been_logged = True  # type: ignore[attr-defined]  # counted, not logged line by line
     return response
 
@@ -88,7 +90,7 @@ class _Call:
 
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
-        self.version = request.headers.get(_VERSION, "")
+        self.version = request.headers.get(VERSION_HEADER, "")
         self.body: dict[str, Any] = {}
 
     def error(self, status: int, message: str, **kwargs: Any) -> JsonResponse:
@@ -147,7 +149,7 @@ class _Call:
 
     def answered(self, response: HttpResponse) -> HttpResponse:
         if self.version:
-            response[_VERSION] = self.version
+            response[VERSION_HEADER] = self.version
         return response
 
 
@@ -163,10 +165,11 @@ def _provider_error(call: _Call, response: Any) -> HttpResponse:
         error = json.loads(response.content).get("error") or {}
         message = str(error.get("message") or "")
     except (ValueError, AttributeError):
-        message = ""
+        error, message = {}, ""
     status = response.status_code
     retry = response.headers.get("Retry-After")
-    return call.error(status, message or f"the provider answered {status}",
+    kind = error.get("type") if error.get("type") in _KINDS else None  # an Anthropic provider's own
+    return call.error(status, message or f"the provider answered {status}", kind=kind,
                       retry_after=float(retry) if retry and retry.isdigit() else None)
 
 
@@ -232,20 +235,27 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> Streamin
 
 
 async def _relay(call: _Call, name: str) -> HttpResponse:
-    """The translated call through the upstream's client, answered in Anthropic's shape."""
+    """The call through the upstream's client (translated to OpenAI's format
+    unless its endpoints speak Anthropic's), answered in Anthropic's shape."""
+    wire = await wire_formats.get(name)
+    if wire == "mixed":
+        return call.error(500, f"upstream {name} mixes wire formats: give its endpoints one")
     try:
         _messages_checked(call.body)
-        payload = translate.openai_request(call.body)
+        native = wire == "anthropic"
+        payload = call.body if native else translate.openai_request(call.body)
     except translate.TranslationError as invalid:
         return call.error(400, invalid.message)
     client = upstream_client(name)
     model = call.body["model"]
+    path, codec = (MESSAGES_PATH, ANTHROPIC_MESSAGES) if native else (openai_views.CHAT_PATH, OPENAI_CHAT)
+    headers = {VERSION_HEADER: call.version or DEFAULT_VERSION} if native else None
     try:
         if payload.get("stream"):
-            return _event_stream(call, await client.astream(openai_views.CHAT_PATH, json=payload,
-                                                            codec=OPENAI_CHAT), model)
-        response = await client.arequest("POST", openai_views.CHAT_PATH, json=payload, cache=False,
-                                         raise_for_status=False)
+            stream = await client.astream(path, json=payload, codec=codec, headers=headers)
+            return _event_stream(call, stream, model)
+        response = await client.arequest("POST", path, json=payload, cache=False, raise_for_status=False,
+                                         headers=headers)
     except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
         return _provider_error(call, err.response)
     except errors.UpstreamError as err:
@@ -253,10 +263,12 @@ async def _relay(call: _Call, name: str) -> HttpResponse:
     if response.status_code >= 400:
         return _provider_error(call, response)
     try:
-        completion = json.loads(response.content)
+        answer = json.loads(response.content)
     except ValueError:
         return call.error(502, "the provider's answer is not JSON", kind="api_error")
-    return call.answered(JsonResponse(translate.anthropic_response(completion, model=model)))
+    if not native:
+        answer = translate.anthropic_response(answer, model=model)
+    return call.answered(JsonResponse(answer))
 
 
 async def _admitted(request: HttpRequest) -> tuple[_Call, HttpResponse | None]:
@@ -307,3 +319,4 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
 # Answers take seconds by design: not "slow requests" (resilience.middleware reads the mark,
 # as it does on the OpenAI route's view).
 messages.slow_expected = True  # type: ignore[attr-defined]
+
