@@ -165,3 +165,15 @@ def test_provider_errors_keep_their_shape_per_front_door(claude):
                                                                               messages=ask("x")))
     assert caught.value.body["message"] == "bad max_tokens"
     assert caught.value.body["code"] == "invalid_request_error"
+
+
+def test_a_pool_that_mixes_wire_formats_is_refused_with_api_error_not_sent_the_wrong_body(claude):
+    token, primary, fallback = claude
+    Endpoint.objects.filter(name="fallback").update(wire_format="openai")
+    wire_formats.clear()
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        run(lambda http, _: claude_sdk(token, http).messages.create(model=MODEL, max_tokens=8,
+                                                                    messages=ask("x")))
+    assert raised.value.status_code == 500 and raised.value.body["error"]["type"] == "api_error"
+    assert "mixes wire formats" in raised.value.body["error"]["message"]
+    assert primary.message_requests() == [] and fallback.message_requests() == []

@@ -260,3 +260,15 @@ def test_a_long_silence_gets_pings_and_the_answer_still_comes_whole(gateway, pro
              if line.startswith("event: ")]
     assert names[:2] == ["message_start", "ping"]  # Anthropic's order, before the first text
     assert names[-1] == "message_stop" and "content_block_delta" in names
+
+
+def test_a_session_post_without_its_csrf_token_is_403_permission_error(gateway, db):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(get_user_model().objects.get(username="caller"))
+    response = browser.post("/v1/messages", data={"model": MODEL, "max_tokens": 8, "messages": ask("x")},
+                            content_type="application/json", HTTP_ANTHROPIC_VERSION="2023-06-01")
+    assert response.status_code == 403
+    assert response.json()["error"]["type"] == "permission_error"
+    assert response["anthropic-version"] == "2023-06-01"
