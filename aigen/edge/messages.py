@@ -209,14 +209,17 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> Streamin
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for event in _with_pings(stream, aigen_settings.MESSAGES_PING_INTERVAL):
-                if event is None:
-                    for frame in writer.ping():
+            # aclosing: a caller gone mid-stream cancels the pending read before the stream is closed.
+            pinged = _with_pings(stream, aigen_settings.MESSAGES_PING_INTERVAL)
+            async with contextlib.aclosing(pinged) as items:
+                async for event in items:
+                    if event is None:
+                        for frame in writer.ping():
+                            yield frame
+                        continue
+                    chunk = OPENAI_CHAT.with_text(event.data, event.text) if event.spliced else event.data
+                    for frame in writer.feed(chunk):
                         yield frame
-                    continue
-                chunk = OPENAI_CHAT.with_text(event.data, event.text) if event.spliced else event.data
-                for frame in writer.feed(chunk):
-                    yield frame
             for frame in writer.finish():
                 yield frame
         except errors.UpstreamError as err:
