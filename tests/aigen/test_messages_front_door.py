@@ -254,6 +254,7 @@ def test_a_long_silence_gets_pings_and_the_answer_still_comes_whole(gateway, pro
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             body = {"model": MODEL, "max_tokens": 8, "stream": True, "messages": ask("slow")}
             response = await http.post("/v1/messages", json=body, headers={"x-api-key": gateway})
+            assert response.status_code == 200, response.text
             return response.text
 
     names = [line.removeprefix("event: ") for line in async_to_sync(go)().splitlines()
