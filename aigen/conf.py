@@ -44,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     # generation at most this often (seconds), so a revoked token stops
     # working in every worker within about this long.
     "TOKEN_CHECK_INTERVAL": 0.5,
+    # /v1/messages streams (aigen.edge.messages): a `ping` event after this
+    # many seconds without one, as Anthropic's API sends, so idle proxies and
+    # clients keep a slow answer's connection.
+    "MESSAGES_PING_INTERVAL": 10.0,
 }
 
 

@@ -44,6 +44,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from aigen.async_views import _authenticate, _body, _Refusal
+from aigen.edge import wire
 from aigen.exceptions import RequestTooLarge
 from aigen.throttling import GenerateThrottle
 from resilience import exceptions as errors
@@ -239,6 +240,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if name is None:
         return openai_error(404, f"The model `{model}` does not exist or you do not have access to it.",
                             code="model_not_found", param="model")
+    if await wire.wire_formats.get(name) == "anthropic":  # translated there and back
+        return await wire.chat_via_anthropic(payload, name)
     client = upstream_client(name)
     try:
         if stream:

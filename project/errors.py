@@ -22,11 +22,16 @@ from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 from django.views.csrf import csrf_failure as django_csrf_failure
 
+from aigen.generation.translate import anthropic_error
+
 OPENAI_KINDS = {401: "invalid_request_error", 403: "invalid_request_error", 429: "requests"}
 
 
 def route_shape(path: str) -> str | None:
-    """`openai` under /v1, `api` under /api, None elsewhere (Django's pages)."""
+    """`anthropic` under /v1/messages, `openai` elsewhere under /v1, `api`
+    under /api, None elsewhere (Django's pages)."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
     if path == "/v1" or path.startswith("/v1/"):
         return "openai"
     if path == "/api" or path.startswith("/api/"):
@@ -35,7 +40,10 @@ def route_shape(path: str) -> str | None:
 
 
 def error_payload(path: str, *, status: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The error body for `path`: OpenAI's under /v1, the project's elsewhere."""
+    """The error body for `path`: Anthropic's under /v1/messages, OpenAI's
+    elsewhere under /v1, the project's elsewhere."""
+    if route_shape(path) == "anthropic":
+        return anthropic_error(status, message)
     if route_shape(path) == "openai":
         kind = "server_error" if status >= 500 else OPENAI_KINDS.get(status, "invalid_request_error")
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}

@@ -6,6 +6,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularSwaggerView
 
 from aigen import openai_views
+from aigen.edge import messages as anthropic_messages
 from project.schema import SchemaView
 from resilience.ops import dashboard, demo, health, upstream_dashboard
 from resilience.ops.api import api_route_fallback
@@ -22,6 +23,9 @@ urlpatterns = [
     # The OpenAI-compatible front door (aigen.openai_views): base URL <host>/v1 for any OpenAI SDK.
     path("v1/chat/completions", openai_views.chat_completions, name="openai-chat-completions"),
     path("v1/models", openai_views.model_list, name="openai-models"),
+    # The Anthropic Messages front door (aigen.edge.messages): base URL <host> for the anthropic SDK.
+    path("v1/messages", anthropic_messages.messages, name="anthropic-messages"),
+    path("v1/messages/count_tokens", anthropic_messages.count_tokens, name="anthropic-count-tokens"),
     path("api/resilience/", include("resilience.urls")),
     # Public: the schema and its docs describe the API, they expose no data.
     path("api/schema/", SchemaView.as_view(), name="schema"),

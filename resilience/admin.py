@@ -59,7 +59,8 @@ class EndpointInline(admin.TabularInline):
         formset = super().get_formset(request, obj, **kwargs)
         formset.form = _for_user(formset.form, request)
         return formset
-    fields = ("name", "base_url", "auth_env_var", "weight", "priority", "enabled", "model", "pool_size")
+    fields = ("name", "base_url", "auth_env_var", "weight", "priority", "enabled", "model", "pool_size",
+              "wire_format")
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
@@ -70,7 +71,7 @@ class EndpointAdmin(SimpleHistoryAdmin):
 
     form = EndpointForm
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model", "breaker")
+    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model", "wire_format", "breaker")
     list_select_related = ("upstream",)
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:

@@ -345,6 +345,16 @@ class Endpoint(models.Model):
         MinValueValidator(1), MaxValueValidator(1000)], help_text=(
         "Connections per process to this endpoint (empty: the upstream's pool size)."))
 
+    class WireFormat(models.TextChoices):
+        OPENAI = "openai", "OpenAI chat completions"
+        ANTHROPIC = "anthropic", "Anthropic Messages"
+
+    wire_format = models.CharField(max_length=10, choices=WireFormat.choices, default=WireFormat.OPENAI,
+                                   help_text=(
+        "The API this endpoint speaks. The front doors translate a call in the other format there and "
+        "back; an Anthropic endpoint gets its credential as x-api-key and an anthropic-version header. "
+        "An upstream's endpoints share one format."))
+
     history = HistoricalRecords()
 
     class Meta:

@@ -6,6 +6,8 @@ Contenders, one after the other, against one loopback provider:
   through POST /api/ai/generate;
 - this project /v1: the same server through its OpenAI-compatible front door
   (POST /v1/chat/completions, the path most traffic takes; `--no-front-door`);
+- this project /v1/messages: the same server through its Anthropic Messages
+  front door, translated to the OpenAI-format provider (`--no-messages`);
 - with `--litellm`: the LiteLLM proxy with 1 and 4 workers (`--litellm-workers`).
 
 Scenarios (issue 9), each with the provider scripted for it:
@@ -309,6 +311,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-gateway", action="store_true", help="skip this project's /api/ai/generate")
     parser.add_argument("--no-front-door", action="store_true",
                         help="skip this project's /v1/chat/completions")
+    parser.add_argument("--no-messages", action="store_true",
+                        help="skip this project's /v1/messages (translated to the OpenAI-format provider)")
     parser.add_argument("--make-target", default="serve", help="the Makefile target that serves (serve)")
     parser.add_argument("--redis-url", default=os.environ.get("LOADTEST_REDIS_URL", "redis://127.0.0.1:6379/10"))
     parser.add_argument("--database-url", default=os.environ.get("LOADTEST_DATABASE_URL", ""),
@@ -377,6 +381,8 @@ async def amain(args: argparse.Namespace) -> int:
             await run.contender("this project", gateway)
         if not args.no_front_door:
             await run.contender("this project /v1", gateway, dialect="openai")
+        if not args.no_messages:
+            await run.contender("this project /v1/messages", gateway, dialect="anthropic")
         if args.litellm:
             for workers in [int(w) for w in args.litellm_workers.split(",") if w.strip()]:
                 await run.contender(f"LiteLLM {workers}w", lambda w=workers: LiteLLMServer(

@@ -6,8 +6,10 @@ robin over `pools` sessions (16 by default), each with an unlimited connector.
 
 A `Target` says where requests go and in which dialect: `openai` (the
 provider itself, the LiteLLM proxy: `POST /v1/chat/completions`, streams end
-with `data: [DONE]`) or `gateway` (this project: `POST /api/ai/generate`,
-streams are `start`, `delta`..., `done` events). Every request body is
+with `data: [DONE]`), `anthropic` (this project's Messages front door:
+`POST /v1/messages` with `x-api-key`, streams end with `event: message_stop`)
+or `gateway` (this project: `POST /api/ai/generate`, streams are `start`,
+`delta`..., `done` events). Every request body is
 distinct (a run nonce and a sequence number) so no cache answers it.
 
 `fire` sends one request and returns a `Sample`: status (or the exception's
@@ -32,15 +34,18 @@ import aiohttp
 class Target:
     name: str
     base_url: str  # http://127.0.0.1:PORT, no trailing slash
-    dialect: str  # "openai" | "gateway"
-    token: str = ""  # sent as Authorization: Bearer / Token
+    dialect: str  # "openai" | "anthropic" | "gateway"
+    token: str = ""  # sent as Authorization: Bearer / Token, or x-api-key
 
     def url(self) -> str:
-        return self.base_url + ("/api/ai/generate" if self.dialect == "gateway" else "/v1/chat/completions")
+        return self.base_url + {"gateway": "/api/ai/generate", "anthropic": "/v1/messages"}.get(
+            self.dialect, "/v1/chat/completions")
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        if self.token:
+        if self.token and self.dialect == "anthropic":
+            headers.update({"x-api-key": self.token, "anthropic-version": "2023-06-01"})
+        elif self.token:
             scheme = "Token" if self.dialect == "gateway" else "Bearer"
             headers["Authorization"] = f"{scheme} {self.token}"
         return headers
@@ -52,6 +57,9 @@ class Target:
                 "data": {"meeting": {"title": f"Load run {nonce} request {seq}", "date": "2026-11-28",
                                      "host": "Load driver", "attendees": ["A", "B", f"P{seq}"]}},
             }
+        elif self.dialect == "anthropic":
+            payload = {"model": "gpt-4o-mini", "stream": stream, "max_tokens": 200,
+                       "messages": [{"role": "user", "content": f"Load run {nonce} request {seq}"}]}
         else:
             payload = {"model": "gpt-4o-mini", "stream": stream, "max_tokens": 200,
                        "messages": [{"role": "user", "content": f"Load run {nonce} request {seq}"}]}
@@ -119,16 +127,21 @@ async def _exchange(session: aiohttp.ClientSession, target: Target, body: bytes,
             return Sample(status, time.perf_counter() - start, completed=completed)
         first: float | None = None
         completed = False
-        gateway = target.dialect == "gateway"
+        first_mark, done_mark = _STREAM_MARKS.get(target.dialect, _STREAM_MARKS["openai"])
         async for line in response.content:
-            if first is None and (line.startswith(b"event: delta") if gateway
-                                  else line.startswith(b"data: {") and b'"content"' in line):
+            if first is None and line.startswith(first_mark[0]) and first_mark[1] in line:
                 first = time.perf_counter() - start
-            if (line.startswith(b"event: done") if gateway else line.startswith(b"data: [DONE]")):
+            if line.startswith(done_mark):
                 completed = True
-            elif gateway and line.startswith(b"event: error"):
+            elif line.startswith(b"event: error"):
                 status = "sse-error"
         return Sample(status, time.perf_counter() - start, first_chunk=first, completed=completed)
+
+
+#: dialect -> ((line prefix, marker) of the first content line, prefix of the line that completes it).
+_STREAM_MARKS = {"gateway": ((b"event: delta", b""), b"event: done"),
+                 "openai": ((b"data: {", b'"content"'), b"data: [DONE]"),
+                 "anthropic": ((b"data: {", b'"text_delta"'), b"event: message_stop")}
 
 
 def _whole_json(payload: bytes) -> bool:

@@ -262,7 +262,8 @@ class GatewayServer:
             "User = get_user_model()\n"
             "User.objects.filter(username='loadtest').exists() or "
             "User.objects.create_user('loadtest', password=None)\n"))
-        self.token = self._manage("issue_token", "loadtest").strip().splitlines()[-1]
+        # --reset: each contender starts a server on the same database, and a user has one token.
+        self.token = self._manage("issue_token", "loadtest", "--reset").strip().splitlines()[-1]
 
     def start(self) -> GatewayServer:
         self.prepare()

@@ -70,7 +70,7 @@ from resilience.cache import default_cache
 from resilience.cache.engine import NOT_SERVED
 from resilience.client.asend import AsyncPool
 from resilience.client.breaker import CircuitOpen, SharedBreaker, breaker_name
-from resilience.client.credentials import Credentials
+from resilience.client.credentials import Credentials, Kind
 from resilience.client.policy import Policy
 from resilience.client.send import session_build
 from resilience.models import Endpoint
@@ -100,6 +100,7 @@ class EndpointSpec:
     priority: int = 0
     model: str = ""
     pool_size: int | None = None
+    wire_format: str = "openai"  # "anthropic": its credential goes as x-api-key
 
     @classmethod
     def implicit(cls, policy: Policy) -> EndpointSpec:
@@ -108,7 +109,7 @@ class EndpointSpec:
     @classmethod
     def of(cls, row: Any) -> EndpointSpec:
         return cls(row.name, row.base_url.rstrip("/"), row.auth_env_var, row.weight, row.priority,
-                   row.model, row.pool_size)
+                   row.model, row.pool_size, row.wire_format)
 
 
 def cooldown_key(upstream: str, endpoint: str) -> str:
@@ -132,6 +133,9 @@ class Member:
         self.policy = policy if not spec.name else replace(
             policy, base_url=spec.base_url, auth_env_var=spec.auth_env_var or policy.auth_env_var,
             pool_size=spec.pool_size or policy.pool_size)
+        if spec.wire_format == "anthropic" and self.policy.auth_env_var:
+            # Anthropic's API takes its key in x-api-key, whatever the upstream's kind says.
+            self.policy = replace(self.policy, auth_kind=Kind.HEADER, auth_name="x-api-key")
         self.session: requests.Session = session_build(self.policy)
         self.apool = AsyncPool(self.policy)
         self.credentials = Credentials.for_policy(self.policy)

@@ -177,7 +177,14 @@ class EndpointForm(forms.ModelForm):
 
     base_url = forms.URLField(max_length=500, assume_scheme="https",
                               help_text=Endpoint._meta.get_field("base_url").help_text)
+    # Not required: a form posted without it (a script written before the field) keeps OpenAI's format.
+    wire_format = forms.ChoiceField(choices=Endpoint.WireFormat.choices, required=False,
+                                    initial=Endpoint.WireFormat.OPENAI,
+                                    help_text=Endpoint._meta.get_field("wire_format").help_text)
     user: Any = None
+
+    def clean_wire_format(self) -> str:
+        return self.cleaned_data.get("wire_format") or Endpoint.WireFormat.OPENAI
 
     class Meta:
         model = Endpoint

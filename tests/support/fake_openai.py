@@ -22,6 +22,7 @@ text, as the continuing providers do, unless the behaviour refuses prefills.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -109,6 +110,33 @@ def _text(content: Any) -> str:
 def _pieces(text: str, count: int = 4) -> list[str]:
     step = max(1, -(-len(text) // count))
     return [text[i:i + step] for i in range(0, len(text), step)] or [""]
+
+
+#: A user text `TOOL:<name> <json>` asks the fake to call that tool with those arguments.
+TOOL_DIRECTIVE = re.compile(r"TOOL:(\w+) (\{.*\})", re.DOTALL)
+
+
+def _tool_call(payload: dict[str, Any], sequence: int) -> dict[str, Any] | None:
+    """The fake's tool use, for a request offering tools whose last message
+    is not a tool's result: the tool and arguments a `TOOL:` directive in the
+    last user text names, else with `tool_choice` "required" its first tool
+    with `{"text": <that text>}`; otherwise, and once the result came (the
+    answer is then the result), it answers in text."""
+    tools = payload.get("tools") or []
+    if not tools or payload["messages"][-1].get("role") == "tool" or payload.get("tool_choice") == "none":
+        return None
+    last_user = next((m for m in reversed(payload["messages"]) if m.get("role") == "user"), {})
+    text = _text(last_user.get("content"))
+    directive = TOOL_DIRECTIVE.search(text)
+    names = [(tool.get("function") or {}).get("name", "") for tool in tools]
+    if directive and directive.group(1) in names:
+        name, arguments = directive.group(1), directive.group(2)
+    elif directive or payload.get("tool_choice") != "required":
+        return None  # no tool asked for, or the named one is not offered: answer in text
+    else:
+        name, arguments = names[0], json.dumps({"text": text})
+    return {"id": f"call_fake{sequence}", "type": "function",
+            "function": {"name": name, "arguments": arguments}}
 
 
 class FakeOpenAI(HTTPFake):
@@ -227,6 +255,8 @@ class FakeOpenAI(HTTPFake):
                 400, "This model does not support assistant message prefill (prefix).", param="messages"))
         last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
         content = behaviour.content_prefix + _text(last_user.get("content"))
+        if last.get("role") == "tool":  # after a tool call: the tool's result
+            content = behaviour.content_prefix + _text(last.get("content"))
         if prefill is not None:  # a continuation: the rest after the prefill
             content = content[len(prefill):] if content.startswith(prefill) else content
         prompt_tokens = sum(tokens(_text(m.get("content"))) for m in messages)
@@ -239,6 +269,9 @@ class FakeOpenAI(HTTPFake):
         head = {"id": f"chatcmpl-fake{sequence}", "created": int(time.time()), "model": payload["model"]}
         headers = {"x-request-id": f"req_fake{sequence}"}
 
+        call = _tool_call(payload, sequence)
+        if call is not None:
+            return self._tool_answer(payload, head, headers, usage, call, behaviour.pieces)
         if not payload.get("stream"):
             message = {"role": "assistant", "content": content, "refusal": None}
             return Reply(200, headers=headers, body={
@@ -279,6 +312,34 @@ class FakeOpenAI(HTTPFake):
             frames.append(frame({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
         if not behaviour.omit_done:
             frames.append(b"data: [DONE]\n\n")
+        return self._stream(headers, frames)
+
+    def _tool_answer(self, payload: dict[str, Any], head: dict[str, Any], headers: dict[str, str],
+                     usage: dict[str, Any], call: dict[str, Any], pieces: int) -> Reply:
+        """A call of the request's first tool; streamed, its arguments arrive in `pieces` parts."""
+        if not payload.get("stream"):
+            message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+            return Reply(200, headers=headers, body={
+                **head, "object": "chat.completion", "usage": usage,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": "tool_calls"}]})
+
+        def frame(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            chunk = {**head, "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        function = call["function"]
+        opening = {"index": 0, "id": call["id"], "type": "function",
+                   "function": {"name": function["name"], "arguments": ""}}
+        frames: list[bytes | float] = [frame({"role": "assistant", "content": None, "tool_calls": [opening]})]
+        for piece in _pieces(function["arguments"], pieces):
+            frames.append(frame({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+        frames.append(frame({}, "tool_calls"))
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            tail = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            frames.append(f"data: {json.dumps(tail)}\n\n".encode())
+        frames.append(b"data: [DONE]\n\n")
         return self._stream(headers, frames)
 
     @staticmethod

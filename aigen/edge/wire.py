@@ -1,0 +1,149 @@
+"""Which wire format an upstream's endpoints speak (Endpoint.wire_format),
+and the OpenAI front door's path to an Anthropic-format upstream: a
+`/v1/chat/completions` call translated to Anthropic's Messages API there
+and back (aigen.generation.translate; streams through the stream supervisor
+with the Anthropic codec, aigen.generation.anthropic_wire), answered in
+OpenAI's shapes.
+
+Imported by both front doors (aigen.openai_views, aigen.edge.messages);
+imports neither. An upstream's enabled endpoints share one format: one
+whose endpoints disagree is `mixed`, and the front doors refuse to guess.
+
+On failure: the provider's Anthropic error body becomes OpenAI's with its
+status; a call that got no usable answer has the project error's status and
+code, as on the OpenAI route; a stream that cannot go on ends with one
+OpenAI error event.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+
+from aigen.generation import translate
+from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
+from resilience import exceptions as errors
+from resilience.client import upstream_client
+from resilience.client.openai_wire import OPENAI_CHAT
+from resilience.client.stream import SupervisedStream
+from resilience.conf import resilience_settings
+from resilience.models import Endpoint
+
+#: The header Anthropic's API versions its calls with (sent on, and echoed to callers).
+VERSION_HEADER = "anthropic-version"
+
+#: Sent to an Anthropic-format endpoint when the caller named none.
+DEFAULT_VERSION = "2023-06-01"
+MESSAGES_PATH = "messages"
+
+
+class _WireFormats:
+    """upstream name -> the wire format its enabled endpoints speak
+    (`openai` when it has none, `mixed` when they disagree), re-read at most
+    every `POLICY_CHECK_INTERVAL` seconds (one query, off the event loop)."""
+
+    def __init__(self) -> None:
+        self._map: dict[str, str] = {}
+        self._read_at = -math.inf
+
+    def clear(self) -> None:
+        self._read_at = -math.inf
+
+    @staticmethod
+    def _load() -> dict[str, str]:
+        found: dict[str, set[str]] = {}
+        for name, wire in Endpoint.objects.filter(enabled=True).values_list("upstream__name", "wire_format"):
+            found.setdefault(name, set()).add(wire)
+        return {name: wires.pop() if len(wires) == 1 else "mixed" for name, wires in found.items()}
+
+    async def get(self, name: str) -> str:
+        if time.monotonic() - self._read_at >= resilience_settings.POLICY_CHECK_INTERVAL:
+            self._read_at = time.monotonic()  # one reader at a time; the others use the last map
+            self._map = await sync_to_async(self._load)()
+        return self._map.get(name, "openai")
+
+
+wire_formats = _WireFormats()
+
+
+def _openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                  retry_after: float | None = None) -> JsonResponse:
+    """OpenAI's error body (the shape aigen.openai_views renders)."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    response = JsonResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                            status=status)
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    response._has_been_logged = True  # type: ignore[attr-defined]  # counted, not logged line by line
+    return response
+
+
+def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpResponse:
+    """The Anthropic stream, parsed into OpenAI chunks (anthropic_wire), as OpenAI's SSE."""
+    async def chunks() -> AsyncIterator[bytes]:
+        head: dict[str, Any] = {}
+        try:
+            async for event in stream:
+                chunk = OPENAI_CHAT.with_text(event.data, event.text) if event.spliced else event.data
+                if not chunk or (not chunk.get("choices") and "error" not in chunk):
+                    continue  # ping, block stop: nothing for an OpenAI caller
+                if not head:
+                    head = {"id": chunk.get("id") or "chatcmpl-gateway", "created": int(time.time())}
+                yield f"data: {json.dumps({**chunk, **head, 'model': model})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+        except errors.UpstreamError as err:
+            code = err.code if err.code == "upstream_timeout" else "stream_interrupted"
+            body = {"error": {"message": err.message, "type": "server_error", "param": None, "code": code}}
+            yield f"data: {json.dumps(body)}\n\n".encode()
+        finally:
+            await stream.aclose()
+
+    answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
+    answer["Cache-Control"] = "no-cache, no-transform"
+    answer["X-Accel-Buffering"] = "no"
+    return answer
+
+
+def _openai_provider_error(response: Any) -> HttpResponse:
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    error = translate.openai_error(body, response.status_code)["error"]
+    retry = response.headers.get("Retry-After")
+    return _openai_error(response.status_code, error["message"], code=error["code"],
+                                     retry_after=float(retry) if retry and retry.isdigit() else None)
+
+
+async def chat_via_anthropic(payload: dict[str, Any], name: str) -> HttpResponse:
+    """A chat-completions call to an upstream whose endpoints speak
+    Anthropic's API: translated there and back, in OpenAI's shapes."""
+    try:
+        body = translate.anthropic_request(payload)
+    except translate.TranslationError as invalid:
+        return _openai_error(400, invalid.message, param=invalid.param)
+    client = upstream_client(name)
+    headers = {VERSION_HEADER: DEFAULT_VERSION}
+    try:
+        if body.get("stream"):
+            stream = await client.astream(MESSAGES_PATH, json=body, codec=ANTHROPIC_MESSAGES,
+                                          headers=headers)
+            return _openai_stream(stream, payload["model"])
+        response = await client.arequest("POST", MESSAGES_PATH, json=body, cache=False,
+                                         raise_for_status=False, headers=headers)
+    except errors.UpstreamHTTPError as err:
+        return _openai_provider_error(err.response)
+    except errors.UpstreamError as err:
+        return _openai_error(err.status, err.message, code=err.code, retry_after=err.retry_after)
+    if response.status_code >= 400:
+        return _openai_provider_error(response)
+    try:
+        message = json.loads(response.content)
+    except ValueError:
+        return _openai_error(502, "the provider's answer is not JSON", code="provider_error")
+    return JsonResponse(translate.openai_response(message, model=payload["model"], created=int(time.time())))

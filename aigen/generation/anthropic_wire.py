@@ -1,0 +1,136 @@
+"""Anthropic Messages as a stream wire format (`ANTHROPIC_MESSAGES`), for the
+stream supervisor (resilience.client.stream), used when an upstream's
+endpoints speak Anthropic's API (Endpoint.wire_format).
+
+Each Anthropic event is parsed into a `StreamEvent` whose `data` is the
+equivalent OpenAI chat-completions chunk (aigen.generation.translate), so
+both front doors render it with their own writers: `/v1/messages` through
+`AnthropicStreamWriter` (one coherent message across continuations),
+`/v1/chat/completions` as OpenAI chunks. `raw` keeps the provider's bytes.
+
+How an Anthropic stream ends: `message_delta` carries the stop reason and
+usage, `message_stop` ends it (`is_done`). A failure mid-stream is an
+`error` event. A continuation sends the text so far as the last assistant
+message (Anthropic continues a prefilled assistant turn natively). Tool use
+(`tool_use` blocks, `input_json_delta`) is `opaque`: not continued.
+
+On failure: `parse` returns None for an event that is not a JSON object
+(the supervisor skips and counts it); nothing here raises.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aigen.generation import translate
+from resilience.client.stream import StreamEvent
+
+_PREFILL_WORDS = ("prefill", "assistant", "final message")
+
+
+def _chunk(delta: dict[str, Any], *, head: dict[str, Any] | None = None, finish: str | None = None,
+           usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    chunk: dict[str, Any] = {**(head or {}), "object": "chat.completion.chunk",
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if usage is not None:
+        chunk["usage"] = usage
+    return chunk
+
+
+def _block_start(event: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    block = event.get("content_block") or {}
+    if block.get("type") != "tool_use":
+        return {}, False
+    call = {"index": event.get("index", 0), "id": block.get("id", ""), "type": "function",
+            "function": {"name": block.get("name", ""), "arguments": ""}}
+    return _chunk({"tool_calls": [call]}), True
+
+
+def _block_delta(event: dict[str, Any]) -> tuple[dict[str, Any], str, bool]:
+    delta = event.get("delta") or {}
+    if delta.get("type") == "text_delta":
+        text = str(delta.get("text") or "")
+        return _chunk({"content": text}), text, False
+    if delta.get("type") == "input_json_delta":
+        call = {"index": event.get("index", 0), "function": {"arguments": delta.get("partial_json", "")}}
+        return _chunk({"tool_calls": [call]}), "", True
+    return {}, "", False  # thinking and signature deltas: nothing of them reaches an OpenAI caller
+
+
+class AnthropicMessages:
+    """The Anthropic Messages stream format (see the module docstring)."""
+
+    name = "anthropic"
+
+    @staticmethod
+    def is_done(data: bytes) -> bool:
+        return b'"message_stop"' in data[:64] and data.lstrip().startswith(b"{")
+
+    @staticmethod
+    def parse(data: bytes) -> StreamEvent | None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        kind = event.get("type")
+        if kind == "error":
+            error = event.get("error")
+            code = error.get("type") if isinstance(error, dict) else None  # never its message (echoes)
+            return StreamEvent(data=translate.openai_error(event, 500), raw=data, error=str(code or "error"))
+        if kind == "message_start":
+            message = event.get("message") or {}
+            head = {"id": f"chatcmpl-{message.get('id', '')}", "model": message.get("model", "")}
+            return StreamEvent(data=_chunk({"role": "assistant", "content": ""}, head=head), raw=data)
+        if kind == "content_block_start":
+            chunk, opaque = _block_start(event)
+            return StreamEvent(data=chunk, raw=data, opaque=opaque)
+        if kind == "content_block_delta":
+            chunk, text, opaque = _block_delta(event)
+            return StreamEvent(text=text, data=chunk, raw=data, opaque=opaque)
+        if kind == "message_delta":
+            stop = (event.get("delta") or {}).get("stop_reason") or "end_turn"
+            usage = translate.openai_usage(event.get("usage"))
+            finish = translate.STOP_TO_OPENAI.get(stop, "stop")
+            return StreamEvent(finish_reason=finish, usage=usage, raw=data,
+                               data=_chunk({}, finish=finish, usage=usage))
+        return StreamEvent(data={}, raw=data)  # ping, content_block_stop: nothing to render
+
+    @staticmethod
+    def answer_events(content: bytes) -> list[StreamEvent] | None:
+        """The events of a provider that sent one whole message."""
+        try:
+            message = json.loads(content)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or message.get("type") != "message":
+            return None
+        completion = translate.openai_response(message, model=str(message.get("model") or ""))
+        reply = completion["choices"][0]["message"]
+        finish = completion["choices"][0]["finish_reason"]
+        delta = {"role": "assistant", "content": reply.get("content") or ""}
+        if reply.get("tool_calls"):
+            delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(reply["tool_calls"])]
+        chunk = _chunk(delta, finish=finish, usage=completion["usage"])
+        return [StreamEvent(text=delta["content"], finish_reason=finish, usage=completion["usage"],
+                            data=chunk, raw=content, opaque=bool(reply.get("tool_calls")))]
+
+    @staticmethod
+    def wants_usage(body: Any) -> bool:
+        return False  # message_delta carries it with the stop reason
+
+    @staticmethod
+    def continuation(body: Any, partial: str) -> Any:
+        messages = list(body.get("messages") or ())
+        return {**body, "messages": [*messages, {"role": "assistant", "content": partial}]}
+
+    @staticmethod
+    def refuses_prefill(status: int, content: bytes) -> bool:
+        if status not in (400, 422):
+            return False
+        text = content.decode("utf-8", "replace").lower()
+        return any(word in text for word in _PREFILL_WORDS)
+
+
+ANTHROPIC_MESSAGES = AnthropicMessages()
