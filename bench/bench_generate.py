@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from django.contrib.auth import get_user_model
     from django.test import AsyncClient, override_settings
 
-    from aigen.records import generation_records_flush
-    from aigen.registry import get_registry
-    from aigen.tokens import token_issue
+    from aigen.edge.tokens import token_issue
+    from aigen.generation.records import generation_records_flush
+    from aigen.generation.registry import get_registry
     from project import asgi_signals
 
     asgi_signals.install()  # as project/asgi.py does for the server

@@ -8,8 +8,8 @@ from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.test import AsyncClient
 
+from aigen.generation.records import generation_records_flush
 from aigen.models import Generation
-from aigen.records import generation_records_flush
 from resilience.models import CallLog
 from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_openai import CONTENT_PREFIX

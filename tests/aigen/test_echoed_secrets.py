@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from aigen import openai_views
+from aigen.edge import openai as openai_views
 from resilience.client import reset_clients
 from resilience.models import CallLog, Upstream
 from resilience.telemetry.calllog import call_log_flush
@@ -22,7 +22,7 @@ MODEL = "echo-model"
 def echoing(db, settings, make_client, user):
     """An `echo` upstream serving MODEL from a fake provider, with KEY as
     its credential sent the way `kind` says; returns (provider, caller's SDK key)."""
-    from aigen.tokens import token_issue, users
+    from aigen.edge.tokens import token_issue, users
 
     settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_ECHO_KEY": KEY}}
     settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}

@@ -12,9 +12,9 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 
-from aigen import openai_views
-from aigen.tokens import token_issue
-from aigen.tokens import users as token_users
+from aigen.edge import openai as openai_views
+from aigen.edge.tokens import token_issue
+from aigen.edge.tokens import users as token_users
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
 from resilience.models import CallLog, Endpoint, Upstream

@@ -10,8 +10,8 @@ import openai
 import pytest
 from django.contrib.auth import get_user_model
 
-from aigen import openai_views
-from aigen.tokens import token_issue, users
+from aigen.edge import openai as openai_views
+from aigen.edge.tokens import token_issue, users
 from resilience.client import reset_clients
 from resilience.client.policy import PolicyRetry
 from resilience.models import CallLog, Endpoint, Upstream

@@ -10,9 +10,9 @@ import httpx2
 import pytest
 
 from aigen.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
-from aigen.providers import MOCK_MARK, MockProvider, OpenAIProvider, Prompt, get_provider
-from aigen.registry import get_registry
-from aigen.transport import SDK_BASE_URL, UpstreamTransport
+from aigen.generation.providers import MOCK_MARK, MockProvider, OpenAIProvider, Prompt, get_provider
+from aigen.generation.registry import get_registry
+from aigen.generation.transport import SDK_BASE_URL, UpstreamTransport
 from resilience.models import CallLog, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_openai import CONTENT_PREFIX, MALFORMED_JSON, MODEL_ID
@@ -106,7 +106,7 @@ def test_a_stored_provider_upstream_takes_the_key_over_when_migrated(openai_poli
 
 def test_the_server_start_says_when_the_providers_upstream_names_no_key(openai_fake, openai_policy,
                                                                           caplog, monkeypatch):
-    from aigen import providers
+    from aigen.generation import providers
 
     monkeypatch.setattr(providers, "_announced", False)
     providers.provider_announce()

@@ -12,9 +12,9 @@ from django.template import Engine
 
 from aigen.checks import check_registry
 from aigen.exceptions import InvalidInput, SectionNotFound, TemplateNotFound
-from aigen.providers import MockProvider
-from aigen.registry import get_registry, registry_load
-from aigen.services import generation_cache_key
+from aigen.generation.providers import MockProvider
+from aigen.generation.registry import get_registry, registry_load
+from aigen.generation.services import generation_cache_key
 
 
 def test_emergency_plan_has_sections_one_to_five():

@@ -9,10 +9,10 @@ import pytest
 from django.core.cache import cache
 
 from aigen.exceptions import InvalidInput, ProviderError, ProviderUnavailable
+from aigen.generation.providers import MOCK_MARK
+from aigen.generation.records import generation_log, generation_records_flush
+from aigen.generation.services import text_generate, text_generate_stream
 from aigen.models import Generation
-from aigen.providers import MOCK_MARK
-from aigen.records import generation_log, generation_records_flush
-from aigen.services import text_generate, text_generate_stream
 from resilience import upstream
 from resilience.cache import reset_engines
 from tests.support.fake_openai import CONTENT_PREFIX
@@ -176,7 +176,7 @@ def test_redis_dying_during_generation_still_answers(redis_process, openai_fake,
 
 
 def test_records_are_written_in_bulk_when_the_buffer_fills(monkeypatch, settings, section2_data):
-    from aigen.records import GenerationLog
+    from aigen.generation.records import GenerationLog
 
     monkeypatch.setattr(GenerationLog, "autostart", True)
     settings.AIGEN = {**settings.AIGEN, "RECORD_FLUSH_INTERVAL": 0, "RECORD_BUFFER_MAX": 3}

@@ -14,8 +14,8 @@ from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from prometheus_client import REGISTRY
 
-from aigen import openai_views
-from aigen.tokens import token_issue, users
+from aigen.edge import openai as openai_views
+from aigen.edge.tokens import token_issue, users
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
 from resilience.client.stream import prefill_refusers

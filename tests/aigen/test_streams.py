@@ -7,7 +7,7 @@ from asgiref.sync import async_to_sync
 from django.core.cache import cache
 
 from aigen.exceptions import ProviderError
-from aigen.services import atext_generate, text_generate, text_generate_stream
+from aigen.generation.services import atext_generate, text_generate, text_generate_stream
 from tests.support.fake_openai import MODEL_ID
 from tests.support.fake_upstream import Reply
 

@@ -17,9 +17,9 @@ from django.test import AsyncClient, Client
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
-from aigen import tokens
+from aigen.edge import tokens
+from aigen.edge.tokens import GENERATION_KEY, token_digest, token_issue, token_revoke
 from aigen.models import ApiToken
-from aigen.tokens import GENERATION_KEY, token_digest, token_issue, token_revoke
 from resilience.cache import default_cache
 
 pytestmark = pytest.mark.django_db

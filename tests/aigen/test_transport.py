@@ -8,8 +8,8 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from aigen.exceptions import ProviderError, ProviderTimeout
-from aigen.providers import OpenAIProvider, Prompt
-from aigen.transport import _completion_as_events
+from aigen.generation.providers import OpenAIProvider, Prompt
+from aigen.generation.transport import _completion_as_events
 from resilience.models import CallLog
 from resilience.telemetry.calllog import call_log_flush as flush
 from tests.support.fake_openai import CONTENT_PREFIX, MODEL_ID

@@ -8,9 +8,9 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from aigen.jobs import GENERATE_JOB
+from aigen.generation.services import text_generate
+from aigen.generation.tasks import GENERATE_JOB
 from aigen.management.commands import cache_warmup
-from aigen.services import text_generate
 from resilience.jobs.models import DeadLetter, Job
 from resilience.jobs.worker import worker_run
 

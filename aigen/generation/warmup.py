@@ -30,10 +30,10 @@ import yaml
 from django.db import connections
 
 from aigen.exceptions import GenerationError
-from aigen.jobs import GENERATE_JOB, generation_job_args
-from aigen.records import generation_records_flush
-from aigen.registry import get_registry
-from aigen.services import text_generate
+from aigen.generation.records import generation_records_flush
+from aigen.generation.registry import get_registry
+from aigen.generation.services import text_generate
+from aigen.generation.tasks import GENERATE_JOB, generation_job_args
 from resilience.exceptions import AppError
 from resilience.jobs import job_enqueue
 from resilience.jobs.models import Job

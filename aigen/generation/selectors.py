@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aigen.providers import provider_info
-from aigen.registry import get_registry
+from aigen.generation.providers import provider_info
+from aigen.generation.registry import get_registry
 from resilience.cache.ops import cache_stats
 
 

@@ -22,11 +22,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aigen.async_views import generate
+from aigen.edge.generate import generate
+from aigen.edge.throttling import GenerateThrottle
 from aigen.exceptions import InvalidInput
-from aigen.registry import get_registry
-from aigen.selectors import ai_cache_stats, template_list
-from aigen.throttling import GenerateThrottle
+from aigen.generation.registry import get_registry
+from aigen.generation.selectors import ai_cache_stats, template_list
 from resilience.cache.ops import cache_clear
 from resilience.parsers import LimitedJSONParser
 from resilience.permissions import UpstreamOperate
@@ -168,7 +168,7 @@ class GenerateView(_AigenView):
         ),
     )
     def post(self, request: Request) -> Any:
-        """Served by the async view `aigen.async_views.generate` (the route
+        """Served by the async view `aigen.edge.generate.generate` (the route
         points there); this DRF class documents it for the schema and runs
         it when mounted on its own."""
         return async_to_sync(generate)(request._request)

@@ -15,10 +15,10 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from aigen.api import generate_args
+from aigen.edge.api import generate_args
 from aigen.exceptions import GenerationError, InvalidInput
-from aigen.registry import get_registry
-from aigen.services import text_generate
+from aigen.generation.registry import get_registry
+from aigen.generation.services import text_generate
 from resilience.context import caller_bound
 from resilience.exceptions import AppError
 from resilience.jobs import job, job_enqueue

@@ -3,11 +3,11 @@ without holding a thread, so one worker carries hundreds at once.
 
 DRF's views are sync, so this is a Django async view that keeps DRF's
 contract: the same authentication (Bearer/Token keys, or a session with its
-CSRF check), the same throttle (aigen.throttling), the same body validation
-(`generate_args`) and the shared error shape. `GenerateView` (aigen.api)
+CSRF check), the same throttle (aigen.edge.throttling), the same body validation
+(`generate_args`) and the shared error shape. `GenerateView` (aigen.edge.api)
 documents the route for the API schema (`generate.cls`).
 
-Tokens are checked by aigen.tokens: a token's user is kept in process until
+Tokens are checked by aigen.edge.tokens: a token's user is kept in process until
 the shared token generation moves (a token revoked or a user saved), read at
 most every half second, so a revoked token stops working here within about
 that long, as on every other route. Only failed checks meet the failure
@@ -28,11 +28,11 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.authentication import CSRFCheck
 from rest_framework.exceptions import ParseError, Throttled
 
-from aigen.auth import token_refused
+from aigen.edge.auth import token_refused
+from aigen.edge.throttling import GenerateThrottle
+from aigen.edge.tokens import atoken_user
 from aigen.exceptions import GenerationError, RequestTooLarge
-from aigen.services import atext_generate, atext_generate_stream
-from aigen.throttling import GenerateThrottle
-from aigen.tokens import atoken_user
+from aigen.generation.services import atext_generate, atext_generate_stream
 from resilience.context import current_caller
 from resilience.exceptions import AppError
 from resilience.parsers import json_loads
@@ -157,7 +157,7 @@ def _event_stream(stream: Any) -> StreamingHttpResponse:
 
 @csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
 async def generate(request: HttpRequest) -> HttpResponse:
-    from aigen.api import generate_args
+    from aigen.edge.api import generate_args
 
     if request.method != "POST":
         response = _error("method_not_allowed", f'Method "{request.method}" not allowed.', 405)

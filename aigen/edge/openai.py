@@ -3,7 +3,7 @@ streamed) and `GET /v1/models`, so any OpenAI SDK uses the gateway by
 changing its base URL.
 
 Authentication is the project's API tokens (`Authorization: Bearer <key>`,
-the same cached lookup as POST /api/ai/generate: aigen.async_views), never a
+the same cached lookup as POST /api/ai/generate: aigen.edge.generate), never a
 provider key: the provider's credential is the upstream's or its endpoint's
 environment variable. The request's `model` picks the upstream that lists
 it in `served_models`; the body goes through that upstream's client
@@ -43,9 +43,9 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from aigen.async_views import _authenticate, _body, _Refusal
+from aigen.edge.generate import _authenticate, _body, _Refusal
+from aigen.edge.throttling import GenerateThrottle
 from aigen.exceptions import RequestTooLarge
-from aigen.throttling import GenerateThrottle
 from resilience import exceptions as errors
 from resilience.client import upstream_client
 from resilience.client.openai_wire import OPENAI_CHAT

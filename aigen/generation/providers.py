@@ -284,7 +284,12 @@ class OpenAIProvider(Provider):
         import httpx2
         import openai
 
-        from aigen.transport import SDK_API_KEY, SDK_BASE_URL, AsyncUpstreamTransport, UpstreamTransport
+        from aigen.generation.transport import (
+            SDK_API_KEY,
+            SDK_BASE_URL,
+            AsyncUpstreamTransport,
+            UpstreamTransport,
+        )
 
         self.model = model
         self.upstream_name = upstream_name

@@ -26,7 +26,7 @@ TOKENS = Counter(
 
 def template_label(template_id: Any) -> str:
     """`template_id` when the registry defines it, else `other`."""
-    from aigen.registry import RegistryError, get_registry
+    from aigen.generation.registry import RegistryError, get_registry
 
     try:
         known = get_registry().templates
@@ -36,7 +36,7 @@ def template_label(template_id: Any) -> str:
 
 
 def generation_count(row: dict[str, Any]) -> None:
-    """Count one generation record (see aigen.records.generation_row)."""
+    """Count one generation record (see aigen.generation.records.generation_row)."""
     labels = (template_label(row.get("template_id")), str(row.get("provider") or ""),
               str(row.get("model") or ""))
     GENERATIONS.labels(*labels, str(row.get("outcome") or ""), "true" if row.get("cached") else "false").inc()

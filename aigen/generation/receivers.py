@@ -1,6 +1,6 @@
 """Signal receivers: an API token deleted (revoked, replaced) or changed, or
 a user saved (deactivated) or deleted, makes every worker forget the token
-users it keeps (aigen.tokens). A user changed by a queryset `update()` sends
+users it keeps (aigen.edge.tokens). A user changed by a queryset `update()` sends
 no signal: deactivate users with `save()` (as the admin does)."""
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from aigen.edge.tokens import tokens_changed, users
 from aigen.models import ApiToken
-from aigen.tokens import tokens_changed, users
 
 
-@receiver(post_save, sender=ApiToken, dispatch_uid="aigen.receivers.token_saved")
-@receiver(post_delete, sender=ApiToken, dispatch_uid="aigen.receivers.token_deleted")
+@receiver(post_save, sender=ApiToken, dispatch_uid="aigen.generation.receivers.token_saved")
+@receiver(post_delete, sender=ApiToken, dispatch_uid="aigen.generation.receivers.token_deleted")
 def token_changed(sender: type, instance: ApiToken, created: bool = False, **kwargs: Any) -> None:
     if created:
         return  # a new token invalidates nothing kept (misses are not kept)
@@ -25,7 +25,7 @@ def token_changed(sender: type, instance: ApiToken, created: bool = False, **kwa
     transaction.on_commit(tokens_changed)
 
 
-@receiver(post_save, sender=get_user_model(), dispatch_uid="aigen.receivers.user_saved")
+@receiver(post_save, sender=get_user_model(), dispatch_uid="aigen.generation.receivers.user_saved")
 def user_saved(sender: type, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
     # A login saves only last_login: nothing a token check reads.
     if update_fields is not None and set(update_fields) <= {"last_login"}:

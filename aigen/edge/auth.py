@@ -1,4 +1,4 @@
-"""DRF authentication with the project's API tokens (aigen.tokens):
+"""DRF authentication with the project's API tokens (aigen.edge.tokens):
 `Authorization: Bearer <token>` and DRF's `Authorization: Token <token>`.
 
 A valid token is never refused by the failure throttle: only failed checks
@@ -14,7 +14,7 @@ from typing import Any
 from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication, get_authorization_header
 
-from aigen.tokens import token_user
+from aigen.edge.tokens import token_user
 from resilience.context import current_caller
 from resilience.throttling import AuthFailureThrottle
 

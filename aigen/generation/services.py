@@ -40,8 +40,7 @@ from django.core.cache import cache
 
 from aigen.conf import aigen_settings
 from aigen.exceptions import ProviderError, SingleFlightTimeout
-from aigen.models import Generation
-from aigen.providers import (
+from aigen.generation.providers import (
     AsyncCompletionStream,
     CompletionStream,
     Prompt,
@@ -50,8 +49,9 @@ from aigen.providers import (
     get_provider,
     provider_info,
 )
-from aigen.records import generation_record, generation_row
-from aigen.registry import Section, get_registry
+from aigen.generation.records import generation_record, generation_row
+from aigen.generation.registry import Section, get_registry
+from aigen.models import Generation
 from resilience.cache import cache_key
 from resilience.client.flight import SingleFlight
 

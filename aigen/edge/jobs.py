@@ -15,9 +15,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aigen.api import GenerateRequestSerializer, GenerateResponseSerializer, LimitedJSONParser
-from aigen.jobs import generation_job_get, generation_job_submit, generation_job_view
-from aigen.throttling import GenerateThrottle
+from aigen.edge.api import GenerateRequestSerializer, GenerateResponseSerializer, LimitedJSONParser
+from aigen.edge.throttling import GenerateThrottle
+from aigen.generation.tasks import generation_job_get, generation_job_submit, generation_job_view
 from resilience.serializers import ErrorDetailSerializer, error_responses
 
 

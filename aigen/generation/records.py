@@ -15,7 +15,7 @@ from typing import Any
 from django.utils import timezone
 
 from aigen.conf import aigen_settings
-from aigen.metrics import generation_count
+from aigen.generation.metrics import generation_count
 from aigen.models import Generation
 from resilience.telemetry.buffered import BufferedWriter, insert_rows
 

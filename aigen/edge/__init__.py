@@ -1,0 +1,12 @@
+"""The HTTP edge of aigen: everything that speaks HTTP to a caller.
+
+Owns the three view families (`api` the DRF template API, `generate` the async
+generate view, `openai` /v1/chat/completions + /v1/models), the jobs API
+(`jobs`), request throttles (`throttling`), API-token authentication (`auth`,
+`tokens`) and the template context processor. A request is parsed here, handed
+to `aigen.generation`, and its answer or error rendered here.
+
+Who may import it: only the top of the house (project urls/settings, aigen.urls,
+admin, management commands). Nothing in `aigen.generation` or `resilience`
+imports the edge.
+"""
