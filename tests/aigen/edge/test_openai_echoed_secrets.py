@@ -10,7 +10,7 @@ from aigen.edge import openai as openai_views
 from resilience.client import reset_clients
 from resilience.models import CallLog, Upstream
 from resilience.telemetry.calllog import call_log_flush
-from tests.aigen.test_openai_front_door import ask, sdk_run
+from tests.aigen.edge.test_openai import ask, sdk_run
 from tests.support.fake_openai import FakeOpenAI, error_body
 from tests.support.fake_upstream import Reply
 

@@ -16,7 +16,7 @@ from resilience.client import reset_clients
 from resilience.client.policy import PolicyRetry
 from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
-from tests.aigen.test_openai_front_door import MODEL, ask, sdk_run
+from tests.aigen.edge.test_openai import MODEL, ask, sdk_run
 from tests.support.fake_openai import CONTENT_PREFIX, FakeOpenAI
 from tests.support.fake_upstream import Reply
 
