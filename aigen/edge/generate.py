@@ -4,7 +4,7 @@ without holding a thread, so one worker carries hundreds at once.
 DRF's views are sync, so this is a Django async view that keeps DRF's
 contract: the same authentication (Bearer/Token keys, or a session with its
 CSRF check), the same throttle (aigen.edge.throttling), the same body validation
-(`generate_args`) and the shared error shape. `GenerateView` (aigen.edge.api)
+(`GenerationRequest.from_body`) and the shared error shape. `GenerateView` (aigen.edge.api)
 documents the route for the API schema (`generate.cls`).
 
 Tokens are checked by aigen.edge.tokens: a token's user is kept in process until
@@ -32,6 +32,7 @@ from aigen.edge.auth import token_refused
 from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import atoken_user
 from aigen.exceptions import GenerationError, RequestTooLarge
+from aigen.generation.request import GenerationRequest
 from aigen.generation.services import atext_generate, atext_generate_stream
 from resilience.context import current_caller
 from resilience.exceptions import AppError
@@ -157,8 +158,6 @@ def _event_stream(stream: Any) -> StreamingHttpResponse:
 
 @csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
 async def generate(request: HttpRequest) -> HttpResponse:
-    from aigen.edge.api import generate_args
-
     if request.method != "POST":
         response = _error("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
         response["Allow"] = "POST, OPTIONS"
@@ -173,10 +172,9 @@ async def generate(request: HttpRequest) -> HttpResponse:
         return _error("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
                       429, retry_after=wait)
     try:
-        args = generate_args(_body(request))
-        kwargs = {"template_id": args["template_id"], "section_id": args["section_id"], "data": args["data"],
-                  "use_cache": args["use_cache"], "user": user}
-        if args["stream"]:
+        generation = GenerationRequest.from_body(_body(request))
+        kwargs = {**generation.job_args(), "user": user}
+        if generation.stream:
             return _event_stream(await atext_generate_stream(**kwargs))
         result = await atext_generate(**kwargs)
     except AppError as err:

@@ -15,9 +15,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from aigen.edge.api import generate_args
 from aigen.exceptions import GenerationError, InvalidInput
-from aigen.generation.registry import get_registry
+from aigen.generation.request import GenerationRequest
 from aigen.generation.services import text_generate
 from resilience.context import caller_bound
 from resilience.exceptions import AppError
@@ -50,15 +49,19 @@ def generation_job(*, template_id: str, section_id: str, data: Any, use_cache: b
 
 def generation_job_args(body: Any) -> tuple[dict[str, Any], str]:
     """(job args, priority) from a jobs request body; raises `InvalidInput`
-    naming the field, or a 404 kind for an unknown template or section."""
-    args = generate_args(body)
-    if args.pop("stream"):
+    naming the field, or a 404 kind for an unknown template or section.
+
+    The data is checked against its section now, as `POST /api/ai/generate`
+    checks it: a body the template cannot use is a 400 here, not a job that
+    dead-letters later."""
+    request = GenerationRequest.from_body(body)
+    if request.stream:
         raise InvalidInput("stream", "Jobs do not stream; poll the status URL instead.")
     priority = body.get("priority", Job.Priority.NORMAL)
     if priority not in Job.Priority.values:
         raise InvalidInput("priority", f"One of {', '.join(Job.Priority.values)}.")
-    get_registry().section(args["template_id"], args["section_id"])
-    return args, priority
+    request.section_check()
+    return request.job_args(), priority
 
 
 def generation_job_submit(*, body: Any, user: Any, group: str = "") -> Job:

@@ -47,14 +47,22 @@ def test_queue_then_done_with_generates_result_shape(api, section2_data):
     assert done["result"]["content"] == generated["content"] and generated["cached"] is True
 
 
-def test_failed_job_carries_generates_error(api, section2_data):
-    section2_data["enterprise_info"]["employees_count"] = "many"
+@pytest.mark.parametrize(("field", "value"), [
+    ("employees_count", "many"),  # mistyped
+    ("address", None),  # missing
+])
+def test_data_the_template_cannot_use_is_generates_400_not_a_queued_job(api, section2_data, field, value):
+    # Issue 25, item 8: this was a 202 and a job the worker dead-lettered.
+    if value is None:
+        del section2_data["enterprise_info"][field]
+    else:
+        section2_data["enterprise_info"][field] = value
     direct = api.post("/api/ai/generate", _body(section2_data), format="json")
-    job = api.post(JOBS, _body(section2_data), format="json").json()["job"]
-    drain()
-    failed = api.get(f"{JOBS}/{job['id']}").json()["job"]
-    assert failed["status"] == "failed" and failed["attempts"] == 1  # bad input is never retried
-    assert failed["error"] == direct.json()["error"] and failed["error_status"] == direct.status_code == 400
+    queued = api.post(JOBS, _body(section2_data), format="json")
+    assert queued.status_code == direct.status_code == 400, queued.content
+    assert queued.json()["error"] == direct.json()["error"]
+    assert queued.json()["error"]["field"] == f"data.enterprise_info.{field}"
+    assert not Job.objects.exists()
 
 
 def test_provider_failure_is_retried_later(api, openai_fake, section2_data):
