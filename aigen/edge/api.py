@@ -13,16 +13,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aigen.edge.generate import generate
-from aigen.edge.throttling import GenerateThrottle
 from aigen.generation.registry import get_registry
 from aigen.generation.selectors import ai_cache_stats, template_list
 from resilience.cache.ops import cache_clear
@@ -82,40 +79,11 @@ class GenerateResponseSerializer(serializers.Serializer):
     latency_ms = serializers.IntegerField()
 
 
-class _AigenView(APIView):
+class AigenView(APIView):
     parser_classes = [LimitedJSONParser]
 
 
-class GenerateView(_AigenView):
-    throttle_classes = [GenerateThrottle]
-    renderer_classes = [JSONRenderer, EventStreamRenderer]
-
-    @extend_schema(
-        request=GenerateRequestSerializer,
-        responses={200: GenerateResponseSerializer, **error_responses(
-            400, 404, 429, 502, 503, 504,
-            e400="Malformed JSON, a missing or mistyped field (`error.field`), or a body over the "
-                 "size limit (`invalid`, `request_too_large`).",
-            e404="Unknown template or section (`template_not_found`, `section_not_found`).",
-            e502="The provider failed (`provider_error`).",
-            e503="The provider's breaker is open (`provider_unavailable`; see `Retry-After`).",
-            e504="The provider did not answer in time (`provider_timeout`)."),
-        },
-        summary="Generate one section's text",
-        description=(
-            'With "stream": true the answer is text/event-stream: a `start` event (section_title, '
-            "cached, provider, model), `delta` events ({\"content\": ...}), then `done` (the full "
-            "result without content) or `error` ({\"code\", \"message\"})."
-        ),
-    )
-    def post(self, request: Request) -> Any:
-        """Served by the async view `aigen.edge.generate.generate` (the route
-        points there); this DRF class documents it for the schema and runs
-        it when mounted on its own."""
-        return async_to_sync(generate)(request._request)
-
-
-class TemplatesView(_AigenView):
+class TemplatesView(AigenView):
     @extend_schema(summary="The template registry", responses={200: inline_serializer(
         "TemplateList", {"success": serializers.BooleanField(), "templates": serializers.ListField(),
                          "provider": serializers.CharField(), "model": serializers.CharField()})})
@@ -123,7 +91,7 @@ class TemplatesView(_AigenView):
         return Response({"success": True, **template_list()})
 
 
-class CacheStatsView(_AigenView):
+class CacheStatsView(AigenView):
     @extend_schema(summary="AI cache statistics", responses={200: inline_serializer(
         "AICacheStats", {"success": serializers.BooleanField(), "stats": inline_serializer("AICacheCounts", {
             **{name: serializers.IntegerField() for name in (
@@ -136,7 +104,7 @@ class CacheStatsView(_AigenView):
         return Response({"success": True, **ai_cache_stats()})
 
 
-class CacheClearView(_AigenView):
+class CacheClearView(AigenView):
     # The AI answers are the provider upstream's cached responses: clearing
     # them needs what the admin's Clear cache button needs.
     permission_classes = [UpstreamOperate]

@@ -51,6 +51,7 @@ from resilience.client import upstream_client
 from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.stream import SupervisedStream
 from resilience.conf import resilience_settings
+from resilience.telemetry.slow import slow_expected
 
 CHAT_PATH = "chat/completions"
 _DONE = b"data: [DONE]\n\n"
@@ -214,6 +215,7 @@ def _method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
     return response
 
 
+@slow_expected  # completions take seconds by design: not "slow requests"
 @csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
@@ -263,7 +265,3 @@ async def model_list(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"object": "list", "data": [
         {"id": model, "object": "model", "created": 0, "owned_by": name}
         for model, name in sorted(served.items())]})
-
-
-# Completions take seconds by design: not "slow requests" (resilience.middleware).
-chat_completions.slow_expected = True  # type: ignore[attr-defined]
