@@ -220,7 +220,7 @@ async def generate(request: HttpRequest) -> HttpResponse:
         return refused
     request.user = user
     throttle = GenerateThrottle()
-    if not throttle.allow_request(request, None):
+    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
         wait = throttle.wait()
         return _error("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
                       429, retry_after=wait)

@@ -224,7 +224,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if refused is not None:
         return refused
     throttle = GenerateThrottle()
-    if not throttle.allow_request(request, None):
+    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
         wait = throttle.wait() or 1.0
         return openai_error(429, "Rate limit reached for the gateway.", code="rate_limit_exceeded",
                             kind="requests", retry_after=wait)

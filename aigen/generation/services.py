@@ -144,11 +144,19 @@ def _prepare(template_id: str, section_id: str, data: Any) -> _Request:
 
 # -- the cache -----------------------------------------------------------------------
 
-def _cache_get(key: str) -> dict[str, Any] | None:
-    value = cache.get(key)
+def _cache_entry(value: Any) -> dict[str, Any] | None:
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         return value
     return None
+
+
+def _cache_get(key: str) -> dict[str, Any] | None:
+    return _cache_entry(cache.get(key))
+
+
+async def _acache_get(key: str) -> dict[str, Any] | None:
+    # Django's async cache method: the Redis round trip never runs on the loop.
+    return _cache_entry(await cache.aget(key))
 
 
 def _entry(req: _Request, content: str, usage: Usage, latency_ms: int,
@@ -201,15 +209,29 @@ def _single_flight(req: _Request) -> tuple[dict[str, Any], bool]:
                                   template_id=req.section.template_id, section_id=req.section.id) from None
 
 
-def _keep(req: _Request, content: str, usage: Usage, started: float, *,
+def _kept(req: _Request, content: str, usage: Usage, started: float, *,
           model: str | None = None) -> dict[str, Any]:
-    """Store a provider's answer; an empty one is refused, never cached.
-    `model`: the model that produced it, when not the configured one (a
-    stream finished by a fallback endpoint)."""
+    """The entry to store for a provider's answer; an empty one is refused,
+    never cached. `model`: the model that produced it, when not the
+    configured one (a stream finished by a fallback endpoint)."""
     if not content.strip():
         raise ProviderError("The AI provider sent an empty answer.", upstream=req.provider.name)
-    entry = _entry(req, content, usage, _ms_since(started), model)
+    return _entry(req, content, usage, _ms_since(started), model)
+
+
+def _keep(req: _Request, content: str, usage: Usage, started: float, *,
+          model: str | None = None) -> dict[str, Any]:
+    """Store a provider's answer (`_kept`)."""
+    entry = _kept(req, content, usage, started, model=model)
     cache.set(req.key, entry, timeout=req.section.cache_ttl)
+    return entry
+
+
+async def _akeep(req: _Request, content: str, usage: Usage, started: float, *,
+                 model: str | None = None) -> dict[str, Any]:
+    """`_keep` for async code: the cache write never runs on the loop."""
+    entry = _kept(req, content, usage, started, model=model)
+    await cache.aset(req.key, entry, timeout=req.section.cache_ttl)
     return entry
 
 
@@ -223,7 +245,7 @@ def _produce(req: _Request) -> dict[str, Any]:
 async def _aproduce(req: _Request) -> dict[str, Any]:
     started = clock()
     completion = await req.provider.acomplete(req.prompt())
-    return _keep(req, completion.content, completion.usage, started)
+    return await _akeep(req, completion.content, completion.usage, started)
 
 
 async def _asingle_flight(req: _Request) -> tuple[dict[str, Any], bool]:
@@ -321,7 +343,7 @@ async def atext_generate(*, template_id: str, section_id: str, data: Any, use_ca
     """`text_generate` for async code (the provider call never holds a thread)."""
     with _Attempt(template_id, section_id, user, stream=False) as attempt:
         req = attempt.req = _prepare(template_id, section_id, data)
-        hit = _cache_get(req.key) if use_cache else None
+        hit = await _acache_get(req.key) if use_cache else None
         if hit is not None:
             entry, cached = hit, True
         elif not use_cache:
@@ -376,6 +398,11 @@ class GenerationStream:
         entry = _keep(req, "".join(parts), usage, self._started, model=model)
         self.result = _result(req, entry, cached=False, started=self._started)
 
+    async def _acomplete(self, parts: list[str], usage: Usage, model: str | None = None) -> None:
+        req = self._req
+        entry = await _akeep(req, "".join(parts), usage, self._started, model=model)
+        self.result = _result(req, entry, cached=False, started=self._started)
+
     def __iter__(self) -> Iterator[str]:
         return self._run()
 
@@ -423,7 +450,7 @@ class GenerationStream:
             async for chunk in completion:
                 parts.append(chunk)
                 yield chunk
-            self._complete(parts, completion.usage, completion.model)
+            await self._acomplete(parts, completion.usage, completion.model)
         except (GeneratorExit, asyncio.CancelledError):
             await self._afinish(aborted=True)
             raise
@@ -484,7 +511,7 @@ async def atext_generate_stream(*, template_id: str, section_id: str, data: Any,
     """`text_generate_stream` for async code: `async for` the returned stream."""
     with _Attempt(template_id, section_id, user, stream=True) as attempt:
         req = attempt.req = _prepare(template_id, section_id, data)
-        entry = _cache_get(req.key) if use_cache else None
+        entry = await _acache_get(req.key) if use_cache else None
         if entry is not None:
             return GenerationStream(req, started=attempt.started, user=user, cached_entry=entry)
         completion = await req.provider.astream(req.prompt())

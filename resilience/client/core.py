@@ -490,12 +490,18 @@ class UpstreamClient:
     async def _adrive(self, steps: Steps) -> Answer:
         value: Any = None
         failure: Exception | None = None
+        # The steps read and write breakers, cooldowns and cached responses
+        # through the shared store: on Redis each step runs in a worker thread
+        # so no round trip blocks the loop; on local memory it stays inline.
+        off_loop = cache_is_shared(default_cache())
         try:
             while True:
-                try:
-                    command = steps.throw(failure) if failure is not None else steps.send(value)
-                except StopIteration as stop:
-                    return stop.value
+                if off_loop:
+                    done, command = await asyncio.to_thread(_step, steps, value, failure)
+                else:
+                    done, command = _step(steps, value, failure)
+                if done:
+                    return command
                 value, failure = None, None
                 try:
                     value = await self._aperform(command)
@@ -881,3 +887,12 @@ class UpstreamClient:
             request_id=current_request_id.get() or "", sample_rate=built.policy.log_sample_rate,
             endpoint=answer.result.endpoint, caller=current_caller.get())
         call_record_emit(record, sender=UpstreamClient)
+
+
+def _step(steps: Steps, value: Any, failure: Exception | None) -> tuple[bool, Any]:
+    """Advance the steps: (False, the next command) or (True, the answer).
+    A StopIteration cannot cross a thread's future, so it is unpacked here."""
+    try:
+        return False, steps.throw(failure) if failure is not None else steps.send(value)
+    except StopIteration as stop:
+        return True, stop.value
