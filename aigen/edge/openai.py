@@ -43,35 +43,24 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from aigen.edge.generate import _authenticate, _body, _Refusal
+from aigen.edge.auth import request_authenticate
+from aigen.edge.errors import OPENAI, Refusal, error_response, openai_body
+from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
-from aigen.exceptions import RequestTooLarge
 from resilience import exceptions as errors
 from resilience.client import upstream_client
 from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.stream import SupervisedStream
 from resilience.conf import resilience_settings
+from resilience.exceptions import AppError
 from resilience.telemetry.slow import slow_expected
 
 CHAT_PATH = "chat/completions"
 _DONE = b"data: [DONE]\n\n"
 
 
-def openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
-                 kind: str | None = None, retry_after: float | None = None) -> JsonResponse:
-    """OpenAI's error body with `status` (and `Retry-After` when given)."""
-    kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
-    response = JsonResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                            status=status)
-    if retry_after is not None:
-        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    response._has_been_logged = True  # type: ignore[attr-defined]  # counted, not logged line by line
-    return response
-
-
 def _stream_error(message: str, code: str = "stream_interrupted") -> bytes:
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-    return f"data: {json.dumps(body)}\n\n".encode()
+    return f"data: {json.dumps(openai_body(message, code=code))}\n\n".encode()
 
 
 class _ModelMap:
@@ -119,49 +108,25 @@ class _ModelMap:
 models = _ModelMap()
 
 
-async def _caller(request: HttpRequest) -> HttpResponse | None:
-    """None when the caller may go on, else the OpenAI-shaped refusal."""
-    user, refused = await _authenticate(request)
-    if refused is not None:
-        try:
-            detail = json.loads(refused.content)["error"]
-        except (ValueError, KeyError, TypeError):
-            detail = {"message": "Authentication failed.", "code": "authentication_failed"}
-        response = openai_error(refused.status_code, detail.get("message", ""),
-                                code="invalid_api_key" if refused.status_code == 401 else detail.get("code"))
-        if refused.has_header("WWW-Authenticate"):
-            response["WWW-Authenticate"] = refused["WWW-Authenticate"]
-        return response
-    request.user = user
-    return None
-
-
-class _Invalid(Exception):
+def _invalid(param: str | None, message: str) -> Refusal:
     """A chat request the gateway refuses (400 naming `param`)."""
-
-    def __init__(self, param: str | None, message: str) -> None:
-        super().__init__(message)
-        self.param, self.message = param, message
+    return Refusal(None, message, 400, param=param)  # OpenAI names no code for these
 
 
 def _checked(payload: Any) -> tuple[str, bool]:
-    """(model, stream) of a chat request, or `_Invalid` naming the field.
+    """(model, stream) of a chat request, or a 400 `Refusal` naming the field.
     The rest of the body is the provider's to judge."""
     if not isinstance(payload, dict):
-        raise _Invalid(None, "The body must be a JSON object.")
+        raise _invalid(None, "The body must be a JSON object.")
     model = payload.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise _Invalid("model", "you must provide a model parameter")
+        raise _invalid("model", "you must provide a model parameter")
     if not isinstance(payload.get("messages"), list) or not payload["messages"]:
-        raise _Invalid("messages", "'messages' must be a non-empty array")
+        raise _invalid("messages", "'messages' must be a non-empty array")
     stream = payload.get("stream", False)
     if not isinstance(stream, bool):
-        raise _Invalid("stream", "'stream' must be a boolean")
+        raise _invalid("stream", "'stream' must be a boolean")
     return model, stream
-
-
-def _upstream_error(err: errors.UpstreamError) -> JsonResponse:
-    return openai_error(err.status, err.message, code=err.code, retry_after=err.retry_after)
 
 
 def _provider_error(response: Any) -> HttpResponse:
@@ -178,7 +143,7 @@ def _provider_error(response: Any) -> HttpResponse:
             answer["Retry-After"] = retry_after
         answer._has_been_logged = True  # type: ignore[attr-defined]
         return answer
-    return openai_error(status, f"the provider answered {status}", code="provider_error")
+    return error_response(Refusal("provider_error", f"the provider answered {status}", status), shape=OPENAI)
 
 
 def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
@@ -209,58 +174,52 @@ def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
     return answer
 
 
-def _method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
-    response = openai_error(405, f"Method {request.method} not allowed.", code="method_not_allowed")
-    response["Allow"] = allowed
-    return response
+def _method_not_allowed(request: HttpRequest, allowed: str) -> Refusal:
+    return Refusal("method_not_allowed", f"Method {request.method} not allowed.", 405, allow=allowed)
 
 
 @slow_expected  # completions take seconds by design: not "slow requests"
 @csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
 async def chat_completions(request: HttpRequest) -> HttpResponse:
-    if request.method != "POST":
-        return _method_not_allowed(request, "POST")
-    refused = await _caller(request)
-    if refused is not None:
-        return refused
-    throttle = GenerateThrottle()
-    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
-        wait = throttle.wait() or 1.0
-        return openai_error(429, "Rate limit reached for the gateway.", code="rate_limit_exceeded",
-                            kind="requests", retry_after=wait)
     try:
-        payload = _body(request)
-        model, stream = _checked(payload)
-    except RequestTooLarge as err:
-        return openai_error(413, err.message, code="request_too_large")
-    except _Invalid as invalid:
-        return openai_error(400, invalid.message, param=invalid.param)
-    except _Refusal as refusal:  # not JSON, or not application/json
-        return openai_error(refusal.status, refusal.message, code=refusal.code)
-    name = (await models.get()).get(model)
-    if name is None:
-        return openai_error(404, f"The model `{model}` does not exist or you do not have access to it.",
-                            code="model_not_found", param="model")
-    client = upstream_client(name)
-    try:
-        if stream:
-            return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT))
-        response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
+        return await _chat(request)
     except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
         return _provider_error(err.response)
-    except errors.UpstreamError as err:
-        return _upstream_error(err)
+    except AppError as err:
+        return error_response(err, shape=OPENAI, request=request)
+
+
+async def _chat(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        raise _method_not_allowed(request, "POST")
+    request.user = await request_authenticate(request)
+    throttle = GenerateThrottle()
+    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
+        raise Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
+                      retry_after=throttle.wait() or 1.0, type="requests")
+    payload = body_json(request)
+    model, stream = _checked(payload)
+    name = (await models.get()).get(model)
+    if name is None:
+        raise Refusal("model_not_found",
+                      f"The model `{model}` does not exist or you do not have access to it.", 404,
+                      param="model")
+    client = upstream_client(name)
+    if stream:
+        return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT))
+    response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
     if response.status_code >= 400:
         return _provider_error(response)
     return HttpResponse(response.content, status=response.status_code, content_type="application/json")
 
 
 async def model_list(request: HttpRequest) -> HttpResponse:
-    if request.method != "GET":
-        return _method_not_allowed(request, "GET")
-    refused = await _caller(request)
-    if refused is not None:
-        return refused
+    try:
+        if request.method != "GET":
+            raise _method_not_allowed(request, "GET")
+        request.user = await request_authenticate(request)
+    except AppError as err:
+        return error_response(err, shape=OPENAI, request=request)
     served = await models.get()
     return JsonResponse({"object": "list", "data": [
         {"id": model, "object": "model", "created": 0, "owned_by": name}
