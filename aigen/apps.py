@@ -12,7 +12,7 @@ class AigenConfig(AppConfig):
         # starting server (project.startup.announce), not before every command.
         from aigen import checks  # noqa: F401
         from aigen.conf import aigen_settings
-        from aigen.generation import receivers  # noqa: F401
+        from aigen.edge import receivers  # noqa: F401
         from aigen.models import Generation
         from resilience.telemetry.retention import PruneTarget, prune_target_register
 

@@ -12,7 +12,7 @@ Checks (`token_user` for the DRF views, `atoken_user` for the async views)
 go through one `TokenUsers` per process: digest -> user, kept in process while
 the shared generation key has not moved. Deleting a token and saving a
 user (deactivation) bump the key after commit (`tokens_changed`,
-from aigen.generation.receivers); each process reads it at most every
+from aigen.edge.receivers); each process reads it at most every
 `AIGEN["TOKEN_CHECK_INTERVAL"]` seconds (0.5) and forgets every user it kept
 when it moved. Without a shared cache (local memory, Redis down) the key says
 nothing about the other processes, so kept users then live at most one

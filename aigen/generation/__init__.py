@@ -4,7 +4,7 @@ Owns the template registry (`registry`), the services that generate
 (`services`, sync and async faces), the providers and their transport
 (`providers`, `transport`), cache warm-up (`warmup`), the background tasks
 (`tasks`), generation records (`records`, `selectors`), generation metrics
-(`metrics`) and the signal receivers (`receivers`).
+(`metrics`).
 
 Who may import it: the edge (`aigen.edge`), aigen's admin and management
 commands, and the package face (`aigen.generate`). It imports downwards only:

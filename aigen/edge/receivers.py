@@ -15,8 +15,8 @@ from aigen.edge.tokens import tokens_changed, users
 from aigen.models import ApiToken
 
 
-@receiver(post_save, sender=ApiToken, dispatch_uid="aigen.generation.receivers.token_saved")
-@receiver(post_delete, sender=ApiToken, dispatch_uid="aigen.generation.receivers.token_deleted")
+@receiver(post_save, sender=ApiToken, dispatch_uid="aigen.edge.receivers.token_saved")
+@receiver(post_delete, sender=ApiToken, dispatch_uid="aigen.edge.receivers.token_deleted")
 def token_changed(sender: type, instance: ApiToken, created: bool = False, **kwargs: Any) -> None:
     if created:
         return  # a new token invalidates nothing kept (misses are not kept)
@@ -25,7 +25,7 @@ def token_changed(sender: type, instance: ApiToken, created: bool = False, **kwa
     transaction.on_commit(tokens_changed)
 
 
-@receiver(post_save, sender=get_user_model(), dispatch_uid="aigen.generation.receivers.user_saved")
+@receiver(post_save, sender=get_user_model(), dispatch_uid="aigen.edge.receivers.user_saved")
 def user_saved(sender: type, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
     # A login saves only last_login: nothing a token check reads.
     if update_fields is not None and set(update_fields) <= {"last_login"}:
