@@ -1,8 +1,10 @@
 # Two commands matter: `make run` (set up and serve on embedded defaults) and
 # `make test` (set up and run the suite). Both create .venv from the pins.
 PYTHON ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
+# Another environment than ./.venv: `make VENV=/path/to/venv ...` (the load
+# tool passes the one it runs in to `make serve`).
+VENV ?= .venv
+BIN ?= $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 

@@ -33,7 +33,7 @@ class GenerationAdmin(ReadOnlyAdmin):
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens by user and prefix; deleting one (delete permission) revokes it
-    in every worker within a second (aigen.tokens)."""
+    in every worker within a second (aigen.edge.tokens)."""
 
     list_display = ("user", "token_prefix", "created_at")
     search_fields = ("user__username", "prefix")

@@ -10,8 +10,9 @@ class AigenConfig(AppConfig):
     def ready(self) -> None:
         # Registers the system checks. Which provider serves is logged by a
         # starting server (project.startup.announce), not before every command.
-        from aigen import checks, receivers  # noqa: F401
+        from aigen import checks  # noqa: F401
         from aigen.conf import aigen_settings
+        from aigen.edge import receivers  # noqa: F401
         from aigen.models import Generation
         from resilience.telemetry.retention import PruneTarget, prune_target_register
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core import checks
 
-from aigen.registry import RegistryError, display_path, registry_load
+from aigen.generation.registry import RegistryError, display_path, registry_load
 
 
 @checks.register("aigen")

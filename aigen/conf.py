@@ -38,9 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "RECORD_BUFFER_MAX": 200,
     # Generation records (one per request, cache hits included) older than
     # this many days are deleted by `manage.py prune_telemetry` and the
-    # scheduled prune job. Metrics do not read them (aigen.metrics).
+    # scheduled prune job. Metrics do not read them (aigen.generation.metrics).
     "GENERATION_RETENTION_DAYS": 30,
-    # API tokens (aigen.tokens): each process re-reads the shared token
+    # API tokens (aigen.edge.tokens): each process re-reads the shared token
     # generation at most this often (seconds), so a revoked token stops
     # working in every worker within about this long.
     "TOKEN_CHECK_INTERVAL": 0.5,

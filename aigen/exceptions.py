@@ -32,11 +32,6 @@ class InvalidInput(GenerationError):
         self.problem = problem
 
 
-class RequestTooLarge(GenerationError):
-    code = "request_too_large"
-    status = 413
-
-
 class TemplateNotFound(GenerationError):
     code = "template_not_found"
     status = 404

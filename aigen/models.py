@@ -1,6 +1,6 @@
 """Generation records: one row per generate request (served from the cache or
-not), written in bulk off the request path by `aigen.records`; API tokens,
-kept as digests (`aigen.tokens` issues, checks and revokes them)."""
+not), written in bulk off the request path by `aigen.generation.records`; API tokens,
+kept as digests (`aigen.edge.tokens` issues, checks and revokes them)."""
 from __future__ import annotations
 
 from django.conf import settings

@@ -1,22 +1,19 @@
 """Routes of the AI generation API; the project mounts them at /api/ai/."""
+from __future__ import annotations
+
 from django.urls import path
 
-from aigen import api, async_views, jobs_api
+from aigen.edge import api, generate, jobs
 
 app_name = "aigen"
 
-# The async view serves the route; DRF's view class describes it to the schema
-# generator, which finds a view's class as DRF's as_view() leaves it (`cls`).
-async_views.generate.cls = api.GenerateView
-async_views.generate.initkwargs = {}
-# Generations take seconds by design: not "slow requests" (resilience.ops.middleware).
-async_views.generate.slow_expected = True
-
+# /generate is an async view (aigen.edge.generate): its DRF class documents it
+# for the schema and it is declared slow by design where it is defined.
 urlpatterns = [
-    path("generate", async_views.generate, name="generate"),
+    path("generate", generate.generate, name="generate"),
     path("templates", api.TemplatesView.as_view(), name="templates"),
     path("cache/stats", api.CacheStatsView.as_view(), name="cache-stats"),
     path("cache", api.CacheClearView.as_view(), name="cache"),
-    path("jobs", jobs_api.JobsView.as_view(), name="jobs"),
-    path("jobs/<str:job_id>", jobs_api.JobView.as_view(), name="job"),
+    path("jobs", jobs.JobsView.as_view(), name="jobs"),
+    path("jobs/<str:job_id>", jobs.JobView.as_view(), name="job"),
 ]

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from asgiref.sync import async_to_sync
     from django.test import override_settings
 
-    from aigen.records import generation_records_flush
+    from aigen.generation.records import generation_records_flush
 
     body, headers = _request()
     with override_settings(ROOT_URLCONF="bench.bench_generate"):
@@ -75,8 +75,8 @@ def _request() -> tuple[bytes, dict[str, str]]:
     """The generate request's body (the template's sample data) and a bench user's token header."""
     from django.contrib.auth import get_user_model
 
-    from aigen.registry import get_registry
-    from aigen.tokens import token_issue
+    from aigen.edge.tokens import token_issue
+    from aigen.generation.registry import get_registry
     from project import asgi_signals
 
     asgi_signals.install()  # as project/asgi.py does for the server

@@ -53,7 +53,7 @@ def _configure(gateway: GatewayServer, primary: str, fallback: str) -> None:
         "u.full_clean(validate_unique=False); u.save()\n"
         f"Endpoint.objects.create(upstream=u, name='primary', base_url={primary + '/v1'!r}, priority=0)\n"
         f"Endpoint.objects.create(upstream=u, name='fallback', base_url={fallback + '/v1'!r}, priority=1)\n")
-    done = subprocess.run([str(ROOT / ".venv/bin/python"), "manage.py", "shell", "-c", script],
+    done = subprocess.run([sys.executable, "manage.py", "shell", "-c", script],
                           cwd=ROOT, env=gateway.env, capture_output=True, text=True, timeout=300)
     if done.returncode:
         raise RuntimeError(f"configuring the upstream failed:\n{done.stdout}\n{done.stderr}")

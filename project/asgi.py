@@ -21,8 +21,8 @@ asgi_signals.install()
 
 def _prepare() -> None:
     """Load what the first requests would otherwise load under load."""
-    from aigen.providers import provider_prepare
-    from aigen.registry import get_registry
+    from aigen.generation.providers import provider_prepare
+    from aigen.generation.registry import get_registry
     from resilience.exceptions import UnknownUpstream
 
     get_registry()

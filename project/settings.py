@@ -120,7 +120,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "aigen.context_processors.config_warnings",
+                "aigen.edge.context_processors.config_warnings",
             ],
         },
     },
@@ -233,8 +233,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # --- REST framework --------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "aigen.auth.BearerTokenAuthentication",
-        "aigen.auth.ThrottledTokenAuthentication",
+        "aigen.edge.auth.BearerTokenAuthentication",
+        "aigen.edge.auth.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

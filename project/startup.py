@@ -45,7 +45,7 @@ def announce() -> None:
 
     from django.core.cache import cache
 
-    from aigen.providers import provider_announce
+    from aigen.generation.providers import provider_announce
 
     provider_announce()
     _announce_base_url()

@@ -5,8 +5,8 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularSwaggerView
 
-from aigen import openai_views
 from aigen.edge import messages as anthropic_messages
+from aigen.edge import openai as openai_views
 from project.schema import SchemaView
 from resilience.ops import dashboard, demo, health, upstream_dashboard
 from resilience.ops.api import api_route_fallback
@@ -20,7 +20,7 @@ urlpatterns = [
     path("dashboard/data", dashboard.dashboard_data, name="resilience-dashboard-data"),
     *upstream_dashboard.dashboard_urls(),  # the per-upstream pages
     path("api/ai/", include("aigen.urls")),
-    # The OpenAI-compatible front door (aigen.openai_views): base URL <host>/v1 for any OpenAI SDK.
+    # The OpenAI-compatible front door (aigen.edge.openai): base URL <host>/v1 for any OpenAI SDK.
     path("v1/chat/completions", openai_views.chat_completions, name="openai-chat-completions"),
     path("v1/models", openai_views.model_list, name="openai-models"),
     # The Anthropic Messages front door (aigen.edge.messages): base URL <host> for the anthropic SDK.

@@ -9,7 +9,7 @@ import re
 import pytest
 from django.test import Client
 
-from aigen.tokens import token_issue
+from aigen.edge.tokens import token_issue
 from tests.resilience.ops.test_schema import api_routes
 from tests.support.roles import role_user
 

@@ -49,7 +49,7 @@ def server(tmp_path):
         _manage(env, "seed_upstreams")
         token = _manage(env, "shell", "-c", (
             "from django.contrib.auth import get_user_model;"
-            "from aigen.tokens import token_issue;"
+            "from aigen.edge.tokens import token_issue;"
             "u = get_user_model().objects.create_user('load');"
             "print(token_issue(user=u))")).strip().splitlines()[-1]
         process = subprocess.Popen(

@@ -6,10 +6,15 @@ for a handful of short calls and streams.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
 
 from bench.loadtest.driver import Driver, Target, at_once, paced, percentile
+from bench.loadtest.procs import ROOT, GatewayServer
 from bench.loadtest.provider import ProviderConfig, provider_start
 
 
@@ -54,3 +59,15 @@ def test_percentile_nearest_rank():
     assert percentile(values, 99) == 99.0
     assert percentile([3.0], 99) == 3.0
     assert percentile([], 50) is None
+
+
+def test_the_server_under_load_runs_in_this_tools_environment(tmp_path):
+    # Issue 25, item 8: `make serve` was started with the checkout's .venv,
+    # which an environment made another way does not have.
+    server = GatewayServer(tmp_path, provider_url="http://127.0.0.1:9", redis_url="redis://127.0.0.1:9/0")
+    plan = subprocess.run([*server.make_argv(), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                          check=True, env={**os.environ, "MAKEFLAGS": ""}).stdout
+    here = Path(sys.executable).parent
+    assert f"{here}/gunicorn project.asgi:application" in plan
+    assert f"{here}/python manage.py migrate" in plan
+    assert f"{here}/python -m project.startup" in plan

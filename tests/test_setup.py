@@ -96,3 +96,14 @@ def test_a_django_request_warning_is_printed_once(tmp_path):
     lines = [line for line in result.stderr.splitlines() if "Not Found: /no-such-page-for-the-log" in line]
     assert len(lines) == 1, result.stderr
     assert " WARNING [" in lines[0]  # and the process id says which worker
+
+
+def test_pytest_alone_finds_the_tests_package():
+    # Issue 25, item 8: `.venv/bin/pytest` failed with "No module named 'tests'"
+    # (only `python -m pytest`, which puts the working folder on sys.path, worked).
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([str(Path(sys.executable).with_name("pytest")), "--collect-only", "-q",
+                           "tests/aigen/test_urls.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 tests collected" in done.stdout

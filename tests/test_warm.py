@@ -12,7 +12,7 @@ from project.warm import warm_worker
 def test_warm_worker_loads_the_views_and_freezes_what_is_loaded():
     try:
         warm_worker()
-        assert {"aigen.openai_views", "aigen.async_views", "openai"} <= set(sys.modules)
+        assert {"aigen.edge.openai", "aigen.edge.generate", "openai"} <= set(sys.modules)
         frozen = gc.get_freeze_count()
         assert frozen > 50_000  # Django, DRF, the SDK and the apps: hundreds of thousands here
         # What a full collection walks is what was created since, not what was loaded.

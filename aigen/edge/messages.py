@@ -40,21 +40,22 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from aigen import openai_views
-from aigen.async_views import _authenticate, _body, _Refusal
-from aigen.auth import token_refused
 from aigen.conf import aigen_settings
+from aigen.edge import openai as openai_views
+from aigen.edge.auth import request_authenticate, token_refused
+from aigen.edge.parsing import body_json
+from aigen.edge.throttling import GenerateThrottle
+from aigen.edge.tokens import atoken_user
 from aigen.edge.wire import DEFAULT_VERSION, MESSAGES_PATH, VERSION_HEADER, wire_formats
-from aigen.exceptions import RequestTooLarge
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
-from aigen.throttling import GenerateThrottle
-from aigen.tokens import atoken_user
 from resilience import exceptions as errors
 from resilience.client import upstream_client
 from resilience.client.context import current_caller
 from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.stream import SupervisedStream
+from resilience.exceptions import AppError
+from resilience.telemetry.slow import slow_expected
 
 #: The UpstreamError codes that mean "no endpoint could take the call": Anthropic's 529.
 _OVERLOADED = {"breaker_open", "bulkhead_full", "pool_exhausted", "upstream_disabled"}
@@ -109,27 +110,21 @@ class _Call:
                 return self.error(401, "invalid x-api-key")
             current_caller.set(user.pk)
         else:
-            user, refused = await _authenticate(self.request)
-            if refused is not None:
-                try:
-                    message = json.loads(refused.content)["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    message = "Authentication failed."
-                retry = refused.get("Retry-After")
-                return self.error(refused.status_code, message, retry_after=float(retry) if retry else None)
+            try:
+                user = await request_authenticate(self.request)
+            except AppError as refusal:  # 401, 403 or the failure throttle's 429
+                return self.error(refusal.status, refusal.message, retry_after=refusal.retry_after)
         self.request.user = user
         throttle = GenerateThrottle()
-        if not throttle.allow_request(self.request, None):
+        if not await sync_to_async(throttle.allow_request)(self.request, None):  # a cache call: off the loop
             return self.error(429, "Rate limit reached for the gateway.", retry_after=throttle.wait() or 1.0)
         return None
 
     def parsed(self) -> HttpResponse | None:
         """None when the body is a Messages request, else the 400/413/415."""
         try:
-            body = _body(self.request)
-        except RequestTooLarge as err:
-            return self.error(413, err.message)
-        except _Refusal as refusal:
+            body = body_json(self.request)
+        except AppError as refusal:  # 413, 415 or a body that is not JSON
             return self.error(refusal.status, refusal.message)
         if not isinstance(body, dict):
             return self.error(400, "The body must be a JSON object.")
@@ -283,7 +278,8 @@ async def _admitted(request: HttpRequest) -> tuple[_Call, HttpResponse | None]:
     return call, (await call.refused()) or call.parsed()
 
 
-@csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
+@slow_expected  # answers take seconds by design: not "slow requests"
+@csrf_exempt  # token requests carry no CSRF token; session requests are checked in request_authenticate
 async def messages(request: HttpRequest) -> HttpResponse:
     """POST /v1/messages."""
     call, refused = await _admitted(request)
@@ -317,9 +313,3 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     except translate.TranslationError as invalid:
         return call.error(400, invalid.message)
     return call.answered(JsonResponse({"input_tokens": tokens}))
-
-
-# Answers take seconds by design: not "slow requests" (resilience.ops.middleware reads the mark,
-# as it does on the OpenAI route's view).
-messages.slow_expected = True  # type: ignore[attr-defined]
-

@@ -5,7 +5,7 @@ and back (aigen.generation.translate; streams through the stream supervisor
 with the Anthropic codec, aigen.generation.anthropic_wire), answered in
 OpenAI's shapes.
 
-Imported by both front doors (aigen.openai_views, aigen.edge.messages);
+Imported by both front doors (aigen.edge.openai, aigen.edge.messages);
 imports neither. An upstream's enabled endpoints share one format: one
 whose endpoints disagree is `mixed`, and the front doors refuse to guess.
 
@@ -73,7 +73,7 @@ wire_formats = _WireFormats()
 
 def _openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
                   retry_after: float | None = None) -> JsonResponse:
-    """OpenAI's error body (the shape aigen.openai_views renders)."""
+    """OpenAI's error body (the shape aigen.edge.openai renders)."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
     response = JsonResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                             status=status)

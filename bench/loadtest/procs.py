@@ -242,7 +242,7 @@ class GatewayServer:
         (workdir / "prometheus").mkdir(parents=True, exist_ok=True)
 
     def _manage(self, *args: str) -> str:
-        done = subprocess.run([str(ROOT / ".venv/bin/python"), "manage.py", *args], cwd=ROOT, env=self.env,
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}")
@@ -265,10 +265,15 @@ class GatewayServer:
         # --reset: each contender starts a server on the same database, and a user has one token.
         self.token = self._manage("issue_token", "loadtest", "--reset").strip().splitlines()[-1]
 
+    def make_argv(self) -> list[str]:
+        """`make serve` in the environment this tool runs in (not a `.venv`
+        the checkout may not have): its interpreter's prefix and bin folder."""
+        return ["make", "--no-print-directory", self.make_target, "HOST=127.0.0.1", f"PORT={self.port}",
+                f"VENV={sys.prefix}", f"BIN={Path(sys.executable).parent}"]
+
     def start(self) -> GatewayServer:
         self.prepare()
-        argv = ["make", "--no-print-directory", self.make_target, "HOST=127.0.0.1", f"PORT={self.port}"]
-        self.group = Group(argv, env=self.env, log=self.workdir / "gateway.log").start()
+        self.group = Group(self.make_argv(), env=self.env, log=self.workdir / "gateway.log").start()
         wait_http(self.url + "/healthz", timeout=180, proc=self.group.proc)
         return self
 

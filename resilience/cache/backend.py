@@ -49,7 +49,9 @@ class FallbackLock:
         engine = self._engine
 
         def on_redis(redis: RedisCache) -> Any:
-            lock = redis.lock(self._key, **self._kwargs)
+            # Not thread-local: an async caller takes and releases it from
+            # different worker threads (the loop never waits on Redis itself).
+            lock = redis.lock(self._key, thread_local=False, **self._kwargs)
             # A token of our own: redis-py's default is uuid1(), measurably slow per call.
             token = secrets.token_hex(16)
             held = lock.acquire(blocking=blocking, blocking_timeout=blocking_timeout, token=token)

@@ -31,13 +31,14 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from resilience import exceptions as errors
+from resilience.cache import default_cache
 from resilience.client.asend import asend, build_request
 from resilience.client.attempt import Attempts
 from resilience.client.breaker import SharedBreaker
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.cached import CachedSteps
 from resilience.client.flight import SingleFlight
-from resilience.client.live import Built, LivePolicy
+from resilience.client.live import Built, LivePolicy, cache_is_shared
 from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.policy import Policy
 from resilience.client.record import Result
@@ -244,12 +245,18 @@ class UpstreamClient:
     async def _adrive(self, steps: Steps) -> Answer:
         value: Any = None
         failure: Exception | None = None
+        # The steps read and write breakers, cooldowns and cached responses
+        # through the shared store: on Redis each step runs in a worker thread
+        # so no round trip blocks the loop; on local memory it stays inline.
+        off_loop = cache_is_shared(default_cache())
         try:
             while True:
-                try:
-                    command = steps.throw(failure) if failure is not None else steps.send(value)
-                except StopIteration as stop:
-                    return stop.value
+                if off_loop:
+                    done, command = await asyncio.to_thread(_step, steps, value, failure)
+                else:
+                    done, command = _step(steps, value, failure)
+                if done:
+                    return command
                 value, failure = None, None
                 try:
                     value = await self._aperform(command)
@@ -294,3 +301,12 @@ class UpstreamClient:
             steps = self._attempts.fetch(built, spec, from_entry, stream=call.stream, stale=None,
                                          avoid=call.avoid, only=call.endpoint)
         return Plan(call.method, call.path, spec, steps=steps)
+
+
+def _step(steps: Steps, value: Any, failure: Exception | None) -> tuple[bool, Any]:
+    """Advance the steps: (False, the next command) or (True, the answer).
+    A StopIteration cannot cross a thread's future, so it is unpacked here."""
+    try:
+        return False, steps.throw(failure) if failure is not None else steps.send(value)
+    except StopIteration as stop:
+        return True, stop.value

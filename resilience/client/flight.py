@@ -169,17 +169,16 @@ class SingleFlight:
         try:
             if shared_result is not None:
                 steps = self.across(key, wait, shared_result)
-                try:
-                    while True:
-                        await asyncio.sleep(next(steps))
-                except StopIteration as stop:
-                    kind, value = stop.value
+                # Each step's lock and cache calls run in a thread: never on the loop.
+                while (step := await asyncio.to_thread(_advance, steps))[0]:
+                    await asyncio.sleep(step[1])
+                kind, value = step[1]
                 if kind == "found":
                     self.finish(key, future, result=value)
                     return value, True
                 lock = value
         except BaseException as err:
-            release_lock(lock)
+            await _arelease_lock(lock)
             self.finish(key, future, error=err)
             raise
         work = asyncio.ensure_future(self._lead(key, future, fn, lock))
@@ -193,9 +192,22 @@ class SingleFlight:
             self.finish(key, future, error=err)
             raise
         finally:
-            release_lock(lock)
+            await _arelease_lock(lock)
         self.finish(key, future, result=result)
         return result
+
+
+def _advance(steps: Generator[float, None, Across]) -> tuple[bool, Any]:
+    """One step of `across`: (True, seconds to sleep) or (False, its outcome)."""
+    try:
+        return True, next(steps)
+    except StopIteration as stop:
+        return False, stop.value
+
+
+async def _arelease_lock(lock: Any) -> None:
+    if lock is not None:  # a lock release is a Redis round trip: off the loop
+        await asyncio.to_thread(release_lock, lock)
 
 
 def _retrieve(task: asyncio.Future) -> None:

@@ -1,5 +1,5 @@
 """DRF glue shared by every API in the project: the exception handler that
-gives every error one JSON shape (token authentication is aigen.auth's):
+gives every error one JSON shape (token authentication is aigen.edge.auth's):
 
     {"success": false, "error": {"code": "...", "message": "...", ...}}
 

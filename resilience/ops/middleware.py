@@ -45,6 +45,7 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 from resilience.client.context import current_caller, current_request_id
 from resilience.conf import resilience_settings
 from resilience.telemetry import metrics
+from resilience.telemetry.slow import slow_expected_is
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class RequestTimingMiddleware(_BothModes):
             logger.exception("metrics: could not observe a request")
         threshold = resilience_settings.SLOW_REQUEST_SECONDS
         match = getattr(request, "resolver_match", None)
-        if match is not None and getattr(match.func, "slow_expected", False):
+        if match is not None and slow_expected_is(match.func):
             threshold = 0  # a view that waits on a provider by design (AI generation)
         if threshold and elapsed > threshold:
             logger.warning("slow request: %s %s took %.3f s (status %s, request id %s)", request.method,

@@ -100,9 +100,9 @@ def error_responses_hook(result: dict[str, Any], generator: Any, request: Any,
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
-    """`Authorization: Bearer <token>` (aigen.auth.BearerTokenAuthentication)."""
+    """`Authorization: Bearer <token>` (aigen.edge.auth.BearerTokenAuthentication)."""
 
-    target_class = "aigen.auth.BearerTokenAuthentication"
+    target_class = "aigen.edge.auth.BearerTokenAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:

@@ -2,14 +2,14 @@
 per client address in a fixed window; past the rate, a failed check from
 that address answers 429 with `Retry-After` until the window ends instead of
 401. A valid token is never refused here: only failures meet the throttle
-(aigen.auth), so one client guessing behind a shared address (a NAT, an
+(aigen.edge.auth), so one client guessing behind a shared address (a NAT, an
 office, the proxy itself) does not lock out the valid tokens behind it.
 
 The rate is `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["auth_failure"]`
 (`AUTH_FAILURE_THROTTLE`, default "30/min"; None turns it off), read at use
 time. Counting is the cache's `incr_window` (one round trip on Redis, exact
 across workers; on a cache outage each process counts in local memory), as
-the generate throttle does (aigen.throttling).
+the generate throttle does (aigen.edge.throttling).
 
 The client address (`client_address`) is `REMOTE_ADDR`: `X-Forwarded-For`
 is the caller's to write, so trusting it would hand every guess a fresh

@@ -13,7 +13,7 @@ flush; beyond ten times `max_rows()` the oldest rows are dropped, counted in
 `dropped` and logged, so an outage cannot grow memory without bound. A record
 never breaks the request that made it.
 
-Used by generation records (aigen.records) as is, and by the call log
+Used by generation records (aigen.generation.records) as is, and by the call log
 (resilience.telemetry.calllog), whose writer overrides `flush()` to count
 calls into rollups before writing and has its own outage behaviour.
 """

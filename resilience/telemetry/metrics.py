@@ -6,7 +6,7 @@ Two kinds of metric, each counted where it is exact:
   their latency and retries (the `call_completed` signal), breaker transitions
   (`breaker_state_changed`), the service's own request latency by view
   (resilience.ops.middleware.RequestTimingMiddleware calls `request_observe`), and
-  AI generations and tokens (aigen.metrics; no scrape reads the database).
+  AI generations and tokens (aigen.generation.metrics; no scrape reads the database).
 - State, read at scrape time by collectors: breaker state (shared breaker
   storage, so every worker sees the same) and the cache backend's counters
   (already summed across workers through Redis).

@@ -24,7 +24,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from aigen.tokens import token_issue
+from aigen.edge.tokens import token_issue
 from resilience import upstream
 from resilience.client import reset_clients
 from resilience.exceptions import InvalidUpstreamPath, UpstreamError

@@ -33,9 +33,9 @@ def test_a_revoked_token_stops_on_every_route_in_every_worker(live):
     expected = [ok for *_, ok in ROUTES for _ in range(PER_ROUTE)]
     assert [status for status, _ in _answers(live, key)] == expected
     live.server.shell("from django.contrib.auth import get_user_model;"
-                      "from aigen.tokens import token_revoke;"
+                      "from aigen.edge.tokens import token_revoke;"
                       "print(token_revoke(user=get_user_model().objects.get(username='carol')))")
-    time.sleep(CHECK_INTERVAL * 1.5)  # the interval itself: tests/aigen/test_tokens.py moves a clock
+    time.sleep(CHECK_INTERVAL * 1.5)  # the interval itself: tests/aigen/edge/test_tokens.py moves a clock
     refused = _answers(live, key)
     # 401 (OpenAI's code on /v1); or 429 once this address used up its failures (the next
     # test may have run first).

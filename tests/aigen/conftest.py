@@ -9,10 +9,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from aigen import services
-from aigen.providers import provider_reset
-from aigen.records import GenerationLog, generation_log
-from aigen.registry import get_registry, registry_reset
+from aigen.generation import services
+from aigen.generation.providers import provider_reset
+from aigen.generation.records import GenerationLog, generation_log
+from aigen.generation.registry import get_registry, registry_reset
 from resilience.client import reset_clients
 from resilience.client.flight import SingleFlight
 from resilience.models import Upstream

@@ -10,8 +10,8 @@ import yaml
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from aigen.generation.services import text_generate
 from aigen.models import ApiToken, Generation
-from aigen.services import text_generate
 from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from aigen.conf import DEFAULT_OPENAI_BASE_URL, base_url_disagreement, openai_base_url
-from aigen.services import text_generate
+from aigen.generation.services import text_generate
 from resilience.models import Upstream
 from resilience.ops.services import upstreams_seed
 from tests.aigen.conftest import SECTION_2

@@ -108,7 +108,7 @@ class LiveServer:
         if username not in self._tokens:
             self._tokens[username] = self.shell(
                 "from django.contrib.auth import get_user_model;"
-                "from aigen.tokens import token_issue;"
+                "from aigen.edge.tokens import token_issue;"
                 f"u, _ = get_user_model().objects.get_or_create(username={username!r});"
                 f"u.is_staff = u.is_superuser = {staff!r}; u.save();"
                 "print(token_issue(user=u, replace=True))")

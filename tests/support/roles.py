@@ -19,8 +19,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
+from aigen.edge.tokens import token_digest, token_issue
 from aigen.models import ApiToken
-from aigen.tokens import token_digest, token_issue
 
 ROLES = ("anonymous", "user", "staff", "viewer", "operator")
 #: The models whose permissions the operations API asks (resilience.ops.permissions).

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.cache import cache
 from django.core.management.base import BaseCommand, CommandError
 
-from aigen.warmup import (
+from aigen.generation.warmup import (
     WarmupBatch,
     WarmupError,
     WarmupOutcome,

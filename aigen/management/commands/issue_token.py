@@ -10,8 +10,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from aigen.edge.tokens import token_issue
 from aigen.exceptions import TokenExists
-from aigen.tokens import token_issue
 
 
 class Command(BaseCommand):

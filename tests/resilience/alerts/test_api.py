@@ -11,7 +11,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from aigen.tokens import token_issue
+from aigen.edge.tokens import token_issue
 from resilience.alerts.models import Alert, AlertRule, Silence
 from resilience.alerts.services import alert_rules_seed
 

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from aigen.tokens import token_issue
+from aigen.edge.tokens import token_issue
 from project.environment import CredentialVariables
 from resilience import exceptions as errors
 from resilience import upstream

@@ -113,7 +113,7 @@ def test_a_probe_shows_why_it_failed_without_the_key(keyed, fake, client, django
     from django.urls import reverse
     from rest_framework.test import APIClient
 
-    from aigen.tokens import token_issue
+    from aigen.edge.tokens import token_issue
 
     row = keyed(auth_kind="bearer", health_path="/health")
     fake.script("/health", Reply(401, body=f"Incorrect API key provided: {SECRET}".encode()))

@@ -8,7 +8,7 @@ import socket
 import pytest
 from rest_framework.test import APIClient
 
-from aigen.tokens import token_issue
+from aigen.edge.tokens import token_issue
 from resilience import exceptions as errors
 from resilience import upstream
 from resilience.client.urls import display_url

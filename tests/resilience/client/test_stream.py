@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from aigen.exceptions import ProviderError
-from aigen.providers import OpenAIProvider, Prompt
+from aigen.generation.providers import OpenAIProvider, Prompt
 from resilience import upstream
 from resilience.client.breaker import SharedBreaker
 from resilience.client.openai_wire import OPENAI_CHAT

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
-from aigen.tokens import token_issue
+from aigen.edge.tokens import token_issue
 from resilience import exceptions, upstream
 from resilience.client import reset_clients
 from resilience.models import BreakerEvent, Endpoint

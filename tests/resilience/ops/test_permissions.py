@@ -202,7 +202,7 @@ def test_superusers_pass_everywhere(upstream_api):
 
 
 def test_a_permission_taken_away_applies_to_the_next_request_of_a_kept_token(upstream_api):
-    """Tokens keep their user in process (aigen.tokens); permissions are not kept with it."""
+    """Tokens keep their user in process (aigen.edge.tokens); permissions are not kept with it."""
     operator = role_user("operator")
     client = api_client(operator)
     assert outcome(client.post(f"{API}/upstreams/api/breaker/reset")) == "allowed"

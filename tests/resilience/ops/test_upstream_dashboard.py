@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test.utils import CaptureQueriesContext
 
-from aigen.tokens import token_issue
+from aigen.edge.tokens import token_issue
 from resilience import exceptions as errors
 from resilience import upstream
 from resilience.client.context import current_request_id

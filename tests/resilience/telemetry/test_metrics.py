@@ -122,7 +122,7 @@ def test_cache_metrics(fake, make_upstream, name):
 
 
 def test_generation_counts_and_tokens_from_counters_with_registry_labels(django_assert_num_queries):
-    from aigen.records import generation_log, generation_record, generation_row
+    from aigen.generation.records import generation_log, generation_record, generation_row
 
     model = f"gpt-{uuid.uuid4().hex[:8]}"  # this process's counters outlive every test
 

@@ -76,8 +76,8 @@ def test_prune_commands_new_and_old_name():
 
 
 def test_generation_records_have_retention(settings):
+    from aigen.generation.records import generation_record, generation_records_flush, generation_row
     from aigen.models import Generation
-    from aigen.records import generation_record, generation_records_flush, generation_row
 
     settings.AIGEN = {**settings.AIGEN, "GENERATION_RETENTION_DAYS": 30}
     now = datetime.now(UTC)

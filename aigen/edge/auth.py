@@ -1,0 +1,105 @@
+"""DRF authentication with the project's API tokens (aigen.edge.tokens):
+`Authorization: Bearer <token>` and DRF's `Authorization: Token <token>`.
+
+A valid token is never refused by the failure throttle: only failed checks
+are counted per client address (resilience.ops.throttling), and past the rate a
+failed check answers 429 with `Retry-After` instead of 401. So one client
+guessing from an address shared with others (a NAT, an office) slows itself
+down without locking out the valid tokens behind the same address.
+
+`request_authenticate` is the same contract for the async views (generate,
+/v1): it returns the user or raises an `aigen.edge.errors.Refusal` that each
+view renders in its own shape.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse
+from rest_framework import exceptions
+from rest_framework.authentication import CSRFCheck, TokenAuthentication, get_authorization_header
+
+from aigen.edge.errors import Refusal
+from aigen.edge.tokens import atoken_user, token_user
+from resilience.client.context import current_caller
+from resilience.ops.throttling import AuthFailureThrottle
+
+
+def token_refused(request: Any, message: str) -> exceptions.APIException:
+    """What a failed token check raises: counted against the client's
+    address, 429 once it used up its failures, else 401 with `message`."""
+    throttle = AuthFailureThrottle()
+    try:
+        throttle.check(request)
+    except exceptions.Throttled as throttled:
+        return throttled
+    throttle.record_failure(request)
+    return exceptions.AuthenticationFailed(message)
+
+
+class ThrottledTokenAuthentication(TokenAuthentication):
+    """`Authorization: Token <token>`, checked against the stored digests
+    (a subclass of DRF's for the schema generator; nothing of its lookup is used)."""
+
+    def authenticate(self, request: Any) -> Any:
+        words = get_authorization_header(request).split()
+        if not words or words[0].lower() != self.keyword.lower().encode():
+            return None  # not a token request: nothing to check or throttle
+        if len(words) != 2:
+            raise token_refused(request, "Invalid token header.")
+        try:
+            key = words[1].decode("ascii")
+        except UnicodeError:
+            raise token_refused(request, "Invalid token header.") from None
+        user = token_user(key)
+        if user is None:
+            raise token_refused(request, "Invalid token.")
+        current_caller.set(user.pk)  # upstream calls of this request are its (call logs)
+        return user, None
+
+    def authenticate_credentials(self, key: str) -> Any:  # DRF's table is not read
+        raise exceptions.AuthenticationFailed("Invalid token.")
+
+
+class BearerTokenAuthentication(ThrottledTokenAuthentication):
+    """The same, for `Authorization: Bearer <token>`."""
+
+    keyword = "Bearer"
+
+
+_KEYWORDS = ("Bearer", "Token")
+
+
+def _unauthenticated(message: str) -> Refusal:
+    return Refusal("not_authenticated" if "not provided" in message else "authentication_failed", message,
+                   401, www_authenticate=True)
+
+
+async def request_authenticate(request: HttpRequest) -> Any:
+    """The caller of an async view (also set as the call logs' caller), or a
+    `Refusal`: 401, 429 past the failure throttle, 403 for a session POST
+    without its CSRF token (as DRF requires)."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        keyword, _, key = header.partition(" ")
+        if keyword in _KEYWORDS:
+            user = await atoken_user(key.strip())
+            if user is not None:
+                current_caller.set(user.pk)  # upstream calls of this request are its (call logs)
+                return user
+            # Only a failed check is counted, per client address (as in the DRF views).
+            refusal = await sync_to_async(token_refused)(request, "Invalid token.")
+            if isinstance(refusal, exceptions.Throttled):
+                raise Refusal("throttled", str(refusal.detail), 429, retry_after=refusal.wait)
+            raise _unauthenticated(str(refusal.detail))
+    user = await request.auser()
+    if not user.is_authenticated:
+        raise _unauthenticated("Authentication credentials were not provided.")
+    current_caller.set(user.pk)
+    check = CSRFCheck(lambda req: HttpResponse())
+    check.process_request(request)
+    reason = check.process_view(request, None, (), {})
+    if reason:
+        raise Refusal("permission_denied", f"CSRF Failed: {reason}", 403)
+    return user

@@ -1,0 +1,134 @@
+"""POST /api/ai/generate as an async view: a generation waits on the provider
+without holding a thread, so one worker carries hundreds at once.
+
+DRF's views are sync, so this is a Django async view that keeps DRF's
+contract: the same authentication (Bearer/Token keys, or a session with its
+CSRF check, aigen.edge.auth), the same throttle (aigen.edge.throttling), the
+same body validation (`GenerationRequest.from_body`) and the shared error shape
+(aigen.edge.errors). `GenerateView` (below) documents the route for the API
+schema.
+
+Tokens are checked by aigen.edge.tokens: a token's user is kept in process until
+the shared token generation moves (a token revoked or a user saved), read at
+most every half second, so a revoked token stops working here within about
+that long, as on every other route. Only failed checks meet the failure
+throttle (a valid token is never refused by it).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import extend_schema
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from aigen.edge.api import (
+    AigenView,
+    EventStreamRenderer,
+    GenerateRequestSerializer,
+    GenerateResponseSerializer,
+)
+from aigen.edge.auth import request_authenticate
+from aigen.edge.errors import OURS, Refusal, error_response, sse
+from aigen.edge.parsing import body_json
+from aigen.edge.throttling import GenerateThrottle
+from aigen.exceptions import GenerationError
+from aigen.generation.request import GenerationRequest
+from aigen.generation.services import atext_generate, atext_generate_stream
+from resilience.exceptions import AppError
+from resilience.ops.serializers import error_responses
+from resilience.telemetry.slow import slow_expected
+
+
+def _event_stream(stream: Any) -> StreamingHttpResponse:
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield sse("start", stream.meta)
+            async for chunk in stream:
+                yield sse("delta", {"content": chunk})
+            done = stream.result.as_dict()
+            done.pop("content")
+            yield sse("done", {"success": True, **done})
+        except GenerationError as err:
+            yield sse("error", {"success": False, "error": err.as_dict()})
+        finally:
+            await stream.aclose()
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
+    # no-transform: proxies (and our compression middleware) pass events through as they come.
+    response["Cache-Control"] = "no-cache, no-transform"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come
+    return response
+
+
+class GenerateView(AigenView):
+    throttle_classes = [GenerateThrottle]
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(
+        request=GenerateRequestSerializer,
+        responses={200: GenerateResponseSerializer, **error_responses(
+            400, 404, 429, 502, 503, 504,
+            e400="Malformed JSON, a missing or mistyped field (`error.field`), or a body over the "
+                 "size limit (`invalid`, `request_too_large`).",
+            e404="Unknown template or section (`template_not_found`, `section_not_found`).",
+            e502="The provider failed (`provider_error`).",
+            e503="The provider's breaker is open (`provider_unavailable`; see `Retry-After`).",
+            e504="The provider did not answer in time (`provider_timeout`)."),
+        },
+        summary="Generate one section's text",
+        description=(
+            'With "stream": true the answer is text/event-stream: a `start` event (section_title, '
+            "cached, provider, model), `delta` events ({\"content\": ...}), then `done` (the full "
+            "result without content) or `error` ({\"code\", \"message\"})."
+        ),
+    )
+    def post(self, request: Request) -> Any:
+        """Served by the async view `aigen.edge.generate.generate` (the route
+        points there); this DRF class documents it for the schema and runs
+        it when mounted on its own."""
+        return async_to_sync(generate)(request._request)
+
+
+def _documented_by(view_class: type[APIView]) -> Callable[[Callable], Callable]:
+    """Give an async view DRF's `as_view()` face (`cls`, `initkwargs`), the
+    protocol the schema generator uses to find a route's view class. Applied
+    once where the view is defined, not from the URL configuration."""
+    def mark(view: Callable) -> Callable:
+        view.cls, view.initkwargs = view_class, {}  # type: ignore[attr-defined]
+        return view
+    return mark
+
+
+@slow_expected  # generations take seconds by design: not "slow requests"
+@_documented_by(GenerateView)
+@csrf_exempt  # token requests carry no CSRF token; session requests are checked in _authenticate
+async def generate(request: HttpRequest) -> HttpResponse:
+    try:
+        return await _generate(request)
+    except AppError as err:
+        return error_response(err, shape=OURS, request=request)
+
+
+async def _generate(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        raise Refusal("method_not_allowed", f'Method "{request.method}" not allowed.', 405,
+                      allow="POST, OPTIONS")
+    request.user = await request_authenticate(request)
+    throttle = GenerateThrottle()
+    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
+        wait = throttle.wait()
+        raise Refusal("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
+                      429, retry_after=wait)
+    generation = GenerationRequest.from_body(body_json(request))
+    kwargs = {**generation.job_args(), "user": request.user}
+    if generation.stream:
+        return _event_stream(await atext_generate_stream(**kwargs))
+    result = await atext_generate(**kwargs)
+    return JsonResponse({"success": True, **result.as_dict()}, json_dumps_params={"ensure_ascii": False})

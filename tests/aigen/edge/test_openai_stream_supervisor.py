@@ -1,0 +1,361 @@
+"""Streams that survive their provider, through /v1/chat/completions with the
+real openai SDK as the caller (the project's ASGI application behind httpx2's
+ASGI transport), two fake OpenAI-compatible providers on loopback as the
+primary and the fallback endpoint, and timers of fractions of a second."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx2
+import openai
+import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth import get_user_model
+from prometheus_client import REGISTRY
+
+from aigen.edge import openai as openai_views
+from aigen.edge.tokens import token_issue, users
+from resilience.client import reset_clients
+from resilience.client.breaker import SharedBreaker
+from resilience.client.stream import prefill_refusers
+from resilience.models import CallLog, Endpoint, MinuteRollup, Upstream
+from resilience.telemetry.calllog import call_log_flush
+from tests.support.fake_openai import CONTENT_PREFIX, MODEL_ID, Behaviour, FakeOpenAI
+from tests.support.fake_upstream import CUT, FakeUpstream, Reply
+
+MODEL = "gpt-gateway"
+#: A second served model, which the primary cuts (the concurrency test's other half).
+CUT_MODEL = "gpt-gateway-cut"
+# 180 characters of answer: 60 content events of 3 characters.
+QUESTION = "Q" * (180 - len(CONTENT_PREFIX))
+ANSWER = CONTENT_PREFIX + QUESTION
+#: The timers of the tests about timers. The others keep 2 s: a cut never waits for a timer, and a
+#: loaded CI box must not turn a slow fallback into one more attempt.
+TIMER = 0.3
+SLACK_TIMER = 2.0
+
+
+@pytest.fixture
+def providers():
+    with FakeOpenAI() as primary, FakeOpenAI() as fallback:
+        yield primary, fallback
+
+
+@pytest.fixture
+def gateway(transactional_db, providers, settings):
+    """An `llm` upstream: priority strategy, the primary then a fallback that
+    names the model its own way; stream timers of 2 s (`timers()` shortens them)."""
+    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_PRIMARY_KEY": "sk-primary",
+                                                              "UPSTREAM_FALLBACK_KEY": "sk-fallback"}}
+    settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
+    primary, fallback = providers
+    row = Upstream(name="llm", base_url=primary.url, served_models=[MODEL, CUT_MODEL],
+                   endpoint_strategy="priority", auth_kind="bearer", auth_env_var="UPSTREAM_PRIMARY_KEY",
+                   connect_timeout=0.5, read_timeout=5, deadline=10, retry_total=2, retry_backoff_factor=0,
+                   retry_jitter=0, retry_statuses=[429, 500, 502, 503, 504], retry_methods=["POST"],
+                   retry_after_max=30, breaker_fail_max=3, log_sample_rate=1.0,
+                   first_token_timeout=SLACK_TIMER, stream_idle_timeout=SLACK_TIMER, stream_max_seconds=30,
+                   pool_size=300)
+    row.full_clean()
+    row.save()
+    Endpoint.objects.create(upstream=row, name="primary", base_url=primary.url, priority=0)
+    Endpoint.objects.create(upstream=row, name="fallback", base_url=fallback.url, priority=1,
+                            auth_env_var="UPSTREAM_FALLBACK_KEY", model="fallback-model")
+    reset_clients()
+    openai_views.models.clear()
+    users.clear()
+    user = get_user_model().objects.create_user("caller")
+    return token_issue(user=user)
+
+
+def timers(**fields) -> None:
+    Upstream.objects.filter(name="llm").update(**fields)
+    reset_clients()
+
+
+def sdk_run(key: str, work):
+    from project.asgi import application
+
+    async def go():
+        transport = httpx2.ASGITransport(app=application)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            client = openai.AsyncOpenAI(api_key=key, base_url="http://testserver/v1", http_client=http,
+                                        max_retries=0)
+            return await work(client)
+
+    return async_to_sync(go)()
+
+
+async def streamed(client, model: str = MODEL, question: str = QUESTION) -> dict:
+    """One streamed chat: its text, final chunk's model, finish reasons, usage and ids."""
+    stream = await client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], stream=True,
+        stream_options={"include_usage": True})
+    text, finishes, models, ids, usage = [], [], [], set(), None
+    async for chunk in stream:
+        ids.add(chunk.id)
+        models.append(chunk.model)
+        for choice in chunk.choices:
+            text.append(choice.delta.content or "")
+            if choice.finish_reason:
+                finishes.append(choice.finish_reason)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    return {"text": "".join(text), "finishes": finishes, "model": models[-1], "ids": ids, "usage": usage}
+
+
+def ask(key: str, **kwargs) -> dict:
+    return sdk_run(key, lambda client: streamed(client, **kwargs))
+
+
+def rows() -> list[CallLog]:
+    call_log_flush()
+    return list(CallLog.objects.filter(upstream="llm").order_by("created_at", "id"))
+
+
+def cuts_counted() -> float:
+    return REGISTRY.get_sample_value("resilience_stream_events_total",
+                                     {"upstream": "llm", "endpoint": "primary", "event": "cut"}) or 0.0
+
+
+def test_a_stream_cut_after_40_of_60_events_reaches_the_caller_whole(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(pieces=60, cut_after=40))
+    counted = cuts_counted()
+    answer = ask(gateway)
+    assert cuts_counted() == counted + 1  # /metrics
+    assert answer["text"] == ANSWER  # nothing missing, nothing twice
+    assert answer["finishes"] == ["stop"] and len(answer["ids"]) == 1
+    assert answer["model"] == "fallback-model"  # the model that finished the answer
+    continuation = fallback.chat_requests()[-1]["messages"]
+    assert continuation[-1] == {"role": "assistant", "content": ANSWER[:120], "prefix": True}
+    # Usage: the continuation's (the partial text as its prompt, the rest as its completion).
+    assert answer["usage"].completion_tokens == len(ANSWER[120:]) // 4 + 1
+    logged = rows()
+    assert [(r.endpoint, r.outcome) for r in logged] == [("primary", "connection_error"), ("fallback", "ok")]
+    assert "stream cut after 41 events" in logged[0].error
+    signals = {}
+    for rollup in MinuteRollup.objects.filter(upstream="llm"):
+        for name, count in rollup.signals.items():
+            signals[(rollup.endpoint, name)] = signals.get((rollup.endpoint, name), 0) + count
+    assert signals[("primary", "stream_cut")] == 1 and signals[("primary", "stream_failover")] == 1
+    assert signals[("fallback", "stream_continuation")] == 1
+
+
+def test_a_stall_is_continued_after_the_idle_timeout_and_the_next_call_works(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(pieces=60, stall_after=20, stall=30))
+    timers(stream_idle_timeout=TIMER)
+    assert ask(gateway)["text"] == ANSWER
+    assert "silent for 0.3 s" in rows()[0].error
+    primary.reset()  # healthy again
+    assert ask(gateway)["text"] == ANSWER
+    assert primary.chat_calls == 1 and fallback.chat_calls == 1
+
+
+def test_a_slow_first_token_is_answered_from_the_fallback(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(first_token_delay=30))
+    timers(first_token_timeout=TIMER)
+    answer = ask(gateway)
+    assert answer["text"] == ANSWER and answer["model"] == "fallback-model"
+    assert fallback.chat_requests()[-1]["messages"][-1]["role"] == "user"  # nothing sent yet: a fresh ask
+    logged = rows()
+    assert logged[0].outcome == "timeout" and "no first token within 0.3 s" in logged[0].error
+
+
+def test_a_fallback_that_refuses_prefills_gets_a_restart_spliced_and_remembered(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(pieces=60, cut_after=30))
+    fallback.misbehave("fallback-model", Behaviour(pieces=7, refuse_prefill=True))
+    assert ask(gateway)["text"] == ANSWER
+    assert prefill_refusers(upstream="llm", endpoints=("primary", "fallback")) == {"fallback"}
+    assert fallback.chat_calls == 2  # the refused prefill, then the restart
+    assert ask(gateway)["text"] == ANSWER
+    assert fallback.chat_calls == 3  # learned: straight to the restart
+    assert all(m["messages"][-1]["role"] == "user" for m in fallback.chat_requests()[1:])
+
+
+def test_a_restart_that_differs_ends_with_an_error_naming_the_cut(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(pieces=60, cut_after=30))
+    fallback.misbehave("fallback-model", Behaviour(refuse_prefill=True, content_prefix="ANOTHER: "))
+    received = []
+
+    async def work(client):
+        stream = await client.chat.completions.create(model=MODEL, stream=True,
+                                                      messages=[{"role": "user", "content": QUESTION}])
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError) as caught:
+        sdk_run(gateway, work)
+    assert "".join(received) == ANSWER[:90]  # what came, then the error: never a silent truncation
+    assert "stream cut after 31 events" in caught.value.message
+    assert "prefill" not in caught.value.message
+
+
+def test_a_malformed_event_is_skipped_and_counted(gateway, providers):
+    primary, _ = providers
+    primary.misbehave(MODEL, Behaviour(pieces=20, malformed_at=10))
+    assert ask(gateway)["text"] == ANSWER
+    logged = rows()
+    assert [(r.endpoint, r.outcome) for r in logged] == [("primary", "ok")]
+    rollup = MinuteRollup.objects.get(upstream="llm", endpoint="primary")
+    assert rollup.signals["stream_skipped"] == 1
+
+
+def test_a_complete_stream_without_done_is_finished_with_its_usage(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(omit_done=True))
+    answer = ask(gateway)
+    assert answer["text"] == ANSWER and answer["finishes"] == ["stop"]
+    assert answer["usage"] is not None and answer["usage"].completion_tokens == len(ANSWER) // 4 + 1
+    assert fallback.chat_calls == 0 and [r.outcome for r in rows()] == ["ok"]
+
+
+def test_an_error_event_mid_stream_is_continued(gateway, providers):
+    primary, _ = providers
+    primary.misbehave(MODEL, Behaviour(pieces=60, error_after=10))
+    assert ask(gateway)["text"] == ANSWER
+    assert "the provider's stream failed" in rows()[0].error
+
+
+def test_a_provider_that_cuts_every_stream_trips_its_breaker(gateway, providers):
+    primary, _ = providers
+    primary.misbehave(MODEL, Behaviour(pieces=10, cut_after=5))
+    for _ in range(3):
+        assert ask(gateway)["text"] == ANSWER
+    assert SharedBreaker.status_of("llm/primary", fail_max=3, reset_timeout=30)["state"] == "open"
+    assert ask(gateway)["text"] == ANSWER
+    assert primary.chat_calls == 3  # the open breaker keeps the fourth away
+
+
+def test_many_concurrent_streams_whose_primary_cuts_half_all_complete(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(CUT_MODEL, Behaviour(pieces=20, cut_after=10))
+    Upstream.objects.filter(name="llm").update(breaker_enabled=False)  # every cut is continued, none avoided
+    reset_clients()
+    count = 60
+
+    async def work(client):
+        return await asyncio.gather(*(streamed(client, model=CUT_MODEL if i % 2 else MODEL,
+                                               question=f"{QUESTION}{i:03d}") for i in range(count)))
+
+    answers = sdk_run(gateway, work)
+    assert [a["text"] for a in answers] == [f"{ANSWER}{i:03d}" for i in range(count)]
+    # Every cut stream is continued on the fallback; on a loaded machine an uncut one
+    # that fell silent past the idle timer is continued there too.
+    assert fallback.chat_calls >= count // 2
+
+
+def test_a_generated_stream_cut_midway_is_continued_on_the_same_endpoint(transactional_db, user, openai_fake,
+                                                                       section2_data):
+    """POST /api/ai/generate with "stream": true: its own events, one answer."""
+    from project.asgi import application
+
+    key = token_issue(user=user)
+    openai_fake.misbehave(MODEL_ID, Behaviour(pieces=8, cut_after=3), times=1)
+
+    async def go():
+        transport = httpx2.ASGITransport(app=application)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.post("/api/ai/generate", headers={"Authorization": f"Bearer {key}"}, json={
+                "template_id": "emergency_plan", "section_id": "2", "data": section2_data, "stream": True})
+            return response.text
+
+    events = []
+    for block in async_to_sync(go)().strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    assert events[0][0] == "start" and events[-1][0] == "done"
+    text = "".join(data["content"] for name, data in events if name == "delta")
+    first, continuation = openai_fake.chat_requests()
+    assert text == CONTENT_PREFIX + first["messages"][-1]["content"]
+    prefill = continuation["messages"][-1]
+    assert prefill["role"] == "assistant" and text.startswith(prefill["content"])
+    assert events[-1][1]["usage"]["completion_tokens"] == len(text[len(prefill["content"]):]) // 4 + 1
+
+
+def test_the_python_client_streams_supervised(gateway, providers):
+    """`upstream(name).astream(...)`: the same supervision for the project's own code."""
+    from resilience import upstream
+
+    primary, _ = providers
+    primary.misbehave(MODEL, Behaviour(pieces=60, cut_after=40))
+
+    async def work():
+        stream = await upstream("llm").astream("chat/completions", json={
+            "model": MODEL, "stream": True, "messages": [{"role": "user", "content": QUESTION}]})
+        try:
+            text = "".join([event.text async for event in stream])
+        finally:
+            await stream.aclose()
+        return text, stream.endpoints, stream.counts, stream.model
+
+    text, endpoints, counts, model = async_to_sync(work)()
+    assert text == ANSWER and endpoints == ["primary", "fallback"] and model == "fallback-model"
+    assert counts == {"cut": 1, "failover": 1, "continuation": 1}
+
+
+def test_a_provider_that_never_answers_costs_one_timeout_then_the_fallback_answers(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(never_answer=True))
+    timers(read_timeout=TIMER)
+    answer = ask(gateway)
+    assert answer["text"] == ANSWER and answer["model"] == "fallback-model"
+    assert primary.chat_calls == 1 and fallback.chat_calls == 1  # one timeout, then the fallback
+    assert rows()[-1].endpoint == "fallback"
+
+
+def test_a_silent_provider_costs_a_stream_its_first_token_timeout_not_the_read_timeout(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(never_answer=True))
+    # The read timeout alone would spend the whole deadline on the silent primary.
+    timers(first_token_timeout=TIMER, read_timeout=30, deadline=3)
+    answer = ask(gateway)
+    assert answer["text"] == ANSWER and answer["model"] == "fallback-model"
+    assert primary.chat_calls == 1 and fallback.chat_calls == 1
+
+
+def test_stream_max_seconds_caps_a_stream_with_an_error_not_a_continuation(gateway, providers):
+    primary, fallback = providers
+    primary.misbehave(MODEL, Behaviour(pieces=10, stall_after=3, stall=5))
+    timers(stream_max_seconds=TIMER)
+    received = []
+
+    async def work(client):
+        stream = await client.chat.completions.create(model=MODEL, stream=True,
+                                                      messages=[{"role": "user", "content": QUESTION}])
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError) as caught:
+        sdk_run(gateway, work)
+    assert "stream_max_seconds (0.3 s) passed" in caught.value.message
+    assert caught.value.code == "upstream_timeout"
+    assert "".join(received) == ANSWER[:54] and fallback.chat_calls == 0
+    assert rows()[0].outcome == "timeout"
+
+
+def test_a_stream_that_broke_after_a_tool_call_ends_with_an_error_not_a_continuation(gateway, providers):
+    _, fallback = providers
+    tool = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a'}}
+    call = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL, "choices": [
+        {"index": 0, "finish_reason": None, "delta": {"tool_calls": [tool]}}]}
+    with FakeUpstream() as cut:
+        cut.script("/v1/chat/completions", Reply(200, headers={"Content-Type": "text/event-stream"},
+                                                 chunks=(f"data: {json.dumps(call)}\n\n".encode(), CUT)))
+        Endpoint.objects.filter(name="primary").update(base_url=cut.url + "/v1")
+        reset_clients()
+
+        async def work(client):
+            stream = await client.chat.completions.create(model=MODEL, stream=True,
+                                                          messages=[{"role": "user", "content": QUESTION}])
+            return [chunk async for chunk in stream]
+
+        with pytest.raises(openai.APIError) as caught:
+            sdk_run(gateway, work)
+    assert "a tool call or a second choice cannot be continued" in caught.value.message
+    assert fallback.chat_calls == 0  # its arguments would have been sent twice

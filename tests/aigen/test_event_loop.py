@@ -1,0 +1,123 @@
+"""The async path never blocks the event loop (issue 25, item 6).
+
+A generation (POST /api/ai/generate) and a /v1 chat completion run through
+the project's ASGI application on a loop in asyncio's debug mode with a
+slow-callback threshold of 20 ms, while Redis (the cache, the throttles, the
+single-flight locks) sits behind a fault proxy that delays every chunk by
+25 ms: any sync cache or lock call left on the loop takes longer than the
+threshold, asyncio logs it, and the test fails naming it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from urllib.parse import urlsplit
+
+import httpx2
+import openai
+import pytest
+from asgiref.sync import async_to_sync
+
+from aigen.edge import openai as openai_views
+from aigen.edge.tokens import users
+from resilience.cache import reset_engines
+from resilience.client import reset_clients
+from resilience.models import Upstream
+from tests.aigen.conftest import FAST_OPENAI
+from tests.support.fake_openai import CONTENT_PREFIX, MODEL_ID
+from tests.support.faultproxy import FaultProxy
+from tests.support.roles import user_token
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+THRESHOLD = 0.02  # asyncio's slow_callback_duration: the brief's 20 ms
+REDIS_DELAY = 0.025  # per chunk, each way: every Redis round trip > THRESHOLD
+
+
+@pytest.fixture
+def slow_redis(redis_url, settings):
+    parts = urlsplit(redis_url)
+    with FaultProxy(parts.hostname, parts.port or 6379) as proxy:
+        settings.CACHES = {"default": {
+            "BACKEND": "resilience.cache.FallbackCache", "LOCATION": f"redis://{proxy.address}{parts.path}",
+            "KEY_PREFIX": f"loop{secrets.token_hex(4)}",
+            "OPTIONS": {"PROBE_INTERVAL": 30.0, "SOCKET_CONNECT_TIMEOUT": 2.0, "SOCKET_TIMEOUT": 2.0,
+                        "STATS_FLUSH_INTERVAL": 3600.0}}}
+        reset_engines()
+        proxy.latency(REDIS_DELAY)
+        yield proxy
+    reset_engines()
+
+
+@pytest.fixture
+def served(slow_redis, openai_fake, settings, user):
+    settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
+    Upstream.objects.update_or_create(name="llm", defaults={
+        "base_url": openai_fake.url, **FAST_OPENAI, "served_models": [MODEL_ID]})
+    reset_clients()
+    openai_views.models.clear()
+    users.clear()
+    return user_token(user)
+
+
+def _on_a_debug_loop(work) -> list[str]:
+    """Run `work(http)` twice: once to warm up (first-use costs such as building
+    the provider's SDK client are CPU, not waits, and happen once per process),
+    then on a loop in debug mode; the slow-callback warnings of that run."""
+    from project.asgi import application
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+
+    async def go():
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=application),
+                                      base_url="http://testserver") as http:
+            await work(http)
+            loop = asyncio.get_running_loop()
+            loop.slow_callback_duration = THRESHOLD
+            loop.set_debug(True)
+            records.clear()
+            try:
+                await work(http)
+            finally:
+                loop.set_debug(False)
+
+    try:
+        async_to_sync(go)()
+    finally:
+        logger.removeHandler(handler)
+    return [r.getMessage() for r in records if "took" in r.getMessage()]
+
+
+def test_a_generation_never_blocks_the_loop(served, section2_data):
+    body = {"template_id": "emergency_plan", "section_id": "2", "data": section2_data}
+
+    async def work(http):
+        for use_cache in (True, True, False):  # a miss, a hit, a refresh
+            response = await http.post("/api/ai/generate", headers={"Authorization": f"Bearer {served}"},
+                                       json={**body, "use_cache": use_cache})
+            assert response.status_code == 200, response.text
+        streamed = await http.post("/api/ai/generate", headers={"Authorization": f"Bearer {served}"},
+                                   json={**body, "use_cache": False, "stream": True})
+        assert "event: done" in streamed.text, streamed.text
+
+    assert _on_a_debug_loop(work) == []
+
+
+def test_a_v1_completion_never_blocks_the_loop(served):
+    async def work(http):
+        client = openai.AsyncOpenAI(api_key=served, base_url="http://testserver/v1", http_client=http,
+                                    max_retries=0)
+        answer = await client.chat.completions.create(model=MODEL_ID,
+                                                      messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == CONTENT_PREFIX + "hi"
+        stream = await client.chat.completions.create(model=MODEL_ID, stream=True,
+                                                      messages=[{"role": "user", "content": "hi"}])
+        assert "".join([c.delta.content or "" async for chunk in stream for c in chunk.choices]) \
+            == CONTENT_PREFIX + "hi"
+
+    assert _on_a_debug_loop(work) == []

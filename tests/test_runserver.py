@@ -1,0 +1,91 @@
+"""`make run`'s development server (project/management/commands/runserver.py):
+the ASGI application under uvicorn with Django's autoreloader, as a new user
+starts it. Issue 25, item 8: under Django's WSGI server a /v1 stream was
+consumed synchronously (a warning per response) and, after a few earlier
+calls, ended with `stream_interrupted`."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+import pytest
+import requests
+
+from tests.support.fake_openai import CONTENT_PREFIX, FakeOpenAI
+from tests.support.live_server import ROOT, LiveServer
+
+MODEL = "gpt-dev"
+QUESTION = "D" * (120 - len(CONTENT_PREFIX))
+ANSWER = CONTENT_PREFIX + QUESTION
+
+
+class DevServer(LiveServer):
+    """`manage.py runserver` (autoreload on, as `make run` starts it) on the
+    LiveServer's database and helpers."""
+
+    def start(self) -> DevServer:
+        self.env.update({"DEBUG": "true", "PYTHONWARNINGS": "always"})
+        self.manage("migrate", "--noinput", "-v", "0")
+        self.manage("seed_upstreams")
+        if self.setup:
+            self.shell(self.setup + "\nprint('set up')")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}"], cwd=ROOT, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with contextlib.suppress(requests.ConnectionError, requests.Timeout):
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError("runserver did not start:\n" + self.output[-4000:])
+
+    def stop(self) -> None:
+        # The autoreloader's parent and its serving child: the whole group.
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+
+@pytest.fixture
+def dev(tmp_path):
+    with FakeOpenAI() as provider:
+        setup = (
+            "from resilience.models import Endpoint, Upstream\n"
+            f"u = Upstream.objects.create(name='llm', base_url={provider.url!r}, served_models=[{MODEL!r}],"
+            " read_timeout=5, deadline=10, retry_total=1, retry_backoff_factor=0, retry_jitter=0,"
+            " first_token_timeout=2, stream_idle_timeout=2, breaker_enabled=False)\n"
+            f"Endpoint.objects.create(upstream=u, name='primary', base_url={provider.url!r}, priority=0)")
+        with DevServer(tmp_path, env={"AI_GENERATE_THROTTLE": "100000/min"}, setup=setup) as server:
+            yield server, openai.OpenAI(api_key=server.token("newcomer"), base_url=server.url + "/v1",
+                                        max_retries=0)
+
+
+def test_runserver_serves_the_async_views_with_streams_whole_and_no_warning(dev):
+    server, client = dev
+    for _ in range(4):  # a few earlier calls, as a new user makes them
+        answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}])
+        assert answer.choices[0].message.content == ANSWER
+    for _ in range(2):
+        stream = client.chat.completions.create(model=MODEL, stream=True,
+                                                messages=[{"role": "user", "content": QUESTION}])
+        assert "".join(c.delta.content or "" for chunk in stream for c in chunk.choices) == ANSWER
+    assert "ASGI development server" in server.output
+    assert "must consume asynchronous iterators" not in server.output
+    assert "stream_interrupted" not in server.output
