@@ -720,7 +720,35 @@ class UpstreamClient:
             return self._failed(built, attempt, exc, credentials)
         if response.status_code >= 400:  # an error answer may echo the credentials it was sent
             credentials.mask(response, attempt.spec)
+        if response.status_code == 401 and member.account is not None:
+            again = self._account_refused(built, attempt, credentials, response)
+            if again is not None:
+                member.in_flight -= 1
+                return again
         return self._answered(built, attempt, response)
+
+    def _account_refused(self, built: Built, attempt: Attempt, credentials: Credentials,
+                         response: Any) -> Choice | None:
+        """A 401 on an OAuth2 account's token: the first costs one refresh
+        (or reuses one made elsewhere) and one retry on the same account,
+        inside the deadline; a second cools the account for its backoff and
+        the call fails over (None: the 401 stands as an answer)."""
+        member, trace = attempt.member, attempt.trace
+        first = sum(1 for m in attempt.tried if m is member) == 1
+        if first and trace.remaining() > 0 and member.account.refresh_after_401(credentials.secret):  # type: ignore[union-attr]
+            trace.history.append({"status": 401, "error": "token_refreshed", "wait_s": 0.0,
+                                  "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
+                                  "endpoint": member.name})
+            return attempt.choice
+        built.pool.cool(member, resilience_settings.ACCOUNT_BACKOFF_BASE)
+        if attempt.choice.admission is not None:
+            member.breaker.record_failure(attempt.choice.admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
+                "status 401", upstream=self.name, response=response))
+        if self._may_fail_over(built.pool, built.policy, trace):
+            following = attempt.next_choice(built.pool)
+            if isinstance(following, Choice) and following.member is not member:
+                return following
+        return None
 
     def _failed(self, built: Built, attempt: Attempt, exc: Exception,
                 credentials: Credentials) -> Answer | Choice:
