@@ -367,6 +367,22 @@ def account_state(row: Any) -> dict[str, Any] | None:
             "has_refresh_token": bool(account.refresh_token_sealed)}
 
 
+def accounts_summary(endpoints: Any) -> str:
+    """One line for the dashboard card: the accounts by state, naming those
+    that need a new refresh token or are failing, with the reason ("" when
+    the upstream has no account)."""
+    states = [(row.name, state) for row in endpoints if (state := account_state(row)) is not None]
+    if not states:
+        return ""
+    counts: dict[str, int] = {}
+    for _, state in states:
+        counts[state["state"]] = counts.get(state["state"], 0) + 1
+    line = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in sorted(counts.items()))
+    trouble = [f"{name}: {state['failure_reason'] or state['state']}" for name, state in states
+               if state["state"] != "ok"]
+    return line + (f" ({'; '.join(trouble)})" if trouble else "")
+
+
 def account_refresh_token_set(*, endpoint: Any, refresh_token: str) -> None:
     """Store a new refresh token for `endpoint` (sealed), clearing its
     failure state and its access token, so the next call refreshes."""

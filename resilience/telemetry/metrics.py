@@ -42,6 +42,7 @@ from prometheus_client.exposition import choose_encoder
 from resilience.cache import default_cache
 from resilience.conf import resilience_settings
 from resilience.signals import breaker_state_changed, call_completed
+from resilience.telemetry.accounts import AccountCollector
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ def scrape_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry, path=str(path))
     else:
         registry.register(REGISTRY)
-    for collector in (BreakerCollector(), CacheCollector(), OperationsCollector()):
+    for collector in (BreakerCollector(), CacheCollector(), OperationsCollector(), AccountCollector()):
         registry.register(collector)
     return registry
 

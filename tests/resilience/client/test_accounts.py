@@ -4,20 +4,28 @@ revokes a family on reuse, in front of a provider that takes only live
 access tokens. Clocks are moved, not waited for."""
 from __future__ import annotations
 
+import io
+import json
 import threading
+from unittest import mock
 
 import pytest
 from cryptography.fernet import Fernet
+from django.core.management import CommandError, call_command
 from django.test import override_settings
+from prometheus_client import generate_latest
 
 from resilience import exceptions, upstream
+from resilience.checks import check_credentials_keys
 from resilience.client import reset_clients, sealing
 from resilience.client.accounts import TokenManager, account_refresh_token_set, accounts_forget
 from resilience.client.endpoints import snapshot
 from resilience.models import Account, CallLog, Endpoint
 from resilience.telemetry.calllog import call_log_flush
+from resilience.telemetry.metrics import scrape_registry
 from tests.resilience.conftest import Clock
 from tests.support.fake_token_server import FakeTokenServer
+from tests.support.roles import api_client
 
 KEY = Fernet.generate_key().decode()
 
@@ -213,3 +221,114 @@ def test_sealing_rotates_keys_and_refuses_without_them(settings):
         sealing.seal("value")
     with override_settings(DEBUG=True, RESILIENCE={**settings.RESILIENCE, "CREDENTIALS_KEYS": []}):
         assert sealing.unseal(sealing.seal("dev")) == "dev"
+
+
+# -- import, export, rotation, displays -------------------------------------------------------
+def _import(text: str) -> str:
+    out = io.StringIO()
+    with mock.patch("sys.stdin", io.StringIO(text)):
+        call_command("endpoints_import", "-", stdout=out)
+    return out.getvalue()
+
+
+def test_endpoints_import_creates_and_updates_by_name_and_seals_the_tokens(make_upstream, tokens, tmp_path):
+    make_upstream("pool", base_url=tokens.url)
+    first, second = tokens.refresh_token_issue("c1"), tokens.refresh_token_issue("c2")
+    data = {"upstream": "pool", "accounts": [
+        {"name": "one", "base_url": tokens.url, "token_url": tokens.token_url, "client_id": "c1",
+         "refresh_token": first, "weight": 3},
+        {"name": "two", "base_url": tokens.url, "token_url": tokens.token_url, "client_id": "c2",
+         "refresh_token": second, "priority": 1, "scope": "api"}]}
+    out = _import(json.dumps(data))
+    assert "created 2, updated 0, refresh tokens set 2" in out and first not in out and second not in out
+    assert Endpoint.objects.get(name="one").weight == 3
+    assert sealing.unseal(Account.objects.get(endpoint__name="two").refresh_token_sealed) == second
+    data["accounts"][0] = {k: v for k, v in data["accounts"][0].items() if k != "refresh_token"}
+    data["accounts"][0]["weight"] = 5
+    del data["accounts"][1]
+    assert "created 0, updated 1, refresh tokens set 0" in _import(json.dumps(data))
+    one = Endpoint.objects.get(name="one")
+    assert one.weight == 5 and one.history.count() == 2
+    assert sealing.unseal(Account.objects.get(endpoint=one).refresh_token_sealed) == first
+    path = tmp_path / "out.json"
+    call_command("endpoints_export", "pool", "-o", str(path), stdout=io.StringIO())
+    exported = json.loads(path.read_text())
+    assert [a["name"] for a in exported["accounts"]] == ["one", "two"]
+    assert exported["accounts"][0]["token_url"] == tokens.token_url
+    assert "refresh_token" not in path.read_text()
+    assert first not in path.read_text()
+
+
+def test_a_bad_import_names_the_entry_and_field_and_changes_nothing(make_upstream, tokens):
+    make_upstream("pool", base_url=tokens.url)
+    data = {"upstream": "pool", "accounts": [
+        {"name": "ok", "base_url": tokens.url, "token_url": tokens.token_url, "client_id": "c",
+         "refresh_token": "rt-x"},
+        {"name": "bad", "base_url": tokens.url, "token_url": "not a url", "client_id": "c",
+         "refresh_token": "rt-y"}]}
+    with pytest.raises(CommandError, match=r"accounts\[1\] \(bad\): token_url"):
+        _import(json.dumps(data))
+    data["accounts"][1] = {"name": "bad", "base_url": tokens.url, "token_url": tokens.token_url,
+                           "client_id": "c"}
+    with pytest.raises(CommandError, match=r"accounts\[1\] \(bad\): refresh_token: required"):
+        _import(json.dumps(data))
+    with pytest.raises(CommandError, match="unknown key"):
+        _import(json.dumps({**data, "extra": 1}))
+    assert not Endpoint.objects.exists() and not Account.objects.exists()
+
+
+def test_credentials_rotate_reseals_everything_under_the_first_key(accounts, tokens, settings):
+    accounts(2)
+    upstream("acct").get("/x")
+    new_key = Fernet.generate_key().decode()
+    settings.RESILIENCE = {**settings.RESILIENCE, "CREDENTIALS_KEYS": [new_key, KEY]}
+    out = io.StringIO()
+    call_command("credentials_rotate", stdout=out)
+    assert "2 account(s) re-encrypted" in out.getvalue()
+    settings.RESILIENCE = {**settings.RESILIENCE, "CREDENTIALS_KEYS": [new_key]}
+    for account in Account.objects.all():
+        assert sealing.unseal(account.refresh_token_sealed).startswith("rt-")
+    accounts_forget()
+    reset_clients()
+    assert upstream("acct").get("/x").status_code == 200
+
+
+def test_stored_accounts_without_keys_are_refused_outside_debug(accounts, settings):
+    accounts(1)
+    settings.DEBUG = False
+    settings.RESILIENCE = {**settings.RESILIENCE, "CREDENTIALS_KEYS": []}
+    errors = check_credentials_keys()
+    assert [e.id for e in errors] == ["resilience.E007"] and "CREDENTIALS_KEYS" in errors[0].msg
+    settings.DEBUG = True
+    assert check_credentials_keys() == []
+
+
+def test_the_api_the_command_the_metric_and_the_admin_show_the_state_never_a_token(
+        accounts, tokens, admin_client):
+    rows = accounts(2)
+    Account.objects.filter(endpoint=rows[1]).update(refresh_token_sealed=sealing.seal("rt-unknown"))
+    Endpoint.objects.filter(pk=rows[0].pk).update(priority=5)
+    reset_clients()
+    for _ in range(2):
+        assert upstream("acct").get("/x").status_code == 200
+    texts = []
+    api = api_client("viewer").get("/api/resilience/upstreams/acct")
+    assert api.status_code == 200
+    shown = {e["name"]: e["account"] for e in api.json()["pool"]["endpoints"]}
+    assert shown["a1"]["needs_new_token"] and shown["a0"]["state"] == "ok" and shown["a0"]["refreshes"] == 1
+    texts.append(api.content.decode())
+    out = io.StringIO()
+    call_command("upstreams", stdout=out)
+    assert "NEEDS NEW REFRESH TOKEN" in out.getvalue()
+    texts.append(out.getvalue())
+    metrics = generate_latest(scrape_registry()).decode()
+    assert 'resilience_account_needs_new_token{endpoint="a1",upstream="acct"} 1.0' in metrics
+    texts.append(metrics)
+    page = admin_client.get(f"/admin/resilience/endpoint/{rows[1].pk}/change/")
+    assert page.status_code == 200 and "NEEDS A NEW REFRESH TOKEN" in page.content.decode()
+    texts.append(page.content.decode())
+    dashboard = admin_client.get("/dashboard/")
+    card = "1 needs new token, 1 ok (a1: token server refused: invalid_grant)"
+    assert dashboard.status_code == 200 and card in dashboard.content.decode()
+    texts.append(dashboard.content.decode())
+    assert not any(token in text for token in tokens.issued for text in texts)
