@@ -60,8 +60,8 @@ class EndpointInline(admin.TabularInline):
         formset = super().get_formset(request, obj, **kwargs)
         formset.form = _for_user(formset.form, request)
         return formset
-    fields = ("name", "base_url", "auth_env_var", "credential_kind", "weight", "priority", "enabled", "model",
-              "pool_size")
+    # Accounts (credential kind, token URL, refresh token) are set on the endpoint's own page.
+    fields = ("name", "base_url", "auth_env_var", "weight", "priority", "enabled", "model", "pool_size")
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 

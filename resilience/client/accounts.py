@@ -157,6 +157,7 @@ class TokenManager:
         self.token: Token | None = None
         self.backoff_until = 0.0
         self.reason = ""
+        self._failed_token = ""  # the token a 401 refused (set under `_guard`)
         self._guard = threading.Lock()
 
     @property
@@ -234,6 +235,7 @@ class TokenManager:
         token after it (adopted or new), or None when none could be had."""
         if not self._guard.acquire(blocking=wait):
             return self.token
+        self._failed_token = failed
         try:
             if lock_backend() == "redis":
                 timeout = resilience_settings.ACCOUNT_TOKEN_TIMEOUT
@@ -242,36 +244,44 @@ class TokenManager:
                 if not held.acquire():
                     return self._adopt(self._shared())
                 try:
-                    return self._refresh_row(failed, lock_row=False)
+                    return self._refresh_row(lock_row=False)
                 finally:
                     held.release()
-            return self._refresh_row(failed, lock_row=True)
+            return self._refresh_row(lock_row=True)
         finally:
             self._guard.release()
 
-    def _refresh_row(self, failed: str, *, lock_row: bool) -> Token | None:
+    def _refresh_row(self, *, lock_row: bool) -> Token | None:
+        """Under the Redis lock (`lock_row` False) each statement commits on
+        its own, so a busy SQLite file makes a write wait its timeout rather
+        than fail a read-then-write transaction; without Redis the row's lock
+        holds for the whole refresh."""
+        if not lock_row:
+            return self._refresh_locked(Account.objects.filter(endpoint_id=self.spec.endpoint_id).first())
         with transaction.atomic():
-            rows = Account.objects.filter(endpoint_id=self.spec.endpoint_id)
-            row = (rows.select_for_update() if lock_row else rows).first()
-            if row is None:
-                row = Account.objects.create(endpoint_id=self.spec.endpoint_id)
-            now = self.clock()
-            stored = self._stored(row)
-            if stored is not None and stored.access != failed and not stored.due(now):
-                self._adopt(stored)  # refreshed elsewhere meanwhile
-                self._share(stored)
-                return self.token
-            if row.needs_new_token or _seconds(row.backoff_until) > now:
-                self.backoff_until = max(self.backoff_until, _seconds(row.backoff_until))
-                self.reason = row.failure_reason
-                return self.token
-            try:
-                answer = grant(self.spec, sealing.unseal(row.refresh_token_sealed))
-            except RefreshFailed as failure:
-                self._failed(row, failure)
-                return self.token
-            token = self._store(row, answer)
-        self._share(token)  # after the commit: the row is the truth, the cache a copy
+            row = Account.objects.select_for_update().filter(endpoint_id=self.spec.endpoint_id).first()
+            return self._refresh_locked(row)
+
+    def _refresh_locked(self, row: Account | None) -> Token | None:
+        if row is None:
+            row = Account.objects.create(endpoint_id=self.spec.endpoint_id)
+        now = self.clock()
+        stored = self._stored(row)
+        if stored is not None and stored.access != self._failed_token and not stored.due(now):
+            self._adopt(stored)  # refreshed elsewhere meanwhile
+            self._share(stored)
+            return self.token
+        if row.needs_new_token or _seconds(row.backoff_until) > now:
+            self.backoff_until = max(self.backoff_until, _seconds(row.backoff_until))
+            self.reason = row.failure_reason
+            return self.token
+        try:
+            answer = grant(self.spec, sealing.unseal(row.refresh_token_sealed))
+        except RefreshFailed as failure:
+            self._failed(row, failure)
+            return self.token
+        token = self._store(row, answer)
+        self._share(token)
         return token
 
     def _stored(self, row: Account) -> Token | None:
