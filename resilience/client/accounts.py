@@ -185,6 +185,11 @@ class TokenManager:
         token = self.refresh(wait=not live)
         return token.access if token is not None and token.live(self.clock()) else ""
 
+    def token_held(self) -> str:
+        """The token this process holds while it is not due ("" otherwise): no I/O."""
+        token = self.token
+        return token.access if token is not None and not token.due(self.clock()) else ""
+
     def looks_usable(self) -> bool:
         """From process memory only: a live token, or a refresh allowed."""
         now = self.clock()

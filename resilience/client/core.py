@@ -103,7 +103,15 @@ class Acquire:
     timeout: float
 
 
-Command = Send | Sleep | Follow | Acquire
+@dataclass(frozen=True, slots=True)
+class Blocking:
+    """Run `work` (database, token server): in the caller's thread on the
+    sync face, in a worker thread on the async one (never on the loop)."""
+
+    work: Callable[[], Any]
+
+
+Command = Send | Sleep | Follow | Acquire | Blocking
 Steps = Generator[Command, Any, "Answer"]
 #: Builds the face's response from a cache entry.
 FromEntry = Callable[[CacheEntry, RequestSpec, CallMeta], Any]
@@ -446,6 +454,8 @@ class UpstreamClient:
         if isinstance(command, Follow):
             command.future.exception(timeout=command.timeout)  # TimeoutError when the wait runs out
             return None
+        if isinstance(command, Blocking):
+            return command.work()
         time.sleep(command.seconds)
         return None
 
@@ -516,6 +526,8 @@ class UpstreamClient:
             if not command.future.done():
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(command.future)), command.timeout)
             return None
+        if isinstance(command, Blocking):
+            return await sync_to_async(command.work, thread_sensitive=False)()
         await asyncio.sleep(command.seconds)
         return None
 
@@ -709,7 +721,11 @@ class UpstreamClient:
                                           sticky=pool.strategy == "priority" and not probe,
                                           retry_after_max=policy.retry_after_max,
                                           retry_total=policy.retry_total)
-        credentials = member.credentials_now()
+        credentials = member.credentials_ready()
+        if credentials is None:  # an account whose token is due: refreshed off the event loop
+            credentials = yield Blocking(member.credentials_now)
+            if not credentials.secret:
+                return self._account_unavailable(built, attempt, credentials)
         attempt.began, attempt.sent_at = time.perf_counter(), time.monotonic()
         member.in_flight += 1
         try:
@@ -721,21 +737,38 @@ class UpstreamClient:
         if response.status_code >= 400:  # an error answer may echo the credentials it was sent
             credentials.mask(response, attempt.spec)
         if response.status_code == 401 and member.account is not None:
-            again = self._account_refused(built, attempt, credentials, response)
+            first = sum(1 for m in attempt.tried if m is member) == 1
+            renewed = ""
+            if first and attempt.trace.remaining() > 0:
+                renewed = yield Blocking(lambda: member.account.refresh_after_401(credentials.secret))
+            again = self._account_refused(built, attempt, response, renewed=renewed)
             if again is not None:
                 member.in_flight -= 1
                 return again
         return self._answered(built, attempt, response)
 
-    def _account_refused(self, built: Built, attempt: Attempt, credentials: Credentials,
-                         response: Any) -> Choice | None:
+    def _account_unavailable(self, built: Built, attempt: Attempt,
+                             credentials: Credentials) -> Answer | Choice:
+        """An account with no live token (its refresh failed): nothing is
+        sent; the next endpoint, else the refusal naming why."""
+        admission = attempt.choice.admission
+        if admission is not None and admission.probe:
+            attempt.member.breaker.storage.release_probe()  # type: ignore[union-attr]
+        following = attempt.next_choice(built.pool)
+        if isinstance(following, Choice) and following.member is not attempt.member:
+            return following
+        failure = credentials.missing_error()
+        result = Result(Outcome.REFUSED, error=failure.message, endpoint=attempt.member.name)
+        return Answer(result, error=failure)
+
+    def _account_refused(self, built: Built, attempt: Attempt, response: Any, *,
+                         renewed: str) -> Choice | None:
         """A 401 on an OAuth2 account's token: the first costs one refresh
         (or reuses one made elsewhere) and one retry on the same account,
         inside the deadline; a second cools the account for its backoff and
         the call fails over (None: the 401 stands as an answer)."""
         member, trace = attempt.member, attempt.trace
-        first = sum(1 for m in attempt.tried if m is member) == 1
-        if first and trace.remaining() > 0 and member.account.refresh_after_401(credentials.secret):  # type: ignore[union-attr]
+        if renewed:
             trace.history.append({"status": 401, "error": "token_refreshed", "wait_s": 0.0,
                                   "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
                                   "endpoint": member.name})

@@ -161,6 +161,18 @@ class Member:
             credentials = self.credentials = Credentials.for_policy(self.policy)
         return credentials
 
+    def credentials_ready(self) -> Credentials | None:
+        """The credential when it is at hand without I/O; None for an
+        account whose token is due (then `credentials_now`, off the loop)."""
+        if self.account is None:
+            return self.credentials_now()
+        token = self.account.token_held()
+        if not token:
+            return None
+        if token != self.credentials.secret:
+            self.credentials = Credentials.for_account(self.policy.name, self.name, token)
+        return self.credentials
+
     def credentialed(self) -> bool:
         """Whether it looks able to send its credential (memory only)."""
         if self.account is not None:
@@ -367,9 +379,14 @@ class Pool:
         while candidates:
             member = self._pick(candidates)
             candidates.remove(member)
-            credentials = member.credentials_now()
-            if credentials.needed and not credentials.secret:
-                missing = missing or credentials
+            if member.account is None:
+                credentials = member.credentials_now()
+                if credentials.needed and not credentials.secret:
+                    missing = missing or credentials
+                    continue
+            elif not member.credentialed():  # memory only: a refresh is never made while choosing
+                missing = missing or Credentials.for_account(self.upstream, member.name, "",
+                                                             reason=member.account.reason)
                 continue
             if member.cool_until > now:
                 out.append((member.cool_until - now, member))

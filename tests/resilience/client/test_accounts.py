@@ -4,6 +4,7 @@ revokes a family on reuse, in front of a provider that takes only live
 access tokens. Clocks are moved, not waited for."""
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -17,6 +18,7 @@ from prometheus_client import generate_latest
 
 from resilience import exceptions, upstream
 from resilience.checks import check_credentials_keys
+from resilience.client import accounts as accounts_module
 from resilience.client import reset_clients, sealing
 from resilience.client.accounts import TokenManager, account_refresh_token_set, accounts_forget
 from resilience.client.endpoints import snapshot
@@ -332,3 +334,28 @@ def test_the_api_the_command_the_metric_and_the_admin_show_the_state_never_a_tok
     assert dashboard.status_code == 200 and card in dashboard.content.decode()
     texts.append(dashboard.content.decode())
     assert not any(token in text for token in tokens.issued for text in texts)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_async_face_refreshes_off_the_event_loop(accounts, tokens, clock, monkeypatch):
+    accounts(1)
+    client = upstream("acct")
+    threads: list[bool] = []  # per grant: was it made on the event loop's thread?
+    real_grant = accounts_module.grant
+
+    def watched(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real_grant(*args, **kwargs)
+
+    monkeypatch.setattr(accounts_module, "grant", watched)
+
+    async def main() -> list[int]:
+        first = await client.aget("/x")
+        clock.advance(55)  # due
+        due = await client.aget("/x")
+        tokens.revoke_access()  # a 401: one refresh and one retry
+        refused = await client.aget("/x")
+        return [first.status_code, due.status_code, refused.status_code]
+
+    assert asyncio.run(main()) == [200, 200, 200]
+    assert tokens.refreshes["client-0"] == 3 and threads == [False, False, False]
