@@ -26,6 +26,7 @@ from resilience.models import Account, CallLog, Endpoint
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.metrics import scrape_registry
 from tests.resilience.conftest import Clock
+from tests.resilience.test_admin import page_data
 from tests.support.fake_token_server import FakeTokenServer
 from tests.support.roles import api_client
 
@@ -359,3 +360,20 @@ def test_the_async_face_refreshes_off_the_event_loop(accounts, tokens, clock, mo
 
     assert asyncio.run(main()) == [200, 200, 200]
     assert tokens.refreshes["client-0"] == 3 and threads == [False, False, False]
+
+
+def test_the_admin_sets_a_new_refresh_token_write_only_and_never_shows_it(accounts, tokens, admin_client):
+    rows = accounts(1)
+    Account.objects.filter(endpoint=rows[0]).update(needs_new_token=True, failure_reason="token server "
+                                                    "refused: invalid_grant")
+    url = f"/admin/resilience/endpoint/{rows[0].pk}/change/"
+    data = page_data(admin_client.get(url))
+    fresh = tokens.refresh_token_issue("client-0")
+    data["new_refresh_token"] = fresh
+    assert admin_client.post(url, data).status_code == 302
+    account = Account.objects.get(endpoint=rows[0])
+    assert not account.needs_new_token and sealing.unseal(account.refresh_token_sealed) == fresh
+    page = admin_client.get(url).content.decode()
+    assert fresh not in page and account.refresh_token_sealed not in page
+    reset_clients()
+    assert upstream("acct").get("/x").status_code == 200
