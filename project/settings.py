@@ -401,6 +401,8 @@ LOGGING = {
 RESILIENCE["CREDENTIAL_PREFIX"] = env.str("UPSTREAM_CREDENTIAL_PREFIX", default="UPSTREAM_")
 RESILIENCE["CREDENTIAL_VARIABLES"] = sorted(
     {*env.credentials, *env.list("UPSTREAM_CREDENTIAL_VARIABLES", default=[])})
+# Fernet keys sealing OAuth2 accounts' tokens (comma-separated; the first encrypts).
+RESILIENCE["CREDENTIALS_KEYS"] = env.list("CREDENTIALS_KEYS", default=[])
 # The live set: a read added below this block is refused too.
 RESILIENCE["DEPLOY_VARIABLES"] = env.read
 RESILIENCE["SECRETS"] = CredentialVariables(

@@ -20,9 +20,10 @@ from django.core.exceptions import ImproperlyConfigured
 def serving_problems() -> list[checks.CheckMessage]:
     """The serious problems that forbid serving: every system check's errors
     plus the serving-only ones (the secret key)."""
-    from resilience.checks import check_secret_key
+    from resilience.checks import check_credentials_keys, check_secret_key
 
     messages = checks.run_checks(include_deployment_checks=False) + check_secret_key()
+    messages += check_credentials_keys()
     return [m for m in messages if m.is_serious()]
 
 

@@ -24,6 +24,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 from simple_history.admin import SimpleHistoryAdmin
 
+from resilience.client.accounts import account_state
 from resilience.client.endpoints import endpoint_states
 from resilience.exceptions import AppError
 from resilience.models import BreakerEvent, CallLog, Endpoint, Upstream
@@ -59,6 +60,7 @@ class EndpointInline(admin.TabularInline):
         formset = super().get_formset(request, obj, **kwargs)
         formset.form = _for_user(formset.form, request)
         return formset
+    # Accounts (credential kind, token URL, refresh token) are set on the endpoint's own page.
     fields = ("name", "base_url", "auth_env_var", "weight", "priority", "enabled", "model", "pool_size",
               "wire_format")
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
@@ -71,14 +73,34 @@ class EndpointAdmin(SimpleHistoryAdmin):
 
     form = EndpointForm
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model", "wire_format", "breaker")
+    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model", "wire_format", "breaker",
+                    "account_status")
     list_select_related = ("upstream",)
+    readonly_fields = ("account_status",)
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         return _for_user(super().get_form(request, obj, change=change, **kwargs), request)
     list_filter = ("enabled",)
     search_fields = ("name", "base_url", "upstream__name")
     actions = ["reset_breakers", "force_open_5m", "force_open_1h"]
+
+    @admin.display(description="account")
+    def account_status(self, obj: Endpoint) -> str:
+        """An OAuth2 account's state (never a token): state, expiry, last
+        refresh, failure reason; "-" for an environment variable."""
+        state = account_state(obj) if obj.pk else None
+        if state is None:
+            return "-"
+        parts = [state["state"].replace("_", " ")]
+        if state["expires_at"]:
+            parts.append(f"expires {state['expires_at']}")
+        if state["last_refresh_at"]:
+            parts.append(f"last refresh {state['last_refresh_at']} ({state['refreshes']} in all)")
+        if state["failure_reason"]:
+            parts.append(f"failure: {state['failure_reason']}")
+        if state["needs_new_token"]:
+            parts.append("NEEDS A NEW REFRESH TOKEN: paste one in 'New refresh token'")
+        return "; ".join(parts)
 
     @admin.display(description="breaker")
     def breaker(self, obj: Endpoint) -> str:

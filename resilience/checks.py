@@ -14,10 +14,14 @@ from django.core import checks
 from django.core.checks.security import base as security_checks
 from django.core.checks.security import csrf as csrf_checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.utils.module_loading import import_string
+
+from resilience.conf import resilience_settings
+from resilience.models import Endpoint
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
@@ -163,3 +167,23 @@ def check_demo(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessa
             id="resilience.W001",
         )]
     return []
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_credentials_keys(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A deployment check (run by the servers through `project.startup` and by
+    `check --deploy`): stored OAuth2 accounts need CREDENTIALS_KEYS outside
+    DEBUG (under DEBUG a development key is derived; resilience.client.sealing).
+    A database not migrated yet has no accounts to refuse."""
+    if settings.DEBUG or resilience_settings.CREDENTIALS_KEYS:
+        return []
+    try:
+        stored = Endpoint.objects.exclude(credential_kind=Endpoint.CredentialKind.ENV).exists()
+    except DatabaseError:
+        return []
+    if not stored:
+        return []
+    return [checks.Error(
+        "OAuth2 accounts are stored but CREDENTIALS_KEYS is not set: their tokens cannot be decrypted.",
+        hint="Set CREDENTIALS_KEYS to one or more Fernet keys, comma-separated (the first encrypts).",
+        id="resilience.E007")]

@@ -84,6 +84,20 @@ DEFAULTS: dict[str, Any] = {
     # /readyz says "degraded" when a due job has waited this long (seconds):
     # no worker is taking jobs. 0 turns the check off.
     "JOBS_STALL_SECONDS": 300.0,
+    # Fernet keys sealing accounts' tokens at rest (resilience.client.sealing):
+    # the first encrypts, all decrypt. Empty: a development key derived from
+    # SECRET_KEY under DEBUG; refused for stored accounts otherwise.
+    "CREDENTIALS_KEYS": [],
+    # OAuth2 accounts (resilience.client.accounts): an access token is
+    # refreshed when less than a fifth of its life, and at most this many
+    # seconds, is left...
+    "ACCOUNT_REFRESH_MARGIN_MAX": 300.0,
+    # ...a failed refresh is retried after this many seconds, doubled per
+    # failure up to the cap (with jitter)...
+    "ACCOUNT_BACKOFF_BASE": 2.0,
+    "ACCOUNT_BACKOFF_MAX": 300.0,
+    # ...and a call to the token server times out after this many seconds.
+    "ACCOUNT_TOKEN_TIMEOUT": 10.0,
 }
 
 

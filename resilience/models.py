@@ -355,6 +355,23 @@ class Endpoint(models.Model):
         "back; an Anthropic endpoint gets its credential as x-api-key and an anthropic-version header. "
         "An upstream's endpoints share one format."))
 
+    class CredentialKind(models.TextChoices):
+        ENV = "env", "Environment variable"
+        OAUTH2_REFRESH = "oauth2_refresh", "OAuth2 account (refresh token)"
+        OAUTH2_CLIENT = "oauth2_client", "OAuth2 client credentials"
+
+    credential_kind = models.CharField(max_length=20, choices=CredentialKind.choices,
+                                       default=CredentialKind.ENV, help_text=(
+        "Where this endpoint's credential comes from: an environment variable (the upstream's "
+        "authentication kind applies), or an OAuth2 account whose access token is refreshed by the "
+        "gateway and sent as Authorization: Bearer."))
+    token_url = models.URLField(max_length=500, blank=True, help_text="OAuth2 token endpoint.")
+    client_id = models.CharField(max_length=200, blank=True, help_text="OAuth2 client id.")
+    client_secret_env = models.CharField(max_length=100, blank=True, validators=[ENV_VAR_NAME], help_text=(
+        "Environment variable holding the OAuth2 client secret (declared as an upstream credential); "
+        "required for client credentials, optional for refresh-token accounts."))
+    scope = models.CharField(max_length=500, blank=True, help_text="OAuth2 scope asked for (optional).")
+
     history = HistoricalRecords()
 
     class Meta:
@@ -371,8 +388,20 @@ class Endpoint(models.Model):
         upstream = upstream or self.upstream
         return binding_of(self.base_url, upstream.auth_kind, self.auth_env_var or upstream.auth_env_var)
 
+    @property
+    def is_account(self) -> bool:
+        return self.credential_kind != self.CredentialKind.ENV
+
     def clean(self) -> None:
         errors = _variable_errors("auth_env_var", self.auth_env_var)
+        errors.update(_variable_errors("client_secret_env", self.client_secret_env))
+        if self.is_account:
+            if not self.token_url:
+                errors["token_url"] = "An OAuth2 account needs its token URL."
+            if not self.client_id:
+                errors["client_id"] = "An OAuth2 account needs its client id."
+            if self.credential_kind == self.CredentialKind.OAUTH2_CLIENT and not self.client_secret_env:
+                errors["client_secret_env"] = "Client credentials need the client secret's variable."
         problem = base_url_errors(self.base_url)
         if problem:
             errors["base_url"] = problem
@@ -382,6 +411,31 @@ class Endpoint(models.Model):
     def save(self, *args, **kwargs) -> None:
         self.base_url = self.base_url.rstrip("/")
         super().save(*args, **kwargs)
+
+
+class Account(models.Model):
+    """The live state of an endpoint's OAuth2 account (resilience.client.accounts).
+
+    Tokens are stored sealed (resilience.client.sealing), never in clear.
+    Kept apart from `Endpoint` so a refresh (every token lifetime) writes no
+    history row; the endpoint's configuration keeps its history."""
+
+    endpoint = models.OneToOneField(Endpoint, on_delete=models.CASCADE, related_name="account")
+    refresh_token_sealed = models.TextField(blank=True)
+    access_token_sealed = models.TextField(blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    #: The access token's lifetime when issued (seconds): the refresh margin is a fifth of it.
+    lifetime = models.FloatField(default=0.0)
+    last_refresh_at = models.DateTimeField(null=True, blank=True)
+    refreshes = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    failure_reason = models.CharField(max_length=300, blank=True)
+    backoff_until = models.DateTimeField(null=True, blank=True)
+    needs_new_token = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"account of {self.endpoint_id}"
 
 
 class Outcome(models.TextChoices):

@@ -34,6 +34,7 @@ from resilience.client.spec import RequestSpec
 from resilience.client.steps import (
     Acquire,
     Answer,
+    Blocking,
     Command,
     FromEntry,
     Send,
@@ -42,6 +43,7 @@ from resilience.client.steps import (
     outcome_of,
     retry_after_of,
 )
+from resilience.conf import resilience_settings
 from resilience.models import Outcome
 
 logger = logging.getLogger(__name__)
@@ -236,7 +238,11 @@ class Attempts:
                                           sticky=pool.strategy == "priority" and not probe,
                                           retry_after_max=policy.retry_after_max,
                                           retry_total=policy.retry_total)
-        credentials = member.credentials_now()
+        credentials = member.credentials_ready()
+        if credentials is None:  # an account whose token is due: refreshed off the event loop
+            credentials = yield Blocking(member.credentials_now)
+            if not credentials.secret:
+                return self._account_unavailable(built, attempt, credentials)
         attempt.began, attempt.sent_at = time.perf_counter(), time.monotonic()
         member.in_flight += 1
         try:
@@ -247,7 +253,52 @@ class Attempts:
             return self._failed(built, attempt, exc, credentials)
         if response.status_code >= 400:  # an error answer may echo the credentials it was sent
             credentials.mask(response, attempt.spec)
+        if response.status_code == 401 and member.account is not None:
+            first = sum(1 for m in attempt.tried if m is member) == 1
+            renewed = ""
+            if first and attempt.trace.remaining() > 0:
+                renewed = yield Blocking(lambda: member.account.refresh_after_401(credentials.secret))
+            again = self._account_refused(built, attempt, response, renewed=renewed)
+            if again is not None:
+                member.in_flight -= 1
+                return again
         return self._answered(built, attempt, response)
+
+    def _account_unavailable(self, built: Built, attempt: Attempt,
+                             credentials: Credentials) -> Answer | Choice:
+        """An account with no live token (its refresh failed): nothing is
+        sent; the next endpoint, else the refusal naming why."""
+        admission = attempt.choice.admission
+        if admission is not None and admission.probe:
+            attempt.member.breaker.storage.release_probe()  # type: ignore[union-attr]
+        following = attempt.next_choice(built.pool)
+        if isinstance(following, Choice) and following.member is not attempt.member:
+            return following
+        failure = credentials.missing_error()
+        result = Result(Outcome.REFUSED, error=failure.message, endpoint=attempt.member.name)
+        return Answer(result, error=failure)
+
+    def _account_refused(self, built: Built, attempt: Attempt, response: Any, *,
+                         renewed: str) -> Choice | None:
+        """A 401 on an OAuth2 account's token: the first costs one refresh
+        (or reuses one made elsewhere) and one retry on the same account,
+        inside the deadline; a second cools the account for its backoff and
+        the call fails over (None: the 401 stands as an answer)."""
+        member, trace = attempt.member, attempt.trace
+        if renewed:
+            trace.history.append({"status": 401, "error": "token_refreshed", "wait_s": 0.0,
+                                  "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
+                                  "endpoint": member.name})
+            return attempt.choice
+        built.pool.cool(member, resilience_settings.ACCOUNT_BACKOFF_BASE)
+        if attempt.choice.admission is not None:
+            member.breaker.record_failure(attempt.choice.admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
+                "status 401", upstream=self.name, response=response))
+        if self._may_fail_over(built.pool, built.policy, trace):
+            following = attempt.next_choice(built.pool)
+            if isinstance(following, Choice) and following.member is not member:
+                return following
+        return None
 
     def _failed(self, built: Built, attempt: Attempt, exc: Exception,
                 credentials: Credentials) -> Answer | Choice:

@@ -49,6 +49,7 @@ from resilience.client.spec import RequestSpec
 from resilience.client.steps import (
     Acquire,
     Answer,
+    Blocking,
     Call,
     Command,
     Follow,
@@ -200,6 +201,8 @@ class UpstreamClient:
         if isinstance(command, Follow):
             command.future.exception(timeout=command.timeout)  # TimeoutError when the wait runs out
             return None
+        if isinstance(command, Blocking):
+            return command.work()
         time.sleep(command.seconds)
         return None
 
@@ -277,6 +280,8 @@ class UpstreamClient:
             if not command.future.done():
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(command.future)), command.timeout)
             return None
+        if isinstance(command, Blocking):
+            return await sync_to_async(command.work, thread_sensitive=False)()
         await asyncio.sleep(command.seconds)
         return None
 

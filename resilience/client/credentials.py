@@ -57,6 +57,14 @@ class Credentials:
                 secret = str((resilience_settings.SECRETS or {}).get(policy.auth_env_var, "") or "")
         return cls(policy.name, policy.auth_kind, policy.auth_env_var, policy.auth_name, secret, refusal)
 
+    @classmethod
+    def for_account(cls, upstream: str, endpoint: str, token: str, *, reason: str = "") -> Credentials:
+        """An OAuth2 account's access token, sent as a bearer token; masked
+        in failed answers like any secret. Without one, the refusal says why."""
+        refusal = "" if token else (f"account {endpoint!r} has no live access token"
+                                    + (f" ({reason})" if reason else ""))
+        return cls(upstream, Kind.BEARER, "", "", token, refusal)
+
     @property
     def needed(self) -> bool:
         return self.kind != Kind.NONE

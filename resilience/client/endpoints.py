@@ -68,6 +68,7 @@ from django.db import OperationalError, ProgrammingError, router, transaction
 
 from resilience.cache import default_cache
 from resilience.cache.engine import NOT_SERVED
+from resilience.client.accounts import AccountSpec, TokenManager, account_manager, account_state
 from resilience.client.asend import AsyncPool
 from resilience.client.breaker import CircuitOpen, SharedBreaker, breaker_name
 from resilience.client.credentials import Credentials, Kind
@@ -101,15 +102,20 @@ class EndpointSpec:
     model: str = ""
     pool_size: int | None = None
     wire_format: str = "openai"  # "anthropic": its credential goes as x-api-key
+    #: An OAuth2 account (resilience.client.accounts) in place of the variable.
+    account: AccountSpec | None = None
 
     @classmethod
     def implicit(cls, policy: Policy) -> EndpointSpec:
         return cls("", policy.base_url, policy.auth_env_var)
 
     @classmethod
-    def of(cls, row: Any) -> EndpointSpec:
+    def of(cls, row: Any, upstream: str = "") -> EndpointSpec:
+        account = None
+        if getattr(row, "is_account", False):
+            account = AccountSpec.of(row, upstream or str(row.upstream_id))
         return cls(row.name, row.base_url.rstrip("/"), row.auth_env_var, row.weight, row.priority,
-                   row.model, row.pool_size, row.wire_format)
+                   row.model, row.pool_size, row.wire_format, account)
 
 
 def cooldown_key(upstream: str, endpoint: str) -> str:
@@ -119,8 +125,8 @@ def cooldown_key(upstream: str, endpoint: str) -> str:
 class Member:
     """One endpoint as built in this process (see the module docstring)."""
 
-    __slots__ = ("apool", "base_url", "breaker", "cool_until", "credentials", "in_flight", "model", "name",
-                 "policy", "priority", "session", "spec", "weight")
+    __slots__ = ("account", "apool", "base_url", "breaker", "cool_until", "credentials", "in_flight", "model",
+                 "name", "policy", "priority", "session", "spec", "weight")
 
     def __init__(self, policy: Policy, spec: EndpointSpec, breaker: SharedBreaker | None) -> None:
         self.spec = spec
@@ -138,17 +144,43 @@ class Member:
             self.policy = replace(self.policy, auth_kind=Kind.HEADER, auth_name="x-api-key")
         self.session: requests.Session = session_build(self.policy)
         self.apool = AsyncPool(self.policy)
-        self.credentials = Credentials.for_policy(self.policy)
+        self.account: TokenManager | None = account_manager(spec.account) if spec.account else None
+        self.credentials = (Credentials.for_account(self.policy.name, spec.name, "") if self.account
+                            else Credentials.for_policy(self.policy))
         self.breaker = breaker
         self.in_flight = 0  # this process's calls in flight (approximate under threads: a heuristic)
         self.cool_until = 0.0  # wall clock
 
     def credentials_now(self) -> Credentials:
         """The credential, read again while it is still missing."""
+        if self.account is not None:  # a token refreshed by the gateway (resilience.client.accounts)
+            token = self.account.token_now()
+            if token != self.credentials.secret:
+                self.credentials = Credentials.for_account(self.policy.name, self.name, token,
+                                                           reason=self.account.reason)
+            return self.credentials
         credentials = self.credentials
         if credentials.needed and not credentials.secret:
             credentials = self.credentials = Credentials.for_policy(self.policy)
         return credentials
+
+    def credentials_ready(self) -> Credentials | None:
+        """The credential when it is at hand without I/O; None for an
+        account whose token is due (then `credentials_now`, off the loop)."""
+        if self.account is None:
+            return self.credentials_now()
+        token = self.account.token_held()
+        if not token:
+            return None
+        if token != self.credentials.secret:
+            self.credentials = Credentials.for_account(self.policy.name, self.name, token)
+        return self.credentials
+
+    def credentialed(self) -> bool:
+        """Whether it looks able to send its credential (memory only)."""
+        if self.account is not None:
+            return self.account.looks_usable()
+        return not (self.credentials.needed and not self.credentials.secret)
 
     def close(self) -> None:
         self.session.close()
@@ -348,9 +380,14 @@ class Pool:
         while candidates:
             member = self._pick(candidates)
             candidates.remove(member)
-            credentials = member.credentials_now()
-            if credentials.needed and not credentials.secret:
-                missing = missing or credentials
+            if member.account is None:
+                credentials = member.credentials_now()
+                if credentials.needed and not credentials.secret:
+                    missing = missing or credentials
+                    continue
+            elif not member.credentialed():  # memory only: a refresh is never made while choosing
+                missing = missing or Credentials.for_account(self.upstream, member.name, "",
+                                                             reason=member.account.reason)
                 continue
             if member.cool_until > now:
                 out.append((member.cool_until - now, member))
@@ -413,8 +450,7 @@ class Pool:
         for other in self.members:
             if other is member or other in avoid or other.cool_until > now:
                 continue
-            credentials = other.credentials
-            if credentials.needed and not credentials.secret:
+            if not other.credentialed():
                 continue
             if other.breaker is None or not other.breaker.looks_open():
                 return True
@@ -466,7 +502,7 @@ def pool_specs(row: Any) -> list[EndpointSpec]:
         logger.warning("upstream %s: endpoints unreadable (%s: run the migrations); calling its base URL",
                        row.name, type(err).__name__)
         return []
-    return [EndpointSpec.of(endpoint) for endpoint in rows]
+    return [EndpointSpec.of(endpoint, row.name) for endpoint in rows]
 
 
 def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
@@ -480,6 +516,7 @@ def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
     out (breaker open or cooling down), else `closed`; each endpoint has its
     own `state` (closed, open, half-open, disabled) and `cooling_for`."""
     rows = list(upstream.endpoints.all())
+    accounts = {row.name: account_state(row) for row in rows}
     implicit = not rows
     totals = Window(upstream.name).totals()  # shared while Redis serves; else this process's (none)
     cool_keys = [cooldown_key(upstream.name, "" if implicit else row.name) for row in rows or [None]]
@@ -509,6 +546,7 @@ def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
             "cooling_for": round(until - now, 3) if until > now else 0.0,
             "score": None if score is None else round(score, 4),
             "calls": stats["calls"], "error_rate": stats["error_rate"], "p95_ms": stats["p95_ms"],
+            "account": accounts.get(spec.name),
         })
     live = [e for e in endpoints if e["enabled"]]
     all_out = bool(live) and all(e["state"] == "open" or e["cooling_for"] > 0 for e in live)

@@ -57,7 +57,15 @@ class Acquire:
     timeout: float
 
 
-Command = Send | Sleep | Follow | Acquire
+@dataclass(frozen=True, slots=True)
+class Blocking:
+    """Run `work` (database, token server): in the caller's thread on the
+    sync face, in a worker thread on the async one (never on the loop)."""
+
+    work: Callable[[], Any]
+
+
+Command = Send | Sleep | Follow | Acquire | Blocking
 Steps = Generator[Command, Any, "Answer"]
 #: Builds the face's response from a cache entry.
 FromEntry = Callable[[CacheEntry, RequestSpec, CallMeta], Any]

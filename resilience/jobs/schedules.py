@@ -26,7 +26,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from resilience.jobs.locks import Lock
+from resilience.client.locks import Lock
 from resilience.jobs.runner import job_enqueue
 
 logger = logging.getLogger(__name__)

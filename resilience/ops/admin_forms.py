@@ -26,6 +26,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from resilience.client.accounts import account_refresh_token_set
 from resilience.models import (
     HTTP_METHODS,
     KNOWN_STATUSES,
@@ -172,6 +173,13 @@ def credential_check(form: forms.ModelForm, before: Binding | None, after: Bindi
         form.instance._change_reason = note[:REASON_MAX_LENGTH]
 
 
+def _after(first: Callable[[], Any], then: Callable[[], Any]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        then()
+    return both
+
+
 class EndpointForm(forms.ModelForm):
     """An endpoint, inline on its upstream's page or on its own."""
 
@@ -181,6 +189,10 @@ class EndpointForm(forms.ModelForm):
     wire_format = forms.ChoiceField(choices=Endpoint.WireFormat.choices, required=False,
                                     initial=Endpoint.WireFormat.OPENAI,
                                     help_text=Endpoint._meta.get_field("wire_format").help_text)
+    new_refresh_token = forms.CharField(
+        required=False, strip=True, widget=forms.PasswordInput(render_value=False), help_text=(
+            "Write-only: a new OAuth2 refresh token for this account (stored encrypted, never shown). "
+            "Leave empty to keep the current one."))
     user: Any = None
 
     def clean_wire_format(self) -> str:
@@ -189,6 +201,17 @@ class EndpointForm(forms.ModelForm):
     class Meta:
         model = Endpoint
         fields = "__all__"
+
+    def save(self, commit: bool = True) -> Any:
+        endpoint = super().save(commit=commit)
+        token = self.cleaned_data.get("new_refresh_token")
+        if token:
+            if commit:
+                account_refresh_token_set(endpoint=endpoint, refresh_token=token)
+            else:  # an inline formset saves the row later
+                self.save_m2m = _after(self.save_m2m, lambda: account_refresh_token_set(
+                    endpoint=endpoint, refresh_token=token))
+        return endpoint
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

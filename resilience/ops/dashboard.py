@@ -27,6 +27,7 @@ from django.views.decorators.http import require_GET
 from resilience.advisor.panels import advisor_panels
 from resilience.alerts.services import alerts_firing
 from resilience.cache.ops import cache_stats
+from resilience.client.accounts import accounts_summary
 from resilience.jobs.selectors import upstream_health
 from resilience.models import Upstream
 from resilience.ops.permissions import DASHBOARD_READ
@@ -128,6 +129,7 @@ def dashboard_snapshot(*, now: Any = None) -> dict[str, Any]:
             "series": upstream_timeseries(name=row.name, window=CHART_WINDOW, bucket=CHART_BUCKET, now=now),
             "probe": probes.get(row.name),
             "display": _upstream_display(breaker, stats, probes.get(row.name)),
+            "accounts": accounts_summary(row.endpoints.all()),  # one line; "" without accounts
         })
     cache = cache_stats()
     alerts = [{"rule": a.rule.name, "subject": a.subject, "severity": a.rule.severity,

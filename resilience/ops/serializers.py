@@ -203,6 +203,22 @@ class CallLogSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class AccountStateSerializer(serializers.Serializer):
+    """An OAuth2 account as resilience.client.accounts.account_state reads it."""
+
+    kind = serializers.CharField()
+    state = serializers.ChoiceField(choices=["ok", "backoff", "failing", "expired", "needs_new_token",
+                                             "no_token"])
+    expires_at = serializers.CharField(allow_null=True)
+    expires_in = serializers.FloatField(allow_null=True)
+    last_refresh_at = serializers.CharField(allow_null=True)
+    refreshes = serializers.IntegerField()
+    failures = serializers.IntegerField()
+    failure_reason = serializers.CharField(allow_blank=True)
+    needs_new_token = serializers.BooleanField(help_text="The refresh token was refused: set a new one.")
+    has_refresh_token = serializers.BooleanField()
+
+
 class EndpointStateSerializer(serializers.Serializer):
     """One endpoint as resilience.client.endpoints.snapshot reads it."""
 
@@ -223,6 +239,8 @@ class EndpointStateSerializer(serializers.Serializer):
     calls = serializers.IntegerField()
     error_rate = serializers.FloatField()
     p95_ms = serializers.FloatField(allow_null=True)
+    account = AccountStateSerializer(allow_null=True, help_text=(
+        "An OAuth2 account's state (null: the credential is an environment variable); never a token."))
 
 
 class EndpointPoolSerializer(serializers.Serializer):

@@ -44,6 +44,7 @@ from resilience.cache import default_cache
 from resilience.cache.ops import cache_stats
 from resilience.conf import resilience_settings
 from resilience.signals import breaker_state_changed, call_completed
+from resilience.telemetry.accounts import AccountCollector
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ def scrape_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry, path=str(path))
     else:
         registry.register(REGISTRY)
-    for collector in (BreakerCollector(), CacheCollector(), OperationsCollector()):
+    for collector in (BreakerCollector(), CacheCollector(), OperationsCollector(), AccountCollector()):
         registry.register(collector)
     return registry
 

@@ -108,6 +108,7 @@ def test_e003_e004_cache_configuration():
         assert "resilience.E004" in [e.id for e in checks.check_cache()]
 
 
+@pytest.mark.django_db  # the accounts' check (resilience.E007) reads whether accounts are stored
 def test_startup_refuses_to_serve_with_failed_checks():
     from project.startup import run_startup_checks
 

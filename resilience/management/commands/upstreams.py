@@ -1,18 +1,21 @@
 """`manage.py upstreams`: every upstream's breaker and statistics as a table,
 then the endpoints of upstreams that have several (state, weight, score,
-error rate, p95 over the last 5 minutes)."""
+error rate, p95 over the last 5 minutes), then the OAuth2 accounts (state,
+expiry, last refresh, failure reason; never a token)."""
 from __future__ import annotations
 
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from resilience.client.accounts import account_state
 from resilience.client.endpoints import snapshot
-from resilience.models import Upstream
+from resilience.models import Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import WINDOWS, breaker_status, upstream_stats
 
 COLUMNS = ("upstream", "breaker", "calls", "err%", "p50ms", "p95ms", "p99ms", "hit%", "retries", "trips")
+ACCOUNT_COLUMNS = ("account", "state", "expires", "last refresh", "refreshes", "failure")
 ENDPOINT_COLUMNS = ("endpoint", "state", "weight", "prio", "score", "calls", "err%", "p95ms", "cooling")
 
 
@@ -53,6 +56,23 @@ class Command(BaseCommand):
         if len(endpoint_rows) > 1:
             self.stdout.write("")
             self._table(endpoint_rows)
+        self._accounts()
+
+    def _accounts(self) -> None:
+        """OAuth2 accounts: state, expiry, last refresh, failure reason (never a token)."""
+        rows: list[tuple[Any, ...]] = [ACCOUNT_COLUMNS]
+        for endpoint in Endpoint.objects.exclude(credential_kind=Endpoint.CredentialKind.ENV).select_related(
+                "upstream").order_by("upstream__name", "name"):
+            state = account_state(endpoint)
+            if state is None:
+                continue
+            rows.append((f"{endpoint.upstream.name}/{endpoint.name}",
+                         "NEEDS NEW REFRESH TOKEN" if state["needs_new_token"] else state["state"],
+                         "-" if state["expires_in"] is None else f"{state['expires_in']:.0f}s",
+                         state["last_refresh_at"] or "-", state["refreshes"], state["failure_reason"] or "-"))
+        if len(rows) > 1:
+            self.stdout.write("")
+            self._table(rows)
 
     def _table(self, rows: list[tuple[Any, ...]]) -> None:
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from resilience.cache import default_cache
+from resilience.client.locks import lock_stats_store, redis_outage
 from resilience.jobs import schedules as schedules_module
-from resilience.jobs.locks import lock_stats_store, redis_outage
 from resilience.jobs.models import Job
 from resilience.jobs.schedules import schedules_tick
 from resilience.jobs.worker import LAST_TICK_KEY, ScheduleTicker

@@ -141,7 +141,7 @@ def test_data_endpoint_shape(staff_client, traffic):
     assert [u["name"] for u in body["upstreams"]] == ["payments", "search"]
     payments = body["upstreams"][0]
     assert set(payments) == {"name", "base_url", "description", "enabled", "breaker", "stats", "series",
-                             "probe", "display"}
+                             "probe", "display", "accounts"}
     assert {"state", "failures", "fail_max", "retry_after"} <= set(payments["breaker"])
     assert {"calls", "errors", "error_rate", "p50_ms", "p95_ms", "p99_ms", "cache_hit_rate", "retries",
             "breaker_trips"} <= set(payments["stats"])

@@ -138,8 +138,8 @@ def test_generation_counts_and_tokens_from_counters_with_registry_labels(django_
         gen(template_id=made_up, outcome="error", error_code="template_not_found")
     generation_log.discard()  # the scrape must not need the records
     # The breaker states' query, then the operations collector's: jobs by queue and status, probed
-    # upstreams, firing alerts. Nothing reads Generation.
-    with django_assert_num_queries(4):
+    # upstreams, firing alerts; the accounts' states. Nothing reads Generation.
+    with django_assert_num_queries(5):
         samples = scrape()
     labels = {"template": "emergency_plan", "provider": "openai", "model": model}
     assert value(samples, "aigen_generations_total", outcome="ok", cached="false", **labels) == 2

@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 
-from resilience.jobs import locks as locks_module
-from resilience.jobs.locks import lock_stats_store
+from resilience.client import locks as locks_module
+from resilience.client.locks import lock_stats_store
 from resilience.locks import Lock, LockNotAcquired, lock, lock_stats
 
 
