@@ -185,6 +185,8 @@ class EndpointForm(forms.ModelForm):
 
     base_url = forms.URLField(max_length=500, assume_scheme="https",
                               help_text=Endpoint._meta.get_field("base_url").help_text)
+    token_url = forms.URLField(max_length=500, required=False, assume_scheme="https",
+                               help_text=Endpoint._meta.get_field("token_url").help_text)
     # Not required: a form posted without it (a script written before the field) keeps OpenAI's format.
     wire_format = forms.ChoiceField(choices=Endpoint.WireFormat.choices, required=False,
                                     initial=Endpoint.WireFormat.OPENAI,
