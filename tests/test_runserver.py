@@ -31,6 +31,7 @@ class DevServer(LiveServer):
 
     def start(self) -> DevServer:
         self.env.update({"DEBUG": "true", "PYTHONWARNINGS": "always"})
+        self.fresh_database()
         self.manage("migrate", "--noinput", "-v", "0")
         self.manage("seed_upstreams")
         if self.setup:

@@ -114,11 +114,15 @@ class LiveServer:
                 "print(token_issue(user=u, replace=True))")
         return self._tokens[username]
 
-    def start(self) -> LiveServer:
+    def fresh_database(self) -> None:
+        """The run's scratch PostgreSQL database, made anew (nothing on SQLite)."""
         if self._pg_db:
             with _admin_connect(postgres_url()) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self._pg_db}"')
                 conn.execute(f'CREATE DATABASE "{self._pg_db}"')
+
+    def start(self) -> LiveServer:
+        self.fresh_database()
         self.manage("migrate", "--noinput", "-v", "0")
         self.manage("seed_upstreams")
         if self.setup:

@@ -29,7 +29,7 @@ TOOL = {"type": "function", "function": {"name": "echo", "parameters": {
 
 
 @pytest.fixture
-def claude(db, settings):
+def claude(transactional_db, settings):
     settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_CLAUDE_KEY": "sk-ant-primary",
                                                               "UPSTREAM_CLAUDE_FALLBACK": "sk-ant-fallback"}}
     settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
