@@ -20,6 +20,14 @@ elsewhere is adopted, so no spent refresh token is ever sent), the grant is
 made, and the new tokens are written sealed to the row and the cache before
 the lock is released.
 
+A caller waits for a refresh at most its call's remaining deadline
+(`budget`), whatever ACCOUNT_TOKEN_TIMEOUT allows the grant: the refresh
+runs on this process's refresher threads, one at a time per account, and a
+caller that gives up leaves it to finish and store its tokens (a grant cut
+short after the token server rotated the refresh token would lose the new
+one, and the account with it). The caller then has no live token: its
+endpoint is unavailable for this attempt and the pool fails over.
+
 A 401 on an account's token (`refresh_after_401`) refreshes only if the token
 that failed is still the current one, else the newer one is reused; the
 caller (resilience.client.core) retries once on the same account.
@@ -40,6 +48,8 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +57,7 @@ from typing import Any
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
-from django.db import transaction
+from django.db import connection, transaction
 
 from resilience.cache import default_cache
 from resilience.client import sealing
@@ -58,6 +68,9 @@ from resilience.models import Account, Endpoint
 logger = logging.getLogger(__name__)
 
 Kind = Endpoint.CredentialKind
+
+#: The threads refreshes run on (a few: a refresh is one HTTP request per token lifetime).
+_refresher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="account-refresh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +172,9 @@ class TokenManager:
         self.reason = ""
         self._failed_token = ""  # the token a 401 refused (set under `_guard`)
         self._guard = threading.Lock()
+        # The refresh running on the refresher threads: (its future, waited for, the token that failed).
+        self._pending: tuple[Future[Token | None], bool, str] | None = None
+        self._pending_lock = threading.Lock()
 
     @property
     def cache_key(self) -> str:
@@ -169,9 +185,10 @@ class TokenManager:
         return f"account:{self.spec.endpoint_id}:backoff"
 
     # -- the hot path ------------------------------------------------------------------------
-    def token_now(self) -> str:
+    def token_now(self, budget: float | None = None) -> str:
         """A live access token ("" when there is none: the endpoint is then
-        unavailable and the pool fails over)."""
+        unavailable and the pool fails over). `budget`: the most seconds the
+        caller waits for a refresh (its call's remaining deadline)."""
         now = self.clock()
         token = self.token
         if token is not None and not token.due(now):
@@ -182,7 +199,7 @@ class TokenManager:
         live = token is not None and token.live(now)
         if now < self.backoff_until or self._shared_backoff():
             return token.access if live else ""  # type: ignore[union-attr]
-        token = self.refresh(wait=not live)
+        token = self.refresh_within(budget, wait=not live)
         return token.access if token is not None and token.live(self.clock()) else ""
 
     def token_held(self) -> str:
@@ -195,15 +212,16 @@ class TokenManager:
         now = self.clock()
         return (self.token is not None and self.token.live(now)) or now >= self.backoff_until
 
-    def refresh_after_401(self, failed: str) -> str:
+    def refresh_after_401(self, failed: str, budget: float | None = None) -> str:
         """After a 401 with `failed`: a newer token if another refresh made
-        one, else one refresh now; "" when none could be had."""
+        one, else one refresh now, waited for at most `budget` seconds; ""
+        when none could be had."""
         current = self._adopt(self._shared())
         if current is not None and current.access != failed and current.live(self.clock()):
             return current.access
         if self.clock() < self.backoff_until:
             return ""
-        token = self.refresh(wait=True, failed=failed)
+        token = self.refresh_within(budget, wait=True, failed=failed)
         return token.access if token is not None and token.access != failed else ""
 
     # -- sharing -----------------------------------------------------------------------------
@@ -235,6 +253,29 @@ class TokenManager:
         return False
 
     # -- refreshing --------------------------------------------------------------------------
+    def refresh_within(self, budget: float | None, *, wait: bool, failed: str = "") -> Token | None:
+        """`refresh` on the refresher threads, waited for at most `budget`
+        seconds (None: until it ends): the token after it, or the one held
+        when the caller gives up. A caller whose token still lives never
+        waits for a refresh another thread of this process is making."""
+        with self._pending_lock:
+            pending = self._pending
+            running = pending is not None and not pending[0].done()
+            if running and not wait:
+                return self.token
+            if not running or pending[1:] != (wait, failed):  # type: ignore[index]
+                pending = self._pending = (_refresher.submit(self._refresh_job, wait, failed), wait, failed)
+        try:
+            return pending[0].result(timeout=None if budget is None else max(0.0, budget))  # type: ignore[index]
+        except FutureTimeout:
+            return self.token
+
+    def _refresh_job(self, wait: bool, failed: str) -> Token | None:
+        try:
+            return self.refresh(wait=wait, failed=failed)
+        finally:
+            connection.close()  # this thread's connection; a refresh is rare
+
     def refresh(self, *, wait: bool, failed: str = "") -> Token | None:
         """Refresh once across every process (see the module docstring): the
         token after it (adopted or new), or None when none could be had."""

@@ -240,7 +240,7 @@ class Attempts:
                                           retry_total=policy.retry_total)
         credentials = member.credentials_ready()
         if credentials is None:  # an account whose token is due: refreshed off the event loop
-            credentials = yield Blocking(member.credentials_now)
+            credentials = yield Blocking(lambda: member.credentials_now(attempt.trace.remaining()))
             if not credentials.secret:
                 return self._account_unavailable(built, attempt, credentials)
         attempt.began, attempt.sent_at = time.perf_counter(), time.monotonic()
@@ -257,7 +257,8 @@ class Attempts:
             first = sum(1 for m in attempt.tried if m is member) == 1
             renewed = ""
             if first and attempt.trace.remaining() > 0:
-                renewed = yield Blocking(lambda: member.account.refresh_after_401(credentials.secret))
+                renewed = yield Blocking(lambda: member.account.refresh_after_401(
+                    credentials.secret, attempt.trace.remaining()))
             again = self._account_refused(built, attempt, response, renewed=renewed)
             if again is not None:
                 member.in_flight -= 1

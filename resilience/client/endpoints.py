@@ -151,10 +151,11 @@ class Member:
         self.in_flight = 0  # this process's calls in flight (approximate under threads: a heuristic)
         self.cool_until = 0.0  # wall clock
 
-    def credentials_now(self) -> Credentials:
-        """The credential, read again while it is still missing."""
+    def credentials_now(self, budget: float | None = None) -> Credentials:
+        """The credential, read again while it is still missing; an
+        account's refresh is waited for at most `budget` seconds."""
         if self.account is not None:  # a token refreshed by the gateway (resilience.client.accounts)
-            token = self.account.token_now()
+            token = self.account.token_now(budget)
             if token != self.credentials.secret:
                 self.credentials = Credentials.for_account(self.policy.name, self.name, token,
                                                            reason=self.account.reason)

@@ -8,8 +8,14 @@ tests of accounts (resilience.client.accounts).
   `lifetime` seconds; `grant_type=client_credentials` checks the client
   secret; `fail_status` makes every grant answer that status instead;
 - any other path is the provider: it answers 200 only to
-  `Authorization: Bearer <live access token>`, else 401.
-Counters: `refreshes` per client id, `reuses`, `provider_401`, `provider_ok`.
+  `Authorization: Bearer <live access token>`, else 401; a POST to a path
+  ending in `/chat/completions` is answered as OpenAI's chat completion (so
+  the gateway's front door and the openai SDK can call it);
+- `stall` seconds: every grant waits that long, or until `release` is set,
+  before answering (a token server that hangs); `stalled` is set once a
+  grant is held.
+Counters: `refreshes` and `served` per client id, `reuses`, `provider_401`,
+`provider_ok`.
 Tokens are random and long, so a test can search files for them.
 """
 from __future__ import annotations
@@ -45,20 +51,35 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self._body()
         if self.path == "/token":
+            if self.server.owner.stall:
+                self.server.owner.stalled.set()
+                self.server.owner.release.wait(self.server.owner.stall)
             self._reply(*self.server.owner.grant(dict(parse_qsl(body.decode()))))
         else:
-            self._provider()
+            self._provider(body)
 
     def do_GET(self) -> None:
         self._provider()
 
-    def _provider(self) -> None:
+    def _provider(self, body: bytes = b"") -> None:
         auth = self.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ").strip()
         if self.server.owner.accepts(token):
-            self._reply(200, {"ok": True, "path": self.path})
+            self._reply(200, _chat(body) if self.path.endswith("/chat/completions") else
+                        {"ok": True, "path": self.path})
         else:
             self._reply(401, {"error": {"message": f"Invalid token: {token}", "type": "invalid_token"}})
+
+
+def _chat(body: bytes) -> dict[str, Any]:
+    try:
+        model = str(json.loads(body or b"{}").get("model") or "fake")
+    except (ValueError, AttributeError):
+        model = "fake"
+    return {"id": "chatcmpl-" + secrets.token_hex(6), "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                                         "message": {"role": "assistant", "content": "ok", "refusal": None}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
 
 class _Server(ThreadingHTTPServer):
@@ -72,15 +93,19 @@ class FakeTokenServer:
     def __init__(self, *, lifetime: float = 3600.0) -> None:
         self.lifetime = lifetime
         self.fail_status = 0
+        self.stall = 0.0
+        self.release = threading.Event()
+        self.stalled = threading.Event()
         self.client_secrets: dict[str, str] = {}
         self.refreshes: Counter[str] = Counter()
         self.reuses = 0
         self.provider_ok = 0
+        self.served: Counter[str] = Counter()  # calls the provider accepted, per client id
         self.provider_401 = 0
         self._lock = threading.Lock()
         self._refresh: dict[str, tuple[str, str, bool]] = {}  # token -> (client, family, spent)
         self._revoked_families: set[str] = set()
-        self._access: dict[str, tuple[str, float]] = {}  # token -> (family, expires at)
+        self._access: dict[str, tuple[str, float, str]] = {}  # token -> (family, expires at, client)
         self._server: _Server | None = None
         self.issued: list[str] = []  # every token handed out (for leak searches)
 
@@ -115,10 +140,19 @@ class FakeTokenServer:
             self.issued.append(token)
         return token
 
-    def revoke_access(self) -> None:
-        """Revoke every access token issued so far (a provider-side rotation)."""
+    def revoke_access(self, client_id: str | None = None) -> None:
+        """Revoke every access token issued so far (a provider-side rotation),
+        or only those of `client_id`."""
         with self._lock:
-            self._access.clear()
+            if client_id is None:
+                self._access.clear()
+            else:
+                self._access = {token: found for token, found in self._access.items() if found[2] != client_id}
+
+    def expires_at(self, client_id: str) -> float:
+        """When the newest access token of `client_id` expires (0 when none)."""
+        with self._lock:
+            return max((found[1] for found in self._access.values() if found[2] == client_id), default=0.0)
 
     def accepts(self, token: str) -> bool:
         with self._lock:
@@ -126,13 +160,14 @@ class FakeTokenServer:
             ok = found is not None and found[0] not in self._revoked_families and found[1] > time.time()
             if ok:
                 self.provider_ok += 1
+                self.served[found[2]] += 1  # type: ignore[index]
             else:
                 self.provider_401 += 1
             return ok
 
-    def _access_issue(self, family: str) -> dict[str, Any]:
+    def _access_issue(self, family: str, client: str) -> dict[str, Any]:
         access = "at-" + secrets.token_urlsafe(24)
-        self._access[access] = (family, time.time() + self.lifetime)
+        self._access[access] = (family, time.time() + self.lifetime, client)
         self.issued.append(access)
         return {"access_token": access, "token_type": "Bearer", "expires_in": self.lifetime}
 
@@ -145,7 +180,7 @@ class FakeTokenServer:
                 if not client or self.client_secrets.get(client) != form.get("client_secret"):
                     return 401, {"error": "invalid_client"}
                 self.refreshes[client] += 1
-                return 200, self._access_issue("cc-" + client)
+                return 200, self._access_issue("cc-" + client, client)
             if form.get("grant_type") != "refresh_token":
                 return 400, {"error": "unsupported_grant_type"}
             found = self._refresh.get(form.get("refresh_token", ""))
@@ -163,4 +198,4 @@ class FakeTokenServer:
             self._refresh[rotated] = (client, family, False)
             self.issued.append(rotated)
             self.refreshes[client] += 1
-            return 200, {**self._access_issue(family), "refresh_token": rotated}
+            return 200, {**self._access_issue(family, client), "refresh_token": rotated}

@@ -31,6 +31,9 @@ from tests.support.fake_token_server import FakeTokenServer
 from tests.support.roles import api_client
 
 KEY = Fernet.generate_key().decode()
+# Refreshes a caller waits for run on the refresher threads (resilience.client.accounts): they
+# must see the rows the test wrote.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +105,6 @@ def test_refresh_is_due_at_a_fifth_of_the_lifetime_left_and_rotates(accounts, to
     assert tokens.refreshes["client-0"] == 2 and tokens.reuses == 0
 
 
-@pytest.mark.django_db(transaction=True)
 def test_many_threads_due_at_once_refresh_once_with_no_reuse(accounts, tokens, clock):
     accounts(1)
     upstream("acct").get("/x")
@@ -130,6 +132,31 @@ def test_a_revoked_access_token_costs_one_refresh_and_the_call_succeeds(accounts
     response = upstream("acct").get("/x")
     assert response.status_code == 200
     assert tokens.refreshes["client-0"] == 2 and tokens.provider_401 == 1
+
+
+def test_a_refresh_the_caller_waits_for_ends_at_the_calls_deadline_and_finishes_behind_it(
+        make_upstream, tokens, settings):
+    settings.RESILIENCE = {**settings.RESILIENCE, "ACCOUNT_TOKEN_TIMEOUT": 60.0}
+    row = make_upstream("acct", base_url=tokens.url, deadline=0.5, retry_total=0)
+    endpoint = Endpoint(upstream=row, name="a0", base_url=tokens.url, credential_kind="oauth2_refresh",
+                        token_url=tokens.token_url, client_id="client-0")
+    endpoint.full_clean()
+    endpoint.save()
+    account_refresh_token_set(endpoint=endpoint, refresh_token=tokens.refresh_token_issue("client-0"))
+    reset_clients()
+    tokens.stall = 60.0  # held until released: far past the deadline, within the token timeout
+    try:
+        with pytest.raises(exceptions.UpstreamError):
+            upstream("acct").get("/x")
+        # The call ended while the token server still held the grant: its deadline bounded the wait.
+        assert tokens.stalled.is_set() and tokens.refreshes["client-0"] == 0
+    finally:
+        tokens.release.set()
+    manager = accounts_module.account_manager(accounts_module.AccountSpec.of(endpoint, "acct"))
+    manager._pending[0].result(timeout=30)  # the grant finished behind the call, its tokens stored
+    assert tokens.refreshes["client-0"] == 1 and Account.objects.get().access_token_sealed
+    assert upstream("acct").get("/x").status_code == 200
+    assert tokens.refreshes["client-0"] == 1 and tokens.reuses == 0
 
 
 def test_a_dead_token_server_moves_traffic_to_the_other_account(accounts, tokens, clock):
