@@ -11,7 +11,11 @@ that store is this process's own, so a breaker's last recorded transition
 (cooldowns are then this process's only). Queues
 from the jobs ledger (one grouped query), probes from the probe history (at
 most `PROBE_LOOKBACK` rows per probed upstream). Each source is read at most
-once per evaluation (`Measures` keeps what it read).
+once per evaluation (`Measures` keeps what it read). OAuth2 accounts
+(resilience.client.accounts) from their rows, one query: each enabled
+account endpoint is a subject "upstream/endpoint", 1 when it needs a new
+refresh token (`invalid_grant`, or none stored) or, for the other metric,
+when its refresh is failing (and not for that reason), else 0.
 
 A subject without data (no calls in the window, fewer than the rule's
 `min_calls`) has the value None: its condition does not hold.
@@ -26,13 +30,13 @@ from typing import Any
 from django.db.models import Count, Min, Q
 from django.db.models.functions import Coalesce
 
-from resilience.alerts.models import QUEUE_METRICS, AlertRule, Metric
+from resilience.alerts.models import ACCOUNT_METRICS, QUEUE_METRICS, AlertRule, Metric
 from resilience.cache import default_cache
 from resilience.client.endpoints import endpoint_states
 from resilience.client.live import cache_is_shared
 from resilience.jobs.models import Job, ProbeResult
 from resilience.jobs.runner import QUEUES
-from resilience.models import BreakerEvent, MinuteRollup, Upstream
+from resilience.models import Account, BreakerEvent, Endpoint, MinuteRollup, Upstream
 from resilience.telemetry import histogram
 
 #: Probe results read per upstream to count consecutive failures.
@@ -53,6 +57,7 @@ class Measures:
         self._endpoints: dict[str, list[dict[str, Any]]] = {}
         self._queues: dict[str, dict[str, Any]] | None = None
         self._probes: dict[str, int] | None = None
+        self._accounts: dict[str, dict[str, float]] | None = None
 
     # -- subjects ---------------------------------------------------------------------
     def upstreams(self) -> dict[str, Upstream]:
@@ -69,6 +74,13 @@ class Measures:
             if metric == Metric.DEAD_LETTERS and rule.scope == AlertRule.Scope.ANY:
                 return {"all": self._dead_letters(rule.window)}
             return {queue: self._queue(metric, queue, rule.window) for queue in queues}
+        if metric in ACCOUNT_METRICS:
+            accounts = self._account_values()
+            if rule.scope == AlertRule.Scope.ENDPOINT:
+                return {rule.target: accounts.get(rule.target, {}).get(metric)}
+            prefix = f"{rule.target}/" if rule.scope == AlertRule.Scope.UPSTREAM else ""
+            return {subject: values[metric] for subject, values in accounts.items()
+                    if subject.startswith(prefix)}
         if rule.scope == AlertRule.Scope.ENDPOINT:
             upstream, _, endpoint = rule.target.partition("/")
             return {rule.target: self._value(rule, upstream, endpoint)}
@@ -147,6 +159,26 @@ class Measures:
                     streak += 1
                 self._probes[name] = streak
         return self._probes
+
+    def _account_values(self) -> dict[str, dict[str, float]]:
+        """{"upstream/endpoint": {metric: 1.0 or 0.0}} for every enabled account."""
+        if self._accounts is None:
+            rows = [(upstream.name, endpoint) for upstream in self.upstreams().values()
+                    for endpoint in upstream.endpoints.all() if endpoint.enabled and endpoint.is_account]
+            stored = {a.endpoint_id: a for a in Account.objects.filter(endpoint__in=[e for _, e in rows])}
+            self._accounts = {}
+            for upstream, endpoint in rows:
+                account = stored.get(endpoint.pk)
+                rotating = endpoint.credential_kind == Endpoint.CredentialKind.OAUTH2_REFRESH
+                if account is None:
+                    needs, failing = rotating, False
+                else:
+                    needs = account.needs_new_token or (rotating and not account.refresh_token_sealed)
+                    failing = account.failures > 0 and not needs
+                self._accounts[f"{upstream}/{endpoint.name}"] = {
+                    Metric.ACCOUNT_NEEDS_NEW_TOKEN: float(needs),
+                    Metric.ACCOUNT_REFRESH_FAILING: float(failing)}
+        return self._accounts
 
     # -- queue metrics -----------------------------------------------------------------
     def _queue(self, metric: str, queue: str, window: int) -> float | None:

@@ -30,14 +30,19 @@ class Metric(models.TextChoices):
     QUEUE_OLDEST_AGE = "queue_oldest_age", "oldest waiting job's age (s)"
     DEAD_LETTERS = "dead_letters", "dead letters in the window"
     PROBE_FAILURES = "probe_failures", "consecutive failed health probes"
+    ACCOUNT_NEEDS_NEW_TOKEN = "account_needs_new_token", "an account needs a new refresh token (1 or 0)"
+    ACCOUNT_REFRESH_FAILING = "account_refresh_failing", "an account's token refresh failing (1 or 0)"
 
 
+#: Metrics measured per OAuth2 account: one subject ("upstream/endpoint") per account the
+#: rule covers (every account, an upstream's, or one), whatever the scope.
+ACCOUNT_METRICS = frozenset({Metric.ACCOUNT_NEEDS_NEW_TOKEN, Metric.ACCOUNT_REFRESH_FAILING})
 #: Metrics measured per upstream (or endpoint) and per queue.
 UPSTREAM_METRICS = frozenset({Metric.SUCCESS_RATE, Metric.P95_LATENCY, Metric.BREAKERS_OPEN,
                               Metric.ENDPOINTS_OUT, Metric.ALL_ENDPOINTS_OUT, Metric.CACHE_HIT_RATE,
-                              Metric.PROBE_FAILURES})
+                              Metric.PROBE_FAILURES}) | ACCOUNT_METRICS
 ENDPOINT_METRICS = frozenset({Metric.SUCCESS_RATE, Metric.P95_LATENCY, Metric.BREAKERS_OPEN,
-                              Metric.ENDPOINTS_OUT, Metric.CACHE_HIT_RATE})
+                              Metric.ENDPOINTS_OUT, Metric.CACHE_HIT_RATE}) | ACCOUNT_METRICS
 QUEUE_METRICS = frozenset({Metric.QUEUE_DEPTH, Metric.QUEUE_OLDEST_AGE, Metric.DEAD_LETTERS})
 
 

@@ -168,7 +168,11 @@ def alerts_evaluate(*, now: datetime | None = None) -> list[dict[str, Any]]:
     return run.moves
 
 
-#: The seeds' five rules (also created by migration 0010_alerts, which keeps its own copy).
+#: A week: the account rules notify once per change of an account's state, not again while it lasts.
+ONCE = 7 * 24 * 3600
+
+#: The seeds' rules (also created by migrations 0010_alerts and 0015_account_alerts, which keep
+#: their own copies).
 DEFAULT_RULES: list[dict[str, Any]] = [
     {"name": "success-rate-warning", "description": "Success rate under 90% for a minute",
      "metric": "success_rate", "op": "<", "threshold": 90.0, "severity": "warning"},
@@ -180,6 +184,12 @@ DEFAULT_RULES: list[dict[str, Any]] = [
      "metric": "breakers_open", "op": ">", "threshold": 0.0, "severity": "warning", "for_seconds": 0},
     {"name": "all-endpoints-down", "description": "Every endpoint of an upstream is out of rotation",
      "metric": "all_endpoints_out", "op": ">", "threshold": 0.0, "severity": "critical", "for_seconds": 0},
+    {"name": "account-needs-new-token", "description": "An OAuth2 account's refresh token was refused "
+     "(invalid_grant): set a new one", "metric": "account_needs_new_token", "op": ">", "threshold": 0.0,
+     "severity": "critical", "for_seconds": 0, "repeat_interval": ONCE},
+    {"name": "account-refresh-failing", "description": "An OAuth2 account's token refresh fails "
+     "(token server down or refusing)", "metric": "account_refresh_failing", "op": ">", "threshold": 0.0,
+     "severity": "warning", "for_seconds": 0, "repeat_interval": ONCE},
 ]
 
 

@@ -9,8 +9,17 @@ Endpoints are created or updated by name (each save keeps its history, with
 the reason "endpoints_import"); refresh tokens are sealed
 (resilience.client.sealing) and never printed. Every entry is validated
 before anything is written: a bad file raises `ConfigInvalid` naming the
-entry and the field, and nothing changes. The export writes the same shape
-without a secret (no refresh token; the client secret only by its variable).
+entry and the field, and nothing changes. A name may appear once in the
+file, and not as an endpoint of another upstream: an account's name is one
+account, and two pools refreshing it would spend its rotating refresh token
+twice (the provider then revokes it).
+
+The export writes the same shape without a secret (no refresh token; the
+client secret only by its variable).
+
+Only `manage.py` (operator level) imports; nothing on the HTTP surface
+does. Exposed there, it would need the permission the admin and the API ask
+to bind a credential to an origin (`resilience.change_credentials`).
 """
 from __future__ import annotations
 
@@ -65,7 +74,7 @@ def _parse(text: str) -> tuple[Upstream, list[dict[str, Any]]]:
     return upstream, entries
 
 
-def _build(upstream: Upstream, index: int, item: Any, seen: set[str]) -> tuple[Endpoint, bool, str]:
+def _build(upstream: Upstream, index: int, item: Any, seen: dict[str, int]) -> tuple[Endpoint, bool, str]:
     where = f"accounts[{index}]"
     if not isinstance(item, dict):
         raise _invalid(where, "-", "must be an object")
@@ -80,8 +89,14 @@ def _build(upstream: Upstream, index: int, item: Any, seen: set[str]) -> tuple[E
     if kind not in KINDS:
         raise _invalid(where, "kind", f"one of {', '.join(sorted(KINDS))}")
     if item["name"] in seen:
-        raise _invalid(where, "name", "listed twice")
-    seen.add(item["name"])
+        raise _invalid(where, "name", f"listed twice (also accounts[{seen[item['name']]}])")
+    seen[item["name"]] = index
+    elsewhere = Endpoint.objects.filter(name=item["name"]).exclude(upstream=upstream).select_related(
+        "upstream").first()
+    if elsewhere is not None:
+        raise _invalid(where, "name", f"already an endpoint of upstream {elsewhere.upstream.name!r}: an "
+                       "account name is one account, served by one upstream (two pools refreshing one "
+                       "account would spend its rotating refresh token twice)")
     token = item.get("refresh_token", "")
     if not isinstance(token, str):
         raise _invalid(where, "refresh_token", "must be a string")
@@ -109,7 +124,7 @@ def endpoints_import(*, text: str) -> Imported:
     """Create or update the file's accounts (see the module docstring)."""
     upstream, entries = _parse(text)
     sealing.sealer()  # refuse before anything is written when tokens cannot be sealed
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # name -> its entry's index
     built = [_build(upstream, index, item, seen) for index, item in enumerate(entries)]
     created, updated, tokens = [], [], 0
     with transaction.atomic():

@@ -159,8 +159,8 @@ def test_accounts_on_the_served_gateway(accounts):
     counts = refreshes(tokens)
     one_process = math.ceil(STEADY / (LIFETIME - MARGIN)) + 1
     print(f"steady {STEADY:.0f} s x {THREADS} callers, {WORKERS} workers, {LIFETIME:.0f}-second tokens: "
-                  f"calls {sum(steady.statuses.values())}, caller errors {steady.caller_errors()}, "
-                  f"refreshes per account {counts} (one process: at most {one_process}), reuses {tokens.reuses}")
+          f"calls {sum(steady.statuses.values())}, caller errors {steady.caller_errors()}, "
+          f"refreshes per account {counts} (one process: at most {one_process}), reuses {tokens.reuses}")
     assert steady.caller_errors() == 0, steady.errors
     assert all(2 <= count <= one_process for count in counts.values()), counts
     assert tokens.reuses == 0
@@ -172,7 +172,7 @@ def test_accounts_on_the_served_gateway(accounts):
     revoked = traffic(server, key, 3.0)
     spent = refreshes(tokens)["a0"] - before["a0"]
     print(f"revoked access token: refreshes of a0 {spent}, caller errors {revoked.caller_errors()}, "
-                  f"reuses {tokens.reuses}")
+          f"reuses {tokens.reuses}")
     assert revoked.caller_errors() == 0, revoked.errors
     assert spent == 1 and tokens.reuses == 0
 
@@ -185,7 +185,7 @@ def test_accounts_on_the_served_gateway(accounts):
     due = {name for name in ACCOUNTS if expiry[name] - MARGIN <= time.time()}
     spent_each = {name: refreshes(tokens)[name] - before[name] for name in ACCOUNTS}
     print(f"restart of {WORKERS} workers ({time.time() - started:.0f} s): refreshes {spent_each}, "
-                  f"accounts due {sorted(due)}, caller errors {restarted.caller_errors()}, reuses {tokens.reuses}")
+          f"accounts due {sorted(due)}, caller errors {restarted.caller_errors()}, reuses {tokens.reuses}")
     assert all(spent_each[name] <= (1 if name in due else 0) for name in ACCOUNTS), (spent_each, due)
     # (Connections a stopping worker had accepted may be reset: gunicorn's reload, not the accounts;
     # counted above, not asserted.)
@@ -198,7 +198,7 @@ def test_accounts_on_the_served_gateway(accounts):
     dead = traffic(server, key, 4.0)
     moved = {name: tokens.served[client(name)] - served[client(name)] for name in ACCOUNTS}
     print(f"a2's token server dead: calls served per account {moved}, "
-                  f"caller errors {dead.caller_errors()}, reuses {tokens.reuses}")
+          f"caller errors {dead.caller_errors()}, reuses {tokens.reuses}")
     assert dead.caller_errors() == 0, dead.errors
     assert moved["a2"] == 0 and moved["a0"] > 0 and moved["a1"] > 0, moved
     assert tokens.reuses == 0
@@ -207,7 +207,8 @@ def test_accounts_on_the_served_gateway(accounts):
     stored = b"".join(path.read_bytes() for path in server.workdir.glob("live.sqlite3*"))
     dumped = server.manage("dumpdata", "resilience")
     log = server.output
-    leaks = [token[:6] for token in tokens.issued if token.encode() in stored or token in dumped or token in log]
+    leaks = [token[:6] for token in tokens.issued
+             if token.encode() in stored or token in dumped or token in log]
     print(f"tokens issued {len(tokens.issued)}, found in the database or the log: {len(leaks)}")
     assert stored or dumped
     assert leaks == []

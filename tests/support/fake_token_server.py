@@ -76,9 +76,10 @@ def _chat(body: bytes) -> dict[str, Any]:
         model = str(json.loads(body or b"{}").get("model") or "fake")
     except (ValueError, AttributeError):
         model = "fake"
-    return {"id": "chatcmpl-" + secrets.token_hex(6), "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                         "message": {"role": "assistant", "content": "ok", "refusal": None}}],
+    message = {"role": "assistant", "content": "ok", "refusal": None}
+    return {"id": "chatcmpl-" + secrets.token_hex(6), "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None, "message": message}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
 
@@ -147,7 +148,8 @@ class FakeTokenServer:
             if client_id is None:
                 self._access.clear()
             else:
-                self._access = {token: found for token, found in self._access.items() if found[2] != client_id}
+                self._access = {token: found for token, found in self._access.items()
+                                if found[2] != client_id}
 
     def expires_at(self, client_id: str) -> float:
         """When the newest access token of `client_id` expires (0 when none)."""
