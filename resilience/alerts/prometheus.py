@@ -7,6 +7,8 @@ the rule's id. Where the metrics cannot say exactly what the database rule
 measures, the expression is the nearest one and its annotation says so:
 `endpoints_out` counts open breakers only (cooldowns are not exported), and
 `dead_letters` is the change of the dead-letter gauge over the window.
+The account rules read the account gauges (resilience.telemetry.accounts):
+needing a new refresh token, and failing refreshes when not for that.
 """
 from __future__ import annotations
 
@@ -69,6 +71,13 @@ def _expr(rule: AlertRule) -> tuple[str, str]:
         return f"resilience_jobs_queue_depth{_selector(rule)} {op} {threshold}", ""
     if metric == Metric.QUEUE_OLDEST_AGE:
         return f"resilience_jobs_queue_oldest_age_seconds{_selector(rule)} {op} {threshold}", ""
+    if metric in (Metric.ACCOUNT_NEEDS_NEW_TOKEN, Metric.ACCOUNT_REFRESH_FAILING):
+        needs = f"max by (upstream, endpoint) (resilience_account_needs_new_token{_selector(rule)})"
+        if metric == Metric.ACCOUNT_NEEDS_NEW_TOKEN:
+            return f"{needs} {op} {threshold}", ""
+        failures = f"resilience_account_refresh_failures{_selector(rule)}"
+        failing = f"max by (upstream, endpoint) (clamp_max({failures}, 1))"
+        return f"({failing} * on (upstream, endpoint) (1 - {needs})) {op} {threshold}", ""
     if metric == Metric.DEAD_LETTERS:
         return (f"delta(resilience_jobs_dead_letters[{window}]) {op} {threshold}",
                 "the change of the dead-letter count over the window (for every queue)")

@@ -182,11 +182,15 @@ def test_accounts_on_the_served_gateway(accounts):
     with Traffic(server.url, key) as restarted:
         restart(server)
         time.sleep(3.0)
-    due = {name for name in ACCOUNTS if expiry[name] - MARGIN <= time.time()}
+    # Times each account came due in the window (more than once only when the restart took longer
+    # than a refresh cycle on a busy machine): each may cost one refresh, no more.
+    ended = time.time()
+    due = {name: 0 if expiry[name] - MARGIN > ended else
+           1 + int((ended - (expiry[name] - MARGIN)) // (LIFETIME - MARGIN)) for name in ACCOUNTS}
     spent_each = {name: refreshes(tokens)[name] - before[name] for name in ACCOUNTS}
-    print(f"restart of {WORKERS} workers ({time.time() - started:.0f} s): refreshes {spent_each}, "
-          f"accounts due {sorted(due)}, caller errors {restarted.caller_errors()}, reuses {tokens.reuses}")
-    assert all(spent_each[name] <= (1 if name in due else 0) for name in ACCOUNTS), (spent_each, due)
+    print(f"restart of {WORKERS} workers ({ended - started:.0f} s): refreshes {spent_each}, "
+          f"times due {due}, caller errors {restarted.caller_errors()}, reuses {tokens.reuses}")
+    assert all(spent_each[name] <= due[name] for name in ACCOUNTS), (spent_each, due)
     # (Connections a stopping worker had accepted may be reset: gunicorn's reload, not the accounts;
     # counted above, not asserted.)
     assert tokens.reuses == 0

@@ -94,6 +94,10 @@ def test_the_prometheus_export_has_every_enabled_rule_with_its_condition(firing,
         "(100 - 100 * (sum by (upstream) (rate(resilience_upstream_calls_total{outcome=~")
     assert ") < 90 and on (upstream)" in warning["expr"]
     assert rules["queue-high-deep"]["expr"] == 'resilience_jobs_queue_depth{queue="high"} > 50'
+    assert rules["account-needs-new-token"]["expr"] == (
+        "max by (upstream, endpoint) (resilience_account_needs_new_token{}) > 0")
+    assert rules["account-refresh-failing"]["expr"].startswith(
+        "(max by (upstream, endpoint) (clamp_max(resilience_account_refresh_failures{}, 1)) * on ")
 
 
 def test_alerts_evaluate_lists_what_fires(firing):
