@@ -408,10 +408,10 @@ def account_state(row: Any) -> dict[str, Any] | None:
         state = "needs_new_token"
     elif _seconds(account.backoff_until) > now:
         state = "backoff"
+    elif account.failures:  # its last refresh failed, whatever the token's clock says (a 401 may have)
+        state = "failing"
     elif expires > now:
         state = "ok"
-    elif account.failures:
-        state = "failing"
     else:
         state = "expired" if account.expires_at else "no_token"
     return {"kind": row.credential_kind, "state": state,

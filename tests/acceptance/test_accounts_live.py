@@ -149,12 +149,8 @@ def restart(server: LiveServer) -> None:
     assert len(BOOTED.findall(server.output)) >= booted + WORKERS, server.output[-3000:]
 
 
-def test_accounts_on_the_served_gateway(accounts):
-    server, tokens, proxy = accounts
-    key = server.token("alice")
-    print("\naccounts on make serve:")
-
-    # Steady traffic: refreshed as one process would, never once per worker.
+def steady_phase(server: LiveServer, key: str, tokens: FakeTokenServer) -> None:
+    """Steady traffic: refreshed as one process would, never once per worker."""
     steady = traffic(server, key, STEADY)
     counts = refreshes(tokens)
     one_process = math.ceil(STEADY / (LIFETIME - MARGIN)) + 1
@@ -165,7 +161,9 @@ def test_accounts_on_the_served_gateway(accounts):
     assert all(2 <= count <= one_process for count in counts.values()), counts
     assert tokens.reuses == 0
 
-    # The provider revokes a0's access token: one refresh, whichever workers see the 401.
+
+def revoke_phase(server: LiveServer, key: str, tokens: FakeTokenServer) -> None:
+    """The provider revokes a0's access token: one refresh, whichever workers see the 401."""
     wait_fresh(tokens, "a0", LIFETIME / 2)
     before = refreshes(tokens)
     tokens.revoke_access(client("a0"))
@@ -176,7 +174,13 @@ def test_accounts_on_the_served_gateway(accounts):
     assert revoked.caller_errors() == 0, revoked.errors
     assert spent == 1 and tokens.reuses == 0
 
-    # Every worker restarted at once: at most one refresh per account that came due.
+
+def restart_phase(server: LiveServer, key: str, tokens: FakeTokenServer) -> None:
+    """Every worker restarted at once: at most one refresh per account that came due
+    (a1 is made to come due during the restart)."""
+    deadline = time.time() + LIFETIME
+    while tokens.expires_at(client("a1")) - MARGIN - time.time() > 2.0 and time.time() < deadline:
+        time.sleep(0.1)
     before, started = refreshes(tokens), time.time()
     expiry = {name: tokens.expires_at(client(name)) for name in ACCOUNTS}
     with Traffic(server.url, key) as restarted:
@@ -187,15 +191,19 @@ def test_accounts_on_the_served_gateway(accounts):
     ended = time.time()
     due = {name: 0 if expiry[name] - MARGIN > ended else
            1 + int((ended - (expiry[name] - MARGIN)) // (LIFETIME - MARGIN)) for name in ACCOUNTS}
-    spent_each = {name: refreshes(tokens)[name] - before[name] for name in ACCOUNTS}
-    print(f"restart of {WORKERS} workers ({ended - started:.0f} s): refreshes {spent_each}, "
+    spent = {name: refreshes(tokens)[name] - before[name] for name in ACCOUNTS}
+    print(f"restart of {WORKERS} workers ({ended - started:.0f} s): refreshes {spent}, "
           f"times due {due}, caller errors {restarted.caller_errors()}, reuses {tokens.reuses}")
-    assert all(spent_each[name] <= due[name] for name in ACCOUNTS), (spent_each, due)
+    assert all(spent[name] <= due[name] for name in ACCOUNTS), (spent, due)
+    assert due["a1"] >= 1 and spent["a1"] >= 1, (spent, due)  # the new workers needed a1's refresh
     # (Connections a stopping worker had accepted may be reset: gunicorn's reload, not the accounts;
     # counted above, not asserted.)
     assert tokens.reuses == 0
 
-    # a2's token server dies and its access token is revoked: the others carry the traffic.
+
+def dead_phase(server: LiveServer, key: str, tokens: FakeTokenServer, proxy: TcpProxy) -> None:
+    """a2's token server dies and its access token is revoked: the others carry
+    the traffic, and the operator sees why a2 is out."""
     served = Counter(tokens.served)
     proxy.cut()
     tokens.revoke_access(client("a2"))
@@ -206,6 +214,21 @@ def test_accounts_on_the_served_gateway(accounts):
     assert dead.caller_errors() == 0, dead.errors
     assert moved["a2"] == 0 and moved["a0"] > 0 and moved["a1"] > 0, moved
     assert tokens.reuses == 0
+    shown = requests.get(f"{server.url}/api/resilience/upstreams/openai", timeout=30,
+                         headers={"Authorization": f"Bearer {server.token('root', staff=True)}"})
+    accounts = {e["name"]: e["account"] for e in shown.json()["pool"]["endpoints"]}
+    assert accounts["a2"]["state"] in ("backoff", "failing") and accounts["a2"]["failure_reason"], accounts
+    assert accounts["a0"]["state"] == "ok" and not any(token in shown.text for token in tokens.issued)
+
+
+def test_accounts_on_the_served_gateway(accounts):
+    server, tokens, proxy = accounts
+    key = server.token("alice")
+    print("\naccounts on make serve:")
+    steady_phase(server, key, tokens)
+    revoke_phase(server, key, tokens)
+    restart_phase(server, key, tokens)
+    dead_phase(server, key, tokens, proxy)
 
     # No token in clear in the database or the log.
     stored = b"".join(path.read_bytes() for path in server.workdir.glob("live.sqlite3*"))
