@@ -191,6 +191,7 @@ async def _chat(request: HttpRequest) -> HttpResponse:
     response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
     if response.status_code >= 400:
         raise ProviderAnswered(response)
+    wire.provider_json(response)  # a 200 that is not JSON is the provider's failure (502), not the caller's
     return HttpResponse(response.content, status=response.status_code, content_type="application/json")
 
 
