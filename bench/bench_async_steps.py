@@ -28,14 +28,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 
-from bench.common import Nginx, django_setup, fmt_time, table
+from bench.common import Nginx, async_paired, django_setup, fmt_time, table
 
 N = 256
 ROUNDS = 15
@@ -45,61 +44,6 @@ NAME = "bench-async-steps"
 PATH = "/v1/models"
 
 Op = Callable[[], Awaitable[object]]
-
-
-class _Lag:
-    """The longest a 1 ms sleep on the loop overslept, while it runs."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.001)
-            self.worst = max(self.worst, time.perf_counter() - before - 0.001)
-
-    def __enter__(self) -> _Lag:
-        self._task = asyncio.get_running_loop().create_task(self._tick())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-
-async def _per_call(op: Op, n: int, concurrent: int) -> float:
-    async def worker(count: int) -> None:
-        for _ in range(count):
-            await op()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(n // concurrent) for _ in range(concurrent)))
-    return (time.perf_counter() - start) / (n // concurrent * concurrent)
-
-
-async def _paired(contenders: dict[str, Op], baseline: str, *,
-                  concurrent: int) -> dict[str, tuple[float, float, float]]:
-    """name -> (median seconds per call, median ratio to the baseline's round, worst loop lag)."""
-    for op in contenders.values():
-        await _per_call(op, CONCURRENT, concurrent)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    ratios: dict[str, list[float]] = {name: [] for name in contenders}
-    lags = dict.fromkeys(contenders, 0.0)
-    names = list(contenders)
-    for index in range(ROUNDS):
-        order = names if index % 2 else list(reversed(names))
-        measured = {}
-        for name in order:
-            with _Lag() as lag:
-                measured[name] = await _per_call(contenders[name], N, concurrent)
-            lags[name] = max(lags[name], lag.worst)
-        for name, seconds in measured.items():
-            times[name].append(seconds)
-            ratios[name].append(seconds / measured[baseline])
-    return {name: (statistics.median(times[name]), statistics.median(ratios[name]), lags[name])
-            for name in names}
 
 
 def _counted_redis_commands(client: object, calls: int) -> float:
@@ -178,8 +122,8 @@ async def _run() -> tuple[list[tuple[object, ...]], dict[str, float]]:
                 inline(name == "steps inline")
                 return await op()
             return run
-        measured = await _paired({name: switched(name, op) for name, op in contenders.items()}, baseline,
-                                 concurrent=concurrent)
+        measured = await async_paired({name: switched(name, op) for name, op in contenders.items()},
+                                      baseline, n=N, rounds=ROUNDS, concurrent=concurrent)
         inline(False)
         for name, (seconds, ratio, lag) in measured.items():
             figures[f"{name}@{concurrent}"] = seconds
