@@ -1,7 +1,7 @@
 """The errors the generation service reports: `GenerationError` and its kinds.
 
-Each kind carries the HTTP status the API answers with (through
-`resilience.ops.api.exception_handler`): 400 for bad input, 404 for an unknown
+Each kind carries the HTTP status the API answers with (rendered by
+`aigen.edge.errors`): 400 for bad input, 404 for an unknown
 template or section, 503 (with Retry-After) when the provider is unavailable,
 504 when it did not answer in time, 502 for any other provider failure.
 """

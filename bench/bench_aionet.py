@@ -16,46 +16,11 @@ is cheaper here.
 """
 from __future__ import annotations
 
-import asyncio
-import statistics
-import time
-from collections.abc import Awaitable, Callable
-
-from bench.common import Nginx, django_setup, fmt_time, table
+from bench.common import Nginx, async_paired, django_setup, fmt_time, table
 
 N = 200
 ROUNDS = 15
 CONCURRENT = 64
-
-Op = Callable[[], Awaitable[object]]
-
-
-async def _per_get(op: Op, n: int, concurrent: int) -> float:
-    async def worker(count: int) -> None:
-        for _ in range(count):
-            await op()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(n // concurrent) for _ in range(concurrent)))
-    return (time.perf_counter() - start) / (n // concurrent * concurrent)
-
-
-async def _paired(contenders: dict[str, Op], baseline: str, *,
-                  concurrent: int) -> dict[str, tuple[float, float]]:
-    """name -> (median seconds per GET, median ratio to the baseline's round)."""
-    n = N * (4 if concurrent > 1 else 1)
-    for op in contenders.values():
-        await _per_get(op, 64, min(concurrent, 64))
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    ratios: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for index in range(ROUNDS):
-        order = names if index % 2 else list(reversed(names))
-        measured = {name: await _per_get(contenders[name], n, concurrent) for name in order}
-        for name, seconds in measured.items():
-            times[name].append(seconds)
-            ratios[name].append(seconds / measured[baseline])
-    return {name: (statistics.median(times[name]), statistics.median(ratios[name])) for name in names}
 
 
 async def _run(url: str) -> list[tuple[object, ...]]:
@@ -98,8 +63,9 @@ async def _run(url: str) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
     baseline = next(iter(contenders))
     for concurrent in (1, CONCURRENT):
-        measured = await _paired(contenders, baseline, concurrent=concurrent)
-        for name, (seconds, ratio) in measured.items():
+        measured = await async_paired(contenders, baseline, n=N * (4 if concurrent > 1 else 1), rounds=ROUNDS,
+                                      concurrent=concurrent)
+        for name, (seconds, ratio, _lag) in measured.items():
             rows.append((f"{name}, {concurrent} at once", fmt_time(seconds),
                          "1.00 (baseline)" if name == baseline else f"{ratio:.2f}"))
     await library.aclose()

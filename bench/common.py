@@ -2,11 +2,12 @@
 timing rounds (so drift hits every contender alike) and table printing."""
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 _ready = False
 
@@ -73,6 +74,64 @@ def paired_ratio(contender: Callable[[], object], baseline: Callable[[], object]
         mine.append(c)
         theirs.append(base)
     return statistics.median(ratios), statistics.median(mine), statistics.median(theirs)
+
+
+class LoopLag:
+    """While entered (on a running loop): the longest a 1 ms sleep on the
+    loop overslept, `worst` (what other requests on that loop felt)."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, time.perf_counter() - before - 0.001)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def async_per_op(op: Callable[[], Awaitable[object]], n: int, concurrent: int) -> float:
+    """Wall seconds per `await op()`, `n` of them run `concurrent` at a time."""
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await op()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(n // concurrent) for _ in range(concurrent)))
+    return (time.perf_counter() - start) / (n // concurrent * concurrent)
+
+
+async def async_paired(contenders: dict[str, Callable[[], Awaitable[object]]], baseline: str, *, n: int,
+                       rounds: int, concurrent: int) -> dict[str, tuple[float, float, float]]:
+    """name -> (median seconds per op, median ratio to the baseline's round,
+    worst loop lag), measured in alternating rounds so drift hits all alike."""
+    for op in contenders.values():
+        await async_per_op(op, 64, min(concurrent, 64))
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    ratios: dict[str, list[float]] = {name: [] for name in contenders}
+    lags = dict.fromkeys(contenders, 0.0)
+    names = list(contenders)
+    for index in range(rounds):
+        order = names if index % 2 else list(reversed(names))
+        measured = {}
+        for name in order:
+            with LoopLag() as lag:
+                measured[name] = await async_per_op(contenders[name], n, concurrent)
+            lags[name] = max(lags[name], lag.worst)
+        for name, seconds in measured.items():
+            times[name].append(seconds)
+            ratios[name].append(seconds / measured[baseline])
+    return {name: (statistics.median(times[name]), statistics.median(ratios[name]), lags[name])
+            for name in names}
 
 
 def fmt_time(seconds: float) -> str:

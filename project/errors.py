@@ -7,7 +7,8 @@ the dashboard) keeps Django's HTML pages. `project.urls` installs the
 handlers (400, 403, 404, 500) and settings.CSRF_FAILURE_VIEW the CSRF one, so
 no page under `/v1/` or `/api/` is ever HTML: a route nobody matched, a
 foreign `Host` (400), a failed CSRF check (403), a crash (500). The door
-(project.door) answers its 413 from here too.
+(project.door) answers its 413 from here too. The bodies themselves come
+from the one renderer, aigen.edge.errors.
 
 Messages never echo the request's host or body (a 400 for a foreign Host does
 not repeat it). These views cannot fail: they build JSON from constants and
@@ -22,9 +23,10 @@ from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 from django.views.csrf import csrf_failure as django_csrf_failure
 
-from aigen.generation.translate import anthropic_error
+from aigen.edge.errors import ANTHROPIC, OPENAI, OURS, error_body
+from resilience.exceptions import Refusal
 
-OPENAI_KINDS = {401: "invalid_request_error", 403: "invalid_request_error", 429: "requests"}
+_SHAPES = {"anthropic": ANTHROPIC, "openai": OPENAI, "api": OURS}
 
 
 def route_shape(path: str) -> str | None:
@@ -41,13 +43,9 @@ def route_shape(path: str) -> str | None:
 
 def error_payload(path: str, *, status: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
     """The error body for `path`: Anthropic's under /v1/messages, OpenAI's
-    elsewhere under /v1, the project's elsewhere."""
-    if route_shape(path) == "anthropic":
-        return anthropic_error(status, message)
-    if route_shape(path) == "openai":
-        kind = "server_error" if status >= 500 else OPENAI_KINDS.get(status, "invalid_request_error")
-        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return {"success": False, "error": {"code": code, "message": message, **extra}}
+    elsewhere under /v1, the project's elsewhere (rendered by aigen.edge.errors)."""
+    shape = _SHAPES.get(route_shape(path) or "api", OURS)
+    return error_body(Refusal(code, message, status, **extra), shape=shape)
 
 
 def error_response(request: HttpRequest, *, status: int, code: str, message: str) -> HttpResponse:

@@ -29,6 +29,18 @@ class AppError(Exception):
         return {"code": self.code, "message": self.message, **self.extra}
 
 
+class Refusal(AppError):
+    """An answer an edge decides before any work (authentication, CSRF,
+    throttling, media type, method, parsing): its code and status per instance,
+    `www_authenticate` and `allow` for the headers of a 401 and a 405."""
+
+    def __init__(self, code: str | None, message: str, status: int, *, retry_after: float | None = None,
+                 www_authenticate: bool = False, allow: str | None = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.code, self.status, self.retry_after = code, status, retry_after  # type: ignore[assignment]
+        self.www_authenticate, self.allow = www_authenticate, allow
+
+
 class CredentialChangeForbidden(AppError):
     """A change would bind a credential to an origin (add one, move it to
     another scheme, host or port, or send another variable) and the user

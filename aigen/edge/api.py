@@ -5,14 +5,16 @@
     GET    cache/stats    AI cache statistics
     DELETE cache          clear cached AI answers (change_upstream; optional template_id)
 
-Authentication and the error shape are the project's (resilience.ops.api): every
-error is `{"success": false, "error": {"code", "message", ...}}`.
+Authentication is the project's; every error is the project's shape,
+`{"success": false, "error": {"code", "message", ...}}`, rendered by
+aigen.edge.errors (DRF's errors mapped as resilience.ops.api maps them).
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
+from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.renderers import BaseRenderer
@@ -20,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aigen.edge.errors import api_exception_handler, sse
 from aigen.generation.registry import get_registry
 from aigen.generation.selectors import ai_cache_stats, template_list
 from resilience.cache.ops import cache_clear
@@ -41,11 +44,7 @@ class EventStreamRenderer(BaseRenderer):
         if data is None:
             return b""
         event = "error" if isinstance(data, dict) and data.get("success") is False else "message"
-        return sse(event, data).encode()
-
-
-def sse(event: str, data: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+        return sse(event, data)
 
 
 class GenerateRequestSerializer(serializers.Serializer):
@@ -80,7 +79,13 @@ class GenerateResponseSerializer(serializers.Serializer):
 
 
 class AigenView(APIView):
+    """Every DRF view under /api/ai/: bodies through the shared parser, errors
+    through aigen.edge.errors (the project's shape, as every /api/ route)."""
+
     parser_classes = [LimitedJSONParser]
+
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], HttpResponse]:
+        return api_exception_handler
 
 
 class TemplatesView(AigenView):

@@ -13,9 +13,8 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_seriali
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from aigen.edge.api import GenerateRequestSerializer, GenerateResponseSerializer, LimitedJSONParser
+from aigen.edge.api import AigenView, GenerateRequestSerializer, GenerateResponseSerializer
 from aigen.edge.throttling import GenerateThrottle
 from aigen.generation.tasks import generation_job_get, generation_job_submit, generation_job_view
 from resilience.ops.serializers import ErrorDetailSerializer, error_responses
@@ -52,8 +51,7 @@ def _body(request: Request, row) -> dict:
     return {"success": True, "job": view}
 
 
-class JobsView(APIView):
-    parser_classes = [LimitedJSONParser]
+class JobsView(AigenView):
     throttle_classes = [GenerateThrottle]
 
     @extend_schema(
@@ -70,7 +68,7 @@ class JobsView(APIView):
         return Response(body, status=202, headers={"Location": body["job"]["status_url"]})
 
 
-class JobView(APIView):
+class JobView(AigenView):
     @extend_schema(responses={200: JobResponse, **error_responses(
         404, e404="No such job, or not yours (`job_not_found`).")}, summary="A queued generation's status")
     def get(self, request: Request, job_id: str) -> Response:

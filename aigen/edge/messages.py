@@ -20,7 +20,7 @@ of silence, and, when the answer cannot go on, one `event: error` with
 Anthropic's error object (`api_error`; `overloaded_error` when no endpoint
 could serve) instead of `message_stop`: never a silent truncation.
 
-Errors: every body comes from `anthropic_error_response`, Anthropic's shape
+Errors: every body comes from aigen.edge.errors in Anthropic's shape
 `{"type": "error", "error": {"type", "message"}}`: 400
 `invalid_request_error` naming the field, 401, 403, 404, 413
 `request_too_large`, 429 `rate_limit_error` with `retry-after`, 500
@@ -41,12 +41,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from aigen.conf import aigen_settings
-from aigen.edge import openai as openai_views
 from aigen.edge.auth import request_authenticate, token_refused
+from aigen.edge.errors import ANTHROPIC, ProviderAnswered, Refusal, error_event, error_response
+from aigen.edge.openai import CHAT_PATH, models
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import atoken_user
-from aigen.edge.wire import DEFAULT_VERSION, MESSAGES_PATH, VERSION_HEADER, wire_formats
+from aigen.edge.wire import DEFAULT_VERSION, MESSAGES_PATH, VERSION_HEADER, provider_json, wire_formats
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
 from resilience import exceptions as errors
@@ -57,48 +58,22 @@ from resilience.client.stream import SupervisedStream
 from resilience.exceptions import AppError
 from resilience.telemetry.slow import slow_expected
 
-#: The UpstreamError codes that mean "no endpoint could take the call": Anthropic's 529.
-_OVERLOADED = {"breaker_open", "bulkhead_full", "pool_exhausted", "upstream_disabled"}
-_KINDS = frozenset(translate.ERROR_TYPES.values())
-
-
-def anthropic_error_response(status: int, message: str, *, kind: str | None = None,
-                             retry_after: float | None = None, version: str = "") -> JsonResponse:
-    """Every error body of this front door: Anthropic's shape with `status`."""
-    response = JsonResponse(translate.anthropic_error(status, message, kind=kind), status=status)
-    if retry_after is not None:
-        response["retry-after"] = str(max(1, math.ceil(retry_after)))
-    if version:
-        response[VERSION_HEADER] = version
-    response._has_been_logged = True  # type: ignore[attr-defined]  # counted, not logged line by line
-    return response
-
-
-def upstream_failure(err: errors.UpstreamError) -> tuple[int, str]:
-    """(status, Anthropic error type) of a call that got no usable answer."""
-    if err.code in _OVERLOADED:
-        return 529, "overloaded_error"
-    if err.status == 504:
-        return 504, "timeout_error"
-    if err.status == 404:
-        return 404, "not_found_error"
-    return (err.status, "api_error") if err.status >= 500 else (err.status, "invalid_request_error")
-
 
 class _Call:
     """One Messages request as parsed at the edge: the caller's body, its
-    model, the upstream that serves it, and the version to echo."""
+    model, the upstream that serves it, and the version to echo. Its steps
+    raise `AppError`s; the views render them once, in Anthropic's shape."""
 
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
         self.version = request.headers.get(VERSION_HEADER, "")
         self.body: dict[str, Any] = {}
 
-    def error(self, status: int, message: str, **kwargs: Any) -> JsonResponse:
-        return anthropic_error_response(status, message, version=self.version, **kwargs)
+    def error(self, err: AppError) -> HttpResponse:
+        return self.answered(error_response(err, shape=ANTHROPIC, request=self.request))
 
-    async def refused(self) -> HttpResponse | None:
-        """None when the caller may go on, else the 401/403/429 answer."""
+    async def admit(self) -> None:
+        """Authenticate and throttle the caller (401/403/429)."""
         key = self.request.headers.get("x-api-key", "").strip()
         if key:
             user = await atoken_user(key)
@@ -106,41 +81,35 @@ class _Call:
                 refusal = await sync_to_async(token_refused)(self.request, "invalid x-api-key")
                 wait = getattr(refusal, "wait", None)
                 if wait is not None:
-                    return self.error(429, str(refusal.detail), retry_after=wait)
-                return self.error(401, "invalid x-api-key")
+                    raise Refusal("throttled", str(refusal.detail), 429, retry_after=wait)
+                raise Refusal("authentication_failed", "invalid x-api-key", 401)
             current_caller.set(user.pk)
         else:
-            try:
-                user = await request_authenticate(self.request)
-            except AppError as refusal:  # 401, 403 or the failure throttle's 429
-                return self.error(refusal.status, refusal.message, retry_after=refusal.retry_after)
+            user = await request_authenticate(self.request)  # 401, 403 or the failure throttle's 429
         self.request.user = user
         throttle = GenerateThrottle()
         if not await sync_to_async(throttle.allow_request)(self.request, None):  # a cache call: off the loop
-            return self.error(429, "Rate limit reached for the gateway.", retry_after=throttle.wait() or 1.0)
-        return None
+            raise Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
+                          retry_after=throttle.wait() or 1.0)
 
-    def parsed(self) -> HttpResponse | None:
-        """None when the body is a Messages request, else the 400/413/415."""
-        try:
-            body = body_json(self.request)
-        except AppError as refusal:  # 413, 415 or a body that is not JSON
-            return self.error(refusal.status, refusal.message)
+    def parse(self) -> None:
+        """Keep the body when it is a Messages request, else 400/413/415."""
+        body = body_json(self.request)  # 413, 415 or a body that is not JSON
         if not isinstance(body, dict):
-            return self.error(400, "The body must be a JSON object.")
+            raise Refusal(None, "The body must be a JSON object.", 400)
         model = body.get("model")
         if not isinstance(model, str) or not model.strip():
-            return self.error(400, "model: Field required")
+            raise Refusal(None, "model: Field required", 400)
         if not isinstance(body.get("stream", False), bool):
-            return self.error(400, "stream: Input should be a valid boolean")
+            raise Refusal(None, "stream: Input should be a valid boolean", 400)
         self.body = body
-        return None
 
-    async def upstream(self) -> tuple[str | None, HttpResponse | None]:
-        name = (await openai_views.models.get()).get(self.body["model"])
+    async def upstream(self) -> str:
+        """The upstream that serves the body's model (404 when none does)."""
+        name = (await models.get()).get(self.body["model"])
         if name is None:
-            return None, self.error(404, f"model: {self.body['model']}")
-        return name, None
+            raise Refusal("model_not_found", f"model: {self.body['model']}", 404)
+        return name
 
     def answered(self, response: HttpResponse) -> HttpResponse:
         if self.version:
@@ -151,26 +120,7 @@ class _Call:
 def _messages_checked(body: dict[str, Any]) -> None:
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise translate.TranslationError("max_tokens", "max_tokens: Field required (a positive integer)")
-
-
-def _provider_error(call: _Call, response: Any) -> HttpResponse:
-    """The provider's error answer, in Anthropic's shape with its status."""
-    try:
-        error = json.loads(response.content).get("error") or {}
-        message = str(error.get("message") or "")
-    except (ValueError, AttributeError):
-        error, message = {}, ""
-    status = response.status_code
-    retry = response.headers.get("Retry-After")
-    kind = error.get("type") if error.get("type") in _KINDS else None  # an Anthropic provider's own
-    return call.error(status, message or f"the provider answered {status}", kind=kind,
-                      retry_after=float(retry) if retry and retry.isdigit() else None)
-
-
-def _failure(call: _Call, err: errors.UpstreamError) -> HttpResponse:
-    status, kind = upstream_failure(err)
-    return call.error(status, err.message, kind=kind, retry_after=err.retry_after)
+        raise Refusal(None, "max_tokens: Field required (a positive integer)", 400)
 
 
 async def _with_pings(events: AsyncIterator[Any], interval: float) -> AsyncIterator[Any]:
@@ -218,11 +168,9 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> Streamin
             for frame in writer.finish():
                 yield frame
         except errors.UpstreamError as err:
-            status, kind = upstream_failure(err)
-            yield translate.sse("error", translate.anthropic_error(status, err.message, kind=kind))
+            yield error_event(err, shape=ANTHROPIC)
         except Exception as err:  # whatever broke the stream, the caller must hear of it
-            broke = translate.anthropic_error(500, f"the stream broke: {type(err).__name__}")
-            yield translate.sse("error", broke)
+            yield error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=ANTHROPIC)
         finally:
             await stream.aclose()
 
@@ -237,16 +185,16 @@ async def _relay(call: _Call, name: str) -> HttpResponse:
     unless its endpoints speak Anthropic's), answered in Anthropic's shape."""
     wire = await wire_formats.get(name)
     if wire == "mixed":
-        return call.error(500, f"upstream {name} mixes wire formats: give its endpoints one")
+        raise Refusal("wire_format_mixed", f"upstream {name} mixes wire formats: give its endpoints one", 500)
+    _messages_checked(call.body)
+    native = wire == "anthropic"
     try:
-        _messages_checked(call.body)
-        native = wire == "anthropic"
         payload = call.body if native else translate.openai_request(call.body)
     except translate.TranslationError as invalid:
-        return call.error(400, invalid.message)
+        raise Refusal(None, invalid.message, 400) from None
     client = upstream_client(name)
     model = call.body["model"]
-    path, codec = (MESSAGES_PATH, ANTHROPIC_MESSAGES) if native else (openai_views.CHAT_PATH, OPENAI_CHAT)
+    path, codec = (MESSAGES_PATH, ANTHROPIC_MESSAGES) if native else (CHAT_PATH, OPENAI_CHAT)
     headers = {VERSION_HEADER: call.version or DEFAULT_VERSION} if native else None
     try:
         if payload.get("stream"):
@@ -255,40 +203,33 @@ async def _relay(call: _Call, name: str) -> HttpResponse:
         response = await client.arequest("POST", path, json=payload, cache=False, raise_for_status=False,
                                          headers=headers)
     except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
-        return _provider_error(call, err.response)
-    except errors.UpstreamError as err:
-        return _failure(call, err)
+        raise ProviderAnswered(err.response, wire=wire) from None
     if response.status_code >= 400:
-        return _provider_error(call, response)
-    try:
-        answer = json.loads(response.content)
-    except ValueError:
-        return call.error(502, "the provider's answer is not JSON", kind="api_error")
+        raise ProviderAnswered(response, wire=wire)
+    answer = provider_json(response)
     if not native:
         answer = translate.anthropic_response(answer, model=model)
     return call.answered(JsonResponse(answer))
 
 
-async def _admitted(request: HttpRequest) -> tuple[_Call, HttpResponse | None]:
-    call = _Call(request)
-    if request.method != "POST":
-        response = call.error(405, f"Method {request.method} not allowed.")
-        response["Allow"] = "POST"
-        return call, response
-    return call, (await call.refused()) or call.parsed()
+async def _admitted(call: _Call) -> str:
+    """The upstream of an admitted, parsed call (else its `AppError`)."""
+    if call.request.method != "POST":
+        raise Refusal("method_not_allowed", f"Method {call.request.method} not allowed.", 405, allow="POST")
+    await call.admit()
+    call.parse()
+    return await call.upstream()
 
 
 @slow_expected  # answers take seconds by design: not "slow requests"
 @csrf_exempt  # token requests carry no CSRF token; session requests are checked in request_authenticate
 async def messages(request: HttpRequest) -> HttpResponse:
     """POST /v1/messages."""
-    call, refused = await _admitted(request)
-    if refused is not None:
-        return refused
-    name, missing = await call.upstream()
-    if missing is not None:
-        return missing
-    return await _relay(call, name or "")
+    call = _Call(request)
+    try:
+        return await _relay(call, await _admitted(call))
+    except AppError as err:
+        return call.error(err)
 
 
 def count_estimate(body: dict[str, Any]) -> int:
@@ -302,14 +243,12 @@ def count_estimate(body: dict[str, Any]) -> int:
 @csrf_exempt
 async def count_tokens(request: HttpRequest) -> HttpResponse:
     """POST /v1/messages/count_tokens: `{"input_tokens": N}` (an estimate)."""
-    call, refused = await _admitted(request)
-    if refused is not None:
-        return refused
-    _, missing = await call.upstream()
-    if missing is not None:
-        return missing
+    call = _Call(request)
     try:
+        await _admitted(call)
         tokens = count_estimate(call.body)
     except translate.TranslationError as invalid:
-        return call.error(400, invalid.message)
+        return call.error(Refusal(None, invalid.message, 400))
+    except AppError as err:
+        return call.error(err)
     return call.answered(JsonResponse({"input_tokens": tokens}))

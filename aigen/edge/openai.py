@@ -45,7 +45,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from aigen.edge import wire
 from aigen.edge.auth import request_authenticate
-from aigen.edge.errors import OPENAI, Refusal, error_response, openai_body
+from aigen.edge.errors import OPENAI, ProviderAnswered, Refusal, error_event, error_response
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from resilience import exceptions as errors
@@ -58,10 +58,6 @@ from resilience.telemetry.slow import slow_expected
 
 CHAT_PATH = "chat/completions"
 _DONE = b"data: [DONE]\n\n"
-
-
-def _stream_error(message: str, code: str = "stream_interrupted") -> bytes:
-    return f"data: {json.dumps(openai_body(message, code=code))}\n\n".encode()
 
 
 class _ModelMap:
@@ -130,23 +126,6 @@ def _checked(payload: Any) -> tuple[str, bool]:
     return model, stream
 
 
-def _provider_error(response: Any) -> HttpResponse:
-    """The provider's error answer: its OpenAI-shaped body as it is, else wrapped."""
-    status = response.status_code
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        answer = HttpResponse(response.content, status=status, content_type="application/json")
-        retry_after = response.headers.get("Retry-After")
-        if retry_after:
-            answer["Retry-After"] = retry_after
-        answer._has_been_logged = True  # type: ignore[attr-defined]
-        return answer
-    return error_response(Refusal("provider_error", f"the provider answered {status}", status), shape=OPENAI)
-
-
 def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
     """The supervised stream as OpenAI chunks (see the module docstring)."""
     async def chunks() -> AsyncIterator[bytes]:
@@ -162,10 +141,9 @@ def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
                 yield f"data: {json.dumps({**chunk, **head})}\n\n".encode()  # one id for the one answer
             yield _DONE
         except errors.UpstreamError as err:
-            yield _stream_error(err.message, "stream_interrupted" if err.code != "upstream_timeout"
-                                else err.code)
+            yield error_event(err, shape=OPENAI)
         except Exception as err:  # whatever broke the stream, the caller must hear of it
-            yield _stream_error(f"the stream broke: {type(err).__name__}")
+            yield error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=OPENAI)
         finally:
             await stream.aclose()
 
@@ -185,7 +163,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     try:
         return await _chat(request)
     except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
-        return _provider_error(err.response)
+        return error_response(ProviderAnswered(err.response), shape=OPENAI)
     except AppError as err:
         return error_response(err, shape=OPENAI, request=request)
 
@@ -212,7 +190,8 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT))
     response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
     if response.status_code >= 400:
-        return _provider_error(response)
+        raise ProviderAnswered(response)
+    wire.provider_json(response)  # a 200 that is not JSON is the provider's failure (502), not the caller's
     return HttpResponse(response.content, status=response.status_code, content_type="application/json")
 
 

@@ -9,9 +9,10 @@ Imported by both front doors (aigen.edge.openai, aigen.edge.messages);
 imports neither. An upstream's enabled endpoints share one format: one
 whose endpoints disagree is `mixed`, and the front doors refuse to guess.
 
-On failure: the provider's Anthropic error body becomes OpenAI's with its
-status; a call that got no usable answer has the project error's status and
-code, as on the OpenAI route; a stream that cannot go on ends with one
+On failure (every body from aigen.edge.errors): the provider's Anthropic
+error body becomes OpenAI's with its status (`ProviderAnswered`); a call that
+got no usable answer raises its `UpstreamError`, which the OpenAI route
+renders with its status and code; a stream that cannot go on ends with one
 OpenAI error event.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
+from aigen.edge.errors import OPENAI, ProviderAnswered, Refusal, error_event
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
 from resilience import exceptions as errors
@@ -71,18 +73,6 @@ class _WireFormats:
 wire_formats = _WireFormats()
 
 
-def _openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
-                  retry_after: float | None = None) -> JsonResponse:
-    """OpenAI's error body (the shape aigen.edge.openai renders)."""
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    response = JsonResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                            status=status)
-    if retry_after is not None:
-        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    response._has_been_logged = True  # type: ignore[attr-defined]  # counted, not logged line by line
-    return response
-
-
 def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpResponse:
     """The Anthropic stream, parsed into OpenAI chunks (anthropic_wire), as OpenAI's SSE."""
     async def chunks() -> AsyncIterator[bytes]:
@@ -97,9 +87,7 @@ def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpRespons
                 yield f"data: {json.dumps({**chunk, **head, 'model': model})}\n\n".encode()
             yield b"data: [DONE]\n\n"
         except errors.UpstreamError as err:
-            code = err.code if err.code == "upstream_timeout" else "stream_interrupted"
-            body = {"error": {"message": err.message, "type": "server_error", "param": None, "code": code}}
-            yield f"data: {json.dumps(body)}\n\n".encode()
+            yield error_event(err, shape=OPENAI)
         finally:
             await stream.aclose()
 
@@ -109,24 +97,14 @@ def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpRespons
     return answer
 
 
-def _openai_provider_error(response: Any) -> HttpResponse:
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        body = None
-    error = translate.openai_error(body, response.status_code)["error"]
-    retry = response.headers.get("Retry-After")
-    return _openai_error(response.status_code, error["message"], code=error["code"],
-                                     retry_after=float(retry) if retry and retry.isdigit() else None)
-
-
 async def chat_via_anthropic(payload: dict[str, Any], name: str) -> HttpResponse:
     """A chat-completions call to an upstream whose endpoints speak
-    Anthropic's API: translated there and back, in OpenAI's shapes."""
+    Anthropic's API: translated there and back. Raises an `AppError` that the
+    OpenAI front door renders in OpenAI's shape (aigen.edge.errors)."""
     try:
         body = translate.anthropic_request(payload)
     except translate.TranslationError as invalid:
-        return _openai_error(400, invalid.message, param=invalid.param)
+        raise Refusal(None, invalid.message, 400, param=invalid.param) from None
     client = upstream_client(name)
     headers = {VERSION_HEADER: DEFAULT_VERSION}
     try:
@@ -137,13 +115,16 @@ async def chat_via_anthropic(payload: dict[str, Any], name: str) -> HttpResponse
         response = await client.arequest("POST", MESSAGES_PATH, json=body, cache=False,
                                          raise_for_status=False, headers=headers)
     except errors.UpstreamHTTPError as err:
-        return _openai_provider_error(err.response)
-    except errors.UpstreamError as err:
-        return _openai_error(err.status, err.message, code=err.code, retry_after=err.retry_after)
+        raise ProviderAnswered(err.response, wire="anthropic") from None
     if response.status_code >= 400:
-        return _openai_provider_error(response)
-    try:
-        message = json.loads(response.content)
-    except ValueError:
-        return _openai_error(502, "the provider's answer is not JSON", code="provider_error")
+        raise ProviderAnswered(response, wire="anthropic")
+    message = provider_json(response)
     return JsonResponse(translate.openai_response(message, model=payload["model"], created=int(time.time())))
+
+
+def provider_json(response: Any) -> Any:
+    """The provider's successful answer as JSON, or a 502 `provider_error`."""
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        raise Refusal("provider_error", "the provider's answer is not JSON", 502) from None

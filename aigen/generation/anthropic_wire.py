@@ -19,11 +19,10 @@ On failure: `parse` returns None for an event that is not a JSON object
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aigen.generation import translate
-from resilience.client.stream import StreamEvent
+from resilience.client.stream import StreamEvent, json_object, refusal_says
 
 _PREFILL_WORDS = ("prefill", "assistant", "final message")
 
@@ -68,11 +67,8 @@ class AnthropicMessages:
 
     @staticmethod
     def parse(data: bytes) -> StreamEvent | None:
-        try:
-            event = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(event, dict):
+        event = json_object(data)
+        if event is None:
             return None
         kind = event.get("type")
         if kind == "error":
@@ -100,11 +96,8 @@ class AnthropicMessages:
     @staticmethod
     def answer_events(content: bytes) -> list[StreamEvent] | None:
         """The events of a provider that sent one whole message."""
-        try:
-            message = json.loads(content)
-        except ValueError:
-            return None
-        if not isinstance(message, dict) or message.get("type") != "message":
+        message = json_object(content)
+        if message is None or message.get("type") != "message":
             return None
         completion = translate.openai_response(message, model=str(message.get("model") or ""))
         reply = completion["choices"][0]["message"]
@@ -127,10 +120,7 @@ class AnthropicMessages:
 
     @staticmethod
     def refuses_prefill(status: int, content: bytes) -> bool:
-        if status not in (400, 422):
-            return False
-        text = content.decode("utf-8", "replace").lower()
-        return any(word in text for word in _PREFILL_WORDS)
+        return refusal_says(status, content, _PREFILL_WORDS)
 
 
 ANTHROPIC_MESSAGES = AnthropicMessages()

@@ -242,7 +242,7 @@ def _map_error(err: BaseException, upstream_name: str) -> Exception:
                     upstream=upstream_name)
     if isinstance(err, RetriesExhausted):
         return ProviderError(f"The AI provider kept failing: {err.message}", upstream=upstream_name,
-                             upstream_status=err.last_status)
+                             upstream_status=err.last_status, retry_after=err.retry_after)
     if isinstance(err, UpstreamHTTPError):
         return ProviderError(f"The AI provider refused the request (HTTP {err.response.status_code}).",
                              upstream=upstream_name, upstream_status=err.response.status_code)

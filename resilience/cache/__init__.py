@@ -9,7 +9,9 @@ selectors (`cache_clear`, `cache_stats`) are in `resilience.cache.ops`.
 Modules, one concern each: `keys` (namespaces), `local` (the local-memory
 store and lock), `engine` (Redis or memory: outage, probe, recovery), `stats`
 (counters and their shared flush), `backend` (the Django backend and its
-lock), `registry` (the shared default instance, reset, fork and exit hooks).
+lock), `registry` (the shared default instance, reset, fork and exit hooks),
+`breakers` (the shared circuit breakers' state in the cache and its reads,
+under the client's breakers and telemetry's displays).
 
 Who may import it: every floor above storage (the client, telemetry, jobs,
 the rooms and edges). It imports only Django, its own modules and

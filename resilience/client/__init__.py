@@ -39,8 +39,8 @@ caches). Callers import `resilience.upstream`
 and resilience.exceptions; the names below are for the project's own parts.
 
 Who may import it: every floor above the calls floor (jobs, advisor, alerts,
-aigen, the edges) and telemetry's breaker readers (resilience.telemetry
-selectors and metrics, a named exception of the layer contract). It imports
+aigen, the edges); telemetry reads the breakers' shared state from the cache
+floor (resilience.cache.breakers), never from here. It imports
 the storage floor (cache, models, conf, exceptions) and the telemetry it
 records calls in, never a floor above.
 """

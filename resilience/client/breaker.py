@@ -46,18 +46,24 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pybreaker
 from redis.exceptions import LockError
 
 from resilience.cache import default_cache
+from resilience.cache.breakers import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    CacheBreakerStorage,
+    breaker_forced,
+    breaker_name,
+    breaker_status_of,
+    wait_after,
+)
 
 logger = logging.getLogger(__name__)
-
-CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
-
 
 class CircuitOpen(Exception):
     """The breaker refused the call; `retry_after` is seconds until a probe may pass."""
@@ -95,109 +101,6 @@ class _Snapshot:
     fails: int
     read_at: float  # time.monotonic()
     reopens: int = 0  # failed probes since the breaker opened
-
-
-class CacheBreakerStorage(pybreaker.CircuitBreakerStorage):
-    """pybreaker storage over the Django cache, atomic where it matters.
-
-    Counters use the cache's atomic `incr`; `opened_at` is a float from the
-    breaker's clock so tests can move time instead of sleeping.
-    """
-
-    def __init__(self, name: str, clock: Any = time.time) -> None:
-        super().__init__(name)
-        self.clock = clock
-        base = f"breaker:{name}"
-        self.k_state, self.k_opened = f"{base}:state", f"{base}:opened_at"
-        self.k_fails, self.k_successes, self.k_probes = f"{base}:fails", f"{base}:ok", f"{base}:probes"
-        self.k_reopens = f"{base}:reopens"
-        self.k_lock = f"breaker:{name}:transition"
-        self.k_forced = f"{base}:forced"
-
-    def snapshot(self) -> tuple[str, float, int, int]:
-        """(state, opened_at, consecutive failures, failed probes since it
-        opened) in one round trip."""
-        got = default_cache().get_many([self.k_state, self.k_opened, self.k_fails, self.k_reopens])
-        return (got.get(self.k_state, CLOSED), got.get(self.k_opened, 0.0), got.get(self.k_fails, 0),
-                got.get(self.k_reopens, 0))
-
-    def _incr(self, key: str, ttl: float | None = None) -> int:
-        if default_cache().add(key, 1, timeout=ttl):
-            return 1
-        try:
-            return default_cache().incr(key)
-        except ValueError:  # expired (or the store switched) between add and incr
-            default_cache().set(key, 1, timeout=ttl)
-            return 1
-
-    # -- pybreaker.CircuitBreakerStorage ----------------------------------------
-    @property
-    def state(self) -> str:
-        return default_cache().get(self.k_state, CLOSED)
-
-    @state.setter
-    def state(self, state: str) -> None:
-        default_cache().set(self.k_state, state, timeout=None)
-
-    def increment_counter(self) -> None:
-        self._incr(self.k_fails)
-
-    def add_failure(self) -> int:
-        return self._incr(self.k_fails)
-
-    def reset_counter(self) -> None:
-        default_cache().delete(self.k_fails)
-
-    def increment_success_counter(self) -> None:
-        self._incr(self.k_successes)
-
-    def add_success(self) -> int:
-        return self._incr(self.k_successes)
-
-    def reset_success_counter(self) -> None:
-        default_cache().delete(self.k_successes)
-
-    @property
-    def counter(self) -> int:
-        return default_cache().get(self.k_fails, 0)
-
-    @property
-    def success_counter(self) -> int:
-        return default_cache().get(self.k_successes, 0)
-
-    @property
-    def opened_at(self) -> datetime | None:
-        value = default_cache().get(self.k_opened)
-        return None if value is None else datetime.fromtimestamp(value, UTC)
-
-    @opened_at.setter
-    def opened_at(self, value: datetime) -> None:
-        # pybreaker passes datetime.now(); the breaker's own clock is the truth.
-        default_cache().set(self.k_opened, self.clock(), timeout=None)
-
-    # -- half-open probe slots ------------------------------------------------------
-    def take_probe(self, limit: int, ttl: float) -> bool:
-        """Claim one of `limit` probe slots; a slot is freed by `release_probe`
-        or, should its holder die, when the slot counter expires after `ttl`."""
-        if self._incr(self.k_probes, ttl) <= limit:
-            return True
-        self.release_probe()  # a refused claim holds no slot
-        return False
-
-    def release_probe(self) -> None:
-        try:
-            default_cache().decr(self.k_probes)
-        except ValueError:  # the slot counter expired meanwhile: nothing to give back
-            pass
-
-    def reset_probes(self) -> None:
-        default_cache().delete(self.k_probes)
-
-    def count_reopen(self) -> None:
-        self._incr(self.k_reopens)
-
-    def reset_reopens(self) -> None:
-        default_cache().delete(self.k_reopens)
 
 
 class SharedBreaker:
@@ -344,16 +247,9 @@ class SharedBreaker:
     @classmethod
     def status_of(cls, name: str, *, fail_max: int, reset_timeout: float,
                   probe_interval: float | None = None) -> dict[str, Any]:
-        """Live state of breaker `name` from one read of the shared storage,
-        without building a breaker."""
-        state, opened_at, fails, reopens = CacheBreakerStorage(name).snapshot()
-        retry_after = None
-        if state == OPEN:
-            wait = wait_after(reopens, reset_timeout=reset_timeout,
-                              probe_interval=reset_timeout if probe_interval is None else probe_interval)
-            retry_after = round(max(0.0, opened_at + wait - cls.clock()), 3)
-        return {"state": state, "failures": fails, "fail_max": fail_max,
-                "opened_at": opened_at or None, "retry_after": retry_after}
+        """Live state of breaker `name` on this class's clock (resilience.cache.breakers)."""
+        return breaker_status_of(name, fail_max=fail_max, reset_timeout=reset_timeout,
+                                 probe_interval=probe_interval, now=cls.clock())
 
     def reset(self) -> bool:
         """Force the breaker closed (operator action). True when it was not closed."""
@@ -454,18 +350,10 @@ class SharedBreaker:
         note = f"reset by {by}" + (f": {reason}" if reason else "")
         return self._transition(state, CLOSED, note)
 
-    @staticmethod
-    def forced_status(name: str) -> dict[str, Any] | None:
+    @classmethod
+    def forced_status(cls, name: str) -> dict[str, Any] | None:
         """Breaker `name`'s forced opening still in force ({until, by, reason}), or None."""
-        forced = default_cache().get(CacheBreakerStorage(name).k_forced)
-        if forced is None or forced.get("until", 0) <= SharedBreaker.clock():
-            return None
-        return forced
-
-
-def wait_after(reopens: int, *, probe_interval: float, reset_timeout: float) -> float:
-    """The probe wait after `reopens` failed probes (see the module docstring)."""
-    return min(reset_timeout, probe_interval * 2 ** min(reopens, 32))
+        return breaker_forced(name, now=cls.clock())
 
 
 def _release(lock: Any, name: str) -> None:
@@ -481,6 +369,5 @@ def log_transition(change: Transition) -> None:
     log("breaker %s: %s -> %s (%s)", change.upstream, change.old, change.new, change.reason)
 
 
-def breaker_name(upstream: str, endpoint: str) -> str:
-    """The shared breaker's name: the upstream's own for its implicit endpoint."""
-    return f"{upstream}/{endpoint}" if endpoint else upstream
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "Admission", "CacheBreakerStorage", "CircuitOpen", "SharedBreaker",
+           "Transition", "breaker_name", "log_transition", "wait_after"]

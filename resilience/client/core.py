@@ -17,10 +17,13 @@ one place (resilience.client.record).
 
 Under ASGI the sync face must not run on the event loop (it blocks while it
 waits on the network): from async code use `aget()`/`arequest()`, or
-`asgiref.sync.sync_to_async(upstream(name).get)`. The async face reads the
-cache and the breaker's shared state on the loop (sub-millisecond Redis
-commands bounded by the cache's 0.25 s socket timeout) and loads the policy
-from the database in a worker thread when a check is due.
+`asgiref.sync.sync_to_async(upstream(name).get)`. The async face performs
+the I/O commands on the loop; when the store is Redis it advances each step
+(which may read the cache and the breakers' shared state) in a worker thread
+(`asyncio.to_thread`), so no Redis round trip blocks the loop, and it loads
+the policy from the database in a worker thread when a check is due.
+`bench/bench_async_steps.py` weighs that hop against one `sync_to_async` per
+call and Django's async cache methods.
 """
 from __future__ import annotations
 

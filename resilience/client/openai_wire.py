@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from resilience.client.stream import StreamEvent
+from resilience.client.stream import StreamEvent, json_object, refusal_says
 
 #: Words of a 400's error that say a prefill (assistant prefix) is refused.
 _PREFILL_WORDS = ("prefix", "prefill", "assistant")
@@ -44,11 +44,8 @@ class OpenAIChat:
 
     @staticmethod
     def parse(data: bytes) -> StreamEvent | None:
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return None
-        if not isinstance(chunk, dict):
+        chunk = json_object(data)
+        if chunk is None:
             return None
         error = chunk.get("error")
         if error:
@@ -85,11 +82,13 @@ class OpenAIChat:
         """The events of a provider that ignored `"stream": true` and sent one
         JSON completion (None when it is not one): one chunk with the text and
         the finish reason, and the usage as its own chunk."""
+        completion = json_object(content)
+        if completion is None:
+            return None
         try:
-            completion = json.loads(content)
             choices = completion["choices"]
             message = choices[0].get("message") or {}
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        except (KeyError, TypeError, IndexError, AttributeError):
             return None
         head = {"id": completion.get("id", ""), "object": "chat.completion.chunk",
                 "created": completion.get("created", 0), "model": completion.get("model", "")}
@@ -116,10 +115,7 @@ class OpenAIChat:
 
     @staticmethod
     def refuses_prefill(status: int, content: bytes) -> bool:
-        if status not in (400, 422):
-            return False
-        text = content.decode("utf-8", "replace").lower()
-        return any(word in text for word in _PREFILL_WORDS)
+        return refusal_says(status, content, _PREFILL_WORDS)
 
     @staticmethod
     def with_text(data: Any, text: str) -> Any:

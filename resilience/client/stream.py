@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -132,6 +133,24 @@ class WireCodec(Protocol):
 
     def refuses_prefill(self, status: int, content: bytes) -> bool:
         """Whether an error answer to a continuation says prefills are refused."""
+
+
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """What every codec's `parse` starts with: `data` as a JSON object, or
+    None when it is not JSON or another kind of JSON value."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def refusal_says(status: int, content: bytes, words: tuple[str, ...]) -> bool:
+    """Whether a 400 or 422 answer names one of `words` (a codec's prefill refusal)."""
+    if status not in (400, 422):
+        return False
+    text = content.decode("utf-8", "replace").lower()
+    return any(word in text for word in words)
 
 
 class SSEReader:

@@ -4,8 +4,9 @@ gives every error one JSON shape (token authentication is aigen.edge.auth's):
     {"success": false, "error": {"code": "...", "message": "...", ...}}
 
 `AppError`s keep their own code and status; DRF's errors map to 400/401/403/
-404/405/413/415/429; anything unexpected is logged and answered as a 500 in the
-same shape, never as a stack trace. The rest of the API's error handling:
+404/405/413/415/429 (`app_error`, the mapping aigen's edge renders through
+too); anything unexpected is logged and answered as a 500 in the same shape,
+never as a stack trace. The rest of the API's error handling:
 request bodies (size limit, nesting) in `resilience.ops.parsers`, unknown routes
 and trailing slashes in `api_route_fallback`.
 """
@@ -23,7 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from resilience.exceptions import AppError
+from resilience.exceptions import AppError, Refusal
 from resilience.ops.parsers import too_large
 
 logger = logging.getLogger(__name__)
@@ -52,33 +53,41 @@ def _first_problem(detail: Any, path: str = "") -> tuple[str, str]:
     return path, str(detail)
 
 
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+def app_error(exc: Exception, context: dict[str, Any]) -> AppError:
+    """`exc` as an `AppError` (see the module docstring); an unexpected one
+    is logged and becomes a 500 `internal_error`."""
     if isinstance(exc, AppError):
-        return error_response(exc.code, exc.message, exc.status, retry_after=exc.retry_after,
-                              **exc.extra)
+        return exc
     if isinstance(exc, Http404):
-        return error_response("not_found", str(exc) or "Not found.", status.HTTP_404_NOT_FOUND)
+        return Refusal("not_found", str(exc) or "Not found.", status.HTTP_404_NOT_FOUND)
     if isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
-        return exception_handler(too_large(), context)
+        return too_large()
     if isinstance(exc, exceptions.ValidationError):
         field, message = _first_problem(exc.detail)
         text = f"{field}: {message}" if field else message
-        return error_response("invalid", text, status.HTTP_400_BAD_REQUEST,
-                              field=field or None, fields=exc.detail)
+        return Refusal("invalid", text, status.HTTP_400_BAD_REQUEST, field=field or None, fields=exc.detail)
     if isinstance(exc, exceptions.Throttled):
-        return error_response("throttled", str(exc.detail), exc.status_code, retry_after=exc.wait)
+        return Refusal("throttled", str(exc.detail), exc.status_code, retry_after=exc.wait)
+    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        return Refusal(exc.default_code, str(exc.detail), status.HTTP_401_UNAUTHORIZED, www_authenticate=True)
     if isinstance(exc, exceptions.APIException):
         code = exc.default_code if isinstance(exc.default_code, str) else "error"
-        response = error_response(code, str(exc.detail), exc.status_code)
-        if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-            response.status_code = status.HTTP_401_UNAUTHORIZED
-            response["WWW-Authenticate"] = 'Bearer realm="api"'
-        return response
+        return Refusal(code, str(exc.detail), exc.status_code)
     logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
-    return error_response("internal_error", "Internal server error.",
-                          status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return Refusal("internal_error", "Internal server error.", status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF's exception handler (settings.REST_FRAMEWORK) for the project's
+    own APIs; aigen's views under /api/ai/ render the same mapping through
+    aigen.edge.errors."""
+    err = app_error(exc, context)
+    response = error_response(err.code, err.message, err.status, retry_after=err.retry_after, **err.extra)
+    if getattr(err, "www_authenticate", False):
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
 
 
 @csrf_exempt  # the view it hands over to does its own CSRF check (DRF: session requests)

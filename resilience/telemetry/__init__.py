@@ -14,7 +14,8 @@ views, the admin, the dashboard and management commands read through
 the few per-call counts the advisor's rules need that rollups do not.
 
 Who may import it: the calls floor (the client records here) and every floor
-above. It imports the storage floor; it reads the client only for the shared
-breakers' state (`selectors.breaker_status`, `metrics.BreakerCollector`, the
-layer contract's one named exception, to move into the client).
+above. It imports the storage floor, never the client: the shared breakers'
+state it shows (`selectors.breaker_status`, `metrics.BreakerCollector`) is
+read from the cache floor (resilience.cache.breakers), where the client's
+breakers keep it.
 """

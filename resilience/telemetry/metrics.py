@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 
 from resilience.cache import default_cache
+from resilience.cache.breakers import breaker_name, breaker_status_of
 from resilience.cache.ops import cache_stats
 from resilience.conf import resilience_settings
 from resilience.signals import breaker_state_changed, call_completed
@@ -166,8 +167,7 @@ class BreakerCollector:
     def collect(self) -> Iterator[Metric]:
         # Imported at scrape time, not for a circle: this module loads before the
         # app registry is ready (project.door, project.asgi_handler import it) and
-        # both of these reach the models.
-        from resilience.client.breaker import SharedBreaker, breaker_name
+        # the models cannot load before it.
         from resilience.models import Upstream
 
         state = GaugeMetricFamily("resilience_breaker_state", "Circuit breaker state: 0 closed, "
@@ -186,11 +186,11 @@ class BreakerCollector:
         for name, fail_max, reset_timeout, endpoint, enabled in rows:
             if name not in seen:
                 seen.add(name)
-                status = SharedBreaker.status_of(name, fail_max=fail_max, reset_timeout=reset_timeout)
+                status = breaker_status_of(name, fail_max=fail_max, reset_timeout=reset_timeout)
                 state.add_metric([name], BREAKER_STATE_VALUES.get(status["state"], 0))
                 failures.add_metric([name], status["failures"] or 0)
             if endpoint and enabled:
-                status = SharedBreaker.status_of(breaker_name(name, endpoint), fail_max=fail_max,
+                status = breaker_status_of(breaker_name(name, endpoint), fail_max=fail_max,
                                                  reset_timeout=reset_timeout)
                 endpoints.add_metric([name, endpoint], BREAKER_STATE_VALUES.get(status["state"], 0))
         yield state

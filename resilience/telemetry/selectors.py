@@ -19,7 +19,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from resilience.client.breaker import CLOSED, HALF_OPEN, OPEN, SharedBreaker, breaker_name
+from resilience.cache.breakers import CLOSED, HALF_OPEN, OPEN, breaker_name, breaker_status_of
 from resilience.models import (
     FAILED_OUTCOMES,
     BreakerEvent,
@@ -58,8 +58,8 @@ def breaker_status(upstream: Upstream) -> dict[str, Any]:
               "probe_interval": upstream.breaker_probe_interval}
     endpoints = [e.name for e in upstream.endpoints.all() if e.enabled]
     if not endpoints:
-        return SharedBreaker.status_of(upstream.name, **limits)
-    each = [SharedBreaker.status_of(breaker_name(upstream.name, name), **limits) for name in endpoints]
+        return breaker_status_of(upstream.name, **limits)
+    each = [breaker_status_of(breaker_name(upstream.name, name), **limits) for name in endpoints]
     opened = [status for status in each if status["state"] == OPEN]
     if len(opened) == len(each):
         first = min(opened, key=lambda status: status["retry_after"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from resilience.cache.breakers import BreakerClock
 from resilience.cache.engine import Engine
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
@@ -51,6 +52,7 @@ class Clock:
 def breaker_clock(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(SharedBreaker, "clock", staticmethod(clock))
+    monkeypatch.setattr(BreakerClock, "now", staticmethod(clock))  # the state readers' clock
     return clock
 
 

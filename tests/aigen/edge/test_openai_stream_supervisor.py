@@ -11,17 +11,15 @@ import httpx2
 import openai
 import pytest
 from asgiref.sync import async_to_sync
-from django.contrib.auth import get_user_model
 from prometheus_client import REGISTRY
 
-from aigen.edge import openai as openai_views
-from aigen.edge.tokens import token_issue, users
+from aigen.edge.tokens import token_issue
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
 from resilience.client.stream import prefill_refusers
 from resilience.models import CallLog, Endpoint, MinuteRollup, Upstream
 from resilience.telemetry.calllog import call_log_flush
-from tests.support.fake_openai import CONTENT_PREFIX, MODEL_ID, Behaviour, FakeOpenAI
+from tests.support.fake_openai import CONTENT_PREFIX, MODEL_ID, Behaviour
 from tests.support.fake_upstream import CUT, FakeUpstream, Reply
 
 MODEL = "gpt-gateway"
@@ -37,36 +35,11 @@ SLACK_TIMER = 2.0
 
 
 @pytest.fixture
-def providers():
-    with FakeOpenAI() as primary, FakeOpenAI() as fallback:
-        yield primary, fallback
-
-
-@pytest.fixture
-def gateway(transactional_db, providers, settings):
+def gateway(transactional_db, llm_gateway):
     """An `llm` upstream: priority strategy, the primary then a fallback that
     names the model its own way; stream timers of 2 s (`timers()` shortens them)."""
-    settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_PRIMARY_KEY": "sk-primary",
-                                                              "UPSTREAM_FALLBACK_KEY": "sk-fallback"}}
-    settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
-    primary, fallback = providers
-    row = Upstream(name="llm", base_url=primary.url, served_models=[MODEL, CUT_MODEL],
-                   endpoint_strategy="priority", auth_kind="bearer", auth_env_var="UPSTREAM_PRIMARY_KEY",
-                   connect_timeout=0.5, read_timeout=5, deadline=10, retry_total=2, retry_backoff_factor=0,
-                   retry_jitter=0, retry_statuses=[429, 500, 502, 503, 504], retry_methods=["POST"],
-                   retry_after_max=30, breaker_fail_max=3, log_sample_rate=1.0,
-                   first_token_timeout=SLACK_TIMER, stream_idle_timeout=SLACK_TIMER, stream_max_seconds=30,
-                   pool_size=300)
-    row.full_clean()
-    row.save()
-    Endpoint.objects.create(upstream=row, name="primary", base_url=primary.url, priority=0)
-    Endpoint.objects.create(upstream=row, name="fallback", base_url=fallback.url, priority=1,
-                            auth_env_var="UPSTREAM_FALLBACK_KEY", model="fallback-model")
-    reset_clients()
-    openai_views.models.clear()
-    users.clear()
-    user = get_user_model().objects.create_user("caller")
-    return token_issue(user=user)
+    return llm_gateway([MODEL, CUT_MODEL], first_token_timeout=SLACK_TIMER, stream_idle_timeout=SLACK_TIMER,
+                       stream_max_seconds=30, pool_size=300)
 
 
 def timers(**fields) -> None:

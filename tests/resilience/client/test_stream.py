@@ -14,7 +14,7 @@ from aigen.generation.providers import OpenAIProvider, Prompt
 from resilience import upstream
 from resilience.client.breaker import SharedBreaker
 from resilience.client.openai_wire import OPENAI_CHAT
-from resilience.client.stream import MAX_EVENT_BYTES, SSEReader
+from resilience.client.stream import MAX_EVENT_BYTES, SSEReader, json_object, refusal_says
 from resilience.models import CallLog, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_openai import MODEL_ID, Behaviour, FakeOpenAI
@@ -110,3 +110,18 @@ def test_the_operations_api_shows_the_stream_timers(make_upstream):
         "first_token_timeout": 4.0, "stream_idle_timeout": 3.0, "stream_max_seconds": 120.0}
     detail = client.get("/api/resilience/upstreams/api").json()["upstream"]
     assert detail["stream_idle_timeout"] == 3.0
+
+
+@pytest.mark.parametrize("data, parsed", [
+    (b'{"a": 1}', {"a": 1}), (b"[1, 2]", None), (b'"text"', None), (b"not json", None), (b"", None),
+])
+def test_a_codec_reads_a_json_object_or_nothing(data, parsed):
+    assert json_object(data) == parsed
+
+
+def test_a_prefill_refusal_is_a_400_or_422_naming_one_of_the_words():
+    words = ("prefill", "assistant")
+    assert refusal_says(400, b'{"error": {"message": "Assistant PREFILL not supported"}}', words)
+    assert refusal_says(422, b"prefill", words)
+    assert not refusal_says(500, b"prefill", words)
+    assert not refusal_says(400, b"max_tokens too large", words)
