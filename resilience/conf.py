@@ -98,6 +98,13 @@ DEFAULTS: dict[str, Any] = {
     "ACCOUNT_BACKOFF_MAX": 300.0,
     # ...and a call to the token server times out after this many seconds.
     "ACCOUNT_TOKEN_TIMEOUT": 10.0,
+    # Endpoint limits (resilience.client.quota): the window an endpoint's
+    # rpm_limit and tpm_limit count over (60: per minute; tests shorten it)...
+    "QUOTA_WINDOW_SECONDS": 60.0,
+    # ...the completion tokens a call reserves when its body names no max_tokens...
+    "QUOTA_DEFAULT_MAX_TOKENS": 1024,
+    # ...and the longest a waiting call sleeps between looks at the room.
+    "QUOTA_POLL_MAX": 0.5,
 }
 
 
