@@ -55,7 +55,8 @@ def admitted(pool: Pool, choice: Choice, ticket: Ticket, *, deadline: float,
     """Room for the next attempt: (the choice, possibly moved to another endpoint, and its
     reservation), or `NoRoom` once the deadline (monotonic) leaves no time to wait. `movable`
     False keeps the call on its endpoint (a stream's continuation pinned there)."""
-    window = float(resilience_settings.QUOTA_WINDOW_SECONDS)
+    # Counted from admission, held a margin longer: the provider counts from the request's arrival.
+    window = float(resilience_settings.QUOTA_WINDOW_SECONDS) + float(resilience_settings.QUOTA_MARGIN_SECONDS)
     began = time.monotonic()
     try:
         while True:

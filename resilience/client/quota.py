@@ -9,8 +9,9 @@ State, with Redis (`Quota.admit`, one server-side Lua script per admission, regi
 `register_script`: nothing is read, changed and written back from Python):
 
 - `quota:<upstream>:<endpoint>:log`: a sorted set of the reservations in the window (`QUOTA_WINDOW_SECONDS`,
-  60), scored by the Redis clock in milliseconds: the window's requests are counted exactly (a sliding
-  log, never a fixed minute: at most `rpm_limit` in *any* window);
+  60, plus `QUOTA_MARGIN_SECONDS`: a request arrives a little after its admission, and the provider
+  counts arrivals), scored by the Redis clock in milliseconds: the window's requests are counted
+  exactly (a sliding log, never a fixed minute: at most `rpm_limit` in *any* window);
 - `...:tok`: each reservation's tokens (its prompt estimate plus `max_tokens`, corrected from the
   answer's usage); `...:st`: their sum, the running totals and what the provider last announced.
   Entries leave with the window (the script drops them as it passes; the keys expire when idle), so a
