@@ -129,7 +129,7 @@ def settled(held: Reservation | None, member: Member, response: Any, *, stream: 
     """Tell the endpoint's quota what an answer taught (its headers, a 429, its usage)."""
     quota = member.quota
     headers = response.headers
-    if response.status_code == 429:
+    if response.status_code == 429 and quota.active:  # else the pool's cooldown is the answer, as before
         asked = headers.get("Retry-After", "")
         quota.refused(held, float(asked) if asked.strip().isdigit() else None)
     if not quota.active and "x-ratelimit-remaining-requests" not in headers \

@@ -5,8 +5,16 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from resilience.cache import reset_engines
-from resilience.client.quota import Quota, Reservation, duration_seconds, local_reset, tokens_needed, usage_tokens
+from resilience.client.quota import (
+    Quota,
+    Reservation,
+    duration_seconds,
+    local_reset,
+    tokens_needed,
+    usage_tokens,
+)
 
 WINDOW = 0.3
 

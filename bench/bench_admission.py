@@ -1,0 +1,113 @@
+"""The admission path's cost, side by side in one run, with the quota state on Redis
+(BENCH_REDIS_URL, else local memory):
+
+- a whole call through the client against a local nginx (or the Python fake) to an endpoint with
+  `rpm_limit` and `tpm_limit` set (high enough never to wait: the admission script's round trip,
+  the reservation, the correction riding on the next call) vs the same endpoint without limits,
+  in paired rounds; the difference per call is what admission adds (target: under 0.3 ms);
+- the admission script alone (`Quota.admit`), for scale.
+
+Benchmarks run at the `low` admission priority, as batch work does.
+"""
+from __future__ import annotations
+
+import os
+
+from bench.common import Nginx, compare, django_setup, fmt_time, paired_ratio, table, verdict
+
+TARGET_MS = 0.3
+BODY = {"model": "m", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+
+
+def _upstream(name: str, url: str, *, limited: bool) -> None:
+    from resilience.models import Endpoint, Upstream
+
+    row, _ = Upstream.objects.update_or_create(name=name, defaults={
+        "base_url": url, "retry_total": 0, "breaker_fail_max": 5, "pool_size": 8, "connect_timeout": 1,
+        "read_timeout": 5, "deadline": 10, "log_sample_rate": 0.01})
+    Endpoint.objects.filter(upstream=row).delete()
+    limits = {"rpm_limit": 10**9, "tpm_limit": 10**12} if limited else {}
+    Endpoint.objects.create(upstream=row, name="e0", base_url=url, **limits)
+
+
+def main() -> None:
+    django_setup()
+    from django.test import override_settings
+
+    from resilience.cache import reset_engines
+    from resilience.client import reset_clients
+    from resilience.client.context import priority_bound
+    from resilience.telemetry.calllog import call_log_discard
+    from tests.support.fake_upstream import FakeUpstream
+
+    location, store = _store_location(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    fake = FakeUpstream().start()
+    nginx = Nginx().start() if Nginx.available() else None
+    target = nginx.url if nginx is not None else fake.url
+    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": location,
+                          "KEY_PREFIX": "rslbench-admission"}}
+    with override_settings(CACHES=caches), priority_bound("low"):
+        reset_engines()
+        reset_clients()
+        rows, added = _call_rows(target)
+        script = _script_row()
+        call_log_discard()
+    reset_engines()
+    reset_clients()
+    fake.stop()
+    if nginx is not None:
+        nginx.stop()
+    against = "nginx" if nginx is not None else "Python fake"
+    table(f"A whole call against {against}: limits on vs off, paired rounds (quota state on {store})",
+          ("endpoint", "per call", "ratio", "added per call", "target"), rows)
+    table("The admission script alone", ("operation", "per call"), [script])
+    print(f"\nadded by admission: {added * 1000:.3f} ms per call ({verdict(added * 1000 <= TARGET_MS)})")
+
+
+def _call_rows(target: str) -> tuple[list[tuple[object, ...]], float]:
+    from resilience import upstream
+
+    _upstream("bench-open", target, limited=False)
+    _upstream("bench-limited", target, limited=True)
+    open_client, limited_client = upstream("bench-open"), upstream("bench-limited")
+    assert limited_client.policy and limited_client.endpoint_names() == ("e0",)
+
+    def off() -> None:
+        open_client.post("/v1/chat/completions", json=BODY).close()
+
+    def on() -> None:
+        limited_client.post("/v1/chat/completions", json=BODY).close()
+
+    ratio, mine, base = paired_ratio(on, off, n=200, rounds=21, warmup=200)
+    added = mine - base
+    rows = [("no limits", fmt_time(base), "1.00", "-", "-"),
+            ("rpm_limit + tpm_limit", fmt_time(mine), f"{ratio:.3f}", fmt_time(added),
+             f"< {TARGET_MS} ms: {verdict(added * 1000 <= TARGET_MS)}")]
+    return rows, added
+
+
+def _script_row() -> tuple[object, ...]:
+    from resilience.client.quota import Quota, call_id
+
+    quota = Quota("bench-script", "e0", rpm=10**9, tpm=10**12)
+
+    def admit() -> None:
+        quota.admit(tokens=20, waiter=call_id(), reservation=call_id(), rank=2, window=60.1)
+
+    seconds = compare({"admit": admit}, n=500, rounds=5)["admit"]
+    return ("Quota.admit (one EVALSHA)", fmt_time(seconds))
+
+
+def _store_location(redis_url: str) -> tuple[str, str]:
+    """(cache LOCATION, its name): Redis when it answers, else local memory."""
+    import redis as redis_lib
+
+    try:
+        redis_lib.Redis.from_url(redis_url, socket_timeout=0.5).ping()
+    except redis_lib.RedisError:
+        return "", "local memory"
+    return redis_url, "Redis"
+
+
+if __name__ == "__main__":
+    main()
