@@ -312,7 +312,8 @@ RESILIENCE = {
     # Endpoint limits: the window rpm_limit and tpm_limit count over (seconds), the completion
     # tokens a call reserves when it names no max_tokens.
     "QUOTA_WINDOW_SECONDS": env.float("QUOTA_WINDOW_SECONDS", default=60.0),
-    "QUOTA_MARGIN_SECONDS": env.float("QUOTA_MARGIN_SECONDS", default=0.1),
+    "QUOTA_MARGIN_SECONDS": env.float("QUOTA_MARGIN_SECONDS", default=0.25),
+    "QUOTA_SLICES": env.int("QUOTA_SLICES", default=10),
     "QUOTA_DEFAULT_MAX_TOKENS": env.int("QUOTA_DEFAULT_MAX_TOKENS", default=1024),
 }
 

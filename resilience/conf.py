@@ -103,7 +103,9 @@ DEFAULTS: dict[str, Any] = {
     "QUOTA_WINDOW_SECONDS": 60.0,
     # ...plus this margin: a request reaches the provider a little after it is
     # admitted, and the provider counts arrivals (the longest such delay)...
-    "QUOTA_MARGIN_SECONDS": 0.1,
+    "QUOTA_MARGIN_SECONDS": 0.25,
+    # ...each tenth of it (1: no spreading) holding a tenth of the limit...
+    "QUOTA_SLICES": 10,
     # ...the completion tokens a call reserves when its body names no max_tokens...
     "QUOTA_DEFAULT_MAX_TOKENS": 1024,
     # ...and the longest a waiting call sleeps between looks at the room.

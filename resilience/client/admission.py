@@ -57,6 +57,7 @@ def admitted(pool: Pool, choice: Choice, ticket: Ticket, *, deadline: float,
     False keeps the call on its endpoint (a stream's continuation pinned there)."""
     # Counted from admission, held a margin longer: the provider counts from the request's arrival.
     window = float(resilience_settings.QUOTA_WINDOW_SECONDS) + float(resilience_settings.QUOTA_MARGIN_SECONDS)
+    slices = int(resilience_settings.QUOTA_SLICES)
     began = time.monotonic()
     try:
         while True:
@@ -71,7 +72,7 @@ def admitted(pool: Pool, choice: Choice, ticket: Ticket, *, deadline: float,
                 continue
             ticket.reservations += 1
             grant: Grant = yield Admit(quota, ticket.tokens if quota.counts_tokens else 0, ticket.id,
-                                       f"{ticket.id}.{ticket.reservations}", ticket.rank, window)
+                                       f"{ticket.id}.{ticket.reservations}", ticket.rank, window, slices)
             now = time.monotonic()
             if grant.admitted:
                 _observe(ticket, now - began)

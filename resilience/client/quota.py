@@ -22,6 +22,12 @@ State, with Redis (`Quota.admit`, one server-side Lua script per admission, regi
   one. A waiter looks again at least every `QUOTA_POLL_MAX` seconds (`seen`); one not seen for
   `STALE_WAITER` seconds (its worker died) is dropped from the head of the queue.
 
+Requests are also spread over the window: each `window / QUOTA_SLICES` holds at most
+`ceil(rpm_limit / QUOTA_SLICES)` (providers quantize their limits the same way: 60 a minute may be
+enforced as one a second). Under saturation room then frees a little at a time, all through the
+window, rather than all at once when a burst leaves it: a high-priority caller waits a slice, not a
+window.
+
 Corrections (the answer's usage, the provider's headers) wait in the process and ride on its next
 admission's script: the hot path costs one round trip per call, never two. Until they are applied
 the room is counted on the estimate, which is never less than what the provider was asked for.
@@ -35,6 +41,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json as json_module
+import math
 import os
 import re
 import threading
@@ -123,6 +130,17 @@ if rpm > 0 and count + ahead >= rpm then
     local e = redis.call('ZRANGE', log, nth, nth, 'WITHSCORES')
     if #e > 0 then wait = math.max(wait, tonumber(e[2]) + window - now) end
   end
+end
+local slices = tonumber(ARGV[11 + 5 * tonumber(ARGV[9])])
+if rpm > 0 and slices > 1 then
+  local slice = window / slices
+  local per = math.ceil(rpm / slices)
+  local recent = redis.call('ZCOUNT', log, '(' .. (now - slice), '+inf')
+  if recent >= per then
+    local e = redis.call('ZRANGE', log, count - recent, count - recent, 'WITHSCORES')
+    if #e > 0 then wait = math.max(wait, tonumber(e[2]) + slice - now) end
+  end
+  if ahead > 0 then wait = math.max(wait, math.floor(slice * ahead / per)) end
 end
 if tpm > 0 and tokens > 0 and tokens + need > tpm then
   local e = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
@@ -261,15 +279,17 @@ class Quota:
         return bool(self.tpm or self.learned)
 
     # -- admission -----------------------------------------------------------------------------
-    def admit(self, *, tokens: int, waiter: str, reservation: str, rank: int, window: float) -> Grant:
-        """Reserve one request and `tokens` now, or say how long to wait (see the module docstring)."""
+    def admit(self, *, tokens: int, waiter: str, reservation: str, rank: int, window: float,
+              slices: int = 1) -> Grant:
+        """Reserve one request and `tokens` now, or say how long to wait (see the module docstring).
+        `slices` > 1 also holds each `window / slices` to `ceil(rpm / slices)` requests."""
         with self._lock:
             pending, self._pending = self._pending, []
         args = [int(window * 1000), self.rpm, self.tpm, tokens, reservation, waiter, rank,
                 int(STALE_WAITER * 1000), len(pending)]
         for update in pending:
             args.extend(update)
-        args.append(EXPIRE_BATCH)
+        args.extend((EXPIRE_BATCH, max(1, slices)))
         store = default_cache()
         engine = getattr(store, "engine", None)
         answer: Any = NOT_SERVED
@@ -410,6 +430,14 @@ class _LocalQuota:
             nth = min(len(log) - 1, len(log) - int(rpm) + ahead)
             if nth >= 0:
                 wait = max(wait, log[nth][0] + window - now)
+        slices = args[10 + 5 * count_updates]
+        if rpm and slices > 1:
+            slice_ms, per = window / slices, math.ceil(rpm / slices)
+            recent = [entry for entry in log if entry[0] > now - slice_ms]
+            if len(recent) >= per:
+                wait = max(wait, recent[0][0] + slice_ms - now)
+            if ahead:
+                wait = max(wait, slice_ms * ahead // per)
         tokens = st.get("tokens", 0)
         if tpm and tokens > 0 and tokens + need > tpm and log:
             wait = max(wait, log[0][0] + window - now)

@@ -69,10 +69,11 @@ class Admit:
     reservation: str
     rank: int
     window: float
+    slices: int = 1
 
     def run(self) -> Grant:
         return self.quota.admit(tokens=self.tokens, waiter=self.waiter, reservation=self.reservation,
-                                rank=self.rank, window=self.window)
+                                rank=self.rank, window=self.window, slices=self.slices)
 
 
 @dataclass(frozen=True, slots=True)
