@@ -52,6 +52,7 @@ from typing import Any
 
 from resilience.cache import default_cache
 from resilience.cache.engine import NOT_SERVED
+from resilience.client.context import PRIORITIES
 
 #: Seconds a waiter may go unseen before the queue drops it (its worker died).
 STALE_WAITER = 3.0
@@ -172,10 +173,18 @@ end
 redis.call('HINCRBY', st, 'nreq', 1)
 redis.call('PEXPIRE', log, window * 2)
 redis.call('PEXPIRE', st, 86400000)
+local waits = KEYS[6]
+redis.call('HINCRBY', waits, rank .. ':n', 1)
 if mine then
   redis.call('ZREM', queue, me)
   redis.call('HDEL', seen, me)
+  local waited = now - (tonumber(mine) - rank * 1e13)
+  redis.call('HINCRBY', waits, rank .. ':ms', waited)
+  if waited > tonumber(redis.call('HGET', waits, rank .. ':max') or '0') then
+    redis.call('HSET', waits, rank .. ':max', waited)
+  end
 end
+redis.call('PEXPIRE', waits, 3600000)
 return {1, nreq + 1, ntok + need}
 """
 
@@ -267,6 +276,7 @@ class Quota:
         self.keys = (f"{base}:log", f"{base}:tok", f"{base}:st", f"quota:{upstream}:queue",
                      f"quota:{upstream}:seen")
         self.learned = False
+        self._made: dict[int, list[str]] = {}  # the keys as the cache client names them
         self._lock = threading.Lock()
         self._pending: list[tuple[str, str, float, float, float]] = []
 
@@ -296,7 +306,7 @@ class Quota:
         if engine is not None:
             answer = engine.on_redis(lambda redis: self._run(redis, args))
         if answer is NOT_SERVED:
-            answer = local_store(self.keys).admit(args)
+            answer = local_store(self.keys, self.upstream).admit(args)
         admitted, first, second = (int(part) for part in answer)
         if admitted:
             return Grant(True, requests=first, tokens=second)
@@ -304,8 +314,11 @@ class Quota:
 
     def _run(self, redis: Any, args: list[Any]) -> Any:
         client = redis.client.get_client(write=True)
-        keys = [str(redis.client.make_key(key)) for key in self.keys]
-        return _script(client)(keys=keys, args=args, client=client)
+        made = self._made.get(id(client))
+        if made is None:
+            made = self._made[id(client)] = [str(redis.client.make_key(key)) for key in self.keys]
+        waits = str(redis.client.make_key(waits_key(self.upstream, int(time.time() // 60))))
+        return _script(client)(keys=[*made, waits], args=args, client=client)
 
     def leave(self, waiter: str) -> None:
         """Take `waiter` out of the queue (it gave up at its deadline)."""
@@ -320,7 +333,7 @@ class Quota:
             pipe.execute()
 
         if engine is None or engine.on_redis(on_redis) is NOT_SERVED:
-            local_store(self.keys).leave(waiter)
+            local_store(self.keys, self.upstream).leave(waiter)
 
     # -- what answers teach ----------------------------------------------------------------------
     def settle(self, held: Reservation | None, *, headers: Any, content: bytes | None) -> None:
@@ -358,6 +371,54 @@ class Quota:
         self.learned = True
 
 
+def waits_key(upstream: str, minute: int) -> str:
+    """The hash of one minute's admissions and waits by priority rank (`<rank>:n`, `:ms`, `:max`)."""
+    return f"quota:{upstream}:waits:{minute}"
+
+
+def admission_state(upstream: str, *, minutes: int = 5) -> dict[str, Any]:
+    """What the upstream's admission looks like now, for displays: the callers waiting for room by
+    priority, and over the last `minutes` the calls admitted to limited endpoints, their mean and
+    longest wait by priority. Shared while Redis serves; else this process's."""
+    queue = f"quota:{upstream}:queue"
+    now = int(time.time() // 60)
+    buckets = [waits_key(upstream, now - i) for i in range(minutes)]
+    store = default_cache()
+    engine = getattr(store, "engine", None)
+
+    def on_redis(redis: Any) -> Any:
+        client = redis.client.get_client(write=False)
+        pipe = client.pipeline(transaction=False)
+        for rank in range(len(PRIORITIES)):
+            pipe.zcount(str(redis.client.make_key(queue)), rank * 1e13, f"({(rank + 1) * 1e13}")
+        for key in buckets:
+            pipe.hgetall(str(redis.client.make_key(key)))
+        return pipe.execute()
+
+    read = engine.on_redis(on_redis) if engine is not None else NOT_SERVED
+    if read is NOT_SERVED:
+        state = _local.get(queue) or _LocalState()
+        waiting = [sum(1 for score, _ in state.queue if rank * 1e13 <= score < (rank + 1) * 1e13)
+                   for rank in range(len(PRIORITIES))]
+        read = [*waiting, *[state.waits.get(key, {}) for key in buckets]]
+    totals: dict[str, float] = {}
+    for fields in read[len(PRIORITIES):]:
+        for field, value in fields.items():
+            name = field.decode() if isinstance(field, bytes) else field
+            if name.endswith(":max"):
+                totals[name] = max(totals.get(name, 0.0), float(value))
+            else:
+                totals[name] = totals.get(name, 0.0) + float(value)
+    out: dict[str, Any] = {"window_minutes": minutes, "priorities": {}}
+    for rank, priority in enumerate(PRIORITIES):
+        admitted = int(totals.get(f"{rank}:n", 0))
+        out["priorities"][priority] = {
+            "waiting": int(read[rank]), "admitted": admitted,
+            "mean_wait_s": round(totals.get(f"{rank}:ms", 0.0) / admitted / 1000, 3) if admitted else 0.0,
+            "max_wait_s": round(totals.get(f"{rank}:max", 0.0) / 1000, 3)}
+    return out
+
+
 def _number(value: Any) -> int | None:
     try:
         return int(float(value))
@@ -388,6 +449,7 @@ class _LocalState:
         self.st: dict[str, dict[str, float]] = {}
         self.queue: list[tuple[float, str]] = []
         self.seen: dict[str, int] = {}
+        self.waits: dict[str, dict[str, float]] = {}  # waits_key -> its fields, as on Redis
 
 
 _local: dict[str, _LocalState] = {}
@@ -395,8 +457,8 @@ _local_lock = threading.Lock()
 
 
 class _LocalQuota:
-    def __init__(self, state: _LocalState, endpoint_key: str) -> None:
-        self.state, self.key = state, endpoint_key
+    def __init__(self, state: _LocalState, endpoint_key: str, upstream: str) -> None:
+        self.state, self.key, self.upstream = state, endpoint_key, upstream
 
     def leave(self, waiter: str) -> None:
         with self.state.lock:
@@ -457,8 +519,17 @@ class _LocalQuota:
             st["tokens"] = tokens + need
             st["ntok"] = st.get("ntok", 0) + need
         st["nreq"] = st.get("nreq", 0) + 1
+        minute = int(time.time() // 60)
+        upstream = self.upstream
+        for old in [k for k in state.waits if int(k.rsplit(":", 1)[1]) < minute - 60]:
+            del state.waits[old]
+        waits = state.waits.setdefault(waits_key(upstream, minute), {})
+        waits[f"{rank}:n"] = waits.get(f"{rank}:n", 0) + 1
         if mine is not None:
             self.leave_locked(me)
+            waited = now - (mine - rank * 1e13)
+            waits[f"{rank}:ms"] = waits.get(f"{rank}:ms", 0) + waited
+            waits[f"{rank}:max"] = max(waits.get(f"{rank}:max", 0), waited)
         return 1, int(st["nreq"]), int(st.get("ntok", 0))
 
     def leave_locked(self, waiter: str) -> None:
@@ -481,13 +552,13 @@ class _LocalQuota:
                 st["l" + kind] = c
 
 
-def local_store(keys: tuple[str, ...]) -> _LocalQuota:
+def local_store(keys: tuple[str, ...], upstream: str) -> _LocalQuota:
     """The process-memory quota for an endpoint's `keys` (its upstream's queue shared)."""
     with _local_lock:
         state = _local.get(keys[3])
         if state is None:
             state = _local[keys[3]] = _LocalState()
-    return _LocalQuota(state, keys[0])
+    return _LocalQuota(state, keys[0], upstream)
 
 
 def local_reset() -> None:

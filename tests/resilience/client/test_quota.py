@@ -131,3 +131,17 @@ def test_every_worker_shares_one_quota_through_redis_and_none_without(store):
     else:
         local_reset()  # a process of its own: a fresh memory, a whole limit again
         assert admit(quota, "d").admitted
+
+
+def test_the_admission_state_counts_waiters_and_waits_by_priority(store):
+    from resilience.client.quota import admission_state
+
+    quota = Quota("up", "e0", rpm=1, tpm=None)
+    assert admit(quota, "first", rank=0).admitted
+    assert not admit(quota, "late", rank=2).admitted
+    state = admission_state("up")["priorities"]
+    assert (state["high"]["admitted"], state["low"]["waiting"]) == (1, 1)
+    time.sleep(WINDOW + 0.01)
+    assert admit(quota, "late", rank=2).admitted
+    low = admission_state("up")["priorities"]["low"]
+    assert low["waiting"] == 0 and low["admitted"] == 1 and low["max_wait_s"] >= WINDOW
