@@ -67,8 +67,6 @@ local window = tonumber(ARGV[1])
 local rpm, tpm, need = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local res, me, rank, stale = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local i = 10
-local counted = {req = tonumber(redis.call('HGET', st, 'nreq') or '0'),
-                 tok = tonumber(redis.call('HGET', st, 'ntok') or '0')}
 for _ = 1, tonumber(ARGV[9]) do
   local kind, id = ARGV[i], ARGV[i + 1]
   local a, b, c = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
@@ -82,7 +80,8 @@ for _ = 1, tonumber(ARGV[9]) do
   else
     local since = tonumber(redis.call('HGET', st, 'c' .. kind) or '-1')
     local untl = tonumber(redis.call('HGET', st, 'u' .. kind) or '0')
-    local at = id == 'now' and counted[kind] or tonumber(id)
+    local at = tonumber(id)
+    if id == 'now' then at = tonumber(redis.call('HGET', st, 'n' .. kind) or '0') end
     if at >= since or untl <= now then
       redis.call('HSET', st, 'r' .. kind, a, 'c' .. kind, at, 'u' .. kind, now + b)
     end
@@ -100,16 +99,15 @@ if #old > 0 then
   redis.call('ZREM', log, unpack(old))
   if gone > 0 then redis.call('HINCRBY', st, 'tokens', -gone) end
 end
-while true do
-  local head = redis.call('ZRANGE', queue, 0, 0)
-  if #head == 0 then break end
-  if tonumber(redis.call('HGET', seen, head[1]) or '0') >= now - stale then break end
+local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+while #head > 0 and tonumber(redis.call('HGET', seen, head[1]) or '0') < now - stale do
   redis.call('ZREM', queue, head[1])
   redis.call('HDEL', seen, head[1])
+  head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
 end
-local mine = redis.call('ZSCORE', queue, me)
+local mine = false
+if #head > 0 then mine = redis.call('ZSCORE', queue, me) end
 local score = mine and tonumber(mine) or rank * 1e13 + now
-local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
 local behind = #head > 0 and head[1] ~= me and tonumber(head[2]) < score
 local s = redis.call('HMGET', st, 'tokens', 'nreq', 'ntok', 'lreq', 'ltok', 'rreq', 'creq', 'ureq',
                      'rtok', 'ctok', 'utok')

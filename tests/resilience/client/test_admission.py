@@ -26,7 +26,9 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
 def on_redis(settings, redis_url):
     settings.CACHES = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
                                    "KEY_PREFIX": f"adm-{time.monotonic_ns()}"}}
-    settings.RESILIENCE = {**settings.RESILIENCE, "QUOTA_WINDOW_SECONDS": WINDOW, "QUOTA_POLL_MAX": 0.05}
+    # The whole window at once (no slices): these tests count calls per window.
+    settings.RESILIENCE = {**settings.RESILIENCE, "QUOTA_WINDOW_SECONDS": WINDOW, "QUOTA_POLL_MAX": 0.05,
+                           "QUOTA_SLICES": 1}
     reset_engines()
     local_reset()
     yield

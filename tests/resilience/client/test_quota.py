@@ -65,6 +65,19 @@ def test_no_more_requests_than_the_limit_in_any_window(store):
     assert admit(quota, "c3").admitted
 
 
+def test_slices_spread_the_requests_over_the_window(store):
+    quota = Quota("up", "e0", rpm=10, tpm=None)
+
+    def sliced(name):
+        return quota.admit(tokens=0, waiter=name, reservation=name, rank=1, window=WINDOW, slices=5)
+
+    assert [sliced(f"c{i}").admitted for i in range(3)] == [True, True, False]
+    refused = sliced("c2")
+    assert 0 < refused.wait <= WINDOW / 5 + 0.01  # a slice, not the window
+    time.sleep(refused.wait + 0.01)
+    assert sliced("c2").admitted
+
+
 def test_tokens_are_reserved_then_corrected_from_the_answers_usage(store):
     quota = Quota("up", "e0", rpm=None, tpm=100)
     grant = quota.admit(tokens=80, waiter="a", reservation="r1", rank=1, window=WINDOW)
