@@ -58,7 +58,8 @@ from resilience.exceptions import AppError
 from resilience.telemetry.slow import slow_expected
 
 #: The UpstreamError codes that mean "no endpoint could take the call": Anthropic's 529.
-_OVERLOADED = {"breaker_open", "bulkhead_full", "pool_exhausted", "upstream_disabled"}
+_OVERLOADED = {"breaker_open", "bulkhead_full", "pool_exhausted", "upstream_disabled",
+               "endpoint_limits_reached"}
 _KINDS = frozenset(translate.ERROR_TYPES.values())
 
 
