@@ -12,7 +12,8 @@ until room is due (at most `QUOTA_POLL_MAX` between looks), for at most its dead
 (503 with Retry-After; nothing was sent, the breaker is not told).
 
 After the answer `settled()` hands the quota what the answer taught: the provider's
-`x-ratelimit-*` headers, a 429, the tokens the call really cost (its usage).
+`x-ratelimit-*` headers, a 429, the tokens the call really cost (its usage; a supervised
+stream's final usage when it closes).
 Wait per priority and the callers waiting are metrics (resilience.telemetry.metrics).
 Used by resilience.client.attempt only.
 """
@@ -25,7 +26,7 @@ from typing import Any
 from resilience import exceptions as errors
 from resilience.client.context import PRIORITIES, current_priority
 from resilience.client.endpoints import Choice, Member, Pool
-from resilience.client.quota import Grant, Reservation, call_id, tokens_needed
+from resilience.client.quota import Grant, Reservation, call_id, tokens_needed, usage_total
 from resilience.client.spec import RequestSpec
 from resilience.client.steps import Admit, Command, Sleep
 from resilience.conf import resilience_settings
@@ -138,3 +139,12 @@ def settled(held: Reservation | None, member: Member, response: Any, *, stream: 
         return
     content = None if stream or response.status_code >= 400 else response.content
     quota.settle(held, headers=headers, content=content)
+    if stream and held is not None and held.tokens and response.status_code < 400:
+        response.when_closed(lambda: _stream_used(held, response))
+
+
+def _stream_used(held: Reservation, response: Any) -> None:
+    """A supervised stream's final usage corrects its reservation (else the estimate stands)."""
+    used = usage_total(response.stream_usage)
+    if used is not None:
+        held.quota.used(held, used)

@@ -231,6 +231,11 @@ def usage_tokens(content: bytes) -> int | None:
         usage = json_module.loads(content).get("usage")
     except (ValueError, AttributeError):
         return None
+    return usage_total(usage)
+
+
+def usage_total(usage: Any) -> int | None:
+    """The tokens a `usage` object counts (OpenAI's total, or Anthropic's input plus output)."""
     if not isinstance(usage, dict):
         return None
     total = usage.get("total_tokens")
@@ -360,6 +365,12 @@ class Quota:
         if updates:
             with self._lock:
                 self._pending.extend(updates)
+
+    def used(self, held: Reservation, tokens: int) -> None:
+        """The call really cost `tokens` (a stream's final usage), applied at the next admission."""
+        if tokens != held.tokens:
+            with self._lock:
+                self._pending.append(("used", held.id, tokens, 0, 0))
 
     def refused(self, held: Reservation | None, retry_after: float | None) -> None:
         """The provider answered 429: nothing is left until `retry_after` (else a second)."""

@@ -130,3 +130,25 @@ def test_waiting_calls_are_served_high_first_then_normal_then_low(db, on_redis, 
         thread.join()
     assert order == ["high", "normal", "low", "low"]
     assert providers[0].refused == 0
+
+
+def test_a_streams_final_usage_corrects_its_token_reservation(db, on_redis, providers):
+    roomy = providers[1]  # a provider that allows these six: only the token limit counts
+    make([roomy], deadline=0.3, limits=((None, 200),))
+    client = upstream("llm")
+    client.load()
+    body = {**BODY, "max_tokens": 40, "stream": True, "stream_options": {"include_usage": True}}
+
+    async def streams(count: int) -> list[str]:
+        texts = []
+        for _ in range(count):
+            stream = await client.astream("/v1/chat/completions", json=body)
+            try:
+                texts.append("".join([event.text async for event in stream]))
+            finally:
+                await stream.aclose()
+        return texts
+
+    # Each reserves its estimate (about 60 tokens): four would not fit in 200 on estimates alone.
+    assert len(asyncio.run(streams(6))) == 6
+    assert roomy.chat_calls == 6
