@@ -528,18 +528,21 @@ class _LocalQuota:
             st["tokens"] = tokens + need
             st["ntok"] = st.get("ntok", 0) + need
         st["nreq"] = st.get("nreq", 0) + 1
-        minute = int(time.time() // 60)
-        upstream = self.upstream
-        for old in [k for k in state.waits if int(k.rsplit(":", 1)[1]) < minute - 60]:
-            del state.waits[old]
-        waits = state.waits.setdefault(waits_key(upstream, minute), {})
-        waits[f"{rank}:n"] = waits.get(f"{rank}:n", 0) + 1
+        self._count(rank, None if mine is None else now - (mine - rank * 1e13))
         if mine is not None:
             self.leave_locked(me)
-            waited = now - (mine - rank * 1e13)
+        return 1, int(st["nreq"]), int(st.get("ntok", 0))
+
+    def _count(self, rank: int, waited: float | None) -> None:
+        """One admission (and its wait, when it waited) in this minute's counts, an hour kept."""
+        state, minute = self.state, int(time.time() // 60)
+        for old in [k for k in state.waits if int(k.rsplit(":", 1)[1]) < minute - 60]:
+            del state.waits[old]
+        waits = state.waits.setdefault(waits_key(self.upstream, minute), {})
+        waits[f"{rank}:n"] = waits.get(f"{rank}:n", 0) + 1
+        if waited is not None:
             waits[f"{rank}:ms"] = waits.get(f"{rank}:ms", 0) + waited
             waits[f"{rank}:max"] = max(waits.get(f"{rank}:max", 0), waited)
-        return 1, int(st["nreq"]), int(st.get("ntok", 0))
 
     def leave_locked(self, waiter: str) -> None:
         self.state.queue = [entry for entry in self.state.queue if entry[1] != waiter]
