@@ -40,8 +40,9 @@ class Ticket:
 
     def __init__(self, spec: RequestSpec, body: dict[str, Any] | None) -> None:
         self.id = call_id()
-        self.priority = current_priority.get()
-        self.rank = PRIORITIES.index(self.priority) if self.priority in PRIORITIES else 1
+        priority = current_priority.get()
+        self.priority = priority if priority in PRIORITIES else "normal"  # a metric label: the three only
+        self.rank = PRIORITIES.index(self.priority)
         self.tokens = tokens_needed(body, spec.data if spec.json is None else None,
                                     resilience_settings.QUOTA_DEFAULT_MAX_TOKENS)
         self.reservations = 0
