@@ -158,3 +158,13 @@ def test_the_admission_state_counts_waiters_and_waits_by_priority(store):
     assert admit(quota, "late", rank=2).admitted
     low = admission_state("up")["priorities"]["low"]
     assert low["waiting"] == 0 and low["admitted"] == 1 and low["max_wait_s"] >= WINDOW
+
+
+def test_a_reservation_never_settled_leaves_with_its_window(store):
+    # Its worker was killed mid-call: no correction ever comes, the window frees the room anyway.
+    quota = Quota("up", "e0", rpm=None, tpm=100)
+    assert admit(quota, "killed", tokens=90).admitted
+    refused = admit(quota, "next", tokens=90)
+    assert not refused.admitted and refused.wait <= WINDOW + 0.01
+    time.sleep(refused.wait + 0.01)
+    assert admit(quota, "next", tokens=90).admitted
