@@ -309,6 +309,12 @@ RESILIENCE = {
     "PROBE_HISTORY_KEEP": env.int("PROBE_HISTORY_KEEP", default=500),
     # /readyz is "degraded" when a due job waited this long (no worker takes jobs); 0: off.
     "JOBS_STALL_SECONDS": env.float("JOBS_STALL_SECONDS", default=300.0),
+    # Endpoint limits: the window rpm_limit and tpm_limit count over (seconds), the completion
+    # tokens a call reserves when it names no max_tokens.
+    "QUOTA_WINDOW_SECONDS": env.float("QUOTA_WINDOW_SECONDS", default=60.0),
+    "QUOTA_MARGIN_SECONDS": env.float("QUOTA_MARGIN_SECONDS", default=0.25),
+    "QUOTA_SLICES": env.int("QUOTA_SLICES", default=10),
+    "QUOTA_DEFAULT_MAX_TOKENS": env.int("QUOTA_DEFAULT_MAX_TOKENS", default=1024),
 }
 
 # The advisor (resilience.advisor.conf): suggestion kinds applied without a person (none by default).

@@ -62,7 +62,7 @@ class EndpointInline(admin.TabularInline):
         return formset
     # Accounts (credential kind, token URL, refresh token) are set on the endpoint's own page.
     fields = ("name", "base_url", "auth_env_var", "weight", "priority", "enabled", "model", "pool_size",
-              "wire_format")
+              "wire_format", "rpm_limit", "tpm_limit")
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
@@ -73,8 +73,8 @@ class EndpointAdmin(SimpleHistoryAdmin):
 
     form = EndpointForm
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model", "wire_format", "breaker",
-                    "account_status")
+    list_display = ("__str__", "base_url", "weight", "priority", "enabled", "model", "wire_format",
+                    "rpm_limit", "tpm_limit", "breaker", "account_status")
     list_select_related = ("upstream",)
     readonly_fields = ("account_status",)
 

@@ -98,6 +98,18 @@ DEFAULTS: dict[str, Any] = {
     "ACCOUNT_BACKOFF_MAX": 300.0,
     # ...and a call to the token server times out after this many seconds.
     "ACCOUNT_TOKEN_TIMEOUT": 10.0,
+    # Endpoint limits (resilience.client.quota): the window an endpoint's
+    # rpm_limit and tpm_limit count over (60: per minute; tests shorten it)...
+    "QUOTA_WINDOW_SECONDS": 60.0,
+    # ...plus this margin: a request reaches the provider a little after it is
+    # admitted, and the provider counts arrivals (the longest such delay)...
+    "QUOTA_MARGIN_SECONDS": 0.25,
+    # ...each tenth of it (1: no spreading) holding a tenth of the limit...
+    "QUOTA_SLICES": 10,
+    # ...the completion tokens a call reserves when its body names no max_tokens...
+    "QUOTA_DEFAULT_MAX_TOKENS": 1024,
+    # ...and the longest a waiting call sleeps between looks at the room.
+    "QUOTA_POLL_MAX": 0.5,
 }
 
 

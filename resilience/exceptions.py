@@ -116,6 +116,14 @@ class BulkheadFull(LocalCapacityExhausted):
     code = "bulkhead_full"
 
 
+class NoRoom(LocalCapacityExhausted):
+    """No endpoint had room (its rpm/tpm limit, or what the provider said is
+    left) before the call's deadline: it waited in the priority queue and
+    nothing was sent. `retry_after` is when room is likely."""
+
+    code = "endpoint_limits_reached"
+
+
 class PoolExhausted(LocalCapacityExhausted):
     """No pooled connection came free before the call's deadline."""
 

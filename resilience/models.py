@@ -372,6 +372,16 @@ class Endpoint(models.Model):
         "required for client credentials, optional for refresh-token accounts."))
     scope = models.CharField(max_length=500, blank=True, help_text="OAuth2 scope asked for (optional).")
 
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)],
+                                            help_text=(
+        "Requests per minute this endpoint's account allows (empty: unlimited, or what the provider's "
+        "x-ratelimit headers announce). Calls past it wait for room by priority, up to their deadline."))
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)],
+                                            help_text=(
+        "Tokens per minute this endpoint's account allows (empty: unlimited, or what the provider "
+        "announces). A call reserves its prompt estimate plus max_tokens, corrected from the answer's "
+        "usage."))
+
     history = HistoricalRecords()
 
     class Meta:

@@ -55,7 +55,8 @@ ANTHROPIC = "anthropic"
 #: OpenAI's error type per status, where it is not `invalid_request_error` / `server_error`.
 OPENAI_KINDS = {401: "invalid_request_error", 403: "invalid_request_error", 429: "requests"}
 #: The UpstreamError codes that mean "no endpoint could take the call": Anthropic's 529.
-OVERLOADED = frozenset({"breaker_open", "bulkhead_full", "pool_exhausted", "upstream_disabled"})
+OVERLOADED = frozenset({"breaker_open", "bulkhead_full", "pool_exhausted", "upstream_disabled",
+                        "endpoint_limits_reached"})
 _ANTHROPIC_KINDS = frozenset(translate.ERROR_TYPES.values())
 
 __all__ = ["ANTHROPIC", "OPENAI", "OURS", "ProviderAnswered", "Refusal", "api_exception_handler",

@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from aigen.exceptions import GenerationError, InvalidInput
 from aigen.generation.request import GenerationRequest
 from aigen.generation.services import text_generate
-from resilience.client.context import caller_bound
+from resilience.client.context import caller_bound, priority_bound
 from resilience.exceptions import AppError
 from resilience.jobs import job, job_enqueue
 from resilience.jobs.models import Job
@@ -41,7 +41,9 @@ def generation_job(*, template_id: str, section_id: str, data: Any, use_cache: b
                    user_id: int | None = None) -> dict[str, Any]:
     """Generate one section; returns generate's response body."""
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
-    with caller_bound(user_id):  # its upstream calls are the owner's (call logs)
+    # Its upstream calls are the owner's (call logs), at the `low` admission priority: queued
+    # jobs and warmups are drained at the rate limited endpoints have left after interactive calls.
+    with caller_bound(user_id), priority_bound("low"):
         result = text_generate(template_id=template_id, section_id=section_id, data=data,
                                use_cache=use_cache, user=user)
     return {"success": True, **result.as_dict()}

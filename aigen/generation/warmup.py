@@ -9,6 +9,9 @@ builds one request per section from the template's sample data;
 runs; `warmup_batch_counts(batch)` is its progress (jobs by status) and
 `warmup_batch_summary(batch)` its outcome once no job is left to run.
 
+Warmup's upstream calls run at the `low` admission priority (queued jobs too: aigen.generation.tasks),
+so on limited endpoints they take the room interactive callers leave.
+
 On failure: a request that fails (bad data, provider error) is counted and
 reported, never raised, so one bad entry does not stop the rest; an unreadable
 file or an unknown template raises `WarmupError`. Queued, an entry whose
@@ -34,6 +37,7 @@ from aigen.generation.records import generation_records_flush
 from aigen.generation.registry import get_registry
 from aigen.generation.services import text_generate
 from aigen.generation.tasks import GENERATE_JOB, generation_job_args
+from resilience.client.context import priority_bound
 from resilience.exceptions import AppError
 from resilience.jobs import job_enqueue
 from resilience.jobs.models import Job
@@ -125,8 +129,9 @@ def warmup_requests_for_template(template_id: str) -> list[WarmupItem]:
 
 def _run_one(item: WarmupItem, force: bool, in_worker: bool) -> WarmupOutcome:
     try:
-        result = text_generate(template_id=item.template_id, section_id=item.section_id, data=item.data,
-                               use_cache=not force)
+        with priority_bound("low"):  # batch work: interactive callers get freed room first
+            result = text_generate(template_id=item.template_id, section_id=item.section_id, data=item.data,
+                                   use_cache=not force)
     except GenerationError as err:
         return WarmupOutcome(item, "failed", error=f"{err.code}: {err.message}")
     except Exception as err:  # report and go on with the others

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from resilience import exceptions as errors
+from resilience.client.admission import Ticket, admitted, settled
 from resilience.client.credentials import Credentials
 from resilience.client.endpoints import Choice, Member, Pool, Unavailable
 from resilience.client.failures import (
@@ -28,6 +29,7 @@ from resilience.client.failures import (
 )
 from resilience.client.live import Built
 from resilience.client.policy import Discipline, Trace
+from resilience.client.quota import Reservation
 from resilience.client.record import Result
 from resilience.client.responses import CacheEntry, CallMeta
 from resilience.client.spec import RequestSpec
@@ -107,6 +109,11 @@ class Attempt:
     release: Callable[[], None] | None = None
     began: float = 0.0
     sent_at: float = 0.0
+    #: Its place in admission (limited endpoints only) and the room the next attempt holds.
+    pinned: bool = False  # `only` named its endpoint: admission never moves it
+    ticket: Ticket | None = None
+    held: Reservation | None = None
+    admitted: bool = False
 
     @property
     def member(self) -> Member:
@@ -190,7 +197,10 @@ class Attempts:
         if isinstance(choice, Unavailable):
             return self._unavailable(choice, pool, stale, spec, from_entry)
         attempt = Attempt(spec, from_entry, stale, stream, choice,
-                          Trace(deadline=time.monotonic() + policy.deadline))
+                          Trace(deadline=time.monotonic() + policy.deadline), pinned=bool(only))
+        refused = yield from self._admit(pool, attempt)  # before the bulkhead: a waiter holds no slot
+        if refused is not None:
+            return refused
         if bulkhead is not None:
             granted = yield Acquire(bulkhead, policy.bulkhead_wait)
             if not granted:
@@ -225,9 +235,32 @@ class Attempts:
         result = Result(Outcome.BREAKER_OPEN, breaker_state="open", error=failure.message)
         return self._stale_or(result, failure, stale, spec, from_entry)
 
+    def _admit(self, pool: Pool, attempt: Attempt) -> Generator[Command, Any, Answer | None]:
+        """Room on the attempt's endpoint when its quota is active (resilience.client.admission):
+        None once admitted (the choice may have moved), else the answer refusing the call."""
+        attempt.admitted = True
+        if not attempt.member.quota.active:
+            return None
+        if attempt.ticket is None:
+            attempt.ticket = Ticket(attempt.spec, _json_body(attempt.spec))
+        outcome = yield from admitted(pool, attempt.choice, attempt.ticket, deadline=attempt.trace.deadline,
+                                      movable=not attempt.pinned)
+        if isinstance(outcome, errors.NoRoom):
+            _release_probe(attempt.choice)
+            result = Result(Outcome.REJECTED, breaker_state=attempt.choice.state, error=outcome.message,
+                            attempts=max(1, len(attempt.trace.history)), retries=tuple(attempt.trace.history))
+            return self._stale_or(result, outcome, attempt.stale, attempt.spec, attempt.from_entry)
+        attempt.choice, attempt.held = outcome
+        return None
+
     def _attempt(self, built: Built, attempt: Attempt) -> Generator[Command, Any, Answer | Choice]:
         """Send one attempt (the transport may retry it on its endpoint, as
         the discipline says); its answer, or the choice for the next one."""
+        if not attempt.admitted:  # a failover: room on the next endpoint first
+            refused = yield from self._admit(built.pool, attempt)
+            if refused is not None:
+                return refused
+        attempt.admitted = False
         policy, pool, trace, member = built.policy, built.pool, attempt.trace, attempt.member
         attempt.tried += (member,)
         trace.endpoint = member.name
@@ -333,6 +366,8 @@ class Attempts:
         on, an unfixable one may go to the fallback model; else the answer."""
         policy, pool, trace, member = built.policy, built.pool, attempt.trace, attempt.member
         status = response.status_code
+        settled(attempt.held, member, response, stream=attempt.stream)
+        attempt.held = None
         verdict = unfixable_answer(status, response.content) if status == 400 else ""
         retryable = status in policy.retry_statuses and attempt.spec.method in policy.retry_methods
         retried = retryable and bool(trace.history) and not verdict  # never repeated as it is

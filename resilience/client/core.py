@@ -6,7 +6,7 @@ the attempt step (resilience.client.attempt: the endpoint and its breaker, the
 bulkhead, sending, error classification, failover to another endpoint and the
 stale fallback, on one `Attempt` value) and the record step
 (resilience.client.recorder). Where the steps need I/O they yield a command
-(resilience.client.steps: `Send`, `Sleep`, `Follow`, `Acquire`); `request()`
+(resilience.client.steps: `Send`, `Sleep`, `Follow`, `Acquire`, `Admit`); `request()`
 performs them with requests and threads, `arequest()` with httpx2 and the event
 loop, and both send the outcome back in. Everything else (what to cache, what
 counts against the breaker, what is logged) is decided once, in the steps.
@@ -51,6 +51,7 @@ from resilience.client.send import send
 from resilience.client.spec import RequestSpec
 from resilience.client.steps import (
     Acquire,
+    Admit,
     Answer,
     Blocking,
     Call,
@@ -204,6 +205,8 @@ class UpstreamClient:
         if isinstance(command, Follow):
             command.future.exception(timeout=command.timeout)  # TimeoutError when the wait runs out
             return None
+        if isinstance(command, Admit):
+            return command.run()
         if isinstance(command, Blocking):
             return command.work()
         time.sleep(command.seconds)
@@ -283,6 +286,10 @@ class UpstreamClient:
             if not command.future.done():
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(command.future)), command.timeout)
             return None
+        if isinstance(command, Admit):  # one Redis round trip: off the loop while Redis serves
+            if cache_is_shared(default_cache()):
+                return await asyncio.to_thread(command.run)
+            return command.run()
         if isinstance(command, Blocking):
             return await sync_to_async(command.work, thread_sensitive=False)()
         await asyncio.sleep(command.seconds)

@@ -18,7 +18,9 @@ attempt unanswered only when nothing else is left, one that had its burst of
 attempts never: `avoid` and `exclude`, from the call's steps in
 resilience.client.attempt); the first one that is available is taken. Unavailable means: its
 credential is missing, it is cooling down (it answered 429/503 with
-Retry-After), or its breaker refuses. Strategies:
+Retry-After), or its breaker refuses. An endpoint this process last found with no room
+(resilience.client.admission: its rpm/tpm limit, or what its provider said is left) comes only
+when no other can take the call. Strategies:
 
 - `weighted` (default): weighted random by `weight`;
 - `priority`: lowest `priority` first (the primary), then the fallbacks;
@@ -73,6 +75,7 @@ from resilience.client.asend import AsyncPool
 from resilience.client.breaker import CircuitOpen, SharedBreaker, breaker_name
 from resilience.client.credentials import Credentials, Kind
 from resilience.client.policy import Policy
+from resilience.client.quota import Quota
 from resilience.client.send import session_build
 from resilience.models import Endpoint
 from resilience.telemetry.selectors import upstream_stats
@@ -104,6 +107,9 @@ class EndpointSpec:
     wire_format: str = "openai"  # "anthropic": its credential goes as x-api-key
     #: An OAuth2 account (resilience.client.accounts) in place of the variable.
     account: AccountSpec | None = None
+    #: Requests and tokens per minute its account allows (None: unlimited; resilience.client.quota).
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
     @classmethod
     def implicit(cls, policy: Policy) -> EndpointSpec:
@@ -115,7 +121,7 @@ class EndpointSpec:
         if getattr(row, "is_account", False):
             account = AccountSpec.of(row, upstream or str(row.upstream_id))
         return cls(row.name, row.base_url.rstrip("/"), row.auth_env_var, row.weight, row.priority,
-                   row.model, row.pool_size, row.wire_format, account)
+                   row.model, row.pool_size, row.wire_format, account, row.rpm_limit, row.tpm_limit)
 
 
 def cooldown_key(upstream: str, endpoint: str) -> str:
@@ -125,8 +131,8 @@ def cooldown_key(upstream: str, endpoint: str) -> str:
 class Member:
     """One endpoint as built in this process (see the module docstring)."""
 
-    __slots__ = ("account", "apool", "base_url", "breaker", "cool_until", "credentials", "in_flight", "model",
-                 "name", "policy", "priority", "session", "spec", "weight")
+    __slots__ = ("account", "apool", "base_url", "breaker", "cool_until", "credentials", "full_until",
+                 "in_flight", "model", "name", "policy", "priority", "quota", "session", "spec", "weight")
 
     def __init__(self, policy: Policy, spec: EndpointSpec, breaker: SharedBreaker | None) -> None:
         self.spec = spec
@@ -150,6 +156,10 @@ class Member:
         self.breaker = breaker
         self.in_flight = 0  # this process's calls in flight (approximate under threads: a heuristic)
         self.cool_until = 0.0  # wall clock
+        # Its rpm/tpm room, shared across workers (resilience.client.quota), and until when
+        # (monotonic) this process last found it full: routing skips it meanwhile.
+        self.quota = Quota(policy.name, spec.name, rpm=spec.rpm_limit, tpm=spec.tpm_limit)
+        self.full_until = 0.0
 
     def credentials_now(self, budget: float | None = None) -> Credentials:
         """The credential, read again while it is still missing; an
@@ -374,7 +384,18 @@ class Pool:
 
     def _first_available(self, candidates: list[Member]) -> Choice | Unavailable:
         """The first of `candidates` in the strategy's order that can take an
-        attempt (see the module docstring)."""
+        attempt (see the module docstring); one this process last found with
+        no room (its rpm/tpm limit) only when no other can."""
+        moment = time.monotonic()
+        full = [m for m in candidates if m.full_until > moment]
+        if full and len(full) < len(candidates):
+            found = self._available([m for m in candidates if m.full_until <= moment])
+            if isinstance(found, Choice):
+                return found
+            candidates = sorted(full, key=lambda m: m.full_until)
+        return self._available(candidates)
+
+    def _available(self, candidates: list[Member]) -> Choice | Unavailable:
         now = self.clock()
         out: list[tuple[float, Member]] = []
         missing = None
@@ -542,7 +563,8 @@ def snapshot(upstream: Any, *, window_seconds: int = 300) -> dict[str, Any]:
             "name": spec.name, "base_url": spec.base_url,
             "auth_env_var": spec.auth_env_var or upstream.auth_env_var,
             "enabled": enabled, "weight": spec.weight, "priority": spec.priority, "model": spec.model,
-            "pool_size": spec.pool_size, "state": breaker["state"] if enabled else "disabled",
+            "pool_size": spec.pool_size, "rpm_limit": spec.rpm_limit, "tpm_limit": spec.tpm_limit,
+            "state": breaker["state"] if enabled else "disabled",
             "failures": breaker["failures"], "retry_after": breaker["retry_after"],
             "cooling_for": round(until - now, 3) if until > now else 0.0,
             "score": None if score is None else round(score, 4),

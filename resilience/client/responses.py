@@ -82,12 +82,16 @@ class _CallResponse:
     a reader that saw the stream break (resilience.client.stream) sets
     `stream_failure` before closing, and the endpoint's breaker, score and
     call-log row then count the attempt as failed; `stream_counts` (event
-    name -> count) go into the row's rollup signals and the metrics."""
+    name -> count) go into the row's rollup signals and the metrics;
+    `stream_usage` (a clean answer's usage) corrects the endpoint's token
+    reservation (resilience.client.admission)."""
 
     meta: CallMeta = FRESH
     _on_close: list[Callable[[], None]] | None = None
     stream_failure: Any = None
     stream_counts: dict[str, int] | None = None
+    #: The answer's usage as the stream supervisor read it (its last event), for the quota.
+    stream_usage: dict[str, Any] | None = None
 
     @property
     def from_cache(self) -> bool:

@@ -1,7 +1,7 @@
 """What the resilient client's steps exchange: the I/O commands they yield and the values a call ends as.
 
 The steps (resilience.client.attempt, resilience.client.cached) are generators: where they need I/O
-they yield a command (`Send`, `Sleep`, `Follow`, `Acquire`) that the sync or async face of
+they yield a command (`Send`, `Sleep`, `Follow`, `Acquire`, `Admit`) that the sync or async face of
 `UpstreamClient` performs and sends back (a failure is thrown back in). A call ends as an `Answer`:
 a `Result` (what the call-log row says), the caller's response and the error to raise. Only values
 and pure helpers live here: nothing in this module does I/O or fails on its own.
@@ -22,6 +22,7 @@ from resilience.client.bulkhead import Bulkhead
 from resilience.client.credentials import Credentials
 from resilience.client.endpoints import Member
 from resilience.client.policy import Trace
+from resilience.client.quota import Grant, Quota
 from resilience.client.record import Result
 from resilience.client.responses import AsyncUpstreamResponse, CacheEntry, CallMeta, UpstreamResponse
 from resilience.client.spec import RequestSpec
@@ -58,6 +59,24 @@ class Acquire:
 
 
 @dataclass(frozen=True, slots=True)
+class Admit:
+    """Reserve room on an endpoint's quota (one Redis round trip; resilience.client.admission),
+    or learn how long to wait: the face performs `quota.admit(...)` and sends back its `Grant`."""
+
+    quota: Quota
+    tokens: int
+    waiter: str
+    reservation: str
+    rank: int
+    window: float
+    slices: int = 1
+
+    def run(self) -> Grant:
+        return self.quota.admit(tokens=self.tokens, waiter=self.waiter, reservation=self.reservation,
+                                rank=self.rank, window=self.window, slices=self.slices)
+
+
+@dataclass(frozen=True, slots=True)
 class Blocking:
     """Run `work` (database, token server): in the caller's thread on the
     sync face, in a worker thread on the async one (never on the loop)."""
@@ -65,7 +84,7 @@ class Blocking:
     work: Callable[[], Any]
 
 
-Command = Send | Sleep | Follow | Acquire | Blocking
+Command = Send | Sleep | Follow | Acquire | Admit | Blocking
 Steps = Generator[Command, Any, "Answer"]
 #: Builds the face's response from a cache entry.
 FromEntry = Callable[[CacheEntry, RequestSpec, CallMeta], Any]

@@ -301,6 +301,8 @@ class SupervisedStream:
             return
         response.stream_failure = failure
         response.stream_counts = self._attempt_counts
+        if failure is None:
+            response.stream_usage = self.usage
         await response.aclose()
 
     # -- reading ------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ from its store.
 
 The file is JSON: `{"upstream": NAME, "accounts": [{"name", "base_url",
 "token_url", "client_id", "refresh_token", "kind"?, "weight"?, "priority"?,
-"model"?, "client_secret_env"?, "scope"?, "enabled"?, "pool_size"?}, ...]}`.
+"model"?, "client_secret_env"?, "scope"?, "enabled"?, "pool_size"?, "rpm_limit"?,
+"tpm_limit"?}, ...]}`.
 Endpoints are created or updated by name (each save keeps its history, with
 the reason "endpoints_import"); refresh tokens are sealed
 (resilience.client.sealing) and never printed. Every entry is validated
@@ -41,7 +42,8 @@ KINDS = {"oauth2_refresh", "oauth2_client", "env"}
 FIELDS = {"name": "name", "base_url": "base_url", "token_url": "token_url", "client_id": "client_id",
           "kind": "credential_kind", "weight": "weight", "priority": "priority", "model": "model",
           "client_secret_env": "client_secret_env", "scope": "scope", "enabled": "enabled",
-          "pool_size": "pool_size", "auth_env_var": "auth_env_var"}
+          "pool_size": "pool_size", "auth_env_var": "auth_env_var", "rpm_limit": "rpm_limit",
+          "tpm_limit": "tpm_limit"}
 
 
 @dataclass(frozen=True, slots=True)

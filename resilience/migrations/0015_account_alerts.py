@@ -25,7 +25,7 @@ def default_rules_create(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('resilience', '0013_accounts'),
+        ('resilience', '0014_endpoint_limits'),
     ]
 
     operations = [

@@ -28,6 +28,7 @@ from resilience.advisor.panels import advisor_panels
 from resilience.alerts.services import alerts_firing
 from resilience.cache.ops import cache_stats
 from resilience.client.accounts import accounts_summary
+from resilience.client.quota import admission_state
 from resilience.jobs.selectors import upstream_health
 from resilience.models import Upstream
 from resilience.ops.permissions import DASHBOARD_READ
@@ -106,6 +107,18 @@ def _cache_display(stats: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _admission(row: Upstream) -> dict[str, Any]:
+    """An upstream with endpoint limits: its admission state (callers waiting for room and their
+    waits by priority, resilience.client.quota) and one line for people; nothing otherwise."""
+    if not any(e.rpm_limit or e.tpm_limit for e in row.endpoints.all()):
+        return {"admission": None, "admission_line": ""}
+    state = admission_state(row.name)
+    parts = [f"{name}: {p['waiting']} waiting, {p['admitted']} admitted, wait mean {p['mean_wait_s']:.2f} s "
+             f"max {p['max_wait_s']:.2f} s" for name, p in state["priorities"].items()]
+    line = f"last {state['window_minutes']} min \u2014 " + "; ".join(parts)
+    return {"admission": state, "admission_line": line}
+
+
 # -- selector ------------------------------------------------------------------------
 def dashboard_snapshot(*, now: Any = None) -> dict[str, Any]:
     """Everything the dashboard shows, JSON-ready: each upstream's policy
@@ -130,6 +143,7 @@ def dashboard_snapshot(*, now: Any = None) -> dict[str, Any]:
             "probe": probes.get(row.name),
             "display": _upstream_display(breaker, stats, probes.get(row.name)),
             "accounts": accounts_summary(row.endpoints.all()),  # one line; "" without accounts
+            **_admission(row),
         })
     cache = cache_stats()
     alerts = [{"rule": a.rule.name, "subject": a.subject, "severity": a.rule.severity,

@@ -230,6 +230,8 @@ class EndpointStateSerializer(serializers.Serializer):
     priority = serializers.IntegerField()
     model = serializers.CharField(help_text="Model name sent instead of the caller's (empty: none).")
     pool_size = serializers.IntegerField(allow_null=True)
+    rpm_limit = serializers.IntegerField(allow_null=True, help_text="Requests per minute (null: none set).")
+    tpm_limit = serializers.IntegerField(allow_null=True, help_text="Tokens per minute (null: none set).")
     state = serializers.CharField(help_text="Its breaker: closed, half-open, open or disabled.")
     failures = serializers.IntegerField()
     retry_after = serializers.FloatField(allow_null=True)

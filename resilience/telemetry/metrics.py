@@ -36,7 +36,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
@@ -91,6 +91,18 @@ BODIES_REFUSED = Counter(
 SEND_TIMEOUTS = Counter(
     "resilience_send_timeouts", "Responses closed because the client read nothing for SEND_TIMEOUT "
     "seconds (a parked stream; its upstream connection and bulkhead slot were released).")
+
+# Admission (resilience.client.admission): labelled by priority only (high, normal, low).
+ADMISSION_WAITING = Gauge(
+    "resilience_admission_waiting", "Calls waiting for endpoint room (rpm/tpm limits) now, by priority.",
+    ["priority"], multiprocess_mode="livesum")
+ADMISSION_WAIT_SECONDS = Histogram(
+    "resilience_admission_wait_seconds", "Seconds calls to limited endpoints waited for room, by priority "
+    "(0 for a call admitted at once).", ["priority"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+ADMISSION_REFUSED = Counter(
+    "resilience_admission_refused", "Calls that found no endpoint room before their deadline (503), by "
+    "priority.", ["priority"])
 
 
 # -- events --------------------------------------------------------------------------------------

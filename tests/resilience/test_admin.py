@@ -166,3 +166,26 @@ def test_recovery_and_fallback_model_fields_are_edited_with_history(staff_client
     assert latest.context_fallback_model == "gpt-long" and latest.history_change_reason == "bigger context"
     policy = upstream(row.name).policy  # reaches the client
     assert (policy.breaker_probe_interval, policy.context_fallback_model) == (0.5, "gpt-long")
+
+
+def test_endpoint_limits_are_edited_inline_with_history_and_reach_the_pool(staff_client, make_upstream):
+    from resilience.models import Endpoint
+
+    row = make_upstream()
+    change_url = reverse("admin:resilience_upstream_change", args=[row.pk])
+    data = page_data(staff_client.get(change_url))
+    data.update({"endpoints-TOTAL_FORMS": "1", "endpoints-0-name": "account",
+                 "endpoints-0-base_url": row.base_url, "endpoints-0-weight": "1", "endpoints-0-priority": "0",
+                 "endpoints-0-enabled": "on",
+                 "endpoints-0-rpm_limit": "0", "endpoints-0-tpm_limit": ""})
+    page = staff_client.post(change_url, data)
+    assert page.status_code == 200
+    assert "Ensure this value is greater than or equal to 1" in page.content.decode()
+    data["endpoints-0-rpm_limit"] = "300"
+    response = staff_client.post(change_url, data)
+    assert response.status_code == 302
+    endpoint = Endpoint.objects.get(upstream=row, name="account")
+    assert (endpoint.rpm_limit, endpoint.tpm_limit) == (300, None)
+    assert endpoint.history.latest().rpm_limit == 300
+    quota = upstream(row.name)._live.current().pool.members[0].quota
+    assert (quota.rpm, quota.tpm, quota.active) == (300, 0, True)

@@ -81,7 +81,9 @@
   function renderCard(card, u) {
     card.setAttribute("data-upstream", u.name);
     card.className = "rs-card state-" + u.display.state + (u.enabled ? "" : " rs-disabled");
-    fill(card, Object.assign({name: u.name, base_url: u.base_url, accounts: u.accounts || ""}, u.display));
+    fill(card, Object.assign({name: u.name, base_url: u.base_url, accounts: u.accounts || "",
+                              admission_line: u.admission_line || ""}, u.display));
+    card.querySelector("[data-row=admission]").hidden = !u.admission_line;
     card.querySelector(".rs-off").hidden = u.enabled;
     // The per-upstream page, relative to /dashboard/.
     card.querySelector("[data-link]").setAttribute("href", "upstreams/" + encodeURIComponent(u.name));

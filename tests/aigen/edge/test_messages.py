@@ -170,6 +170,24 @@ def test_every_endpoint_open_answers_529_overloaded_with_retry_after(gateway, pr
     assert int(raised.value.response.headers["retry-after"]) >= 1
 
 
+def test_no_endpoint_room_before_the_deadline_answers_529_overloaded_with_retry_after(gateway, providers):
+    Upstream.objects.filter(name="llm").update(deadline=0.5)
+    Endpoint.objects.update(rpm_limit=1)
+    reset_clients()
+
+    def create(client):
+        return client.messages.create(model=MODEL, max_tokens=8, messages=ask("x"))
+
+    sdk_run(gateway, create)
+    sdk_run(gateway, create)  # each endpoint's one request of the minute
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        sdk_run(gateway, create)
+    assert raised.value.status_code == 529
+    assert raised.value.body["error"]["type"] == "overloaded_error"
+    assert int(raised.value.response.headers["retry-after"]) >= 1
+    assert [p.chat_calls for p in providers] == [1, 1]
+
+
 def test_errors_come_in_anthropics_shape(gateway, providers, settings):
     primary, _ = providers
     with pytest.raises(anthropic.AuthenticationError) as raised:

@@ -95,3 +95,25 @@ def test_enqueue_options_are_checked(args, message):
     with pytest.raises(CommandError, match=message):
         _warmup(*args)
     assert not Job.objects.exists()
+
+
+def test_warmups_and_their_jobs_wait_for_endpoint_room_at_low_priority(worker_while_waiting, openai_fake,
+                                                                        openai_policy):
+    from prometheus_client import REGISTRY
+
+    from resilience.client import reset_clients
+    from resilience.models import Endpoint, Upstream
+
+    Endpoint.objects.create(upstream=Upstream.objects.get(name="openai"), name="account",
+                            base_url=openai_fake.url, rpm_limit=10_000)
+    reset_clients()
+
+    def admitted(priority: str) -> float:
+        count = REGISTRY.get_sample_value("resilience_admission_wait_seconds_count", {"priority": priority})
+        return count or 0
+
+    low, normal = admitted("low"), admitted("normal")
+    _warmup("--template", "emergency_plan", "--concurrency", "1")
+    _warmup("--template", "emergency_plan", "--enqueue", "--force")
+    assert admitted("low") - low == 10  # five in this process, five as jobs
+    assert admitted("normal") == normal

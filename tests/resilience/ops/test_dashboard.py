@@ -141,7 +141,7 @@ def test_data_endpoint_shape(staff_client, traffic):
     assert [u["name"] for u in body["upstreams"]] == ["payments", "search"]
     payments = body["upstreams"][0]
     assert set(payments) == {"name", "base_url", "description", "enabled", "breaker", "stats", "series",
-                             "probe", "display", "accounts"}
+                             "probe", "display", "accounts", "admission", "admission_line"}
     assert {"state", "failures", "fail_max", "retry_after"} <= set(payments["breaker"])
     assert {"calls", "errors", "error_rate", "p50_ms", "p95_ms", "p99_ms", "cache_hit_rate", "retries",
             "breaker_trips"} <= set(payments["stats"])
@@ -226,3 +226,22 @@ def test_each_card_shows_the_last_health_probe(staff_client, make_upstream):
     assert api["probe"]["healthy"] is False and api["display"]["probe"].startswith("unhealthy (503)")
     assert quiet["probe"] is None and quiet["display"]["probe"] == "not probed"
     assert '<dd data-field="probe">unhealthy (503)' in staff_client.get(PAGE).content.decode()
+
+
+def test_an_upstream_with_endpoint_limits_shows_its_admission_by_priority(staff_client, fake, make_upstream):
+    from resilience.client.context import priority_bound
+    from resilience.models import Endpoint
+
+    row = make_upstream("limited", retry_total=0)
+    Endpoint.objects.create(upstream=row, name="account", base_url=fake.url, rpm_limit=100)
+    make_upstream("open")
+    with priority_bound("low"):
+        upstream("limited").get("/ok")
+    upstream("limited").get("/ok")
+    data = staff_client.get(DATA).json()
+    limited = card(data, "limited")["admission"]["priorities"]
+    assert limited["low"]["admitted"] == 1 and limited["normal"]["admitted"] == 1
+    assert limited["high"] == {"waiting": 0, "admitted": 0, "mean_wait_s": 0.0, "max_wait_s": 0.0}
+    assert card(data, "open")["admission"] is None
+    page = staff_client.get(PAGE).content.decode()
+    assert "low: 0 waiting, 1 admitted" in page
