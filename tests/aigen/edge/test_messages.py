@@ -12,8 +12,9 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 
+from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
-from resilience.models import CallLog
+from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from tests.support.fake_openai import CONTENT_PREFIX, Behaviour
 from tests.support.fake_upstream import Reply
