@@ -42,16 +42,18 @@ from django.views.decorators.csrf import csrf_exempt
 
 from aigen.conf import aigen_settings
 from aigen.edge import openai as openai_views
-from aigen.edge.auth import request_authenticate, token_refused
+from aigen.edge.auth import caller_bind, request_authenticate, token_refused
+from aigen.edge.metering import answer_settle, caller_admit
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import atoken_user
 from aigen.edge.wire import DEFAULT_VERSION, MESSAGES_PATH, VERSION_HEADER, wire_formats
+from aigen.exceptions import QuotaExceeded
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
+from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
-from resilience.client.context import current_caller
 from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.stream import SupervisedStream
 from resilience.exceptions import AppError
@@ -108,7 +110,7 @@ class _Call:
                 if wait is not None:
                     return self.error(429, str(refusal.detail), retry_after=wait)
                 return self.error(401, "invalid x-api-key")
-            current_caller.set(user.pk)
+            caller_bind(user)
         else:
             try:
                 user = await request_authenticate(self.request)
@@ -199,7 +201,7 @@ async def _with_pings(events: AsyncIterator[Any], interval: float) -> AsyncItera
                 await pending
 
 
-def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> StreamingHttpResponse:
+def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spend) -> StreamingHttpResponse:
     writer = translate.AnthropicStreamWriter(model=model)
 
     async def events() -> AsyncIterator[bytes]:
@@ -225,6 +227,7 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> Streamin
             yield translate.sse("error", broke)
         finally:
             await stream.aclose()
+            await spend.asettle(stream.usage)
 
     answer = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
@@ -232,7 +235,7 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> Streamin
     return call.answered(answer)
 
 
-async def _relay(call: _Call, name: str) -> HttpResponse:
+async def _relay(call: _Call, name: str, spend: Spend) -> HttpResponse:
     """The call through the upstream's client (translated to OpenAI's format
     unless its endpoints speak Anthropic's), answered in Anthropic's shape."""
     wire = await wire_formats.get(name)
@@ -251,13 +254,14 @@ async def _relay(call: _Call, name: str) -> HttpResponse:
     try:
         if payload.get("stream"):
             stream = await client.astream(path, json=payload, codec=codec, headers=headers)
-            return _event_stream(call, stream, model)
+            return _event_stream(call, stream, model, spend)
         response = await client.arequest("POST", path, json=payload, cache=False, raise_for_status=False,
                                          headers=headers)
     except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
         return _provider_error(call, err.response)
     except errors.UpstreamError as err:
         return _failure(call, err)
+    await answer_settle(spend, response.status_code, response.content)
     if response.status_code >= 400:
         return _provider_error(call, response)
     try:
@@ -288,7 +292,21 @@ async def messages(request: HttpRequest) -> HttpResponse:
     name, missing = await call.upstream()
     if missing is not None:
         return missing
-    return await _relay(call, name or "")
+    body = call.body
+    try:
+        spend = await caller_admit(request, model=body["model"],
+                                   prompt=[body.get("system"), body.get("messages")],
+                                   max_tokens=body.get("max_tokens"))
+    except QuotaExceeded as err:
+        return call.error(429, err.message, kind="rate_limit_error", retry_after=err.retry_after)
+    try:
+        response = await _relay(call, name or "", spend)
+    except BaseException:
+        await spend.asettle(None, billed=False)  # no answer: the reservation is freed
+        raise
+    if not response.streaming:  # an error answered here: the reservation is freed
+        await spend.asettle(None, billed=False)
+    return response
 
 
 def count_estimate(body: dict[str, Any]) -> int:

@@ -46,8 +46,10 @@ from django.views.decorators.csrf import csrf_exempt
 from aigen.edge import wire
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OPENAI, Refusal, error_response, openai_body
+from aigen.edge.metering import answer_settle, caller_admit
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
+from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
 from resilience.client.openai_wire import OPENAI_CHAT
@@ -147,7 +149,7 @@ def _provider_error(response: Any) -> HttpResponse:
     return error_response(Refusal("provider_error", f"the provider answered {status}", status), shape=OPENAI)
 
 
-def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
+def _supervised(stream: SupervisedStream, spend: Spend) -> StreamingHttpResponse:
     """The supervised stream as OpenAI chunks (see the module docstring)."""
     async def chunks() -> AsyncIterator[bytes]:
         head: dict[str, Any] = {}
@@ -168,6 +170,7 @@ def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
             yield _stream_error(f"the stream broke: {type(err).__name__}")
         finally:
             await stream.aclose()
+            await spend.asettle(stream.usage)  # the provider served: billed, its usage when it sent one
 
     answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
@@ -205,12 +208,26 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         raise Refusal("model_not_found",
                       f"The model `{model}` does not exist or you do not have access to it.", 404,
                       param="model")
+    spend = await caller_admit(request, model=model, prompt=payload["messages"],
+                               max_tokens=payload.get("max_completion_tokens") or payload.get("max_tokens"))
+    try:
+        response = await _sent(payload, name, stream, spend)
+    except BaseException:
+        await spend.asettle(None, billed=False)  # no answer: the reservation is freed
+        raise
+    if not response.streaming:  # an error answered here: no provider usage, the reservation is freed
+        await spend.asettle(None, billed=False)
+    return response
+
+
+async def _sent(payload: dict[str, Any], name: str, stream: bool, spend: Spend) -> HttpResponse:
     if await wire.wire_formats.get(name) == "anthropic":  # translated there and back
-        return await wire.chat_via_anthropic(payload, name)
+        return await wire.chat_via_anthropic(payload, name, spend)
     client = upstream_client(name)
     if stream:
-        return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT))
+        return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT), spend)
     response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
+    await answer_settle(spend, response.status_code, response.content)
     if response.status_code >= 400:
         return _provider_error(response)
     return HttpResponse(response.content, status=response.status_code, content_type="application/json")

@@ -25,8 +25,10 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
+from aigen.edge.metering import answer_settle
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
+from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
 from resilience.client.openai_wire import OPENAI_CHAT
@@ -83,7 +85,7 @@ def _openai_error(status: int, message: str, *, code: str | None = None, param: 
     return response
 
 
-def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpResponse:
+def _openai_stream(stream: SupervisedStream, model: str, spend: Spend) -> StreamingHttpResponse:
     """The Anthropic stream, parsed into OpenAI chunks (anthropic_wire), as OpenAI's SSE."""
     async def chunks() -> AsyncIterator[bytes]:
         head: dict[str, Any] = {}
@@ -102,6 +104,7 @@ def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpRespons
             yield f"data: {json.dumps(body)}\n\n".encode()
         finally:
             await stream.aclose()
+            await spend.asettle(stream.usage)
 
     answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
@@ -120,7 +123,7 @@ def _openai_provider_error(response: Any) -> HttpResponse:
                                      retry_after=float(retry) if retry and retry.isdigit() else None)
 
 
-async def chat_via_anthropic(payload: dict[str, Any], name: str) -> HttpResponse:
+async def chat_via_anthropic(payload: dict[str, Any], name: str, spend: Spend) -> HttpResponse:
     """A chat-completions call to an upstream whose endpoints speak
     Anthropic's API: translated there and back, in OpenAI's shapes."""
     try:
@@ -133,13 +136,14 @@ async def chat_via_anthropic(payload: dict[str, Any], name: str) -> HttpResponse
         if body.get("stream"):
             stream = await client.astream(MESSAGES_PATH, json=body, codec=ANTHROPIC_MESSAGES,
                                           headers=headers)
-            return _openai_stream(stream, payload["model"])
+            return _openai_stream(stream, payload["model"], spend)
         response = await client.arequest("POST", MESSAGES_PATH, json=body, cache=False,
                                          raise_for_status=False, headers=headers)
     except errors.UpstreamHTTPError as err:
         return _openai_provider_error(err.response)
     except errors.UpstreamError as err:
         return _openai_error(err.status, err.message, code=err.code, retry_after=err.retry_after)
+    await answer_settle(spend, response.status_code, response.content)
     if response.status_code >= 400:
         return _openai_provider_error(response)
     try:
