@@ -1,0 +1,28 @@
+"""The caller's admission priority, bound where the caller is (aigen.edge.auth):
+the API token's, with a staff user's `normal` raised to `high`."""
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from aigen.edge.auth import caller_priority
+from aigen.edge.tokens import token_issue, token_user
+from aigen.models import ApiToken
+
+
+@pytest.mark.parametrize(("staff", "stored", "bound"), [
+    (False, "normal", "normal"), (False, "high", "high"), (False, "low", "low"),
+    (True, "normal", "high"), (True, "low", "low"), (True, "high", "high")])
+def test_the_tokens_priority_with_staff_raised_to_high(db, staff, stored, bound):
+    user = get_user_model().objects.create_user("u", is_staff=staff)
+    key = token_issue(user=user)
+    ApiToken.objects.filter(user=user).update(priority=stored)
+    assert caller_priority(token_user(key)) == bound
+
+
+def test_a_session_user_has_no_token_loaded_and_its_role_decides(db, django_assert_num_queries):
+    staff = get_user_model().objects.create_user("s", is_staff=True)
+    plain = get_user_model().objects.create_user("p")
+    with django_assert_num_queries(0):  # nothing looked up on the request path
+        assert caller_priority(staff) == "high"
+        assert caller_priority(plain) == "normal"
