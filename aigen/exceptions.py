@@ -106,3 +106,11 @@ class QuotaExceeded(AppError):
         super().__init__(message, type="requests" if code == "rate_limit_exceeded" else code)
         self.code = code
         self.retry_after = retry_after
+
+
+class CallerThrottled(QuotaExceeded):
+    """The door's own throttle (the generate rate), counted by the caller's
+    admission script; each door answers it as its throttle's 429."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("throttled", "Request was throttled.", retry_after=retry_after)

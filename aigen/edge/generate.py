@@ -37,10 +37,10 @@ from aigen.edge.api import (
 )
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OURS, Refusal, error_response, sse
-from aigen.edge.metering import caller_admit
+from aigen.edge.metering import caller_admit, caller_limited
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
-from aigen.exceptions import GenerationError
+from aigen.exceptions import CallerThrottled, GenerationError
 from aigen.generation.request import GenerationRequest
 from aigen.generation.services import GenerationResult, atext_generate, atext_generate_stream
 from aigen.generation.spend import Spend
@@ -129,19 +129,27 @@ async def generate(request: HttpRequest) -> HttpResponse:
         return error_response(err, shape=OURS, request=request)
 
 
+def _throttled(wait: float) -> Refusal:
+    return Refusal("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
+                   429, retry_after=wait)
+
+
 async def _generate(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         raise Refusal("method_not_allowed", f'Method "{request.method}" not allowed.', 405,
                       allow="POST, OPTIONS")
     request.user = await request_authenticate(request)
     throttle = GenerateThrottle()
-    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
-        wait = throttle.wait()
-        raise Refusal("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
-                      429, retry_after=wait)
+    # A caller with limits has the throttle counted by its admission below (one round trip).
+    if not caller_limited(request.user) and not await sync_to_async(throttle.allow_request)(request, None):
+        raise _throttled(throttle.wait())
     generation = GenerationRequest.from_body(body_json(request))
     kwargs = {**generation.job_args(), "user": request.user}
-    spend = await caller_admit(request, model=aigen_settings.MODEL, prompt=generation.data)
+    try:
+        spend = await caller_admit(request, model=aigen_settings.MODEL, prompt=generation.data,
+                                   throttle=throttle)
+    except CallerThrottled as err:
+        raise _throttled(err.retry_after or 0.0) from None
     try:
         if generation.stream:
             return _event_stream(await atext_generate_stream(**kwargs), spend)

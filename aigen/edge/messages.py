@@ -43,12 +43,12 @@ from django.views.decorators.csrf import csrf_exempt
 from aigen.conf import aigen_settings
 from aigen.edge import openai as openai_views
 from aigen.edge.auth import caller_bind, request_authenticate, token_refused
-from aigen.edge.metering import answer_settle, caller_admit
+from aigen.edge.metering import answer_settle, caller_admit, caller_limited
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import atoken_user
 from aigen.edge.wire import DEFAULT_VERSION, MESSAGES_PATH, VERSION_HEADER, wire_formats
-from aigen.exceptions import QuotaExceeded
+from aigen.exceptions import CallerThrottled, QuotaExceeded
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
 from aigen.generation.spend import Spend
@@ -95,6 +95,7 @@ class _Call:
         self.request = request
         self.version = request.headers.get(VERSION_HEADER, "")
         self.body: dict[str, Any] = {}
+        self.throttle = GenerateThrottle()
 
     def error(self, status: int, message: str, **kwargs: Any) -> JsonResponse:
         return anthropic_error_response(status, message, version=self.version, **kwargs)
@@ -117,10 +118,14 @@ class _Call:
             except AppError as refusal:  # 401, 403 or the failure throttle's 429
                 return self.error(refusal.status, refusal.message, retry_after=refusal.retry_after)
         self.request.user = user
-        throttle = GenerateThrottle()
-        if not await sync_to_async(throttle.allow_request)(self.request, None):  # a cache call: off the loop
-            return self.error(429, "Rate limit reached for the gateway.", retry_after=throttle.wait() or 1.0)
+        # A caller with limits has the throttle counted by its admission (one round trip).
+        allow = sync_to_async(self.throttle.allow_request)  # a cache call: off the loop
+        if not caller_limited(user) and not await allow(self.request, None):
+            return self.throttled(self.throttle.wait())
         return None
+
+    def throttled(self, wait: float) -> JsonResponse:
+        return self.error(429, "Rate limit reached for the gateway.", retry_after=wait or 1.0)
 
     def parsed(self) -> HttpResponse | None:
         """None when the body is a Messages request, else the 400/413/415."""
@@ -296,7 +301,9 @@ async def messages(request: HttpRequest) -> HttpResponse:
     try:
         spend = await caller_admit(request, model=body["model"],
                                    prompt=[body.get("system"), body.get("messages")],
-                                   max_tokens=body.get("max_tokens"))
+                                   max_tokens=body.get("max_tokens"), throttle=call.throttle)
+    except CallerThrottled as err:
+        return call.throttled(err.retry_after or 0.0)
     except QuotaExceeded as err:
         return call.error(429, err.message, kind="rate_limit_error", retry_after=err.retry_after)
     try:

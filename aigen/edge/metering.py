@@ -8,6 +8,11 @@ which each door renders in its own shape through its error renderer. The
 door settles the spend once: `answer_settle(spend, content)` with a JSON
 answer's `usage`, the stream's final usage when a stream ends, or
 `billed=False` when no answer came (the reservation is freed).
+
+The door's throttle (aigen.edge.throttling) is checked where it always was
+for a caller without limits; for a caller with limits (`caller_limited`) it
+is counted by the admission script (`caller_admit(throttle=...)`), so the
+door still makes one Redis round trip before the call.
 """
 from __future__ import annotations
 
@@ -16,18 +21,31 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import token_of
 from aigen.generation.quotas import CallerLimits
 from aigen.generation.spend import Spend, aspend_open, tokens_estimate
 
 
-async def caller_admit(request: HttpRequest, *, model: str, prompt: Any, max_tokens: Any = None) -> Spend:
-    """The authenticated caller's `Spend` for one call, or `QuotaExceeded`."""
+def caller_limited(user: Any) -> bool:
+    """Whether `user`'s API token has limits: its door's throttle is then
+    counted by its admission (`caller_admit(throttle=...)`), not before."""
+    return CallerLimits.of(token_of(user)) is not None
+
+
+async def caller_admit(request: HttpRequest, *, model: str, prompt: Any, max_tokens: Any = None,
+                       throttle: GenerateThrottle | None = None) -> Spend:
+    """The authenticated caller's `Spend` for one call, or `QuotaExceeded`
+    (`CallerThrottled` past the door's `throttle`, counted here for a limited
+    caller: one Redis round trip for both)."""
     user = request.user
     user_id = user.pk if getattr(user, "is_authenticated", False) else None
     limits = CallerLimits.of(token_of(user))
-    estimate = tokens_estimate(prompt, max_tokens=max_tokens) if limits is not None and limits.budget else 0
-    return await aspend_open(user_id=user_id, limits=limits, model=model, estimate=estimate)
+    if limits is None:
+        return await aspend_open(user_id=user_id, limits=None, model=model, estimate=0)
+    estimate = tokens_estimate(prompt, max_tokens=max_tokens) if limits.budget else 0
+    window = throttle.window(request) if throttle is not None else None
+    return await aspend_open(user_id=user_id, limits=limits, model=model, estimate=estimate, throttle=window)
 
 
 def body_usage(content: bytes) -> Any:

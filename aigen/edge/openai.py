@@ -46,9 +46,10 @@ from django.views.decorators.csrf import csrf_exempt
 from aigen.edge import wire
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OPENAI, Refusal, error_response, openai_body
-from aigen.edge.metering import answer_settle, caller_admit
+from aigen.edge.metering import answer_settle, caller_admit, caller_limited
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
+from aigen.exceptions import CallerThrottled
 from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
@@ -178,6 +179,11 @@ def _supervised(stream: SupervisedStream, spend: Spend) -> StreamingHttpResponse
     return answer
 
 
+def _throttled(wait: float) -> Refusal:
+    return Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
+                   retry_after=wait or 1.0, type="requests")
+
+
 def _method_not_allowed(request: HttpRequest, allowed: str) -> Refusal:
     return Refusal("method_not_allowed", f"Method {request.method} not allowed.", 405, allow=allowed)
 
@@ -198,9 +204,9 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         raise _method_not_allowed(request, "POST")
     request.user = await request_authenticate(request)
     throttle = GenerateThrottle()
-    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
-        raise Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
-                      retry_after=throttle.wait() or 1.0, type="requests")
+    # A caller with limits has the throttle counted by its admission below (one round trip).
+    if not caller_limited(request.user) and not await sync_to_async(throttle.allow_request)(request, None):
+        raise _throttled(throttle.wait())
     payload = body_json(request)
     model, stream = _checked(payload)
     name = (await models.get()).get(model)
@@ -208,8 +214,12 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         raise Refusal("model_not_found",
                       f"The model `{model}` does not exist or you do not have access to it.", 404,
                       param="model")
-    spend = await caller_admit(request, model=model, prompt=payload["messages"],
-                               max_tokens=payload.get("max_completion_tokens") or payload.get("max_tokens"))
+    try:
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        spend = await caller_admit(request, model=model, prompt=payload["messages"], max_tokens=limit,
+                                   throttle=throttle)
+    except CallerThrottled as err:
+        raise _throttled(err.retry_after or 0.0) from None
     try:
         response = await _sent(payload, name, stream, spend)
     except BaseException:

@@ -16,7 +16,10 @@ are read and written inside Redis, atomically, in one round trip; no
 read-modify-write from Python, so every worker and host shares one exact
 count. A reservation expires after `AIGEN["QUOTA_RESERVATION_SECONDS"]`: a
 worker killed mid-call stops holding its caller's budget then. Settling is
-one more script, after the answer.
+one more script, after the answer (only for a token budget). The door's own
+throttle (aigen.edge.throttling), a Redis round trip of its own, is counted
+by the admission script for a caller with limits (`ThrottleWindow`): the
+door of a limited caller makes one round trip before the call, like any other.
 
 Without Redis (or while it is down) the same logic runs in this process's
 memory: the limits then hold per process (README, "Caller limits").
@@ -34,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aigen.conf import aigen_settings
-from aigen.exceptions import QuotaExceeded
+from aigen.exceptions import CallerThrottled, QuotaExceeded
 from resilience.cache import default_cache
 from resilience.cache.engine import NOT_SERVED
 
@@ -42,11 +45,18 @@ WINDOW = 60.0
 #: Expired reservations swept per admission (bounded work per script run).
 SWEEP = 100
 
-# KEYS: rpm window, spent tokens of the period, reservations by expiry, reservation amounts.
+# KEYS: rpm window, spent tokens of the period, reservations by expiry, reservation amounts,
+# the door's throttle window.
 # ARGV: now, rpm limit (0: none), budget (0: none), estimate, reservation id, its expiry,
-# seconds to the period's end, the spent key's lifetime.
-# Returns {0} admitted, {1, wait} past the rpm, {2, wait} past the budget.
+# seconds to the period's end, throttle limit (0: none), its window's lifetime, its wait.
+# Returns {0} admitted, {1, wait} past the rpm, {2, wait} past the budget, {3, wait} throttled.
 ADMIT_LUA = """
+local throttle = tonumber(ARGV[8])
+if throttle > 0 then
+  local count = redis.call('INCR', KEYS[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[9], 'NX')
+  if count > throttle then return {3, ARGV[10]} end
+end
 local now = tonumber(ARGV[1])
 local rpm, budget, estimate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, SWEEP)
@@ -117,6 +127,19 @@ class CallerLimits:
         return cls(rpm=token.rpm_limit, budget=token.token_budget, period=token.budget_period)
 
 
+@dataclass(frozen=True)
+class ThrottleWindow:
+    """The door's fixed-window throttle (aigen.edge.throttling) for one
+    request: its counter's cache key, limit, lifetime and the seconds until the
+    window ends. Counted by the admission script, so a limited caller's door
+    makes one Redis round trip, not two."""
+
+    key: str
+    limit: int
+    ttl: int
+    wait: float
+
+
 @dataclass
 class Reservation:
     """An admitted call: settle it once with `quota_settle`."""
@@ -124,6 +147,7 @@ class Reservation:
     user_id: int
     limits: CallerLimits
     estimate: int
+    throttle: ThrottleWindow | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     settled: bool = False
 
@@ -147,6 +171,8 @@ def _keys(user_id: int, period: str, now: float) -> list[str]:
 
 
 def _refusal(kind: int, wait: float, limits: CallerLimits) -> QuotaExceeded:
+    if kind == 3:
+        return CallerThrottled(wait)
     if kind == 1:
         return QuotaExceeded("rate_limit_exceeded",
                              f"Rate limit reached: {limits.rpm} requests per minute for this API token.",
@@ -155,6 +181,22 @@ def _refusal(kind: int, wait: float, limits: CallerLimits) -> QuotaExceeded:
                          f"Token budget reached: {limits.budget} tokens per {limits.period} "
                          "for this API token.",
                          retry_after=wait)
+
+
+def _window_count(key: str, ttl: int) -> int:
+    """The throttle's count without the script: the cache's own fixed window
+    (its memory while Redis is down), as the door counts it."""
+    store = default_cache()
+    window = getattr(store, "incr_window", None)
+    if window is not None:
+        return int(window(key, ttl))
+    if store.add(key, 1, timeout=ttl):
+        return 1
+    try:
+        return int(store.incr(key))
+    except ValueError:  # expired between the two calls: a new window
+        store.set(key, 1, timeout=ttl)
+        return 1
 
 
 class MemoryQuotas:
@@ -234,14 +276,20 @@ class Quotas:
         _, end = period_bounds(limits.period, now)
         expiry = now + aigen_settings.QUOTA_RESERVATION_SECONDS
 
+        throttle = res.throttle
+
         def run(client: Any, make_key: Any) -> list[Any]:
             keys = [str(make_key(k)) for k in _keys(res.user_id, limits.period, now)]
+            keys.append(str(make_key(throttle.key)) if throttle else keys[0])
             return self._script(client, "admit", ADMIT_LUA)(keys=keys, args=[
                 repr(now), limits.rpm or 0, limits.budget or 0, res.estimate, res.id, repr(expiry),
-                max(1, math.ceil(end - now))])
+                max(1, math.ceil(end - now)), throttle.limit if throttle else 0,
+                throttle.ttl if throttle else 0, repr(throttle.wait) if throttle else 0])
 
         answer = self._on_redis(run)
         if answer is NOT_SERVED:
+            if throttle is not None and _window_count(throttle.key, throttle.ttl) > throttle.limit:
+                raise CallerThrottled(throttle.wait)
             kind, wait = self.memory.admit(res, now)
         else:
             kind, wait = int(answer[0]), float(answer[1]) if len(answer) > 1 else 0.0
@@ -269,10 +317,14 @@ class Quotas:
 quotas = Quotas()
 
 
-def quota_admit(*, user_id: int, limits: CallerLimits, estimate: int) -> Reservation:
+def quota_admit(*, user_id: int, limits: CallerLimits, estimate: int,
+                throttle: ThrottleWindow | None = None) -> Reservation:
     """Admit one call of `user_id` reserving `estimate` tokens, or raise
-    `QuotaExceeded` (see the module docstring). Sync: a Redis round trip."""
-    reservation = Reservation(user_id=user_id, limits=limits, estimate=max(1, int(estimate)))
+    `QuotaExceeded` (see the module docstring); with `throttle`, the door's
+    throttle window is counted by the same script first (`CallerThrottled`
+    past it). Sync: one Redis round trip."""
+    reservation = Reservation(user_id=user_id, limits=limits, estimate=max(1, int(estimate)),
+                              throttle=throttle)
     quotas.admit(reservation)
     return reservation
 

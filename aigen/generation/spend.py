@@ -22,7 +22,7 @@ from asgiref.sync import sync_to_async
 
 from aigen.conf import aigen_settings
 from aigen.generation.ledger import TokenUsage, usage_of, usage_record
-from aigen.generation.quotas import CallerLimits, Reservation, quota_admit, quota_settle
+from aigen.generation.quotas import CallerLimits, Reservation, ThrottleWindow, quota_admit, quota_settle
 
 
 def tokens_estimate(prompt: Any, *, max_tokens: Any = None) -> int:
@@ -68,17 +68,20 @@ class Spend:
             self.settle(usage, billed=billed)
 
 
-def spend_open(*, user_id: int | None, limits: CallerLimits | None, model: str, estimate: int) -> Spend:
-    """Admit one call (raises `QuotaExceeded`) and return its `Spend`."""
+def spend_open(*, user_id: int | None, limits: CallerLimits | None, model: str, estimate: int,
+               throttle: ThrottleWindow | None = None) -> Spend:
+    """Admit one call (raises `QuotaExceeded`) and return its `Spend`; a
+    limited caller's `throttle` window is counted by its admission."""
     reservation = None
     if user_id is not None and limits is not None:
-        reservation = quota_admit(user_id=user_id, limits=limits, estimate=estimate)
+        reservation = quota_admit(user_id=user_id, limits=limits, estimate=estimate, throttle=throttle)
     return Spend(user_id=user_id, model=model, reservation=reservation)
 
 
 async def aspend_open(*, user_id: int | None, limits: CallerLimits | None, model: str,
-                      estimate: int) -> Spend:
+                      estimate: int, throttle: ThrottleWindow | None = None) -> Spend:
     """`spend_open` for async code: the admission runs off the loop, only for a limited caller."""
     if user_id is None or limits is None:
         return Spend(user_id=user_id, model=model)
-    return await sync_to_async(spend_open)(user_id=user_id, limits=limits, model=model, estimate=estimate)
+    return await sync_to_async(spend_open)(user_id=user_id, limits=limits, model=model, estimate=estimate,
+                                           throttle=throttle)

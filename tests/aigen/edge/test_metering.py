@@ -13,6 +13,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+import redis
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
@@ -22,6 +23,7 @@ from aigen.edge.tokens import token_issue
 from aigen.edge.tokens import users as token_users
 from aigen.generation.ledger import usage_flush
 from aigen.models import ApiToken, ModelPrice, UsageLedger
+from resilience.cache import reset_engines
 from resilience.client import reset_clients
 from resilience.models import Upstream
 from tests.support.fake_openai import FakeOpenAI
@@ -176,3 +178,45 @@ def test_a_refused_or_failed_call_is_not_billed(caller, provider):
     run_openai(caller, work)
     usage_flush()
     assert UsageLedger.objects.get().calls == 1
+
+
+@pytest.fixture
+def private_redis(redis_process, settings):
+    """The default cache on a private redis-server, whose command counts are this test's alone."""
+    settings.CACHES = {"default": {"BACKEND": "resilience.cache.FallbackCache",
+                                   "LOCATION": redis_process.url}}
+    reset_engines()
+    reset_clients()
+    yield redis_process
+    reset_engines()
+
+
+def commands(url: str) -> dict[str, int]:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()}
+
+
+@pytest.mark.parametrize("limited", [False, True])
+def test_a_limited_callers_door_throttle_is_counted_by_its_admission_in_one_round_trip(
+        caller, provider, private_redis, settings, limited):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"generate": "2/min"}}
+    if limited:
+        limit(rpm_limit=100)  # its own limit is far: the door's throttle refuses first
+
+    async def work(client):
+        await chat(client)  # the token is loaded, the script cached
+        before = commands(private_redis.url)
+        await chat(client)
+        after = commands(private_redis.url)
+        with pytest.raises(openai.RateLimitError) as raised:
+            await chat(client)
+        counted = ("incrby", "evalsha", "incr")  # the throttle's INCRBY; the script, and its INCR inside
+        return {name: after.get(name, 0) - before.get(name, 0) for name in counted}, raised.value
+
+    sent, refused = run_openai(caller, work)
+    # Before the call, one round trip either way: the throttle's pipeline, or the script that counts it.
+    expected = {"incrby": 0, "evalsha": 1, "incr": 1} if limited else {"incrby": 1, "evalsha": 0, "incr": 0}
+    assert sent == expected
+    assert refused.body["message"] == "Rate limit reached for the gateway."
+    assert int(refused.response.headers["Retry-After"]) >= 1
+    assert provider.chat_calls == 2
