@@ -258,6 +258,8 @@ class Quotas:
         self._scripts: dict[str, Any] = {}
 
     def _script(self, client: Any, name: str, source: str) -> Any:
+        """The registered script (its SHA computed once); run it with `client=`, the
+        client of the moment (the engine's may be rebuilt)."""
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = client.register_script(source)
@@ -281,7 +283,7 @@ class Quotas:
         def run(client: Any, make_key: Any) -> list[Any]:
             keys = [str(make_key(k)) for k in _keys(res.user_id, limits.period, now)]
             keys.append(str(make_key(throttle.key)) if throttle else keys[0])
-            return self._script(client, "admit", ADMIT_LUA)(keys=keys, args=[
+            return self._script(client, "admit", ADMIT_LUA)(client=client, keys=keys, args=[
                 repr(now), limits.rpm or 0, limits.budget or 0, res.estimate, res.id, repr(expiry),
                 max(1, math.ceil(end - now)), throttle.limit if throttle else 0,
                 throttle.ttl if throttle else 0, repr(throttle.wait) if throttle else 0])
@@ -307,8 +309,9 @@ class Quotas:
 
         def run(client: Any, make_key: Any) -> Any:
             _, spent, held, amounts = (str(make_key(k)) for k in _keys(res.user_id, res.limits.period, now))
+            lifetime = math.ceil(end - now) + 86400  # the period, and a day to read it back
             return self._script(client, "settle", SETTLE_LUA)(
-                keys=[spent, held, amounts], args=[res.id, int(used), math.ceil(end - now) + 86400])
+                client=client, keys=[spent, held, amounts], args=[res.id, int(used), lifetime])
 
         if self._on_redis(run) is NOT_SERVED:
             self.memory.settle(res, int(used), now)
