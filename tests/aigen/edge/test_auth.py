@@ -3,11 +3,14 @@ the API token's, with a staff user's `normal` raised to `high`."""
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
+from django.test import RequestFactory
 
-from aigen.edge.auth import caller_priority
+from aigen.edge.auth import caller_priority, request_authenticate
 from aigen.edge.tokens import token_issue, token_user
 from aigen.models import ApiToken
+from resilience.client.context import current_caller, current_priority
 
 
 @pytest.mark.parametrize(("staff", "stored", "bound"), [
@@ -26,3 +29,15 @@ def test_a_session_user_has_no_token_loaded_and_its_role_decides(db, django_asse
     with django_assert_num_queries(0):  # nothing looked up on the request path
         assert caller_priority(staff) == "high"
         assert caller_priority(plain) == "normal"
+
+
+def test_authentication_binds_the_caller_and_its_priority_for_the_requests_calls(db):
+    staff = get_user_model().objects.create_user("boss", is_staff=True)
+    key = token_issue(user=staff)
+    request = RequestFactory().post("/v1/chat/completions", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    async def bound():
+        user = await request_authenticate(request)
+        return user.pk, current_caller.get(), current_priority.get()
+
+    assert async_to_sync(bound)() == (staff.pk, staff.pk, "high")
