@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 
 from aigen.generation.ledger import (
     TokenUsage,
@@ -85,3 +87,14 @@ def test_the_ledger_has_retention(alice, settings):
     usage_flush()
     assert telemetry_prune()["usage"] == 1
     assert list(UsageLedger.objects.values_list("day", flat=True)) == [(today - timedelta(days=2)).date()]
+
+
+def test_prune_telemetry_takes_the_ledgers_own_age(alice):
+    today = datetime.now(UTC)
+    for days in (1, 5):
+        usage_record(user_id=alice.pk, model="m", usage=TokenUsage(1, 1, 0), now=today - timedelta(days=days))
+    usage_flush()
+    out = StringIO()
+    call_command("prune_telemetry", "--usage-older-than", "3d", stdout=out)
+    assert "deleted 1 usage ledger row(s) older than 3 days" in out.getvalue()
+    assert UsageLedger.objects.count() == 1
