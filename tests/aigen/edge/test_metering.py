@@ -38,8 +38,9 @@ def provider():
 
 
 @pytest.fixture
-def caller(db, provider, settings):
-    """An `llm` upstream serving MODEL from the fake; the caller's token."""
+def caller(transactional_db, provider, settings):
+    """An `llm` upstream serving MODEL from the fake; the caller's token. Committed data: the
+    ASGI application reads it from its own threads (as on PostgreSQL it must)."""
     settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": {"UPSTREAM_KEY": "sk-upstream"}}
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
                                "DEFAULT_THROTTLE_RATES": {"generate": "100000/min"}}
