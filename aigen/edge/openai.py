@@ -24,7 +24,8 @@ first token within `first_token_timeout`, an error event) goes on on
 another endpoint, and the caller receives one stream: the provider's chunks
 as they were sent while the first attempt serves, then the continuation's
 chunks under the first chunk's `id`, one final chunk with `finish_reason`,
-the usage chunk when asked for, and `data: [DONE]` (also when the provider
+the usage chunk when asked for (the provider is always asked for it, for
+the usage ledger; a caller that did not ask is not sent it), and `data: [DONE]` (also when the provider
 left it out). When the answer cannot go on, the stream ends with one error
 event naming the original failure, `data: {"error": {"message": ...,
 "type": "server_error", "code": "stream_interrupted"}}` (`upstream_timeout`
@@ -150,12 +151,29 @@ def _provider_error(response: Any) -> HttpResponse:
     return error_response(Refusal("provider_error", f"the provider answered {status}", status), shape=OPENAI)
 
 
-def _supervised(stream: SupervisedStream, spend: Spend) -> StreamingHttpResponse:
+def _usage_only(event: Any) -> bool:
+    """The stream's final usage chunk (no choices), which a caller that did not ask for it is not sent."""
+    return isinstance(event.data, dict) and not event.data.get("choices") and bool(event.data.get("usage"))
+
+
+def _usage_asked(payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The stream request sent on, always asking the provider for its final
+    usage (the ledger and the caller's budget need it, as the Messages door and
+    the generate provider ask), and whether the caller asked for it itself."""
+    if OPENAI_CHAT.wants_usage(payload):
+        return payload, True
+    options = payload.get("stream_options") if isinstance(payload.get("stream_options"), dict) else {}
+    return {**payload, "stream_options": {**options, "include_usage": True}}, False
+
+
+def _supervised(stream: SupervisedStream, spend: Spend, *, relay_usage: bool = True) -> StreamingHttpResponse:
     """The supervised stream as OpenAI chunks (see the module docstring)."""
     async def chunks() -> AsyncIterator[bytes]:
         head: dict[str, Any] = {}
         try:
             async for event in stream:
+                if not relay_usage and _usage_only(event):
+                    continue  # asked for the ledger, not by the caller
                 if not event.attempt and not event.spliced:
                     if not head and isinstance(event.data, dict):
                         head = {k: event.data[k] for k in ("id", "created") if k in event.data}
@@ -235,7 +253,9 @@ async def _sent(payload: dict[str, Any], name: str, stream: bool, spend: Spend) 
         return await wire.chat_via_anthropic(payload, name, spend)
     client = upstream_client(name)
     if stream:
-        return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT), spend)
+        sent, asked = _usage_asked(payload)
+        supervised = await client.astream(CHAT_PATH, json=sent, codec=OPENAI_CHAT)
+        return _supervised(supervised, spend, relay_usage=asked)
     response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
     await answer_settle(spend, response.status_code, response.content)
     if response.status_code >= 400:

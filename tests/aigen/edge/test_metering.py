@@ -153,16 +153,21 @@ def test_answered_calls_land_in_the_ledger_with_the_providers_usage_and_cost(cal
     async def work(client):
         await chat(client, "plain")
         stream = await chat(client, "streamed", stream=True, stream_options={"include_usage": True})
-        async for _ in stream:
-            pass
+        asked = [chunk.usage async for chunk in stream]
+        stream = await chat(client, "streamed, no usage asked", stream=True)
+        unasked = [chunk async for chunk in stream]
+        return asked, unasked
 
-    run_openai(caller, work)
+    asked, unasked = run_openai(caller, work)
+    assert asked[-1] is not None  # the caller asked for the usage chunk: it gets it
+    assert all(chunk.choices for chunk in unasked)  # asked of the provider for the ledger, not relayed
     run_anthropic(caller, lambda client: client.messages.create(
         model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "anthropic"}]))
     usage_flush()
     row = UsageLedger.objects.get(user__username="caller", model=MODEL)
     served = provider.served_usage()
-    assert row.calls == 3 == len(served)
+    assert row.calls == 4 == len(served)
+    assert all(body["stream_options"] == {"include_usage": True} for body in provider.chat_requests()[1:3])
     assert row.prompt_tokens == sum(u["prompt_tokens"] for u in served)
     assert row.completion_tokens == sum(u["completion_tokens"] for u in served)
     assert row.cost == (Decimal(2) * row.prompt_tokens + Decimal(8) * row.completion_tokens) / 1_000_000
