@@ -13,10 +13,12 @@ class AigenConfig(AppConfig):
         from aigen import checks  # noqa: F401
         from aigen.conf import aigen_settings
         from aigen.edge import receivers  # noqa: F401
-        from aigen.models import Generation
+        from aigen.models import Generation, UsageLedger
         from resilience.telemetry.retention import PruneTarget, prune_target_register
 
         # Generation records get retention through resilience's prune (command and job).
         prune_target_register("generations", PruneTarget(
             "generation record", Generation, "created_at", "GENERATION_RETENTION_DAYS",
             settings=aigen_settings))
+        prune_target_register("usage", PruneTarget(
+            "usage ledger row", UsageLedger, "day", "USAGE_RETENTION_DAYS", settings=aigen_settings))

@@ -48,6 +48,18 @@ DEFAULTS: dict[str, Any] = {
     # many seconds without one, as Anthropic's API sends, so idle proxies and
     # clients keep a slow answer's connection.
     "MESSAGES_PING_INTERVAL": 10.0,
+    # Caller limits (aigen.generation.quotas): a call reserves its prompt
+    # estimate plus its max_tokens, or this many when it names none.
+    "QUOTA_DEFAULT_MAX_TOKENS": 1024,
+    # A reservation whose worker never settled it (killed mid-call) is
+    # released after this many seconds.
+    "QUOTA_RESERVATION_SECONDS": 300,
+    # Usage ledger (aigen.generation.ledger): usage is summed in process and
+    # upserted at least this often (seconds) or once this many calls wait;
+    # rows older than USAGE_RETENTION_DAYS go with `prune_telemetry`.
+    "USAGE_FLUSH_INTERVAL": 1.0,
+    "USAGE_BUFFER_MAX": 500,
+    "USAGE_RETENTION_DAYS": 400,
 }
 
 

@@ -93,3 +93,24 @@ class TokenExists(AppError):
     def __init__(self, username: str, prefix: str) -> None:
         super().__init__(f"User {username!r} already has an API token ({prefix}\u2026).",
                          username=username, prefix=prefix)
+
+
+class QuotaExceeded(AppError):
+    """A caller past its own limit (aigen.generation.quotas): `rate_limit_exceeded`
+    (requests per minute) or `insufficient_quota` (its token budget for the
+    period), 429 with `retry_after` the seconds until the window frees."""
+
+    status = 429
+
+    def __init__(self, code: str, message: str, *, retry_after: float) -> None:
+        super().__init__(message, type="requests" if code == "rate_limit_exceeded" else code)
+        self.code = code
+        self.retry_after = retry_after
+
+
+class CallerThrottled(QuotaExceeded):
+    """The door's own throttle (the generate rate), counted by the caller's
+    admission script; each door answers it as its throttle's 429."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("throttled", "Request was throttled.", retry_after=retry_after)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from aigen.edge import api, generate, jobs
+from aigen.edge import api, generate, jobs, usage
 
 app_name = "aigen"
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("templates", api.TemplatesView.as_view(), name="templates"),
     path("cache/stats", api.CacheStatsView.as_view(), name="cache-stats"),
     path("cache", api.CacheClearView.as_view(), name="cache"),
+    path("usage", usage.UsageView.as_view(), name="usage"),
     path("jobs", jobs.JobsView.as_view(), name="jobs"),
     path("jobs/<str:job_id>", jobs.JobView.as_view(), name="job"),
 ]

@@ -353,6 +353,13 @@ AIGEN = {
     "GENERATION_RETENTION_DAYS": env.int("AI_GENERATION_RETENTION_DAYS", default=30),
     # Seconds a worker may keep a token's user before re-reading the shared token generation.
     "TOKEN_CHECK_INTERVAL": env.float("TOKEN_CHECK_INTERVAL", default=0.5),
+    # Caller limits (aigen.generation.quotas): tokens reserved for a call naming no max_tokens,
+    # and seconds before an unsettled reservation (its worker died) is released.
+    "QUOTA_DEFAULT_MAX_TOKENS": env.int("QUOTA_DEFAULT_MAX_TOKENS", default=1024),
+    "QUOTA_RESERVATION_SECONDS": env.int("QUOTA_RESERVATION_SECONDS", default=300),
+    # The usage ledger (aigen.generation.ledger): flushed this often (seconds), kept this many days.
+    "USAGE_FLUSH_INTERVAL": env.float("USAGE_FLUSH_INTERVAL", default=1.0),
+    "USAGE_RETENTION_DAYS": env.int("USAGE_RETENTION_DAYS", default=400),
 }
 
 # --- Jobs (resilience.jobs) ------------------------------------------------------

@@ -7,6 +7,10 @@ failed check answers 429 with `Retry-After` instead of 401. So one client
 guessing from an address shared with others (a NAT, an office) slows itself
 down without locking out the valid tokens behind the same address.
 
+`caller_bind` binds the caller and its admission priority
+(resilience.client.context) for the request's upstream calls: the API token's
+priority, with a staff user's `normal` raised to `high`.
+
 `request_authenticate` is the same contract for the async views (generate,
 /v1): it returns the user or raises an `aigen.edge.errors.Refusal` that each
 view renders in its own shape.
@@ -21,9 +25,23 @@ from rest_framework import exceptions
 from rest_framework.authentication import CSRFCheck, TokenAuthentication, get_authorization_header
 
 from aigen.edge.errors import Refusal
-from aigen.edge.tokens import atoken_user, token_user
-from resilience.client.context import current_caller
+from aigen.edge.tokens import atoken_user, token_of, token_user
+from resilience.client.context import current_caller, current_priority
 from resilience.ops.throttling import AuthFailureThrottle
+
+
+def caller_priority(user: Any) -> str:
+    """The admission priority of `user`'s calls: its API token's, where a
+    staff user's `normal` (the default) counts as `high`; `low` stays low."""
+    token = token_of(user)
+    priority = token.priority if token is not None else "normal"
+    return "high" if priority == "normal" and getattr(user, "is_staff", False) else priority
+
+
+def caller_bind(user: Any) -> None:
+    """Upstream calls of this request are `user`'s (call logs, quotas) at its priority."""
+    current_caller.set(user.pk)
+    current_priority.set(caller_priority(user))
 
 
 def token_refused(request: Any, message: str) -> exceptions.APIException:
@@ -55,7 +73,7 @@ class ThrottledTokenAuthentication(TokenAuthentication):
         user = token_user(key)
         if user is None:
             raise token_refused(request, "Invalid token.")
-        current_caller.set(user.pk)  # upstream calls of this request are its (call logs)
+        caller_bind(user)  # upstream calls of this request are its (call logs, priority)
         return user, None
 
     def authenticate_credentials(self, key: str) -> Any:  # DRF's table is not read
@@ -86,7 +104,7 @@ async def request_authenticate(request: HttpRequest) -> Any:
         if keyword in _KEYWORDS:
             user = await atoken_user(key.strip())
             if user is not None:
-                current_caller.set(user.pk)  # upstream calls of this request are its (call logs)
+                caller_bind(user)  # upstream calls of this request are its (call logs, priority)
                 return user
             # Only a failed check is counted, per client address (as in the DRF views).
             refusal = await sync_to_async(token_refused)(request, "Invalid token.")
@@ -96,7 +114,7 @@ async def request_authenticate(request: HttpRequest) -> Any:
     user = await request.auser()
     if not user.is_authenticated:
         raise _unauthenticated("Authentication credentials were not provided.")
-    current_caller.set(user.pk)
+    caller_bind(user)
     check = CSRFCheck(lambda req: HttpResponse())
     check.process_request(request)
     reason = check.process_view(request, None, (), {})

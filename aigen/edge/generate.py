@@ -28,6 +28,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from aigen.conf import aigen_settings
 from aigen.edge.api import (
     AigenView,
     EventStreamRenderer,
@@ -36,17 +37,28 @@ from aigen.edge.api import (
 )
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OURS, Refusal, error_response, sse
+from aigen.edge.metering import caller_admit, caller_limited
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
-from aigen.exceptions import GenerationError
+from aigen.exceptions import CallerThrottled, GenerationError
 from aigen.generation.request import GenerationRequest
-from aigen.generation.services import atext_generate, atext_generate_stream
+from aigen.generation.services import GenerationResult, atext_generate, atext_generate_stream
+from aigen.generation.spend import Spend
 from resilience.exceptions import AppError
 from resilience.ops.serializers import error_responses
 from resilience.telemetry.slow import slow_expected
 
 
-def _event_stream(stream: Any) -> StreamingHttpResponse:
+async def _settle(spend: Spend, result: GenerationResult | None) -> None:
+    """A fresh answer is billed its usage; a cached one, or none, frees the reservation."""
+    if result is None or result.cached:
+        await spend.asettle(None, billed=False)
+        return
+    spend.model = result.model
+    await spend.asettle(result.usage.as_dict())
+
+
+def _event_stream(stream: Any, spend: Spend) -> StreamingHttpResponse:
     async def events() -> AsyncIterator[bytes]:
         try:
             yield sse("start", stream.meta)
@@ -59,6 +71,7 @@ def _event_stream(stream: Any) -> StreamingHttpResponse:
             yield sse("error", {"success": False, "error": err.as_dict()})
         finally:
             await stream.aclose()
+            await _settle(spend, stream.result)
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     # no-transform: proxies (and our compression middleware) pass events through as they come.
@@ -116,19 +129,33 @@ async def generate(request: HttpRequest) -> HttpResponse:
         return error_response(err, shape=OURS, request=request)
 
 
+def _throttled(wait: float) -> Refusal:
+    return Refusal("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
+                   429, retry_after=wait)
+
+
 async def _generate(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         raise Refusal("method_not_allowed", f'Method "{request.method}" not allowed.', 405,
                       allow="POST, OPTIONS")
     request.user = await request_authenticate(request)
     throttle = GenerateThrottle()
-    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
-        wait = throttle.wait()
-        raise Refusal("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
-                      429, retry_after=wait)
+    # A caller with limits has the throttle counted by its admission below (one round trip).
+    if not caller_limited(request.user) and not await sync_to_async(throttle.allow_request)(request, None):
+        raise _throttled(throttle.wait())
     generation = GenerationRequest.from_body(body_json(request))
     kwargs = {**generation.job_args(), "user": request.user}
-    if generation.stream:
-        return _event_stream(await atext_generate_stream(**kwargs))
-    result = await atext_generate(**kwargs)
+    try:
+        spend = await caller_admit(request, model=aigen_settings.MODEL, prompt=generation.data,
+                                   throttle=throttle)
+    except CallerThrottled as err:
+        raise _throttled(err.retry_after or 0.0) from None
+    try:
+        if generation.stream:
+            return _event_stream(await atext_generate_stream(**kwargs), spend)
+        result = await atext_generate(**kwargs)
+    except BaseException:
+        await spend.asettle(None, billed=False)  # no answer: the reservation is freed
+        raise
+    await _settle(spend, result)
     return JsonResponse({"success": True, **result.as_dict()}, json_dumps_params={"ensure_ascii": False})

@@ -41,18 +41,20 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from aigen.conf import aigen_settings
-from aigen.edge.auth import request_authenticate, token_refused
+from aigen.edge.auth import caller_bind, request_authenticate, token_refused
 from aigen.edge.errors import ANTHROPIC, ProviderAnswered, Refusal, error_event, error_response
+from aigen.edge.metering import answer_settle, caller_admit, caller_limited
 from aigen.edge.openai import CHAT_PATH, models
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import atoken_user
 from aigen.edge.wire import DEFAULT_VERSION, MESSAGES_PATH, VERSION_HEADER, provider_json, wire_formats
+from aigen.exceptions import CallerThrottled
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
+from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
-from resilience.client.context import current_caller
 from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.stream import SupervisedStream
 from resilience.exceptions import AppError
@@ -68,6 +70,7 @@ class _Call:
         self.request = request
         self.version = request.headers.get(VERSION_HEADER, "")
         self.body: dict[str, Any] = {}
+        self.throttle = GenerateThrottle()
 
     def error(self, err: AppError) -> HttpResponse:
         return self.answered(error_response(err, shape=ANTHROPIC, request=self.request))
@@ -83,14 +86,29 @@ class _Call:
                 if wait is not None:
                     raise Refusal("throttled", str(refusal.detail), 429, retry_after=wait)
                 raise Refusal("authentication_failed", "invalid x-api-key", 401)
-            current_caller.set(user.pk)
+            caller_bind(user)
         else:
             user = await request_authenticate(self.request)  # 401, 403 or the failure throttle's 429
         self.request.user = user
-        throttle = GenerateThrottle()
-        if not await sync_to_async(throttle.allow_request)(self.request, None):  # a cache call: off the loop
-            raise Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
-                          retry_after=throttle.wait() or 1.0)
+        # A caller with limits has the throttle counted by its admission (one round trip).
+        allow = sync_to_async(self.throttle.allow_request)  # a cache call: off the loop
+        if not caller_limited(user) and not await allow(self.request, None):
+            raise self.throttled(self.throttle.wait())
+
+    @staticmethod
+    def throttled(wait: float) -> Refusal:
+        return Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
+                       retry_after=wait or 1.0)
+
+    async def spend(self) -> Spend:
+        """The caller's admission against its own limits (429 past them): its `Spend`."""
+        body = self.body
+        try:
+            return await caller_admit(self.request, model=body["model"],
+                                      prompt=[body.get("system"), body.get("messages")],
+                                      max_tokens=body.get("max_tokens"), throttle=self.throttle)
+        except CallerThrottled as err:
+            raise self.throttled(err.retry_after or 0.0) from None
 
     def parse(self) -> None:
         """Keep the body when it is a Messages request, else 400/413/415."""
@@ -149,7 +167,7 @@ async def _with_pings(events: AsyncIterator[Any], interval: float) -> AsyncItera
                 await pending
 
 
-def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> StreamingHttpResponse:
+def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spend) -> StreamingHttpResponse:
     writer = translate.AnthropicStreamWriter(model=model)
 
     async def events() -> AsyncIterator[bytes]:
@@ -173,6 +191,7 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> Streamin
             yield error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=ANTHROPIC)
         finally:
             await stream.aclose()
+            await spend.asettle(stream.usage)
 
     answer = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
@@ -180,7 +199,7 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str) -> Streamin
     return call.answered(answer)
 
 
-async def _relay(call: _Call, name: str) -> HttpResponse:
+async def _relay(call: _Call, name: str, spend: Spend) -> HttpResponse:
     """The call through the upstream's client (translated to OpenAI's format
     unless its endpoints speak Anthropic's), answered in Anthropic's shape."""
     wire = await wire_formats.get(name)
@@ -199,11 +218,12 @@ async def _relay(call: _Call, name: str) -> HttpResponse:
     try:
         if payload.get("stream"):
             stream = await client.astream(path, json=payload, codec=codec, headers=headers)
-            return _event_stream(call, stream, model)
+            return _event_stream(call, stream, model, spend)
         response = await client.arequest("POST", path, json=payload, cache=False, raise_for_status=False,
                                          headers=headers)
     except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
         raise ProviderAnswered(err.response, wire=wire) from None
+    await answer_settle(spend, response.status_code, response.content)
     if response.status_code >= 400:
         raise ProviderAnswered(response, wire=wire)
     answer = provider_json(response)
@@ -227,9 +247,21 @@ async def messages(request: HttpRequest) -> HttpResponse:
     """POST /v1/messages."""
     call = _Call(request)
     try:
-        return await _relay(call, await _admitted(call))
+        name = await _admitted(call)
+        spend = await call.spend()
     except AppError as err:
         return call.error(err)
+    try:
+        response = await _relay(call, name, spend)
+    except AppError as err:
+        await spend.asettle(None, billed=False)  # no answer: the reservation is freed
+        return call.error(err)
+    except BaseException:
+        await spend.asettle(None, billed=False)
+        raise
+    if not response.streaming:  # settled from its usage already; an error's reservation is freed
+        await spend.asettle(None, billed=False)
+    return response
 
 
 def count_estimate(body: dict[str, Any]) -> int:

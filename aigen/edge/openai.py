@@ -24,7 +24,8 @@ first token within `first_token_timeout`, an error event) goes on on
 another endpoint, and the caller receives one stream: the provider's chunks
 as they were sent while the first attempt serves, then the continuation's
 chunks under the first chunk's `id`, one final chunk with `finish_reason`,
-the usage chunk when asked for, and `data: [DONE]` (also when the provider
+the usage chunk when asked for (the provider is always asked for it, for
+the usage ledger; a caller that did not ask is not sent it), and `data: [DONE]` (also when the provider
 left it out). When the answer cannot go on, the stream ends with one error
 event naming the original failure, `data: {"error": {"message": ...,
 "type": "server_error", "code": "stream_interrupted"}}` (`upstream_timeout`
@@ -46,8 +47,11 @@ from django.views.decorators.csrf import csrf_exempt
 from aigen.edge import wire
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OPENAI, ProviderAnswered, Refusal, error_event, error_response
+from aigen.edge.metering import answer_settle, caller_admit, caller_limited
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
+from aigen.exceptions import CallerThrottled
+from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
 from resilience.client.openai_wire import OPENAI_CHAT
@@ -126,12 +130,29 @@ def _checked(payload: Any) -> tuple[str, bool]:
     return model, stream
 
 
-def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
+def _usage_only(event: Any) -> bool:
+    """The stream's final usage chunk (no choices), which a caller that did not ask for it is not sent."""
+    return isinstance(event.data, dict) and not event.data.get("choices") and bool(event.data.get("usage"))
+
+
+def _usage_asked(payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The stream request sent on, always asking the provider for its final
+    usage (the ledger and the caller's budget need it, as the Messages door and
+    the generate provider ask), and whether the caller asked for it itself."""
+    if OPENAI_CHAT.wants_usage(payload):
+        return payload, True
+    options = payload.get("stream_options") if isinstance(payload.get("stream_options"), dict) else {}
+    return {**payload, "stream_options": {**options, "include_usage": True}}, False
+
+
+def _supervised(stream: SupervisedStream, spend: Spend, *, relay_usage: bool = True) -> StreamingHttpResponse:
     """The supervised stream as OpenAI chunks (see the module docstring)."""
     async def chunks() -> AsyncIterator[bytes]:
         head: dict[str, Any] = {}
         try:
             async for event in stream:
+                if not relay_usage and _usage_only(event):
+                    continue  # asked for the ledger, not by the caller
                 if not event.attempt and not event.spliced:
                     if not head and isinstance(event.data, dict):
                         head = {k: event.data[k] for k in ("id", "created") if k in event.data}
@@ -146,11 +167,17 @@ def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
             yield error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=OPENAI)
         finally:
             await stream.aclose()
+            await spend.asettle(stream.usage)  # the provider served: billed, its usage when it sent one
 
     answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
     answer["X-Accel-Buffering"] = "no"
     return answer
+
+
+def _throttled(wait: float) -> Refusal:
+    return Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
+                   retry_after=wait or 1.0, type="requests")
 
 
 def _method_not_allowed(request: HttpRequest, allowed: str) -> Refusal:
@@ -173,9 +200,9 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         raise _method_not_allowed(request, "POST")
     request.user = await request_authenticate(request)
     throttle = GenerateThrottle()
-    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
-        raise Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
-                      retry_after=throttle.wait() or 1.0, type="requests")
+    # A caller with limits has the throttle counted by its admission below (one round trip).
+    if not caller_limited(request.user) and not await sync_to_async(throttle.allow_request)(request, None):
+        raise _throttled(throttle.wait())
     payload = body_json(request)
     model, stream = _checked(payload)
     name = (await models.get()).get(model)
@@ -183,12 +210,32 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         raise Refusal("model_not_found",
                       f"The model `{model}` does not exist or you do not have access to it.", 404,
                       param="model")
+    try:
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        spend = await caller_admit(request, model=model, prompt=payload["messages"], max_tokens=limit,
+                                   throttle=throttle)
+    except CallerThrottled as err:
+        raise _throttled(err.retry_after or 0.0) from None
+    try:
+        response = await _sent(payload, name, stream, spend)
+    except BaseException:
+        await spend.asettle(None, billed=False)  # no answer: the reservation is freed
+        raise
+    if not response.streaming:  # an error answered here: no provider usage, the reservation is freed
+        await spend.asettle(None, billed=False)
+    return response
+
+
+async def _sent(payload: dict[str, Any], name: str, stream: bool, spend: Spend) -> HttpResponse:
     if await wire.wire_formats.get(name) == "anthropic":  # translated there and back
-        return await wire.chat_via_anthropic(payload, name)
+        return await wire.chat_via_anthropic(payload, name, spend)
     client = upstream_client(name)
     if stream:
-        return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT))
+        sent, asked = _usage_asked(payload)
+        supervised = await client.astream(CHAT_PATH, json=sent, codec=OPENAI_CHAT)
+        return _supervised(supervised, spend, relay_usage=asked)
     response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
+    await answer_settle(spend, response.status_code, response.content)
     if response.status_code >= 400:
         raise ProviderAnswered(response)
     wire.provider_json(response)  # a 200 that is not JSON is the provider's failure (502), not the caller's

@@ -11,6 +11,10 @@ across a window boundary.
 The rate is `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["generate"]` (e.g.
 "60/min"), read when the throttle is built, so `override_settings` works.
 On a cache outage the fallback cache counts in local memory (per process).
+
+A caller with limits of its own (aigen.generation.quotas) has its window
+counted by its admission script instead (`window`): same key, same count, one
+round trip for both.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from typing import Any
 from django.core.cache import cache as default_cache
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
+
+from aigen.generation.quotas import ThrottleWindow
 
 
 class GenerateThrottle(SimpleRateThrottle):
@@ -36,16 +42,24 @@ class GenerateThrottle(SimpleRateThrottle):
         ident = user.pk if user is not None and user.is_authenticated else self.get_ident(request)
         return f"throttle:{self.scope}:{ident}"
 
-    def allow_request(self, request: Any, view: Any) -> bool:
+    def window(self, request: Any) -> ThrottleWindow | None:
+        """This request's window (None: no rate), for a caller whose admission
+        script counts it (aigen.generation.quotas) instead of `allow_request`."""
         if self.rate is None:
-            return True
-        base = self.get_cache_key(request, view)
+            return None
+        base = self.get_cache_key(request, None)
         if base is None:
-            return True
+            return None
         now = self.timer()
         window = int(now // self.duration)
         self._wait = (window + 1) * self.duration - now
-        return self._count(f"{base}:{window}") <= self.num_requests
+        return ThrottleWindow(f"{base}:{window}", self.num_requests, self.duration + 1, self._wait)
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        window = self.window(request)
+        if window is None:
+            return True
+        return self._count(window.key) <= window.limit
 
     def _count(self, key: str) -> int:
         window = getattr(self.cache, "incr_window", None)

@@ -156,6 +156,15 @@ def _load(digest: str) -> Any:
     return None if row is None else row.user
 
 
+def token_of(user: Any) -> ApiToken | None:
+    """The API token `user` was authenticated with, as loaded with it (no
+    query: a user from `token_user`/`atoken_user` carries its token; any other
+    user, a session's, has none here)."""
+    if user is None:
+        return None
+    return ApiToken.user.field.remote_field.get_cached_value(user, default=None)
+
+
 def _usable(key: str) -> bool:
     return 0 < len(key) <= MAX_TOKEN_LENGTH and key.isascii() and key.isprintable() and " " not in key
 

@@ -27,8 +27,10 @@ from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from aigen.edge.errors import OPENAI, ProviderAnswered, Refusal, error_event
+from aigen.edge.metering import answer_settle
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
+from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
 from resilience.client.openai_wire import OPENAI_CHAT
@@ -73,7 +75,7 @@ class _WireFormats:
 wire_formats = _WireFormats()
 
 
-def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpResponse:
+def _openai_stream(stream: SupervisedStream, model: str, spend: Spend) -> StreamingHttpResponse:
     """The Anthropic stream, parsed into OpenAI chunks (anthropic_wire), as OpenAI's SSE."""
     async def chunks() -> AsyncIterator[bytes]:
         head: dict[str, Any] = {}
@@ -90,6 +92,7 @@ def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpRespons
             yield error_event(err, shape=OPENAI)
         finally:
             await stream.aclose()
+            await spend.asettle(stream.usage)
 
     answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
@@ -97,7 +100,7 @@ def _openai_stream(stream: SupervisedStream, model: str) -> StreamingHttpRespons
     return answer
 
 
-async def chat_via_anthropic(payload: dict[str, Any], name: str) -> HttpResponse:
+async def chat_via_anthropic(payload: dict[str, Any], name: str, spend: Spend) -> HttpResponse:
     """A chat-completions call to an upstream whose endpoints speak
     Anthropic's API: translated there and back. Raises an `AppError` that the
     OpenAI front door renders in OpenAI's shape (aigen.edge.errors)."""
@@ -111,11 +114,12 @@ async def chat_via_anthropic(payload: dict[str, Any], name: str) -> HttpResponse
         if body.get("stream"):
             stream = await client.astream(MESSAGES_PATH, json=body, codec=ANTHROPIC_MESSAGES,
                                           headers=headers)
-            return _openai_stream(stream, payload["model"])
+            return _openai_stream(stream, payload["model"], spend)
         response = await client.arequest("POST", MESSAGES_PATH, json=body, cache=False,
                                          raise_for_status=False, headers=headers)
     except errors.UpstreamHTTPError as err:
         raise ProviderAnswered(err.response, wire="anthropic") from None
+    await answer_settle(spend, response.status_code, response.content)
     if response.status_code >= 400:
         raise ProviderAnswered(response, wire="anthropic")
     message = provider_json(response)

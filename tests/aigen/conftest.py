@@ -10,7 +10,9 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from aigen.generation import services
+from aigen.generation.ledger import UsageBuffer, usage_buffer
 from aigen.generation.providers import provider_reset
+from aigen.generation.quotas import quotas
 from aigen.generation.records import GenerationLog, generation_log
 from aigen.generation.registry import get_registry, registry_reset
 from resilience.client import reset_clients
@@ -47,6 +49,9 @@ SECTION_2 = {
 def _aigen_state(monkeypatch, settings):
     """Mock provider unless a test says otherwise; records wait for an explicit flush."""
     monkeypatch.setattr(GenerationLog, "autostart", False)
+    monkeypatch.setattr(UsageBuffer, "autostart", False)  # the ledger waits for usage_flush()
+    usage_buffer.discard()
+    quotas.memory.clear()
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # users in milliseconds
     settings.AIGEN = {**settings.AIGEN, "OPENAI_API_KEY": "", "MODEL": "gpt-4o-mini"}
     generation_log.discard()
@@ -54,6 +59,8 @@ def _aigen_state(monkeypatch, settings):
     provider_reset()
     yield
     generation_log.discard()
+    usage_buffer.discard()
+    quotas.memory.clear()
     services._flight = SingleFlight()
     provider_reset()
 
@@ -150,3 +157,23 @@ def mixed_warmup_file(tmp_path, section2_data):
         {"template_id": "emergency_plan"},
     ], allow_unicode=True), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def on_redis(redis_url):
+    """The default cache on Redis (a key prefix of its own, emptied before and
+    after), with the engines and clients rebuilt for it: quotas shared there."""
+    from django.core.cache import cache
+    from django.test import override_settings
+
+    from resilience.cache import reset_engines
+
+    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
+                          "KEY_PREFIX": "aigentest-redis"}}
+    with override_settings(CACHES=caches):
+        reset_engines()
+        reset_clients()
+        cache.clear()
+        yield
+        cache.clear()
+    reset_engines()

@@ -1,15 +1,18 @@
-"""Management commands: cache_warmup and issue_token, through call_command."""
+"""Management commands: cache_warmup, issue_token and usage, through call_command."""
 from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
 import yaml
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from aigen.generation.ledger import TokenUsage, usage_flush, usage_record
 from aigen.generation.services import text_generate
 from aigen.models import ApiToken, Generation
 from tests.support.fake_upstream import Reply
@@ -106,3 +109,27 @@ def test_issue_token_shows_the_token_once_and_stores_only_its_digest(user):
     assert api.get("/api/ai/templates").status_code == 401  # the old one is revoked
     with pytest.raises(CommandError, match="No user"):
         call_command("issue_token", "bob", stdout=StringIO(), stderr=StringIO())
+
+
+def test_usage_shows_the_ledger_as_a_table_or_json_filtered_by_user_and_date(user):
+    bob = get_user_model().objects.create_user("bob")
+    usage_record(user_id=user.pk, model="gpt-a", usage=TokenUsage(120, 30, 20),
+                 now=datetime(2026, 3, 1, tzinfo=UTC))
+    usage_record(user_id=bob.pk, model="gpt-a", usage=TokenUsage(5, 5, 0),
+                 now=datetime(2026, 3, 2, tzinfo=UTC))
+    usage_flush()
+    out = StringIO()
+    call_command("usage", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["day", "username", "model", "prompt_tokens", "cached_tokens",
+                                "completion_tokens", "calls", "cost"]
+    assert lines[1].split()[:4] == ["2026-03-02", "bob", "gpt-a", "5"]
+    assert lines[-1].split()[:5] == ["total", "125", "20", "35", "2"]
+    out = StringIO()
+    call_command("usage", "--json", "--user", user.username, "--since", "2026-03-01", stdout=out)
+    listed = json.loads(out.getvalue())
+    assert [(r["username"], r["prompt_tokens"]) for r in listed["rows"]] == [(user.username, 120)]
+    with pytest.raises(CommandError, match="No user"):
+        call_command("usage", "--user", "nobody")
+    with pytest.raises(CommandError, match="not a date"):
+        call_command("usage", "--since", "soon")

@@ -159,6 +159,7 @@ class FakeOpenAI(HTTPFake):
         self._sequence = 0  # numbers completion and request ids
         self._behaviours: dict[str, Behaviour] = {}
         self._behaviour_left: dict[str, int] = {}  # answers left before a model behaves again
+        self._served: list[dict[str, Any]] = []  # the usage of every answer sent
 
     @property
     def url(self) -> str:
@@ -187,9 +188,20 @@ class FakeOpenAI(HTTPFake):
         """The JSON bodies of the chat requests received, oldest first (ValueError if one is not JSON)."""
         return [r.json() for r in self.requests if r.path == CHAT_PATH and r.method == "POST"]
 
+    def served_usage(self) -> list[dict[str, Any]]:
+        """The `usage` of every chat answer sent (streamed or not), oldest first."""
+        with self._lock:
+            return list(self._served)
+
+    @property
+    def served_tokens(self) -> int:
+        """Total tokens of every chat answer sent: what a provider bills."""
+        return sum(usage["total_tokens"] for usage in self.served_usage())
+
     def reset(self) -> None:
         """Forget queued failures as well as records."""
         with self._lock:
+            self._served.clear()
             self._failures.clear()
             self._behaviours.clear()
             self._behaviour_left.clear()
@@ -266,6 +278,7 @@ class FakeOpenAI(HTTPFake):
         with self._lock:
             self._sequence += 1
             sequence = self._sequence
+            self._served.append(usage)
         head = {"id": f"chatcmpl-fake{sequence}", "created": int(time.time()), "model": payload["model"]}
         headers = {"x-request-id": f"req_fake{sequence}"}
 

@@ -1,6 +1,6 @@
 """`manage.py prune_telemetry`: enforce retention of call-log rows, minute,
-hour and day rollups and AI generation records in bounded batches (`prune_call_logs` is the same
-command under its old name)."""
+hour and day rollups, AI generation records and the usage ledger in bounded
+batches (`prune_call_logs` is the same command under its old name)."""
 from __future__ import annotations
 
 import re
@@ -13,7 +13,7 @@ from resilience.telemetry.retention import TARGETS, retention_of, telemetry_prun
 
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 OPTIONS = {"rows": "older_than", "minutes": "minutes_older_than", "hours": "hours_older_than",
-           "days": "days_older_than", "generations": "generations_older_than"}
+           "days": "days_older_than", "generations": "generations_older_than", "usage": "usage_older_than"}
 
 
 def parse_age(text: str) -> timedelta:
@@ -27,7 +27,8 @@ def parse_age(text: str) -> timedelta:
 class Command(BaseCommand):
     help = ("Delete call-log rows, minute, hour and day rollups older than their retention "
             "(CALL_LOG_RETENTION_DAYS, ROLLUP_MINUTE_RETENTION_DAYS, ROLLUP_HOUR_RETENTION_DAYS, "
-            "ROLLUP_DAY_RETENTION_DAYS) and AI generation records older than AI_GENERATION_RETENTION_DAYS, "
+            "ROLLUP_DAY_RETENTION_DAYS), AI generation records older than AI_GENERATION_RETENTION_DAYS "
+            "and usage ledger rows older than USAGE_RETENTION_DAYS, "
             "in batches of PRUNE_BATCH_SIZE rows.")
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,6 +38,8 @@ class Command(BaseCommand):
         parser.add_argument("--days-older-than", help="day rollups: age (default: setting)")
         parser.add_argument("--generations-older-than",
                             help="AI generation records: age (default: AI_GENERATION_RETENTION_DAYS)")
+        parser.add_argument("--usage-older-than",
+                            help="AI usage ledger rows (by day): age (default: USAGE_RETENTION_DAYS)")
         parser.add_argument("--batch-size", type=int, help="rows per DELETE (default: PRUNE_BATCH_SIZE)")
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -37,7 +37,8 @@ def test_each_kind_is_pruned_by_its_own_retention(settings):
                            "ROLLUP_DAY_RETENTION_DAYS": 7}
     now = datetime.now(UTC)
     fill(now.timestamp())
-    assert telemetry_prune(now=now) == {"rows": 2, "minutes": 3, "hours": 1, "days": 2, "generations": 0}
+    assert telemetry_prune(now=now) == {"rows": 2, "minutes": 3, "hours": 1, "days": 2, "generations": 0,
+                                        "usage": 0}
     assert CallLog.objects.count() == 3
     assert MinuteRollup.objects.count() == 2
     assert HourRollup.objects.count() == 4

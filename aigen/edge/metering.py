@@ -1,0 +1,66 @@
+"""The caller's admission at the door and its usage from the answer, for the
+three front doors (/v1/chat/completions, /v1/messages, /api/ai/generate).
+
+`caller_admit(request, model=..., prompt=..., max_tokens=...)` opens the
+call's `Spend` (aigen.generation.spend): past its API token's requests per
+minute or token budget it raises `QuotaExceeded` (429 with `retry_after`),
+which each door renders in its own shape through its error renderer. The
+door settles the spend once: `answer_settle(spend, content)` with a JSON
+answer's `usage`, the stream's final usage when a stream ends, or
+`billed=False` when no answer came (the reservation is freed).
+
+The door's throttle (aigen.edge.throttling) is checked where it always was
+for a caller without limits; for a caller with limits (`caller_limited`) it
+is counted by the admission script (`caller_admit(throttle=...)`), so the
+door still makes one Redis round trip before the call.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import HttpRequest
+
+from aigen.edge.throttling import GenerateThrottle
+from aigen.edge.tokens import token_of
+from aigen.generation.quotas import CallerLimits
+from aigen.generation.spend import Spend, aspend_open, tokens_estimate
+
+
+def caller_limited(user: Any) -> bool:
+    """Whether `user`'s API token has limits: its door's throttle is then
+    counted by its admission (`caller_admit(throttle=...)`), not before."""
+    return CallerLimits.of(token_of(user)) is not None
+
+
+async def caller_admit(request: HttpRequest, *, model: str, prompt: Any, max_tokens: Any = None,
+                       throttle: GenerateThrottle | None = None) -> Spend:
+    """The authenticated caller's `Spend` for one call, or `QuotaExceeded`
+    (`CallerThrottled` past the door's `throttle`, counted here for a limited
+    caller: one Redis round trip for both)."""
+    user = request.user
+    user_id = user.pk if getattr(user, "is_authenticated", False) else None
+    limits = CallerLimits.of(token_of(user))
+    if limits is None:
+        return await aspend_open(user_id=user_id, limits=None, model=model, estimate=0)
+    estimate = tokens_estimate(prompt, max_tokens=max_tokens) if limits.budget else 0
+    window = throttle.window(request) if throttle is not None else None
+    return await aspend_open(user_id=user_id, limits=limits, model=model, estimate=estimate, throttle=window)
+
+
+def body_usage(content: bytes) -> Any:
+    """The `usage` object of a JSON answer (OpenAI's or Anthropic's), or None."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    return body.get("usage") if isinstance(body, dict) else None
+
+
+async def answer_settle(spend: Spend, status: int, content: bytes) -> None:
+    """Settle `spend` from a complete answer: its usage when the provider
+    answered, else the reservation is freed unbilled."""
+    if status >= 400:
+        await spend.asettle(None, billed=False)
+    else:
+        await spend.asettle(body_usage(content))
