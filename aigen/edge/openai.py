@@ -43,11 +43,11 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from aigen.edge import wire
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OPENAI, Refusal, error_response, openai_body
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
+from aigen.generation.bridges import CHAT_PATH, CHAT_WIRE
 from resilience import exceptions as errors
 from resilience.client import upstream_client
 from resilience.client.openai_wire import OPENAI_CHAT
@@ -56,7 +56,6 @@ from resilience.conf import resilience_settings
 from resilience.exceptions import AppError
 from resilience.telemetry.slow import slow_expected
 
-CHAT_PATH = "chat/completions"
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -147,19 +146,26 @@ def _provider_error(response: Any) -> HttpResponse:
     return error_response(Refusal("provider_error", f"the provider answered {status}", status), shape=OPENAI)
 
 
-def _supervised(stream: SupervisedStream) -> StreamingHttpResponse:
-    """The supervised stream as OpenAI chunks (see the module docstring)."""
+def _supervised(stream: SupervisedStream, model: str) -> StreamingHttpResponse:
+    """The supervised stream as OpenAI chunks (see the module docstring).
+    An attempt on an Anthropic-format endpoint comes as parsed chunks (no
+    `raw`): rendered under the answer's one id, with the caller's model."""
     async def chunks() -> AsyncIterator[bytes]:
         head: dict[str, Any] = {}
         try:
             async for event in stream:
-                if not event.attempt and not event.spliced:
-                    if not head and isinstance(event.data, dict):
-                        head = {k: event.data[k] for k in ("id", "created") if k in event.data}
+                data = event.data if isinstance(event.data, dict) else {}
+                if not head and (data.get("choices") or event.raw):
+                    head = {"id": data.get("id") or "chatcmpl-gateway",
+                            "created": data.get("created") or int(time.time())}
+                if event.raw and not event.attempt and not event.spliced:
                     yield b"data: " + event.raw + b"\n\n"  # as the provider sent it
                     continue
-                chunk = OPENAI_CHAT.with_text(event.data, event.text) if event.spliced else event.data
-                yield f"data: {json.dumps({**chunk, **head})}\n\n".encode()  # one id for the one answer
+                if not data.get("choices") and "usage" not in data:
+                    continue  # a ping, a block's stop: nothing for an OpenAI caller
+                chunk = OPENAI_CHAT.with_text(data, event.text) if event.spliced else data
+                rendered = {"object": "chat.completion.chunk", "model": model, **chunk, **head}
+                yield f"data: {json.dumps(rendered)}\n\n".encode()  # one id for the one answer
             yield _DONE
         except errors.UpstreamError as err:
             yield _stream_error(err.message, "stream_interrupted" if err.code != "upstream_timeout"
@@ -205,12 +211,13 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         raise Refusal("model_not_found",
                       f"The model `{model}` does not exist or you do not have access to it.", 404,
                       param="model")
-    if await wire.wire_formats.get(name) == "anthropic":  # translated there and back
-        return await wire.chat_via_anthropic(payload, name)
     client = upstream_client(name)
+    # In OpenAI's format with its bridge: an attempt on an Anthropic-format endpoint is translated there
+    # and back by the client's attempt step; plain calls are cached and single-flighted as the policy says.
     if stream:
-        return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT))
-    response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
+        return _supervised(await client.astream(CHAT_PATH, json=payload, codec=OPENAI_CHAT, wire=CHAT_WIRE),
+                           model)
+    response = await client.arequest("POST", CHAT_PATH, json=payload, raise_for_status=False, wire=CHAT_WIRE)
     if response.status_code >= 400:
         return _provider_error(response)
     return HttpResponse(response.content, status=response.status_code, content_type="application/json")

@@ -16,7 +16,6 @@ from django.contrib.auth import get_user_model
 from aigen.edge import openai as openai_views
 from aigen.edge.tokens import token_issue
 from aigen.edge.tokens import users as token_users
-from aigen.edge.wire import wire_formats
 from resilience.client import reset_clients
 from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
@@ -48,11 +47,9 @@ def claude(transactional_db, settings):
                                 auth_env_var="UPSTREAM_CLAUDE_FALLBACK", wire_format="anthropic")
         reset_clients()
         openai_views.models.clear()
-        wire_formats.clear()
         token_users.clear()
         token = token_issue(user=get_user_model().objects.create_user("caller"))
         yield token, primary, fallback
-    wire_formats.clear()
 
 
 def run(work):
@@ -165,15 +162,3 @@ def test_provider_errors_keep_their_shape_per_front_door(claude):
                                                                               messages=ask("x")))
     assert caught.value.body["message"] == "bad max_tokens"
     assert caught.value.body["code"] == "invalid_request_error"
-
-
-def test_a_pool_that_mixes_wire_formats_is_refused_with_api_error_not_sent_the_wrong_body(claude):
-    token, primary, fallback = claude
-    Endpoint.objects.filter(name="fallback").update(wire_format="openai")
-    wire_formats.clear()
-    with pytest.raises(anthropic.InternalServerError) as raised:
-        run(lambda http, _: claude_sdk(token, http).messages.create(model=MODEL, max_tokens=8,
-                                                                    messages=ask("x")))
-    assert raised.value.status_code == 500 and raised.value.body["error"]["type"] == "api_error"
-    assert "mixes wire formats" in raised.value.body["error"]["message"]
-    assert primary.message_requests() == [] and fallback.message_requests() == []
