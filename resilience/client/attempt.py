@@ -169,6 +169,14 @@ def _settle_stream(response: Any, member: Member, admission: Any, pool: Pool,
     return settled
 
 
+def _decode(response: Any, attempt: Attempt) -> None:
+    """Put a translated attempt's read answer in the call's wire format
+    (either face's response: its body is replaced, as masking does)."""
+    response._content = attempt.wire.decode(  # type: ignore[union-attr]
+        response.content, status=response.status_code, target=attempt.member.spec.wire_format,
+        request=_json_body(attempt.spec))
+
+
 def _first_choice(pool: Pool, *, avoid: str, only: str) -> Choice | Unavailable:
     """The first attempt's endpoint: `only` that one when named, else one
     other than `avoid` when another is available, else any."""
@@ -283,10 +291,8 @@ class Attempts:
             return self._failed(built, attempt, exc, credentials)
         if response.status_code >= 400:  # an error answer may echo the credentials it was sent
             credentials.mask(response, sent)
-        if bridged and (response.status_code >= 400 or not attempt.stream):  # in the call's format from here on
-            response._content = attempt.wire.decode(  # type: ignore[union-attr]
-                response.content, status=response.status_code, target=member.spec.wire_format,
-                request=_json_body(attempt.spec))
+        if bridged and (response.status_code >= 400 or not attempt.stream):
+            _decode(response, attempt)  # in the call's format from here on
         if response.status_code == 401 and member.account is not None:
             first = sum(1 for m in attempt.tried if m is member) == 1
             renewed = ""

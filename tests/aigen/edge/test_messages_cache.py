@@ -154,8 +154,9 @@ def test_chat_completions_are_cached_the_same_way_and_apart_from_messages(cached
         async with httpx.AsyncClient(transport=http._transport, base_url="http://testserver/v1") as http2:
             chats = [openai.AsyncOpenAI(api_key=token, base_url="http://testserver/v1", http_client=http2,
                                         max_retries=0) for token in (alice, bob)]
-            answers = [await chat.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=32) for chat in chats]
+            answers = [await chat.chat.completions.create(model=MODEL, max_tokens=32,
+                                                          messages=[{"role": "user", "content": "hello"}])
+                       for chat in chats]
         message = await create(claude(alice, http))
         return answers, message
 
