@@ -4,6 +4,7 @@ behind httpx's ASGI transport, fake OpenAI-compatible providers on loopback
 as the upstream's endpoints (the call is translated there and back)."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import anthropic
@@ -188,6 +189,8 @@ def test_a_stream_that_cannot_go_on_ends_with_an_error_event(gateway, providers)
 
 
 def test_every_endpoint_open_answers_529_overloaded_with_retry_after(gateway, providers):
+    Upstream.objects.filter(name="llm").update(breaker_probe_interval=30)  # no probe on a slow machine
+    reset_clients()
     for name in ("llm/primary", "llm/fallback"):
         breaker = SharedBreaker(name, fail_max=1, reset_timeout=30)
         breaker.record_failure(breaker.admit(), RuntimeError("down"))
@@ -196,6 +199,23 @@ def test_every_endpoint_open_answers_529_overloaded_with_retry_after(gateway, pr
     assert raised.value.status_code == 529
     assert raised.value.body["error"]["type"] == "overloaded_error"
     assert int(raised.value.response.headers["retry-after"]) >= 1
+
+
+def test_a_full_bulkhead_answers_529_overloaded_with_retry_after(gateway, providers):
+    primary, _ = providers
+    Upstream.objects.filter(name="llm").update(bulkhead_max=1, bulkhead_wait=0)
+    reset_clients()
+    primary.fail_next(Reply(200, delay=1.0))  # whichever call goes out first holds the one slot
+
+    async def work(client):
+        calls = [client.messages.create(model=MODEL, max_tokens=8, messages=ask(f"x{i}")) for i in range(2)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = sdk_run(gateway, work)
+    refused = [a for a in answers if isinstance(a, anthropic.APIStatusError)]
+    assert len(refused) == 1 and len([a for a in answers if not isinstance(a, Exception)]) == 1
+    assert refused[0].status_code == 529 and refused[0].body["error"]["type"] == "overloaded_error"
+    assert int(refused[0].response.headers["retry-after"]) >= 1
 
 
 def test_errors_come_in_anthropics_shape(gateway, providers, settings):

@@ -20,8 +20,11 @@ from aigen.edge import openai as openai_views
 from aigen.edge.tokens import token_issue
 from aigen.edge.tokens import users as token_users
 from resilience.client import reset_clients
+from resilience.client.endpoints import Pool, snapshot
+from resilience.client.policy import PolicyRetry
 from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
+from tests.resilience.conftest import Clock
 from tests.support.fake_anthropic import CONTENT_PREFIX, FakeAnthropic
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.fake_upstream import Reply
@@ -310,3 +313,43 @@ def test_back_the_other_way_an_openai_primary_cut_is_continued_on_an_anthropic_s
     prefills = [r.json() for r in primary.message_requests()]
     assert len(prefills) == 2 and all(body["messages"][-1]["role"] == "assistant" for body in prefills)
     assert primary.message_requests()[-1].headers["x-api-key"] == "sk-ant-primary"
+
+
+@pytest.mark.parametrize("status", [503, 529])
+def test_an_anthropic_529_overloaded_is_retried_elsewhere_and_cools_its_endpoint_like_a_503(
+        mixed, monkeypatch, status):
+    token, primary, secondary = mixed
+    clock = Clock(start=2_000_000_000.0)
+    monkeypatch.setattr(Pool, "clock", staticmethod(clock))
+
+    async def no_wait(seconds):
+        return None
+
+    monkeypatch.setattr(PolicyRetry, "asleeper", staticmethod(no_wait))
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    primary.fail_next(*[Reply(status, body=overloaded, retry_after="5")] * 2)  # retried once there, as a 5xx
+    answer = run(lambda http, _: claude_sdk(token, http).messages.create(model=MIXED, max_tokens=8,
+                                                                         messages=ask("busy")))
+    assert answer.content[0].text == CONTENT_PREFIX + "busy"
+    pool = {entry["name"]: entry for entry in snapshot(Upstream.objects.get(name="mixed"))["endpoints"]}
+    assert pool["primary"]["cooling_for"] == 5 and pool["secondary"]["cooling_for"] == 0
+    run(lambda http, _: claude_sdk(token, http).messages.create(model=MIXED, max_tokens=8,
+                                                                messages=ask("next")))
+    assert len(primary.message_requests()) == 2 and secondary.chat_calls == 2  # the cooled primary is left
+    clock.advance(6)
+    run(lambda http, _: claude_sdk(token, http).messages.create(model=MIXED, max_tokens=8,
+                                                                messages=ask("back")))
+    assert len(primary.message_requests()) == 3
+
+
+def test_a_529_from_the_only_endpoint_left_reaches_a_messages_caller_as_overloaded(mixed):
+    token, primary, _ = mixed
+    Endpoint.objects.filter(name="secondary").update(enabled=False)
+    reset_clients()
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    primary.fail_next(*[Reply(529, body=overloaded, retry_after="1")] * 3)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        run(lambda http, _: claude_sdk(token, http).messages.create(model=MIXED, max_tokens=8,
+                                                                    messages=ask("busy")))
+    assert raised.value.status_code == 529 and raised.value.body["error"]["type"] == "overloaded_error"
+    assert raised.value.response.headers["retry-after"] == "1"
