@@ -115,6 +115,9 @@ class StreamEvent:
 class WireCodec(Protocol):
     """A provider's stream wire format."""
 
+    def for_attempt(self) -> WireCodec:
+        """The parser of one attempt's events (itself when the format needs no state)."""
+
     def parse(self, data: bytes) -> StreamEvent | None:
         """The event of one SSE `data` payload; None when it is malformed."""
 
@@ -277,7 +280,7 @@ class SupervisedStream:
             self._count(how)
         self.endpoints.append(response.meta.endpoint)
         self._foreign = self.wire is not None and response.meta.wire != self.wire.format
-        self._parser = self.wire.codec(response.meta.wire) if self._foreign else self.codec
+        self._parser = (self.wire.codec(response.meta.wire) if self._foreign else self.codec).for_attempt()
 
     def _count(self, name: str, count: int = 1) -> None:
         self._attempt_counts[name] = self._attempt_counts.get(name, 0) + count

@@ -353,3 +353,18 @@ def test_a_529_from_the_only_endpoint_left_reaches_a_messages_caller_as_overload
                                                                     messages=ask("busy")))
     assert raised.value.status_code == 529 and raised.value.body["error"]["type"] == "overloaded_error"
     assert raised.value.response.headers["retry-after"] == "1"
+
+
+def test_a_streamed_chat_from_the_anthropic_endpoint_reports_its_cached_input_tokens(claude):
+    token, _, _ = claude
+
+    async def work(_, http2):
+        stream = await openai_sdk(token, http2).chat.completions.create(
+            model=MODEL, messages=ask("usage"), stream=True, stream_options={"include_usage": True})
+        return [chunk async for chunk in stream]
+
+    chunks = run(work)
+    usage = next(chunk.usage for chunk in reversed(chunks) if chunk.usage is not None)
+    # message_start said 10 uncached + 3 read from the cache, message_delta the output tokens
+    assert usage.prompt_tokens == 13 and usage.prompt_tokens_details.cached_tokens == 3
+    assert usage.completion_tokens > 1 and usage.total_tokens == 13 + usage.completion_tokens
