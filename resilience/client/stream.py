@@ -6,6 +6,11 @@ timers, and the continuation loop (`SupervisedStream`). It is independent
 of any wire format: a `WireCodec` (resilience.client.openai_wire for OpenAI
 chat completions) parses the provider's events and builds continuation
 bodies; the front doors render the events in their caller's own format.
+With a wire bridge (resilience.client.wires) an attempt may go to an
+endpoint of another format: it is parsed with that format's codec (one
+parser per attempt, `for_attempt()`), its events carry no `raw` bytes, and
+continuations are built in the caller's format and translated like any
+attempt.
 
 A streamed attempt is a failure until it ends cleanly. Timers, from the
 policy (each 0 means "the read timeout"):
