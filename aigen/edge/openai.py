@@ -7,10 +7,13 @@ the same cached lookup as POST /api/ai/generate: aigen.edge.generate), never a
 provider key: the provider's credential is the upstream's or its endpoint's
 environment variable. The request's `model` picks the upstream that lists
 it in `served_models`; the body goes through that upstream's client
-(`arequest`: policy, endpoint choice and failover, breakers, call log,
-metrics), with an endpoint's model override applied to the body it is sent
-to. Async views without DRF: a generation waits on the provider without
-holding a thread.
+(`arequest`: policy, the cache and single-flight for plain calls as the
+policy says, endpoint choice and failover, breakers, call log, metrics),
+with an endpoint's model override applied to the body it is sent to, and
+with the OpenAI bridge (aigen.generation.bridges.CHAT_WIRE): an attempt on
+an Anthropic-format endpoint is translated there and back by the client's
+attempt step. Async views without DRF: a generation waits on the provider
+without holding a thread.
 
 Errors come in OpenAI's shape, `{"error": {"message", "type", "param",
 "code"}}`: 400/401/404/405/413/415/429 from the gateway itself, the
