@@ -167,7 +167,8 @@ def _supervised(stream: SupervisedStream, model: str) -> StreamingHttpResponse:
                 if not data.get("choices") and "usage" not in data:
                     continue  # a ping, a block's stop: nothing for an OpenAI caller
                 chunk = OPENAI_CHAT.with_text(data, event.text) if event.spliced else data
-                rendered = {"object": "chat.completion.chunk", "model": model, **chunk, **head}
+                named = stream.model or model  # the model that produced it (a chunk may not say)
+                rendered = {"object": "chat.completion.chunk", "model": named, **chunk, **head}
                 yield f"data: {json.dumps(rendered)}\n\n".encode()  # one id for the one answer
             yield _DONE
         except errors.UpstreamError as err:

@@ -17,6 +17,10 @@ Headers: a call sent to an Anthropic-format endpoint carries
 drops Anthropic's headers. The Messages bridge's `vary` puts
 `anthropic-version` and `anthropic-beta` into the cache key.
 
+An OpenAI error's `code` stays on the Anthropic error decoded from it (an
+extra field the SDKs ignore): the client's steps read it to tell a prompt
+too long for the model, which goes to the policy's fallback model.
+
 On failure: `encode` raises `TranslationError` (a ValueError) naming the
 field that cannot be translated; `decode` never raises: an answer that is
 not JSON becomes the other format's error body for its status, a success
@@ -83,8 +87,11 @@ class MessagesWire(_Bridge):
             answer = translate.anthropic_response(found, model=_model(request))
         else:
             error = found.get("error") if isinstance(found, dict) else None
-            message = error.get("message") if isinstance(error, dict) else None
-            answer = translate.anthropic_error(status, str(message or f"the provider answered {status}"))
+            error = error if isinstance(error, dict) else {}
+            message = str(error.get("message") or f"the provider answered {status}")
+            answer = translate.anthropic_error(status, message)
+            if error.get("code"):  # the client's steps read it: a context-length 400 asks the fallback model
+                answer["error"]["code"] = error["code"]
         return json.dumps(answer, separators=(",", ":")).encode()
 
 

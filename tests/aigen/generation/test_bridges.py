@@ -8,6 +8,8 @@ The real anthropic and openai SDKs call the project's ASGI application;
 loopback Anthropic- and OpenAI-compatible fakes are the endpoints."""
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import httpx2
@@ -19,8 +21,10 @@ from django.contrib.auth import get_user_model
 from aigen.edge import openai as openai_views
 from aigen.edge.tokens import token_issue
 from aigen.edge.tokens import users as token_users
+from aigen.generation.bridges import CHAT_WIRE, MESSAGES_WIRE
 from resilience.client import reset_clients
 from resilience.client.endpoints import Pool, snapshot
+from resilience.client.failures import CONTEXT_LENGTH, unfixable_answer
 from resilience.client.policy import PolicyRetry
 from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
@@ -368,3 +372,29 @@ def test_a_streamed_chat_from_the_anthropic_endpoint_reports_its_cached_input_to
     # message_start said 10 uncached + 3 read from the cache, message_delta the output tokens
     assert usage.prompt_tokens == 13 and usage.prompt_tokens_details.cached_tokens == 3
     assert usage.completion_tokens > 1 and usage.total_tokens == 13 + usage.completion_tokens
+
+
+def test_a_decoded_context_length_refusal_still_asks_the_fallback_model():
+    refusal = {"error": {"message": "This model's maximum context length is 8 tokens.",
+                         "type": "invalid_request_error", "param": "messages",
+                         "code": "context_length_exceeded"}}
+    decoded = MESSAGES_WIRE.decode(json.dumps(refusal).encode(), status=400, target="openai",
+                                   request={"model": "m"})
+    body = json.loads(decoded)
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert unfixable_answer(400, decoded) == CONTEXT_LENGTH
+
+
+def test_bridges_say_what_goes_where():
+    path, body, headers = MESSAGES_WIRE.encode(
+        {"model": "m", "max_tokens": 5, "system": "S", "messages": ask("x")},
+        {"anthropic-version": "2023-06-01", "anthropic-beta": "b", "x-trace": "t"}, target="openai")
+    assert path == "chat/completions" and headers == {"x-trace": "t"}
+    assert body["messages"][0] == {"role": "system", "content": "S"}
+    path, body, headers = CHAT_WIRE.encode({"model": "m", "messages": ask("x")}, {}, target="anthropic")
+    assert path == "messages" and headers == {"anthropic-version": "2023-06-01"}
+    assert body["max_tokens"] == 4096
+    with pytest.raises(ValueError):
+        MESSAGES_WIRE.encode({"model": "m", "messages": []}, {}, target="openai")
+    not_json = CHAT_WIRE.decode(b"<html>", status=502, target="anthropic", request={})
+    assert json.loads(not_json)["error"]["message"] == "the provider answered 502"
