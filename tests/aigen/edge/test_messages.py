@@ -293,3 +293,13 @@ def test_a_session_post_without_its_csrf_token_is_403_permission_error(gateway):
     assert response.status_code == 403
     assert response.json()["error"]["type"] == "permission_error"
     assert response["anthropic-version"] == "2023-06-01"
+
+
+def test_a_prompt_too_long_for_the_model_goes_to_the_policys_fallback_model(gateway, providers):
+    primary, _ = providers
+    Upstream.objects.filter(name="llm").update(context_fallback_model="big-model")
+    reset_clients()
+    primary.misbehave(MODEL, Behaviour(error_code="context_length_exceeded"))
+    answer = sdk_run(gateway, lambda c: c.messages.create(model=MODEL, max_tokens=8, messages=ask("long")))
+    assert answer.content[0].text == CONTENT_PREFIX + "long"
+    assert [body["model"] for body in primary.chat_requests()] == [MODEL, "big-model"]
