@@ -236,6 +236,7 @@ class SupervisedStream:
         self.wire = wire
         self._parser: WireCodec = codec  # the open attempt's codec
         self._foreign = False  # the open attempt speaks another format than the caller
+        self._wants_usage = False  # the open attempt's request asked for a usage event at the end
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.model: str | None = None
@@ -286,6 +287,10 @@ class SupervisedStream:
         self.endpoints.append(response.meta.endpoint)
         self._foreign = self.wire is not None and response.meta.wire != self.wire.format
         self._parser = (self.wire.codec(response.meta.wire) if self._foreign else self.codec).for_attempt()
+        sent = self.body
+        if self._foreign:  # as the bridge sent it (it may have asked for a usage event the caller did not)
+            sent = self.wire.encode(self.body, dict(self.headers or {}), target=response.meta.wire)[1]
+        self._wants_usage = self._parser.wants_usage(sent)
 
     def _count(self, name: str, count: int = 1) -> None:
         self._attempt_counts[name] = self._attempt_counts.get(name, 0) + count
@@ -465,7 +470,7 @@ class _AttemptReader:
             return
         reader = SSEReader()
         body = aiter(self.response.aiter_body())
-        wants_usage = stream._parser.wants_usage(stream.body)
+        wants_usage = stream._wants_usage
         while True:
             chunk = await self._next_chunk(body, *self._next_wait(wants_usage))
             if chunk is None:
