@@ -200,7 +200,7 @@ class Attempts:
         self.name = name
 
     def fetch(self, built: Built, spec: RequestSpec, from_entry: FromEntry, *, stream: bool,
-               stale: CacheEntry | None, avoid: str = "", only: str = "",
+              stale: CacheEntry | None, avoid: str = "", only: str = "",
               wire: WireBridge | None = None) -> Steps:
         """One logical upstream call: the endpoint, its breaker, the bulkhead,
         then attempts until one answers or none may follow.

@@ -7,12 +7,14 @@ from the provider cooling its endpoint for every worker."""
 from __future__ import annotations
 
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import openai
 import pytest
 
+from resilience.client.endpoints import Pool
 from tests.support.fake_anthropic import CONTENT_PREFIX, FakeAnthropic
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.fake_upstream import Reply
@@ -118,6 +120,7 @@ def test_a_529_cools_the_endpoint_for_every_worker(served):
 
     assert call("busy") == CONTENT_PREFIX + "busy"
     assert len(primary.message_requests()) == 1 and secondary.chat_calls == 1
+    time.sleep(Pool.recheck * 2)  # every worker re-reads the shared cooldowns this often
     with ThreadPoolExecutor(4) as pool:  # the cooldown is shared: no worker sends to the primary meanwhile
         assert list(pool.map(call, ["next"] * 4)) == [CONTENT_PREFIX + "next"] * 4
     assert len(primary.message_requests()) == 1 and secondary.chat_calls == 5

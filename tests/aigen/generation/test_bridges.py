@@ -398,3 +398,13 @@ def test_bridges_say_what_goes_where():
         MESSAGES_WIRE.encode({"model": "m", "messages": []}, {}, target="openai")
     not_json = CHAT_WIRE.decode(b"<html>", status=502, target="anthropic", request={})
     assert json.loads(not_json)["error"]["message"] == "the provider answered 502"
+
+
+def test_a_chat_body_that_cannot_be_put_in_anthropics_format_is_refused_naming_why(claude):
+    token, primary, fallback = claude
+    with pytest.raises(openai.BadRequestError) as raised:
+        run(lambda _, http2: openai_sdk(token, http2).chat.completions.create(
+            model=MODEL, messages=[{"role": "function", "name": "f", "content": "x"}]))
+    assert raised.value.body["code"] == "untranslatable_request"
+    assert "messages[0].role" in raised.value.body["message"]
+    assert primary.message_requests() == [] and fallback.message_requests() == []
