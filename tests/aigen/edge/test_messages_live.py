@@ -32,7 +32,7 @@ def server(tmp_path_factory, redis_url):
         fields = ("endpoint_strategy='priority', read_timeout=5, deadline=10,"
                   " retry_backoff_factor=0, retry_jitter=0, retry_methods=['POST'], log_sample_rate=1.0,"
                   " retry_statuses=[429, 500, 502, 503, 504, 529], retry_after_max=30,"
-                  " first_token_timeout=2, stream_idle_timeout=1, breaker_enabled=False")
+                  " first_token_timeout=3, stream_idle_timeout=3, breaker_enabled=False")
         setup = "from resilience.models import Endpoint, Upstream\n"
         upstreams = (("mixed", MIXED, ", retry_total=2"), ("busy", BUSY, ", retry_total=1"),
                      ("cached", CACHED, ", retry_total=2, cache_ttl=60, cache_methods=['POST']"))
