@@ -80,6 +80,14 @@ class CredentialRefused(UpstreamError):
     status = 502
 
 
+class UntranslatableRequest(UpstreamError):
+    """A call whose body cannot be put in the wire format of the endpoint an
+    attempt went to (resilience.client.wires); nothing was sent."""
+
+    code = "untranslatable_request"
+    status = 400
+
+
 class InvalidUpstreamPath(UpstreamError):
     """The path would leave the upstream's base URL (absolute URL, //host, ..)."""
 

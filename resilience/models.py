@@ -13,7 +13,8 @@ from simple_history.models import HistoricalRecords
 
 from resilience.conf import credential_refusal
 
-KNOWN_STATUSES = {s.value for s in HTTPStatus}
+#: The statuses a policy may name: the registered ones, and Anthropic's 529 (overloaded).
+KNOWN_STATUSES = {s.value for s in HTTPStatus} | {529}
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 ENV_VAR_NAME = RegexValidator(r"^[A-Z_][A-Z0-9_]*$",
                               "Use an environment variable name like UPSTREAM_GITHUB_TOKEN.")

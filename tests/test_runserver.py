@@ -13,11 +13,14 @@ import sys
 import threading
 import time
 
+import anthropic
 import openai
 import pytest
 import requests
 
-from tests.support.fake_openai import CONTENT_PREFIX, FakeOpenAI
+from tests.support import fake_anthropic
+from tests.support.fake_openai import CONTENT_PREFIX, Behaviour, FakeOpenAI
+from tests.support.fake_upstream import Reply
 from tests.support.live_server import ROOT, LiveServer
 
 MODEL = "gpt-dev"
@@ -90,3 +93,46 @@ def test_runserver_serves_the_async_views_with_streams_whole_and_no_warning(dev)
     assert "ASGI development server" in server.output
     assert "must consume asynchronous iterators" not in server.output
     assert "stream_interrupted" not in server.output
+
+
+CLAUDE = "claude-dev"
+
+
+@pytest.fixture
+def dev_messages(tmp_path):
+    """`make run` in front of a pool that mixes wire formats, caching plain POSTs."""
+    with fake_anthropic.FakeAnthropic() as primary, FakeOpenAI() as secondary:
+        secondary.misbehave("*", Behaviour(content_prefix=fake_anthropic.CONTENT_PREFIX))
+        setup = (
+            "from resilience.models import Endpoint, Upstream\n"
+            f"u = Upstream.objects.create(name='claude', base_url={primary.url!r},"
+            f" served_models=[{CLAUDE!r}], endpoint_strategy='priority', read_timeout=5, deadline=10,"
+            " retry_total=2, retry_backoff_factor=0, retry_jitter=0, retry_methods=['POST'],"
+            " retry_statuses=[500, 529], first_token_timeout=2,"
+            " stream_idle_timeout=2, breaker_enabled=False, cache_ttl=60, cache_methods=['POST'])\n"
+            f"Endpoint.objects.create(upstream=u, name='primary', base_url={primary.url!r}, priority=0,"
+            " wire_format='anthropic')\n"
+            f"Endpoint.objects.create(upstream=u, name='secondary', base_url={secondary.url!r}, priority=1)")
+        with DevServer(tmp_path, env={"AI_GENERATE_THROTTLE": "100000/min"}, setup=setup) as server:
+            client = anthropic.Anthropic(api_key=server.token("newcomer"), base_url=server.url, max_retries=0)
+            yield server, client, primary, secondary
+
+
+def test_runserver_serves_messages_over_a_mixed_pool_with_the_cache(dev_messages):
+    server, client, primary, secondary = dev_messages
+    ask = [{"role": "user", "content": "hello"}]
+    first = client.messages.create(model=CLAUDE, max_tokens=16, messages=ask)
+    again = client.messages.create(model=CLAUDE, max_tokens=16, messages=ask)
+    assert again.model_dump() == first.model_dump()
+    assert len(primary.message_requests()) == 1  # the second from the cache
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    primary.fail_next(Reply(529, body=overloaded), Reply(529, body=overloaded))
+    over = client.messages.create(model=CLAUDE, max_tokens=16, messages=[{"role": "user", "content": "529"}])
+    assert over.content[0].text == fake_anthropic.CONTENT_PREFIX + "529" and secondary.chat_calls == 1
+    primary.cut_next_stream(after=1)
+    with client.messages.stream(model=CLAUDE, max_tokens=64,
+                                messages=[{"role": "user", "content": "a streamed answer"}]) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text == fake_anthropic.CONTENT_PREFIX + "a streamed answer"
+    assert secondary.chat_requests()[-1]["messages"][-1]["role"] == "assistant"  # continued there
+    assert "stream_interrupted" not in server.output and "Traceback" not in server.output

@@ -178,3 +178,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpRespon
     """DRF's exception handler for the views under /api/ai/: the project's
     mapping of DRF's errors (resilience.ops.api.app_error), rendered here."""
     return error_response(app_error(exc, context), shape=OURS, request=context.get("request"))
+
+
+def provider_json(response: Any) -> Any:
+    """The provider's successful answer as JSON, or a 502 `provider_error`
+    (a 200 that is not JSON is the provider's failure, not the caller's)."""
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        raise Refusal("provider_error", "the provider's answer is not JSON", 502) from None

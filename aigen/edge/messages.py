@@ -2,12 +2,15 @@
 streamed) and `POST /v1/messages/count_tokens`, so the `anthropic` SDK and
 Claude clients use the gateway by changing their base URL.
 
-A codec over the OpenAI front door's request path: the body is parsed once
-here, translated to a chat-completions body (aigen.generation.translate), and
-sent through the upstream that serves its `model` (`arequest` / `astream`:
-policy, deadline, breakers, bulkhead, endpoint choice and failover, call log,
+A codec over the OpenAI front door's request path: the body is parsed and
+checked once here and handed, in Anthropic's format with its wire bridge
+(aigen.generation.bridges.MESSAGES_WIRE), to the upstream that serves its
+`model` (`arequest` / `astream`: policy, deadline, cache and single-flight
+for plain calls, breakers, bulkhead, endpoint choice and failover, call log,
 rollups, metrics; streams under the stream supervisor with its timers and
-continuations); the answer is translated back once and rendered once.
+continuations). Each attempt on an OpenAI-format endpoint is translated
+there and back by the client's attempt step, so a pool may mix formats; the
+answer reaches this view in Anthropic's format and is rendered once.
 
 Authentication: the project's API tokens, as `x-api-key` (what the SDK
 sends) or `Authorization: Bearer`. `anthropic-version` is accepted (any
@@ -42,16 +45,16 @@ from django.views.decorators.csrf import csrf_exempt
 
 from aigen.conf import aigen_settings
 from aigen.edge.auth import caller_bind, request_authenticate, token_refused
-from aigen.edge.errors import ANTHROPIC, ProviderAnswered, Refusal, error_event, error_response
+from aigen.edge.errors import ANTHROPIC, ProviderAnswered, Refusal, error_event, error_response, provider_json
 from aigen.edge.metering import answer_settle, caller_admit, caller_limited
-from aigen.edge.openai import CHAT_PATH, models
+from aigen.edge.openai import models
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import atoken_user
-from aigen.edge.wire import DEFAULT_VERSION, MESSAGES_PATH, VERSION_HEADER, provider_json, wire_formats
 from aigen.exceptions import CallerThrottled
 from aigen.generation import translate
 from aigen.generation.anthropic_wire import ANTHROPIC_MESSAGES
+from aigen.generation.bridges import DEFAULT_VERSION, MESSAGES_PATH, MESSAGES_WIRE, VERSION_HEADER
 from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
@@ -200,35 +203,30 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spen
 
 
 async def _relay(call: _Call, name: str, spend: Spend) -> HttpResponse:
-    """The call through the upstream's client (translated to OpenAI's format
-    unless its endpoints speak Anthropic's), answered in Anthropic's shape."""
-    wire = await wire_formats.get(name)
-    if wire == "mixed":
-        raise Refusal("wire_format_mixed", f"upstream {name} mixes wire formats: give its endpoints one", 500)
-    _messages_checked(call.body)
-    native = wire == "anthropic"
+    """The call through the upstream's client in Anthropic's format (each
+    attempt translated to OpenAI's when its endpoint speaks it), answered in
+    Anthropic's shape."""
     try:
-        payload = call.body if native else translate.openai_request(call.body)
+        _messages_checked(call.body)
+        translate.openai_request(call.body)  # the pool may send it either way: refused here, not mid-call
     except translate.TranslationError as invalid:
         raise Refusal(None, invalid.message, 400) from None
     client = upstream_client(name)
-    model = call.body["model"]
-    path, codec = (MESSAGES_PATH, ANTHROPIC_MESSAGES) if native else (CHAT_PATH, OPENAI_CHAT)
-    headers = {VERSION_HEADER: call.version or DEFAULT_VERSION} if native else None
+    headers = {VERSION_HEADER: call.version or DEFAULT_VERSION}
     try:
-        if payload.get("stream"):
-            stream = await client.astream(path, json=payload, codec=codec, headers=headers)
-            return _event_stream(call, stream, model, spend)
-        response = await client.arequest("POST", path, json=payload, cache=False, raise_for_status=False,
-                                         headers=headers)
+        if call.body.get("stream"):
+            stream = await client.astream(MESSAGES_PATH, json=call.body, codec=ANTHROPIC_MESSAGES,
+                                          headers=headers, wire=MESSAGES_WIRE)
+            return _event_stream(call, stream, call.body["model"], spend)
+        # Cached and single-flighted as the upstream's policy says, keyed on the call in this format.
+        response = await client.arequest("POST", MESSAGES_PATH, json=call.body, raise_for_status=False,
+                                         headers=headers, wire=MESSAGES_WIRE)
     except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
-        raise ProviderAnswered(err.response, wire=wire) from None
-    await answer_settle(spend, response.status_code, response.content)
+        raise ProviderAnswered(err.response, wire="anthropic") from None
+    await answer_settle(spend, response)
     if response.status_code >= 400:
-        raise ProviderAnswered(response, wire=wire)
+        raise ProviderAnswered(response, wire="anthropic")
     answer = provider_json(response)
-    if not native:
-        answer = translate.anthropic_response(answer, model=model)
     return call.answered(JsonResponse(answer))
 
 

@@ -57,10 +57,11 @@ def body_usage(content: bytes) -> Any:
     return body.get("usage") if isinstance(body, dict) else None
 
 
-async def answer_settle(spend: Spend, status: int, content: bytes) -> None:
-    """Settle `spend` from a complete answer: its usage when the provider
-    answered, else the reservation is freed unbilled."""
-    if status >= 400:
+async def answer_settle(spend: Spend, response: Any) -> None:
+    """Settle `spend` from the client's complete answer: its usage when the
+    provider answered this call, else (an error, the cache's copy, another
+    caller's single-flight answer) the reservation is freed unbilled."""
+    if response.status_code >= 400 or response.from_cache or response.shared:
         await spend.asettle(None, billed=False)
     else:
-        await spend.asettle(body_usage(content))
+        await spend.asettle(body_usage(response.content))

@@ -7,10 +7,13 @@ the same cached lookup as POST /api/ai/generate: aigen.edge.generate), never a
 provider key: the provider's credential is the upstream's or its endpoint's
 environment variable. The request's `model` picks the upstream that lists
 it in `served_models`; the body goes through that upstream's client
-(`arequest`: policy, endpoint choice and failover, breakers, call log,
-metrics), with an endpoint's model override applied to the body it is sent
-to. Async views without DRF: a generation waits on the provider without
-holding a thread.
+(`arequest`: policy, the cache and single-flight for plain calls as the
+policy says, endpoint choice and failover, breakers, call log, metrics),
+with an endpoint's model override applied to the body it is sent to, and
+with the OpenAI bridge (aigen.generation.bridges.CHAT_WIRE): an attempt on
+an Anthropic-format endpoint is translated there and back by the client's
+attempt step. Async views without DRF: a generation waits on the provider
+without holding a thread.
 
 Errors come in OpenAI's shape, `{"error": {"message", "type", "param",
 "code"}}`: 400/401/404/405/413/415/429 from the gateway itself, the
@@ -44,13 +47,13 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from aigen.edge import wire
 from aigen.edge.auth import request_authenticate
-from aigen.edge.errors import OPENAI, ProviderAnswered, Refusal, error_event, error_response
+from aigen.edge.errors import OPENAI, ProviderAnswered, Refusal, error_event, error_response, provider_json
 from aigen.edge.metering import answer_settle, caller_admit, caller_limited
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from aigen.exceptions import CallerThrottled
+from aigen.generation.bridges import CHAT_PATH, CHAT_WIRE
 from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
@@ -60,7 +63,6 @@ from resilience.conf import resilience_settings
 from resilience.exceptions import AppError
 from resilience.telemetry.slow import slow_expected
 
-CHAT_PATH = "chat/completions"
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -145,21 +147,30 @@ def _usage_asked(payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return {**payload, "stream_options": {**options, "include_usage": True}}, False
 
 
-def _supervised(stream: SupervisedStream, spend: Spend, *, relay_usage: bool = True) -> StreamingHttpResponse:
-    """The supervised stream as OpenAI chunks (see the module docstring)."""
+def _supervised(stream: SupervisedStream, model: str, spend: Spend, *,
+                relay_usage: bool = True) -> StreamingHttpResponse:
+    """The supervised stream as OpenAI chunks (see the module docstring).
+    An attempt on an Anthropic-format endpoint comes as parsed chunks (no
+    `raw`): rendered under the answer's one id, with the caller's model."""
     async def chunks() -> AsyncIterator[bytes]:
         head: dict[str, Any] = {}
         try:
             async for event in stream:
                 if not relay_usage and _usage_only(event):
                     continue  # asked for the ledger, not by the caller
-                if not event.attempt and not event.spliced:
-                    if not head and isinstance(event.data, dict):
-                        head = {k: event.data[k] for k in ("id", "created") if k in event.data}
+                data = event.data if isinstance(event.data, dict) else {}
+                if not head and (data.get("choices") or event.raw):
+                    head = {"id": data.get("id") or "chatcmpl-gateway",
+                            "created": data.get("created") or int(time.time())}
+                if event.raw and not event.attempt and not event.spliced:
                     yield b"data: " + event.raw + b"\n\n"  # as the provider sent it
                     continue
-                chunk = OPENAI_CHAT.with_text(event.data, event.text) if event.spliced else event.data
-                yield f"data: {json.dumps({**chunk, **head})}\n\n".encode()  # one id for the one answer
+                if not data.get("choices") and "usage" not in data:
+                    continue  # a ping, a block's stop: nothing for an OpenAI caller
+                chunk = OPENAI_CHAT.with_text(data, event.text) if event.spliced else data
+                named = stream.model or model  # the model that produced it (a chunk may not say)
+                rendered = {"object": "chat.completion.chunk", "model": named, **chunk, **head}
+                yield f"data: {json.dumps(rendered)}\n\n".encode()  # one id for the one answer
             yield _DONE
         except errors.UpstreamError as err:
             yield error_event(err, shape=OPENAI)
@@ -227,18 +238,18 @@ async def _chat(request: HttpRequest) -> HttpResponse:
 
 
 async def _sent(payload: dict[str, Any], name: str, stream: bool, spend: Spend) -> HttpResponse:
-    if await wire.wire_formats.get(name) == "anthropic":  # translated there and back
-        return await wire.chat_via_anthropic(payload, name, spend)
     client = upstream_client(name)
+    # In OpenAI's format with its bridge: an attempt on an Anthropic-format endpoint is translated there
+    # and back by the client's attempt step; plain calls are cached and single-flighted as the policy says.
     if stream:
         sent, asked = _usage_asked(payload)
-        supervised = await client.astream(CHAT_PATH, json=sent, codec=OPENAI_CHAT)
-        return _supervised(supervised, spend, relay_usage=asked)
-    response = await client.arequest("POST", CHAT_PATH, json=payload, cache=False, raise_for_status=False)
-    await answer_settle(spend, response.status_code, response.content)
+        supervised = await client.astream(CHAT_PATH, json=sent, codec=OPENAI_CHAT, wire=CHAT_WIRE)
+        return _supervised(supervised, payload["model"], spend, relay_usage=asked)
+    response = await client.arequest("POST", CHAT_PATH, json=payload, raise_for_status=False, wire=CHAT_WIRE)
+    await answer_settle(spend, response)
     if response.status_code >= 400:
         raise ProviderAnswered(response)
-    wire.provider_json(response)  # a 200 that is not JSON is the provider's failure (502), not the caller's
+    provider_json(response)  # a 200 that is not JSON is the provider's failure (502), not the caller's
     return HttpResponse(response.content, status=response.status_code, content_type="application/json")
 
 

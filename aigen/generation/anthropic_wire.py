@@ -14,6 +14,15 @@ usage, `message_stop` ends it (`is_done`). A failure mid-stream is an
 message (Anthropic continues a prefilled assistant turn natively). Tool use
 (`tool_use` blocks, `input_json_delta`) is `opaque`: not continued.
 
+Two things need the attempt's own state (`for_attempt()`: one parser per
+attempt): OpenAI numbers tool calls from 0 in the order they start, while
+Anthropic's block index counts every block (a text block before a tool takes
+index 0: the tool is OpenAI's 0, not 1; LiteLLM #5231 and Bifrost #1961
+sent the block index, or 0 for every call); and Anthropic's usage comes in
+two halves, the input and cache tokens in `message_start`, the output in
+`message_delta`, so the final chunk's usage is both merged (a bridge that
+reads `message_delta` alone reports no prompt tokens).
+
 On failure: `parse` returns None for an event that is not a JSON object
 (the supervisor skips and counts it); nothing here raises.
 """
@@ -36,37 +45,45 @@ def _chunk(delta: dict[str, Any], *, head: dict[str, Any] | None = None, finish:
     return chunk
 
 
-def _block_start(event: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def _block_start(event: dict[str, Any], position: int) -> dict[str, Any]:
     block = event.get("content_block") or {}
-    if block.get("type") != "tool_use":
-        return {}, False
-    call = {"index": event.get("index", 0), "id": block.get("id", ""), "type": "function",
+    call = {"index": position, "id": block.get("id", ""), "type": "function",
             "function": {"name": block.get("name", ""), "arguments": ""}}
-    return _chunk({"tool_calls": [call]}), True
+    return _chunk({"tool_calls": [call]})
 
 
-def _block_delta(event: dict[str, Any]) -> tuple[dict[str, Any], str, bool]:
+def _block_delta(event: dict[str, Any], tools: dict[Any, int]) -> tuple[dict[str, Any], str, bool]:
     delta = event.get("delta") or {}
     if delta.get("type") == "text_delta":
         text = str(delta.get("text") or "")
         return _chunk({"content": text}), text, False
     if delta.get("type") == "input_json_delta":
-        call = {"index": event.get("index", 0), "function": {"arguments": delta.get("partial_json", "")}}
+        position = tools.get(event.get("index", 0), 0)
+        call = {"index": position, "function": {"arguments": delta.get("partial_json", "")}}
         return _chunk({"tool_calls": [call]}), "", True
     return {}, "", False  # thinking and signature deltas: nothing of them reaches an OpenAI caller
 
 
 class AnthropicMessages:
-    """The Anthropic Messages stream format (see the module docstring)."""
+    """The Anthropic Messages stream format (see the module docstring); one
+    instance per attempt (`for_attempt`) holds the tool numbering and the
+    usage of `message_start`."""
 
     name = "anthropic"
+
+    def __init__(self) -> None:
+        self._tools: dict[Any, int] = {}  # Anthropic block index -> OpenAI tool-call index
+        self._usage: dict[str, Any] = {}  # message_start's usage (input and cache tokens)
+
+    @staticmethod
+    def for_attempt() -> AnthropicMessages:
+        return AnthropicMessages()
 
     @staticmethod
     def is_done(data: bytes) -> bool:
         return b'"message_stop"' in data[:64] and data.lstrip().startswith(b"{")
 
-    @staticmethod
-    def parse(data: bytes) -> StreamEvent | None:
+    def parse(self, data: bytes) -> StreamEvent | None:
         event = json_object(data)
         if event is None:
             return None
@@ -77,17 +94,23 @@ class AnthropicMessages:
             return StreamEvent(data=translate.openai_error(event, 500), raw=data, error=str(code or "error"))
         if kind == "message_start":
             message = event.get("message") or {}
+            if isinstance(message.get("usage"), dict):
+                self._usage = dict(message["usage"])
             head = {"id": f"chatcmpl-{message.get('id', '')}", "model": message.get("model", "")}
             return StreamEvent(data=_chunk({"role": "assistant", "content": ""}, head=head), raw=data)
         if kind == "content_block_start":
-            chunk, opaque = _block_start(event)
-            return StreamEvent(data=chunk, raw=data, opaque=opaque)
+            if (event.get("content_block") or {}).get("type") != "tool_use":
+                return StreamEvent(data={}, raw=data)
+            position = self._tools.setdefault(event.get("index", 0), len(self._tools))
+            return StreamEvent(data=_block_start(event, position), raw=data, opaque=True)
         if kind == "content_block_delta":
-            chunk, text, opaque = _block_delta(event)
+            chunk, text, opaque = _block_delta(event, self._tools)
             return StreamEvent(text=text, data=chunk, raw=data, opaque=opaque)
         if kind == "message_delta":
             stop = (event.get("delta") or {}).get("stop_reason") or "end_turn"
-            usage = translate.openai_usage(event.get("usage"))
+            final = event.get("usage") if isinstance(event.get("usage"), dict) else {}
+            merged = {**self._usage, **{key: value for key, value in final.items() if value is not None}}
+            usage = translate.openai_usage(merged)
             finish = translate.STOP_TO_OPENAI.get(stop, "stop")
             return StreamEvent(finish_reason=finish, usage=usage, raw=data,
                                data=_chunk({}, finish=finish, usage=usage))

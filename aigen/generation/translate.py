@@ -195,14 +195,20 @@ def openai_request(body: dict[str, Any], *, model: str | None = None) -> dict[st
 # --- OpenAI -> Anthropic (responses, usage, stream) -----------------------------------------------
 
 def anthropic_usage(usage: Any) -> dict[str, int]:
-    """Anthropic's usage of OpenAI's (cached prompt tokens apart)."""
+    """Anthropic's usage of OpenAI's: OpenAI's `prompt_tokens` include the
+    cached ones (`prompt_tokens_details.cached_tokens`, read from the cache,
+    and `cache_write_tokens`, written to it), Anthropic's `input_tokens` are
+    the rest, with the cached ones apart (`cache_read_input_tokens`,
+    `cache_creation_input_tokens`): the same total, never counted twice."""
     usage = usage if isinstance(usage, dict) else {}
     details = usage.get("prompt_tokens_details")
-    cached = int((details or {}).get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    details = details if isinstance(details, dict) else {}
+    cached = int(details.get("cached_tokens") or 0)
+    written = int(details.get("cache_write_tokens") or 0)
     prompt = int(usage.get("prompt_tokens") or 0)
-    return {"input_tokens": max(prompt - cached, 0),
+    return {"input_tokens": max(prompt - cached - written, 0),
             "output_tokens": int(usage.get("completion_tokens") or 0),
-            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": written}
 
 
 def _tool_input(arguments: Any) -> Any:
@@ -250,15 +256,23 @@ class AnthropicStreamWriter:
     """OpenAI stream chunks in, Anthropic's event sequence out (as SSE bytes):
     `message_start`, per content block `content_block_start` / `_delta`
     (`text_delta`, `input_json_delta`) / `_stop`, then at `finish()`
-    `message_delta` (stop reason, usage) and `message_stop`. A tool call's
-    arguments arriving in pieces become one `input_json_delta` each; OpenAI's
-    tool-call index maps to one block, its id kept."""
+    `message_delta` (stop reason, usage) and `message_stop`.
+
+    Anthropic's blocks come one after the other (a block's deltas only while
+    it is open), OpenAI's tool calls may interleave (call 1 starts, call 0
+    goes on). So the first tool call streams live, each piece of its
+    arguments one `input_json_delta`; another call (its index, id and name
+    kept) and text arriving while a tool block is open are held and sent
+    whole as blocks of their own, in the order they began, when the message
+    ends. Sequential calls lose only their liveness, never a piece."""
 
     model: str
     started: bool = False
     _index: int = -1
     _open: str = ""  # "text", "tool" or "" (no block open)
-    _tools: dict[int, int] = field(default_factory=dict)  # OpenAI tool index -> block index
+    _live_tool: Any = None  # the OpenAI index of the tool call whose block is open
+    _held: dict[Any, dict[str, str]] = field(default_factory=dict)  # OpenAI index -> id, name, arguments
+    _held_text: list[str] = field(default_factory=list)
     _stop: str | None = None
     _usage: dict[str, int] = field(default_factory=lambda: anthropic_usage(None))
 
@@ -282,25 +296,49 @@ class AnthropicStreamWriter:
         return [*out, sse("content_block_start", {"type": "content_block_start", "index": self._index,
                                                   "content_block": block})]
 
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        event = {"type": "content_block_delta", "index": self._index, "delta": delta}
+        return sse("content_block_delta", event)
+
     def _text(self, text: str) -> list[bytes]:
+        if self._open == "tool":
+            self._held_text.append(text)
+            return []
         out = [] if self._open == "text" else self._block("text", {"type": "text", "text": ""})
-        delta = {"type": "text_delta", "text": text}
-        return [*out, sse("content_block_delta", {"type": "content_block_delta", "index": self._index,
-                                                  "delta": delta})]
+        return [*out, self._delta({"type": "text_delta", "text": text})]
 
     def _tool(self, call: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
         position = call.get("index", 0)
         function = call.get("function") or {}
-        if position not in self._tools:
-            out = self._block("tool", {"type": "tool_use", "id": call.get("id") or f"toolu_{position}",
-                                       "name": function.get("name", ""), "input": {}})
-            self._tools[position] = self._index
-        pieces = function.get("arguments")
+        pieces = function.get("arguments") or ""
+        if position == self._live_tool:
+            return [self._delta({"type": "input_json_delta", "partial_json": pieces})] if pieces else []
+        if position in self._held or self._open == "tool":  # another call while one streams: held
+            held = self._held.setdefault(position, {"id": "", "name": "", "arguments": ""})
+            held["id"] = held["id"] or call.get("id") or ""
+            held["name"] = held["name"] or function.get("name") or ""
+            held["arguments"] += pieces
+            return []
+        self._live_tool = position
+        out = self._block("tool", {"type": "tool_use", "id": call.get("id") or f"toolu_{position}",
+                                   "name": function.get("name", ""), "input": {}})
         if pieces:
-            delta = {"type": "input_json_delta", "partial_json": pieces}
-            out.append(sse("content_block_delta", {"type": "content_block_delta",
-                                                   "index": self._tools[position], "delta": delta}))
+            out.append(self._delta({"type": "input_json_delta", "partial_json": pieces}))
+        return out
+
+    def _release(self) -> list[bytes]:
+        """The held blocks, whole, in the order they began."""
+        out = self._close()
+        for position, held in self._held.items():
+            out += self._block("tool", {"type": "tool_use", "id": held["id"] or f"toolu_{position}",
+                                        "name": held["name"], "input": {}})
+            if held["arguments"]:
+                out.append(self._delta({"type": "input_json_delta", "partial_json": held["arguments"]}))
+            out += self._close()
+        if self._held_text:
+            out += self._block("text", {"type": "text", "text": ""})
+            out += [self._delta({"type": "text_delta", "text": "".join(self._held_text)}), *self._close()]
+        self._held, self._held_text = {}, []
         return out
 
     def ping(self) -> list[bytes]:
@@ -330,7 +368,7 @@ class AnthropicStreamWriter:
     def finish(self) -> list[bytes]:
         """The events that end the message (after the last chunk)."""
         out = [] if self.started else self._start({})
-        out += self._close()
+        out += self._release()
         delta = {"stop_reason": self._stop or "end_turn", "stop_sequence": None}
         out.append(sse("message_delta", {"type": "message_delta", "delta": delta, "usage": self._usage}))
         out.append(sse("message_stop", {"type": "message_stop"}))
@@ -437,14 +475,17 @@ def anthropic_request(body: dict[str, Any], *, model: str | None = None,
 
 
 def openai_usage(usage: Any) -> dict[str, Any]:
-    """OpenAI's usage of Anthropic's (prompt tokens include the cached ones)."""
+    """OpenAI's usage of Anthropic's: `prompt_tokens` are Anthropic's
+    `input_tokens` plus the tokens read from and written to its cache
+    (Anthropic counts them apart); `cached_tokens` the ones read, and
+    `cache_write_tokens` the ones written."""
     usage = usage if isinstance(usage, dict) else {}
     cached = int(usage.get("cache_read_input_tokens") or 0)
     created = int(usage.get("cache_creation_input_tokens") or 0)
     prompt = int(usage.get("input_tokens") or 0) + cached + created
     completion = int(usage.get("output_tokens") or 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+            "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": created}}
 
 
 def openai_response(message: Any, *, model: str, created: int = 0) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from resilience.client.steps import (
     outcome_of,
     retry_after_of,
 )
+from resilience.client.wires import WireBridge, encoded_url, translated
 from resilience.conf import resilience_settings
 from resilience.models import Outcome
 
@@ -91,6 +92,21 @@ def spec_for(member: Member, spec: RequestSpec, policy: Any, *, model: str = "")
     return RequestSpec(spec.method, url, spec.params, spec.headers, data, body)
 
 
+def spec_encoded(spec: RequestSpec, member: Member, bridge: WireBridge, *, upstream: str) -> RequestSpec:
+    """The call as sent to `member` when it speaks another wire format than
+    the call (`bridge.format`): the bridge's path, body and headers for it.
+    Raises `UntranslatableRequest` when the body cannot be put in its format."""
+    body = _json_body(spec)
+    try:
+        path, encoded, headers = bridge.encode(body, spec.headers, target=member.spec.wire_format)
+    except ValueError as invalid:
+        raise errors.UntranslatableRequest(
+            f"{upstream}: the request cannot be sent to endpoint {member.name!r} "
+            f"({member.spec.wire_format}): {invalid}", upstream=upstream) from None
+    url = encoded_url(member.base_url, path, upstream=upstream)
+    return RequestSpec(spec.method, url, spec.params, headers, None, encoded)
+
+
 @dataclass(slots=True)
 class Attempt:
     """One call's attempts: the call as the caller made it, the endpoint of
@@ -114,6 +130,8 @@ class Attempt:
     ticket: Ticket | None = None
     held: Reservation | None = None
     admitted: bool = False
+    #: The call's wire format and its translations (resilience.client.wires); None: sent as it is.
+    wire: WireBridge | None = None
 
     @property
     def member(self) -> Member:
@@ -158,6 +176,14 @@ def _settle_stream(response: Any, member: Member, admission: Any, pool: Pool,
     return settled
 
 
+def _decode(response: Any, attempt: Attempt) -> None:
+    """Put a translated attempt's read answer in the call's wire format
+    (either face's response: its body is replaced, as masking does)."""
+    response._content = attempt.wire.decode(  # type: ignore[union-attr]
+        response.content, status=response.status_code, target=attempt.member.spec.wire_format,
+        request=_json_body(attempt.spec))
+
+
 def _first_choice(pool: Pool, *, avoid: str, only: str) -> Choice | Unavailable:
     """The first attempt's endpoint: `only` that one when named, else one
     other than `avoid` when another is available, else any."""
@@ -181,7 +207,8 @@ class Attempts:
         self.name = name
 
     def fetch(self, built: Built, spec: RequestSpec, from_entry: FromEntry, *, stream: bool,
-               stale: CacheEntry | None, avoid: str = "", only: str = "") -> Steps:
+              stale: CacheEntry | None, avoid: str = "", only: str = "",
+              wire: WireBridge | None = None) -> Steps:
         """One logical upstream call: the endpoint, its breaker, the bulkhead,
         then attempts until one answers or none may follow.
 
@@ -191,13 +218,16 @@ class Attempts:
         call to another is the policy's `Discipline`; a move goes to an
         endpoint not yet tried, then to any other, an endpoint that left an
         attempt unanswered last of all, within the policy's retries and the
-        one deadline. The trace's history names each attempt's endpoint."""
+        one deadline. The trace's history names each attempt's endpoint.
+        With a `wire` bridge, an attempt on an endpoint of another wire
+        format is sent translated and its answer decoded back
+        (resilience.client.wires)."""
         policy, pool, bulkhead = built.policy, built.pool, built.bulkhead
         choice = _first_choice(pool, avoid=avoid, only=only)
         if isinstance(choice, Unavailable):
             return self._unavailable(choice, pool, stale, spec, from_entry)
         attempt = Attempt(spec, from_entry, stale, stream, choice,
-                          Trace(deadline=time.monotonic() + policy.deadline), pinned=bool(only))
+                          Trace(deadline=time.monotonic() + policy.deadline), pinned=bool(only), wire=wire)
         refused = yield from self._admit(pool, attempt)  # before the bulkhead: a waiter holds no slot
         if refused is not None:
             return refused
@@ -276,16 +306,26 @@ class Attempts:
             credentials = yield Blocking(lambda: member.credentials_now(attempt.trace.remaining()))
             if not credentials.secret:
                 return self._account_unavailable(built, attempt, credentials)
+        sent = spec_for(member, attempt.spec, policy, model=attempt.model)
+        bridged = translated(attempt.wire, member.spec.wire_format)
+        if bridged:
+            try:
+                sent = spec_encoded(sent, member, attempt.wire, upstream=self.name)  # type: ignore[arg-type]
+            except errors.UntranslatableRequest as failure:
+                _release_probe(attempt.choice)
+                return Answer(Result(Outcome.REFUSED, error=failure.message, endpoint=member.name),
+                              error=failure)
         attempt.began, attempt.sent_at = time.perf_counter(), time.monotonic()
         member.in_flight += 1
         try:
-            response = yield Send(member, spec_for(member, attempt.spec, policy, model=attempt.model),
-                                  credentials, trace, attempt.stream)
+            response = yield Send(member, sent, credentials, trace, attempt.stream)
         except Exception as exc:
             member.in_flight -= 1
             return self._failed(built, attempt, exc, credentials)
         if response.status_code >= 400:  # an error answer may echo the credentials it was sent
-            credentials.mask(response, attempt.spec)
+            credentials.mask(response, sent)
+        if bridged and (response.status_code >= 400 or not attempt.stream):
+            _decode(response, attempt)  # in the call's format from here on
         if response.status_code == 401 and member.account is not None:
             first = sum(1 for m in attempt.tried if m is member) == 1
             renewed = ""
@@ -372,7 +412,7 @@ class Attempts:
         retryable = status in policy.retry_statuses and attempt.spec.method in policy.retry_methods
         retried = retryable and bool(trace.history) and not verdict  # never repeated as it is
         upstream_failed = status >= 500 or retried
-        if status in (429, 503) and not pool.single:  # a single URL answers its callers as before
+        if status in (429, 503, 529) and not pool.single:  # a single URL answers its callers as before
             asked = retry_after_of(response.headers)
             if asked:
                 pool.cool(member, asked)
@@ -423,7 +463,7 @@ class Attempts:
         status = response.status_code
         attempts = len(trace.history) + (0 if retried else 1)
         response.meta = CallMeta(attempts=attempts, endpoint=member.name, model=attempt.model,
-                                 sent_at=attempt.sent_at)
+                                 sent_at=attempt.sent_at, wire=member.spec.wire_format)
         result = Result(Outcome.OK, status=status, attempts=attempts, retries=tuple(trace.history),
                         breaker_state=attempt.choice.state, endpoint=member.name)
         if status < 400 and attempt.stream:

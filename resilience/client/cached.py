@@ -32,6 +32,7 @@ from resilience.client.steps import (
     outcome_of,
     retry_after_of,
 )
+from resilience.client.wires import WireBridge
 from resilience.conf import resilience_settings
 from resilience.models import Outcome
 
@@ -49,10 +50,15 @@ class CachedSteps:
         self.flight = flight
         self.near = near
 
-    def run(self, built: Built, spec: RequestSpec, from_entry: FromEntry) -> Steps:
-        """The call from the cache when fresh, else fetched once for every caller of the same key."""
+    def run(self, built: Built, spec: RequestSpec, from_entry: FromEntry, *,
+            wire: WireBridge | None = None) -> Steps:
+        """The call from the cache when fresh, else fetched once for every caller of the same key.
+        The key is the call in its own wire format (`wire`: the bridge's `vary` headers join the
+        policy's), whichever endpoint and format answers it."""
         policy = built.policy
-        key = spec.cache_key(self.name, policy.cache_vary_headers)
+        vary = policy.cache_vary_headers + tuple(h for h in (wire.vary if wire is not None else ())
+                                                 if h not in policy.cache_vary_headers)
+        key = spec.cache_key(self.name, vary)
         store = default_cache()
         shared_store = cache_is_shared(store)
         entry, fresh = self._lookup(key, store, shared_store)
@@ -62,7 +68,8 @@ class CachedSteps:
         stale = entry if policy.cache_serve_stale else None
 
         if not policy.single_flight:
-            answer = yield from self.attempts.fetch(built, spec, from_entry, stream=False, stale=stale)
+            answer = yield from self.attempts.fetch(built, spec, from_entry, stream=False, stale=stale,
+                                                    wire=wire)
             self._store(key, answer, policy)
             return answer
 
@@ -70,7 +77,7 @@ class CachedSteps:
         if not leader:
             return (yield from self._follower(future, policy.deadline, spec, from_entry))
         return (yield from self._leader(key, future, built, spec, from_entry, stale=stale,
-                                        shared_store=shared_store))
+                                        shared_store=shared_store, wire=wire))
 
     def _lookup(self, key: str, store: Any, shared_store: bool) -> tuple[CacheEntry | None, bool]:
         """The cached entry for `key` (or None) and whether it is fresh: the near cache first when the
@@ -101,7 +108,7 @@ class CachedSteps:
         return self._follow(shared, spec, from_entry)
 
     def _leader(self, key: str, future: Future, built: Built, spec: RequestSpec, from_entry: FromEntry, *,
-                stale: CacheEntry | None, shared_store: bool) -> Steps:
+                stale: CacheEntry | None, shared_store: bool, wire: WireBridge | None = None) -> Steps:
         """The caller that fetches for its key: after another process's flight when one holds the key's
         lock (its stored copy answers), and always finishing the flight, whatever happens."""
         policy = built.policy
@@ -114,7 +121,8 @@ class CachedSteps:
                     self.flight.finish(key, future, result=shared)
                     return self._follow(shared, spec, from_entry)
                 lock = value
-            answer = yield from self.attempts.fetch(built, spec, from_entry, stream=False, stale=stale)
+            answer = yield from self.attempts.fetch(built, spec, from_entry, stream=False, stale=stale,
+                                                    wire=wire)
             self._store(key, answer, policy)
         except GeneratorExit:
             self.flight.finish(key, future, error=errors.UpstreamError(

@@ -68,6 +68,7 @@ from resilience.client.steps import (
 )
 from resilience.client.stream import SupervisedStream, WireCodec
 from resilience.client.urls import join_url, redact_path
+from resilience.client.wires import WireBridge
 from resilience.models import Outcome
 
 
@@ -120,13 +121,16 @@ class UpstreamClient:
         return tuple(member.name for member in self._live.loaded().pool.members)
 
     async def astream(self, path: str, *, json: Any, codec: WireCodec | None = None,
-                      headers: dict[str, str] | None = None) -> SupervisedStream:
+                      headers: dict[str, str] | None = None,
+                      wire: WireBridge | None = None) -> SupervisedStream:
         """A supervised stream (resilience.client.stream): `json` is the
         request body, `codec` its wire format (OpenAI chat completions by
-        default). Returns the started `SupervisedStream`; raises the
-        `UpstreamError` kinds, or `UpstreamHTTPError` with the provider's
-        error answer on `.response`."""
-        stream = SupervisedStream(self, path=path, body=json, codec=codec or OPENAI_CHAT, headers=headers)
+        default; with a `wire` bridge, each attempt's events are parsed in
+        the format of the endpoint that answered). Returns the started
+        `SupervisedStream`; raises the `UpstreamError` kinds, or
+        `UpstreamHTTPError` with the provider's error answer on `.response`."""
+        stream = SupervisedStream(self, path=path, body=json, codec=codec or OPENAI_CHAT, headers=headers,
+                                  wire=wire)
         refused = await stream.start()
         if refused is not None:
             raise http_failure(self.name, refused.status_code, refused, retried=False, attempts=1,
@@ -154,7 +158,8 @@ class UpstreamClient:
 
     def request(self, method: str, path: str, *, params: Any = None, headers: dict[str, str] | None = None,
                 data: Any = None, json: Any = None, cache: bool | None = None, stream: bool = False,
-                raise_for_status: bool = True, avoid: str = "", endpoint: str = "") -> UpstreamResponse:
+                raise_for_status: bool = True, avoid: str = "", endpoint: str = "",
+                wire: WireBridge | None = None) -> UpstreamResponse:
         """Call the upstream; returns an `UpstreamResponse` (`from_cache`,
         `stale`, `shared`, `attempts`) or raises an `UpstreamError` kind.
 
@@ -167,10 +172,15 @@ class UpstreamClient:
         another is available; `endpoint` pins the call to one endpoint (the
         stream supervisor's continuations, resilience.client.stream). A
         streamed answer is settled and logged when it is closed.
+
+        `wire` (a resilience.client.wires.WireBridge) says the body's wire
+        format: an attempt on an endpoint speaking another is translated
+        there and its answer back, and the bridge's `vary` headers join the
+        cache key.
         """
         started = time.perf_counter()
         built = self._live.current()
-        call = Call(method.upper(), path, params, headers, data, json, cache, stream, avoid, endpoint)
+        call = Call(method.upper(), path, params, headers, data, json, cache, stream, avoid, endpoint, wire)
         plan = self._plan(built, call, sync_from_entry)
         answer = plan.refusal or self._drive(plan.steps)  # type: ignore[arg-type]
         answer_record(answer, name=self.name, built=built, plan=plan, started=started, stream=stream,
@@ -235,7 +245,7 @@ class UpstreamClient:
                        headers: dict[str, str] | None = None, data: Any = None, json: Any = None,
                        cache: bool | None = None, stream: bool = False,
                        raise_for_status: bool = True, avoid: str = "",
-                       endpoint: str = "") -> AsyncUpstreamResponse:
+                       endpoint: str = "", wire: WireBridge | None = None) -> AsyncUpstreamResponse:
         """`request()` for async code: the same steps, errors and call-log
         rows; returns an `AsyncUpstreamResponse` (an httpx2.Response; with
         `stream=True` iterate it with `aiter_bytes()` and `aclose()` it)."""
@@ -244,7 +254,7 @@ class UpstreamClient:
             built = await sync_to_async(self._live.current)()
         else:
             built = self._live.current()
-        call = Call(method.upper(), path, params, headers, data, json, cache, stream, avoid, endpoint)
+        call = Call(method.upper(), path, params, headers, data, json, cache, stream, avoid, endpoint, wire)
         plan = self._plan(built, call, async_from_entry)
         answer = plan.refusal or await self._adrive(plan.steps)  # type: ignore[arg-type]
         answer_record(answer, name=self.name, built=built, plan=plan, started=started, stream=stream,
@@ -311,10 +321,10 @@ class UpstreamClient:
         spec = RequestSpec(call.method, url, call.params, merged, call.data, call.json)
         if policy.cache_ttl > 0 and call.method in policy.cache_methods and call.cache is not False \
                 and not call.stream and spec.cacheable:
-            steps = self._cache.run(built, spec, from_entry)
+            steps = self._cache.run(built, spec, from_entry, wire=call.wire)
         else:
             steps = self._attempts.fetch(built, spec, from_entry, stream=call.stream, stale=None,
-                                         avoid=call.avoid, only=call.endpoint)
+                                         avoid=call.avoid, only=call.endpoint, wire=call.wire)
         return Plan(call.method, call.path, spec, steps=steps)
 
 

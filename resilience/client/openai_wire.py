@@ -38,6 +38,9 @@ class OpenAIChat:
 
     name = "openai"
 
+    def for_attempt(self) -> OpenAIChat:
+        return self  # stateless: every chunk stands alone
+
     @staticmethod
     def is_done(data: bytes) -> bool:
         return data.strip() == b"[DONE]"

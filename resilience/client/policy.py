@@ -304,7 +304,8 @@ class PolicyRetry(Retry):
     - Backoff before retry n is `backoff_factor * 2**(n-1)` (+ jitter, capped
       at `backoff_max`): factor 2 waits 2 s, 4 s, 8 s. Stock urllib3 does not
       wait before the first retry, which is not what a policy author expects.
-    - `Retry-After` is honoured up to `retry_after_max` seconds.
+    - `Retry-After` is honoured up to `retry_after_max` seconds (on 413, 429,
+      503 and Anthropic's 529).
     - A wait that would end past the call's deadline raises `DeadlineExceeded`
       instead of sleeping: failing now beats failing later.
     - Every failed attempt is appended to the call's `Trace.history`.
@@ -314,6 +315,8 @@ class PolicyRetry(Retry):
 
     sleeper = staticmethod(time.sleep)
     asleeper = staticmethod(asyncio.sleep)
+    #: Anthropic's 529 (overloaded) asks for its wait as a 503 does.
+    RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES | {529}
 
     def __init__(self, *args: Any, retry_after_max: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

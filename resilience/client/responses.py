@@ -41,7 +41,8 @@ class CallMeta:
     many `attempts` this call made upstream (0 when none); `endpoint` names
     the endpoint that answered ("" for a single-URL upstream), `model` the
     fallback model asked instead of the caller's ("" when none), `sent_at`
-    (time.monotonic) when the attempt that answered was sent."""
+    (time.monotonic) when the attempt that answered was sent, `wire` the
+    wire format that endpoint speaks."""
 
     from_cache: bool = False
     stale: bool = False
@@ -50,6 +51,8 @@ class CallMeta:
     endpoint: str = ""
     model: str = ""
     sent_at: float = 0.0
+    #: The wire format of the endpoint that answered (a stream's events are parsed in it).
+    wire: str = "openai"
 
 
 FRESH = CallMeta()

@@ -123,6 +123,7 @@ class Call:
     stream: bool = False
     avoid: str = ""
     endpoint: str = ""
+    wire: Any = None  # a resilience.client.wires.WireBridge: the call's wire format
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,11 @@ timers, and the continuation loop (`SupervisedStream`). It is independent
 of any wire format: a `WireCodec` (resilience.client.openai_wire for OpenAI
 chat completions) parses the provider's events and builds continuation
 bodies; the front doors render the events in their caller's own format.
+With a wire bridge (resilience.client.wires) an attempt may go to an
+endpoint of another format: it is parsed with that format's codec (one
+parser per attempt, `for_attempt()`), its events carry no `raw` bytes, and
+continuations are built in the caller's format and translated like any
+attempt.
 
 A streamed attempt is a failure until it ends cleanly. Timers, from the
 policy (each 0 means "the read timeout"):
@@ -66,7 +71,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx2
@@ -115,6 +120,9 @@ class StreamEvent:
 
 class WireCodec(Protocol):
     """A provider's stream wire format."""
+
+    def for_attempt(self) -> WireCodec:
+        """The parser of one attempt's events (itself when the format needs no state)."""
 
     def parse(self, data: bytes) -> StreamEvent | None:
         """The event of one SSE `data` payload; None when it is malformed."""
@@ -236,12 +244,18 @@ class SupervisedStream:
     clock = staticmethod(time.monotonic)
 
     def __init__(self, client: Any, *, path: str, body: Any, codec: WireCodec,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, wire: Any = None) -> None:
         self.client = client
         self.path = path
         self.body = body
         self.codec = codec
         self.headers = headers
+        #: The call's wire bridge (resilience.client.wires): attempts on endpoints of another
+        #: format are translated, and their events parsed with that format's codec.
+        self.wire = wire
+        self._parser: WireCodec = codec  # the open attempt's codec
+        self._foreign = False  # the open attempt speaks another format than the caller
+        self._wants_usage = False  # the open attempt's request asked for a usage event at the end
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.model: str | None = None
@@ -277,7 +291,8 @@ class SupervisedStream:
     async def _send(self, body: Any, *, avoid: str = "", endpoint: str = "") -> Any:
         self._sent_at = self.clock()
         return await self.client.arequest("POST", self.path, json=body, headers=self.headers, stream=True,
-                                          cache=False, raise_for_status=False, avoid=avoid, endpoint=endpoint)
+                                          cache=False, raise_for_status=False, avoid=avoid, endpoint=endpoint,
+                                          wire=self.wire)
 
     def _open(self, response: Any, how: str) -> None:
         # The first-token timer counts from the send of the attempt that answered (an attempt
@@ -289,6 +304,12 @@ class SupervisedStream:
         if how:
             self._count(how)
         self.endpoints.append(response.meta.endpoint)
+        self._foreign = self.wire is not None and response.meta.wire != self.wire.format
+        self._parser = (self.wire.codec(response.meta.wire) if self._foreign else self.codec).for_attempt()
+        sent = self.body
+        if self._foreign:  # as the bridge sent it (it may have asked for a usage event the caller did not)
+            sent = self.wire.encode(self.body, dict(self.headers or {}), target=response.meta.wire)[1]
+        self._wants_usage = self._parser.wants_usage(sent)
 
     def _count(self, name: str, count: int = 1) -> None:
         self._attempt_counts[name] = self._attempt_counts.get(name, 0) + count
@@ -353,6 +374,8 @@ class SupervisedStream:
         until its text has passed what the caller already has."""
         if isinstance(event.data, dict) and isinstance(event.data.get("model"), str):
             self.model = event.data["model"]
+        if self._foreign:  # parsed from another format: its bytes are not the caller's
+            event = replace(event, raw=b"")
         if self._attempt:
             if not event.content and event.usage is None:
                 return None
@@ -468,7 +491,7 @@ class _AttemptReader:
             return
         reader = SSEReader()
         body = aiter(self.response.aiter_body())
-        wants_usage = stream.codec.wants_usage(stream.body)
+        wants_usage = stream._wants_usage
         while True:
             chunk = await self._next_chunk(body, *self._next_wait(wants_usage))
             if chunk is None:
@@ -537,7 +560,7 @@ class _AttemptReader:
 
     def _parse(self, reader: SSEReader, chunk: bytes) -> list[StreamEvent]:
         """The events of `chunk`, all parsed before any is handed on (an error event breaks first)."""
-        stream, progress, codec = self.stream, self.progress, self.stream.codec
+        stream, progress, codec = self.stream, self.progress, self.stream._parser
         parsed: list[StreamEvent] = []
         for data in reader.feed(chunk):
             if data is None:
@@ -576,7 +599,7 @@ class _AttemptReader:
         except httpx2.TransportError as err:
             raise _Break(errors.UpstreamConnectionError(f"{name}: answer cut ({type(err).__name__})",
                                                         upstream=name), "cut") from None
-        events = stream.codec.answer_events(content)
+        events = stream._parser.answer_events(content)
         if events is None:
             raise _Break(errors.UpstreamError(f"{name}: the answer is not a completion", upstream=name),
                          "error_event")

@@ -7,7 +7,8 @@ of its first tool with `{"text": <last user text>}` when its `tool_choice`
 is `any`; streamed, the arguments arrive as several `input_json_delta`s.
 An assistant turn last is a prefill: the answer is the rest after it.
 `fail_next` queues replies (a 4xx/5xx without a body gets Anthropic's error
-body); `cut_after` cuts the next stream after that many text deltas.
+body; a 200 delays the next plain answer by its `delay`); `cut_next_stream`
+cuts the next stream after that many text deltas.
 Built on tests.support.fake_upstream (real sockets, real HTTP).
 """
 from __future__ import annotations
@@ -76,9 +77,10 @@ class FakeAnthropic(HTTPFake):
             self._sequence += 1
             sequence = self._sequence
             cut, self._cut_after = self._cut_after, None
-        if queued is not None:
+        if queued is not None and queued.status >= 400:
             body = queued.body or error_body(queued.status, f"Fake failure {queued.status}")
             return Reply(queued.status, body=body, retry_after=queued.retry_after)
+        delay = queued.delay if queued is not None else 0.0  # a queued 200: the answer, late
         payload = request.json()
         messages = payload["messages"]
         last = messages[-1]
@@ -100,7 +102,7 @@ class FakeAnthropic(HTTPFake):
                    "content": [tool] if tool else [{"type": "text", "text": text}],
                    "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None, "usage": usage}
         if not payload.get("stream"):
-            return Reply(200, body=message)
+            return Reply(200, body=message, delay=delay)
         return self._stream(message, cut)
 
     @staticmethod

@@ -4,6 +4,7 @@ behind httpx's ASGI transport, fake OpenAI-compatible providers on loopback
 as the upstream's endpoints (the call is translated there and back)."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import anthropic
@@ -161,6 +162,8 @@ def test_a_stream_that_cannot_go_on_ends_with_an_error_event(gateway, providers)
 
 
 def test_every_endpoint_open_answers_529_overloaded_with_retry_after(gateway, providers):
+    Upstream.objects.filter(name="llm").update(breaker_probe_interval=30)  # no probe on a slow machine
+    reset_clients()
     for name in ("llm/primary", "llm/fallback"):
         breaker = SharedBreaker(name, fail_max=1, reset_timeout=30)
         breaker.record_failure(breaker.admit(), RuntimeError("down"))
@@ -187,6 +190,23 @@ def test_no_endpoint_room_before_the_deadline_answers_529_overloaded_with_retry_
     assert raised.value.body["error"]["type"] == "overloaded_error"
     assert int(raised.value.response.headers["retry-after"]) >= 1
     assert [p.chat_calls for p in providers] == [1, 1]
+
+
+def test_a_full_bulkhead_answers_529_overloaded_with_retry_after(gateway, providers):
+    primary, _ = providers
+    Upstream.objects.filter(name="llm").update(bulkhead_max=1, bulkhead_wait=0)
+    reset_clients()
+    primary.fail_next(Reply(200, delay=1.0))  # whichever call goes out first holds the one slot
+
+    async def work(client):
+        calls = [client.messages.create(model=MODEL, max_tokens=8, messages=ask(f"x{i}")) for i in range(2)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = sdk_run(gateway, work)
+    refused = [a for a in answers if isinstance(a, anthropic.APIStatusError)]
+    assert len(refused) == 1 and len([a for a in answers if not isinstance(a, Exception)]) == 1
+    assert refused[0].status_code == 529 and refused[0].body["error"]["type"] == "overloaded_error"
+    assert int(refused[0].response.headers["retry-after"]) >= 1
 
 
 def test_errors_come_in_anthropics_shape(gateway, providers, settings):
@@ -264,3 +284,13 @@ def test_a_session_post_without_its_csrf_token_is_403_permission_error(gateway):
     assert response.status_code == 403
     assert response.json()["error"]["type"] == "permission_error"
     assert response["anthropic-version"] == "2023-06-01"
+
+
+def test_a_prompt_too_long_for_the_model_goes_to_the_policys_fallback_model(gateway, providers):
+    primary, _ = providers
+    Upstream.objects.filter(name="llm").update(context_fallback_model="big-model")
+    reset_clients()
+    primary.misbehave(MODEL, Behaviour(error_code="context_length_exceeded"))
+    answer = sdk_run(gateway, lambda c: c.messages.create(model=MODEL, max_tokens=8, messages=ask("long")))
+    assert answer.content[0].text == CONTENT_PREFIX + "long"
+    assert [body["model"] for body in primary.chat_requests()] == [MODEL, "big-model"]

@@ -168,7 +168,7 @@ def test_a_message_becomes_a_completion_with_cached_usage():
     assert choice["message"]["tool_calls"][0]["id"] == "toolu_1"
     assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {"k": 1}
     assert completion["usage"] == {"prompt_tokens": 15, "completion_tokens": 2, "total_tokens": 17,
-                                   "prompt_tokens_details": {"cached_tokens": 10}}
+                                   "prompt_tokens_details": {"cached_tokens": 10, "cache_write_tokens": 0}}
 
 
 @pytest.mark.parametrize(("status", "kind"), [(400, "invalid_request_error"), (401, "authentication_error"),
@@ -180,3 +180,102 @@ def test_errors_in_anthropics_shape_and_back(status, kind):
     assert body == {"type": "error", "error": {"type": kind, "message": "why"}}
     back = translate.openai_error(body, status)["error"]
     assert back["message"] == "why" and back["code"] == kind
+
+
+# -- the quirks other gateways got wrong -----------------------------------------------------------
+
+def _tool_chunk(index, *, id_=None, name=None, arguments=""):
+    call = {"index": index, "function": {"arguments": arguments}}
+    if id_:
+        call.update(id=id_, type="function")
+        call["function"]["name"] = name
+    return {"id": "c2", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+
+
+def _blocks(seen):
+    """The message the anthropic SDK would build: block index -> (block, arguments so far), checking
+    Anthropic's order (a block's deltas only while it is open, one open at a time)."""
+    blocks, open_index = {}, None
+    for name, event in seen:
+        if name == "content_block_start":
+            assert open_index is None and event["index"] == len(blocks)
+            open_index = event["index"]
+            blocks[open_index] = [event["content_block"], ""]
+        elif name == "content_block_delta":
+            assert event["index"] == open_index, "a delta for a block that is not open"
+            delta = event["delta"]
+            blocks[open_index][1] += delta.get("partial_json", "") + delta.get("text", "")
+        elif name == "content_block_stop":
+            assert event["index"] == open_index
+            open_index = None
+    assert open_index is None
+    return blocks
+
+
+def test_interleaved_streamed_tool_calls_become_whole_blocks_one_after_the_other():
+    """OpenAI's parallel tool calls may interleave (call 1 starts while call 0's arguments still come):
+    each becomes one tool_use block, its id and arguments its own, never a delta to a closed block."""
+    writer = translate.AnthropicStreamWriter(model="claude")
+    chunks = [
+        {"id": "c2", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Let me look."}}]},
+        _tool_chunk(0, id_="call_a", name="weather"),
+        _tool_chunk(0, arguments='{"city":'),
+        _tool_chunk(1, id_="call_b", name="time"),
+        _tool_chunk(1, arguments='{"zone":'),
+        _tool_chunk(0, arguments=' "Oslo"}'),
+        _tool_chunk(2, id_="call_c", name="weather", arguments='{"city": "Rome"}'),
+        _tool_chunk(1, arguments=' "CET"}'),
+        {"id": "c2", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    frames = [frame for chunk in chunks for frame in writer.feed(chunk)] + writer.finish()
+    seen = events(frames)
+    blocks = _blocks(seen)
+    assert blocks[0] == [{"type": "text", "text": ""}, "Let me look."]
+    tools = [(block["id"], block["name"], json.loads(arguments))
+             for block, arguments in list(blocks.values())[1:]]
+    assert tools == [("call_a", "weather", {"city": "Oslo"}), ("call_b", "time", {"zone": "CET"}),
+                     ("call_c", "weather", {"city": "Rome"})]
+    assert seen[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_sequential_tool_calls_keep_their_order_and_pieces():
+    writer = translate.AnthropicStreamWriter(model="claude")
+    chunks = [_tool_chunk(0, id_="call_a", name="a"), _tool_chunk(0, arguments='{"x":'),
+              _tool_chunk(0, arguments=" 1}"), _tool_chunk(1, id_="call_b", name="b"),
+              _tool_chunk(1, arguments='{"y": 2}')]
+    frames = [frame for chunk in chunks for frame in writer.feed(chunk)] + writer.finish()
+    blocks = _blocks(events(frames))
+    assert [(b["id"], json.loads(a)) for b, a in blocks.values()] == [("call_a", {"x": 1}),
+                                                                       ("call_b", {"y": 2})]
+
+
+def test_usage_both_ways_counts_every_input_token_once():
+    """Anthropic's input_tokens exclude the tokens read from and written to its cache; OpenAI's
+    prompt_tokens include them (cached_tokens: those read). LiteLLM reported prompt_tokens as
+    Anthropic's input_tokens alone (cache hits vanished from the bill) and others added the cached
+    ones twice; the gateway's total is the same whichever side it is read on."""
+    anthropic_usage = {"input_tokens": 12, "output_tokens": 7, "cache_read_input_tokens": 1800,
+                       "cache_creation_input_tokens": 200}
+    openai_usage = translate.openai_usage(anthropic_usage)
+    assert openai_usage == {"prompt_tokens": 2012, "completion_tokens": 7, "total_tokens": 2019,
+                            "prompt_tokens_details": {"cached_tokens": 1800, "cache_write_tokens": 200}}
+    assert translate.anthropic_usage(openai_usage) == anthropic_usage  # and back, unchanged
+    plain = {"prompt_tokens": 2006, "completion_tokens": 300,
+             "prompt_tokens_details": {"cached_tokens": 1920}}  # OpenAI's own example
+    assert translate.anthropic_usage(plain) == {"input_tokens": 86, "output_tokens": 300,
+                                                "cache_read_input_tokens": 1920,
+                                                "cache_creation_input_tokens": 0}
+    assert translate.anthropic_usage({"prompt_tokens": 5, "completion_tokens": 1}) == {
+        "input_tokens": 5, "output_tokens": 1, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    assert translate.anthropic_usage({"prompt_tokens": 5, "prompt_tokens_details": None})["input_tokens"] == 5
+
+
+def test_a_streamed_answers_cached_usage_reaches_message_delta():
+    writer = translate.AnthropicStreamWriter(model="claude")
+    frames = writer.feed({"id": "c3", "choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None})
+    frames += writer.feed({"id": "c3", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    frames += writer.feed({"id": "c3", "choices": [], "usage": {
+        "prompt_tokens": 2006, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 1920}}})
+    delta = events(frames + writer.finish())[-2][1]
+    assert delta["usage"] == {"input_tokens": 86, "output_tokens": 3, "cache_read_input_tokens": 1920,
+                              "cache_creation_input_tokens": 0}

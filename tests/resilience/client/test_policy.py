@@ -82,3 +82,15 @@ def test_a_reset_is_retried():
     error.__cause__ = ConnectionResetError(104, "reset")
     assert not unfixable(error)
     assert _retry(total=5).increment("GET", "/x", error=error).total == 4
+
+
+def test_anthropics_529_overloaded_is_a_status_a_policy_may_name_and_its_retry_after_is_honoured(db):
+    from resilience.models import Upstream
+    from resilience.ops.admin_forms import error_status
+
+    row = Upstream(name="claude", base_url="https://api.anthropic.example/v1", retry_statuses=[529, 503])
+    row.full_clean()  # refused before: 529 is no registered HTTP status
+    assert error_status("529") == 529
+    retry = _retry(status_forcelist=set(), allowed_methods={"POST"})
+    assert retry.is_retry("POST", 529, has_retry_after=True)  # asked to wait: like a 503
+    assert retry.get_retry_after(_Status(529, "3")) == 3.0
