@@ -83,6 +83,8 @@ class MessagesWire(_Bridge):
     @staticmethod
     def decode(content: bytes, *, status: int, target: str, request: Any) -> bytes:
         found = _json(content)
+        if status < 400 and not isinstance(found, dict):
+            return content  # not an answer: the door refuses it as the provider's failure (502)
         if status < 400:
             answer = translate.anthropic_response(found, model=_model(request))
         else:
@@ -109,6 +111,8 @@ class ChatWire(_Bridge):
     @staticmethod
     def decode(content: bytes, *, status: int, target: str, request: Any) -> bytes:
         found = _json(content)
+        if status < 400 and not isinstance(found, dict):
+            return content  # not an answer: the door refuses it as the provider's failure (502)
         if status < 400:
             answer = translate.openai_response(found, model=_model(request), created=int(time.time()))
         else:
