@@ -122,7 +122,9 @@ async def _generate(request: HttpRequest) -> HttpResponse:
                       allow="POST, OPTIONS")
     request.user = await request_authenticate(request)
     throttle = GenerateThrottle()
-    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
+    # A cache call: off the loop, in the shared pool. Thread-sensitive (the default) would
+    # start a thread per request (Django's per-request ThreadSensitiveContext): 0.6 ms of CPU.
+    if not await sync_to_async(throttle.allow_request, thread_sensitive=False)(request, None):
         wait = throttle.wait()
         raise Refusal("throttled", f"Request was throttled. Expected available in {math.ceil(wait)} seconds.",
                       429, retry_after=wait)

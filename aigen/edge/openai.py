@@ -195,7 +195,9 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         raise _method_not_allowed(request, "POST")
     request.user = await request_authenticate(request)
     throttle = GenerateThrottle()
-    if not await sync_to_async(throttle.allow_request)(request, None):  # a cache call: off the loop
+    # A cache call: off the loop, in the shared pool. Thread-sensitive (the default) would
+    # start a thread per request (Django's per-request ThreadSensitiveContext): 0.6 ms of CPU.
+    if not await sync_to_async(throttle.allow_request, thread_sensitive=False)(request, None):
         raise Refusal("rate_limit_exceeded", "Rate limit reached for the gateway.", 429,
                       retry_after=throttle.wait() or 1.0, type="requests")
     payload = body_json(request)
