@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from resilience.client.stream import StreamEvent
 
 #: Words of a 400's error that say a prefill (assistant prefix) is refused.
@@ -45,9 +47,12 @@ class OpenAIChat:
     @staticmethod
     def parse(data: bytes) -> StreamEvent | None:
         try:
-            chunk = json.loads(data)
+            chunk = orjson.loads(data)  # every chunk of every stream: 4x json.loads' speed
         except ValueError:
-            return None
+            try:  # what only json reads: a token split inside a surrogate pair, escaped
+                chunk = json.loads(data)
+            except ValueError:
+                return None
         if not isinstance(chunk, dict):
             return None
         error = chunk.get("error")
