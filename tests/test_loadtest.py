@@ -16,6 +16,7 @@ import aiohttp
 from bench.loadtest.driver import Driver, Target, at_once, paced, percentile
 from bench.loadtest.procs import ROOT, GatewayServer
 from bench.loadtest.provider import ProviderConfig, provider_start
+from bench.loadtest.ramp import Ramp, Step, closed, ramp_plot, ramp_run, ramp_table, step_measure
 
 
 async def _run() -> dict:
@@ -71,3 +72,56 @@ def test_the_server_under_load_runs_in_this_tools_environment(tmp_path):
     assert f"{here}/gunicorn project.asgi:application" in plan
     assert f"{here}/python manage.py migrate" in plan
     assert f"{here}/python -m project.startup" in plan
+
+
+async def _ramp_direct() -> dict:
+    runner, port = await provider_start(config=ProviderConfig(delay=0.05, chunks=2))
+    try:
+        target = Target("direct", f"http://127.0.0.1:{port}", "openai")
+        async with Driver(pools=2) as driver:
+            callers, _ = await closed(driver, target, callers=4, duration=0.3, stream=False, nonce="c",
+                                      timeout=5)
+            ramp = await ramp_run(driver, target, rates=(10, 20), step_s=0.3, nonce="r")
+        return {"callers": callers, "ramp": ramp}
+    finally:
+        await runner.cleanup()
+
+
+def test_closed_callers_and_the_ramp_against_the_provider(tmp_path):
+    out = asyncio.run(_ramp_direct())
+    callers, ramp = out["callers"], out["ramp"]
+    # Four callers, each one request at a time: more than four requests, every one answered.
+    assert len(callers) > 4 and all(s.ok for s in callers)
+    assert [step.rate for step in ramp.steps] == [10, 20]
+    assert [(step.sent, step.ok) for step in ramp.steps] == [(3, 3), (6, 6)]
+    assert all(step.added_p99_ms is not None for step in ramp.steps)
+    table = ramp_table([ramp])
+    assert table.splitlines()[2].startswith("| direct | ")
+    svg = tmp_path / "ramp.svg"
+    assert ramp_plot([ramp], svg)
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+
+
+def _step(rate: float, sent: int, ok: int, p99_ms: float) -> Step:
+    return Step(rate=rate, sent=sent, ok=ok, achieved=ok, added_p50_ms=1.0, added_p99_ms=p99_ms,
+                cpu_ms_per_request=None)
+
+
+def test_ramp_throughput_is_the_last_step_held_before_it_broke():
+    ramp = Ramp("ours", [_step(100, 100, 100, 3.0), _step(200, 200, 200, 19.0), _step(300, 300, 300, 25.0),
+                         _step(400, 400, 390, 900.0)])
+    assert ramp.best_rate == 200  # 300 passed the 20 ms limit, 400 failed
+    assert ramp.failing_rate == 400
+    # One step over the limit between held ones is a hiccup; two in a row end the ramp.
+    assert Ramp("x", [_step(100, 10, 10, 30.0), _step(200, 10, 10, 1.0)]).best_rate == 200
+    assert Ramp("x", [_step(100, 10, 10, 1.0), _step(200, 10, 10, 30.0), _step(300, 10, 10, 30.0),
+                      _step(400, 10, 10, 1.0)]).best_rate == 100
+    failed = Ramp("x", [_step(100, 10, 10, 1.0), _step(200, 10, 9, 1.0), _step(300, 10, 10, 1.0)])
+    assert failed.best_rate == 100
+    assert Ramp("x", [_step(100, 10, 10, 1.0)]).failing_rate is None
+    assert "| x | 100/s | none reached |" in ramp_table([Ramp("x", [_step(100, 10, 10, 1.0)])])
+
+
+def test_a_step_without_answers_has_no_percentiles():
+    step = step_measure(50, [], 1.0, None)
+    assert (step.sent, step.ok, step.added_p99_ms, step.within) == (0, 0, None, False)

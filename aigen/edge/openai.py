@@ -63,6 +63,7 @@ from resilience.conf import resilience_settings
 from resilience.exceptions import AppError
 from resilience.telemetry.slow import slow_expected
 
+_JSON = {"Content-Type": "application/json"}
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -135,6 +136,18 @@ def _checked(payload: Any) -> tuple[str, bool]:
 def _usage_only(event: Any) -> bool:
     """The stream's final usage chunk (no choices), which a caller that did not ask for it is not sent."""
     return isinstance(event.data, dict) and not event.data.get("choices") and bool(event.data.get("usage"))
+
+
+def _relayed(raw: bytes, payload: dict[str, Any]) -> dict[str, Any]:
+    """The request body for the client: the caller's bytes as they came (parsed
+    once, never re-encoded: 20 us on a small body, 0.3 ms on a 10 KB prompt).
+    The client still rewrites a JSON object's "model" for an endpoint's model
+    override or a fallback model (resilience.client.attempt.spec_for), which
+    it recognizes by the leading brace; a body with leading whitespace is
+    sent re-encoded instead."""
+    if raw[:1] == b"{":
+        return {"data": raw, "headers": _JSON}
+    return {"json": payload}
 
 
 def _usage_asked(payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -211,8 +224,11 @@ async def _chat(request: HttpRequest) -> HttpResponse:
         raise _method_not_allowed(request, "POST")
     request.user = await request_authenticate(request)
     throttle = GenerateThrottle()
+    # A cache call: off the loop, in the shared pool. Thread-sensitive (the default) would
+    # start a thread per request (Django's per-request ThreadSensitiveContext): 0.6 ms of CPU.
     # A caller with limits has the throttle counted by its admission below (one round trip).
-    if not caller_limited(request.user) and not await sync_to_async(throttle.allow_request)(request, None):
+    allow = sync_to_async(throttle.allow_request, thread_sensitive=False)
+    if not caller_limited(request.user) and not await allow(request, None):
         raise _throttled(throttle.wait())
     payload = body_json(request)
     model, stream = _checked(payload)
@@ -228,7 +244,7 @@ async def _chat(request: HttpRequest) -> HttpResponse:
     except CallerThrottled as err:
         raise _throttled(err.retry_after or 0.0) from None
     try:
-        response = await _sent(payload, name, stream, spend)
+        response = await _sent(request.body, payload, name, stream, spend)
     except BaseException:
         await spend.asettle(None, billed=False)  # no answer: the reservation is freed
         raise
@@ -237,7 +253,7 @@ async def _chat(request: HttpRequest) -> HttpResponse:
     return response
 
 
-async def _sent(payload: dict[str, Any], name: str, stream: bool, spend: Spend) -> HttpResponse:
+async def _sent(raw: bytes, payload: dict[str, Any], name: str, stream: bool, spend: Spend) -> HttpResponse:
     client = upstream_client(name)
     # In OpenAI's format with its bridge: an attempt on an Anthropic-format endpoint is translated there
     # and back by the client's attempt step; plain calls are cached and single-flighted as the policy says.
@@ -245,7 +261,8 @@ async def _sent(payload: dict[str, Any], name: str, stream: bool, spend: Spend) 
         sent, asked = _usage_asked(payload)
         supervised = await client.astream(CHAT_PATH, json=sent, codec=OPENAI_CHAT, wire=CHAT_WIRE)
         return _supervised(supervised, payload["model"], spend, relay_usage=asked)
-    response = await client.arequest("POST", CHAT_PATH, json=payload, raise_for_status=False, wire=CHAT_WIRE)
+    response = await client.arequest("POST", CHAT_PATH, **_relayed(raw, payload), raise_for_status=False,
+                                     wire=CHAT_WIRE)
     await answer_settle(spend, response)
     if response.status_code >= 400:
         raise ProviderAnswered(response)

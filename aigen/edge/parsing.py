@@ -4,11 +4,21 @@
 raises: `RequestTooLarge` (413, the one class of resilience.exceptions, as
 the door and DRF's parser raise it), a `Refusal` for another media type (415)
 or for a body that is not JSON (400, the shared parser's wording).
+
+Parsed by orjson: strict UTF-8 JSON (lone surrogate escapes, NaN and
+trailing data refused, as the shared parser refuses them), 4x faster than
+`json.loads` on a small body and 40x faster than the shared parser on a
+10 KB prompt, whose surrogate scan and re-decoding dominate
+(`python -m bench.bench_door`). What orjson refuses goes through the shared
+parser, which says why in its words (or accepts what only it accepts:
+UTF-16/32 bodies). One difference stays: orjson reads an integer past 64
+bits as a float (the /v1 door relays the caller's bytes, not this value).
 """
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
@@ -30,6 +40,10 @@ def body_json(request: HttpRequest) -> Any:
         raise too_large() from None
     if limit is not None and len(raw) > limit:
         raise too_large()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json_loads(raw or b"null")
     except ParseError as err:  # the shared parser's wording (resilience.ops.parsers)

@@ -202,7 +202,7 @@ async def atoken_user(key: str) -> Any:
     if not _usable(key):
         return None
     if users.due():
-        await sync_to_async(users.check)()
+        await sync_to_async(users.check, thread_sensitive=False)()  # a cache read: no thread of its own
     digest = token_digest(key)
     user, epoch = users.kept(digest)
     if user is None:

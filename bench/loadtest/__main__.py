@@ -17,8 +17,16 @@ Scenarios (issue 9), each with the provider scripted for it:
 - sustained: 100 new streams a second for 30 s, each 10 chunks over 10 s
   (about 1000 open at once); last, since a server that cannot carry it keeps
   working through abandoned requests long after.
-`--quick` shrinks all four for a smoke run. Prints one markdown table with
-ratios measured in this run; `--json PATH` also writes every figure.
+
+And the cost figures (issue 30, bench/loadtest/ramp.py):
+- callers: 32 callers one request at a time for 15 s, provider 50 ms (CPU per
+  call, added p50/p99);
+- callers-streams: the same with streams of 10 chunks over 0.5 s (CPU per stream);
+- the step ramp (after the scenarios, OpenAI-dialect contenders only; `--no-ramp`):
+  the rate raised until added p99 passes 20 ms or a request fails.
+`--quick` shrinks all of them for a smoke run. Prints one markdown table with
+ratios measured in this run and the ramp's table; `--json PATH` also writes
+every figure, `--plot PATH` draws added p99 against rate (SVG).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,6 +54,7 @@ from bench.loadtest.procs import (
     make_workdir,
     remove_workdir,
 )
+from bench.loadtest.ramp import QUICK_RATES, RAMP_RATES, Ramp, closed, ramp_plot, ramp_run, ramp_table
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Scenario:
     delay: float  # the provider's seconds per call (the whole stream for streams)
     chunks: int = 10
     count: int = 0  # at once: this many together
+    callers: int = 0  # closed loop: this many callers, one request at a time each, for `duration`
     rate: float = 0.0  # paced: this many a second ...
     duration: float = 0.0  # ... for this long
     timeout: float = 90.0  # per request
@@ -64,6 +75,7 @@ class Scenario:
 
     def describe(self) -> str:
         shape = (f"{self.count} at once" if self.count
+                 else f"{self.callers} callers for {self.duration:g} s" if self.callers
                  else f"{self.rate:g}/s for {self.duration:g} s")
         kind = f"streams of {self.chunks} chunks over {self.delay:g} s" if self.stream \
             else f"generations, provider {self.delay * 1000:g} ms"
@@ -82,6 +94,10 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                               duration=sustained_s, timeout=stream_s + 30),
         "steady": Scenario("steady", stream=False, delay=0.05, rate=50 if quick else 100,
                            duration=steady_s, timeout=30),
+        "callers": Scenario("callers", stream=False, delay=0.05, callers=32,
+                            duration=3.0 if quick else 15.0, timeout=30),
+        "callers-streams": Scenario("callers-streams", stream=True, delay=0.5, callers=32,
+                                    duration=3.0 if quick else 15.0, timeout=30),
     }
     return [table[name] for name in args.scenarios]
 
@@ -172,8 +188,21 @@ class Provider:
               flush=True)
 
 
+async def _scenario_run(driver: Driver, target: Target, scenario: Scenario,
+                        nonce: str) -> tuple[list[Sample], float]:
+    if scenario.count:
+        return await at_once(driver, target, count=scenario.count, stream=scenario.stream, nonce=nonce,
+                             timeout=scenario.timeout)
+    if scenario.callers:
+        return await closed(driver, target, callers=scenario.callers, duration=scenario.duration,
+                            stream=scenario.stream, nonce=nonce, timeout=scenario.timeout)
+    return await paced(driver, target, rate=scenario.rate, duration=scenario.duration, stream=scenario.stream,
+                       nonce=nonce, timeout=scenario.timeout)
+
+
 async def run_target(target: Target, group: Group | None, provider: Provider, plan: list[Scenario],
-                     pools: int) -> list[Result]:
+                     pools: int, ramp: dict[str, Any] | None = None) -> tuple[list[Result], Ramp | None]:
+    """The plan against one contender, then (with `ramp`: rates, step_s) its step ramp."""
     results = []
     async with Driver(pools=pools) as driver:
         # Warm-up (not measured): imports, connections, first queries in every worker
@@ -189,14 +218,7 @@ async def run_target(target: Target, group: Group | None, provider: Provider, pl
             nonce = secrets.token_hex(6)
             cpu0 = time.thread_time()
             with TreeMeter(group) as meter:
-                if scenario.count:
-                    samples, wall = await at_once(driver, target, count=scenario.count,
-                                                  stream=scenario.stream, nonce=nonce,
-                                                  timeout=scenario.timeout)
-                else:
-                    samples, wall = await paced(driver, target, rate=scenario.rate,
-                                                duration=scenario.duration, stream=scenario.stream,
-                                                nonce=nonce, timeout=scenario.timeout)
+                samples, wall = await _scenario_run(driver, target, scenario, nonce)
             driver_cpu = time.thread_time() - cpu0
             stats = await provider.stats()
             result = summarize(target.name, scenario, samples, wall, stats, meter, driver_cpu)
@@ -205,7 +227,13 @@ async def run_target(target: Target, group: Group | None, provider: Provider, pl
                   f"provider peak {result.provider_peak}, driver CPU {result.driver_cpu_pct:.0f}%",
                   flush=True)
             results.append(result)
-    return results
+        stepped = None
+        if ramp is not None and target.dialect == "openai":
+            await provider.configure(delay=0.05, chunks=10)
+            stepped = await ramp_run(driver, target, rates=ramp["rates"], step_s=ramp["step_s"],
+                                     nonce=secrets.token_hex(6), meter=lambda: TreeMeter(group),
+                                     settle=provider.settle)
+    return results, stepped
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -299,9 +327,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run of every scenario")
     # sustained runs last: a server that cannot carry it is left with a queue of
     # abandoned requests that would load whatever ran after it.
-    parser.add_argument("--scenarios", default="burst,streams,steady,sustained",
+    parser.add_argument("--scenarios", default="burst,streams,steady,callers,callers-streams,sustained",
                         type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
-                        help="comma-separated subset, run in this order (default: all four)")
+                        help="comma-separated subset, run in this order (default: all six)")
     parser.add_argument("--sustained-duration", type=float, default=0.0, help="seconds of arrivals (30)")
     parser.add_argument("--sustained-stream", type=float, default=0.0, help="seconds per stream (10)")
     parser.add_argument("--steady-duration", type=float, default=0.0, help="seconds (20)")
@@ -319,9 +347,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the server's database (default: a fresh SQLite file in the run's temp dir)")
     parser.add_argument("--pools", type=int, default=16, help="driver connection pools (16)")
     parser.add_argument("--json", dest="json_path", help="also write every figure here")
+    parser.add_argument("--plot", dest="plot_path", help="draw the ramp's added p99 against rate here (SVG)")
+    parser.add_argument("--no-ramp", action="store_true", help="skip the step ramp")
+    parser.add_argument("--ramp-rates", default="",
+                        type=lambda v: tuple(float(r) for r in v.split(",") if r.strip()),
+                        help=f"requests/s of the ramp's steps ({','.join(map(str, RAMP_RATES))}; "
+                             f"--quick: {','.join(map(str, QUICK_RATES))})")
+    parser.add_argument("--ramp-step", type=float, default=0.0, help="seconds per ramp step (8; --quick: 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with the logs")
     args = parser.parse_args(argv)
-    unknown = set(args.scenarios) - {"burst", "streams", "sustained", "steady"}
+    unknown = set(args.scenarios) - {"burst", "streams", "sustained", "steady", "callers", "callers-streams"}
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     return args
@@ -336,7 +371,9 @@ class _Run:
     provider: Provider
     pools: int
     workdir: Any
+    ramp: dict[str, Any] | None = None
     results: list[Result] = field(default_factory=list)
+    ramps: list[Ramp] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -352,7 +389,11 @@ class _Run:
             else:
                 spoken = dialect or ("gateway" if isinstance(server, GatewayServer) else "openai")
                 target, group = Target(name, server.url, spoken, server.token), server.group
-            self.results.extend(await run_target(target, group, self.provider, self.plan, self.pools))
+            results, stepped = await run_target(target, group, self.provider, self.plan, self.pools,
+                                                ramp=self.ramp)
+            self.results.extend(results)
+            if stepped is not None:
+                self.ramps.append(stepped)
             self.targets.append(name)
         except Exception as err:  # one contender failing must not lose the others' figures
             self.failures.append(f"{name}: {type(err).__name__}: {err}")
@@ -368,7 +409,9 @@ async def amain(args: argparse.Namespace) -> int:
     print(f"load run: {', '.join(s.name for s in plan)}{' (quick)' if args.quick else ''}; "
           f"logs in {workdir}", flush=True)
     provider_proc = ProviderProcess(workdir).start()
-    run = _Run(plan, provider_proc.url, Provider(provider_proc.url), args.pools, workdir)
+    ramp = None if args.no_ramp else {"rates": args.ramp_rates or (QUICK_RATES if args.quick else RAMP_RATES),
+                                      "step_s": args.ramp_step or (1.0 if args.quick else 8.0)}
+    run = _Run(plan, provider_proc.url, Provider(provider_proc.url), args.pools, workdir, ramp=ramp)
 
     def gateway() -> GatewayServer:
         return GatewayServer(workdir, provider_url=provider_proc.url, redis_url=args.redis_url,
@@ -395,12 +438,19 @@ async def amain(args: argparse.Namespace) -> int:
 def _report(run: _Run, args: argparse.Namespace) -> int:
     """Print the table (and write the JSON when asked); 1 when a contender failed."""
     print("\n" + table(run.plan, run.results, run.targets))
+    if run.ramps:
+        print("\nStep ramp (provider 50 ms, open loop, added p99 limit 20 ms):\n" + ramp_table(run.ramps))
     print(f"\nCPU and memory are of the server's whole process tree; `direct` has no server. "
           f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
     if args.json_path:
         with open(args.json_path, "w") as out:
             json.dump({"scenarios": [asdict(s) for s in run.plan],
-                       "results": [asdict(r) for r in run.results], "failures": run.failures}, out, indent=2)
+                       "results": [asdict(r) for r in run.results],
+                       "ramps": [{**asdict(r), "best_rate": r.best_rate, "failing_rate": r.failing_rate}
+                                 for r in run.ramps],
+                       "failures": run.failures}, out, indent=2)
+    if args.plot_path and run.ramps and ramp_plot(run.ramps, Path(args.plot_path)):
+        print(f"plot: {args.plot_path}")
     for failure in run.failures:
         print(f"FAILED {failure}", file=sys.stderr)
     if args.keep or run.failures:

@@ -75,6 +75,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx2
+import orjson
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
@@ -145,11 +146,16 @@ class WireCodec(Protocol):
 
 def json_object(data: bytes) -> dict[str, Any] | None:
     """What every codec's `parse` starts with: `data` as a JSON object, or
-    None when it is not JSON or another kind of JSON value."""
+    None when it is not JSON or another kind of JSON value. orjson first
+    (every chunk of every stream: four times json.loads' speed), json for
+    what only it reads (a token split inside a surrogate pair, escaped)."""
     try:
-        value = json.loads(data)
+        value = orjson.loads(data)
     except ValueError:
-        return None
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return None
     return value if isinstance(value, dict) else None
 
 

@@ -57,6 +57,24 @@ def test_a_completion_goes_to_the_primary_with_its_own_key(gateway, providers):
     assert gateway not in json.dumps(dict(sent.headers))
 
 
+def test_the_callers_bytes_reach_the_provider_as_they_came(gateway, providers):
+    # Issue 30: parsed once at the door, never re-encoded on the way (key order,
+    # spacing, escapes and fields the gateway does not know stay the caller's).
+    primary, _ = providers
+    raw = ('{"messages": [{"content": "caf\\u00e9",  "role": "user"}], "x_extra": {"b": 1, "a": 2},'
+           f' "model": "{MODEL}"}}').encode()
+
+    async def send(client):
+        return await client._client.post("http://testserver/v1/chat/completions", content=raw,
+                                         headers={"Authorization": f"Bearer {gateway}",
+                                                  "Content-Type": "application/json"})
+
+    response = sdk_run(gateway, send)
+    assert response.status_code == 200
+    assert primary.requests[-1].body == raw
+    assert response.json()["choices"][0]["message"]["content"] == CONTENT_PREFIX + "caf\u00e9"
+
+
 def test_a_failing_primary_fails_over_to_the_fallback_with_its_model_name(gateway, providers):
     primary, fallback = providers
     primary.fail_next(Reply(503), Reply(503), Reply(503))

@@ -1,0 +1,141 @@
+"""`python -m bench.bench_door`: what one call through the /v1 front door costs, in process.
+
+The project's ASGI application is called directly (no HTTP server, no
+driver), one `POST /v1/chat/completions` at a time, against the load test's
+loopback provider answering at once, with the server's settings as `make
+loadtest` prepares them (a fresh SQLite database, Redis for the cache). The
+figure is this process's CPU time per call (all its threads: the loop and
+the worker threads the steps hop to), which is the server's share of
+`make loadtest`'s CPU per call without the HTTP server's own parsing.
+
+Also the body parse on its own: the shared parser (`json_loads`) against
+orjson, on a small body and a 10 KB prompt.
+
+`--profile PATH` writes a pyinstrument profile of the timed calls (HTML, and
+the same as text beside it); for a flame graph of every thread run the
+bench under `py-spy record --native -f flamegraph -o out.svg -- python -m
+bench.bench_door`. `--stream` measures streamed calls (10 chunks).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import json
+import os
+import sys
+import time
+import timeit
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.loadtest.procs import GatewayServer, ProviderProcess, make_workdir, remove_workdir
+
+
+def _scope(token: str, body: bytes) -> dict[str, Any]:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                        (b"authorization", f"Bearer {token}".encode()),
+                        (b"content-length", str(len(body)).encode())]}
+
+
+async def _call(application: Any, token: str, seq: int, stream: bool) -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 200, "stream": stream,
+                       "messages": [{"role": "user", "content": f"bench {seq} {time.time()}"}]}).encode()
+    delivered = False
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the caller never hangs up
+        return {}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await application(_scope(token, body), receive, send)
+    if sent[0]["status"] != 200:
+        raise RuntimeError(f"the call answered {sent[0]['status']}: {sent[1:]}")
+
+
+async def _measure(application: Any, token: str, *, calls: int, stream: bool, profile: str | None) -> float:
+    for seq in range(50):  # warm: imports, connections, the token and policy caches
+        await _call(application, token, -seq - 1, stream)
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0002, async_mode="disabled")
+        profiler.start()
+    started = time.process_time()
+    for seq in range(calls):
+        await _call(application, token, seq, stream)
+    cpu = time.process_time() - started
+    if profiler is not None:
+        profiler.stop()
+        Path(profile).write_text(profiler.output_html())
+        Path(profile).with_suffix(".txt").write_text(profiler.output_text(unicode=False, color=False))
+    return cpu * 1000 / calls
+
+
+def parse_costs() -> list[tuple[str, float, float]]:
+    """(body, shared parser us, orjson us) for a small body and a 10 KB prompt."""
+    import orjson
+
+    from resilience.ops.parsers import json_loads
+
+    small = json.dumps({"model": "gpt-4o-mini", "max_tokens": 200,
+                        "messages": [{"role": "user", "content": "Load run abcdef request 123"}]}).encode()
+    prompt = json.dumps({"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": "hello world " * 20}] * 40}).encode()
+    rows = []
+    for label, raw, number in (("small", small, 5000), (f"{len(prompt) // 1000} KB", prompt, 300)):
+        shared = timeit.timeit(lambda raw=raw: json_loads(raw), number=number) / number
+        fast = timeit.timeit(lambda raw=raw: orjson.loads(raw), number=number) / number
+        rows.append((label, shared * 1e6, fast * 1e6))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_door", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--stream", action="store_true", help="streamed calls (10 chunks)")
+    parser.add_argument("--profile", help="write a pyinstrument profile of the timed calls here (HTML)")
+    parser.add_argument("--redis-url", default=os.environ.get("LOADTEST_REDIS_URL", "redis://127.0.0.1:6379/10"))
+    args = parser.parse_args(argv)
+    workdir = make_workdir()
+    # At exit, after the call-log writer's last flush into the database kept there (LIFO).
+    atexit.register(remove_workdir, workdir)
+    provider = ProviderProcess(workdir).start()
+    try:
+        server = GatewayServer(workdir, provider_url=provider.url, redis_url=args.redis_url)
+        server.prepare()
+        os.environ.update(server.env)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+        config = json.dumps({"delay": 0.0, "chunks": 10}).encode()
+        urllib.request.urlopen(urllib.request.Request(provider.url + "/_config", data=config, headers={
+            "Content-Type": "application/json"}), timeout=10).close()
+        from project.asgi import application
+
+        per_call = asyncio.run(_measure(application, server.token, calls=args.calls, stream=args.stream,
+                                        profile=args.profile))
+    finally:
+        provider.stop()
+    kind = "stream of 10 chunks" if args.stream else "call"
+    print(f"/v1/chat/completions in process: {per_call:.3f} ms of CPU per {kind} ({args.calls} calls)")
+    print("\n| body | shared parser | orjson | ratio |\n|---|---|---|---|")
+    for label, shared, fast in parse_costs():
+        print(f"| {label} | {shared:.1f} us | {fast:.1f} us | {shared / fast:.0f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
