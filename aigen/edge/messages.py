@@ -180,14 +180,13 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spen
             async with contextlib.aclosing(pinged) as items:
                 async for event in items:
                     if event is None:
-                        for frame in writer.ping():
-                            yield frame
+                        yield b"".join(writer.ping())
                         continue
                     chunk = OPENAI_CHAT.with_text(event.data, event.text) if event.spliced else event.data
-                    for frame in writer.feed(chunk):
-                        yield frame
-            for frame in writer.finish():
-                yield frame
+                    frames = writer.feed(chunk)
+                    if frames:  # one write per provider chunk, however many events it makes
+                        yield b"".join(frames)
+            yield b"".join(writer.finish())
         except errors.UpstreamError as err:
             yield error_event(err, shape=ANTHROPIC)
         except Exception as err:  # whatever broke the stream, the caller must hear of it

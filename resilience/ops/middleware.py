@@ -42,7 +42,7 @@ from django.utils.cache import patch_vary_headers
 from django.utils.text import compress_string
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from resilience.client.context import current_caller, current_request_id
+from resilience.client.context import current_caller, current_priority, current_request_id
 from resilience.conf import resilience_settings
 from resilience.telemetry import metrics
 from resilience.telemetry.slow import slow_expected_is
@@ -141,11 +141,14 @@ class RequestIdMiddleware(_BothModes):
     def before(self, request: HttpRequest) -> Any:
         request_id = request_id_from(request.META.get("HTTP_X_REQUEST_ID"))
         request.request_id = request_id  # type: ignore[attr-defined]
-        # No caller until authentication names one (a thread serving requests
-        # one after another under WSGI must not lend one request's caller to the next).
-        return request_id, current_request_id.set(request_id), current_caller.set(None)
+        # No caller (and the default priority) until authentication names one: a thread
+        # serving requests one after another under WSGI must not lend one request's caller
+        # or priority to the next.
+        return (request_id, current_request_id.set(request_id), current_caller.set(None),
+                current_priority.set("normal"))
 
     def release(self, state: Any) -> None:
+        current_priority.reset(state[3])
         current_caller.reset(state[2])
         current_request_id.reset(state[1])
 
