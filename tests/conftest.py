@@ -66,6 +66,28 @@ def redis_url() -> str:
 
 
 @pytest.fixture
+def on_redis(redis_url):
+    """The default cache on Redis (under a prefix of its own, emptied before
+    and after), with the engines and clients rebuilt for it (breakers, locks
+    and quotas are then shared there)."""
+    from django.core.cache import cache
+    from django.test import override_settings
+
+    from resilience.cache import reset_engines
+    from resilience.client import reset_clients
+
+    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
+                          "KEY_PREFIX": "test-redis"}}
+    with override_settings(CACHES=caches):
+        reset_engines()
+        reset_clients()
+        cache.clear()
+        yield
+        cache.clear()
+    reset_engines()
+
+
+@pytest.fixture
 def redis_process():
     """A private redis-server on a free port; the test may kill and restart it."""
     server = RedisProcess()

@@ -158,22 +158,3 @@ def mixed_warmup_file(tmp_path, section2_data):
     ], allow_unicode=True), encoding="utf-8")
     return path
 
-
-@pytest.fixture
-def on_redis(redis_url):
-    """The default cache on Redis (a key prefix of its own, emptied before and
-    after), with the engines and clients rebuilt for it: quotas shared there."""
-    from django.core.cache import cache
-    from django.test import override_settings
-
-    from resilience.cache import reset_engines
-
-    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
-                          "KEY_PREFIX": "aigentest-redis"}}
-    with override_settings(CACHES=caches):
-        reset_engines()
-        reset_clients()
-        cache.clear()
-        yield
-        cache.clear()
-    reset_engines()

@@ -64,25 +64,6 @@ def cache_clock(monkeypatch):
     return clock
 
 
-@pytest.fixture
-def on_redis(redis_url):
-    """The default cache on Redis (under a prefix of its own, emptied before
-    and after), with the engines and clients rebuilt for it."""
-    from django.core.cache import cache
-    from django.test import override_settings
-
-    from resilience.cache import reset_engines
-
-    caches = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
-                          "KEY_PREFIX": "rsltest-redis"}}
-    with override_settings(CACHES=caches):
-        reset_engines()
-        reset_clients()
-        cache.clear()
-        yield
-        cache.clear()
-    reset_engines()
-
 
 @pytest.fixture
 def readyz_client(settings):

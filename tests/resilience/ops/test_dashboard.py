@@ -240,7 +240,6 @@ def test_an_upstream_with_endpoint_limits_shows_its_admission_by_priority(staff_
     upstream("limited").get("/ok")
     data = staff_client.get(DATA).json()
     limited = card(data, "limited")["admission"]["priorities"]
-    print("LIMITED", limited); from resilience.client import quota as q; print("LOCAL", {k: (v.waits) for k, v in q._local.items()})
     assert limited["low"]["admitted"] == 1 and limited["normal"]["admitted"] == 1
     assert limited["high"] == {"waiting": 0, "admitted": 0, "mean_wait_s": 0.0, "max_wait_s": 0.0}
     assert card(data, "open")["admission"] is None
