@@ -48,6 +48,18 @@ def _clean_cache():
 
 
 @pytest.fixture(autouse=True)
+def _call_context():
+    """Each test starts with no caller at the default priority, as each request does
+    (a test that authenticates outside the middleware must not lend its caller on)."""
+    from resilience.client.context import current_caller, current_priority
+
+    tokens = current_caller.set(None), current_priority.set("normal")
+    yield
+    current_priority.reset(tokens[1])
+    current_caller.reset(tokens[0])
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # The production hasher is slow on purpose; tests log users in by the dozen.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
