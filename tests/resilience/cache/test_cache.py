@@ -70,6 +70,36 @@ def test_django_cache_api_works_on_both_backends(any_cache):
     assert c.get("misc:d") is None
 
 
+def test_the_async_methods_answer_like_the_sync_ones_and_wait_on_redis_off_the_loop(any_cache):
+    """aget/aset/aadd/adelete/aget_many: the same entries as the sync API; with
+    Redis configured each runs in a worker thread (never on the event loop's)."""
+    import asyncio
+
+    c, threads = any_cache, set()
+    get = c.get
+
+    def watched_get(*args):
+        threads.add(threading.get_ident())
+        return get(*args)
+
+    async def work():
+        c.get = watched_get
+        try:
+            await c.aset("misc:async", {"n": 1})
+            assert await c.aget("misc:async") == {"n": 1}
+            assert await c.aget("misc:nothing", "dflt") == "dflt"
+            assert await c.aadd("misc:async", 2) is False and await c.aadd("misc:async2", 2) is True
+            assert await c.aget_many(["misc:async", "misc:async2", "misc:zz"]) == {"misc:async": {"n": 1},
+                                                                                 "misc:async2": 2}
+            assert await c.adelete("misc:async") is True and get("misc:async") is None
+        finally:
+            del c.get
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(work())
+    assert threads and (loop_thread in threads) is (not c.redis_configured)
+
+
 def test_expired_entries_are_gone(any_cache):
     # Expiry is Redis's own clock (and time.time() in LocMemCache): a short
     # timeout rather than a movable clock.
