@@ -63,7 +63,7 @@ class Spend:
     async def asettle(self, usage: Any, *, billed: bool = True) -> None:
         """`settle` for async code: a thread hop only when a budget is held in Redis."""
         if self.reservation is not None and self.reservation.limits.budget and not self.done:
-            await sync_to_async(self.settle)(usage, billed=billed)
+            await sync_to_async(self.settle, thread_sensitive=False)(usage, billed=billed)
         else:
             self.settle(usage, billed=billed)
 
@@ -83,5 +83,5 @@ async def aspend_open(*, user_id: int | None, limits: CallerLimits | None, model
     """`spend_open` for async code: the admission runs off the loop, only for a limited caller."""
     if user_id is None or limits is None:
         return Spend(user_id=user_id, model=model)
-    return await sync_to_async(spend_open)(user_id=user_id, limits=limits, model=model, estimate=estimate,
-                                           throttle=throttle)
+    admit = sync_to_async(spend_open, thread_sensitive=False)  # the shared pool: no thread per request
+    return await admit(user_id=user_id, limits=limits, model=model, estimate=estimate, throttle=throttle)
