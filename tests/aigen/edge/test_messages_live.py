@@ -19,6 +19,7 @@ from tests.support.fake_anthropic import CONTENT_PREFIX, FakeAnthropic
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.fake_upstream import Reply
 from tests.support.live_server import LiveServer
+from tests.support.redis_server import RedisProcess
 
 MIXED = "claude-live"  # the mixed pool, not cached
 CACHED = "claude-live-cached"  # the same pool behind an upstream that caches POSTs
@@ -26,8 +27,18 @@ BUSY = "claude-live-busy"  # the same pool, a failure moving on at once (one ret
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, redis_url):
-    """One server for the module (starting one takes seconds)."""
+def server(tmp_path_factory):
+    """One server for the module (starting one takes seconds), on a Redis of its
+    own: its workers share cooldowns there, out of reach of the suite's other
+    tests and servers on the shared test database."""
+    redis = RedisProcess().start()
+    try:
+        yield from _serve(tmp_path_factory, redis.url)
+    finally:
+        redis.stop()
+
+
+def _serve(tmp_path_factory, redis_url):
     with FakeAnthropic() as primary, FakeOpenAI() as secondary:
         fields = ("endpoint_strategy='priority', read_timeout=5, deadline=10,"
                   " retry_backoff_factor=0, retry_jitter=0, retry_methods=['POST'], log_sample_rate=1.0,"
