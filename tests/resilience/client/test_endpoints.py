@@ -17,16 +17,8 @@ from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import breaker_status
 from tests.resilience.conftest import Clock
-from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.fake_upstream import Reply
 from tests.support.roles import role_user
-
-
-@pytest.fixture
-def fakes():
-    servers = [FakeUpstream().start() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from resilience.client.endpoints import Pool
 from resilience.client.policy import PolicyRetry
 from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
-from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.fake_upstream import Reply
 
 LLM_STATUSES = [429, 500, 502, 503, 504]
 CONTEXT_ERROR = {"error": {"message": "This model's maximum context length is 8192 tokens.",
@@ -27,14 +27,6 @@ CONTEXT_ERROR = {"error": {"message": "This model's maximum context length is 81
 CONTENT_ERROR = {"error": {"message": "Your request was rejected by the safety system.",
                            "type": "invalid_request_error", "param": None,
                            "code": "content_policy_violation"}}
-
-
-@pytest.fixture
-def fakes():
-    servers = [FakeUpstream().start() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)
