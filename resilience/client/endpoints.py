@@ -352,6 +352,7 @@ class Pool:
         self.window = Window(policy.name)
         self._cool_keys = {cooldown_key(policy.name, m.name): m for m in self.members}
         self._cool_read = 0.0
+        self._cool_lock = threading.Lock()
 
     @property
     def first(self) -> Member:
@@ -366,7 +367,7 @@ class Pool:
         left an attempt unanswered) come only when no other is available;
         those in `exclude` never."""
         if not self.single and time.monotonic() - self._cool_read >= self.recheck:  # a single URL never cools
-            self._read_cooldowns()
+            self._refresh_cooldowns()
         if self.single:
             return self._first_available(list(self.members))
         allowed = [m for m in self.members if m not in exclude]
@@ -496,13 +497,21 @@ class Pool:
         member.cool_until = until
         default_cache().set(cooldown_key(self.upstream, member.name), until, timeout=math.ceil(seconds))
 
-    def _read_cooldowns(self) -> None:
-        self._cool_read = time.monotonic()
-        found = default_cache().get_many(list(self._cool_keys))
-        for key, member in self._cool_keys.items():
-            until = found.get(key)
-            if until is not None and until > member.cool_until:
-                member.cool_until = until
+    def _refresh_cooldowns(self) -> None:
+        """Read the shared cooldowns. Attempts run on several threads at once:
+        one reads while the others that found the last read stale wait for it
+        (at most the cache's socket timeout), so no attempt chooses from a
+        read older than `recheck` while another is still under way."""
+        with self._cool_lock:
+            started = time.monotonic()
+            if started - self._cool_read < self.recheck:  # read by another thread while this one waited
+                return
+            found = default_cache().get_many(list(self._cool_keys))
+            for key, member in self._cool_keys.items():
+                until = found.get(key)
+                if until is not None and until > member.cool_until:
+                    member.cool_until = until
+            self._cool_read = started
 
     def close(self) -> None:
         for member in self.members:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from resilience import exceptions, upstream
+from resilience.cache import default_cache
 from resilience.client import reset_clients
-from resilience.client.endpoints import Pool, snapshot
+from resilience.client.endpoints import Pool, cooldown_key, pool_specs, snapshot
+from resilience.client.policy import Policy
 from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
 from resilience.telemetry.selectors import breaker_status
@@ -146,6 +150,33 @@ def test_the_cooldown_is_capped_by_the_policy(fakes, make_pool, pool_clock):
     for _ in range(30):
         upstream("pool").get("/item")
     assert fakes[0].count("/item") > 1
+
+
+def test_a_cooldown_read_under_way_holds_the_choices_of_the_other_threads(fakes, make_pool, monkeypatch):
+    """Attempts choose on several threads at once (the async client's steps
+    run on a thread pool): one whose read of the shared cooldowns is stale
+    waits for a read already under way instead of choosing from old memory."""
+    row = make_pool(fakes[:2], endpoint_strategy="priority")
+    pool = Pool(Policy.from_model(row), pool_specs(row), lambda name: None)
+    store = default_cache()
+    store.set(cooldown_key("pool", "e0"), Pool.clock() + 30, timeout=30)  # cooled by another worker
+    reading, release = threading.Event(), threading.Event()
+    get_many = store.get_many
+
+    def slow_read(keys, *args, **kwargs):
+        reading.set()
+        release.wait(5)
+        return get_many(keys, *args, **kwargs)
+
+    monkeypatch.setattr(store, "get_many", slow_read)
+    with ThreadPoolExecutor(2) as threads:
+        first = threads.submit(pool.choose)
+        assert reading.wait(5)
+        second = threads.submit(pool.choose)
+        with pytest.raises(TimeoutError):
+            second.result(timeout=0.2)  # waiting for the read, not choosing e0 from memory
+        release.set()
+        assert [first.result(5).member.name, second.result(5).member.name] == ["e1", "e1"]
 
 
 def test_every_endpoint_open_answers_breaker_open_with_the_earliest_retry_after(
