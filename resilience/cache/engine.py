@@ -161,7 +161,18 @@ class Engine:
         return result
 
     def run(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """Run cache method `op` on Redis when usable, else (or on outage) memory."""
+        """Run cache method `op` on Redis when usable, else (or on outage) memory.
+
+        While Redis is up (every operation but the probes and the fallen-back
+        ones) this is `on_redis` inlined: no closure, no mode to compute. It is
+        every cache operation's path, measured by bench.bench_cache.
+        """
+        if self.up:
+            try:
+                return getattr(self.redis, op)(*args, **kwargs)
+            except OUTAGE_ERRORS as err:
+                self.fall_back(err)
+                return getattr(self.memory, op)(*args, **kwargs)
         result = self.on_redis(lambda redis: getattr(redis, op)(*args, **kwargs))
         return getattr(self.memory, op)(*args, **kwargs) if result is NOT_SERVED else result
 

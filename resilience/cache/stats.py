@@ -48,7 +48,8 @@ class Counters:
         """Count `n` of `field` under the namespace of `key`."""
         name = f"{namespace_of(key)}:{field}"
         with self._lock:
-            self._counts[name] += n
+            counts = self._counts  # dict.get, not Counter's slower item lookup: every operation counts
+            counts[name] = counts.get(name, 0) + n
 
     def count_lookups(self, keys: Iterable[str], found: Mapping[str, Any]) -> None:
         """A hit for each of `keys` in `found`, a miss for the others."""
