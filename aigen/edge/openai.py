@@ -29,7 +29,12 @@ as they were sent while the first attempt serves, then the continuation's
 chunks under the first chunk's `id`, one final chunk with `finish_reason`,
 the usage chunk when asked for (the provider is always asked for it, for
 the usage ledger; a caller that did not ask is not sent it), and `data: [DONE]` (also when the provider
-left it out). When the answer cannot go on, the stream ends with one error
+left it out). An endpoint that refuses `stream_options` (400 naming it) when
+the caller did not ask for usage is asked again without it and remembered
+(resilience.client.stream); that stream brings no usage, and the caller's
+budget keeps the estimate reserved at admission while the ledger counts the
+call with no tokens (aigen.generation.spend). A caller that asked for usage
+itself gets the provider's 400 as it is. When the answer cannot go on, the stream ends with one error
 event naming the original failure, `data: {"error": {"message": ...,
 "type": "server_error", "code": "stream_interrupted"}}` (`upstream_timeout`
 past `stream_max_seconds`), which the OpenAI SDKs raise as an APIError:
@@ -57,7 +62,7 @@ from aigen.generation.bridges import CHAT_PATH, CHAT_WIRE
 from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
-from resilience.client.openai_wire import OPENAI_CHAT
+from resilience.client.openai_wire import INCLUDE_USAGE, OPENAI_CHAT
 from resilience.client.stream import SupervisedStream
 from resilience.conf import resilience_settings
 from resilience.exceptions import AppError
@@ -259,7 +264,8 @@ async def _sent(raw: bytes, payload: dict[str, Any], name: str, stream: bool, sp
     # and back by the client's attempt step; plain calls are cached and single-flighted as the policy says.
     if stream:
         sent, asked = _usage_asked(payload)
-        supervised = await client.astream(CHAT_PATH, json=sent, codec=OPENAI_CHAT, wire=CHAT_WIRE)
+        supervised = await client.astream(CHAT_PATH, json=sent, codec=OPENAI_CHAT, wire=CHAT_WIRE,
+                                          optional_usage=None if asked else INCLUDE_USAGE)
         return _supervised(supervised, payload["model"], spend, relay_usage=asked)
     response = await client.arequest("POST", CHAT_PATH, **_relayed(raw, payload), raise_for_status=False,
                                      wire=CHAT_WIRE)

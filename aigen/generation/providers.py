@@ -29,6 +29,7 @@ from django.core.signals import setting_changed
 from aigen.conf import aigen_settings
 from aigen.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from resilience.client import upstream_client
+from resilience.client.openai_wire import INCLUDE_USAGE
 from resilience.exceptions import (
     BreakerOpen,
     LocalCapacityExhausted,
@@ -373,7 +374,7 @@ class OpenAIProvider(Provider):
         first byte continues on another endpoint, the text stays one answer."""
         try:
             supervised = await upstream_client(self.upstream_name).astream(
-                "/chat/completions", json=self._body(prompt, True))
+                "/chat/completions", json=self._body(prompt, True), optional_usage=INCLUDE_USAGE)
         except UpstreamError as err:
             raise _map_error(err, self.upstream_name) from err
         result = AsyncCompletionStream(_empty(), close=supervised.aclose)

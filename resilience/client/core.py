@@ -66,7 +66,7 @@ from resilience.client.steps import (
     retry_after_of,
     sync_from_entry,
 )
-from resilience.client.stream import SupervisedStream, WireCodec
+from resilience.client.stream import SupervisedStream, UsageOption, WireCodec
 from resilience.client.urls import join_url, redact_path
 from resilience.client.wires import WireBridge
 from resilience.models import Outcome
@@ -122,15 +122,18 @@ class UpstreamClient:
 
     async def astream(self, path: str, *, json: Any, codec: WireCodec | None = None,
                       headers: dict[str, str] | None = None,
-                      wire: WireBridge | None = None) -> SupervisedStream:
+                      wire: WireBridge | None = None,
+                      optional_usage: UsageOption | None = None) -> SupervisedStream:
         """A supervised stream (resilience.client.stream): `json` is the
         request body, `codec` its wire format (OpenAI chat completions by
         default; with a `wire` bridge, each attempt's events are parsed in
         the format of the endpoint that answered). Returns the started
         `SupervisedStream`; raises the `UpstreamError` kinds, or
-        `UpstreamHTTPError` with the provider's error answer on `.response`."""
+        `UpstreamHTTPError` with the provider's error answer on `.response`.
+        `optional_usage`: the body's usage request is the caller's code's, not
+        its caller's: dropped for an endpoint that refuses it."""
         stream = SupervisedStream(self, path=path, body=json, codec=codec or OPENAI_CHAT, headers=headers,
-                                  wire=wire)
+                                  wire=wire, optional_usage=optional_usage)
         refused = await stream.start()
         if refused is not None:
             raise http_failure(self.name, refused.status_code, refused, retried=False, attempts=1,

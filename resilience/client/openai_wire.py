@@ -31,6 +31,8 @@ from resilience.client.stream import StreamEvent, json_object, refusal_says
 
 #: Words of a 400's error that say a prefill (assistant prefix) is refused.
 _PREFILL_WORDS = ("prefix", "prefill", "assistant")
+#: Words of a 400's error that say `stream_options.include_usage` is refused.
+_USAGE_WORDS = ("stream_options", "include_usage")
 
 
 class OpenAIChat:
@@ -130,3 +132,28 @@ class OpenAIChat:
 
 
 OPENAI_CHAT = OpenAIChat()
+
+
+class IncludeUsage:
+    """`stream_options.include_usage` as an optional request (a `UsageOption`
+    of resilience.client.stream): a strict OpenAI-compatible provider answers
+    400 naming `stream_options` (or `include_usage`) to a field it does not know."""
+
+    @staticmethod
+    def refused(status: int, content: bytes) -> bool:
+        return status == 400 and refusal_says(status, content, _USAGE_WORDS)
+
+    @staticmethod
+    def asked(body: Any) -> bool:
+        return isinstance(body, dict) and "stream_options" in body
+
+    @staticmethod
+    def dropped(body: Any) -> Any:
+        """`body` without `include_usage` (without `stream_options` when nothing else is left in it)."""
+        options = body.get("stream_options")
+        rest = {k: v for k, v in options.items() if k != "include_usage"} if isinstance(options, dict) else {}
+        lean = {k: v for k, v in body.items() if k != "stream_options"}
+        return {**lean, "stream_options": rest} if rest else lean
+
+
+INCLUDE_USAGE = IncludeUsage()

@@ -39,6 +39,18 @@ when one is available (else the same one):
   has, that prefix is dropped and the rest sent (a splice); when it does not,
   the stream ends with `StreamInterrupted` naming the original failure.
 
+A request for the final usage event that the gateway added for its own
+ledger (the caller did not ask: `optional_usage`, OpenAI's
+`stream_options.include_usage`) is not worth a refused stream: an endpoint
+that answers it with a 400 naming the option is remembered (shared cache
+key `stream:<upstream>:nousage:<endpoint>`, for `PREFILL_REFUSAL_TTL`) and
+the attempt is sent once more to that endpoint without it. While any
+endpoint of the upstream is known to refuse it, streams are sent without it
+from the start (which endpoint an attempt goes to is chosen later, by the
+client: one refused round trip per stream would cost more than the usage
+event). Such a stream ends with no `usage`. A caller that asked for the usage
+itself gets the provider's refusal as it is.
+
 Only text is continued: once an event the codec marks `opaque` (OpenAI: a
 tool call, a second choice) has reached the caller, a break ends the stream
 with `StreamInterrupted`.
@@ -55,7 +67,7 @@ rollups (per endpoint, `stream_<name>` signals) and the metrics count them.
 
 Where the state lives: all of a stream's state is this object's, in the
 task that serves it (text so far, counts, the open attempt); the only shared
-state is the prefill refusal per endpoint, and the breakers and cooldowns
+state is the prefill and usage-option refusals per endpoint, and the breakers and cooldowns
 the client keeps.
 
 On failure: `start()` raises the client's `UpstreamError` kinds (nothing was
@@ -76,6 +88,7 @@ from typing import Any, Protocol
 
 import httpx2
 import orjson
+from asgiref.sync import sync_to_async
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
@@ -235,6 +248,41 @@ def prefill_refusers(*, upstream: str, endpoints: tuple[str, ...]) -> set[str]:
     return {keys[key] for key, value in found.items() if value}
 
 
+class UsageOption(Protocol):
+    """A wire format's request for the final usage event (OpenAI's
+    `stream_options.include_usage`), as the supervisor drops it for an endpoint
+    that refuses it."""
+
+    def refused(self, status: int, content: bytes) -> bool:
+        """Whether an error answer says the option is refused (a 400 naming it)."""
+
+    def asked(self, body: Any) -> bool:
+        """Whether `body` carries the option."""
+
+    def dropped(self, body: Any) -> Any:
+        """`body` without the option."""
+
+
+def usage_refusal_key(upstream: str, endpoint: str) -> str:
+    return f"stream:{upstream}:nousage:{endpoint}"
+
+
+def usage_refusal_remember(*, upstream: str, endpoint: str) -> None:
+    """Remember, in every worker, that `endpoint` refuses the usage option."""
+    default_cache().set(usage_refusal_key(upstream, endpoint), True, timeout=PREFILL_REFUSAL_TTL)
+    logger.info("stream: endpoint %r of %s refuses the usage option; its streams are sent without it",
+                endpoint, upstream)
+
+
+def usage_refusers(client: Any) -> set[str]:
+    """Which endpoints of `client` are known to refuse the usage option (one
+    cache read; the policy as the last call loaded it). Blocking: run off the
+    event loop."""
+    keys = {usage_refusal_key(client.name, name): name for name in client.endpoint_names()}
+    found = default_cache().get_many(list(keys))
+    return {keys[key] for key, value in found.items() if value}
+
+
 class SupervisedStream:
     """One supervised streamed call (see the module docstring).
 
@@ -250,10 +298,13 @@ class SupervisedStream:
     clock = staticmethod(time.monotonic)
 
     def __init__(self, client: Any, *, path: str, body: Any, codec: WireCodec,
-                 headers: dict[str, str] | None = None, wire: Any = None) -> None:
+                 headers: dict[str, str] | None = None, wire: Any = None,
+                 optional_usage: UsageOption | None = None) -> None:
         self.client = client
         self.path = path
         self.body = body
+        #: The body's usage request is the gateway's, not the caller's: dropped for an endpoint refusing it.
+        self.optional_usage = optional_usage
         self.codec = codec
         self.headers = headers
         #: The call's wire bridge (resilience.client.wires): attempts on endpoints of another
@@ -286,6 +337,10 @@ class SupervisedStream:
         provider's error answer (status >= 400, body read) for the caller to
         render. Raises the client's `UpstreamError` kinds."""
         self._started = self.clock()
+        option = self.optional_usage
+        if option is not None and option.asked(self.body) and await sync_to_async(
+                usage_refusers, thread_sensitive=False)(self.client):
+            self.body = option.dropped(self.body)
         response = await self._send(self.body)
         if response.status_code >= 400:
             return response
@@ -295,6 +350,26 @@ class SupervisedStream:
         return None
 
     async def _send(self, body: Any, *, avoid: str = "", endpoint: str = "") -> Any:
+        """One attempt; sent once more without the optional usage request
+        (and the refusal remembered) when its endpoint answers 400 naming it."""
+        response = await self._post(body, avoid=avoid, endpoint=endpoint)
+        option = self.optional_usage
+        if option is None or response.status_code != 400 or not option.asked(body):
+            return response
+        content = await _read_error(response)
+        if not option.refused(response.status_code, content):
+            return response  # read and closed: its content is still there for the caller
+        refusing = response.meta.endpoint
+        await sync_to_async(usage_refusal_remember, thread_sensitive=False)(
+            upstream=self.client.name, endpoint=refusing)
+        # The stream's count (no attempt is open yet to carry it).
+        self.counts["usage_refused"] = self.counts.get("usage_refused", 0) + 1
+        if body is self.body:
+            self.body = option.dropped(body)  # its continuations go without it too
+            return await self._post(self.body, endpoint=refusing)
+        return await self._post(option.dropped(body), endpoint=refusing)
+
+    async def _post(self, body: Any, *, avoid: str = "", endpoint: str = "") -> Any:
         self._sent_at = self.clock()
         return await self.client.arequest("POST", self.path, json=body, headers=self.headers, stream=True,
                                           cache=False, raise_for_status=False, avoid=avoid, endpoint=endpoint,

@@ -12,7 +12,8 @@ is not JSON, gets a 400 with OpenAI's error shape; `fail_next()` queues replies
 one each before normal answers resume. `misbehave(model, Behaviour(...))`
 makes every answer for one model name (or "*" for all) misbehave in a
 stream's own ways: cut after N events, stall, a slow first token, a
-malformed event, no `[DONE]`, an error event, a refused prefill, a
+malformed event, no `[DONE]`, an error event, a refused prefill, a refused
+`stream_options`, a
 context-length or content-policy 400, or no answer at all.
 
 Prefills: a request whose last message is the assistant's (`"prefix": true`,
@@ -64,6 +65,8 @@ class Behaviour:
     error_after: after that many content events, an error event, then the end.
     omit_done: the stream ends after its final chunk (and usage) without `[DONE]`.
     refuse_prefill: a continuation request gets a 400 naming the prefix.
+    refuse_stream_options: a request carrying `stream_options` gets a 400 naming
+        it, as a strict OpenAI-compatible provider answers a field it does not know.
     error_code: every request gets a 400 with this code
         (`context_length_exceeded`, `content_policy_violation`).
     never_answer: the request is read and nothing is sent back.
@@ -79,6 +82,7 @@ class Behaviour:
     error_after: int | None = None
     omit_done: bool = False
     refuse_prefill: bool = False
+    refuse_stream_options: bool = False
     error_code: str | None = None
     never_answer: bool = False
 
@@ -260,6 +264,9 @@ class FakeOpenAI(HTTPFake):
             body = error_body(400, message, param="messages")
             body["error"]["code"] = behaviour.error_code
             return Reply(400, body=body)
+        if behaviour.refuse_stream_options and "stream_options" in payload:
+            return Reply(400, body=error_body(
+                400, "Unrecognized request argument supplied: stream_options", param="stream_options"))
         last = messages[-1]
         prefill = _text(last.get("content")) if last.get("role") == "assistant" else None
         if prefill is not None and behaviour.refuse_prefill:
