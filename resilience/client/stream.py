@@ -42,8 +42,8 @@ when one is available (else the same one):
 A request for the final usage event that the gateway added for its own
 ledger (the caller did not ask: `optional_usage`, OpenAI's
 `stream_options.include_usage`) is not worth a refused stream: an endpoint
-that answers it with a 400 naming the option is remembered (shared cache
-key `stream:<upstream>:nousage:<endpoint>`, for `PREFILL_REFUSAL_TTL`) and
+that answers it with a 400 naming the option is remembered (its name in
+the shared cache key `stream:<upstream>:nousage`, for `PREFILL_REFUSAL_TTL`) and
 the attempt is sent once more to that endpoint without it. While any
 endpoint of the upstream is known to refuse it, streams are sent without it
 from the start (which endpoint an attempt goes to is chosen later, by the
@@ -88,7 +88,6 @@ from typing import Any, Protocol
 
 import httpx2
 import orjson
-from asgiref.sync import sync_to_async
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
@@ -263,24 +262,25 @@ class UsageOption(Protocol):
         """`body` without the option."""
 
 
-def usage_refusal_key(upstream: str, endpoint: str) -> str:
-    return f"stream:{upstream}:nousage:{endpoint}"
+def usage_refusal_key(upstream: str) -> str:
+    return f"stream:{upstream}:nousage"
 
 
 def usage_refusal_remember(*, upstream: str, endpoint: str) -> None:
-    """Remember, in every worker, that `endpoint` refuses the usage option."""
-    default_cache().set(usage_refusal_key(upstream, endpoint), True, timeout=PREFILL_REFUSAL_TTL)
+    """Remember, in every worker, that `endpoint` refuses the usage option.
+    Two workers learning two endpoints at the same moment may keep one: the
+    other is learned again from its next refusal."""
+    cache = default_cache()
+    names = set(cache.get(usage_refusal_key(upstream)) or ()) | {endpoint}
+    cache.set(usage_refusal_key(upstream), sorted(names), timeout=PREFILL_REFUSAL_TTL)
     logger.info("stream: endpoint %r of %s refuses the usage option; its streams are sent without it",
                 endpoint, upstream)
 
 
-def usage_refusers(client: Any) -> set[str]:
-    """Which endpoints of `client` are known to refuse the usage option (one
-    cache read; the policy as the last call loaded it). Blocking: run off the
-    event loop."""
-    keys = {usage_refusal_key(client.name, name): name for name in client.endpoint_names()}
-    found = default_cache().get_many(list(keys))
-    return {keys[key] for key, value in found.items() if value}
+def usage_refusers(*, upstream: str) -> set[str]:
+    """The endpoints of `upstream` known to refuse the usage option (one cache
+    read, no policy needed: it runs before a stream's first attempt)."""
+    return set(default_cache().get(usage_refusal_key(upstream)) or ())
 
 
 class SupervisedStream:
@@ -338,8 +338,8 @@ class SupervisedStream:
         render. Raises the client's `UpstreamError` kinds."""
         self._started = self.clock()
         option = self.optional_usage
-        if option is not None and option.asked(self.body) and await sync_to_async(
-                usage_refusers, thread_sensitive=False)(self.client):
+        if option is not None and option.asked(self.body) and await _store_read(
+                usage_refusers, upstream=self.client.name):
             self.body = option.dropped(self.body)
         response = await self._send(self.body)
         if response.status_code >= 400:
@@ -360,8 +360,7 @@ class SupervisedStream:
         if not option.refused(response.status_code, content):
             return response  # read and closed: its content is still there for the caller
         refusing = response.meta.endpoint
-        await sync_to_async(usage_refusal_remember, thread_sensitive=False)(
-            upstream=self.client.name, endpoint=refusing)
+        await _store_read(usage_refusal_remember, upstream=self.client.name, endpoint=refusing)
         # The stream's count (no attempt is open yet to carry it).
         self.counts["usage_refused"] = self.counts.get("usage_refused", 0) + 1
         if body is self.body:
@@ -696,6 +695,15 @@ async def _drain(body: AsyncIterator[bytes]) -> None:
                 pass
     except (TimeoutError, httpx2.TransportError, OSError):
         pass  # the close that follows drops the connection: nothing is lost
+
+
+async def _store_read(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn` (a shared-store read or write) where the client's own steps run
+    it: in a worker thread while the store is Redis, inline on local memory
+    (resilience.client.core)."""
+    if getattr(default_cache(), "shared", False):  # as resilience.client.live.cache_is_shared
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 async def _read_error(response: Any) -> bytes:

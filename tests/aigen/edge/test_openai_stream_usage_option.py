@@ -10,8 +10,7 @@ import pytest
 
 from aigen.generation.ledger import usage_flush
 from aigen.models import UsageLedger
-from resilience.cache import default_cache
-from resilience.client.stream import usage_refusal_key
+from resilience.client.stream import usage_refusers
 from tests.aigen.edge.test_openai_stream_supervisor import MODEL, sdk_run
 from tests.support.fake_openai import CONTENT_PREFIX, Behaviour
 
@@ -46,7 +45,7 @@ def ledger() -> tuple[int, int]:
 
 
 def remembered(endpoint: str) -> bool:
-    return bool(default_cache().get(usage_refusal_key("llm", endpoint)))
+    return endpoint in usage_refusers(upstream="llm")
 
 
 def test_a_provider_refusing_stream_options_streams_without_them_and_is_remembered(gateway, providers):
