@@ -175,6 +175,8 @@ class Discipline:
       of at most `retry_after_max` that fits in half the time left is waited
       out here, a 429 without one is retried up to `RATE_LIMIT_RETRIES`
       times with the policy's jittered backoff; then the call moves on;
+      a 429, 503 or 529 whose Retry-After is longer than that moves on at
+      once (the endpoint is cooled for it by the client);
     - under the other strategies every endpoint is as good: the call moves
       on at once;
     - never more than `BURST_ATTEMPTS` attempts at one endpoint;
@@ -200,12 +202,25 @@ class Discipline:
         if here >= BURST_ATTEMPTS:
             return False
         status = response.status
+        asked = _retry_after_seconds(response) if status in COOLING_STATUSES else None
+        if asked is not None and (asked > self.retry_after_max or asked > trace.remaining() / 2):
+            return False  # longer than this call should wait here: another endpoint takes it now
         if status == 429:
-            asked = _retry_after_seconds(response)
-            if asked is None:
-                return here <= RATE_LIMIT_RETRIES
-            return asked <= self.retry_after_max and asked <= trace.remaining() / 2
+            return asked is not None or here <= RATE_LIMIT_RETRIES
         return status >= 500 and here <= SERVER_ERROR_RETRIES
+
+
+#: Statuses whose Retry-After cools their endpoint (resilience.client.attempt) and bounds a stay.
+COOLING_STATUSES = frozenset({429, 503, 529})
+
+
+def waits_past_deadline(response: Any, trace: Trace) -> bool:
+    """Whether `response` asks (Retry-After, on a status that may) for a wait
+    longer than what is left of the call: then no retry follows it."""
+    if response is None or getattr(response, "status", None) not in PolicyRetry.RETRY_AFTER_STATUS_CODES:
+        return False
+    asked = _retry_after_seconds(response)
+    return asked is not None and asked >= trace.remaining()
 
 
 def _retry_after_seconds(response: Any) -> float | None:
@@ -307,7 +322,10 @@ class PolicyRetry(Retry):
     - `Retry-After` is honoured up to `retry_after_max` seconds (on 413, 429,
       503 and Anthropic's 529).
     - A wait that would end past the call's deadline raises `DeadlineExceeded`
-      instead of sleeping: failing now beats failing later.
+      instead of sleeping: failing now beats failing later. An answer whose
+      own Retry-After (before the cap) outlasts the deadline is not retried
+      at all: the call ends at once with that answer (its history entry says
+      `retry_after_past_deadline`).
     - Every failed attempt is appended to the call's `Trace.history`.
     - A failure no retry can fix ends the call at once: a host name that does
       not resolve, a connection refused outright.
@@ -343,6 +361,8 @@ class PolicyRetry(Retry):
             trace.history.append(entry)
             stop = trace.discipline is not None and not trace.discipline.stays(
                 trace, response=response, error=error)
+            if not stop and self.respect_retry_after_header and waits_past_deadline(response, trace):
+                entry["error"], stop = "retry_after_past_deadline", True
         if stop or (error is not None and unfixable(error)):  # no attempts left for this one
             exhausted = self.new(total=0, connect=0, read=0, status=0, other=0)
             return Retry.increment(exhausted, method, url, response, error, _pool, _stacktrace)

@@ -14,7 +14,8 @@ import pytest
 
 from resilience import exceptions, upstream
 from resilience.client import reset_clients
-from resilience.client.endpoints import Pool
+from resilience.cache import default_cache
+from resilience.client.endpoints import Pool, cooldown_key
 from resilience.client.policy import PolicyRetry
 from resilience.models import CallLog, Endpoint, Upstream
 from resilience.telemetry.calllog import call_log_flush
@@ -139,6 +140,57 @@ def test_a_retry_after_that_does_not_fit_the_deadline_fails_over_at_once(fakes, 
     assert response.endpoint == "e1" and waits == [] and served(fakes[:2]) == [1, 1]
     upstream("pool").get("/item")
     assert served(fakes[:2]) == [1, 2]  # the primary cools down for the 4 s it asked
+
+
+# -- 503 / 529 with a Retry-After longer than the call can wait ----------------------------------
+@pytest.mark.parametrize("status", [503, 529])
+def test_a_503_or_529_asking_past_the_deadline_fails_over_at_once_and_cools_the_primary(
+        fakes, make_pool, waits, status):
+    make_pool(fakes[:2], retry_after_max=30, deadline=5, retry_statuses=[*LLM_STATUSES, 529])
+    fakes[0].script("/item", Reply(status, retry_after="60"), Reply(200))
+    response = upstream("pool").get("/item")
+    assert response.endpoint == "e1" and waits == [] and served(fakes[:2]) == [1, 1]
+    asyncio.run(upstream("pool").aget("/item"))
+    assert served(fakes[:2]) == [1, 2]  # the primary cools down for what it asked (up to retry_after_max)
+
+
+def test_the_async_face_fails_over_from_a_long_529_at_once_too(fakes, make_pool, waits):
+    make_pool(fakes[:2], retry_after_max=30, deadline=5, retry_statuses=[*LLM_STATUSES, 529])
+    fakes[0].script("/item", Reply(529, retry_after="60"), Reply(200))
+    response = asyncio.run(upstream("pool").aget("/item"))
+    assert response.endpoint == "e1" and waits == [] and served(fakes[:2]) == [1, 1]
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_a_503_asking_past_the_deadline_with_no_other_endpoint_ends_the_call_at_once(
+        fakes, make_pool, waits, face):
+    make_pool(fakes[:2], retry_after_max=30, deadline=5)
+    default_cache().set(cooldown_key("pool", "e1"), time.time() + 600, timeout=600)  # e1 cooled (another worker)
+    fakes[0].script("/item", Reply(503, retry_after="20"), Reply(200))
+    client = upstream("pool")
+    with pytest.raises(exceptions.RetriesExhausted) as caught:
+        client.get("/item") if face == "sync" else asyncio.run(client.aget("/item"))
+    assert caught.value.last_status == 503 and caught.value.retry_after == 20  # the upstream's own answer
+    assert waits == [] and served(fakes[:2]) == [1, 0]  # never slept, never retried
+    assert last_log().retries[0]["error"] == "retry_after_past_deadline"
+
+
+def test_a_single_url_answering_529_past_the_deadline_ends_the_call_at_once(fakes, make_upstream, waits):
+    make_upstream("one", base_url=fakes[0].url, retry_after_max=30, deadline=5,
+                  retry_statuses=[*LLM_STATUSES, 529], retry_methods=["GET"])
+    fakes[0].script("/item", Reply(529, retry_after="600"), Reply(200))
+    with pytest.raises(exceptions.RetriesExhausted) as caught:
+        upstream("one").get("/item")
+    assert caught.value.last_status == 529 and caught.value.retry_after == 600
+    assert waits == [] and fakes[0].count("/item") == 1
+
+
+def test_a_503_asking_less_than_the_deadline_is_still_waited_out_on_a_single_url(fakes, make_upstream, waits):
+    make_upstream("one", base_url=fakes[0].url, retry_after_max=30, deadline=5, retry_statuses=LLM_STATUSES,
+                  retry_methods=["GET"])
+    fakes[0].script("/item", Reply(503, retry_after="2"), Reply(200, body={"ok": True}))
+    assert upstream("one").get("/item").json() == {"ok": True}
+    assert waits == [2.0] and fakes[0].count("/item") == 2
 
 
 def test_with_weighted_endpoints_a_429_takes_the_next_endpoint_at_once(fakes, make_pool, waits):
