@@ -12,6 +12,12 @@ raised and the connection dropped, which the cache engine treats as an outage
 
 Commands with a timeout of their own (blocking pops, a lock's blocking wait)
 pass `timeout=` to the parser and keep it: only the default read is bounded.
+
+Cost: a read with `SLACK` or less of the reply's time gone (every reply
+that comes in one `recv`, nearly all of a cache's) waits on the socket's own
+timeout, as redis-py's parser does: passing a timeout costs two
+`settimeout` calls (a system call each) per read, and would shorten the
+wait by microseconds. So a reply may end up to `SLACK` past its deadline.
 """
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ from typing import Any
 from redis._parsers.hiredis import _HiredisParser
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE, SENTINEL
+
+#: Seconds of a reply's deadline a read may overrun instead of setting its own timeout.
+SLACK = 0.001
 
 
 class DeadlineHiredisParser(_HiredisParser):
@@ -44,7 +53,8 @@ class DeadlineHiredisParser(_HiredisParser):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RedisTimeoutError("Timeout reading from socket (reply deadline)")
-            timeout = min(float(self._socket_timeout), left)
+            if left < float(self._socket_timeout) - SLACK:  # else the socket's own timeout is as good
+                timeout = left
         if timeout is SENTINEL:
             return super().read_from_socket(raise_on_timeout=raise_on_timeout)
         return super().read_from_socket(timeout=timeout, raise_on_timeout=raise_on_timeout)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from django_redis.cache import RedisCache
 from django_redis.exceptions import ConnectionInterrupted
+from django_redis.pool import ConnectionFactory
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -44,6 +45,26 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     OSError,
 )
+
+class OwnPools(ConnectionFactory):
+    """django-redis's connection factory with pools of the engines' own.
+
+    django-redis keeps one process-wide pool per URL for every cache: another
+    django-redis cache on the same URL (a benchmark's plain one, a second
+    cache in settings) shares whichever pool was made first, with its parser
+    and socket timeouts. The engine's short timeouts and reply deadline are
+    what tell an outage, so its pools are keyed by every connection
+    parameter and kept apart from other caches'."""
+
+    _pools: ClassVar[dict[str, Any]] = {}
+
+    def get_or_create_connection_pool(self, params: dict[str, Any]) -> Any:
+        key = repr(sorted(params.items()))
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = self.get_connection_pool(params)
+        return pool
+
 
 NO, UP, PROBE = 0, 1, 2  # Engine.redis_mode()
 NOT_SERVED = object()  # Engine.on_redis(): Redis did not (or could not) answer
@@ -79,6 +100,7 @@ class Engine:
                 "IGNORE_EXCEPTIONS": False,
                 # A whole reply within SOCKET_TIMEOUT, not each read (a trickle never times out).
                 "CONNECTION_POOL_KWARGS": deadline.pool_kwargs(),
+                "CONNECTION_FACTORY": f"{OwnPools.__module__}.{OwnPools.__qualname__}",
                 **options,
             }
             self.redis = RedisCache(server, {**params, "OPTIONS": redis_options})

@@ -299,6 +299,27 @@ def test_nothing_listening_serves_from_memory_without_retrying_each_call():
     assert stats["hits"] == 101
 
 
+def test_a_plain_django_redis_cache_on_the_same_url_does_not_lend_it_its_pool():
+    """django-redis keeps one pool per URL for every cache: a plain cache that
+    made it first used to hand the FallbackCache its pool, without the short
+    timeouts and the reply deadline that tell an outage (a Redis that accepts
+    connections and never answers then took redis-py's 5 s, not 0.1 s)."""
+    from django_redis.cache import RedisCache
+
+    from resilience.cache.deadline import DeadlineHiredisParser
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # pools connect lazily: nothing needs to listen
+    plain = RedisCache(url, {"OPTIONS": {}}).client.get_client().connection_pool
+    c = make_cache(url, SOCKET_TIMEOUT=0.1, SOCKET_CONNECT_TIMEOUT=0.1)
+    own = c.engine.redis.client.get_client().connection_pool
+    assert own is not plain
+    assert own.connection_kwargs["socket_timeout"] == 0.1
+    assert own.connection_kwargs["socket_connect_timeout"] == 0.1
+    assert own.connection_kwargs["parser_class"] is DeadlineHiredisParser
+    assert plain.connection_kwargs["parser_class"] is not DeadlineHiredisParser  # nor lends it its own
+    reset_engines()
+
+
 def test_redis_dying_and_returning_mid_traffic(redis_process, caplog, cache_clock):
     c = make_cache(redis_process.url, PROBE_INTERVAL=0.3)
     errors: list[BaseException] = []
