@@ -175,8 +175,8 @@ class Discipline:
       of at most `retry_after_max` that fits in half the time left is waited
       out here, a 429 without one is retried up to `RATE_LIMIT_RETRIES`
       times with the policy's jittered backoff; then the call moves on;
-      a 429, 503 or 529 whose Retry-After is longer than that moves on at
-      once (the endpoint is cooled for it by the client);
+      a 503 or 529 whose Retry-After outlasts what is left of the deadline
+      moves on at once (the endpoint is cooled for it by the client);
     - under the other strategies every endpoint is as good: the call moves
       on at once;
     - never more than `BURST_ATTEMPTS` attempts at one endpoint;
@@ -202,16 +202,14 @@ class Discipline:
         if here >= BURST_ATTEMPTS:
             return False
         status = response.status
-        asked = _retry_after_seconds(response) if status in COOLING_STATUSES else None
-        if asked is not None and (asked > self.retry_after_max or asked > trace.remaining() / 2):
-            return False  # longer than this call should wait here: another endpoint takes it now
+        asked = _retry_after_seconds(response)
         if status == 429:
-            return asked is not None or here <= RATE_LIMIT_RETRIES
+            if asked is None:
+                return here <= RATE_LIMIT_RETRIES
+            return asked <= self.retry_after_max and asked <= trace.remaining() / 2
+        if asked is not None and status in (503, 529) and asked >= trace.remaining():
+            return False  # it would wait past the deadline: another endpoint takes the call now
         return status >= 500 and here <= SERVER_ERROR_RETRIES
-
-
-#: Statuses whose Retry-After cools their endpoint (resilience.client.attempt) and bounds a stay.
-COOLING_STATUSES = frozenset({429, 503, 529})
 
 
 def waits_past_deadline(response: Any, trace: Trace) -> bool:
