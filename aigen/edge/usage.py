@@ -73,7 +73,8 @@ class UsageView(AigenView):
         summary="Token usage and cost per day and model (own; with aigen.view_usageledger: everyone's)",
         parameters=[UsageFilterSerializer],
         responses={200: UsageResponseSerializer, **error_responses(
-            400, 403, 404, e403="`user` (another user's) needs aigen.view_usageledger.", e404="No such user.")},
+            400, 403, 404, e403="`user` (another user's) needs aigen.view_usageledger.",
+            e404="No such user.")},
     )
     def get(self, request: Request) -> Response:
         filters = UsageFilterSerializer(data=request.query_params)
@@ -90,7 +91,8 @@ class UsageView(AigenView):
                     raise NotFound(f"No user {username!r}.")
                 user_id = found
         elif username is not None and username != user.get_username():
-            self.permission_denied(request, message="Reading another user's usage needs the aigen.view_usageledger permission.")
+            self.permission_denied(
+                request, message="Reading another user's usage needs the aigen.view_usageledger permission.")
         else:
             user_id = user.pk
         usage_flush()
