@@ -227,14 +227,21 @@ def call_id() -> str:
     return f"{_PREFIX}{os.getpid():x}.{next(_ids):x}"
 
 
+def prompt_tokens(body: dict[str, Any] | None, raw: Any) -> int:
+    """A call's prompt in tokens (about four bytes per token of its body); 0 without a JSON body."""
+    if body is None:
+        return 0
+    size = len(raw) if isinstance(raw, (bytes, str)) else len(json_module.dumps(body, separators=(",", ":")))
+    return size // 4
+
+
 def tokens_needed(body: dict[str, Any] | None, raw: Any, default_max: int) -> int:
-    """A call's reservation in tokens: its prompt (about four bytes per token) plus the most it
-    may answer (`max_tokens`, `max_completion_tokens`, else `default_max`); 0 without a JSON body."""
+    """A call's reservation in tokens: its prompt (`prompt_tokens`) plus the most it may answer
+    (`max_tokens`, `max_completion_tokens`, else `default_max`); 0 without a JSON body."""
     if body is None:
         return 0
     most = body.get("max_tokens") or body.get("max_completion_tokens") or default_max
-    size = len(raw) if isinstance(raw, (bytes, str)) else len(json_module.dumps(body, separators=(",", ":")))
-    return size // 4 + (most if isinstance(most, int) and most > 0 else default_max)
+    return prompt_tokens(body, raw) + (most if isinstance(most, int) and most > 0 else default_max)
 
 
 def usage_tokens(content: bytes) -> int | None:
@@ -275,12 +282,14 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """What an admitted call holds: its id, tokens and the totals at its admission."""
+    """What an admitted call holds: its id, tokens (of which `prompt` for its prompt) and the
+    totals at its admission."""
 
     quota: Quota
     id: str
     tokens: int
     grant: Grant
+    prompt: int = 0
 
 
 class Quota:
