@@ -17,7 +17,9 @@ lives). When the job runs, the submitter's budget (its token's limits then)
 is reserved for the generation and settled from the provider's usage; the
 call is written to the usage ledger under the submitter, like any answered
 call. A job whose caller's budget is spent by then fails at once with the
-429's error object (`insufficient_quota`, not retried). A job without a user
+429's error object (`insufficient_quota`, not retried); one whose budget is
+only held by the caller's calls in flight is retried later (`budget_held`,
+503, the job's backoff and attempts). A job without a user
 (`cache_warmup --enqueue`) is neither checked nor ledgered: the ledger is per
 caller; its tokens are in the generation records and the call rollups.
 """
@@ -29,7 +31,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from aigen.conf import aigen_settings
-from aigen.exceptions import GenerationError, InvalidInput
+from aigen.exceptions import GenerationError, InvalidInput, QuotaExceeded
 from aigen.generation.quotas import CallerLimits, quota_check
 from aigen.generation.request import GenerationRequest
 from aigen.generation.services import GenerationResult, text_generate
@@ -41,6 +43,8 @@ from resilience.jobs import job, job_enqueue
 from resilience.jobs.models import Job
 
 GENERATE_JOB = "aigen.generate"
+#: A budget refusal's wait when the budget is only held by calls in flight (aigen.generation.quotas).
+HELD_WAIT = 1.0
 
 
 class JobNotFound(AppError):
@@ -53,6 +57,13 @@ class PriorityForbidden(AppError):
     status = 403
 
 
+class BudgetHeld(AppError):
+    """The submitter's budget is held by its calls in flight when the job runs: retried later."""
+
+    code = "budget_held"
+    status = 503
+
+
 def _job_spend(*, user_id: int | None, by_token: bool, data: Any) -> Spend:
     """The run's `Spend`: the submitter's token budget as it is now (its requests per
     minute were counted at the door), or only metering; `QuotaExceeded` when spent."""
@@ -62,7 +73,13 @@ def _job_spend(*, user_id: int | None, by_token: bool, data: Any) -> Spend:
         if token is not None and token.token_budget:
             limits = CallerLimits(budget=token.token_budget, period=token.budget_period)
     estimate = tokens_estimate(data) if limits is not None else 0
-    return spend_open(user_id=user_id, limits=limits, model=aigen_settings.MODEL, estimate=estimate)
+    try:
+        return spend_open(user_id=user_id, limits=limits, model=aigen_settings.MODEL, estimate=estimate)
+    except QuotaExceeded as refused:
+        if refused.retry_after is not None and refused.retry_after <= HELD_WAIT:
+            raise BudgetHeld("The API token's budget is held by its calls in flight; the job runs again "
+                             "later.") from None
+        raise
 
 
 def _job_settle(spend: Spend, result: GenerationResult) -> None:
@@ -162,5 +179,5 @@ def generation_job_view(row: Job) -> dict[str, Any]:
     }
 
 
-__all__ = ["GENERATE_JOB", "GenerationError", "JobNotFound", "PriorityForbidden", "generation_job",
-           "generation_job_get", "generation_job_submit", "generation_job_view"]
+__all__ = ["GENERATE_JOB", "BudgetHeld", "GenerationError", "JobNotFound", "PriorityForbidden",
+           "generation_job", "generation_job_get", "generation_job_submit", "generation_job_view"]

@@ -5,7 +5,8 @@
 - a job that runs is billed to its submitter's budget and written to the usage ledger (the rows
   `GET /api/ai/usage` shows), from the provider's usage;
 - a job whose submitter's budget was spent while it waited fails at once with the 429's error
-  object, without reaching the provider and without retries;
+  object, without reaching the provider and without retries; one whose budget is only held by
+  calls in flight is retried later (`budget_held`);
 - `cache_warmup --enqueue` jobs (no caller) are neither checked nor ledgered.
 
 The real database job engine runs the jobs (`worker_run`), against the fake OpenAI provider on
@@ -19,6 +20,7 @@ import pytest
 from django.core.management import call_command
 
 from aigen.generation.ledger import usage_flush
+from aigen.generation.quotas import CallerLimits, quota_admit, quota_settle
 from aigen.management.commands import cache_warmup
 from aigen.models import ApiToken, UsageLedger
 from resilience.jobs.models import Job
@@ -129,3 +131,18 @@ def test_warmup_jobs_are_neither_checked_nor_ledgered(monkeypatch, openai_fake):
     assert openai_fake.chat_calls == Job.objects.count() > 0
     usage_flush()
     assert not UsageLedger.objects.exists()
+
+
+def test_a_job_whose_budget_is_only_held_by_calls_in_flight_is_retried_later(store, api, user, openai_fake,
+                                                                             section2_data):
+    api.get("/api/ai/templates")
+    limit(user, token_budget=100)
+    queued = api.post(JOBS, body(section2_data, use_cache=False), format="json").json()["job"]
+    # A call of the caller in flight holds the whole budget while the job runs.
+    in_flight = quota_admit(user_id=user.pk, limits=CallerLimits(budget=100), estimate=100)
+    drain()
+    job = api.get(queued["status_url"]).json()["job"]
+    assert (job["status"], job["attempts"], job["error"]["code"]) == ("queued", 1, "budget_held")
+    assert Job.objects.get(pk=queued["id"]).run_after is not None
+    assert openai_fake.chat_calls == 0
+    quota_settle(in_flight, used=0)
