@@ -97,7 +97,8 @@ def generation_job(*, template_id: str, section_id: str, data: Any, use_cache: b
     """Generate one section; returns generate's response body. Billed to
     `user_id` (its token's budget when submitted with one: `by_token`)."""
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
-    spend = _job_spend(user_id=user_id, by_token=by_token, data=data)  # QuotaExceeded: failed, not retried
+    # QuotaExceeded: failed at once; BudgetHeld (calls in flight hold the budget): retried later.
+    spend = _job_spend(user_id=user_id, by_token=by_token, data=data)
     try:
         # Its upstream calls are the owner's (call logs), at the `low` admission priority: queued
         # jobs and warmups are drained at the rate limited endpoints have left after interactive calls.

@@ -35,10 +35,10 @@ the room is counted on the estimate, which is never less than what the provider 
 Limits learned from a provider's headers are shared too: the process that learns them first (its
 quota was inactive) writes them into the endpoint's state at once (`Quota.publish`: the admission
 script run for its corrections only) and sets `quota:<upstream>:<endpoint>:learned` in the shared
-cache (a day). Every pool reads those markers when it is built (one `get_many` with the policy's
-load) and again with its shared cooldowns (the same `get_many`, resilience.client.endpoints), so a
-new worker's first call to such an endpoint is admitted against the learned limit, and no call
-gains a round trip.
+cache (a day). A pool of several endpoints reads those markers with its shared cooldowns (the same
+`get_many`, resilience.client.endpoints: its first choice makes one), a single URL's pool when it is
+built (one `get_many`, with the policy's load), so a new worker's first call to such an endpoint is
+admitted against the learned limit, and no call gains a round trip.
 
 Without Redis (not configured, or down: `Engine.on_redis`) the same logic runs in process memory:
 the limits then hold per process (N workers may send N times the limit), and the README says so.
