@@ -37,7 +37,7 @@ from aigen.edge.api import (
 )
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OURS, Refusal, error_response, sse
-from aigen.edge.metering import caller_admit, caller_limited
+from aigen.edge.metering import caller_admit, caller_limited, spend_left_unread
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from aigen.exceptions import CallerThrottled, GenerationError
@@ -73,6 +73,7 @@ def _event_stream(stream: Any, spend: Spend) -> StreamingHttpResponse:
             await stream.aclose()
             await _settle(spend, stream.result)
 
+    spend_left_unread(spend)  # a generator never started (the caller gone before the first byte)
     response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     # no-transform: proxies (and our compression middleware) pass events through as they come.
     response["Cache-Control"] = "no-cache, no-transform"

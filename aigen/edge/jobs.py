@@ -4,7 +4,11 @@
     GET  jobs/{id}    queued / running / done (result = generate's body) / failed (error object)
 
 Only the owner (or staff) sees a job; anyone else gets the same 404 as for a
-missing one. High priority is for staff (403 `priority_forbidden`).
+missing one. High priority is for staff (403 `priority_forbidden`). A caller
+with an API token past its requests per minute or token budget gets the 429
+`POST /api/ai/generate` answers (`rate_limit_exceeded`, `insufficient_quota`,
+with Retry-After); the job is billed to that budget and ledgered when it
+runs (aigen.generation.tasks).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from rest_framework.response import Response
 
 from aigen.edge.api import AigenView, GenerateRequestSerializer, GenerateResponseSerializer
 from aigen.edge.throttling import GenerateThrottle
+from aigen.edge.tokens import token_of
 from aigen.generation.tasks import generation_job_get, generation_job_submit, generation_job_view
 from resilience.ops.serializers import ErrorDetailSerializer, error_responses
 
@@ -59,11 +64,14 @@ class JobsView(AigenView):
         responses={202: OpenApiResponse(JobResponse, description="Queued; poll `job.status_url`."),
                    **error_responses(400, 403, 404, 429,
                                      e403="High priority asked by a non-staff user (`priority_forbidden`).",
-                                     e404="Unknown template or section.")},
+                                     e404="Unknown template or section.",
+                                     e429="Throttled, or past the API token's requests per minute "
+                                          "(`rate_limit_exceeded`) or token budget (`insufficient_quota`); "
+                                          "see `Retry-After`.")},
         summary="Queue a generation",
     )
     def post(self, request: Request) -> Response:
-        row = generation_job_submit(body=request.data, user=request.user)
+        row = generation_job_submit(body=request.data, user=request.user, token=token_of(request.user))
         body = _body(request, row)
         return Response(body, status=202, headers={"Location": body["job"]["status_url"]})
 

@@ -46,7 +46,7 @@ from django.views.decorators.csrf import csrf_exempt
 from aigen.conf import aigen_settings
 from aigen.edge.auth import caller_bind, request_authenticate, token_refused
 from aigen.edge.errors import ANTHROPIC, ProviderAnswered, Refusal, error_event, error_response, provider_json
-from aigen.edge.metering import answer_settle, caller_admit, caller_limited
+from aigen.edge.metering import answer_settle, caller_admit, caller_limited, spend_left_unread, stream_settle
 from aigen.edge.openai import models
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
@@ -194,8 +194,9 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spen
             yield error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=ANTHROPIC)
         finally:
             await stream.aclose()
-            await spend.asettle(stream.usage)
+            await stream_settle(spend, stream)
 
+    spend_left_unread(spend)  # a generator never started (the caller gone before the first byte)
     answer = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
     answer["X-Accel-Buffering"] = "no"

@@ -9,6 +9,13 @@ door settles the spend once: `answer_settle(spend, content)` with a JSON
 answer's `usage`, the stream's final usage when a stream ends, or
 `billed=False` when no answer came (the reservation is freed).
 
+A stream's spend is settled when its generator ends (`stream_settle`: billed
+once the provider produced something for it, freed when the caller closed it
+before anything was read); `spend_left_unread(spend)` frees it too when the
+request ends with the generator never started (the caller went away between
+the answer's headers and its first byte: the ASGI handler closes what the
+request left in `resilience.client.context.open_streams`).
+
 The door's throttle (aigen.edge.throttling) is checked where it always was
 for a caller without limits; for a caller with limits (`caller_limited`) it
 is counted by the admission script (`caller_admit(throttle=...)`), so the
@@ -25,6 +32,7 @@ from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import token_of
 from aigen.generation.quotas import CallerLimits
 from aigen.generation.spend import Spend, aspend_open, tokens_estimate
+from resilience.client.context import open_streams
 
 
 def caller_limited(user: Any) -> bool:
@@ -65,3 +73,34 @@ async def answer_settle(spend: Spend, response: Any) -> None:
         await spend.asettle(None, billed=False)
     else:
         await spend.asettle(body_usage(response.content))
+
+
+async def stream_settle(spend: Spend, stream: Any) -> None:
+    """Settle a supervised stream's `spend` when it ends: billed (its usage when the provider sent
+    one) once anything of it was read from the provider; freed, unbilled, when it was closed
+    before that (its caller went away or closed it unread)."""
+    if stream.events_read == 0 and stream.usage is None:
+        await spend.asettle(None, billed=False)
+    else:
+        await spend.asettle(stream.usage)
+
+
+class _UnreadSpend:
+    """Frees a stream's spend when its request ends with the stream never read (see the module
+    docstring); a spend its generator settled already is left as it is."""
+
+    __slots__ = ("spend",)
+
+    def __init__(self, spend: Spend) -> None:
+        self.spend = spend
+
+    async def aclose(self) -> None:
+        await self.spend.asettle(None, billed=False)  # once: a settled spend does nothing
+
+
+def spend_left_unread(spend: Spend) -> None:
+    """Have the request free `spend` at its end if no generator settled it (outside a request
+    served by the project's ASGI handler, nothing to do)."""
+    held = open_streams.get()
+    if held is not None:
+        held.add(_UnreadSpend(spend))

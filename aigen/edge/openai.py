@@ -54,7 +54,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OPENAI, ProviderAnswered, Refusal, error_event, error_response, provider_json
-from aigen.edge.metering import answer_settle, caller_admit, caller_limited
+from aigen.edge.metering import answer_settle, caller_admit, caller_limited, spend_left_unread, stream_settle
 from aigen.edge.parsing import body_json
 from aigen.edge.throttling import GenerateThrottle
 from aigen.exceptions import CallerThrottled
@@ -196,8 +196,9 @@ def _supervised(stream: SupervisedStream, model: str, spend: Spend, *,
             yield error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=OPENAI)
         finally:
             await stream.aclose()
-            await spend.asettle(stream.usage)  # the provider served: billed, its usage when it sent one
+            await stream_settle(spend, stream)  # billed, its usage when it sent one; unread: freed
 
+    spend_left_unread(spend)  # a generator never started (the caller gone before the first byte)
     answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
     answer["X-Accel-Buffering"] = "no"

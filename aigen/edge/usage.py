@@ -1,8 +1,10 @@
 """GET /api/ai/usage: the usage ledger (aigen.generation.ledger) as the API
-shows it. A caller sees its own usage; a staff user sees everyone's and may
-filter by `user` (a username). Everyone may filter by `since` / `until`
-(dates, inclusive) and `model`. Unflushed usage of this process is written
-first, so a caller sees its last call."""
+shows it. A caller sees its own usage; a caller the admin would let read the
+ledger (active staff with `aigen.view_usageledger`, the admin's *Usage
+ledger* page: resilience.ops.permissions.admin_allows) sees everyone's and
+may filter by `user` (a username). Being staff alone is not enough. Everyone
+may filter by `since` / `until` (dates, inclusive) and `model`. Unflushed
+usage of this process is written first, so a caller sees its last call."""
 from __future__ import annotations
 
 from typing import Any
@@ -17,7 +19,11 @@ from rest_framework.response import Response
 from aigen.edge.api import AigenView
 from aigen.generation.ledger import usage_flush
 from aigen.generation.selectors import usage_list
+from resilience.ops.permissions import admin_allows
 from resilience.ops.serializers import error_responses
+
+#: The admin's permission to read the usage ledger: needed to read anyone else's usage here.
+USAGE_VIEW = "aigen.view_usageledger"
 
 
 class UsageFilterSerializer(serializers.Serializer):
@@ -27,7 +33,7 @@ class UsageFilterSerializer(serializers.Serializer):
     until = serializers.DateField(required=False, help_text="ISO date (UTC day); days at or before it.")
     model = serializers.CharField(required=False, max_length=100)
     user = serializers.CharField(required=False, max_length=150,
-                                 help_text="Staff only: one user's usage (a username).")
+                                 help_text="With aigen.view_usageledger: one user's usage (a username).")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("since") and attrs.get("until") and attrs["since"] > attrs["until"]:
@@ -64,10 +70,11 @@ class UsageResponseSerializer(serializers.Serializer):
 
 class UsageView(AigenView):
     @extend_schema(
-        summary="Token usage and cost per day and model (own; staff: everyone's)",
+        summary="Token usage and cost per day and model (own; with aigen.view_usageledger: everyone's)",
         parameters=[UsageFilterSerializer],
         responses={200: UsageResponseSerializer, **error_responses(
-            400, 403, 404, e403="`user` is for staff only.", e404="No such user.")},
+            400, 403, 404, e403="`user` (another user's) needs aigen.view_usageledger.",
+            e404="No such user.")},
     )
     def get(self, request: Request) -> Response:
         filters = UsageFilterSerializer(data=request.query_params)
@@ -75,7 +82,7 @@ class UsageView(AigenView):
         query = dict(filters.validated_data)
         username = query.pop("user", None)
         user = request.user
-        if user.is_staff:
+        if admin_allows(user, USAGE_VIEW):
             user_id = None
             if username is not None:
                 users = get_user_model().objects.filter(username=username)
@@ -84,7 +91,8 @@ class UsageView(AigenView):
                     raise NotFound(f"No user {username!r}.")
                 user_id = found
         elif username is not None and username != user.get_username():
-            self.permission_denied(request, message="Only staff may read another user's usage.")
+            self.permission_denied(
+                request, message="Reading another user's usage needs the aigen.view_usageledger permission.")
         else:
             user_id = user.pk
         usage_flush()

@@ -24,6 +24,10 @@ door of a limited caller makes one round trip before the call, like any other.
 Without Redis (or while it is down) the same logic runs in this process's
 memory: the limits then hold per process (README, "Caller limits").
 A token without limits costs nothing here: no script, no lock.
+
+`quota_check(user_id=..., limits=...)` is the same admission without a
+reservation (queued jobs at their door, aigen.generation.tasks): the request
+is counted in the minute and refused past the budget, and nothing is held.
 """
 from __future__ import annotations
 
@@ -48,7 +52,8 @@ SWEEP = 100
 # KEYS: rpm window, spent tokens of the period, reservations by expiry, reservation amounts,
 # the door's throttle window.
 # ARGV: now, rpm limit (0: none), budget (0: none), estimate, reservation id, its expiry,
-# seconds to the period's end, throttle limit (0: none), its window's lifetime, its wait.
+# seconds to the period's end, throttle limit (0: none), its window's lifetime, its wait,
+# whether to hold the estimate (0: only check the budget).
 # Returns {0} admitted, {1, wait} past the rpm, {2, wait} past the budget, {3, wait} throttled.
 ADMIT_LUA = """
 local throttle = tonumber(ARGV[8])
@@ -82,6 +87,8 @@ if budget > 0 then
   if spent >= budget then return {2, ARGV[7]} end
   local held = tonumber(redis.call('HGET', KEYS[4], '#sum') or '0')
   if spent + held >= budget then return {2, '1'} end
+end
+if budget > 0 and ARGV[11] ~= '0' then
   redis.call('HSET', KEYS[4], ARGV[5], estimate)
   redis.call('HINCRBY', KEYS[4], '#sum', estimate)
   redis.call('ZADD', KEYS[3], tonumber(ARGV[6]), ARGV[5])
@@ -150,6 +157,8 @@ class Reservation:
     throttle: ThrottleWindow | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     settled: bool = False
+    #: False: only checked (`quota_check`), nothing held.
+    hold: bool = True
 
 
 def period_bounds(period: str, now: float) -> tuple[int, int]:
@@ -232,7 +241,8 @@ class MemoryQuotas:
                     return 2, end - now
                 if spent + sum(amount for amount, _ in held.values()) >= limits.budget:
                     return 2, 1.0
-                held[res.id] = (res.estimate, now + aigen_settings.QUOTA_RESERVATION_SECONDS)
+                if res.hold:
+                    held[res.id] = (res.estimate, now + aigen_settings.QUOTA_RESERVATION_SECONDS)
             if limits.rpm:
                 window.append(now)
             return 0, 0.0
@@ -286,7 +296,7 @@ class Quotas:
             return self._script(client, "admit", ADMIT_LUA)(client=client, keys=keys, args=[
                 repr(now), limits.rpm or 0, limits.budget or 0, res.estimate, res.id, repr(expiry),
                 max(1, math.ceil(end - now)), throttle.limit if throttle else 0,
-                throttle.ttl if throttle else 0, repr(throttle.wait) if throttle else 0])
+                throttle.ttl if throttle else 0, repr(throttle.wait) if throttle else 0, int(res.hold)])
 
         answer = self._on_redis(run)
         if answer is NOT_SERVED:
@@ -330,6 +340,13 @@ def quota_admit(*, user_id: int, limits: CallerLimits, estimate: int,
                               throttle=throttle)
     quotas.admit(reservation)
     return reservation
+
+
+def quota_check(*, user_id: int, limits: CallerLimits) -> None:
+    """`quota_admit` without a reservation: one request counted in the
+    caller's minute, `QuotaExceeded` past it or past the budget (spent, or
+    held by calls in flight); nothing held, nothing to settle."""
+    quotas.admit(Reservation(user_id=user_id, limits=limits, estimate=1, hold=False, settled=True))
 
 
 def quota_settle(reservation: Reservation, *, used: int | None) -> None:

@@ -13,7 +13,8 @@ until room is due (at most `QUOTA_POLL_MAX` between looks), for at most its dead
 
 After the answer `settled()` hands the quota what the answer taught: the provider's
 `x-ratelimit-*` headers, a 429, the tokens the call really cost (its usage; a supervised
-stream's final usage when it closes).
+stream's final usage when it closes, or its prompt alone when it was closed before anything of
+it was read).
 Wait per priority and the callers waiting are metrics (resilience.telemetry.metrics).
 Used by resilience.client.attempt only.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from resilience import exceptions as errors
 from resilience.client.context import PRIORITIES, current_priority
 from resilience.client.endpoints import Choice, Member, Pool
-from resilience.client.quota import Grant, Reservation, call_id, tokens_needed, usage_total
+from resilience.client.quota import Grant, Reservation, call_id, prompt_tokens, tokens_needed, usage_total
 from resilience.client.spec import RequestSpec
 from resilience.client.steps import Admit, Command, Sleep
 from resilience.conf import resilience_settings
@@ -36,15 +37,16 @@ from resilience.telemetry.metrics import ADMISSION_REFUSED, ADMISSION_WAIT_SECON
 class Ticket:
     """One call's place in admission: its name, priority, tokens and when it began waiting."""
 
-    __slots__ = ("id", "priority", "rank", "reservations", "tokens", "waiting_since")
+    __slots__ = ("id", "priority", "prompt", "rank", "reservations", "tokens", "waiting_since")
 
     def __init__(self, spec: RequestSpec, body: dict[str, Any] | None) -> None:
         self.id = call_id()
         priority = current_priority.get()
         self.priority = priority if priority in PRIORITIES else "normal"  # a metric label: the three only
         self.rank = PRIORITIES.index(self.priority)
-        self.tokens = tokens_needed(body, spec.data if spec.json is None else None,
-                                    resilience_settings.QUOTA_DEFAULT_MAX_TOKENS)
+        raw = spec.data if spec.json is None else None
+        self.tokens = tokens_needed(body, raw, resilience_settings.QUOTA_DEFAULT_MAX_TOKENS)
+        self.prompt = min(prompt_tokens(body, raw), self.tokens)
         self.reservations = 0
         self.waiting_since = 0.0
 
@@ -78,8 +80,10 @@ def admitted(pool: Pool, choice: Choice, ticket: Ticket, *, deadline: float,
             now = time.monotonic()
             if grant.admitted:
                 _observe(ticket, now - began)
+                counted = quota.counts_tokens
                 return choice, Reservation(quota, f"{ticket.id}.{ticket.reservations}",
-                                           ticket.tokens if quota.counts_tokens else 0, grant)
+                                           ticket.tokens if counted else 0, grant,
+                                           ticket.prompt if counted else 0)
             if not grant.behind:
                 member.full_until = now + grant.wait
                 other = _roomier(pool, choice, now) if movable else None
@@ -145,7 +149,11 @@ def settled(held: Reservation | None, member: Member, response: Any, *, stream: 
 
 
 def _stream_used(held: Reservation, response: Any) -> None:
-    """A supervised stream's final usage corrects its reservation (else the estimate stands)."""
+    """A supervised stream's final usage corrects its reservation. Without one, a stream closed
+    before anything of it was read (`stream_read` 0: its caller went away, or closed it unread)
+    holds its prompt only, nothing answered; any other keeps the estimate."""
     used = usage_total(response.stream_usage)
+    if used is None and response.stream_read == 0:
+        used = held.prompt
     if used is not None:
         held.quota.used(held, used)

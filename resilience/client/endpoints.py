@@ -48,7 +48,9 @@ to Redis (one hash per 10 s bucket) with the window read back in the same
 pipeline, at most once per `SYNC_SECONDS` per process. With Redis down (or
 not configured) both live in process memory: cooldowns and scores are then
 per process. So another worker learns of a cooldown within `recheck`
-seconds (0.25), of score changes within about a second.
+seconds (0.25), of score changes within about a second. The same read brings
+the limits other workers learned from a provider's headers
+(resilience.client.quota's markers, also read when the pool is built).
 
 `snapshot(upstream)` reads every endpoint's state, weight, score, error rate
 and p95 for the API, the admin, the dashboard and `manage.py upstreams`.
@@ -75,7 +77,7 @@ from resilience.client.asend import AsyncPool
 from resilience.client.breaker import CircuitOpen, SharedBreaker, breaker_name
 from resilience.client.credentials import Credentials, Kind
 from resilience.client.policy import Policy
-from resilience.client.quota import Quota
+from resilience.client.quota import Quota, learned_apply, learned_read
 from resilience.client.send import session_build
 from resilience.models import Endpoint
 from resilience.telemetry.selectors import upstream_stats
@@ -353,6 +355,11 @@ class Pool:
         self._cool_keys = {cooldown_key(policy.name, m.name): m for m in self.members}
         self._cool_read = 0.0
         self._cool_lock = threading.Lock()
+        # Limits another worker learned from the provider's headers (resilience.client.quota): read
+        # with the shared cooldowns (the first choice reads them), a single URL's with the policy's load.
+        self._learn_keys = {m.quota.learned_key: m.quota for m in self.members}
+        if self.single:
+            learned_read(self._learn_keys)
 
     @property
     def first(self) -> Member:
@@ -506,7 +513,8 @@ class Pool:
             started = time.monotonic()
             if started - self._cool_read < self.recheck:  # read by another thread while this one waited
                 return
-            found = default_cache().get_many(list(self._cool_keys))
+            found = default_cache().get_many([*self._cool_keys, *self._learn_keys])
+            learned_apply(self._learn_keys, found)
             for key, member in self._cool_keys.items():
                 until = found.get(key)
                 if until is not None and until > member.cool_until:

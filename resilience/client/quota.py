@@ -32,6 +32,14 @@ Corrections (the answer's usage, the provider's headers) wait in the process and
 admission's script: the hot path costs one round trip per call, never two. Until they are applied
 the room is counted on the estimate, which is never less than what the provider was asked for.
 
+Limits learned from a provider's headers are shared too: the process that learns them first (its
+quota was inactive) writes them into the endpoint's state at once (`Quota.publish`: the admission
+script run for its corrections only) and sets `quota:<upstream>:<endpoint>:learned` in the shared
+cache (a day). A pool of several endpoints reads those markers with its shared cooldowns (the same
+`get_many`, resilience.client.endpoints: its first choice makes one), a single URL's pool when it is
+built (one `get_many`, with the policy's load), so a new worker's first call to such an endpoint is
+admitted against the learned limit, and no call gains a round trip.
+
 Without Redis (not configured, or down: `Engine.on_redis`) the same logic runs in process memory:
 the limits then hold per process (N workers may send N times the limit), and the README says so.
 Used by resilience.client.admission and resilience.client.endpoints only.
@@ -87,6 +95,10 @@ for _ = 1, tonumber(ARGV[9]) do
     end
     if c > 0 then redis.call('HSET', st, 'l' .. kind, c) end
   end
+end
+if ARGV[12 + 5 * tonumber(ARGV[9])] == '1' then
+  redis.call('PEXPIRE', st, 86400000)
+  return {2, 0, 0}
 end
 local cutoff = now - window
 local batch = tonumber(ARGV[10 + 5 * tonumber(ARGV[9])])
@@ -186,6 +198,9 @@ redis.call('PEXPIRE', waits, 3600000)
 return {1, nreq + 1, ntok + need}
 """
 
+#: Seconds a learned limit's shared marker lives (as the endpoint's state when idle).
+LEARNED_SECONDS = 86400
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _ids = itertools.count(1)
@@ -212,14 +227,21 @@ def call_id() -> str:
     return f"{_PREFIX}{os.getpid():x}.{next(_ids):x}"
 
 
+def prompt_tokens(body: dict[str, Any] | None, raw: Any) -> int:
+    """A call's prompt in tokens (about four bytes per token of its body); 0 without a JSON body."""
+    if body is None:
+        return 0
+    size = len(raw) if isinstance(raw, (bytes, str)) else len(json_module.dumps(body, separators=(",", ":")))
+    return size // 4
+
+
 def tokens_needed(body: dict[str, Any] | None, raw: Any, default_max: int) -> int:
-    """A call's reservation in tokens: its prompt (about four bytes per token) plus the most it
-    may answer (`max_tokens`, `max_completion_tokens`, else `default_max`); 0 without a JSON body."""
+    """A call's reservation in tokens: its prompt (`prompt_tokens`) plus the most it may answer
+    (`max_tokens`, `max_completion_tokens`, else `default_max`); 0 without a JSON body."""
     if body is None:
         return 0
     most = body.get("max_tokens") or body.get("max_completion_tokens") or default_max
-    size = len(raw) if isinstance(raw, (bytes, str)) else len(json_module.dumps(body, separators=(",", ":")))
-    return size // 4 + (most if isinstance(most, int) and most > 0 else default_max)
+    return prompt_tokens(body, raw) + (most if isinstance(most, int) and most > 0 else default_max)
 
 
 def usage_tokens(content: bytes) -> int | None:
@@ -260,12 +282,14 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """What an admitted call holds: its id, tokens and the totals at its admission."""
+    """What an admitted call holds: its id, tokens (of which `prompt` for its prompt) and the
+    totals at its admission."""
 
     quota: Quota
     id: str
     tokens: int
     grant: Grant
+    prompt: int = 0
 
 
 class Quota:
@@ -278,6 +302,7 @@ class Quota:
         base = f"quota:{upstream}:{endpoint}"
         self.keys = (f"{base}:log", f"{base}:tok", f"{base}:st", f"quota:{upstream}:queue",
                      f"quota:{upstream}:seen")
+        self.learned_key = f"{base}:learned"
         self.learned = False
         self._made: dict[int, list[str]] = {}  # the keys as the cache client names them
         self._lock = threading.Lock()
@@ -302,7 +327,13 @@ class Quota:
                 int(STALE_WAITER * 1000), len(pending)]
         for update in pending:
             args.extend(update)
-        args.extend((EXPIRE_BATCH, max(1, slices)))
+        args.extend((EXPIRE_BATCH, max(1, slices), 0))
+        admitted, first, second = (int(part) for part in self._script_run(args))
+        if admitted:
+            return Grant(True, requests=first, tokens=second)
+        return Grant(False, wait=first / 1000, behind=bool(second))
+
+    def _script_run(self, args: list[Any]) -> Any:
         store = default_cache()
         engine = getattr(store, "engine", None)
         answer: Any = NOT_SERVED
@@ -310,10 +341,21 @@ class Quota:
             answer = engine.on_redis(lambda redis: self._run(redis, args))
         if answer is NOT_SERVED:
             answer = local_store(self.keys, self.upstream).admit(args)
-        admitted, first, second = (int(part) for part in answer)
-        if admitted:
-            return Grant(True, requests=first, tokens=second)
-        return Grant(False, wait=first / 1000, behind=bool(second))
+        return answer
+
+    def publish(self) -> None:
+        """Share what this process learned first: its pending corrections written to the endpoint's
+        state now (the script, corrections only: nothing admitted) and the learned marker set, so
+        every worker admits its calls against them (see the module docstring). Once per process
+        and endpoint, after the answer that taught it."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        args: list[Any] = [0, 0, 0, 0, "", "", 0, 0, len(pending)]
+        for update in pending:
+            args.extend(update)
+        args.extend((EXPIRE_BATCH, 1, 1))
+        self._script_run(args)
+        default_cache().set(self.learned_key, 1, timeout=LEARNED_SECONDS)
 
     def _run(self, redis: Any, args: list[Any]) -> Any:
         client = redis.client.get_client(write=True)
@@ -356,6 +398,7 @@ class Quota:
             if left is None:
                 left, reset = 10**12, 0.0
             updates.append((kind, mark, left, int(reset * 1000), _number(limit) or 0))
+        first = bool(updates) and not self.learned
         if updates:
             self.learned = True
         if held is not None and held.tokens and content is not None:
@@ -365,6 +408,8 @@ class Quota:
         if updates:
             with self._lock:
                 self._pending.extend(updates)
+        if first:
+            self.publish()
 
     def used(self, held: Reservation, tokens: int) -> None:
         """The call really cost `tokens` (a stream's final usage), applied at the next admission."""
@@ -378,6 +423,20 @@ class Quota:
         with self._lock:
             self._pending.append(("req", mark, 0, int((retry_after or 1.0) * 1000), 0))
         self.learned = True
+
+
+def learned_apply(quotas: dict[str, Quota], found: dict[str, Any]) -> None:
+    """Mark learned the `quotas` (by their `learned_key`) whose shared marker is in `found` (a
+    `get_many` of those keys, with whatever else its reader reads)."""
+    for key, quota in quotas.items():
+        if not quota.learned and found.get(key):
+            quota.learned = True
+
+
+def learned_read(quotas: dict[str, Quota]) -> None:
+    """Read the shared markers of `quotas` (by their `learned_key`): one `get_many`."""
+    if quotas:
+        learned_apply(quotas, default_cache().get_many(list(quotas)))
 
 
 def waits_key(upstream: str, minute: int) -> str:
@@ -485,6 +544,8 @@ class _LocalQuota:
         tok = state.tok.setdefault(self.key, {})
         st = state.st.setdefault(self.key, {})
         self._apply(args[9:9 + 5 * count_updates], tok, st, now)
+        if args[11 + 5 * count_updates] == 1:  # corrections only (Quota.publish)
+            return 2, 0, 0
         while log and log[0][0] <= now - window:
             st["tokens"] = st.get("tokens", 0) - tok.pop(log.popleft()[1], 0)
         if not log:

@@ -95,6 +95,9 @@ class _CallResponse:
     stream_counts: dict[str, int] | None = None
     #: The answer's usage as the stream supervisor read it (its last event), for the quota.
     stream_usage: dict[str, Any] | None = None
+    #: Events the stream supervisor read of this answer (None: not supervised); 0 at its close
+    #: frees its endpoint reservation but for the prompt (resilience.client.admission).
+    stream_read: int | None = None
 
     @property
     def from_cache(self) -> bool:

@@ -314,6 +314,8 @@ class SupervisedStream:
         self._foreign = False  # the open attempt speaks another format than the caller
         self._wants_usage = False  # the open attempt's request asked for a usage event at the end
         self.usage: dict[str, Any] | None = None
+        #: Events read from the provider, every attempt (0: nothing was produced for the caller).
+        self.events_read = 0
         self.finish_reason: str | None = None
         self.model: str | None = None
         self.endpoints: list[str] = []
@@ -379,6 +381,7 @@ class SupervisedStream:
         # before it, timed out on another endpoint, does not shorten it).
         self._sent_at = response.meta.sent_at or self._sent_at
         self._response = response
+        response.stream_read = 0  # counted by `_events`: 0 at its close, it was never read
         self._attempt += 1
         self._attempt_counts = {}
         if how:
@@ -417,6 +420,8 @@ class SupervisedStream:
                 try:
                     async with contextlib.aclosing(self._read()) as events:
                         async for event in events:
+                            self._response.stream_read += 1
+                            self.events_read += 1
                             delivered = self._deliver(event)
                             if delivered is not None:
                                 yield delivered
