@@ -13,8 +13,8 @@ import time
 import pytest
 
 from resilience import exceptions, upstream
-from resilience.client import reset_clients
 from resilience.cache import default_cache
+from resilience.client import reset_clients
 from resilience.client.endpoints import Pool, cooldown_key
 from resilience.client.policy import PolicyRetry
 from resilience.models import CallLog, Endpoint, Upstream
@@ -165,7 +165,7 @@ def test_the_async_face_fails_over_from_a_long_529_at_once_too(fakes, make_pool,
 def test_a_503_asking_past_the_deadline_with_no_other_endpoint_ends_the_call_at_once(
         fakes, make_pool, waits, face):
     make_pool(fakes[:2], retry_after_max=30, deadline=5)
-    default_cache().set(cooldown_key("pool", "e1"), time.time() + 600, timeout=600)  # e1 cooled (another worker)
+    default_cache().set(cooldown_key("pool", "e1"), time.time() + 600, timeout=600)  # cooled elsewhere
     fakes[0].script("/item", Reply(503, retry_after="20"), Reply(200))
     client = upstream("pool")
     with pytest.raises(exceptions.RetriesExhausted) as caught:
