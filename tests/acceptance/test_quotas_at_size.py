@@ -10,7 +10,7 @@ While the warmup drains, interactive callers (an API token at `normal`, a staff 
 call `POST /api/ai/generate` on the same endpoint. What holds: the warmup finishes (2,000
 generated, 0 failed), interactive callers are all answered (0 429s, 0 503s), the provider answers 0
 429s and never receives more than the limit in any window. The interactive p95 wait is printed
-(run with -s), beside the low jobs'.
+(run with -s).
 
 The window is shortened (`QUOTA_WINDOW_SECONDS`), the counts are the issue's.
 """
@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,13 +38,14 @@ from tests.support.fake_limited import LimitedOpenAI
 from tests.support.fake_openai import MODEL_ID
 from tests.support.live_server import ROOT, LiveServer
 
-WINDOW = 4.0
+WINDOW = 6.0
 LIMIT = 300
-ENTRIES = 2000
-#: One jobs worker: on the SQLite run a second one's claims meet "database is locked".
-JOB_WORKERS = 1
+#: The issue's 2,000 entries; QUOTA_WARMUP_ENTRIES runs fewer where the suite's time is short (the
+#: jobs are worked at about 8 a second on a busy 2-core box: four minutes for 2,000).
+ENTRIES = int(os.environ.get("QUOTA_WARMUP_ENTRIES", "2000"))
+JOB_WORKERS = 2
 #: Interactive callers per priority, each calling with this pause until the warmup is done.
-INTERACTIVE = {"normal": 3, "high": 3}
+INTERACTIVE = {"normal": 2, "high": 2}
 PAUSE = 0.5
 
 
@@ -53,7 +57,20 @@ def entries(count: int) -> list[dict]:
 
 
 @pytest.fixture
-def server(tmp_path, redis_url):
+def workdir(tmp_path):
+    """The server's folder: in memory where the machine has one (an SQLite run's 2,000 jobs are
+    thousands of commits; on a shared disk their syncs, not the gateway, would set the pace)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="quotas-at-size-", dir=shm))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def server(workdir, redis_url):
     with LimitedOpenAI(rpm=LIMIT, window=WINDOW) as provider:
         env = {"OPENAI_API_KEY": "sk-warmup-at-size", "OPENAI_BASE_URL": provider.url, "AI_MODEL": MODEL_ID,
                "REDIS_URL": redis_url, "CACHE_KEY_PREFIX": f"warm{secrets.token_hex(4)}",
@@ -64,7 +81,7 @@ def server(tmp_path, redis_url):
                  " read_timeout=5, deadline=30, log_sample_rate=0.01, pool_size=64)\n"
                  f"Endpoint.objects.create(upstream=Upstream.objects.get(name='openai'), name='account',"
                  f" base_url={provider.url!r}, rpm_limit={LIMIT})\n")
-        with LiveServer(tmp_path, env=env, workers=4, setup=setup) as live:
+        with LiveServer(workdir, env=env, workers=4, setup=setup) as live:
             live.token("user")
             live.token("staff", staff=True)  # a staff user's `normal` counts as `high`
             yield live, provider
@@ -143,7 +160,7 @@ def test_a_2000_entry_warmup_finishes_beside_interactive_calls_that_see_no_429(s
     with jobs_workers(live, tmp_path) as workers:
         callers.start()
         try:
-            out, err = warmup.communicate(timeout=300)
+            out, err = warmup.communicate(timeout=600)
         finally:
             done.set()
             callers.join()
@@ -156,9 +173,9 @@ def test_a_2000_entry_warmup_finishes_beside_interactive_calls_that_see_no_429(s
     figures = {p: f"{len(w)} calls, p50 {statistics.median(w):.3f} s, p95 {p95(w):.3f} s"
                for p, w in waits.items()}
     summary = output.strip().splitlines()[-1] if output.strip() else ""
-    print(f"\nrpm_limit {LIMIT} per {WINDOW:.0f} s: a {ENTRIES}-entry warmup as jobs ({JOB_WORKERS} worker) "
-          f"took {took:.1f} s ({summary!r}); interactive beside it: {figures}, interactive p95 wait "
-          f"{p95(every):.3f} s; the provider received {len(provider.accepted)}, at most "
+    print(f"\nrpm_limit {LIMIT} per {WINDOW:.0f} s: a {ENTRIES}-entry warmup as jobs ({JOB_WORKERS} workers) "
+          f"took {took:.1f} s after queueing ({summary!r}); interactive beside it: {figures}, "
+          f"interactive p95 wait {p95(every):.3f} s; the provider received {len(provider.accepted)}, at most "
           f"{provider.max_in_window()} in any window, and answered {provider.refused} 429s")
     assert alive  # no jobs worker died
     assert warmup.returncode == 0, err[-3000:]
