@@ -4,9 +4,11 @@
 `rpm` of them arrived in the last `window` seconds (a sliding window, counted on arrival), and 429
 with `Retry-After` (and OpenAI's error body) past it. With `announce=True` every answer carries
 OpenAI's rate-limit headers (`x-ratelimit-limit-requests`, `-remaining-requests`,
-`-reset-requests` in OpenAI's duration format). `accepted` lists when each answered request
-arrived (monotonic), `refused` counts the 429s; `max_in_window()` is the most accepted in any
-window, for tests asserting the gateway kept under the limit.
+`-reset-requests` in OpenAI's duration format; as OpenAI documents it, the time until the limit
+"resets to its initial state": here, until the newest request counted leaves the window. A 429's
+`Retry-After` is the time until the oldest leaves: the first room). `accepted` lists when each
+answered request arrived (monotonic), `refused` counts the 429s; `max_in_window()` is the most
+accepted in any window, for tests asserting the gateway kept under the limit.
 """
 from __future__ import annotations
 
@@ -49,13 +51,14 @@ class LimitedOpenAI(FakeOpenAI):
             if len(self._recent) >= self.rpm:
                 self.refused += 1
                 self.refused_at.append(now)
-                reset = self._recent[0] + self.window - now
+                first_room = self._recent[0] + self.window - now
                 return Reply(429, body=error_body(429, "Rate limit reached for requests"),
-                             retry_after=str(max(1, math.ceil(reset))), headers=self._headers(0, reset))
+                             retry_after=str(max(1, math.ceil(first_room))),
+                             headers=self._headers(0, self._recent[-1] + self.window - now))
             self._recent.append(now)
             self.accepted.append(now)
             left = self.rpm - len(self._recent)
-            reset = self._recent[0] + self.window - now
+            reset = self.window  # this request, the newest, leaves the window last
         answer = super().respond(request)
         return replace(answer, headers={**answer.headers, **self._headers(left, reset)})
 
