@@ -46,8 +46,8 @@ async def caller_admit(request: HttpRequest, *, model: str, prompt: Any, max_tok
     user = request.user
     user_id = user.pk if getattr(user, "is_authenticated", False) else None
     limits = CallerLimits.of(token_of(user))
-    if limits is None:
-        return await aspend_open(user_id=user_id, limits=None, model=model, estimate=0)
+    if limits is None:  # the common case: metered only (no estimate, no Redis, no thread hop)
+        return Spend(user_id=user_id, model=model)
     estimate = tokens_estimate(prompt, max_tokens=max_tokens) if limits.budget else 0
     window = throttle.window(request) if throttle is not None else None
     return await aspend_open(user_id=user_id, limits=limits, model=model, estimate=estimate, throttle=window)
