@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from resilience import exceptions as errors
@@ -173,6 +174,33 @@ def _chosen(pool: Pool,
     return (yield OnStore(reread_and_choose))
 
 
+def _advanced_on_store(steps: Generator[Command, Any, Any]) -> Generator[Command, Any, Any]:
+    """`steps` (admission to a limited endpoint: resilience.client.admission) with each of
+    its advances as an `OnStore` command: between its own commands it may touch the store (a
+    cooldown or breaker read while it moves the call, leaving the queue at the deadline)."""
+    value: Any = None
+    failure: Exception | None = None
+    try:
+        while True:
+            done, out = yield OnStore(partial(_advance, steps, value, failure))
+            if done:
+                return out
+            try:
+                value, failure = (yield out), None
+            except Exception as err:  # the face's failure, handed on to `steps`
+                value, failure = None, err
+    finally:
+        steps.close()
+
+
+def _advance(steps: Generator[Command, Any, Any], value: Any, failure: Exception | None) -> tuple[bool, Any]:
+    """(False, the next command) or (True, what `steps` returned)."""
+    try:
+        return False, steps.throw(failure) if failure is not None else steps.send(value)
+    except StopIteration as stop:
+        return True, stop.value
+
+
 def _answer_in_memory(policy: Any, attempt: Attempt, status: int) -> bool:
     """Whether counting an answer stays in process memory: a success that is no probe's, with no
     failure count to reset, nothing to cool, retry or fall back from. Everything else (breaker
@@ -304,8 +332,9 @@ class Attempts:
             return None
         if attempt.ticket is None:
             attempt.ticket = Ticket(attempt.spec, _json_body(attempt.spec))
-        outcome = yield from admitted(pool, attempt.choice, attempt.ticket, deadline=attempt.trace.deadline,
-                                      movable=not attempt.pinned)
+        outcome = yield from _advanced_on_store(admitted(pool, attempt.choice, attempt.ticket,
+                                                         deadline=attempt.trace.deadline,
+                                                         movable=not attempt.pinned))
         if isinstance(outcome, errors.NoRoom):
             yield from _release_probe(attempt.choice)
             result = Result(Outcome.REJECTED, breaker_state=attempt.choice.state, error=outcome.message,

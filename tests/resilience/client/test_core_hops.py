@@ -170,3 +170,21 @@ def test_a_pool_that_cools_and_fails_over_sends_no_redis_command_from_the_loop(r
 
     assert _watched_calls(redis_threads, calls) > 0
     assert fakes[0].count("/item") >= 1  # cooled after its 429: the others served
+
+
+def test_admission_to_limited_endpoints_sends_no_redis_command_from_the_loop(redis_threads, fakes,
+                                                                            make_upstream, monkeypatch):
+    """Endpoints with an rpm limit: each admission reserves room on Redis (a script)."""
+    row = make_upstream("pool", retry_total=0)
+    for i, server in enumerate(fakes[:2]):
+        Endpoint.objects.create(upstream=row, name=f"e{i}", base_url=server.url, priority=i, rpm_limit=600)
+        server.script("/item", Reply(200, body={"ok": i}))
+    monkeypatch.setattr(Pool, "recheck", 0.0)
+    monkeypatch.setattr(SharedBreaker, "closed_recheck", 0.0)
+
+    async def calls():
+        for _ in range(4):
+            assert (await upstream("pool").aget("/item")).status_code == 200
+
+    assert _watched_calls(redis_threads, calls) > 0
+    assert sum(server.count("/item") for server in fakes[:2]) == 4
