@@ -31,6 +31,7 @@ in another process), the figure the hop policy is about on a busy box.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import socket
@@ -45,6 +46,7 @@ from typing import Any
 from bench.common import Nginx, async_paired, django_setup, fmt_time, table
 
 N = 256
+#: Alternating rounds per table (`--rounds` changes it).
 ROUNDS = 15
 CONCURRENT = 64
 NAME = "bench-async-steps"
@@ -197,20 +199,20 @@ async def _cpu_paired(contenders: dict[str, Op], *, n: int, rounds: int,
     return {name: (statistics.median(cpu[name]), statistics.median(ratios[name])) for name in names}
 
 
-async def _run() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], dict[str, float]]:
+async def _run(rounds: int) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], dict[str, float]]:
     contenders, switch = _contenders()
     ops = _switched(switch, contenders)
     rows: list[tuple[object, ...]] = []
     cpu_rows: list[tuple[object, ...]] = []
     figures: dict[str, float] = {}
     for concurrent in (1, CONCURRENT):
-        measured = await async_paired(ops, BASELINE, n=N, rounds=ROUNDS, concurrent=concurrent)
+        measured = await async_paired(ops, BASELINE, n=N, rounds=rounds, concurrent=concurrent)
         for name, (seconds, ratio, lag) in measured.items():
             figures[f"{name}@{concurrent}"] = seconds
             rows.append((f"{name}, {concurrent} at once", fmt_time(seconds),
                          "1.00 (baseline)" if name == BASELINE else f"{ratio:.2f}", fmt_time(lag)))
         calls = {name: op for name, op in ops.items() if name != "one Django async cache read"}
-        for name, (seconds, ratio) in (await _cpu_paired(calls, n=N, rounds=ROUNDS,
+        for name, (seconds, ratio) in (await _cpu_paired(calls, n=N, rounds=rounds,
                                                          concurrent=concurrent)).items():
             cpu_rows.append((f"{name}, {concurrent} at once", fmt_time(seconds),
                              "1.00 (baseline)" if name == BASELINE else f"{ratio:.2f}"))
@@ -247,7 +249,11 @@ def _provider() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the provider did not start")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_async_steps", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    rounds = parser.parse_args(argv).rounds
     django_setup(REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                  CACHE_KEY_PREFIX=f"rslbench-steps-{os.getpid()}")
     from resilience.cache import default_cache
@@ -260,15 +266,15 @@ def main() -> None:
     nginx = Nginx().start() if Nginx.available() else None
     provider, url = (None, nginx.url) if nginx is not None else _provider()
     Upstream.objects.update_or_create(name=NAME, defaults={
-        "base_url": url, "retry_total": 0, "pool_size": CONCURRENT, "connect_timeout": 1, "read_timeout": 5,
-        "deadline": 10, "cache_ttl": 0})
+        "base_url": url, "retry_total": 0, "pool_size": CONCURRENT, "connect_timeout": 5, "read_timeout": 30,
+        "deadline": 60, "cache_ttl": 0})
     try:
         import uvloop
 
         from resilience import upstream
 
         commands = _counted_redis_commands(upstream(NAME), 200)
-        rows, cpu_rows, figures = uvloop.run(_run())
+        rows, cpu_rows, figures = uvloop.run(_run(rounds))
     finally:
         call_log_discard()
         if nginx is not None:
@@ -278,9 +284,9 @@ def main() -> None:
             provider.wait()
     against = "nginx" if nginx is not None else "the aiohttp provider"
     table(f"Async client steps off the loop: per call against {against}, cache on Redis "
-          f"(median of {ROUNDS} alternating rounds)", ("path", "per call", "ratio", "loop lag"), rows)
+          f"(median of {rounds} alternating rounds)", ("path", "per call", "ratio", "loop lag"), rows)
     table(f"CPU of this process per call (all its threads), against {against} "
-          f"(median of {ROUNDS} alternating rounds)", ("path", "CPU per call", "ratio"), cpu_rows)
+          f"(median of {rounds} alternating rounds)", ("path", "CPU per call", "ratio"), cpu_rows)
     table(f"Django's async cache methods, priced: steps inline + {commands:.3f} Redis commands a call "
           "x one `aget_many`", ("path", "per call", f"ratio to the {BASELINE}"), _priced(figures, commands))
 
