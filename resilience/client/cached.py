@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from resilience import exceptions as errors
@@ -130,8 +131,8 @@ class CachedSteps:
                                                     wire=wire)
             yield from self._store(key, answer, policy)
             if lock is not None:  # released before the flight ends, as an `OnStore` command
-                held, lock = lock, None
-                yield OnStore(lambda: release_lock(held))
+                yield OnStore(partial(release_lock, lock))
+                lock = None
         except GeneratorExit:
             self.flight.finish(key, future, error=errors.UpstreamError(
                 f"{self.name}: the call this one waited for was abandoned", upstream=self.name))
