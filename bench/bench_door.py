@@ -11,6 +11,10 @@ the worker threads the steps hop to), which is the server's share of
 Also the body parse on its own: the shared parser (`json_loads`) against
 orjson, on a small body and a 10 KB prompt.
 
+`--hops ROUNDS` measures instead the client's steps as they were driven
+before the hop policy (every step in a worker thread) against now (only
+store work off the loop), in alternating rounds in the same process.
+
 `--profile PATH` writes a pyinstrument profile of the timed calls (HTML, and
 the same as text beside it); for a flame graph of every thread run the
 bench under `py-spy record --native -f flamegraph -o out.svg -- python -m
@@ -85,6 +89,32 @@ async def _measure(application: Any, token: str, *, calls: int, stream: bool, pr
     return cpu * 1000 / calls
 
 
+async def _hops_paired(application: Any, token: str, *, calls: int, rounds: int) -> dict[str, float]:
+    """Median CPU ms per call with the client's steps driven as before the hop
+    policy (`bench_async_steps`'s per-step hop: every step in a worker thread)
+    and as now (store work only), in alternating rounds of `calls`."""
+    import statistics
+
+    from bench.bench_async_steps import BASELINE, NOW, _per_step_driver
+    from resilience.client import core
+
+    drivers = {BASELINE: _per_step_driver(), NOW: core.UpstreamClient._adrive}
+    for seq in range(50):
+        await _call(application, token, -seq - 1, False)
+    cpu: dict[str, list[float]] = {name: [] for name in drivers}
+    try:
+        for index in range(rounds):
+            for name in (list(drivers) if index % 2 else list(reversed(drivers))):
+                core.UpstreamClient._adrive = drivers[name]  # type: ignore[method-assign]
+                started = time.process_time()
+                for seq in range(calls):
+                    await _call(application, token, index * calls + seq, False)
+                cpu[name].append((time.process_time() - started) * 1000 / calls)
+    finally:
+        core.UpstreamClient._adrive = drivers[NOW]  # type: ignore[method-assign]
+    return {name: statistics.median(values) for name, values in cpu.items()}
+
+
 def parse_costs() -> list[tuple[str, float, float]]:
     """(body, shared parser us, orjson us) for a small body and a 10 KB prompt."""
     import orjson
@@ -109,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--stream", action="store_true", help="streamed calls (10 chunks)")
     parser.add_argument("--profile", help="write a pyinstrument profile of the timed calls here (HTML)")
+    parser.add_argument("--hops", type=int, default=0, metavar="ROUNDS",
+                        help="instead: the client's steps as before the hop policy (per-step hop) against "
+                             "now (store hops only), in ROUNDS alternating rounds of --calls calls")
     parser.add_argument("--redis-url", default=os.environ.get("LOADTEST_REDIS_URL", "redis://127.0.0.1:6379/10"))
     args = parser.parse_args(argv)
     workdir = make_workdir()
@@ -125,10 +158,20 @@ def main(argv: list[str] | None = None) -> int:
             "Content-Type": "application/json"}), timeout=10).close()
         from project.asgi import application
 
-        per_call = asyncio.run(_measure(application, server.token, calls=args.calls, stream=args.stream,
-                                        profile=args.profile))
+        if args.hops:
+            paired = asyncio.run(_hops_paired(application, server.token, calls=args.calls, rounds=args.hops))
+        else:
+            per_call = asyncio.run(_measure(application, server.token, calls=args.calls, stream=args.stream,
+                                            profile=args.profile))
     finally:
         provider.stop()
+    if args.hops:
+        base = next(iter(paired.values()))  # the first: the baseline (before)
+        print(f"/v1/chat/completions in process, CPU per call (median of {args.hops} alternating rounds "
+              f"of {args.calls}):")
+        for name, ms in paired.items():
+            print(f"  {name}: {ms:.3f} ms ({ms / base:.2f})")
+        return 0
     kind = "stream of 10 chunks" if args.stream else "call"
     print(f"/v1/chat/completions in process: {per_call:.3f} ms of CPU per {kind} ({args.calls} calls)")
     print("\n| body | shared parser | orjson | ratio |\n|---|---|---|---|")

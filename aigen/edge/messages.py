@@ -224,11 +224,18 @@ async def _relay(call: _Call, name: str, spend: Spend) -> HttpResponse:
                                          headers=headers, wire=MESSAGES_WIRE)
     except errors.UpstreamHTTPError as err:  # the provider's own error answer to a stream request
         raise ProviderAnswered(err.response, wire="anthropic") from None
-    await answer_settle(spend, response)
     if response.status_code >= 400:
-        raise ProviderAnswered(response, wire="anthropic")
+        raise ProviderAnswered(response, wire="anthropic")  # unbilled: `messages` frees the reservation
+    # Parsed once, before anything is billed (a 200 that is not a JSON object is the provider's
+    # failure: 502, unbilled); the same parse gives the settlement its usage. The answer goes out
+    # as the client handed it over (the provider's bytes, or the bridge's rendering of a translated
+    # attempt), never re-encoded.
     answer = provider_json(response)
-    return call.answered(JsonResponse(answer))
+    if not isinstance(answer, dict):
+        raise Refusal("provider_error", "the provider's answer is not a JSON object", 502)
+    await answer_settle(spend, response, answer)
+    return call.answered(HttpResponse(response.content, status=response.status_code,
+                                      content_type="application/json"))
 
 
 async def _admitted(call: _Call) -> str:

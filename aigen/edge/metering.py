@@ -5,9 +5,15 @@ three front doors (/v1/chat/completions, /v1/messages, /api/ai/generate).
 call's `Spend` (aigen.generation.spend): past its API token's requests per
 minute or token budget it raises `QuotaExceeded` (429 with `retry_after`),
 which each door renders in its own shape through its error renderer. The
-door settles the spend once: `answer_settle(spend, content)` with a JSON
-answer's `usage`, the stream's final usage when a stream ends, or
-`billed=False` when no answer came (the reservation is freed).
+door settles the spend once: `answer_settle(spend, response, answer)` with
+the `usage` of the answer the door parsed once (aigen.edge.errors
+`provider_json`, which refuses a 200 that is not JSON before anything is
+billed), the stream's final usage when a stream ends, or `billed=False` when
+no answer came (the reservation is freed).
+
+A caller whose token has no limits costs a constant here: no estimate, no
+Redis, no thread hop; its settlement only queues the answer's usage for the
+ledger (aigen.generation.spend).
 
 A stream's spend is settled when its generator ends (`stream_settle`: billed
 once the provider produced something for it, freed when the caller closed it
@@ -23,7 +29,6 @@ door still makes one Redis round trip before the call.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.http import HttpRequest
@@ -49,30 +54,22 @@ async def caller_admit(request: HttpRequest, *, model: str, prompt: Any, max_tok
     user = request.user
     user_id = user.pk if getattr(user, "is_authenticated", False) else None
     limits = CallerLimits.of(token_of(user))
-    if limits is None:
-        return await aspend_open(user_id=user_id, limits=None, model=model, estimate=0)
+    if limits is None:  # the common case: metered only (no estimate, no Redis, no thread hop)
+        return Spend(user_id=user_id, model=model)
     estimate = tokens_estimate(prompt, max_tokens=max_tokens) if limits.budget else 0
     window = throttle.window(request) if throttle is not None else None
     return await aspend_open(user_id=user_id, limits=limits, model=model, estimate=estimate, throttle=window)
 
 
-def body_usage(content: bytes) -> Any:
-    """The `usage` object of a JSON answer (OpenAI's or Anthropic's), or None."""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        return None
-    return body.get("usage") if isinstance(body, dict) else None
-
-
-async def answer_settle(spend: Spend, response: Any) -> None:
-    """Settle `spend` from the client's complete answer: its usage when the
-    provider answered this call, else (an error, the cache's copy, another
-    caller's single-flight answer) the reservation is freed unbilled."""
+async def answer_settle(spend: Spend, response: Any, answer: Any) -> None:
+    """Settle `spend` from the client's complete `response`, whose body the
+    door parsed once into `answer`: its `usage` when the provider answered
+    this call, else (an error, the cache's copy, another caller's
+    single-flight answer) the reservation is freed unbilled."""
     if response.status_code >= 400 or response.from_cache or response.shared:
         await spend.asettle(None, billed=False)
     else:
-        await spend.asettle(body_usage(response.content))
+        await spend.asettle(answer.get("usage") if isinstance(answer, dict) else None)
 
 
 async def stream_settle(spend: Spend, stream: Any) -> None:

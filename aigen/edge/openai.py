@@ -270,10 +270,12 @@ async def _sent(raw: bytes, payload: dict[str, Any], name: str, stream: bool, sp
         return _supervised(supervised, payload["model"], spend, relay_usage=asked)
     response = await client.arequest("POST", CHAT_PATH, **_relayed(raw, payload), raise_for_status=False,
                                      wire=CHAT_WIRE)
-    await answer_settle(spend, response)
     if response.status_code >= 400:
-        raise ProviderAnswered(response)
-    provider_json(response)  # a 200 that is not JSON is the provider's failure (502), not the caller's
+        raise ProviderAnswered(response)  # unbilled: the caller's view frees the reservation
+    # Parsed once, before anything is billed: a 200 that is not JSON is the provider's failure (502,
+    # unbilled), not the caller's; the same parse gives the settlement its usage.
+    answer = provider_json(response)
+    await answer_settle(spend, response, answer)
     return HttpResponse(response.content, status=response.status_code, content_type="application/json")
 
 

@@ -14,10 +14,12 @@ import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from resilience import exceptions as errors
 from resilience.client.admission import Ticket, admitted, settled
+from resilience.client.breaker import StoreNeeded
 from resilience.client.credentials import Credentials
 from resilience.client.endpoints import Choice, Member, Pool, Unavailable
 from resilience.client.failures import (
@@ -39,6 +41,7 @@ from resilience.client.steps import (
     Blocking,
     Command,
     FromEntry,
+    OnStore,
     Send,
     Steps,
     http_failure,
@@ -142,15 +145,69 @@ class Attempt:
 
     def next_choice(self, pool: Pool) -> Choice | Unavailable:
         """Where a failed attempt moves: not yet tried first, a silent
-        endpoint last, never one that had its burst of attempts."""
+        endpoint last, never one that had its burst of attempts (called off
+        the event loop: from work an `OnStore` command runs)."""
         spent = frozenset(m for m in pool.members if self.trace.burst_spent(m.name))
         return pool.choose(self.tried, avoid=self.silent, exclude=spent)
 
 
-def _release_probe(choice: Choice) -> None:
+def _release_probe(choice: Choice) -> Generator[Command, Any, None]:
+    """Give back a half-open probe slot the choice holds (a round trip: an `OnStore` command)."""
     admission, breaker = choice.admission, choice.member.breaker
     if admission is not None and admission.probe and breaker is not None:
-        breaker.storage.release_probe()
+        yield OnStore(breaker.storage.release_probe)
+
+
+def _chosen(pool: Pool,
+            choose: Callable[..., Choice | Unavailable]) -> Generator[Command, Any, Choice | Unavailable]:
+    """`choose(in_memory=...)`: from process memory where the face runs when it can, else (a read
+    of the shared state is due, a probe slot) as an `OnStore` command, which first re-reads what
+    is due in `pool` so the next calls choose from memory again."""
+    try:
+        return choose(in_memory=True)
+    except StoreNeeded:
+        pass
+
+    def reread_and_choose() -> Choice | Unavailable:
+        pool.reread_due()
+        return choose(in_memory=False)
+    return (yield OnStore(reread_and_choose))
+
+
+def _advanced_on_store(steps: Generator[Command, Any, Any]) -> Generator[Command, Any, Any]:
+    """`steps` (admission to a limited endpoint: resilience.client.admission) with each of
+    its advances as an `OnStore` command: between its own commands it may touch the store (a
+    cooldown or breaker read while it moves the call, leaving the queue at the deadline)."""
+    value: Any = None
+    failure: Exception | None = None
+    try:
+        while True:
+            done, out = yield OnStore(partial(_advance, steps, value, failure))
+            if done:
+                return out
+            try:
+                value, failure = (yield out), None
+            except Exception as err:  # the face's failure, handed on to `steps`
+                value, failure = None, err
+    finally:
+        steps.close()
+
+
+def _advance(steps: Generator[Command, Any, Any], value: Any, failure: Exception | None) -> tuple[bool, Any]:
+    """(False, the next command) or (True, what `steps` returned)."""
+    try:
+        return False, steps.throw(failure) if failure is not None else steps.send(value)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _answer_in_memory(policy: Any, attempt: Attempt, status: int) -> bool:
+    """Whether counting an answer stays in process memory: a success that is no probe's, with no
+    failure count to reset, nothing to cool, retry or fall back from. Everything else (breaker
+    writes, cooldowns, the next endpoint's choice) runs as an `OnStore` command."""
+    admission = attempt.choice.admission
+    return status < 400 and status not in policy.retry_statuses and (
+        admission is None or not (admission.probe or admission.fails_seen))
 
 
 def _on_close(member: Member, release: Callable[[], None] | None) -> Callable[[], None]:
@@ -184,20 +241,21 @@ def _decode(response: Any, attempt: Attempt) -> None:
         request=_json_body(attempt.spec))
 
 
-def _first_choice(pool: Pool, *, avoid: str, only: str) -> Choice | Unavailable:
+def _first_choice(pool: Pool, *, avoid: str, only: str, in_memory: bool = False) -> Choice | Unavailable:
     """The first attempt's endpoint: `only` that one when named, else one
-    other than `avoid` when another is available, else any."""
+    other than `avoid` when another is available, else any (`in_memory`:
+    see `Pool.choose`)."""
     if only:
         pinned = [m for m in pool.members if m.name == only]
         if pinned:
-            return pool.choose(tuple(m for m in pool.members if m is not pinned[0]))
+            return pool.choose(tuple(m for m in pool.members if m is not pinned[0]), in_memory=in_memory)
     if avoid and not pool.single:
         avoided = tuple(m for m in pool.members if m.name == avoid)
         if avoided:
-            choice = pool.choose(avoided)
+            choice = pool.choose(avoided, in_memory=in_memory)
             if isinstance(choice, Choice) and not choice.forced:
                 return choice
-    return pool.choose()
+    return pool.choose(in_memory=in_memory)
 
 
 class Attempts:
@@ -223,7 +281,8 @@ class Attempts:
         format is sent translated and its answer decoded back
         (resilience.client.wires)."""
         policy, pool, bulkhead = built.policy, built.pool, built.bulkhead
-        choice = _first_choice(pool, avoid=avoid, only=only)
+        choice = yield from _chosen(pool, lambda in_memory: _first_choice(pool, avoid=avoid, only=only,
+                                                                          in_memory=in_memory))
         if isinstance(choice, Unavailable):
             return self._unavailable(choice, pool, stale, spec, from_entry)
         attempt = Attempt(spec, from_entry, stale, stream, choice,
@@ -234,7 +293,7 @@ class Attempts:
         if bulkhead is not None:
             granted = yield Acquire(bulkhead, policy.bulkhead_wait)
             if not granted:
-                _release_probe(choice)
+                yield from _release_probe(choice)
                 failure = errors.BulkheadFull(
                     f"{self.name}: {bulkhead.limit} calls already in flight (bulkhead)", upstream=self.name,
                     retry_after=max(1.0, policy.bulkhead_wait))
@@ -273,10 +332,11 @@ class Attempts:
             return None
         if attempt.ticket is None:
             attempt.ticket = Ticket(attempt.spec, _json_body(attempt.spec))
-        outcome = yield from admitted(pool, attempt.choice, attempt.ticket, deadline=attempt.trace.deadline,
-                                      movable=not attempt.pinned)
+        outcome = yield from _advanced_on_store(admitted(pool, attempt.choice, attempt.ticket,
+                                                         deadline=attempt.trace.deadline,
+                                                         movable=not attempt.pinned))
         if isinstance(outcome, errors.NoRoom):
-            _release_probe(attempt.choice)
+            yield from _release_probe(attempt.choice)
             result = Result(Outcome.REJECTED, breaker_state=attempt.choice.state, error=outcome.message,
                             attempts=max(1, len(attempt.trace.history)), retries=tuple(attempt.trace.history))
             return self._stale_or(result, outcome, attempt.stale, attempt.spec, attempt.from_entry)
@@ -305,14 +365,14 @@ class Attempts:
         if credentials is None:  # an account whose token is due: refreshed off the event loop
             credentials = yield Blocking(lambda: member.credentials_now(attempt.trace.remaining()))
             if not credentials.secret:
-                return self._account_unavailable(built, attempt, credentials)
+                return (yield OnStore(lambda: self._account_unavailable(built, attempt, credentials)))
         sent = spec_for(member, attempt.spec, policy, model=attempt.model)
         bridged = translated(attempt.wire, member.spec.wire_format)
         if bridged:
             try:
                 sent = spec_encoded(sent, member, attempt.wire, upstream=self.name)  # type: ignore[arg-type]
             except errors.UntranslatableRequest as failure:
-                _release_probe(attempt.choice)
+                yield from _release_probe(attempt.choice)
                 return Answer(Result(Outcome.REFUSED, error=failure.message, endpoint=member.name),
                               error=failure)
         attempt.began, attempt.sent_at = time.perf_counter(), time.monotonic()
@@ -321,7 +381,11 @@ class Attempts:
             response = yield Send(member, sent, credentials, trace, attempt.stream)
         except Exception as exc:
             member.in_flight -= 1
-            return self._failed(built, attempt, exc, credentials)
+            unanswered = exc
+        else:
+            unanswered = None
+        if unanswered is not None:  # counted against the breaker, maybe moved: round trips
+            return (yield OnStore(lambda: self._failed(built, attempt, unanswered, credentials)))
         if response.status_code >= 400:  # an error answer may echo the credentials it was sent
             credentials.mask(response, sent)
         if bridged and (response.status_code >= 400 or not attempt.stream):
@@ -332,11 +396,13 @@ class Attempts:
             if first and attempt.trace.remaining() > 0:
                 renewed = yield Blocking(lambda: member.account.refresh_after_401(
                     credentials.secret, attempt.trace.remaining()))
-            again = self._account_refused(built, attempt, response, renewed=renewed)
+            again = yield OnStore(lambda: self._account_refused(built, attempt, response, renewed=renewed))
             if again is not None:
                 member.in_flight -= 1
                 return again
-        return self._answered(built, attempt, response)
+        if _answer_in_memory(policy, attempt, response.status_code):
+            return self._answered(built, attempt, response)
+        return (yield OnStore(lambda: self._answered(built, attempt, response)))
 
     def _account_unavailable(self, built: Built, attempt: Attempt,
                              credentials: Credentials) -> Answer | Choice:

@@ -73,6 +73,12 @@ class CircuitOpen(Exception):
         self.retry_after = max(0.0, retry_after)
 
 
+class StoreNeeded(Exception):
+    """A memory-only read (`admit(in_memory=True)`, `Pool.choose(in_memory=True)`) would need a
+    round trip to the shared store; raised before anything changed, so the caller may do it again
+    where a round trip is allowed (resilience.client.core: off the event loop)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What `admit()` granted: a normal call, or one of the half-open probes.
@@ -161,12 +167,37 @@ class SharedBreaker:
         by the reset timeout."""
         return wait_after(reopens, probe_interval=self.probe_interval, reset_timeout=self.reset_timeout)
 
-    def admit(self) -> Admission:
-        """Let a call through, or raise `CircuitOpen`. Never blocks on a lock
-        held around another call; a healthy call reads process memory only."""
+    def store_due(self) -> bool:
+        """Whether `admit()` would make a round trip now (memory only): no
+        snapshot yet or one due for a re-read, an open breaker whose wait is
+        over, or a half-open one (probe slots are shared)."""
         snap = self._snapshot
         if snap is None or time.monotonic() - snap.read_at >= (
                 self.closed_recheck if snap.state == CLOSED else self.open_recheck):
+            return True
+        if snap.state == CLOSED:
+            return False
+        return snap.state != OPEN or snap.opened_at + self.wait(snap.reopens) <= self.clock()
+
+    def reread_due(self) -> None:
+        """Re-read the shared state when this process's snapshot is due for it
+        (a round trip then: call it off the event loop)."""
+        snap = self._snapshot
+        if snap is None or time.monotonic() - snap.read_at >= (
+                self.closed_recheck if snap.state == CLOSED else self.open_recheck):
+            self._read()
+
+    def admit(self, *, in_memory: bool = False) -> Admission:
+        """Let a call through, or raise `CircuitOpen`. Never blocks on a lock
+        held around another call; a healthy call reads process memory only.
+        `in_memory`: raise `StoreNeeded` (nothing changed yet) instead of
+        making a round trip to the shared store (a re-read that is due, an
+        open breaker whose wait is over, a probe slot)."""
+        snap = self._snapshot
+        if snap is None or time.monotonic() - snap.read_at >= (
+                self.closed_recheck if snap.state == CLOSED else self.open_recheck):
+            if in_memory:
+                raise StoreNeeded(self.name)
             snap = self._read()
         if snap.state == CLOSED:
             return Admission(probe=False, state=CLOSED, fails_seen=snap.fails)
@@ -175,6 +206,10 @@ class SharedBreaker:
             remaining = snap.opened_at + self.wait(snap.reopens) - now
             if remaining > 0:
                 raise CircuitOpen(self.name, remaining)
+        if in_memory:
+            raise StoreNeeded(self.name)
+        if snap.state == OPEN:
+            now = self.clock()
             snap = self._read()  # the memo said open: is it still, everywhere?
             if snap.state == CLOSED:
                 return Admission(probe=False, state=CLOSED, fails_seen=snap.fails)

@@ -9,22 +9,26 @@ resilience.client.core only.
 """
 from __future__ import annotations
 
+from collections.abc import Generator
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
 from resilience.client import responses
 from resilience.client.attempt import Attempts
-from resilience.client.flight import SingleFlight, copy_error, release_lock
+from resilience.client.flight import SingleFlight, advance, copy_error, release_lock
 from resilience.client.live import Built, cache_is_shared
 from resilience.client.record import Result
 from resilience.client.responses import CacheEntry, CallMeta, NearCache
 from resilience.client.spec import RequestSpec
 from resilience.client.steps import (
     Answer,
+    Command,
     Follow,
     FromEntry,
+    OnStore,
     Shared,
     Sleep,
     Steps,
@@ -61,7 +65,7 @@ class CachedSteps:
         key = spec.cache_key(self.name, vary)
         store = default_cache()
         shared_store = cache_is_shared(store)
-        entry, fresh = self._lookup(key, store, shared_store)
+        entry, fresh = yield from self._lookup(key, store, shared_store)
         if fresh:
             return Answer(Result(Outcome.CACHE_HIT, status=entry.status, cache_hit=True),
                           response=from_entry(entry, spec, CallMeta(from_cache=True)))
@@ -70,7 +74,7 @@ class CachedSteps:
         if not policy.single_flight:
             answer = yield from self.attempts.fetch(built, spec, from_entry, stream=False, stale=stale,
                                                     wire=wire)
-            self._store(key, answer, policy)
+            yield from self._store(key, answer, policy)
             return answer
 
         future, leader = self.flight.join(key)
@@ -79,13 +83,15 @@ class CachedSteps:
         return (yield from self._leader(key, future, built, spec, from_entry, stale=stale,
                                         shared_store=shared_store, wire=wire))
 
-    def _lookup(self, key: str, store: Any, shared_store: bool) -> tuple[CacheEntry | None, bool]:
+    def _lookup(self, key: str, store: Any,
+                shared_store: bool) -> Generator[Command, Any, tuple[CacheEntry | None, bool]]:
         """The cached entry for `key` (or None) and whether it is fresh: the near cache first when the
-        store is shared, and a fresh entry is kept near (for at most its own freshness)."""
+        store is shared (a hit there makes no round trip), and a fresh entry is kept near (for at most
+        its own freshness). The shared store's read is an `OnStore` command."""
         near_seconds = resilience_settings.HTTP_CACHE_NEAR_SECONDS if shared_store else 0
         found = self.near.get(key) if near_seconds else None
         if found is None:
-            found = store.get(key)
+            found = (yield OnStore(lambda: store.get(key))) if shared_store else store.get(key)
         entry = found if isinstance(found, CacheEntry) else None
         now = responses.wall_clock()
         fresh = entry is not None and entry.fresh(now)
@@ -123,7 +129,10 @@ class CachedSteps:
                 lock = value
             answer = yield from self.attempts.fetch(built, spec, from_entry, stream=False, stale=stale,
                                                     wire=wire)
-            self._store(key, answer, policy)
+            yield from self._store(key, answer, policy)
+            if lock is not None:  # released before the flight ends, as an `OnStore` command
+                yield OnStore(partial(release_lock, lock))
+                lock = None
         except GeneratorExit:
             self.flight.finish(key, future, error=errors.UpstreamError(
                 f"{self.name}: the call this one waited for was abandoned", upstream=self.name))
@@ -142,11 +151,10 @@ class CachedSteps:
         this one waited, else ("lead", the key's lock or None); each wait is a `Sleep` command."""
         across = SingleFlight.across(key, deadline, lambda: _fresh(default_cache().get(key)))
         while True:
-            try:
-                seconds = next(across)
-            except StopIteration as stop:
-                return stop.value
-            yield Sleep(seconds)
+            more, value = yield OnStore(lambda: advance(across))  # each step a lock or cache call
+            if not more:
+                return value
+            yield Sleep(value)
 
     def _shareable(self, answer: Answer, policy: Any) -> Shared:
         response = answer.response
@@ -175,9 +183,14 @@ class CachedSteps:
         return Answer(result, response=response, http_error=http_error)
 
     @staticmethod
-    def _store(key: str, answer: Answer, policy: Any) -> None:
+    def _store(key: str, answer: Answer, policy: Any) -> Generator[Command, Any, None]:
+        """Keep a fresh success (on a shared store, as an `OnStore` command)."""
         response = answer.response
         if response is None or response.stale or not 200 <= response.status_code < 300:
             return
         keep = policy.cache_ttl + (policy.cache_stale_max_age if policy.cache_serve_stale else 0)
-        default_cache().set(key, response.to_entry(policy.cache_ttl), timeout=keep)
+        store, entry = default_cache(), response.to_entry(policy.cache_ttl)
+        if cache_is_shared(store):
+            yield OnStore(lambda: store.set(key, entry, timeout=keep))
+        else:
+            store.set(key, entry, timeout=keep)

@@ -17,13 +17,27 @@ one place (resilience.client.record).
 
 Under ASGI the sync face must not run on the event loop (it blocks while it
 waits on the network): from async code use `aget()`/`arequest()`, or
-`asgiref.sync.sync_to_async(upstream(name).get)`. The async face performs
-the I/O commands on the loop; when the store is Redis it advances each step
-(which may read the cache and the breakers' shared state) in a worker thread
-(`asyncio.to_thread`), so no Redis round trip blocks the loop, and it loads
-the policy from the database in a worker thread when a check is due.
-`bench/bench_async_steps.py` weighs that hop against one `sync_to_async` per
-call and Django's async cache methods.
+`asgiref.sync.sync_to_async(upstream(name).get)`.
+
+The hop policy of the async face: the steps run on the event loop, and only
+work that touches the shared store leaves it. The steps say which: a cache
+get or set, a due re-read of the breakers, cooldowns or score window, a
+breaker or cooldown write, a probe slot, a single-flight lock is an `OnStore`
+command, which the async face performs in a worker thread
+(`asyncio.to_thread`) while the store is Redis and inline on local memory.
+Choosing an endpoint is tried from process memory first
+(`Pool.choose(in_memory=True)`, which raises `StoreNeeded` before touching
+anything when a read is due, at most every 0.25 s per breaker and pool) and
+done again in an `OnStore` command only then; a plain success is counted in
+memory. So a healthy uncached call, or one answered from the near cache,
+makes no thread hop at all; a call that misses the near cache makes one per
+Redis read or write it needs. An `Admit` (an endpoint's quota: one Lua
+script) also runs in a worker thread on Redis, a `Blocking` command
+(database, token server) always does, and the policy is loaded from the
+database in a worker thread when a check is due. The pool's cooldown refresh
+takes a lock a reading thread holds: it is only ever taken off the loop.
+`bench/bench_async_steps.py` weighs this against the per-step hop it
+replaced, one `sync_to_async` per call and Django's async cache methods.
 """
 from __future__ import annotations
 
@@ -58,6 +72,7 @@ from resilience.client.steps import (
     Command,
     Follow,
     FromEntry,
+    OnStore,
     Plan,
     Send,
     Steps,
@@ -220,7 +235,7 @@ class UpstreamClient:
             return None
         if isinstance(command, Admit):
             return command.run()
-        if isinstance(command, Blocking):
+        if isinstance(command, (Blocking, OnStore)):
             return command.work()
         time.sleep(command.seconds)
         return None
@@ -267,18 +282,14 @@ class UpstreamClient:
     async def _adrive(self, steps: Steps) -> Answer:
         value: Any = None
         failure: Exception | None = None
-        # The steps read and write breakers, cooldowns and cached responses
-        # through the shared store: on Redis each step runs in a worker thread
-        # so no round trip blocks the loop; on local memory it stays inline.
-        off_loop = cache_is_shared(default_cache())
+        # The steps run on the loop: what touches the shared store comes as an
+        # `OnStore` command (see the module docstring's hop policy).
         try:
             while True:
-                if off_loop:
-                    done, command = await asyncio.to_thread(_step, steps, value, failure)
-                else:
-                    done, command = _step(steps, value, failure)
-                if done:
-                    return command
+                try:
+                    command = steps.throw(failure) if failure is not None else steps.send(value)
+                except StopIteration as stop:
+                    return stop.value
                 value, failure = None, None
                 try:
                     value = await self._aperform(command)
@@ -299,6 +310,10 @@ class UpstreamClient:
             if not command.future.done():
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(command.future)), command.timeout)
             return None
+        if isinstance(command, OnStore):  # round trips to the shared store: off the loop while Redis serves
+            if cache_is_shared(default_cache()):
+                return await asyncio.to_thread(command.work)
+            return command.work()
         if isinstance(command, Admit):  # one Redis round trip: off the loop while Redis serves
             if cache_is_shared(default_cache()):
                 return await asyncio.to_thread(command.run)
@@ -329,12 +344,3 @@ class UpstreamClient:
             steps = self._attempts.fetch(built, spec, from_entry, stream=call.stream, stale=None,
                                          avoid=call.avoid, only=call.endpoint, wire=call.wire)
         return Plan(call.method, call.path, spec, steps=steps)
-
-
-def _step(steps: Steps, value: Any, failure: Exception | None) -> tuple[bool, Any]:
-    """Advance the steps: (False, the next command) or (True, the answer).
-    A StopIteration cannot cross a thread's future, so it is unpacked here."""
-    try:
-        return False, steps.throw(failure) if failure is not None else steps.send(value)
-    except StopIteration as stop:
-        return True, stop.value

@@ -74,7 +74,7 @@ from resilience.cache import default_cache
 from resilience.cache.engine import NOT_SERVED
 from resilience.client.accounts import AccountSpec, TokenManager, account_manager, account_state
 from resilience.client.asend import AsyncPool
-from resilience.client.breaker import CircuitOpen, SharedBreaker, breaker_name
+from resilience.client.breaker import CircuitOpen, SharedBreaker, StoreNeeded, breaker_name
 from resilience.client.credentials import Credentials, Kind
 from resilience.client.policy import Policy
 from resilience.client.quota import Quota, learned_apply, learned_read
@@ -250,11 +250,13 @@ class Window:
             counts[1] += ok
             counts[2] += latency_ms
 
-    def totals(self) -> dict[str, list[float]]:
+    def totals(self, *, in_memory: bool = False) -> dict[str, list[float]]:
         """The window's counts per endpoint: the last read plus what this
-        process counted since."""
+        process counted since (`in_memory`: `StoreNeeded` when a sync is due)."""
         now = time.monotonic()
         if now - self._synced >= SYNC_SECONDS:
+            if in_memory:
+                raise StoreNeeded(self.upstream)
             self._synced = now
             self.sync()
         with self._lock:
@@ -367,16 +369,21 @@ class Pool:
 
     # -- choosing ----------------------------------------------------------------------------
     def choose(self, tried: tuple[Member, ...] = (), *, avoid: frozenset[Member] = frozenset(),
-               exclude: frozenset[Member] = frozenset()) -> Choice | Unavailable:
+               exclude: frozenset[Member] = frozenset(), in_memory: bool = False) -> Choice | Unavailable:
         """The endpoint for the next attempt: one not in `tried` if any is
         available, else any available one but the last tried (a retry
         "then anywhere"), else `Unavailable`. Endpoints in `avoid` (they
         left an attempt unanswered) come only when no other is available;
-        those in `exclude` never."""
+        those in `exclude` never. `in_memory`: from process memory only,
+        else `StoreNeeded` before anything changed (a due read of the
+        cooldowns, the score window or a breaker, a probe slot): the async
+        client then chooses again off the event loop."""
         if not self.single and time.monotonic() - self._cool_read >= self.recheck:  # a single URL never cools
+            if in_memory:  # the refresh takes a lock a reading thread holds: never on the loop
+                raise StoreNeeded(self.upstream)
             self._refresh_cooldowns()
         if self.single:
-            return self._first_available(list(self.members))
+            return self._first_available(list(self.members), in_memory)
         allowed = [m for m in self.members if m not in exclude]
         preferred = [m for m in allowed if m not in avoid]
         for group in (preferred, allowed):
@@ -385,30 +392,35 @@ class Pool:
                 candidates = [m for m in group if m is not tried[-1]]
             if not candidates:
                 continue
-            found = self._first_available(candidates)
+            found = self._first_available(candidates, in_memory)
             if isinstance(found, Choice) or group is allowed:
                 return found
-        return self._first_available([])
+        return self._first_available([], in_memory)
 
-    def _first_available(self, candidates: list[Member]) -> Choice | Unavailable:
+    def _first_available(self, candidates: list[Member], in_memory: bool = False) -> Choice | Unavailable:
         """The first of `candidates` in the strategy's order that can take an
         attempt (see the module docstring); one this process last found with
         no room (its rpm/tpm limit) only when no other can."""
         moment = time.monotonic()
         full = [m for m in candidates if m.full_until > moment]
         if full and len(full) < len(candidates):
-            found = self._available([m for m in candidates if m.full_until <= moment])
+            found = self._available([m for m in candidates if m.full_until <= moment], in_memory)
             if isinstance(found, Choice):
                 return found
             candidates = sorted(full, key=lambda m: m.full_until)
-        return self._available(candidates)
+        return self._available(candidates, in_memory)
 
-    def _available(self, candidates: list[Member]) -> Choice | Unavailable:
+    def _available(self, candidates: list[Member], in_memory: bool = False) -> Choice | Unavailable:
         now = self.clock()
+        if in_memory and any(m.breaker is not None and m.cool_until <= now and m.breaker.store_due()
+                             for m in candidates):
+            # Asked of every candidate before one is picked: which endpoint the pick lands on must
+            # not decide whether the choice is made again elsewhere (that would skew the weights).
+            raise StoreNeeded(self.upstream)
         out: list[tuple[float, Member]] = []
         missing = None
         while candidates:
-            member = self._pick(candidates)
+            member = self._pick(candidates, in_memory)
             candidates.remove(member)
             if member.account is None:
                 credentials = member.credentials_now()
@@ -426,7 +438,7 @@ class Pool:
             if breaker is None:
                 return Choice(member, None)
             try:
-                return Choice(member, breaker.admit())
+                return Choice(member, breaker.admit(in_memory=in_memory))
             except CircuitOpen as err:
                 out.append((err.retry_after, member))
         if not out:
@@ -437,7 +449,7 @@ class Pool:
             return Choice(out[0][1], None, forced=True)
         return Unavailable(out[0][0], missing)
 
-    def _pick(self, candidates: list[Member]) -> Member:
+    def _pick(self, candidates: list[Member], in_memory: bool = False) -> Member:
         if len(candidates) == 1:
             return candidates[0]
         strategy = self.strategy
@@ -450,7 +462,7 @@ class Pool:
                 return candidates[0]
             return self._weighted(candidates, [m.weight for m in candidates])
         if strategy == "score":
-            totals = self.window.totals()
+            totals = self.window.totals(in_memory=in_memory)
             scores = [score_of(totals.get(m.name)) for m in candidates]
             known = [s for s in scores if s is not None]
             best = max(known) if known else 1.0
@@ -503,6 +515,16 @@ class Pool:
             return
         member.cool_until = until
         default_cache().set(cooldown_key(self.upstream, member.name), until, timeout=math.ceil(seconds))
+
+    def reread_due(self) -> None:
+        """Re-read what `choose(in_memory=True)` found due: the shared cooldowns
+        and every endpoint's breaker snapshot that is due for it (round trips:
+        call it off the event loop), so the next choices run from memory."""
+        if not self.single and time.monotonic() - self._cool_read >= self.recheck:
+            self._refresh_cooldowns()
+        for member in self.members:
+            if member.breaker is not None:
+                member.breaker.reread_due()
 
     def _refresh_cooldowns(self) -> None:
         """Read the shared cooldowns. Attempts run on several threads at once:

@@ -170,7 +170,7 @@ class SingleFlight:
             if shared_result is not None:
                 steps = self.across(key, wait, shared_result)
                 # Each step's lock and cache calls run in a thread: never on the loop.
-                while (step := await asyncio.to_thread(_advance, steps))[0]:
+                while (step := await asyncio.to_thread(advance, steps))[0]:
                     await asyncio.sleep(step[1])
                 kind, value = step[1]
                 if kind == "found":
@@ -197,7 +197,7 @@ class SingleFlight:
         return result
 
 
-def _advance(steps: Generator[float, None, Across]) -> tuple[bool, Any]:
+def advance(steps: Generator[float, None, Across]) -> tuple[bool, Any]:
     """One step of `across`: (True, seconds to sleep) or (False, its outcome)."""
     try:
         return True, next(steps)

@@ -1,10 +1,10 @@
 """What the resilient client's steps exchange: the I/O commands they yield and the values a call ends as.
 
 The steps (resilience.client.attempt, resilience.client.cached) are generators: where they need I/O
-they yield a command (`Send`, `Sleep`, `Follow`, `Acquire`, `Admit`) that the sync or async face of
-`UpstreamClient` performs and sends back (a failure is thrown back in). A call ends as an `Answer`:
-a `Result` (what the call-log row says), the caller's response and the error to raise. Only values
-and pure helpers live here: nothing in this module does I/O or fails on its own.
+they yield a command (`Send`, `Sleep`, `Follow`, `Acquire`, `Admit`, `Blocking`, `OnStore`) that the
+sync or async face of `UpstreamClient` performs and sends back (a failure is thrown back in). A call
+ends as an `Answer`: a `Result` (what the call-log row says), the caller's response and the error
+to raise. Only values and pure helpers live here: nothing in this module does I/O or fails on its own.
 """
 from __future__ import annotations
 
@@ -84,7 +84,18 @@ class Blocking:
     work: Callable[[], Any]
 
 
-Command = Send | Sleep | Follow | Acquire | Admit | Blocking
+@dataclass(frozen=True, slots=True)
+class OnStore:
+    """Run `work`, which makes round trips to the shared store (a cache get or set, a due re-read
+    of breakers or cooldowns, a breaker or cooldown write, a single-flight lock): in the caller's
+    thread on the sync face; on the async one in a worker thread while the store is Redis, inline
+    on local memory. The steps yield it only for such work: the rest of a call runs where its
+    face runs, on the event loop for the async face (resilience.client.core)."""
+
+    work: Callable[[], Any]
+
+
+Command = Send | Sleep | Follow | Acquire | Admit | Blocking | OnStore
 Steps = Generator[Command, Any, "Answer"]
 #: Builds the face's response from a cache entry.
 FromEntry = Callable[[CacheEntry, RequestSpec, CallMeta], Any]

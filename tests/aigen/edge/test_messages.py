@@ -13,6 +13,11 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 
+from aigen.edge import openai as openai_views
+from aigen.edge.tokens import token_issue
+from aigen.edge.tokens import users as token_users
+from aigen.generation.ledger import usage_flush
+from aigen.models import UsageLedger
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
 from resilience.models import CallLog, Endpoint, Upstream
@@ -294,3 +299,56 @@ def test_a_prompt_too_long_for_the_model_goes_to_the_policys_fallback_model(gate
     answer = sdk_run(gateway, lambda c: c.messages.create(model=MODEL, max_tokens=8, messages=ask("long")))
     assert answer.content[0].text == CONTENT_PREFIX + "long"
     assert [body["model"] for body in primary.chat_requests()] == [MODEL, "big-model"]
+
+
+RAW_MESSAGE = ('{"id":"msg_raw","type":"message","role":"assistant","model":"claude-raw",'
+               '"content":[{"type":"text","text":"h\u00e9llo \u2014 \\u00e9 kept as sent"}],'
+               '"stop_reason":"end_turn","stop_sequence":null,'
+               '"usage":{"input_tokens":7,"output_tokens":5},"x_provider_field":{"kept":true}}').encode()
+
+
+@pytest.fixture
+def raw_claude(transactional_db, fake, settings) -> str:
+    """An upstream serving "claude-raw" from the scriptable fake as an
+    Anthropic-format endpoint (no translation); a caller's API key."""
+    settings.AIGEN = {**settings.AIGEN, "GENERATE_THROTTLE": "100000/min"}
+    row = Upstream.objects.create(name="raw", base_url=f"{fake.url}/v1", served_models=["claude-raw"],
+                                  retry_total=0)
+    Endpoint.objects.create(upstream=row, name="claude", base_url=f"{fake.url}/v1", wire_format="anthropic")
+    reset_clients()
+    openai_views.models.clear()
+    token_users.clear()
+    return token_issue(user=get_user_model().objects.create_user("raw-caller"))
+
+
+def test_a_plain_answer_goes_out_as_the_provider_sent_it_and_is_billed_from_the_one_parse(raw_claude, fake):
+    """An Anthropic-format endpoint's answer is relayed byte for byte (UTF-8
+    text, escapes, compact separators, fields the gateway does not know), not
+    re-encoded; its usage, from the parse that checked it is JSON, is billed."""
+    fake.script("/v1/messages", Reply(200, body=RAW_MESSAGE, headers={"Content-Type": "application/json"}),
+                method="POST")
+    from project.asgi import application
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application),
+                                     base_url="http://testserver") as http:
+            return await http.post("/v1/messages", headers={"x-api-key": raw_claude}, json={
+                "model": "claude-raw", "max_tokens": 16, "messages": ask("hello")})
+
+    answered = async_to_sync(go)()
+    assert answered.status_code == 200, answered.text
+    assert answered.content == RAW_MESSAGE
+    assert answered.headers["content-type"] == "application/json"
+    usage_flush()
+    billed = UsageLedger.objects.get(user__username="raw-caller")
+    assert (billed.calls, billed.prompt_tokens, billed.completion_tokens) == (1, 7, 5)
+
+
+def test_a_200_that_is_a_json_array_is_the_providers_failure(raw_claude, fake):
+
+    fake.script("/v1/messages", Reply(200, body=[1, 2]), method="POST")
+
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        sdk_run(raw_claude, lambda c: c.messages.create(model="claude-raw", max_tokens=8, messages=ask("hi")))
+    assert raised.value.status_code == 502
+    assert raised.value.body["error"]["message"] == "the provider's answer is not a JSON object"

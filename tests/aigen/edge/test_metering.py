@@ -27,6 +27,7 @@ from resilience.cache import reset_engines
 from resilience.client import reset_clients
 from resilience.models import Upstream
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_upstream import Reply
 
 MODEL = "gpt-metered"
 
@@ -226,3 +227,28 @@ def test_a_limited_callers_door_throttle_is_counted_by_its_admission_in_one_roun
     assert refused.body["message"] == "Rate limit reached for the gateway."
     assert int(refused.response.headers["Retry-After"]) >= 1
     assert provider.chat_calls == 2
+
+
+@pytest.mark.parametrize("door", ["openai", "messages"])
+def test_a_200_that_is_not_json_is_refused_with_502_and_not_billed(caller, provider, door):
+    """The door parses the answer once, before settling: a 200 that is not JSON
+    is the provider's failure (502 `provider_error`), and the caller pays nothing
+    for it: no ledger row, and a budget's reservation is freed, not spent."""
+    limit(token_budget=10_000)
+    provider.fail_next(Reply(200, body=b"<html>upstream proxy page</html>",
+                             headers={"Content-Type": "application/json"}))
+    if door == "openai":
+        with pytest.raises(openai.InternalServerError) as raised:
+            run_openai(caller, lambda client: chat(client))
+    else:
+        with pytest.raises(anthropic.InternalServerError) as raised:
+            run_anthropic(caller, lambda client: client.messages.create(
+                model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hello"}]))
+    assert raised.value.status_code == 502
+    assert provider.chat_calls == 1
+    usage_flush()
+    assert not UsageLedger.objects.exists()
+    run_openai(caller, lambda client: chat(client))  # then a good answer: billed with its usage
+    usage_flush()
+    row = UsageLedger.objects.get()
+    assert row.calls == 1 and row.prompt_tokens == provider.served_usage()[-1]["prompt_tokens"]
