@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support import migrated
 from tests.support.fake_openai import MODEL_ID, FakeOpenAI
 from tests.support.redis_server import free_port
 
@@ -45,6 +46,7 @@ def server(tmp_path):
                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus")}
         env.pop("REDIS_URL", None)
         (tmp_path / "prometheus").mkdir()  # django-rq's collector opens its files at import
+        migrated.sqlite_copy(tmp_path / "serve.sqlite3")  # the run's migrated schema; migrate checks it
         _manage(env, "migrate", "--noinput", "-v", "0")
         _manage(env, "seed_upstreams")
         token = _manage(env, "shell", "-c", (

@@ -34,11 +34,7 @@ class DevServer(LiveServer):
 
     def start(self) -> DevServer:
         self.env.update({"DEBUG": "true", "PYTHONWARNINGS": "always"})
-        self.fresh_database()
-        self.manage("migrate", "--noinput", "-v", "0")
-        self.manage("seed_upstreams")
-        if self.setup:
-            self.shell(self.setup + "\nprint('set up')")
+        self.prepare()
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}"], cwd=ROOT, env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -19,8 +19,15 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tests.support import migrated
+
 
 def jobs_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The processes' environment on `database_url`; an SQLite file there starts as a
+    copy of the run's migrated schema (tests.support.migrated), so `migrate` finds
+    nothing to apply."""
+    if database_url.startswith("sqlite:///"):
+        migrated.sqlite_copy(database_url.removeprefix("sqlite:///"))
     env = dict(os.environ)
     env.pop("REDIS_URL", None)  # the database engine and database/local locks
     env.update({"DJANGO_SETTINGS_MODULE": "project.settings", "DATABASE_URL": database_url,

@@ -9,7 +9,9 @@ the running service from outside: schema fuzzing, abuse, clean shutdown.
 The database is a fresh SQLite file, or, when the run has PostgreSQL
 (`DATABASE_URL` names one), a scratch PostgreSQL database
 `<run database>_live_<port>` created here and dropped afterwards, so the
-server sees the same engine as the rest of the run. Everything the server
+server sees the same engine as the rest of the run. Either is a copy of the
+run's migrated template (tests.support.migrated); `migrate`, `seed_upstreams`
+and the `setup` code then run in one Django process before the server starts. Everything the server
 prints (its log lines) is collected in `output` for tests that grep it.
 
 Failure behaviour: a server that does not answer `/healthz` within
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from tests.support import migrated
 from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,18 +118,24 @@ class LiveServer:
         return self._tokens[username]
 
     def fresh_database(self) -> None:
-        """The run's scratch PostgreSQL database, made anew (nothing on SQLite)."""
+        """The server's database, migrated: the run's scratch PostgreSQL database made
+        anew, or the SQLite file (unless one is there), both copied from the template."""
         if self._pg_db:
-            with _admin_connect(postgres_url()) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self._pg_db}"')
-                conn.execute(f'CREATE DATABASE "{self._pg_db}"')
+            migrated.postgres_create(postgres_url(), self._pg_db)
+        elif self.env["DATABASE_URL"] == f"sqlite:///{self.workdir / 'live.sqlite3'}":
+            migrated.sqlite_copy(self.workdir / "live.sqlite3")
+
+    def prepare(self) -> None:
+        """What `make serve` does before serving (migrate, seed the built-in upstreams),
+        then the `setup` code: one Django process on a fresh database."""
+        self.fresh_database()
+        self.shell("from django.core.management import call_command\n"
+                   "call_command('migrate', interactive=False, verbosity=0)\n"
+                   "call_command('seed_upstreams')\n"
+                   + (self.setup + "\n" if self.setup else "") + "print('set up')")
 
     def start(self) -> LiveServer:
-        self.fresh_database()
-        self.manage("migrate", "--noinput", "-v", "0")
-        self.manage("seed_upstreams")
-        if self.setup:
-            self.shell(self.setup + "\nprint('set up')")
+        self.prepare()
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.process = subprocess.Popen(
             [str(gunicorn), "project.asgi:application", "--config", "gunicorn.conf.py",

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support import migrated
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,6 +63,12 @@ def gather(procs: list[subprocess.Popen]) -> list[dict]:
 
 
 def worker_env(database_file: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The workers' environment on the SQLite file `database_file`, which starts as a
+    copy of the run's migrated schema (tests.support.migrated) when its folder exists
+    and no file is there yet: a worker's `migrate` then finds nothing to apply."""
+    path = Path(database_file)
+    if path.is_absolute() and path.parent.is_dir():
+        migrated.sqlite_copy(path)
     env = dict(os.environ)
     env.update({
         "DJANGO_SETTINGS_MODULE": "project.settings",
