@@ -3,6 +3,9 @@
 `send(request, on_close)` takes an httpx2.Request and answers an
 httpx2.Response whose body reads aiohttp's payload; aiohttp's errors become
 httpx2's of the matching kind, so `asend` maps and retries them unchanged.
+`bench.bench_aionet` prices it; `bench.aiohttp_swap` (a pytest plugin) runs
+the fault suites with it under `asend`. The figures and why it was not
+taken: README, "The HTTP/1.1 client to the provider".
 """
 from __future__ import annotations
 
