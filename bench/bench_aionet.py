@@ -6,6 +6,8 @@ nginx (the Python fake when nginx is missing):
   write) is the baseline;
 - `resilience.client.aionet.Transport`: the same httpcore2 pool and HTTP/1.1
   code over a plain asyncio protocol (what the async client uses);
+- aiohttp (llhttp's C parser) behind the same interface
+  (`bench.aiohttp_contender`: issue 30 asked whether it pays; it did not);
 - the whole async client (`await upstream(name).aget(...)`: policy, breaker,
   call record, metrics) over it, for scale.
 
@@ -13,8 +15,18 @@ Each contender is timed one GET at a time and 64 at once (wall time per GET),
 in alternating rounds; the ratio is the median of per-round ratios to the
 baseline. Keeping our own backend over the library's is worth it only when it
 is cheaper here.
+
+A second table prices what the /v1 front door pays: this process's CPU per
+call (`time.process_time`, the server out of it: the load test's provider in
+a process of its own), a completion answered at once and a stream of 10
+chunks, aionet's transport against aiohttp's, in alternating rounds.
 """
 from __future__ import annotations
+
+import json
+import statistics
+import time
+import urllib.request
 
 from bench.common import Nginx, async_paired, django_setup, fmt_time, table
 
@@ -26,11 +38,13 @@ CONCURRENT = 64
 async def _run(url: str) -> list[tuple[object, ...]]:
     import httpx2
 
+    from bench.aiohttp_contender import Transport as AiohttpTransport
     from resilience import upstream
     from resilience.client.aionet import Transport
 
     library = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=CONCURRENT), trust_env=False)
     ours = Transport(max_connections=CONCURRENT, keepalive_expiry=4.0)
+    over_aiohttp = AiohttpTransport(max_connections=CONCURRENT, keepalive_expiry=4.0)
     timeout = {"connect": 1.0, "read": 5.0, "write": 5.0, "pool": 5.0}
 
     def request() -> httpx2.Request:
@@ -52,6 +66,13 @@ async def _run(url: str) -> list[tuple[object, ...]]:
         finally:
             await response.aclose()
 
+    async def via_aiohttp() -> object:
+        response = await over_aiohttp.send(request(), lambda: None)
+        try:
+            return await response.aread()
+        finally:
+            await response.aclose()
+
     client = upstream("bench-aionet")
 
     async def via_client() -> object:
@@ -59,6 +80,7 @@ async def _run(url: str) -> list[tuple[object, ...]]:
 
     contenders = {"httpx2's transport (httpcore2 over anyio)": via_library,
                   "aionet.Transport (httpcore2 over asyncio)": via_ours,
+                  "aiohttp behind the same interface (llhttp)": via_aiohttp,
                   "async client: aget (policy, breaker, record, metrics)": via_client}
     rows: list[tuple[object, ...]] = []
     baseline = next(iter(contenders))
@@ -70,7 +92,72 @@ async def _run(url: str) -> list[tuple[object, ...]]:
                          "1.00 (baseline)" if name == baseline else f"{ratio:.2f}"))
     await library.aclose()
     await ours.aclose()
+    await over_aiohttp.aclose()
     return rows
+
+
+async def _cpu_rows(url: str) -> list[tuple[object, ...]]:
+    """Client CPU per call of each transport (see the module docstring)."""
+    import httpx2
+
+    from bench.aiohttp_contender import Transport as AiohttpTransport
+    from resilience.client.aionet import Transport
+
+    rows: list[tuple[object, ...]] = []
+    for stream in (False, True):
+        body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 200, "stream": stream,
+                           "messages": [{"role": "user", "content": "bench"}]}).encode()
+        transports = {"aionet.Transport (httpcore2, h11)": Transport(max_connections=16, keepalive_expiry=4),
+                      "aiohttp (llhttp)": AiohttpTransport(max_connections=16, keepalive_expiry=4)}
+
+        async def call(transport: object, body: bytes = body) -> None:
+            request = httpx2.Request("POST", url + "/v1/chat/completions", content=body,
+                                     headers={"Content-Type": "application/json"})
+            request.extensions["timeout"] = {"connect": 1.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+            response = await transport.send(request, lambda: None)  # type: ignore[attr-defined]
+            if response.status_code != 200:
+                raise RuntimeError(f"the provider answered {response.status_code}")
+            try:
+                async for _chunk in response.stream:
+                    pass
+            finally:
+                await response.aclose()
+
+        cpu: dict[str, list[float]] = {name: [] for name in transports}
+        for transport in transports.values():
+            for _ in range(50):
+                await call(transport)
+        for _ in range(ROUNDS):
+            for name, transport in transports.items():
+                started = time.process_time()
+                for _ in range(N):
+                    await call(transport)
+                cpu[name].append((time.process_time() - started) / N)
+        baseline = next(iter(transports))
+        kind = "stream of 10 chunks" if stream else "completion"
+        for name, transport in transports.items():
+            ratio = statistics.median(a / b for a, b in zip(cpu[name], cpu[baseline], strict=True))
+            rows.append((f"{name}, {kind}", fmt_time(statistics.median(cpu[name])),
+                         "1.00 (baseline)" if name == baseline else f"{ratio:.2f}"))
+            await transport.aclose()  # type: ignore[attr-defined]
+    return rows
+
+
+def _cpu_table() -> list[tuple[object, ...]]:
+    import uvloop
+
+    from bench.loadtest.procs import ProviderProcess, make_workdir, remove_workdir
+
+    workdir = make_workdir()
+    provider = ProviderProcess(workdir).start()
+    try:
+        config = json.dumps({"delay": 0.0, "chunks": 10}).encode()
+        urllib.request.urlopen(urllib.request.Request(provider.url + "/_config", data=config, headers={
+            "Content-Type": "application/json"}), timeout=10).close()
+        return uvloop.run(_cpu_rows(provider.url))
+    finally:
+        provider.stop()
+        remove_workdir(workdir)
 
 
 def main() -> None:
@@ -98,6 +185,8 @@ def main() -> None:
     against = "nginx" if nginx is not None else "Python fake"
     table(f"Async network layer: per GET against {against} (median of {ROUNDS} alternating rounds)",
           ("path", "per GET", "ratio"), rows)
+    table(f"Client CPU per POST against the load test's provider in its own process "
+          f"(median of {ROUNDS} alternating rounds of {N})", ("path", "CPU per call", "ratio"), _cpu_table())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,17 @@ seen the EOF), not probed with a `poll()` system call per connection.
 with the shard slot's release folded into the body's close: one layer less
 per streamed chunk than the transport plus a wrapper. httpcore2's errors
 become httpx2's of the same name, as httpx2's own transport does.
+
+Why not aiohttp (llhttp's C parser) under `asend` (issue 30, measured: the
+contender is `bench/aiohttp_contender.py`, behind this interface; it passes
+this module's tests): the parse is not where the time goes. h11 is about a
+tenth of this transport's CPU per call; aiohttp saves a fifth of the
+transport's CPU on a completion and a third on a stream of 10 chunks
+(`python -m bench.bench_aionet`, second table) but spends most of it again in
+its own request machinery, and through the whole /v1 front door
+(`python -m bench.bench_door`, alternating runs) it saved nothing that
+showed above the noise on a completion and about 0.1 ms on a stream, below
+the 0.2 ms a change of transport had to earn.
 """
 from __future__ import annotations
 
