@@ -258,6 +258,32 @@ def _first_choice(pool: Pool, *, avoid: str, only: str, in_memory: bool = False)
     return pool.choose(in_memory=in_memory)
 
 
+def model_fallback(name: str, pool: Pool, policy: Any, attempt: Attempt, verdict: str) -> Choice | None:
+    """The next attempt's endpoint when a 400 says the model cannot take
+    this request (`verdict`: its context, its content policy) and the
+    policy names a model to ask instead; None when the answer stands."""
+    fallback = {CONTEXT_LENGTH: policy.context_fallback_model,
+                CONTENT_POLICY: policy.content_policy_fallback_model}.get(verdict, "")
+    trace = attempt.trace
+    if not fallback or fallback == attempt.model or trace.remaining() <= 0:
+        return None
+    if not names_model(attempt.spec):
+        return None
+    trace.history.append({"status": 400, "error": verdict, "wait_s": 0.0,
+                          "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
+                          "endpoint": attempt.member.name, "fallback_model": fallback})
+    logger.debug("upstream %s: %s from %s, asking %s", name, verdict, attempt.member.name, fallback)
+    attempt.model, attempt.tried = fallback, ()  # the model changed, not the endpoint: from the top
+    following = pool.choose(avoid=attempt.silent)
+    return following if isinstance(following, Choice) else None
+
+
+def may_fail_over(pool: Pool, policy: Any, trace: Trace) -> bool:
+    """Whether a failed attempt may move to another endpoint: there is
+    one, a retry is left, and so is time."""
+    return not pool.single and len(trace.history) <= policy.retry_total and trace.remaining() > 0
+
+
 class Attempts:
     """The attempt step for one upstream (`name`): stateless between calls, so one per client."""
 
@@ -434,7 +460,7 @@ class Attempts:
         if attempt.choice.admission is not None:
             member.breaker.record_failure(attempt.choice.admission, errors.UpstreamHTTPError(  # type: ignore[union-attr]
                 "status 401", upstream=self.name, response=response))
-        if self._may_fail_over(built.pool, built.policy, trace):
+        if may_fail_over(built.pool, built.policy, trace):
             following = attempt.next_choice(built.pool)
             if isinstance(following, Choice) and following.member is not member:
                 return following
@@ -457,7 +483,7 @@ class Attempts:
             pool.observe(member, ok=False, latency_ms=attempt.elapsed_ms())
             if isinstance(failure, errors.UpstreamTimeout) and not nothing_sent(exc):
                 attempt.silent |= {member}  # tried again only when nothing else is left
-            if self._may_fail_over(pool, policy, trace) and (
+            if may_fail_over(pool, policy, trace) and (
                     nothing_sent(exc) or attempt.spec.method in policy.retry_methods):
                 following = attempt.next_choice(pool)
                 if isinstance(following, Choice):
@@ -494,33 +520,14 @@ class Attempts:
             pool.observe(member, ok=not upstream_failed and status != 429, latency_ms=attempt.elapsed_ms())
         following = None
         if verdict:
-            following = self._model_fallback(pool, policy, attempt, verdict)
-        elif retried and self._may_fail_over(pool, policy, trace):
+            following = model_fallback(self.name, pool, policy, attempt, verdict)
+        elif retried and may_fail_over(pool, policy, trace):
             following = attempt.next_choice(pool)
         if isinstance(following, Choice):  # the error answer's body was read: nothing to close
             member.in_flight -= 1
             return following
         return self._answer(attempt, response, pool, retried=retried, upstream_failed=upstream_failed,
                             verdict=verdict)
-
-    def _model_fallback(self, pool: Pool, policy: Any, attempt: Attempt, verdict: str) -> Choice | None:
-        """The next attempt's endpoint when a 400 says the model cannot take
-        this request (`verdict`: its context, its content policy) and the
-        policy names a model to ask instead; None when the answer stands."""
-        fallback = {CONTEXT_LENGTH: policy.context_fallback_model,
-                    CONTENT_POLICY: policy.content_policy_fallback_model}.get(verdict, "")
-        trace = attempt.trace
-        if not fallback or fallback == attempt.model or trace.remaining() <= 0:
-            return None
-        if not names_model(attempt.spec):
-            return None
-        trace.history.append({"status": 400, "error": verdict, "wait_s": 0.0,
-                              "at_ms": round((time.monotonic() - trace.started) * 1000, 1),
-                              "endpoint": attempt.member.name, "fallback_model": fallback})
-        logger.debug("upstream %s: %s from %s, asking %s", self.name, verdict, attempt.member.name, fallback)
-        attempt.model, attempt.tried = fallback, ()  # the model changed, not the endpoint: from the top
-        following = pool.choose(avoid=attempt.silent)
-        return following if isinstance(following, Choice) else None
 
     def _answer(self, attempt: Attempt, response: Any, pool: Pool, *, retried: bool, upstream_failed: bool,
                 verdict: str = "") -> Answer:
@@ -550,12 +557,6 @@ class Attempts:
         if upstream_failed and attempt.stale is not None:
             return self._stale_or(result, failure, attempt.stale, attempt.spec, attempt.from_entry)
         return Answer(result, response=response, http_error=failure)
-
-    @staticmethod
-    def _may_fail_over(pool: Pool, policy: Any, trace: Trace) -> bool:
-        """Whether a failed attempt may move to another endpoint: there is
-        one, a retry is left, and so is time."""
-        return not pool.single and len(trace.history) <= policy.retry_total and trace.remaining() > 0
 
     def _stale_or(self, result: Result, failure: errors.UpstreamError, stale: CacheEntry | None,
                   spec: RequestSpec, from_entry: FromEntry) -> Answer:
