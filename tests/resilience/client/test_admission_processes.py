@@ -61,7 +61,10 @@ def served(tmp_path_factory, redis_url):
         # default 0.25 s, one call in a thousand reached the provider as its 301st in a window).
         env = {"REDIS_URL": redis_url, "CACHE_KEY_PREFIX": f"quota{secrets.token_hex(4)}",
                "AI_GENERATE_THROTTLE": "1000000/min", "QUOTA_WINDOW_SECONDS": str(WINDOW),
-               "QUOTA_MARGIN_SECONDS": "1.0"}
+               "QUOTA_MARGIN_SECONDS": "1.0",
+               # 220 callers at once: on PostgreSQL, connections from a bounded pool per worker (as
+               # `make serve` runs), not one per request thread (PostgreSQL's 100 would run out).
+               "DB_POOL": "true", "DB_POOL_MAX": "10"}
         with LiveServer(tmp_path_factory.mktemp("quota"), env=env, workers=4, setup=setup) as live:
             live.token("high", staff=True)  # a staff user's `normal` counts as `high`
             live.token("low")
