@@ -156,7 +156,7 @@ def test_a_streamed_call_sends_no_redis_command_from_the_loop(redis_threads, fak
 
 def test_a_pool_that_cools_and_fails_over_sends_no_redis_command_from_the_loop(redis_threads, fakes,
                                                                                make_upstream, monkeypatch):
-    row = make_upstream("pool", retry_total=2)
+    row = make_upstream("pool", retry_total=2, endpoint_strategy="priority")  # e0 first, until cooled
     for i, server in enumerate(fakes):
         Endpoint.objects.create(upstream=row, name=f"e{i}", base_url=server.url, priority=i)
     fakes[0].script("/item", Reply(429, headers={"Retry-After": "30"}))
