@@ -9,6 +9,7 @@ from resilience.cache.engine import Engine
 from resilience.client import reset_clients
 from resilience.client.breaker import SharedBreaker
 from resilience.models import Upstream
+from tests.support.fake_upstream import FakeUpstream
 
 # Fast policies: tests wait milliseconds, not seconds.
 FAST = {
@@ -71,3 +72,12 @@ def readyz_client(settings):
     token (anonymous callers get the status alone)."""
     settings.RESILIENCE = {**settings.RESILIENCE, "METRICS_TOKEN": "readyz-details"}
     return Client(HTTP_AUTHORIZATION="Bearer readyz-details")
+
+
+@pytest.fixture
+def fakes():
+    """Three fake upstreams on loopback, one per endpoint of a pool."""
+    servers = [FakeUpstream().start() for _ in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()

@@ -19,18 +19,10 @@ from resilience import exceptions, upstream
 from resilience.client import reset_clients
 from resilience.models import BreakerEvent, Endpoint
 from resilience.telemetry.calllog import call_log_flush
-from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.fake_upstream import Reply
 
 pytestmark = pytest.mark.django_db
 API = "/api/resilience/upstreams/pool/breakers"
-
-
-@pytest.fixture
-def fakes():
-    servers = [FakeUpstream().start() for _ in range(3)]
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture
