@@ -310,14 +310,11 @@ class UpstreamClient:
             if not command.future.done():
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(command.future)), command.timeout)
             return None
-        if isinstance(command, OnStore):  # round trips to the shared store: off the loop while Redis serves
+        if isinstance(command, (OnStore, Admit)):  # the shared store: off the loop while Redis serves
+            work = command.work if isinstance(command, OnStore) else command.run
             if cache_is_shared(default_cache()):
-                return await asyncio.to_thread(command.work)
-            return command.work()
-        if isinstance(command, Admit):  # one Redis round trip: off the loop while Redis serves
-            if cache_is_shared(default_cache()):
-                return await asyncio.to_thread(command.run)
-            return command.run()
+                return await asyncio.to_thread(work)
+            return work()
         if isinstance(command, Blocking):
             return await sync_to_async(command.work, thread_sensitive=False)()
         await asyncio.sleep(command.seconds)
