@@ -91,6 +91,7 @@ import orjson
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
+from resilience.client.live import cache_is_shared
 
 logger = logging.getLogger(__name__)
 
@@ -706,7 +707,7 @@ async def _store_read(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """`fn` (a shared-store read or write) where the client's own steps run
     it: in a worker thread while the store is Redis, inline on local memory
     (resilience.client.core)."""
-    if getattr(default_cache(), "shared", False):  # as resilience.client.live.cache_is_shared
+    if cache_is_shared(default_cache()):
         return await asyncio.to_thread(fn, *args, **kwargs)
     return fn(*args, **kwargs)
 
