@@ -62,6 +62,7 @@ from aigen.generation.bridges import CHAT_PATH, CHAT_WIRE
 from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
+from resilience.client.db import given_back
 from resilience.client.openai_wire import INCLUDE_USAGE, OPENAI_CHAT
 from resilience.client.stream import SupervisedStream
 from resilience.conf import resilience_settings
@@ -106,7 +107,7 @@ class _ModelMap:
             return self._map
         self._refreshing = True
         try:
-            self._map = await sync_to_async(self._load)()
+            self._map = await sync_to_async(given_back(self._load))()
         finally:
             self._refreshing = False
         self._read_at = time.monotonic()

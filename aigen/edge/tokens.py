@@ -43,6 +43,7 @@ from aigen.conf import aigen_settings
 from aigen.exceptions import TokenExists
 from aigen.models import ApiToken
 from resilience.cache import default_cache
+from resilience.client.db import given_back
 from resilience.client.flight import SingleFlight
 from resilience.client.live import cache_is_shared
 
@@ -207,7 +208,7 @@ async def atoken_user(key: str) -> Any:
     user, epoch = users.kept(digest)
     if user is None:
         # A burst of requests with a token not kept yet makes one query, not one each.
-        user, _ = await _lookups.arun(digest, lambda: sync_to_async(_load)(digest), wait=10.0)
+        user, _ = await _lookups.arun(digest, lambda: sync_to_async(given_back(_load))(digest), wait=10.0)
         if user is None:
             return None
         users.keep(digest, user, epoch)

@@ -54,6 +54,7 @@ from resilience.client.attempt import Attempts
 from resilience.client.breaker import SharedBreaker
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.cached import CachedSteps
+from resilience.client.db import given_back
 from resilience.client.flight import SingleFlight
 from resilience.client.live import Built, LivePolicy, cache_is_shared
 from resilience.client.openai_wire import OPENAI_CHAT
@@ -269,7 +270,7 @@ class UpstreamClient:
         `stream=True` iterate it with `aiter_bytes()` and `aclose()` it)."""
         started = time.perf_counter()
         if self._live.due():
-            built = await sync_to_async(self._live.current)()
+            built = await sync_to_async(given_back(self._live.current))()
         else:
             built = self._live.current()
         call = Call(method.upper(), path, params, headers, data, json, cache, stream, avoid, endpoint, wire)
