@@ -45,6 +45,7 @@ STEADY = 34.0  # the first token, then two refresh cycles (at 16 s and 32 s)
 THREADS = 4
 ACCOUNTS = ("a0", "a1", "a2")  # a2 gets its tokens through a proxy: its "own" token server
 BOOTED = re.compile(r"Booting worker with pid: (\d+)")
+EXITED = re.compile(r"Worker exiting \(pid: (\d+)\)")
 
 
 def client(name: str) -> str:
@@ -140,13 +141,20 @@ def accounts(tmp_path, redis_url):
 
 
 def restart(server: LiveServer) -> None:
-    """SIGHUP to the master: every worker replaced at once; until the new ones booted."""
-    booted = len(BOOTED.findall(server.output))
+    """SIGHUP to the master: every worker replaced at once; until the new ones booted
+    and the old ones exited (their calls in flight ended: what is served next, new ones serve)."""
+    old = set(BOOTED.findall(server.output))
     server.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
     deadline = time.monotonic() + 120
-    while len(BOOTED.findall(server.output)) < booted + WORKERS and time.monotonic() < deadline:
+
+    def replaced() -> bool:
+        log = server.output
+        exited = set(EXITED.findall(log))
+        return len(set(BOOTED.findall(log)) - old) >= WORKERS and old <= exited
+
+    while not replaced() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(BOOTED.findall(server.output)) >= booted + WORKERS, server.output[-3000:]
+    assert replaced(), server.output[-3000:]
 
 
 def steady_phase(server: LiveServer, key: str, tokens: FakeTokenServer) -> None:
