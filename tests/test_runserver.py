@@ -6,6 +6,7 @@ calls, ended with `stream_interrupted`."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import requests
 
 from tests.support import fake_anthropic
 from tests.support.fake_openai import CONTENT_PREFIX, Behaviour, FakeOpenAI
+from tests.support.fake_token_server import FakeTokenServer
 from tests.support.fake_upstream import Reply
 from tests.support.live_server import ROOT, LiveServer
 
@@ -132,3 +134,74 @@ def test_runserver_serves_messages_over_a_mixed_pool_with_the_cache(dev_messages
     assert final.content[0].text == fake_anthropic.CONTENT_PREFIX + "a streamed answer"
     assert secondary.chat_requests()[-1]["messages"][-1]["role"] == "assistant"  # continued there
     assert "stream_interrupted" not in server.output and "Traceback" not in server.output
+
+
+LIFETIME = 5.0
+REFRESH_EVERY = LIFETIME * 4 / 5  # refreshed with a fifth of the life left (resilience.client.accounts)
+ACCOUNTS = ("acct-a", "acct-b")
+
+
+@pytest.fixture
+def dev_accounts(tmp_path):
+    """`make run` (one process, no Redis: the row's lock serialises refreshes) in front of two
+    OAuth2 refresh-token accounts of a loopback token server whose tokens live 5 seconds."""
+    tokens = FakeTokenServer(lifetime=LIFETIME).start()
+    try:
+        firsts = {name: tokens.refresh_token_issue(name) for name in ACCOUNTS}
+        setup = (
+            "from resilience.models import Endpoint, Upstream\n"
+            "from resilience.client.accounts import account_refresh_token_set\n"
+            f"u = Upstream.objects.create(name='acct', base_url={tokens.url + '/v1'!r},"
+            f" served_models=[{MODEL!r}], read_timeout=5, deadline=10, retry_total=2,"
+            " retry_backoff_factor=0, retry_jitter=0, breaker_enabled=False)\n"
+            f"for name, first in {sorted(firsts.items())!r}:\n"
+            f"    e = Endpoint(upstream=u, name=name, base_url={tokens.url + '/v1'!r},"
+            f" credential_kind='oauth2_refresh', token_url={tokens.token_url!r}, client_id=name)\n"
+            "    e.full_clean(); e.save()\n"
+            "    account_refresh_token_set(endpoint=e, refresh_token=first)\n")
+        # No CREDENTIALS_KEYS and no Redis, as a new user's `make run`: a development key is derived.
+        env = {"AI_GENERATE_THROTTLE": "100000/min", "REDIS_URL": "", "CREDENTIALS_KEYS": ""}
+        with DevServer(tmp_path, env=env, setup=setup) as server:
+            yield server, tokens, openai.OpenAI(api_key=server.token("newcomer"), base_url=server.url + "/v1",
+                                                max_retries=0)
+    finally:
+        tokens.stop()
+
+
+def test_runserver_serves_accounts_that_refresh_themselves(dev_accounts):
+    server, tokens, client = dev_accounts
+    statuses: list[str] = []
+
+    def call() -> None:
+        try:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+            statuses.append("200")
+        except openai.APIStatusError as failed:
+            statuses.append(f"{failed.status_code} {failed.message}")
+
+    ran = 2.5 * REFRESH_EVERY  # each account comes due twice
+    until = time.monotonic() + ran
+
+    def keep_calling() -> None:
+        while time.monotonic() < until:
+            call()
+
+    callers = [threading.Thread(target=keep_calling) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    refreshes = {name: tokens.refreshes[name] for name in ACCOUNTS}
+    print(f"\nmake run, two accounts, {LIFETIME:.0f}-second tokens, {ran:.0f} s of 3 callers: "
+          f"{len(statuses)} calls, refreshes {refreshes}, reuses {tokens.reuses}")
+    assert set(statuses) == {"200"}, [s for s in statuses if s != "200"][:3]
+    assert all(2 <= count <= math.ceil(ran / REFRESH_EVERY) + 1 for count in refreshes.values()), refreshes
+    assert tokens.reuses == 0
+    before = tokens.refreshes["acct-a"]
+    tokens.revoke_access("acct-a")  # the provider revokes a live token: one refresh, no caller error
+    for _ in range(6):
+        call()
+    assert set(statuses) == {"200"} and tokens.refreshes["acct-a"] == before + 1
+    assert "development key" in server.output
+    log = server.output
+    assert not any(token in log for token in tokens.issued)

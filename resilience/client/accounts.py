@@ -43,11 +43,13 @@ server's error code or the exception's type only.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -57,7 +59,7 @@ from typing import Any
 import requests
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.requests_client import OAuth2Session
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from resilience.cache import default_cache
 from resilience.client import sealing
@@ -157,6 +159,32 @@ def grant(spec: AccountSpec, refresh_token: str) -> dict[str, Any]:
     if not answer.get("access_token"):
         raise RefreshFailed("token server answered no access_token")
     return dict(answer)
+
+
+@contextlib.contextmanager
+def _row_locking_transaction() -> Iterator[None]:
+    """`transaction.atomic()` whose `select_for_update` holds the row until the
+    refresh is stored. SQLite has no row locks: there the transaction begins
+    IMMEDIATE, taking the file's write lock at once, which serialises refreshes
+    across the processes sharing the file (`make run` and its jobs worker) as
+    the row lock does on PostgreSQL. A deferred transaction would read, then be
+    refused its write at once ("database is locked") when another refresh
+    wrote meanwhile, after the token server had rotated the refresh token: the
+    new one lost, and the account with it on its next refresh (a spent token
+    revokes the family)."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        with transaction.atomic():
+            yield
+        return
+    connection.ensure_connection()
+    mode = connection.transaction_mode
+    connection.transaction_mode = "IMMEDIATE"  # this thread's connection, for the BEGIN atomic() sends
+    try:
+        with transaction.atomic():
+            connection.transaction_mode = mode  # begun: later transactions as configured
+            yield
+    finally:
+        connection.transaction_mode = mode
 
 
 class TokenManager:
@@ -273,6 +301,10 @@ class TokenManager:
     def _refresh_job(self, wait: bool, failed: str) -> Token | None:
         try:
             return self.refresh(wait=wait, failed=failed)
+        except DatabaseError as err:  # busy or down past its timeout: the next call tries again
+            logger.warning("account %s/%s: refresh not made (database %s)", self.spec.upstream,
+                           self.spec.name, type(err).__name__)
+            return self.token
         finally:
             connection.close()  # this thread's connection; a refresh is rare
 
@@ -301,10 +333,10 @@ class TokenManager:
         """Under the Redis lock (`lock_row` False) each statement commits on
         its own, so a busy SQLite file makes a write wait its timeout rather
         than fail a read-then-write transaction; without Redis the row's lock
-        holds for the whole refresh."""
+        holds for the whole refresh (`_row_locking_transaction`)."""
         if not lock_row:
             return self._refresh_locked(Account.objects.filter(endpoint_id=self.spec.endpoint_id).first())
-        with transaction.atomic():
+        with _row_locking_transaction():
             row = Account.objects.select_for_update().filter(endpoint_id=self.spec.endpoint_id).first()
             return self._refresh_locked(row)
 
