@@ -18,7 +18,10 @@ held token still lives (the others keep using it), and waited for only when
 it has expired. Under the lock the row is read again (a refresh done
 elsewhere is adopted, so no spent refresh token is ever sent), the grant is
 made, and the new tokens are written sealed to the row and the cache before
-the lock is released.
+the lock is released. Should the database refuse that write (busy or down
+past its timeout), the process keeps the grant's answer and its next refresh
+stores it (or grants with its rotated refresh token): the spent one in the
+row is never sent.
 
 A caller waits for a refresh at most its call's remaining deadline
 (`budget`), whatever ACCOUNT_TOKEN_TIMEOUT allows the grant: the refresh
@@ -199,6 +202,9 @@ class TokenManager:
         self.backoff_until = 0.0
         self.reason = ""
         self._failed_token = ""  # the token a 401 refused (set under `_guard`)
+        # A grant whose tokens the database refused (its answer, when it was made): the token
+        # server rotated the refresh token, so the next refresh stores this one, never the row's.
+        self._unstored: tuple[dict[str, Any], float] | None = None
         self._guard = threading.Lock()
         # The refresh running on the refresher threads: (its future, waited for, the token that failed).
         self._pending: tuple[Future[Token | None], bool, str] | None = None
@@ -353,14 +359,27 @@ class TokenManager:
             self.backoff_until = max(self.backoff_until, _seconds(row.backoff_until))
             self.reason = row.failure_reason
             return self.token
-        try:
-            answer = grant(self.spec, sealing.unseal(row.refresh_token_sealed))
-        except RefreshFailed as failure:
-            self._failed(row, failure)
-            return self.token
-        token = self._store(row, answer)
+        unstored = self._unstored
+        if unstored is not None and not self._answered(*unstored).due(now):
+            answer, granted_at = unstored  # still live: stored now, no grant
+        else:
+            refresh = (unstored[0].get("refresh_token") if unstored else None) or \
+                sealing.unseal(row.refresh_token_sealed)
+            try:
+                answer, granted_at = grant(self.spec, refresh), now
+            except RefreshFailed as failure:
+                self._failed(row, failure)
+                return self.token
+        self._unstored = (answer, granted_at)
+        token = self._store(row, answer, granted_at)
+        self._unstored = None
         self._share(token)
         return token
+
+    @staticmethod
+    def _answered(answer: dict[str, Any], granted_at: float) -> Token:
+        lifetime = float(answer.get("expires_in") or 3600)
+        return Token(str(answer["access_token"]), granted_at + lifetime, lifetime)
 
     def _stored(self, row: Account) -> Token | None:
         if not row.access_token_sealed or row.expires_at is None:
@@ -370,20 +389,19 @@ class TokenManager:
         except sealing.SealBroken:
             return None
 
-    def _store(self, row: Account, answer: dict[str, Any]) -> Token:
-        now = self.clock()
-        lifetime = float(answer.get("expires_in") or 3600)
-        token = Token(str(answer["access_token"]), now + lifetime, lifetime)
+    def _store(self, row: Account, answer: dict[str, Any], granted_at: float) -> Token:
+        token = self._answered(answer, granted_at)
         row.access_token_sealed = sealing.seal(token.access)
         if answer.get("refresh_token"):
             row.refresh_token_sealed = sealing.seal(str(answer["refresh_token"]))
-        row.expires_at, row.lifetime, row.last_refresh_at = _stamp(token.expires_at), lifetime, _stamp(now)
+        row.expires_at, row.lifetime = _stamp(token.expires_at), token.lifetime
+        row.last_refresh_at = _stamp(granted_at)
         row.refreshes += 1
         row.failures, row.failure_reason, row.backoff_until, row.needs_new_token = 0, "", None, False
         row.save()
         self.token, self.backoff_until, self.reason = token, 0.0, ""
         logger.info("account %s/%s: access token refreshed (valid %.0f s)", self.spec.upstream,
-                    self.spec.name, lifetime)
+                    self.spec.name, token.lifetime)
         return token
 
     def _failed(self, row: Account, failure: RefreshFailed) -> None:

@@ -13,6 +13,7 @@ from unittest import mock
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
+from django.db import DatabaseError
 from django.test import override_settings
 from prometheus_client import generate_latest
 
@@ -157,6 +158,39 @@ def test_a_refresh_the_caller_waits_for_ends_at_the_calls_deadline_and_finishes_
     assert tokens.refreshes["client-0"] == 1 and Account.objects.get().access_token_sealed
     assert upstream("acct").get("/x").status_code == 200
     assert tokens.refreshes["client-0"] == 1 and tokens.reuses == 0
+
+
+def test_a_grant_the_database_refused_to_store_is_stored_at_the_next_refresh_never_reused(
+        accounts, tokens, clock, monkeypatch):
+    """The token server rotated the refresh token, then the row's write failed (a database
+    busy or down past its timeout): the call fails over, it is no 500, and the next refresh
+    stores the granted tokens (or grants with the rotated refresh token), never the spent one."""
+    rows = accounts(2)
+    Endpoint.objects.filter(pk=rows[1].pk).update(credential_kind="env", token_url="", client_id="")
+    reset_clients()
+    save = Account.save
+    refused: list[int] = []
+
+    def save_refused_once(self, *args, **kwargs):
+        if self.endpoint_id == rows[0].pk and not refused:
+            refused.append(self.endpoint_id)
+            raise DatabaseError("database is locked")
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Account, "save", save_refused_once)
+    # a0 (priority 0) is granted, its store refused: the call goes to a1 (a plain endpoint the
+    # token server's provider refuses with 401, which is a failure like any other).
+    upstream("acct").get("/x", raise_for_status=False)
+    assert refused and tokens.refreshes["client-0"] == 1
+    assert sealing.unseal(Account.objects.get(endpoint=rows[0]).refresh_token_sealed) != \
+        [t for t in tokens.issued if t.startswith("rt-")][-1]  # the row still holds the spent one
+    assert upstream("acct").get("/x").status_code == 200  # stored now, no second grant
+    assert tokens.refreshes["client-0"] == 1 and tokens.reuses == 0
+    clock.advance(55)  # due: the next grant uses the rotated refresh token
+    accounts_forget()
+    reset_clients()
+    assert upstream("acct").get("/x").status_code == 200
+    assert tokens.refreshes["client-0"] == 2 and tokens.reuses == 0
 
 
 def test_a_dead_token_server_moves_traffic_to_the_other_account(accounts, tokens, clock):
