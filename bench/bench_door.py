@@ -15,6 +15,10 @@ orjson, on a small body and a 10 KB prompt.
 before the hop policy (every step in a worker thread) against now (only
 store work off the loop), in alternating rounds in the same process.
 
+`--doors ROUNDS` measures the two front doors side by side: the chat
+completion against the same call on `/v1/messages`, translated to the same
+OpenAI-format provider, in alternating rounds.
+
 `--profile PATH` writes a pyinstrument profile of the timed calls (HTML, and
 the same as text beside it); for a flame graph of every thread run the
 bench under `py-spy record --native -f flamegraph -o out.svg -- python -m
@@ -36,18 +40,23 @@ from typing import Any
 
 from bench.loadtest.procs import GatewayServer, ProviderProcess, make_workdir, remove_workdir
 
+#: The two front doors: path and the headers that carry the token in each one's way.
+DOORS = {"chat": ("/v1/chat/completions", lambda token: [(b"authorization", f"Bearer {token}".encode())]),
+         "messages": ("/v1/messages", lambda token: [(b"x-api-key", token.encode()),
+                                                      (b"anthropic-version", b"2023-06-01")])}
 
-def _scope(token: str, body: bytes) -> dict[str, Any]:
+
+def _scope(token: str, body: bytes, door: str = "chat") -> dict[str, Any]:
+    path, credential = DOORS[door]
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-            "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+            "scheme": "http", "path": path, "raw_path": path.encode(),
             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 8000),
             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                        (b"authorization", f"Bearer {token}".encode()),
-                        (b"content-length", str(len(body)).encode())]}
+                        *credential(token), (b"content-length", str(len(body)).encode())]}
 
 
-async def _call(application: Any, token: str, seq: int, stream: bool) -> None:
+async def _call(application: Any, token: str, seq: int, stream: bool, door: str = "chat") -> None:
     body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 200, "stream": stream,
                        "messages": [{"role": "user", "content": f"bench {seq} {time.time()}"}]}).encode()
     delivered = False
@@ -64,14 +73,15 @@ async def _call(application: Any, token: str, seq: int, stream: bool) -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await application(_scope(token, body), receive, send)
+    await application(_scope(token, body, door), receive, send)
     if sent[0]["status"] != 200:
         raise RuntimeError(f"the call answered {sent[0]['status']}: {sent[1:]}")
 
 
-async def _measure(application: Any, token: str, *, calls: int, stream: bool, profile: str | None) -> float:
+async def _measure(application: Any, token: str, *, calls: int, stream: bool, profile: str | None,
+                   door: str = "chat") -> float:
     for seq in range(50):  # warm: imports, connections, the token and policy caches
-        await _call(application, token, -seq - 1, stream)
+        await _call(application, token, -seq - 1, stream, door)
     profiler = None
     if profile:
         from pyinstrument import Profiler
@@ -80,7 +90,7 @@ async def _measure(application: Any, token: str, *, calls: int, stream: bool, pr
         profiler.start()
     started = time.process_time()
     for seq in range(calls):
-        await _call(application, token, seq, stream)
+        await _call(application, token, seq, stream, door)
     cpu = time.process_time() - started
     if profiler is not None:
         profiler.stop()
@@ -115,6 +125,25 @@ async def _hops_paired(application: Any, token: str, *, calls: int, rounds: int)
     return {name: statistics.median(values) for name, values in cpu.items()}
 
 
+async def _doors_paired(application: Any, token: str, *, calls: int, rounds: int,
+                        stream: bool) -> dict[str, float]:
+    """Median CPU ms per call through each front door (`DOORS`: the Messages door translating
+    to the OpenAI-format provider), in alternating rounds of `calls`."""
+    import statistics
+
+    for seq in range(50):
+        for door in DOORS:
+            await _call(application, token, -seq - 1, stream, door)
+    cpu: dict[str, list[float]] = {door: [] for door in DOORS}
+    for index in range(rounds):
+        for door in (list(DOORS) if index % 2 else list(reversed(DOORS))):
+            started = time.process_time()
+            for seq in range(calls):
+                await _call(application, token, index * calls + seq, stream, door)
+            cpu[door].append((time.process_time() - started) * 1000 / calls)
+    return {door: statistics.median(values) for door, values in cpu.items()}
+
+
 def parse_costs() -> list[tuple[str, float, float]]:
     """(body, shared parser us, orjson us) for a small body and a 10 KB prompt."""
     import orjson
@@ -142,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hops", type=int, default=0, metavar="ROUNDS",
                         help="instead: the client's steps as before the hop policy (per-step hop) against "
                              "now (store hops only), in ROUNDS alternating rounds of --calls calls")
+    parser.add_argument("--door", choices=sorted(DOORS), default="chat",
+                        help="the front door of a plain measure or profile (default chat)")
+    parser.add_argument("--doors", type=int, default=0, metavar="ROUNDS",
+                        help="instead: /v1/chat/completions against /v1/messages (translated to the same "
+                             "OpenAI-format provider), in ROUNDS alternating rounds of --calls calls")
     parser.add_argument("--redis-url", default=os.environ.get("LOADTEST_REDIS_URL", "redis://127.0.0.1:6379/10"))
     args = parser.parse_args(argv)
     workdir = make_workdir()
@@ -158,13 +192,22 @@ def main(argv: list[str] | None = None) -> int:
             "Content-Type": "application/json"}), timeout=10).close()
         from project.asgi import application
 
-        if args.hops:
+        if args.doors:
+            doors = asyncio.run(_doors_paired(application, server.token, calls=args.calls, rounds=args.doors,
+                                              stream=args.stream))
+        elif args.hops:
             paired = asyncio.run(_hops_paired(application, server.token, calls=args.calls, rounds=args.hops))
         else:
             per_call = asyncio.run(_measure(application, server.token, calls=args.calls, stream=args.stream,
-                                            profile=args.profile))
+                                            profile=args.profile, door=args.door))
     finally:
         provider.stop()
+    if args.doors:
+        kind = "stream of 10 chunks" if args.stream else "call"
+        print(f"CPU per {kind} in process (median of {args.doors} alternating rounds of {args.calls}):")
+        for door, ms in doors.items():
+            print(f"  {DOORS[door][0]}: {ms:.3f} ms ({ms / doors['chat']:.2f})")
+        return 0
     if args.hops:
         base = next(iter(paired.values()))  # the first: the baseline (before)
         print(f"/v1/chat/completions in process, CPU per call (median of {args.hops} alternating rounds "
@@ -173,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {ms:.3f} ms ({ms / base:.2f})")
         return 0
     kind = "stream of 10 chunks" if args.stream else "call"
-    print(f"/v1/chat/completions in process: {per_call:.3f} ms of CPU per {kind} ({args.calls} calls)")
+    print(f"{DOORS[args.door][0]} in process: {per_call:.3f} ms of CPU per {kind} ({args.calls} calls)")
     print("\n| body | shared parser | orjson | ratio |\n|---|---|---|---|")
     for label, shared, fast in parse_costs():
         print(f"| {label} | {shared:.1f} us | {fast:.1f} us | {shared / fast:.0f}x |")
