@@ -145,30 +145,55 @@ def _messages_checked(body: dict[str, Any]) -> None:
         raise Refusal(None, "max_tokens: Field required (a positive integer)", 400)
 
 
+#: The end of the items `_with_pings` relays (with the failure that ended them, if any).
+_END = object()
+
+
 async def _with_pings(events: AsyncIterator[Any], interval: float) -> AsyncIterator[Any]:
-    """`events`, with None after every `interval` seconds of silence."""
-    iterator = events.__aiter__()
-    pending: asyncio.Task[Any] | None = None
+    """`events`, with None after every `interval` seconds of silence.
+
+    One task reads `events`, at most one item ahead (a queue of one keeps the
+    provider's pace the caller's); one timer, re-armed from the last item, finds
+    the silences. Per item that is a queue hand-over: a task and a timeout per
+    item (`asyncio.wait`) cost a fifth of a Messages stream's CPU."""
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue(maxsize=1)
+    last = loop.time()
+
+    async def pump() -> None:
+        try:
+            async for item in events:
+                await items.put((item, None))
+        except Exception as failure:  # the caller's to hear, in order, after what came before
+            await items.put((_END, failure))
+        else:
+            await items.put((_END, None))
+
+    def silent() -> None:
+        nonlocal last, timer
+        now = loop.time()
+        if now >= last + interval:
+            if items.empty():  # else an item waits for the caller: no ping needed
+                items.put_nowait((None, None))
+            last = now
+        timer = loop.call_at(last + interval, silent)
+
+    reader = asyncio.ensure_future(pump())
+    timer = loop.call_at(last + interval, silent)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield None
-                continue
-            try:
-                item = pending.result()
-            except StopAsyncIteration:
+            item, failure = await items.get()
+            last = loop.time()
+            if item is _END:
+                if failure is not None:
+                    raise failure
                 return
-            finally:
-                pending = None
             yield item
     finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await pending
+        timer.cancel()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
 
 def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spend) -> StreamingHttpResponse:

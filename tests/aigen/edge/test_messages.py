@@ -5,6 +5,7 @@ as the upstream's endpoints (the call is translated there and back)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import anthropic
@@ -352,3 +353,38 @@ def test_a_200_that_is_a_json_array_is_the_providers_failure(raw_claude, fake):
         sdk_run(raw_claude, lambda c: c.messages.create(model="claude-raw", max_tokens=8, messages=ask("hi")))
     assert raised.value.status_code == 502
     assert raised.value.body["error"]["message"] == "the provider's answer is not a JSON object"
+
+
+def test_pings_come_only_in_silences_and_a_failure_after_the_items_that_preceded_it():
+    from aigen.edge.messages import _with_pings
+
+    closed = asyncio.Event()
+
+    async def provider(pauses, failure=None):
+        try:
+            for index, pause in enumerate(pauses):
+                await asyncio.sleep(pause)
+                yield index
+            if failure is not None:
+                raise failure
+        finally:
+            closed.set()
+
+    async def relayed(pauses, failure=None, take=None):
+        got = []
+        async with contextlib.aclosing(_with_pings(provider(pauses, failure), 0.05)) as items:
+            async for item in items:
+                got.append(item)
+                if take is not None and len([i for i in got if i is not None]) == take:
+                    break
+        return got
+
+    # Items close together: no ping; a silence of three intervals: pings before the next item.
+    got = asyncio.run(relayed([0, 0, 0.17, 0]))
+    assert [i for i in got if i is not None] == [0, 1, 2, 3] and got[:2] == [0, 1]
+    assert 2 <= got.count(None) <= 4 and got.index(2) > 2
+    with pytest.raises(ValueError, match="cut"):
+        asyncio.run(relayed([0, 0], ValueError("cut")))
+    closed.clear()
+    assert asyncio.run(relayed([0, 10, 10], take=1)) == [0]  # the caller left: the reader is stopped
+    assert closed.is_set()
