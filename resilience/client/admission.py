@@ -45,8 +45,9 @@ class Ticket:
         self.priority = priority if priority in PRIORITIES else "normal"  # a metric label: the three only
         self.rank = PRIORITIES.index(self.priority)
         raw = spec.data if spec.json is None else None
-        self.tokens = tokens_needed(body, raw, resilience_settings.QUOTA_DEFAULT_MAX_TOKENS)
-        self.prompt = min(prompt_tokens(body, raw), self.tokens)
+        prompt = prompt_tokens(body, raw)  # the body serialised once for both counts
+        self.tokens = tokens_needed(body, raw, resilience_settings.QUOTA_DEFAULT_MAX_TOKENS, prompt=prompt)
+        self.prompt = min(prompt, self.tokens)
         self.reservations = 0
         self.waiting_since = 0.0
 

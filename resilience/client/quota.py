@@ -235,13 +235,16 @@ def prompt_tokens(body: dict[str, Any] | None, raw: Any) -> int:
     return size // 4
 
 
-def tokens_needed(body: dict[str, Any] | None, raw: Any, default_max: int) -> int:
-    """A call's reservation in tokens: its prompt (`prompt_tokens`) plus the most it may answer
-    (`max_tokens`, `max_completion_tokens`, else `default_max`); 0 without a JSON body."""
+def tokens_needed(body: dict[str, Any] | None, raw: Any, default_max: int, *,
+                  prompt: int | None = None) -> int:
+    """A call's reservation in tokens: its prompt (`prompt_tokens`, or `prompt` when the caller
+    counted it already) plus the most it may answer (`max_tokens`, `max_completion_tokens`, else
+    `default_max`); 0 without a JSON body."""
     if body is None:
         return 0
     most = body.get("max_tokens") or body.get("max_completion_tokens") or default_max
-    return prompt_tokens(body, raw) + (most if isinstance(most, int) and most > 0 else default_max)
+    prompt = prompt_tokens(body, raw) if prompt is None else prompt
+    return prompt + (most if isinstance(most, int) and most > 0 else default_max)
 
 
 def usage_tokens(content: bytes) -> int | None:
