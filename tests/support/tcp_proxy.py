@@ -65,7 +65,7 @@ class TcpProxy:
                     if not data:
                         return
                     pair[source].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: `cut()` closed a socket this thread was to select on
             return
         finally:
             for sock in (a, b):
