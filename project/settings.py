@@ -315,6 +315,8 @@ RESILIENCE = {
     "QUOTA_MARGIN_SECONDS": env.float("QUOTA_MARGIN_SECONDS", default=0.25),
     "QUOTA_SLICES": env.int("QUOTA_SLICES", default=10),
     "QUOTA_DEFAULT_MAX_TOKENS": env.int("QUOTA_DEFAULT_MAX_TOKENS", default=1024),
+    # Far from its limits, one admission reserves up to this many requests for its worker's next calls.
+    "QUOTA_LEASE": env.int("QUOTA_LEASE", default=16),
 }
 
 # The advisor (resilience.advisor.conf): suggestion kinds applied without a person (none by default).

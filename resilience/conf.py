@@ -108,8 +108,12 @@ DEFAULTS: dict[str, Any] = {
     "QUOTA_SLICES": 10,
     # ...the completion tokens a call reserves when its body names no max_tokens...
     "QUOTA_DEFAULT_MAX_TOKENS": 1024,
-    # ...and the longest a waiting call sleeps between looks at the room.
+    # ...the longest a waiting call sleeps between looks at the room...
     "QUOTA_POLL_MAX": 0.5,
+    # ...and the most requests one admission reserves at once for its process's
+    # next calls while the endpoint is far from its limits (held for half the
+    # margin; 0 or 1: one round trip per call).
+    "QUOTA_LEASE": 16,
 }
 
 

@@ -2,14 +2,17 @@
 
 `admitted(pool, attempt)` runs before each attempt on an endpoint whose quota is active (an
 `rpm_limit` or `tpm_limit`, or limits its provider announced: resilience.client.quota); any other
-endpoint costs nothing here. It yields an `Admit` command (one Redis round trip, one Lua script) that
-reserves a request and the call's tokens (its prompt estimate plus `max_tokens`, or
-`QUOTA_DEFAULT_MAX_TOKENS`) on the attempt's endpoint. Without room there it marks the endpoint full
-in this process (routing skips it until room is due: `Pool.choose`) and moves to another endpoint
-that may have room; with room nowhere the call waits in the upstream's priority queue (`high` >
-`normal` > `low`, FIFO within one; the priority is the call context's `current_priority`), sleeping
-until room is due (at most `QUOTA_POLL_MAX` between looks), for at most its deadline. Past it: `NoRoom`
-(503 with Retry-After; nothing was sent, the breaker is not told).
+endpoint costs nothing here. A request and the call's tokens (its prompt estimate plus `max_tokens`,
+or `QUOTA_DEFAULT_MAX_TOKENS`) come from this process's lease on the endpoint when it holds one with
+room (no round trip; a caller that already waited never takes one), else it yields an `Admit`
+command (one Redis round trip, one Lua script) that reserves them on the attempt's endpoint, and
+far from its limits a lease of up to `QUOTA_LEASE` requests for the process's next calls.
+Without room there it marks the endpoint full in this process (routing skips it until room is due:
+`Pool.choose`) and moves to another endpoint that may have room; with room nowhere the call waits in
+the upstream's priority queue (`high` > `normal` > `low`, FIFO within one; the priority is the call
+context's `current_priority`), sleeping until room is due (at most `QUOTA_POLL_MAX` between looks),
+for at most its deadline. Past it: `NoRoom` (503 with Retry-After; nothing was sent, the breaker is
+not told).
 
 After the answer `settled()` hands the quota what the answer taught: the provider's
 `x-ratelimit-*` headers, a 429, the tokens the call really cost (its usage; a supervised
@@ -63,6 +66,8 @@ def admitted(pool: Pool, choice: Choice, ticket: Ticket, *, deadline: float,
     # Counted from admission, held a margin longer: the provider counts from the request's arrival.
     window = float(resilience_settings.QUOTA_WINDOW_SECONDS) + float(resilience_settings.QUOTA_MARGIN_SECONDS)
     slices = int(resilience_settings.QUOTA_SLICES)
+    lease = int(resilience_settings.QUOTA_LEASE)
+    lease_seconds = float(resilience_settings.QUOTA_MARGIN_SECONDS) / 2
     began = time.monotonic()
     try:
         while True:
@@ -75,15 +80,20 @@ def admitted(pool: Pool, choice: Choice, ticket: Ticket, *, deadline: float,
             if other is not None:
                 choice = other
                 continue
+            counted = quota.counts_tokens
+            tokens = ticket.tokens if counted else 0
+            leased = quota.leased(tokens) if lease > 1 and not ticket.waiting_since else None
+            if leased is not None:
+                _observe(ticket, now - began)
+                lease_id, grant = leased
+                return choice, Reservation(quota, lease_id, tokens, grant, ticket.prompt if counted else 0)
             ticket.reservations += 1
-            grant: Grant = yield Admit(quota, ticket.tokens if quota.counts_tokens else 0, ticket.id,
-                                       f"{ticket.id}.{ticket.reservations}", ticket.rank, window, slices)
+            grant: Grant = yield Admit(quota, tokens, ticket.id, f"{ticket.id}.{ticket.reservations}",
+                                       ticket.rank, window, slices, lease, lease_seconds)
             now = time.monotonic()
             if grant.admitted:
                 _observe(ticket, now - began)
-                counted = quota.counts_tokens
-                return choice, Reservation(quota, f"{ticket.id}.{ticket.reservations}",
-                                           ticket.tokens if counted else 0, grant,
+                return choice, Reservation(quota, f"{ticket.id}.{ticket.reservations}", tokens, grant,
                                            ticket.prompt if counted else 0)
             if not grant.behind:
                 member.full_until = now + grant.wait

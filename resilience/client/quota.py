@@ -32,6 +32,24 @@ Corrections (the answer's usage, the provider's headers) wait in the process and
 admission's script: the hot path costs one round trip per call, never two. Until they are applied
 the room is counted on the estimate, which is never less than what the provider was asked for.
 
+Leases: far from its limits an endpoint need not cost a round trip per call. An admission may ask
+for up to `QUOTA_LEASE` requests at once (`Quota.admit(lease=...)`); the script grants k > 1 only
+while no caller is queued and k is at most an eighth of every room left (the window's requests, the
+slice's, the tokens at this call's size, what the provider's headers said is left), and logs all k
+at once (members `<id>`, `<id>~2` .. `<id>~k`, the tokens k times the call's under `<id>`). The
+process then admits its next calls from the lease without a round trip (`Quota.leased`), for at
+most `lease_seconds` (half `QUOTA_MARGIN_SECONDS`: a leased request reaches the provider within
+the margin its log entry is counted with). What a lease did not use (requests, tokens) rides back
+on the next admission's script (`ret`); a lease ends early when a call needs more tokens than it
+holds, on a 429, and when the provider says less is left than eight times what it still holds. So
+every request sent is in the shared log before it is sent, as without leases: the limits stay
+exact. What a lease costs: room held by a process that may not use it (an eighth of it at most,
+until it is given back), and priority order for at most its k requests and `lease_seconds`: a
+queue that forms while a lease is held (another worker found no room, which a lease's eighth makes
+unlikely) does not stop the lease's calls; no new lease is granted while anyone waits, and a caller
+that already waited never takes one. The admission counts by priority (`admission_state`) count a
+lease's requests when it is granted.
+
 Limits learned from a provider's headers are shared too: the process that learns them first (its
 quota was inactive) writes them into the endpoint's state at once (`Quota.publish`: the admission
 script run for its corrections only) and sets `quota:<upstream>:<endpoint>:learned` in the shared
@@ -80,10 +98,17 @@ for _ = 1, tonumber(ARGV[9]) do
   local a, b, c = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   i = i + 5
   if kind == 'used' then
-    local held = redis.call('HGET', tok, id)
-    if held then
-      redis.call('HSET', tok, id, a)
-      redis.call('HINCRBY', st, 'tokens', a - tonumber(held))
+    if redis.call('HEXISTS', tok, id) == 1 then
+      redis.call('HINCRBY', tok, id, a)
+      redis.call('HINCRBY', st, 'tokens', a)
+    end
+  elseif kind == 'ret' then
+    local unused = {}
+    for j = a, b do unused[#unused + 1] = id .. '~' .. j end
+    if #unused > 0 then redis.call('ZREM', log, unpack(unused)) end
+    if c > 0 and redis.call('HEXISTS', tok, id) == 1 then
+      redis.call('HINCRBY', tok, id, -c)
+      redis.call('HINCRBY', st, 'tokens', -c)
     end
   else
     local since = tonumber(redis.call('HGET', st, 'c' .. kind) or '-1')
@@ -143,10 +168,11 @@ if rpm > 0 and count + ahead >= rpm then
   end
 end
 local slices = tonumber(ARGV[11 + 5 * tonumber(ARGV[9])])
+local per, recent = 0, 0
 if rpm > 0 and slices > 1 then
   local slice = window / slices
-  local per = math.ceil(rpm / slices)
-  local recent = redis.call('ZCOUNT', log, '(' .. (now - slice), '+inf')
+  per = math.ceil(rpm / slices)
+  recent = redis.call('ZCOUNT', log, '(' .. (now - slice), '+inf')
   if recent >= per then
     local e = redis.call('ZRANGE', log, count - recent, count - recent, 'WITHSCORES')
     if #e > 0 then wait = math.max(wait, tonumber(e[2]) + slice - now) end
@@ -173,18 +199,44 @@ if behind or wait > 0 then
   if behind and wait <= 0 then wait = 5 end
   return {0, math.max(wait, 1), behind and 1 or 0}
 end
-redis.call('ZADD', log, now, res)
+local k = 1
+local lease = tonumber(ARGV[13 + 5 * tonumber(ARGV[9])] or '0')
+if lease > 1 and #head == 0 then
+  local share = 8
+  if rpm > 0 then lease = math.min(lease, math.floor((rpm - count) / share)) end
+  if per > 0 then lease = math.min(lease, math.floor((per - recent) / share)) end
+  if tpm > 0 and need > 0 then lease = math.min(lease, math.floor((tpm - tokens) / (need * share))) end
+  if ureq > now then
+    lease = math.min(lease, math.floor((tonumber(s[6] or '0') - nreq + tonumber(s[7] or '0')) / share))
+  end
+  if utok > now and need > 0 then
+    local left = tonumber(s[9] or '0') - ntok + tonumber(s[10] or '0')
+    lease = math.min(lease, math.floor(left / (need * share)))
+  end
+  if lease > 1 then k = lease end
+end
+if k == 1 then
+  redis.call('ZADD', log, now, res)
+else
+  local entries = {now, res}
+  for j = 2, k do
+    entries[#entries + 1] = now
+    entries[#entries + 1] = res .. '~' .. j
+  end
+  redis.call('ZADD', log, unpack(entries))
+end
+need = need * k
 if need > 0 then
   redis.call('HSET', tok, res, need)
   redis.call('HINCRBY', st, 'tokens', need)
   redis.call('HINCRBY', st, 'ntok', need)
   redis.call('PEXPIRE', tok, window * 2)
 end
-redis.call('HINCRBY', st, 'nreq', 1)
+redis.call('HINCRBY', st, 'nreq', k)
 redis.call('PEXPIRE', log, window * 2)
 redis.call('PEXPIRE', st, 86400000)
 local waits = KEYS[6]
-redis.call('HINCRBY', waits, rank .. ':n', 1)
+redis.call('HINCRBY', waits, rank .. ':n', k)
 if mine then
   redis.call('ZREM', queue, me)
   redis.call('HDEL', seen, me)
@@ -195,7 +247,7 @@ if mine then
   end
 end
 redis.call('PEXPIRE', waits, 3600000)
-return {1, nreq + 1, ntok + need}
+return {1, nreq + k, ntok + need, k}
 """
 
 #: Seconds a learned limit's shared marker lives (as the endpoint's state when idle).
@@ -281,6 +333,22 @@ class Grant:
     behind: bool = False
     requests: int = 0
     tokens: int = 0
+    lease: int = 1
+
+
+@dataclass(slots=True)
+class Lease:
+    """Requests (and their tokens) one admission reserved beyond its own, for this process's
+    next calls to the endpoint: members `<id>~2` .. `<id>~<size>` of the log, `tokens_left` of the
+    tokens held under `<id>`, until `expires` (monotonic)."""
+
+    id: str
+    size: int
+    next: int
+    tokens_left: int
+    requests: int  # the endpoint's running totals after the lease (Grant.requests / .tokens)
+    tokens: int
+    expires: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +378,7 @@ class Quota:
         self._made: dict[int, list[str]] = {}  # the keys as the cache client names them
         self._lock = threading.Lock()
         self._pending: list[tuple[str, str, float, float, float]] = []
+        self._lease: Lease | None = None
 
     @property
     def active(self) -> bool:
@@ -321,20 +390,53 @@ class Quota:
 
     # -- admission -----------------------------------------------------------------------------
     def admit(self, *, tokens: int, waiter: str, reservation: str, rank: int, window: float,
-              slices: int = 1) -> Grant:
+              slices: int = 1, lease: int = 0, lease_seconds: float = 0.0) -> Grant:
         """Reserve one request and `tokens` now, or say how long to wait (see the module docstring).
-        `slices` > 1 also holds each `window / slices` to `ceil(rpm / slices)` requests."""
+        `slices` > 1 also holds each `window / slices` to `ceil(rpm / slices)` requests. `lease` > 1
+        asks for up to that many requests at once (each with `tokens`) while the endpoint is far from
+        its limits: the rest are this process's for `lease_seconds` (`leased`)."""
         with self._lock:
+            self._lease_return()
             pending, self._pending = self._pending, []
         args = [int(window * 1000), self.rpm, self.tpm, tokens, reservation, waiter, rank,
                 int(STALE_WAITER * 1000), len(pending)]
         for update in pending:
             args.extend(update)
-        args.extend((EXPIRE_BATCH, max(1, slices), 0))
-        admitted, first, second = (int(part) for part in self._script_run(args))
-        if admitted:
-            return Grant(True, requests=first, tokens=second)
-        return Grant(False, wait=first / 1000, behind=bool(second))
+        args.extend((EXPIRE_BATCH, max(1, slices), 0, lease if lease_seconds > 0 else 0))
+        answer = self._script_run(args)
+        admitted, first, second = (int(part) for part in answer[:3])
+        if not admitted:
+            return Grant(False, wait=first / 1000, behind=bool(second))
+        size = int(answer[3]) if len(answer) > 3 else 1
+        if size > 1:
+            with self._lock:
+                self._lease_return()
+                self._lease = Lease(reservation, size, 2, tokens * (size - 1), first, second,
+                                    time.monotonic() + lease_seconds)
+            first, second = first - size + 1, second - tokens * (size - 1)
+        return Grant(True, requests=first, tokens=second, lease=size)
+
+    def leased(self, tokens: int) -> tuple[str, Grant] | None:
+        """One request and `tokens` from this process's lease, without a round trip: (the
+        reservation's id, its grant), or None when no lease holds room for it (one that is spent,
+        past its time or too small is given back at the next admission)."""
+        with self._lock:
+            lease = self._lease
+            if lease is None:
+                return None
+            if lease.next > lease.size or tokens > lease.tokens_left or time.monotonic() >= lease.expires:
+                self._lease_return()
+                return None
+            lease.tokens_left -= tokens
+            requests = lease.requests - lease.size + lease.next
+            lease.next += 1
+            return lease.id, Grant(True, requests=requests, tokens=lease.tokens - lease.tokens_left)
+
+    def _lease_return(self) -> None:
+        """Give the lease's unused requests and tokens back with the next admission (under the lock)."""
+        lease, self._lease = self._lease, None
+        if lease is not None and (lease.next <= lease.size or lease.tokens_left > 0):
+            self._pending.append(("ret", lease.id, lease.next, lease.size, lease.tokens_left))
 
     def _script_run(self, args: list[Any]) -> Any:
         store = default_cache()
@@ -356,7 +458,7 @@ class Quota:
         args: list[Any] = [0, 0, 0, 0, "", "", 0, 0, len(pending)]
         for update in pending:
             args.extend(update)
-        args.extend((EXPIRE_BATCH, 1, 1))
+        args.extend((EXPIRE_BATCH, 1, 1, 0))
         self._script_run(args)
         default_cache().set(self.learned_key, 1, timeout=LEARNED_SECONDS)
 
@@ -404,26 +506,39 @@ class Quota:
         first = bool(updates) and not self.learned
         if updates:
             self.learned = True
+            self._lease_check(updates)
         if held is not None and held.tokens and content is not None:
             used = usage_tokens(content)
             if used is not None and used != held.tokens:
-                updates.append(("used", held.id, used, 0, 0))
+                updates.append(("used", held.id, used - held.tokens, 0, 0))
         if updates:
             with self._lock:
                 self._pending.extend(updates)
         if first:
             self.publish()
 
+    def _lease_check(self, announced: list[tuple[str, str, float, float, float]]) -> None:
+        """Give the lease back when the provider says less is left than it would take to spend it
+        eight times over (the script's share: leases are for endpoints far from their limits)."""
+        with self._lock:
+            lease = self._lease
+            if lease is None:
+                return
+            unused = {"req": lease.size - lease.next + 1, "tok": lease.tokens_left}
+            if any(left < 8 * unused[kind] for kind, _, left, _, _ in announced):
+                self._lease_return()
+
     def used(self, held: Reservation, tokens: int) -> None:
         """The call really cost `tokens` (a stream's final usage), applied at the next admission."""
         if tokens != held.tokens:
             with self._lock:
-                self._pending.append(("used", held.id, tokens, 0, 0))
+                self._pending.append(("used", held.id, tokens - held.tokens, 0, 0))
 
     def refused(self, held: Reservation | None, retry_after: float | None) -> None:
         """The provider answered 429: nothing is left until `retry_after` (else a second)."""
         mark = str(held.grant.requests) if held else "now"
         with self._lock:
+            self._lease_return()
             self._pending.append(("req", mark, 0, int((retry_after or 1.0) * 1000), 0))
         self.learned = True
 
@@ -618,8 +733,10 @@ class _LocalQuota:
             kind, name, a, b, c = updates[i:i + 5]
             if kind == "used":
                 if name in tok:
-                    st["tokens"] = st.get("tokens", 0) + a - tok[name]
-                    tok[name] = a
+                    st["tokens"] = st.get("tokens", 0) + a
+                    tok[name] += a
+                continue
+            if kind == "ret":  # no lease is taken in process memory
                 continue
             at = st.get("n" + kind, 0) if name == "now" else float(name)
             if at >= st.get("c" + kind, -1) or st.get("u" + kind, 0) <= now:

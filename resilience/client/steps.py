@@ -70,10 +70,13 @@ class Admit:
     rank: int
     window: float
     slices: int = 1
+    lease: int = 0
+    lease_seconds: float = 0.0
 
     def run(self) -> Grant:
         return self.quota.admit(tokens=self.tokens, waiter=self.waiter, reservation=self.reservation,
-                                rank=self.rank, window=self.window, slices=self.slices)
+                                rank=self.rank, window=self.window, slices=self.slices, lease=self.lease,
+                                lease_seconds=self.lease_seconds)
 
 
 @dataclass(frozen=True, slots=True)

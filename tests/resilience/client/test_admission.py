@@ -152,3 +152,39 @@ def test_a_streams_final_usage_corrects_its_token_reservation(db, on_redis, prov
     # Each reserves its estimate (about 60 tokens): four would not fit in 200 on estimates alone.
     assert len(asyncio.run(streams(6))) == 6
     assert roomy.chat_calls == 6
+
+
+def test_far_from_the_limit_a_lease_spares_round_trips_and_the_limit_holds(db, on_redis, monkeypatch):
+    from resilience.client.quota import Quota
+
+    scripts = []
+    run = Quota._script_run
+    monkeypatch.setattr(Quota, "_script_run", lambda self, args: scripts.append(1) or run(self, args))
+    provider = LimitedOpenAI(rpm=200, window=WINDOW).start()
+    try:
+        make([provider], limits=((200, None),))
+        upstream("llm").load()  # the policy read here: the threads below never touch the database
+        answers: list[int] = []
+
+        def caller():
+            answers.extend(call().status_code for _ in range(40))
+
+        threads = [threading.Thread(target=caller) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == [200] * 320
+        assert provider.refused == 0 and provider.max_in_window() <= 200
+        assert len(scripts) < 320 / 2  # leases of up to 16 while there was room; one each near the limit
+
+        async def forty():
+            client = upstream("llm")
+            return [(await client.apost("/v1/chat/completions", json=BODY)).status_code for _ in range(40)]
+
+        time.sleep(WINDOW + 0.3)  # the window empties: far from the limit again
+        scripts.clear()
+        assert asyncio.run(forty()) == [200] * 40
+        assert len(scripts) <= 40 / 16 + 2 and provider.refused == 0
+    finally:
+        provider.stop()

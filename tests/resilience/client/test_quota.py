@@ -168,3 +168,61 @@ def test_a_reservation_never_settled_leaves_with_its_window(store):
     assert not refused.admitted and refused.wait <= WINDOW + 0.01
     time.sleep(refused.wait + 0.01)
     assert admit(quota, "next", tokens=90).admitted
+
+
+def leasing(quota: Quota, name: str, *, tokens: int = 0, lease: int = 16, seconds: float = 5.0):
+    return quota.admit(tokens=tokens, waiter=name, reservation=f"{name}.{time.monotonic_ns()}", rank=1,
+                       window=WINDOW, lease=lease, lease_seconds=seconds)
+
+
+def test_far_from_its_limit_one_admission_leases_requests_to_its_process(store):
+    quota = Quota("up", "e0", rpm=128, tpm=None)
+    other_worker = Quota("up", "e0", rpm=128, tpm=None)  # same keys, no lease of its own
+    first = leasing(quota, "a")
+    if store == "memory":  # nothing to save without a round trip: one request per admission
+        assert first.admitted and first.lease == 1 and quota.leased(0) is None
+        return
+    assert first.admitted and first.lease == 16 and first.requests == 1  # 128 / 8 of the room at most
+    taken = [quota.leased(0) for _ in range(3)]
+    assert [grant.requests for _, grant in taken] == [2, 3, 4]  # the running count, as if admitted one by one
+    assert [admit(other_worker, f"b{i}").admitted for i in range(112)] == [True] * 112
+    assert not admit(other_worker, "b112").admitted  # the lease's 12 unused requests are held
+    other_worker.leave("b112")
+    assert leasing(quota, "c", lease=0).admitted  # this admission gives back the 12 first
+    assert [admit(other_worker, f"d{i}").admitted for i in range(12)] == [True] * 11 + [False]
+
+
+def test_a_lease_holds_tokens_and_gives_back_what_its_calls_did_not_use(store):
+    if store == "memory":  # no lease in process memory (the test above shows it)
+        return
+    quota = Quota("up", "e0", rpm=None, tpm=8000)
+    other_worker = Quota("up", "e0", rpm=None, tpm=8000)
+    first = leasing(quota, "a", tokens=100)
+    assert first.admitted and first.lease == 10  # 8000 / (100 * 8)
+    lease_id, second = quota.leased(100)
+    assert second.tokens == first.tokens + 100
+    quota.settle(Reservation(quota, lease_id, 100, second), headers={},
+                 content=b'{"usage": {"total_tokens": 40}}')  # it cost 40, not 100
+    # The next admission returns 8 requests and 800 tokens and applies the correction: 140 held.
+    assert leasing(quota, "c", tokens=1, lease=0).admitted
+    assert admit(other_worker, "big", tokens=8000 - 141).admitted
+    assert not admit(other_worker, "one-more", tokens=1).admitted
+
+
+def test_a_lease_ends_with_its_time_a_429_or_a_provider_that_says_little_is_left(store):
+    if store == "memory":  # no lease in process memory
+        return
+    quota = Quota("up", "e0", rpm=1000, tpm=None)
+    assert leasing(quota, "a", seconds=0.05).lease == 16
+    assert quota.leased(0) is not None
+    time.sleep(0.06)
+    assert quota.leased(0) is None  # past its time
+    assert leasing(quota, "b").lease == 16
+    quota.refused(None, 1.0)
+    assert quota.leased(0) is None  # the provider said no more
+    quota = Quota("up", "e1", rpm=1000, tpm=None)
+    assert leasing(quota, "c").lease == 16
+    quota.settle(None, headers={"x-ratelimit-remaining-requests": "40", "x-ratelimit-limit-requests": "1000",
+                                "x-ratelimit-reset-requests": "10s"}, content=None)
+    assert quota.leased(0) is None  # 40 left is under eight times the 15 unused
+    assert leasing(quota, "d").lease == 5  # an eighth of what the provider said is left
