@@ -60,8 +60,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
-from authlib.common.errors import AuthlibBaseError
-from authlib.integrations.requests_client import OAuth2Session
 from django.db import DatabaseError, connection, transaction
 
 from resilience.cache import default_cache
@@ -141,6 +139,11 @@ def grant(spec: AccountSpec, refresh_token: str) -> dict[str, Any]:
     secret = client_secret(spec)
     if spec.client_secret_env and not secret:
         raise RefreshFailed(f"client secret variable {spec.client_secret_env} is empty or refused")
+    # Imported at the first grant, not with the module: Authlib is a hundred modules (about 10 MB per
+    # worker) that a gateway without OAuth2 accounts never needs.
+    from authlib.common.errors import AuthlibBaseError
+    from authlib.integrations.requests_client import OAuth2Session
+
     session = OAuth2Session(client_id=spec.client_id, client_secret=secret or None, scope=spec.scope or None,
                             token_endpoint_auth_method="client_secret_post" if secret else "none")
     timeout = resilience_settings.ACCOUNT_TOKEN_TIMEOUT
