@@ -242,17 +242,25 @@ def _produce(req: _Request) -> dict[str, Any]:
     return _keep(req, completion.content, completion.usage, started)
 
 
-async def _aproduce(req: _Request) -> dict[str, Any]:
+async def _aproduce(req: _Request, *, keep: bool = True) -> dict[str, Any]:
+    """Call the provider and store its answer (`keep` False: the entry only, its caller stores it)."""
     started = clock()
     completion = await req.provider.acomplete(req.prompt())
+    if not keep:
+        return _kept(req, completion.content, completion.usage, started)
     return await _akeep(req, completion.content, completion.usage, started)
 
 
-async def _asingle_flight(req: _Request) -> tuple[dict[str, Any], bool]:
+async def _asingle_flight(req: _Request, *, lookup: bool = False) -> tuple[dict[str, Any], bool]:
+    """`_single_flight` for async code. Its store work takes two hops off the loop: the lock with
+    the cache read first when `lookup` (a hit is returned as shared), the entry's write with the
+    lock's release."""
     wait = float(aigen_settings.SINGLE_FLIGHT_TIMEOUT)
     try:
-        return await _flight.arun(req.key, lambda: _aproduce(req), wait=wait,
-                                  shared_result=lambda: _cache_peek(req.key))
+        return await _flight.arun(req.key, lambda: _aproduce(req, keep=False), wait=wait,
+                                  shared_result=lambda: _cache_peek(req.key),
+                                  first=(lambda: _cache_get(req.key)) if lookup else None,
+                                  keep=lambda entry: cache.set(req.key, entry, timeout=req.section.cache_ttl))
     except TimeoutError:
         raise SingleFlightTimeout("An identical request is still generating; try again shortly.",
                                   template_id=req.section.template_id, section_id=req.section.id) from None
@@ -343,13 +351,13 @@ async def atext_generate(*, template_id: str, section_id: str, data: Any, use_ca
     """`text_generate` for async code (the provider call never holds a thread)."""
     with _Attempt(template_id, section_id, user, stream=False) as attempt:
         req = attempt.req = _prepare(template_id, section_id, data)
-        hit = await _acache_get(req.key) if use_cache else None
-        if hit is not None:
-            entry, cached = hit, True
-        elif not use_cache:
+        if not use_cache:
             entry, cached = await _aproduce(req), False
-        else:
-            entry, cached = await _asingle_flight(req)
+        elif getattr(cache, "shared", False):  # Redis: the cache read rides with the lock's hop
+            entry, cached = await _asingle_flight(req, lookup=True)
+        else:  # local memory: read inline (no I/O), a miss goes through the flight
+            hit = _cache_get(req.key)
+            entry, cached = (hit, True) if hit is not None else await _asingle_flight(req)
         result = _result(req, entry, cached=cached, started=attempt.started)
     return attempt.done(result)
 

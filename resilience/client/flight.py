@@ -93,13 +93,20 @@ class SingleFlight:
 
     # -- across processes ----------------------------------------------------------------
     @staticmethod
-    def across(key: str, wait: float, shared_result: Callable[[], Any]) -> Generator[float, None, Across]:
+    def across(key: str, wait: float, shared_result: Callable[[], Any],
+               first: Callable[[], Any] | None = None) -> Generator[float, None, Across]:
         """Lead across processes, or find another process's result.
 
         Yields seconds to sleep between polls; returns ("lead", lock) when this
         process must do the work (release the lock after storing the result;
-        the lock is None when the wait ran out) or ("found", result).
+        the lock is None when the wait ran out) or ("found", result). `first`,
+        when given, is looked at before the lock is tried (the caller's own
+        cache read: a result there is "found" and no lock is taken).
         """
+        if first is not None:
+            found = first()
+            if found is not None:
+                return "found", found
         lock = default_cache().lock(f"flight:{key}", timeout=wait + 1)
         if lock.acquire(blocking=False):
             return "lead", lock
@@ -155,11 +162,17 @@ class SingleFlight:
         return result, False
 
     async def arun(self, key: str, fn: Callable[[], Awaitable[T]], *, wait: float,
-                   shared_result: Callable[[], Any] | None = None) -> tuple[T | Any, bool]:
+                   shared_result: Callable[[], Any] | None = None, first: Callable[[], Any] | None = None,
+                   keep: Callable[[T], Any] | None = None) -> tuple[T | Any, bool]:
         """`run` for tasks: `fn` is a coroutine function; waits never block the
         loop. The leader's work runs as a task of its own: when the leader is
         cancelled (its client went away), the work still finishes for the
-        callers that wait on it."""
+        callers that wait on it.
+
+        The leader's store work takes two hops off the loop, whatever it is:
+        `first` (a cache read, with `shared_result`: `across`) rides with the
+        lock's acquiring, `keep(result)` (the result's cache write) with its
+        release."""
         future, leader = self.join(key)
         if not leader:
             if not future.done():
@@ -168,7 +181,7 @@ class SingleFlight:
         lock = None
         try:
             if shared_result is not None:
-                steps = self.across(key, wait, shared_result)
+                steps = self.across(key, wait, shared_result, first)
                 # Each step's lock and cache calls run in a thread: never on the loop.
                 while (step := await asyncio.to_thread(advance, steps))[0]:
                     await asyncio.sleep(step[1])
@@ -181,18 +194,26 @@ class SingleFlight:
             await _arelease_lock(lock)
             self.finish(key, future, error=err)
             raise
-        work = asyncio.ensure_future(self._lead(key, future, fn, lock))
+        work = asyncio.ensure_future(self._lead(key, future, fn, lock, keep))
         work.add_done_callback(_retrieve)  # a cancelled leader leaves nobody to read its error
         return await asyncio.shield(work), False
 
-    async def _lead(self, key: str, future: Future, fn: Callable[[], Awaitable[T]], lock: Any) -> T:
+    async def _lead(self, key: str, future: Future, fn: Callable[[], Awaitable[T]], lock: Any,
+                    keep: Callable[[T], Any] | None) -> T:
         try:
             result = await fn()
         except BaseException as err:
+            await _arelease_lock(lock)
             self.finish(key, future, error=err)
             raise
-        finally:
-            await _arelease_lock(lock)
+        try:
+            if keep is not None:  # the result kept, then the lock released: one hop
+                await asyncio.to_thread(_keep_then_release, keep, result, lock)
+            else:
+                await _arelease_lock(lock)
+        except BaseException as err:
+            self.finish(key, future, error=err)
+            raise
         self.finish(key, future, result=result)
         return result
 
@@ -203,6 +224,13 @@ def advance(steps: Generator[float, None, Across]) -> tuple[bool, Any]:
         return True, next(steps)
     except StopIteration as stop:
         return False, stop.value
+
+
+def _keep_then_release(keep: Callable[[Any], Any], result: Any, lock: Any) -> None:
+    try:
+        keep(result)
+    finally:
+        release_lock(lock)
 
 
 async def _arelease_lock(lock: Any) -> None:

@@ -206,3 +206,43 @@ def test_admin_is_read_only(client, section2_data, django_user_model):
     assert detail.status_code == 200 and b'name="_save"' not in detail.content
     assert client.get("/admin/aigen/generation/add/").status_code == 403
     assert client.post(f"/admin/aigen/generation/{row.pk}/delete/").status_code == 403
+
+
+def test_on_redis_a_generation_leaves_the_loop_twice_and_a_cache_hit_once(section2_data, settings, redis_url):
+    """The store work of an async generation rides in as few hops as it can (each hop is a
+    thread handoff and a wake-up of the loop): the cache read with the single-flight lock, then
+    the entry's write with the lock's release; a hit is the read alone."""
+    import asyncio
+
+    from aigen.generation.services import atext_generate
+
+    settings.CACHES = {"default": {"BACKEND": "resilience.cache.FallbackCache", "LOCATION": redis_url,
+                                   "KEY_PREFIX": "aigen-hops"}}
+    reset_engines()
+    hops: list[str] = []
+
+    async def generate():
+        loop = asyncio.get_running_loop()
+        run = loop.run_in_executor
+
+        def counted(executor, func, *args):
+            hops.append(getattr(func, "__qualname__", repr(func)))
+            return run(executor, func, *args)
+
+        loop.run_in_executor = counted
+        try:
+            return await atext_generate(template_id="emergency_plan", section_id="2", data=section2_data)
+        finally:
+            del loop.run_in_executor
+
+    try:
+        first = asyncio.run(generate())
+        assert first.cached is False and cache.backend_name == "redis"
+        assert len(hops) == 2, hops
+        assert cache.get(first.cache_key)["content"] == first.content  # kept in Redis by the second hop
+        hops.clear()
+        second = asyncio.run(generate())
+        assert second.cached is True and second.content == first.content and len(hops) == 1, hops
+    finally:
+        cache.clear()
+        reset_engines()
