@@ -34,10 +34,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _clean_cache():
+def _clean_cache(monkeypatch):
+    from aigen.generation.ledger import UsageBuffer, usage_buffer
     from resilience.client import reset_clients
     from resilience.telemetry.calllog import call_log_discard
 
+    # The usage ledger waits for usage_flush() in every test, not only under tests/aigen: a writer
+    # thread started by any test that bills a call outlives it and writes, a second later, with a
+    # connection of its own (outside the test's transaction on PostgreSQL: rows in the next test;
+    # on SQLite's shared in-memory database: "database table is locked" in another test's writes).
+    monkeypatch.setattr(UsageBuffer, "autostart", False)
+    usage_buffer.discard()
     reset_engines()
     reset_clients()
     call_log_discard()

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from aigen.generation import services
-from aigen.generation.ledger import UsageBuffer, usage_buffer
+from aigen.generation.ledger import usage_buffer
 from aigen.generation.providers import provider_reset
 from aigen.generation.quotas import quotas
 from aigen.generation.records import GenerationLog, generation_log
@@ -47,10 +47,9 @@ SECTION_2 = {
 
 @pytest.fixture(autouse=True)
 def _aigen_state(monkeypatch, settings):
-    """Mock provider unless a test says otherwise; records wait for an explicit flush."""
+    """Mock provider unless a test says otherwise; records wait for an explicit flush (the usage
+    ledger too: tests/conftest.py)."""
     monkeypatch.setattr(GenerationLog, "autostart", False)
-    monkeypatch.setattr(UsageBuffer, "autostart", False)  # the ledger waits for usage_flush()
-    usage_buffer.discard()
     quotas.memory.clear()
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # users in milliseconds
     settings.AIGEN = {**settings.AIGEN, "OPENAI_API_KEY": "", "MODEL": "gpt-4o-mini"}
