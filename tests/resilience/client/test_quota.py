@@ -226,3 +226,25 @@ def test_a_lease_ends_with_its_time_a_429_or_a_provider_that_says_little_is_left
                                 "x-ratelimit-reset-requests": "10s"}, content=None)
     assert quota.leased(0) is None  # 40 left is under eight times the 15 unused
     assert leasing(quota, "d").lease == 5  # an eighth of what the provider said is left
+
+
+def test_every_key_an_admission_writes_on_redis_expires_when_idle(store, redis_url):
+    """Nothing outlives an idle endpoint: the log and the tokens live two windows past the last
+    admission, the totals a day, the minute's admission counts an hour."""
+    if store == "memory":  # process memory: nothing to expire
+        return
+    import redis
+
+    from resilience.cache import default_cache
+
+    quota = Quota("up", "e0", rpm=1000, tpm=10**6)
+    made = [str(default_cache().engine.redis.client.make_key(key)) for key in quota.keys[:3]]
+    client = redis.Redis.from_url(redis_url)
+    for round_ in range(3):  # the first admission of an empty window, then within one, then after it
+        assert admit(quota, f"c{round_}", tokens=10).admitted
+        lives = [client.pttl(key) for key in made]
+        assert 0 < lives[0] <= 2 * WINDOW * 1000 and 0 < lives[1] <= 2 * WINDOW * 1000, lives
+        assert 2 * WINDOW * 1000 < lives[2] <= 86_400_000, lives
+        time.sleep(WINDOW * 0.7 if round_ == 0 else WINDOW + 0.05)
+    waits = [key for key in client.scan_iter(match="*quota:up:waits:*")]
+    assert waits and all(0 < client.pttl(key) <= 3_600_000 for key in waits)
