@@ -308,7 +308,9 @@ def test_stream_max_seconds_caps_a_stream_with_an_error_not_a_continuation(gatew
         sdk_run(gateway, work)
     assert "stream_max_seconds (0.3 s) passed" in caught.value.message
     assert caught.value.code == "upstream_timeout"
-    assert "".join(received) == ANSWER[:54] and fallback.chat_calls == 0
+    # What the primary sent before it stalled (its first 3 pieces, 54 characters), or less when
+    # a loaded box spent the 0.3 s before they came through; never more: nothing continued it.
+    assert ANSWER[:54].startswith("".join(received)) and fallback.chat_calls == 0
     assert rows()[0].outcome == "timeout"
 
 
