@@ -54,6 +54,7 @@ from aigen.generation.registry import Section, get_registry
 from aigen.models import Generation
 from resilience.cache import cache_key
 from resilience.client.flight import SingleFlight
+from resilience.client.live import cache_is_shared
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +224,12 @@ def _keep(req: _Request, content: str, usage: Usage, started: float, *,
           model: str | None = None) -> dict[str, Any]:
     """Store a provider's answer (`_kept`)."""
     entry = _kept(req, content, usage, started, model=model)
-    cache.set(req.key, entry, timeout=req.section.cache_ttl)
+    _store(req, entry)
     return entry
+
+
+def _store(req: _Request, entry: dict[str, Any]) -> None:
+    cache.set(req.key, entry, timeout=req.section.cache_ttl)
 
 
 async def _akeep(req: _Request, content: str, usage: Usage, started: float, *,
@@ -260,7 +265,7 @@ async def _asingle_flight(req: _Request, *, lookup: bool = False) -> tuple[dict[
         return await _flight.arun(req.key, lambda: _aproduce(req, keep=False), wait=wait,
                                   shared_result=lambda: _cache_peek(req.key),
                                   first=(lambda: _cache_get(req.key)) if lookup else None,
-                                  keep=lambda entry: cache.set(req.key, entry, timeout=req.section.cache_ttl))
+                                  keep=lambda entry: _store(req, entry))
     except TimeoutError:
         raise SingleFlightTimeout("An identical request is still generating; try again shortly.",
                                   template_id=req.section.template_id, section_id=req.section.id) from None
@@ -353,7 +358,7 @@ async def atext_generate(*, template_id: str, section_id: str, data: Any, use_ca
         req = attempt.req = _prepare(template_id, section_id, data)
         if not use_cache:
             entry, cached = await _aproduce(req), False
-        elif getattr(cache, "shared", False):  # Redis: the cache read rides with the lock's hop
+        elif cache_is_shared(cache):  # Redis: the cache read rides with the lock's hop
             entry, cached = await _asingle_flight(req, lookup=True)
         else:  # local memory: read inline (no I/O), a miss goes through the flight
             hit = _cache_get(req.key)

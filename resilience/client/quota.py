@@ -84,6 +84,9 @@ from resilience.client.context import PRIORITIES
 STALE_WAITER = 3.0
 #: Reservations dropped from the log per admission at most (the rest at the next one).
 EXPIRE_BATCH = 1000
+#: A lease takes at most 1/LEASE_SHARE of any room left, and is given back once less is left than
+#: LEASE_SHARE times what it still holds.
+LEASE_SHARE = 8
 
 ADMIT_LUA = """
 local log, tok, st, queue, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -202,7 +205,7 @@ end
 local k = 1
 local lease = tonumber(ARGV[13 + 5 * tonumber(ARGV[9])] or '0')
 if lease > 1 and #head == 0 then
-  local share = 8
+  local share = @LEASE_SHARE@
   if rpm > 0 then lease = math.min(lease, math.floor((rpm - count) / share)) end
   if per > 0 then lease = math.min(lease, math.floor((per - recent) / share)) end
   if tpm > 0 and need > 0 then lease = math.min(lease, math.floor((tpm - tokens) / (need * share))) end
@@ -248,7 +251,7 @@ if mine then
 end
 redis.call('PEXPIRE', waits, 3600000)
 return {1, nreq + k, ntok + need, k}
-"""
+""".replace("@LEASE_SHARE@", str(LEASE_SHARE))
 
 #: Seconds a learned limit's shared marker lives (as the endpoint's state when idle).
 LEARNED_SECONDS = 86400
@@ -519,13 +522,13 @@ class Quota:
 
     def _lease_check(self, announced: list[tuple[str, str, float, float, float]]) -> None:
         """Give the lease back when the provider says less is left than it would take to spend it
-        eight times over (the script's share: leases are for endpoints far from their limits)."""
+        LEASE_SHARE times over (the script's share: leases are for endpoints far from their limits)."""
         with self._lock:
             lease = self._lease
             if lease is None:
                 return
             unused = {"req": lease.size - lease.next + 1, "tok": lease.tokens_left}
-            if any(left < 8 * unused[kind] for kind, _, left, _, _ in announced):
+            if any(left < LEASE_SHARE * unused[kind] for kind, _, left, _, _ in announced):
                 self._lease_return()
 
     def used(self, held: Reservation, tokens: int) -> None:
