@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     # generation at most this often (seconds), so a revoked token stops
     # working in every worker within about this long.
     "TOKEN_CHECK_INTERVAL": 0.5,
+    # The doors' per-user throttle (aigen.edge.throttling): far from the limit a
+    # worker counts up to this many requests in one round trip (0 or 1: each alone).
+    "THROTTLE_LEASE": 16,
     # /v1/messages streams (aigen.edge.messages): a `ping` event after this
     # many seconds without one, as Anthropic's API sends, so idle proxies and
     # clients keep a slow answer's connection.

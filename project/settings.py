@@ -355,6 +355,8 @@ AIGEN = {
     "GENERATION_RETENTION_DAYS": env.int("AI_GENERATION_RETENTION_DAYS", default=30),
     # Seconds a worker may keep a token's user before re-reading the shared token generation.
     "TOKEN_CHECK_INTERVAL": env.float("TOKEN_CHECK_INTERVAL", default=0.5),
+    # Far from a caller's throttle limit a worker counts up to this many requests in one round trip.
+    "THROTTLE_LEASE": env.int("AI_THROTTLE_LEASE", default=16),
     # Caller limits (aigen.generation.quotas): tokens reserved for a call naming no max_tokens,
     # and seconds before an unsettled reservation (its worker died) is released.
     "QUOTA_DEFAULT_MAX_TOKENS": env.int("QUOTA_DEFAULT_MAX_TOKENS", default=1024),

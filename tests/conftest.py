@@ -35,6 +35,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _clean_cache(monkeypatch):
+    from aigen.edge.throttling import LEASES
     from aigen.generation.ledger import UsageBuffer, usage_buffer
     from resilience.client import reset_clients
     from resilience.telemetry.calllog import call_log_discard
@@ -49,6 +50,7 @@ def _clean_cache(monkeypatch):
     reset_clients()
     call_log_discard()
     cache.clear()
+    LEASES.clear()  # the throttle's blocks count in the cache cleared above
     yield
     reset_clients()
     reset_engines()

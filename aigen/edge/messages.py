@@ -94,9 +94,7 @@ class _Call:
             user = await request_authenticate(self.request)  # 401, 403 or the failure throttle's 429
         self.request.user = user
         # A caller with limits has the throttle counted by its admission (one round trip).
-        # A cache call: off the loop, in the shared pool (not a thread started per request).
-        allow = sync_to_async(self.throttle.allow_request, thread_sensitive=False)
-        if not caller_limited(user) and not await allow(self.request, None):
+        if not caller_limited(user) and not await self.throttle.aallow(self.request):
             raise self.throttled(self.throttle.wait())
 
     @staticmethod

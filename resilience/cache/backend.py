@@ -233,18 +233,19 @@ class FallbackCache(BaseCache):
     def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
         return self._engine.run("incr", key, delta=delta, version=version)
 
-    def incr_window(self, key: str, timeout: int, version: int | None = None) -> int:
-        """Add 1 to a counter that lives `timeout` seconds from its first
-        increment and return the new count (rate limits' fixed windows).
+    def incr_window(self, key: str, timeout: int, version: int | None = None, delta: int = 1) -> int:
+        """Add `delta` (1 unless told) to a counter that lives `timeout` seconds
+        from its first increment and return the new count (rate limits' fixed
+        windows; a negative delta gives counts back).
 
-        One round trip on Redis, no script: INCR then EXPIRE NX, pipelined.
+        One round trip on Redis, no script: INCRBY then EXPIRE NX, pipelined.
         (django-redis's `incr` runs a Lua script that first checks the key
         exists, and a first increment needs a second call to `add` it.)
         """
         def on_redis(redis: RedisCache) -> int:
             made = redis.client.make_key(key, version=version)
             pipe = redis.client.get_client(write=True).pipeline(transaction=False)
-            pipe.incr(made)
+            pipe.incrby(made, delta)
             pipe.expire(made, int(timeout), nx=True)
             return int(pipe.execute()[0])
 
@@ -252,13 +253,13 @@ class FallbackCache(BaseCache):
         if counted is not NOT_SERVED:
             return counted
         memory = self._engine.memory
-        if memory.add(key, 1, timeout=timeout, version=version):
-            return 1
+        if memory.add(key, delta, timeout=timeout, version=version):
+            return delta
         try:
-            return memory.incr(key, version=version)
+            return memory.incr(key, delta, version=version)
         except ValueError:  # expired between the two calls: a new window
-            memory.set(key, 1, timeout=timeout, version=version)
-            return 1
+            memory.set(key, delta, timeout=timeout, version=version)
+            return delta
 
     def decr(self, key: str, delta: int = 1, version: int | None = None) -> int:
         return self._engine.run("decr", key, delta=delta, version=version)

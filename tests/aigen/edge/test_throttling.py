@@ -1,0 +1,146 @@
+"""The doors' per-user throttle (aigen.edge.throttling) on a real Redis: far
+from the limit a worker counts its caller's requests in blocks (one round
+trip for up to 16), near it one at a time, and workers sharing a window
+allow exactly the limit between them."""
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from django.core.cache import cache
+
+from aigen.edge import throttling
+from aigen.edge.throttling import GenerateThrottle, WindowLeases
+
+NOW = 1_000_020.0  # a fixed clock: every call in one window, whatever the test takes
+
+
+def _request(pk: int = 7) -> SimpleNamespace:
+    return SimpleNamespace(user=SimpleNamespace(pk=pk, is_authenticated=True))
+
+
+@pytest.fixture
+def rate(settings, monkeypatch):
+    """`set(rate)`: the generate throttle's rate; the throttle's clock fixed, its round trips counted."""
+    trips: list[int] = []
+    count = GenerateThrottle._count
+
+    def counted(self, key, delta):
+        trips.append(delta)
+        return count(self, key, delta)
+
+    monkeypatch.setattr(GenerateThrottle, "timer", staticmethod(lambda: NOW))
+    monkeypatch.setattr(GenerateThrottle, "_count", counted)
+
+    def set_rate(value: str) -> list[int]:
+        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"generate": value}}
+        return trips
+    return set_rate
+
+
+def _window_count(request) -> int:
+    return int(cache.get(GenerateThrottle().window(request).key) or 0)
+
+
+def test_far_from_the_limit_one_round_trip_counts_sixteen_requests(on_redis, rate):
+    trips = rate("100000/min")
+    request = _request()
+    assert all(GenerateThrottle().allow_request(request, None) for _ in range(50))
+    # The window's first count here is one (the worker learns the count), then blocks of 16:
+    # requests 2-17, 18-33, 34-49, and 50 starts a fifth.
+    assert trips == [1, 16, 16, 16, 16]
+    assert _window_count(request) == 65  # every request allowed was counted first; 15 held for the next
+
+
+def test_near_the_limit_every_request_is_counted_alone(on_redis, rate):
+    trips = rate("10/min")
+    request = _request()
+    allowed = [GenerateThrottle().allow_request(request, None) for _ in range(12)]
+    assert allowed == [True] * 10 + [False] * 2
+    assert trips == [1] * 12  # an eighth of what is left is under 2 from the start
+    assert _window_count(request) == 12
+
+
+def test_a_blocks_unused_counts_go_back_with_the_next_count(on_redis, rate, monkeypatch):
+    trips = rate("100000/min")
+    monkeypatch.setattr(throttling, "LEASE_SECONDS", 0.2)
+    request = _request()
+    for _ in range(3):  # 1, then a block of 16 of which 2 are used
+        assert GenerateThrottle().allow_request(request, None)
+    assert _window_count(request) == 17
+    time.sleep(0.3)  # the block's time is up: its 14 unused go back with the next count
+    assert GenerateThrottle().allow_request(request, None)
+    assert trips == [1, 16, 16 - 14]
+    assert _window_count(request) == 4 + 15  # four allowed, fifteen held by the new block
+
+
+def test_with_leases_off_every_request_is_one_round_trip(on_redis, rate, settings):
+    settings.AIGEN = {**settings.AIGEN, "THROTTLE_LEASE": 0}
+    trips = rate("100000/min")
+    request = _request()
+    assert all(GenerateThrottle().allow_request(request, None) for _ in range(20))
+    assert trips == [1] * 20 and _window_count(request) == 20
+
+
+@pytest.mark.parametrize("limit", [100, 1000])
+def test_workers_sharing_a_window_allow_exactly_its_limit(on_redis, rate, limit):
+    """Four workers (each its own blocks) call for one caller until each has been refused
+    three times: between them they allow the limit, never more and none lost to a block."""
+    rate(f"{limit}/min")
+    request = _request()
+    allowed = [0] * 4
+    start = threading.Barrier(4)
+
+    def worker(index: int) -> None:
+        throttle_class = type("WorkerThrottle", (GenerateThrottle,), {"leases": WindowLeases()})
+        start.wait()
+        refused = 0
+        while refused < 3:
+            if throttle_class().allow_request(request, None):
+                allowed[index] += 1
+            else:
+                refused += 1
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(allowed) == limit, allowed
+    assert all(allowed), allowed  # every worker got some: the blocks did not starve the others
+
+
+def test_the_async_face_takes_from_the_block_on_the_loop(on_redis, rate):
+    """`aallow` leaves the loop only to count: 50 requests, five hops."""
+    import asyncio
+
+    trips = rate("100000/min")
+    request = _request()
+    hops: list[object] = []
+
+    async def calls() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        run = loop.run_in_executor
+
+        def counted(executor, func, *args):
+            hops.append(func)
+            return run(executor, func, *args)
+
+        loop.run_in_executor = counted
+        try:
+            return [await GenerateThrottle().aallow(request) for _ in range(50)]
+        finally:
+            del loop.run_in_executor
+
+    assert all(asyncio.run(calls()))
+    assert len(hops) == len(trips) == 5
+
+
+def test_on_local_memory_blocks_count_the_same(db, rate):
+    trips = rate("100000/min")
+    request = _request(pk=8)
+    assert all(GenerateThrottle().allow_request(request, None) for _ in range(20))
+    assert trips == [1, 16, 16]
+    assert _window_count(request) == 33
