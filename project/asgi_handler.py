@@ -26,6 +26,15 @@ once, not whenever the garbage collector reaches the abandoned generators).
 The response is left unfinished on purpose: uvicorn then drops the connection
 (and logs "ASGI callable returned without completing response" once).
 
+Token calls at the /v1 doors (`DOOR_MIDDLEWARE`): a `/v1/` request that names
+an API token (`Authorization: Bearer`/`Token`, or `x-api-key`) and carries no
+session cookie runs through a second middleware chain, settings.MIDDLEWARE
+without what only a browser session uses (sessions, CSRF, authentication from
+the session, messages, static files, the admin's history and login lockouts).
+Such a call never reads any of it: its view authenticates the token itself and
+a view that finds no session layer answers 401 as it does to a caller without
+one. Measured in process: 0.15 ms of the 0.19 ms the whole stack costs a call.
+
 The rest of `handle` is Django's own (5.2).
 """
 from __future__ import annotations
@@ -40,6 +49,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
 from django.urls import set_script_prefix
 
 from project import door
@@ -126,7 +136,42 @@ def _finished_receivers_are_sync() -> bool:
     return not any(entry[2] for entry in signals.request_finished.receivers)
 
 
+_TOKEN_KEYWORDS = ("Bearer ", "Token ")
+
+
+def _door_token_call(request) -> bool:
+    """A /v1 call naming an API token, with no session cookie (`DOOR_MIDDLEWARE`)."""
+    if not request.path_info.startswith("/v1/") or settings.SESSION_COOKIE_NAME in request.COOKIES:
+        return False
+    meta = request.META
+    return meta.get("HTTP_AUTHORIZATION", "").startswith(_TOKEN_KEYWORDS) or bool(meta.get("HTTP_X_API_KEY"))
+
+
+class DoorHandler(BaseHandler):
+    """The middleware chain of token calls at the /v1 doors: `settings.DOOR_MIDDLEWARE`."""
+
+    def load_door(self) -> None:
+        full = settings.MIDDLEWARE
+        settings.MIDDLEWARE = settings.DOOR_MIDDLEWARE  # load_middleware reads only the setting
+        try:
+            self.load_middleware(is_async=True)
+        finally:
+            settings.MIDDLEWARE = full
+
+
 class GatewayASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.door = DoorHandler()
+        self.door.load_door()
+
+    async def run_get_response(self, request):
+        if not _door_token_call(request):
+            return await super().run_get_response(request)
+        response = await self.door.get_response_async(request)
+        response._handler_class = self.__class__  # as Django's run_get_response
+        return response
+
     async def close_response(self, response) -> None:
         if _finished_receivers_are_sync():
             response.close()

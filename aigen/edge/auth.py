@@ -111,8 +111,10 @@ async def request_authenticate(request: HttpRequest) -> Any:
             if isinstance(refusal, exceptions.Throttled):
                 raise Refusal("throttled", str(refusal.detail), 429, retry_after=refusal.wait)
             raise _unauthenticated(str(refusal.detail))
-    user = await request.auser()
-    if not user.is_authenticated:
+    # No session layer (a token call's middleware, project/asgi_handler.py): no session caller.
+    auser = getattr(request, "auser", None)
+    user = await auser() if auser is not None else None
+    if user is None or not user.is_authenticated:
         raise _unauthenticated("Authentication credentials were not provided.")
     caller_bind(user)
     check = CSRFCheck(lambda req: HttpResponse())

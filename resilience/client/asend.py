@@ -140,7 +140,9 @@ def build_request(spec: RequestSpec, credentials: Credentials) -> httpx2.Request
     headers, params = credentials.headers_and_params()
     content_type = spec.content_type()
     all_headers = {**({"Content-Type": content_type} if content_type else {}), **spec.headers, **headers}
-    return httpx2.Request(spec.method, spec.url_path, params=spec.query + params, headers=all_headers,
+    query = spec.query + params
+    # No params at all when there are none: httpx2 merges even an empty list into the URL (17 µs a call).
+    return httpx2.Request(spec.method, spec.url_path, params=query or None, headers=all_headers,
                           content=spec.body_bytes() or None)
 
 
