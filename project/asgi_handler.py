@@ -26,9 +26,10 @@ once, not whenever the garbage collector reaches the abandoned generators).
 The response is left unfinished on purpose: uvicorn then drops the connection
 (and logs "ASGI callable returned without completing response" once).
 
-Token calls at the /v1 doors (`DOOR_MIDDLEWARE`): a `/v1/` request that names
-an API token (`Authorization: Bearer`/`Token`, or `x-api-key`) and carries no
-session cookie runs through a second middleware chain, settings.MIDDLEWARE
+Token calls at the AI doors (`DOOR_MIDDLEWARE`): a request to `/v1/` or
+`/api/ai/generate` that names an API token (`Authorization: Bearer`/`Token`,
+or `x-api-key`) and carries no session cookie runs through a second middleware
+chain, settings.MIDDLEWARE
 without what only a browser session uses (sessions, CSRF, authentication from
 the session, messages, static files, the admin's history and login lockouts).
 Such a call never reads any of it: its view authenticates the token itself and
@@ -137,18 +138,20 @@ def _finished_receivers_are_sync() -> bool:
 
 
 _TOKEN_KEYWORDS = ("Bearer ", "Token ")
+#: The async AI views, which authenticate a token themselves (aigen.edge.auth.request_authenticate).
+_DOORS = ("/v1/", "/api/ai/generate")
 
 
 def _door_token_call(request) -> bool:
-    """A /v1 call naming an API token, with no session cookie (`DOOR_MIDDLEWARE`)."""
-    if not request.path_info.startswith("/v1/") or settings.SESSION_COOKIE_NAME in request.COOKIES:
+    """A call at an AI door naming an API token, with no session cookie (`DOOR_MIDDLEWARE`)."""
+    if not request.path_info.startswith(_DOORS) or settings.SESSION_COOKIE_NAME in request.COOKIES:
         return False
     meta = request.META
     return meta.get("HTTP_AUTHORIZATION", "").startswith(_TOKEN_KEYWORDS) or bool(meta.get("HTTP_X_API_KEY"))
 
 
 class DoorHandler(BaseHandler):
-    """The middleware chain of token calls at the /v1 doors: `settings.DOOR_MIDDLEWARE`."""
+    """The middleware chain of token calls at the AI doors: `settings.DOOR_MIDDLEWARE`."""
 
     def load_door(self) -> None:
         full = settings.MIDDLEWARE

@@ -107,7 +107,7 @@ MIDDLEWARE = [
     # Last, as django-axes asks: turns a lockout into its 429 page.
     "axes.middleware.AxesMiddleware",
 ]
-# Token calls at the /v1 doors (an API token, no session cookie) run through these only
+# Token calls at the AI doors (/v1/, /api/ai/generate: an API token, no session cookie) run through these only
 # (project/asgi_handler.py): what a browser session alone uses is left out.
 DOOR_MIDDLEWARE = [path for path in MIDDLEWARE if path.rsplit(".", 1)[-1] not in {
     "StaticFilesMiddleware", "InlineSessionMiddleware", "InlineCsrfViewMiddleware",

@@ -1,7 +1,7 @@
-"""The ASGI handler's two middleware chains (project/asgi_handler.py): a /v1
-call naming an API token, with no session cookie, runs through
-`DOOR_MIDDLEWARE`; every other request (a session caller at /v1 included)
-through `MIDDLEWARE`. The project's application in process, a fake provider
+"""The ASGI handler's two middleware chains (project/asgi_handler.py): a call
+at /v1 or /api/ai/generate naming an API token, with no session cookie, runs
+through `DOOR_MIDDLEWARE`; every other request (a session caller there
+included) through `MIDDLEWARE`. The project's application in process, a fake provider
 on loopback."""
 from __future__ import annotations
 
@@ -103,6 +103,18 @@ def test_a_token_call_runs_through_the_door_chain_with_the_same_answer(gateway, 
     cookie = {settings.SESSION_COOKIE_NAME: "unknown"}
     answer, chains = served("/v1/chat/completions", {"Authorization": f"Bearer {gateway}"}, cookies=cookie)
     assert answer.status_code == 200 and chains == ["full"]
+
+
+def test_a_token_generation_runs_through_the_door_chain_with_the_same_answer(gateway, served, monkeypatch):
+    from tests.aigen.conftest import SECTION_2
+
+    body = {"template_id": "emergency_plan", "section_id": "2", "data": SECTION_2}
+    lean, full = _both_chains(served, monkeypatch, "/api/ai/generate", {"Authorization": f"Token {gateway}"},
+                              body=body)
+    assert lean.status_code == full.status_code == 200, lean.text
+    assert lean.json()["content"] == full.json()["content"] and full.json()["cached"] is True
+    lean.headers.pop("content-length"), full.headers.pop("content-length")  # "cached": false / true
+    assert _kept(lean) == _kept(full)
 
 
 @pytest.mark.parametrize("path, headers, status", [
