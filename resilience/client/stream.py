@@ -82,6 +82,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -341,8 +342,7 @@ class SupervisedStream:
         render. Raises the client's `UpstreamError` kinds."""
         self._started = self.clock()
         option = self.optional_usage
-        if option is not None and option.asked(self.body) and await _store_read(
-                usage_refusers, upstream=self.client.name):
+        if option is not None and option.asked(self.body) and await _refusers(self.client):
             self.body = option.dropped(self.body)
         response = await self._send(self.body)
         if response.status_code >= 400:
@@ -364,6 +364,7 @@ class SupervisedStream:
             return response  # read and closed: its content is still there for the caller
         refusing = response.meta.endpoint
         await _store_read(usage_refusal_remember, upstream=self.client.name, endpoint=refusing)
+        _refusers_read.pop(self.client, None)  # this worker's next stream reads them again
         # The stream's count (no attempt is open yet to carry it).
         self.counts["usage_refused"] = self.counts.get("usage_refused", 0) + 1
         if body is self.body:
@@ -701,6 +702,24 @@ async def _drain(body: AsyncIterator[bytes]) -> None:
                 pass
     except (TimeoutError, httpx2.TransportError, OSError):
         pass  # the close that follows drops the connection: nothing is lost
+
+
+#: Seconds a worker uses what it last read of an upstream's usage-option refusers: one read (a
+#: hop off the loop on Redis) per client at most this often, not one per stream.
+REFUSERS_REREAD = 0.25
+#: Per client (a new client reads afresh): (when read, the refusers read).
+_refusers_read: weakref.WeakKeyDictionary[Any, tuple[float, set[str]]] = weakref.WeakKeyDictionary()
+
+
+async def _refusers(client: Any) -> set[str]:
+    """`usage_refusers` of the client's upstream, read at most every `REFUSERS_REREAD` seconds."""
+    now = time.monotonic()
+    read = _refusers_read.get(client)
+    if read is not None and now - read[0] < REFUSERS_REREAD:
+        return read[1]
+    names = await _store_read(usage_refusers, upstream=client.name)
+    _refusers_read[client] = (now, names)
+    return names
 
 
 async def _store_read(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -83,3 +83,37 @@ def test_a_provider_that_takes_stream_options_still_serves_the_usage_to_the_ledg
     calls, tokens = ledger()
     assert calls == 1 and tokens > 0
     assert not remembered("primary")
+
+
+def test_a_worker_reads_the_shared_refusals_at_most_every_quarter_second(gateway, providers, monkeypatch):
+    """Not one store read (a hop off the loop on Redis) per stream: what another worker learned
+    reaches this one within `REFUSERS_REREAD`; what this one learns applies to its next stream."""
+    from resilience.client import stream as streams
+
+    primary, _ = providers
+    reads: list[str] = []
+    read = streams.usage_refusers
+
+    def counted(*, upstream):
+        reads.append(upstream)
+        return read(upstream=upstream)
+
+    monkeypatch.setattr(streams, "usage_refusers", counted)
+    monkeypatch.setattr(streams, "REFUSERS_REREAD", 60.0)  # a slow box: still within it
+    assert chat(gateway)["text"] == ANSWER and len(reads) == 1
+    streams.usage_refusal_remember(upstream="llm", endpoint="primary")  # another worker learned it
+    assert chat(gateway)["text"] == ANSWER and len(reads) == 1  # read moments ago: not again
+    assert "stream_options" in primary.chat_requests()[-1]
+    monkeypatch.setattr(streams, "REFUSERS_REREAD", 0.0)  # as when the time is up
+    assert chat(gateway)["text"] == ANSWER and len(reads) == 2
+    assert "stream_options" not in primary.chat_requests()[-1]  # learned from the shared store
+
+
+def test_a_refusal_this_worker_learns_applies_to_its_next_stream_at_once(gateway, providers):
+    primary, _ = providers
+    primary.misbehave(MODEL, Behaviour(refuse_stream_options=True))
+    chat(gateway)
+    assert len(primary.chat_requests()) == 2  # refused, then sent without
+    chat(gateway)
+    sent = primary.chat_requests()
+    assert len(sent) == 3 and "stream_options" not in sent[2]  # no second refusal
