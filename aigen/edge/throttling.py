@@ -48,7 +48,8 @@ from aigen.generation.quotas import ThrottleWindow
 LEASE_SHARE = 8
 #: Seconds a block is used; its unused counts go back with the next count after.
 LEASE_SECONDS = 1.0
-#: Blocks a worker keeps (one per caller and window); past it, the spent and old ones go.
+#: Blocks a worker keeps (one per caller and window); past it, the spent and old ones go (all, if
+#: that many are live).
 LEASES_MAX = 4096
 
 
@@ -94,6 +95,8 @@ class WindowLeases:
         with self._lock:
             if len(self._held) >= LEASES_MAX:
                 self._held = {k: v for k, v in self._held.items() if v.left > 0 and v.until > now}
+                if len(self._held) >= LEASES_MAX:  # that many live at once: drop them all (their
+                    self._held = {}                # unused counts stay counted, nothing is allowed twice)
             held = self._held.get(key)
             left = max(got - 1, 0) + (held.left if held is not None else 0)
             self._held[key] = _Lease(left, now + LEASE_SECONDS, total)
