@@ -23,11 +23,13 @@ with no round trip and no hop off the event loop. A block is at most an
 eighth of what the window has left (the first count of a window in a worker
 is a single one), so near the limit every request is counted alone. Every
 request allowed was counted before it was allowed: the count across workers
-never falls behind. A block's unused counts go back with the worker's next
-count of that window once the block is a second old; until then (and for good
-if that worker never counts the window again) they count as used, so a caller
-can be refused up to an eighth of the room early. `THROTTLE_LEASE` 0 counts
-every request.
+never falls behind. A worker counts a window one round trip at a time, so its
+calls that miss the block together share the next one and none of them is
+refused while the worker holds counts. A block's unused counts go back with
+the worker's next count of that window once the block is a second old; until
+then (and for good if that worker never counts the window again) they count as
+used, so a caller can be refused up to an eighth of the room early by another
+worker's block. `THROTTLE_LEASE` 0 counts every request.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ from aigen.generation.quotas import ThrottleWindow
 LEASE_SHARE = 8
 #: Seconds a block is used; its unused counts go back with the next count after.
 LEASE_SECONDS = 1.0
+#: Locks a worker's round trips are serialized by (per key, striped).
+COUNTING_STRIPES = 64
 #: Blocks a worker keeps (one per caller and window); past it, the spent and old ones go (all, if
 #: that many are live).
 LEASES_MAX = 4096
@@ -66,6 +70,14 @@ class WindowLeases:
     def __init__(self) -> None:
         self._held: dict[str, _Lease] = {}
         self._lock = threading.Lock()
+        # A worker counts a window one round trip at a time (striped by key, a bounded set):
+        # calls that miss the block together wait for one count and share its block, so no
+        # count this worker took goes unused while it refuses one of its own calls.
+        self._counting = [threading.Lock() for _ in range(COUNTING_STRIPES)]
+
+    def counting(self, key: str) -> threading.Lock:
+        """Held (off the event loop) around one round trip on `key`."""
+        return self._counting[hash(key) % COUNTING_STRIPES]
 
     def take(self, key: str) -> bool:
         """One request allowed from the block held for `key` (no round trip)."""
@@ -155,8 +167,11 @@ class GenerateThrottle(SimpleRateThrottle):
         return await sync_to_async(self._counted, thread_sensitive=False)(window)
 
     def _counted(self, window: ThrottleWindow) -> bool:
-        took, back = self.leases.ask(window.key, window.limit)
-        return self.leases.granted(window.key, self._count(window.key, took - back), took, window.limit)
+        with self.leases.counting(window.key):  # one round trip at a time on this key in this worker
+            if self.leases.take(window.key):  # granted to the call counted while this one waited
+                return True
+            took, back = self.leases.ask(window.key, window.limit)
+            return self.leases.granted(window.key, self._count(window.key, took - back), took, window.limit)
 
     def _count(self, key: str, delta: int) -> int:
         window = getattr(self.cache, "incr_window", None)

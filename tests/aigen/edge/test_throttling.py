@@ -155,3 +155,24 @@ def test_a_worker_keeps_a_bounded_number_of_blocks(monkeypatch):
     for user in range(20):  # spent blocks (one count each) go first
         assert spent.granted(f"throttle:generate:{user}:1", total=1, took=1, limit=1000)
     assert len(spent._held) <= 8
+
+
+@pytest.mark.parametrize("callers", [60, 200])
+def test_concurrent_calls_of_one_worker_are_all_allowed_up_to_the_limit(on_redis, rate, callers):
+    """A worker's calls arriving at once for the last of a window: none is refused while the
+    worker holds counts of its own (a block granted to one call is used by the others)."""
+    rate("60/min")
+    request = _request()
+    start = threading.Barrier(callers)
+    allowed: list[bool] = []
+
+    def call() -> None:
+        start.wait()
+        allowed.append(GenerateThrottle().allow_request(request, None))
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert allowed.count(True) == 60 and len(allowed) == callers
