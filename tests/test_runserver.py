@@ -63,6 +63,7 @@ class DevServer(LiveServer):
                 self.process.wait(timeout=10)
         if self._reader is not None:
             self._reader.join(timeout=5)
+        self.drop_database()  # the PostgreSQL run's scratch database goes with the server
 
 
 @pytest.fixture

@@ -184,6 +184,10 @@ class LiveServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
             self.terminate()
+        self.drop_database()
+
+    def drop_database(self) -> None:
+        """The run's scratch PostgreSQL database, dropped (a subclass's `stop` calls it too)."""
         if self._pg_db:
             with contextlib.suppress(Exception), _admin_connect(postgres_url()) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self._pg_db}" WITH (FORCE)')
