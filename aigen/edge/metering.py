@@ -17,10 +17,10 @@ ledger (aigen.generation.spend).
 
 A stream's spend is settled when its generator ends (`stream_settle`: billed
 once the provider produced something for it, freed when the caller closed it
-before anything was read); `spend_left_unread(spend)` frees it too when the
-request ends with the generator never started (the caller went away between
-the answer's headers and its first byte: the ASGI handler closes what the
-request left in `resilience.client.context.open_streams`).
+before anything was read); `spend_left_unread(spend, settle)` settles it by
+the same rule when the request ends before the generator did (the caller went
+away between the answer's headers and its first byte, or mid-stream: the ASGI
+handler closes what the request left in `resilience.client.context.open_streams`).
 
 The door's throttle (aigen.edge.throttling) is checked where it always was
 for a caller without limits; for a caller with limits (`caller_limited`) it
@@ -29,6 +29,7 @@ door still makes one Redis round trip before the call.
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.http import HttpRequest
@@ -83,21 +84,28 @@ async def stream_settle(spend: Spend, stream: Any) -> None:
 
 
 class _UnreadSpend:
-    """Frees a stream's spend when its request ends with the stream never read (see the module
-    docstring); a spend its generator settled already is left as it is."""
+    """Settles a stream's spend when its request ends before its generator did (see the module
+    docstring): as the generator would (`settle`), else freed; a spend its generator settled
+    already is left as it is."""
 
-    __slots__ = ("spend",)
+    __slots__ = ("settle", "spend")
 
-    def __init__(self, spend: Spend) -> None:
+    def __init__(self, spend: Spend, settle: Callable[[], Awaitable[None]] | None) -> None:
         self.spend = spend
+        self.settle = settle
 
-    async def aclose(self) -> None:
-        await self.spend.asettle(None, billed=False)  # once: a settled spend does nothing
+    async def aclose(self) -> None:  # once: a settled spend does nothing
+        if self.settle is not None:
+            await self.settle()
+        else:
+            await self.spend.asettle(None, billed=False)
 
 
-def spend_left_unread(spend: Spend) -> None:
-    """Have the request free `spend` at its end if no generator settled it (outside a request
-    served by the project's ASGI handler, nothing to do)."""
+def spend_left_unread(spend: Spend, settle: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Have the request settle `spend` at its end if no generator settled it (outside a request
+    served by the project's ASGI handler, nothing to do): by `settle`, the generator's own rule,
+    which bills a stream the caller read part of (a caller gone after the usage chunk, before
+    the generator's end: the handler's close can come first), else freed."""
     held = open_streams.get()
     if held is not None:
-        held.add(_UnreadSpend(spend))
+        held.add(_UnreadSpend(spend, settle))

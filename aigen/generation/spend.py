@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,10 @@ def tokens_estimate(prompt: Any, *, max_tokens: Any = None) -> int:
     return math.ceil(len(text) / 4) + int(limit)
 
 
+#: Makes a spend's settle once-only across threads (held for a flag's check and set).
+_SETTLING = threading.Lock()
+
+
 @dataclass
 class Spend:
     """An admitted call (see the module docstring)."""
@@ -51,9 +56,10 @@ class Spend:
         """Count the answer's `usage` (a usage object or TokenUsage, None when
         the answer had none); `billed=False` for a call that reached no
         provider (a cache hit, a failure): it frees the reservation only."""
-        if self.done:
-            return
-        self.done = True
+        with _SETTLING:  # the generator's settle and the request's end may race in two threads
+            if self.done:
+                return
+            self.done = True
         tokens = self._usage(usage)
         if self.reservation is not None:
             quota_settle(self.reservation, used=tokens.total if tokens else (None if billed else 0))

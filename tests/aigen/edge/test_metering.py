@@ -253,3 +253,36 @@ def test_a_200_that_is_not_json_is_refused_with_502_and_not_billed(caller, provi
     usage_flush()
     row = UsageLedger.objects.get()
     assert row.calls == 1 and row.prompt_tokens == provider.served_usage()[-1]["prompt_tokens"]
+
+
+@pytest.mark.django_db
+def test_a_stream_read_in_part_is_billed_when_the_request_ends_before_its_generator():
+    """The ASGI handler closes what a request left open (`open_streams`) when the request ends;
+    a caller gone after the usage chunk can make that come before the stream generator's own
+    settle. The request's end then settles by the generator's rule: billed, not freed."""
+    from types import SimpleNamespace
+
+    from aigen.edge.metering import spend_left_unread, stream_settle
+    from aigen.generation.spend import Spend
+    from resilience.client.context import open_streams
+
+    read = get_user_model().objects.create_user("read-then-gone")
+    unread = get_user_model().objects.create_user("gone-before-any")
+    usage = {"prompt_tokens": 101, "completion_tokens": 103, "total_tokens": 204}
+
+    async def request_end(user, stream) -> None:
+        held: set = set()
+        token = open_streams.set(held)
+        spend = Spend(user_id=user.pk, model="gpt-read")
+        spend_left_unread(spend, lambda: stream_settle(spend, stream))
+        open_streams.reset(token)
+        for left in held:  # as GatewayASGIHandler.handle does at the request's end
+            await left.aclose()
+        assert spend.done
+
+    async_to_sync(request_end)(read, SimpleNamespace(events_read=3, usage=usage))
+    async_to_sync(request_end)(unread, SimpleNamespace(events_read=0, usage=None))
+    usage_flush()
+    row = UsageLedger.objects.get(user=read)
+    assert (row.calls, row.prompt_tokens, row.completion_tokens) == (1, 101, 103)
+    assert not UsageLedger.objects.filter(user=unread).exists()  # nothing read: freed, unbilled
