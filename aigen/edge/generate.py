@@ -74,7 +74,7 @@ def _event_stream(stream: Any, spend: Spend) -> StreamingHttpResponse:
             await _settle(spend, stream.result)
 
     # The request's end settles it if the generator did not (never started, or closed later).
-    spend_left_unread(spend, lambda: _settle(spend, stream.result))
+    spend_left_unread(lambda: _settle(spend, stream.result))
     response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     # no-transform: proxies (and our compression middleware) pass events through as they come.
     response["Cache-Control"] = "no-cache, no-transform"

@@ -220,7 +220,7 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spen
             await stream_settle(spend, stream)
 
     # The request's end settles it if the generator did not (never started, or closed later).
-    spend_left_unread(spend, lambda: stream_settle(spend, stream))
+    spend_left_unread(lambda: stream_settle(spend, stream))
     answer = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
     answer["X-Accel-Buffering"] = "no"

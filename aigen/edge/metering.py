@@ -17,7 +17,7 @@ ledger (aigen.generation.spend).
 
 A stream's spend is settled when its generator ends (`stream_settle`: billed
 once the provider produced something for it, freed when the caller closed it
-before anything was read); `spend_left_unread(spend, settle)` settles it by
+before anything was read); `spend_left_unread(settle)` settles it by
 the same rule when the request ends before the generator did (the caller went
 away between the answer's headers and its first byte, or mid-stream: the ASGI
 handler closes what the request left in `resilience.client.context.open_streams`).
@@ -85,27 +85,23 @@ async def stream_settle(spend: Spend, stream: Any) -> None:
 
 class _UnreadSpend:
     """Settles a stream's spend when its request ends before its generator did (see the module
-    docstring): as the generator would (`settle`), else freed; a spend its generator settled
-    already is left as it is."""
+    docstring), by the generator's own rule; a spend settled already is left as it is."""
 
-    __slots__ = ("settle", "spend")
+    __slots__ = ("settle",)
 
-    def __init__(self, spend: Spend, settle: Callable[[], Awaitable[None]] | None) -> None:
-        self.spend = spend
+    def __init__(self, settle: Callable[[], Awaitable[None]]) -> None:
         self.settle = settle
 
-    async def aclose(self) -> None:  # once: a settled spend does nothing
-        if self.settle is not None:
-            await self.settle()
-        else:
-            await self.spend.asettle(None, billed=False)
+    async def aclose(self) -> None:
+        await self.settle()  # once: a settled spend does nothing
 
 
-def spend_left_unread(spend: Spend, settle: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Have the request settle `spend` at its end if no generator settled it (outside a request
-    served by the project's ASGI handler, nothing to do): by `settle`, the generator's own rule,
-    which bills a stream the caller read part of (a caller gone after the usage chunk, before
-    the generator's end: the handler's close can come first), else freed."""
+def spend_left_unread(settle: Callable[[], Awaitable[None]]) -> None:
+    """Have the request run `settle` (the stream generator's own rule for its spend) at its end
+    if no generator settled the spend (outside a request served by the project's ASGI handler,
+    nothing to do). It bills a stream the caller read part of (a caller gone after the usage
+    chunk, before the generator's end: the handler's close can come first) and frees one
+    never read."""
     held = open_streams.get()
     if held is not None:
-        held.add(_UnreadSpend(spend, settle))
+        held.add(_UnreadSpend(settle))

@@ -200,7 +200,7 @@ def _supervised(stream: SupervisedStream, model: str, spend: Spend, *,
             await stream_settle(spend, stream)  # billed, its usage when it sent one; unread: freed
 
     # The request's end settles it if the generator did not (never started, or closed later).
-    spend_left_unread(spend, lambda: stream_settle(spend, stream))
+    spend_left_unread(lambda: stream_settle(spend, stream))
     answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
     answer["Cache-Control"] = "no-cache, no-transform"
     answer["X-Accel-Buffering"] = "no"

@@ -274,7 +274,7 @@ def test_a_stream_read_in_part_is_billed_when_the_request_ends_before_its_genera
         held: set = set()
         token = open_streams.set(held)
         spend = Spend(user_id=user.pk, model="gpt-read")
-        spend_left_unread(spend, lambda: stream_settle(spend, stream))
+        spend_left_unread(lambda: stream_settle(spend, stream))
         open_streams.reset(token)
         for left in held:  # as GatewayASGIHandler.handle does at the request's end
             await left.aclose()
