@@ -109,9 +109,8 @@ class WindowLeases:
                 self._held = {k: v for k, v in self._held.items() if v.left > 0 and v.until > now}
                 if len(self._held) >= LEASES_MAX:  # that many live at once: drop them all (their
                     self._held = {}                # unused counts stay counted, nothing is allowed twice)
-            held = self._held.get(key)
-            left = max(got - 1, 0) + (held.left if held is not None else 0)
-            self._held[key] = _Lease(left, now + LEASE_SECONDS, total)
+            # `ask` took the key's block out under the same counting lock: none to merge with.
+            self._held[key] = _Lease(max(got - 1, 0), now + LEASE_SECONDS, total)
         return got >= 1
 
     def clear(self) -> None:
