@@ -29,9 +29,9 @@ The response is left unfinished on purpose: uvicorn then drops the connection
 Token calls at the AI doors (`DOOR_MIDDLEWARE`): a request to `/v1/` or
 `/api/ai/generate` that names an API token (`Authorization: Bearer`/`Token`,
 or `x-api-key`) and carries no session cookie runs through a second middleware
-chain, settings.MIDDLEWARE
-without what only a browser session uses (sessions, CSRF, authentication from
-the session, messages, static files, the admin's history and login lockouts).
+chain, settings.MIDDLEWARE without what only a browser session uses (sessions,
+CSRF, authentication from the session, messages, static files, the admin's
+history and login lockouts).
 Such a call never reads any of it: its view authenticates the token itself and
 a view that finds no session layer answers 401 as it does to a caller without
 one. Measured in process: 0.15 ms of the 0.19 ms the whole stack costs a call.
@@ -53,6 +53,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.urls import set_script_prefix
 
+from aigen.edge.auth import TOKEN_KEYWORDS
 from project import door
 from resilience.client.context import open_streams
 from resilience.conf import resilience_settings
@@ -137,7 +138,7 @@ def _finished_receivers_are_sync() -> bool:
     return not any(entry[2] for entry in signals.request_finished.receivers)
 
 
-_TOKEN_KEYWORDS = ("Bearer ", "Token ")
+_TOKEN_SCHEMES = tuple(f"{keyword} " for keyword in TOKEN_KEYWORDS)
 #: The async AI views, which authenticate a token themselves (aigen.edge.auth.request_authenticate).
 _DOORS = ("/v1/", "/api/ai/generate")
 
@@ -147,7 +148,7 @@ def _door_token_call(request) -> bool:
     if not request.path_info.startswith(_DOORS) or settings.SESSION_COOKIE_NAME in request.COOKIES:
         return False
     meta = request.META
-    return meta.get("HTTP_AUTHORIZATION", "").startswith(_TOKEN_KEYWORDS) or bool(meta.get("HTTP_X_API_KEY"))
+    return meta.get("HTTP_AUTHORIZATION", "").startswith(_TOKEN_SCHEMES) or bool(meta.get("HTTP_X_API_KEY"))
 
 
 class DoorHandler(BaseHandler):

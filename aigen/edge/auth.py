@@ -86,7 +86,8 @@ class BearerTokenAuthentication(ThrottledTokenAuthentication):
     keyword = "Bearer"
 
 
-_KEYWORDS = ("Bearer", "Token")
+#: The `Authorization` schemes that carry an API token (project/asgi_handler.py routes on them too).
+TOKEN_KEYWORDS = ("Bearer", "Token")
 
 
 def _unauthenticated(message: str) -> Refusal:
@@ -101,7 +102,7 @@ async def request_authenticate(request: HttpRequest) -> Any:
     header = request.headers.get("Authorization", "")
     if header:
         keyword, _, key = header.partition(" ")
-        if keyword in _KEYWORDS:
+        if keyword in TOKEN_KEYWORDS:
             user = await atoken_user(key.strip())
             if user is not None:
                 caller_bind(user)  # upstream calls of this request are its (call logs, priority)
