@@ -1,9 +1,10 @@
-"""The aiohttp contender to `resilience.client.aionet.Transport` (issue 30), measured, not adopted.
+"""The aiohttp contender to the async client's transport (`resilience.client.aionet.Transport`;
+issue 30), measured, not adopted.
 
 `send(request, on_close)` takes an httpx2.Request and answers an
 httpx2.Response whose body reads aiohttp's payload; aiohttp's errors become
 httpx2's of the matching kind, so `asend` maps and retries them unchanged.
-`bench.bench_aionet` prices it; `bench.aiohttp_swap` (a pytest plugin) runs
+`bench.bench_aionet` prices it; `bench.transport_swap` (a pytest plugin, `SWAP_TRANSPORT=aiohttp`) runs
 the fault suites with it under `asend`. The figures and why it was not
 taken: README, "The HTTP/1.1 client to the provider".
 """

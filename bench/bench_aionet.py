@@ -4,10 +4,13 @@ nginx (the Python fake when nginx is missing):
 
 - httpx2's own transport (httpcore2 over anyio: a cancel scope per read and
   write) is the baseline;
-- `resilience.client.aionet.Transport`: the same httpcore2 pool and HTTP/1.1
-  code over a plain asyncio protocol (what the async client uses);
+- the same httpcore2 pool and HTTP/1.1 code over a plain asyncio protocol
+  (`bench.httpcore_contender`: the async client's transport until issue 30);
 - aiohttp (llhttp's C parser) behind the same interface
   (`bench.aiohttp_contender`: issue 30 asked whether it pays; it did not);
+- `resilience.client.aionet.Transport`: httptools' parser (llhttp) on one
+  asyncio protocol per connection, a pool of our own (what the async client
+  uses since issue 30);
 - the whole async client (`await upstream(name).aget(...)`: policy, breaker,
   call record, metrics) over it, for scale.
 
@@ -19,7 +22,7 @@ is cheaper here.
 A second table prices what the /v1 front door pays: this process's CPU per
 call (`time.process_time`, the server out of it: the load test's provider in
 a process of its own), a completion answered at once and a stream of 10
-chunks, aionet's transport against aiohttp's, in alternating rounds.
+chunks, the three transports in alternating rounds.
 """
 from __future__ import annotations
 
@@ -39,11 +42,13 @@ async def _run(url: str) -> list[tuple[object, ...]]:
     import httpx2
 
     from bench.aiohttp_contender import Transport as AiohttpTransport
+    from bench.httpcore_contender import Transport as HttpcoreTransport
     from resilience import upstream
     from resilience.client.aionet import Transport
 
     library = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=CONCURRENT), trust_env=False)
     ours = Transport(max_connections=CONCURRENT, keepalive_expiry=4.0)
+    over_httpcore = HttpcoreTransport(max_connections=CONCURRENT, keepalive_expiry=4.0)
     over_aiohttp = AiohttpTransport(max_connections=CONCURRENT, keepalive_expiry=4.0)
     timeout = {"connect": 1.0, "read": 5.0, "write": 5.0, "pool": 5.0}
 
@@ -66,6 +71,13 @@ async def _run(url: str) -> list[tuple[object, ...]]:
         finally:
             await response.aclose()
 
+    async def via_httpcore() -> object:
+        response = await over_httpcore.send(request(), lambda: None)
+        try:
+            return await response.aread()
+        finally:
+            await response.aclose()
+
     async def via_aiohttp() -> object:
         response = await over_aiohttp.send(request(), lambda: None)
         try:
@@ -79,8 +91,9 @@ async def _run(url: str) -> list[tuple[object, ...]]:
         return (await client.aget("/bench", cache=False)).content
 
     contenders = {"httpx2's transport (httpcore2 over anyio)": via_library,
-                  "aionet.Transport (httpcore2 over asyncio)": via_ours,
+                  "httpcore2 over asyncio (before issue 30)": via_httpcore,
                   "aiohttp behind the same interface (llhttp)": via_aiohttp,
+                  "aionet.Transport (httptools)": via_ours,
                   "async client: aget (policy, breaker, record, metrics)": via_client}
     rows: list[tuple[object, ...]] = []
     baseline = next(iter(contenders))
@@ -92,6 +105,7 @@ async def _run(url: str) -> list[tuple[object, ...]]:
                          "1.00 (baseline)" if name == baseline else f"{ratio:.2f}"))
     await library.aclose()
     await ours.aclose()
+    await over_httpcore.aclose()
     await over_aiohttp.aclose()
     return rows
 
@@ -101,14 +115,17 @@ async def _cpu_rows(url: str) -> list[tuple[object, ...]]:
     import httpx2
 
     from bench.aiohttp_contender import Transport as AiohttpTransport
+    from bench.httpcore_contender import Transport as HttpcoreTransport
     from resilience.client.aionet import Transport
 
     rows: list[tuple[object, ...]] = []
     for stream in (False, True):
         body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 200, "stream": stream,
                            "messages": [{"role": "user", "content": "bench"}]}).encode()
-        transports = {"aionet.Transport (httpcore2, h11)": Transport(max_connections=16, keepalive_expiry=4),
-                      "aiohttp (llhttp)": AiohttpTransport(max_connections=16, keepalive_expiry=4)}
+        transports = {"httpcore2 and h11 (before issue 30)": HttpcoreTransport(max_connections=16,
+                                                                                keepalive_expiry=4),
+                      "aiohttp (llhttp)": AiohttpTransport(max_connections=16, keepalive_expiry=4),
+                      "aionet.Transport (httptools)": Transport(max_connections=16, keepalive_expiry=4)}
 
         async def call(transport: object, body: bytes = body) -> None:
             request = httpx2.Request("POST", url + "/v1/chat/completions", content=body,

@@ -1,134 +1,203 @@
-"""The async client's network layer: an httpcore2 network backend on plain
-asyncio (uvloop under `make serve`), and the httpx2 transport that uses it.
+"""The async client's network layer: HTTP/1.1 connections to a provider,
+httptools' parser (llhttp, C) on one `asyncio.Protocol` per connection, and
+a pool of them (uvloop under `make serve`).
 
-Why not httpcore2's own backend: it goes through anyio, which wraps every read
-and every write in a cancel scope (`fail_after`: a task lookup, a weak-set
-entry, a timer armed and cancelled). Profiled under 1000 open streams, that
-was the largest single share of a worker's CPU after the HTTP server itself.
-Here the socket is an `asyncio.Protocol` that buffers what arrives: a read
-that finds data returns it without touching the loop, one that must wait arms
-a single loop timer for its timeout. Whether an idle pooled connection was
-closed by the server is read from the protocol's state (the loop has already
-seen the EOF), not probed with a `poll()` system call per connection.
+Why our own (issue 30, measured): the front door's call was mostly this
+layer. httpcore2's pool and h11 on our asyncio backend (now
+`bench/httpcore_contender.py`) cost 350-430 µs of CPU per completion and
+475-560 µs per stream of 10 chunks; aiohttp, behind the same interface
+(`bench/aiohttp_contender.py`), saved a quarter of that and spent most of it
+again in its request machinery. This transport costs 0.37 of httpcore2's per
+completion and 0.46 per stream. This module does what the front door needs and no more: a
+connection is a protocol whose `data_received` feeds the parser, whose
+callbacks fill the response's header list and body queue; a call writes its
+request in one `write` and waits on one future. `python -m bench.bench_aionet`
+prices the three side by side; the README's "The HTTP/1.1 client to the
+provider" has the figures.
 
-`Transport` is httpx2's `AsyncHTTPTransport` reduced to what the client uses
-(plain HTTP/1.1, a pool with this backend, an optional shared SSL context)
-with the shard slot's release folded into the body's close: one layer less
-per streamed chunk than the transport plus a wrapper. httpcore2's errors
-become httpx2's of the same name, as httpx2's own transport does.
-
-Why not aiohttp (llhttp's C parser) under `asend` (issue 30, measured: the
-contender is `bench/aiohttp_contender.py`, behind this interface; it passes
-this module's tests): the parse is not where the time goes. h11 is about a
-tenth of this transport's CPU per call; aiohttp saves a fifth of the
-transport's CPU on a completion and a third on a stream of 10 chunks
-(`python -m bench.bench_aionet`, second table) but spends most of it again in
-its own request machinery, and through the whole /v1 front door
-(`python -m bench.bench_door`, alternating runs) it saved nothing that
-showed above the noise on a completion and about 0.1 ms on a stream, below
-the 0.2 ms a change of transport had to earn.
+What it keeps from httpcore2's pool: `send(request, on_close)` with the same
+timeouts (`request.extensions["timeout"]`: connect, read between bytes,
+write, pool), httpx2's error types (`ConnectError`, `ConnectTimeout`,
+`ReadTimeout`, `WriteError`, `RemoteProtocolError`, `PoolTimeout`,
+`UnsupportedProtocol`), at most `max_connections` open, idle connections
+reused newest first and closed after `keepalive_expiry`, a connection the
+server closed while idle never reused, and a body not read to its end closing
+its connection rather than poisoning the next call. Plain HTTP and TLS;
+no proxies, no HTTP/2, no `Expect: 100-continue` (the client sends none).
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import ssl
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpcore2
+import httptools
 import httpx2
-from httpcore2 import AsyncNetworkBackend, AsyncNetworkStream
 
-#: Bytes buffered from a socket before reading from it pauses (flow control).
+#: Bytes of a response body buffered before reading from its socket pauses.
 READ_HIGH_WATER = 256 * 1024
 
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
-class _Socket(asyncio.Protocol):
-    """A connection's receive buffer and the waits on it."""
 
-    def __init__(self) -> None:
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """One verifying context per process (httpx2's: the system's trust store):
+    loading the CA store takes tens of milliseconds, and a pool of many shards
+    built one each (1.5 s with the loop blocked, for a 1000-connection pool)."""
+    return httpcore2.default_ssl_context(_trust_env=False)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: its parser, the response being read, and
+    the one waiter (a call waiting for headers, a body chunk, or a drain)."""
+
+    def __init__(self, pool: Transport, key: tuple[bytes, bytes, int]) -> None:
+        self.pool = pool
+        self.key = key
         self.transport: asyncio.Transport | None = None
-        self.chunks: deque[bytes] = deque()
-        self.buffered = 0
-        self.eof = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.idle_since = 0.0
+        self.in_use = False
+        self.reusable = True
+        self.closed = False
         self.error: BaseException | None = None
-        self.reading_paused = False
+        self._waiter: asyncio.Future[bool] | None = None
         self.writing_paused = False
-        self._readable: asyncio.Future[bool] | None = None
-        self._drained: asyncio.Future[bool] | None = None
+        self.reading_paused = False
+        self._begin_response()
+
+    def _begin_response(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self.complete = False
+        self.skip_body = False
+        self.until_eof = False  # no length, not chunked: the body ends with the connection
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.buffered += len(data)
-        if self.buffered > READ_HIGH_WATER and not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-        self._wake_reader()
+        if not self.in_use:  # bytes nobody asked for: the connection cannot be trusted again
+            self.reusable = False
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            self.error = httpx2.RemoteProtocolError(f"malformed response: {err}")
+            self.reusable = False
+        self._wake()
 
     def eof_received(self) -> bool:
-        self.eof = True
-        self._wake_reader()
-        return False  # close the transport
+        self._lost(None)
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self.error = exc
-        self._wake_reader()
-        self._wake_writer()
+        self._lost(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        if exc is None and self.until_eof and self.headers_done:
+            self.complete = True
+        if not self.closed:
+            self.closed = True
+            if self.error is None and exc is not None:
+                self.error = httpx2.ReadError(str(exc) or type(exc).__name__)
+            self.pool._forget(self)
+        self._wake()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        self._wake_writer()
+        self._wake()
 
-    # waits
-    def _wake_reader(self) -> None:
-        waiter, self._readable = self._readable, None
+    # httptools' callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: never reuse this connection
+            self.reusable = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200 and self.status != 101:  # an interim answer: the real one follows
+            self.reason, self.headers = b"", []
+            return
+        self.headers_done = True
+        if self.status not in (204, 304) and not any(
+                name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
+            self.until_eof = True
+            self.reusable = False
+        if self.skip_body:  # HEAD: no body follows, whatever the headers say
+            self.complete = True
+            self.reusable = False  # the parser would wait for the body the headers announce
+
+    def on_body(self, body: bytes) -> None:
+        if self.skip_body:
+            return
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > READ_HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self.status < 200:
+            return
+        self.complete = True
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+
+    # the call's side
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
-    def _wake_writer(self) -> None:
-        waiter, self._drained = self._drained, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
-
-    async def wait(self, *, drain: bool, timeout: float | None) -> bool:
-        """Until data (or EOF) arrives, or the write buffer drains: False on timeout."""
+    async def wait(self, timeout: float | None) -> bool:
+        """Until something arrives (bytes, EOF, a drained buffer): False on timeout."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        if drain:
-            self._drained = waiter
-        else:
-            self._readable = waiter
+        waiter = self._waiter = loop.create_future()
         timer = None if timeout is None else loop.call_later(max(timeout, 0.0), _expire, waiter)
         try:
             return await waiter
         finally:
             if timer is not None:
                 timer.cancel()
-            if drain:
-                self._drained = None
-            else:
-                self._readable = None
+            self._waiter = None
 
-    def take(self, max_bytes: int) -> bytes:
-        chunk = self.chunks.popleft()
-        if len(chunk) > max_bytes:
-            self.chunks.appendleft(chunk[max_bytes:])
-            chunk = chunk[:max_bytes]
+    def take(self) -> bytes:
+        chunk = self.body.popleft()
         self.buffered -= len(chunk)
         if self.reading_paused and self.buffered <= READ_HIGH_WATER // 4 and self.transport is not None:
             self.reading_paused = False
             self.transport.resume_reading()
         return chunk
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
+        if not self.closed:
+            self.closed = True
+            self.pool._forget(self)
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -136,181 +205,270 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
-class AsyncioStream(AsyncNetworkStream):
-    """One connection (plain or TLS) as httpcore2 reads and writes it."""
-
-    def __init__(self, transport: asyncio.Transport, protocol: _Socket) -> None:
-        self._transport = transport
-        self._protocol = protocol
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        protocol = self._protocol
-        waited = protocol.chunks or protocol.eof or await protocol.wait(drain=False, timeout=timeout)
-        if not waited:
-            raise httpcore2.ReadTimeout("timed out")
-        if protocol.chunks:
-            return protocol.take(max_bytes)
-        if protocol.error is not None:
-            raise httpcore2.ReadError(str(protocol.error) or type(protocol.error).__name__)
-        return b""
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        protocol = self._protocol
-        if protocol.error is not None or self._transport.is_closing():
-            raise httpcore2.WriteError(str(protocol.error or "connection closed"))
-        self._transport.write(buffer)
-        if protocol.writing_paused and not await protocol.wait(drain=True, timeout=timeout):
-            raise httpcore2.WriteTimeout("timed out")
-        if protocol.error is not None:
-            raise httpcore2.WriteError(str(protocol.error))
-
-    async def aclose(self) -> None:
-        self._transport.close()
-
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport = await loop.start_tls(self._transport, self._protocol, ssl_context,
-                                                 server_hostname=server_hostname)
-        except TimeoutError:
-            self._transport.abort()
-            raise httpcore2.ConnectTimeout("TLS handshake timed out") from None
-        except (OSError, ssl.SSLError) as err:
-            self._transport.abort()
-            raise httpcore2.ConnectError(str(err)) from err
-        if transport is None:  # the peer closed during the handshake
-            raise httpcore2.ConnectError("connection closed during the TLS handshake")
-        self._protocol.transport = transport  # type: ignore[assignment]
-        return AsyncioStream(transport, self._protocol)  # type: ignore[arg-type]
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":  # idle and readable: the server closed it (or broke protocol)
-            return bool(self._protocol.chunks) or self._protocol.eof
-        if info == "ssl_object":
-            return self._transport.get_extra_info("ssl_object")
-        if info == "client_addr":
-            return self._transport.get_extra_info("sockname")
-        if info == "server_addr":
-            return self._transport.get_extra_info("peername")
-        if info == "socket":
-            return self._transport.get_extra_info("socket")
-        return None
-
-
-class AsyncioBackend(AsyncNetworkBackend):
-    """httpcore2's network backend on the running asyncio loop."""
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        local = (local_address, 0) if local_address else None
-        return await self._connect(lambda: loop.create_connection(_Socket, host, port, local_addr=local),
-                                   timeout, socket_options)
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[Any] | None = None) -> AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        return await self._connect(lambda: loop.create_unix_connection(_Socket, path), timeout,
-                                   socket_options)
-
-    @staticmethod
-    async def _connect(opening: Callable[[], Any], timeout: float | None,
-                       socket_options: Iterable[Any] | None) -> AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await opening()
-        except TimeoutError:
-            raise httpcore2.ConnectTimeout("connect timed out") from None
-        except OSError as err:
-            raise httpcore2.ConnectError(str(err) or type(err).__name__) from err
-        sock = transport.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return AsyncioStream(transport, protocol)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-@functools.cache
-def default_ssl_context() -> ssl.SSLContext:
-    """One verifying context per process: loading the CA store takes tens of
-    milliseconds, and a pool of many shards built one each (1.5 s with the
-    loop blocked, for a 1000-connection pool)."""
-    return httpcore2.default_ssl_context(_trust_env=False)
-
-
-def _as_httpx(err: Exception) -> httpx2.TransportError:
-    """httpcore2's error as httpx2's of the same name (as httpx2's transport maps them)."""
-    kind = getattr(httpx2, type(err).__name__, None)
-    if not (isinstance(kind, type) and issubclass(kind, httpx2.TransportError)):
-        kind = httpx2.TransportError
-    mapped = kind(str(err))
-    mapped.__cause__ = err
-    return mapped
-
-
-_HTTPCORE_ERRORS = (httpcore2.TimeoutException, httpcore2.NetworkError, httpcore2.ProtocolError,
-                    httpcore2.ProxyError, httpcore2.UnsupportedProtocol)
-
-
 class _Body(httpx2.AsyncByteStream):
-    """A response body off the pool: errors as httpx2's, and `on_close` run
-    once when it is closed (the shard slot's release)."""
+    """A response's body as it arrives on its connection; closing it gives the
+    connection back (read to its end, reusable) or closes it, then runs
+    `on_close` once."""
 
-    def __init__(self, stream: Any, on_close: Callable[[], None]) -> None:
-        self._stream = stream
+    def __init__(self, connection: _Connection, read_timeout: float | None,
+                 on_close: Callable[[], None]) -> None:
+        self._connection: _Connection | None = connection
+        self._timeout = read_timeout
         self._on_close: Callable[[], None] | None = on_close
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._stream:
-                yield chunk
-        except _HTTPCORE_ERRORS as err:
-            raise _as_httpx(err) from err
+        connection = self._connection
+        if connection is None:
+            raise httpx2.StreamClosed()
+        while True:
+            if connection.body:
+                yield connection.take()
+            elif connection.complete:
+                return
+            elif connection.error is not None:
+                raise connection.error
+            elif connection.closed:
+                raise httpx2.RemoteProtocolError(
+                    "peer closed connection without sending complete message body")
+            elif not await connection.wait(self._timeout):
+                raise httpx2.ReadTimeout("timed out")
 
     async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            release, self._on_close = self._on_close, None
-            if release is not None:
-                release()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.pool._give_back(connection)
+        release, self._on_close = self._on_close, None
+        if release is not None:
+            release()
 
 
 class Transport:
-    """HTTP/1.1 over one httpcore2 pool on `AsyncioBackend`."""
+    """HTTP/1.1 to one provider's hosts: at most `max_connections` open,
+    idle ones kept for `keepalive_expiry` seconds."""
 
     def __init__(self, *, max_connections: int, keepalive_expiry: float,
                  ssl_context: ssl.SSLContext | None = None) -> None:
-        self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=ssl_context or default_ssl_context(), max_connections=max_connections,
-            max_keepalive_connections=max_connections, keepalive_expiry=keepalive_expiry,
-            http1=True, http2=False, retries=0, network_backend=AsyncioBackend())
+        self._max = max(1, max_connections)
+        self._expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[tuple[bytes, bytes, int], deque[_Connection]] = {}
+        self._open = 0  # open or being opened
+        self._all: set[_Connection] = set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
 
     async def send(self, request: httpx2.Request, on_close: Callable[[], None]) -> httpx2.Response:
         """Send `request`; the answer's body runs `on_close` when closed (and so
         does a failure to get an answer)."""
-        url = request.url
         try:
-            target = httpcore2.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
-                                   target=url.raw_path)
-            core = httpcore2.Request(method=request.method, url=target, headers=request.headers.raw,
-                                     content=request.stream, extensions=request.extensions)
-            answer = await self._pool.handle_async_request(core)
-        except _HTTPCORE_ERRORS as err:
-            on_close()
-            raise _as_httpx(err) from err
+            head, body, key = _encode(request)
+            timeouts = request.extensions.get("timeout") or {}
+            read_timeout = timeouts.get("read")
+            connection = await self._acquire(key, timeouts)
         except BaseException:
             on_close()
             raise
-        return httpx2.Response(status_code=answer.status, headers=answer.headers,
-                               stream=_Body(answer.stream, on_close), extensions=answer.extensions)
+        try:
+            connection.skip_body = request.method == "HEAD"
+            await self._write(connection, head + body if len(body) < 65536 else None, head, body,
+                              timeouts.get("write"))
+            while not connection.headers_done:
+                if connection.error is not None:
+                    raise connection.error
+                if connection.closed:
+                    raise httpx2.RemoteProtocolError("Server disconnected without sending a response.")
+                if not await connection.wait(read_timeout):
+                    raise httpx2.ReadTimeout("timed out")
+        except BaseException:
+            connection.close()
+            self._give_back(connection)
+            on_close()
+            raise
+        return httpx2.Response(status_code=connection.status, headers=connection.headers,
+                               stream=_Body(connection, read_timeout, on_close),
+                               extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason})
+
+    async def _write(self, connection: _Connection, whole: bytes | None, head: bytes, body: bytes,
+                     timeout: float | None) -> None:
+        transport = connection.transport
+        if transport is None or connection.closed or transport.is_closing():
+            raise httpx2.WriteError(str(connection.error or "connection closed"))
+        if whole is not None:
+            transport.write(whole)
+        else:
+            transport.write(head)
+            transport.write(body)
+        while connection.writing_paused and not connection.closed:
+            if not await connection.wait(timeout):
+                raise httpx2.WriteTimeout("timed out")
+        if connection.closed and not connection.headers_done and connection.error is not None \
+                and not connection.body:
+            raise httpx2.WriteError(str(connection.error))
+
+    async def _acquire(self, key: tuple[bytes, bytes, int], timeouts: dict[str, Any]) -> _Connection:
+        if self._closed:
+            raise httpx2.PoolTimeout("the pool is closed")
+        deadline: float | None = None
+        while True:
+            connection = self._idle_connection(key)
+            if connection is not None:
+                return connection
+            if self._open < self._max:
+                return await self._connect(key, timeouts.get("connect"))
+            if self._evict_idle():  # idle to another host: make room
+                continue
+            loop = asyncio.get_running_loop()
+            pool_timeout = timeouts.get("pool")
+            if deadline is None and pool_timeout is not None:
+                deadline = loop.time() + pool_timeout
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                if deadline is None:
+                    await waiter
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        await waiter
+            except BaseException as err:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken but leaving: the slot goes to the next in line
+                else:
+                    waiter.cancel()
+                    try:
+                        self._waiters.remove(waiter)
+                    except ValueError:
+                        pass
+                if isinstance(err, TimeoutError):
+                    raise httpx2.PoolTimeout("no connection came free in time") from None
+                raise
+
+    def _idle_connection(self, key: tuple[bytes, bytes, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle and now - idle[0].idle_since > self._expiry:  # the oldest first
+            idle.popleft().close()
+        while idle:
+            connection = idle.pop()  # the newest: the likeliest still open at the server
+            if connection.closed or not connection.reusable or connection.transport is None \
+                    or connection.transport.is_closing():
+                connection.close()
+                continue
+            connection.in_use = True
+            connection._begin_response()
+            return connection
+        return None
+
+    def _evict_idle(self) -> bool:
+        for idle in self._idle.values():
+            if idle:
+                idle.popleft().close()
+                return True
+        return False
+
+    async def _connect(self, key: tuple[bytes, bytes, int], timeout: float | None) -> _Connection:
+        scheme, host, port = key
+        loop = asyncio.get_running_loop()
+        self._open += 1
+        connection = _Connection(self, key)
+        connection.in_use = True
+        self._all.add(connection)
+        hostname = host.decode("ascii")
+        secure = scheme == b"https"
+        try:
+            async with asyncio.timeout(timeout):
+                if secure:
+                    await loop.create_connection(lambda: connection, hostname, port,
+                                                 ssl=self._ssl or default_ssl_context(),
+                                                 server_hostname=hostname)
+                else:
+                    await loop.create_connection(lambda: connection, hostname, port)
+        except TimeoutError:
+            self._lost_before_use(connection)
+            raise httpx2.ConnectTimeout("connect timed out") from None
+        except (OSError, ssl.SSLError) as err:
+            self._lost_before_use(connection)
+            raise httpx2.ConnectError(str(err) or type(err).__name__) from err
+        except BaseException:
+            self._lost_before_use(connection)
+            raise
+        return connection
+
+    def _lost_before_use(self, connection: _Connection) -> None:
+        connection.in_use = False
+        connection.close()
+
+    def _give_back(self, connection: _Connection) -> None:
+        """A call is done with `connection`: idle it (the answer read to its end,
+        keep-alive) or close it."""
+        if not connection.in_use:
+            return
+        connection.in_use = False
+        if connection.complete and connection.reusable and not connection.closed and not self._closed:
+            connection.idle_since = time.monotonic()
+            self._idle.setdefault(connection.key, deque()).append(connection)
+            connection._begin_response()
+            self._wake_one()
+        else:
+            connection.close()
+
+    def _forget(self, connection: _Connection) -> None:
+        """`connection` closed: its slot comes free."""
+        if connection in self._all:
+            self._all.discard(connection)
+            self._open -= 1
+            idle = self._idle.get(connection.key)
+            if idle and connection in idle:
+                idle.remove(connection)
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    @property
+    def in_use(self) -> int:
+        """Connections a call holds now (an answer or body not yet closed)."""
+        return sum(connection.in_use for connection in self._all)
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        self._closed = True
+        for connection in list(self._all):
+            connection.close()
+        self._idle.clear()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _encode(request: httpx2.Request) -> tuple[bytes, bytes, tuple[bytes, bytes, int]]:
+    """The request's head and body as bytes, and the pool key of its host."""
+    url = request.url
+    scheme = url.raw_scheme
+    if scheme not in _DEFAULT_PORTS:
+        raise httpx2.UnsupportedProtocol(f"Request URL has an unsupported protocol '{scheme.decode()}://'.")
+    host = url.raw_host
+    if not host:
+        raise httpx2.UnsupportedProtocol("Request URL is missing a host.")
+    port = url.port or _DEFAULT_PORTS[scheme]
+    try:
+        body = request.content
+    except httpx2.RequestNotRead:
+        raise httpx2.LocalProtocolError("the request's body must be read before it is sent") from None
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), url.raw_path)]
+    chunked = False
+    for name, value in request.headers.raw:
+        if name.lower() == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        lines.append(name + b": " + value)
+    lines.append(b"\r\n")
+    head = b"\r\n".join(lines)
+    if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):
+        raise httpx2.LocalProtocolError("a request header holds a line break")
+    if chunked:
+        body = (b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)) if body else b"0\r\n\r\n"
+    return head, body, (scheme, host, port)

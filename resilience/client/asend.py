@@ -1,25 +1,15 @@
-"""The async transport: httpcore2 connection pools on plain asyncio (one per
-event loop; `aionet`), and the policy's retries driven by the same
-`PolicyRetry` urllib3 uses for the sync face: httpx errors are mapped onto
-urllib3's exception types, so `increment`, `is_retry` and `wait_for` decide
-exactly as they do there.
+"""The async transport: one connection pool per event loop (`aionet`), and
+the policy's retries driven by the same `PolicyRetry` urllib3 uses for the
+sync face: httpx errors are mapped onto urllib3's exception types, so
+`increment`, `is_retry` and `wait_for` decide exactly as they do there.
 
 Pool overflow: a call beyond `pool_size` waits for a connection until its
-deadline (httpx's pool timeout), then fails as `PoolExhausted`.
-
-The pool is sharded: httpcore re-examines every pooled connection whenever
-a request starts or ends, so one pool of hundreds of
-connections costs O(connections) per call. Shards of at most `SHARD_SIZE`
-connections keep that cost flat. A call takes the first shard with a free
-slot (fill-first, counted from send to the body's close), so a quiet upstream
-reuses the few connections of the first shard instead of visiting every
-shard in turn and letting each one's connection expire.
+deadline (the pool timeout), then fails as `PoolExhausted`.
 """
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
 
 import httpx2
 from urllib3.exceptions import (
@@ -44,59 +34,32 @@ from resilience.client.policy import (
 from resilience.client.responses import AsyncUpstreamResponse
 from resilience.client.spec import RequestSpec
 
-#: Most connections in one httpcore pool (see the module docstring).
-SHARD_SIZE = 16
 #: Seconds an idle connection is kept: below the common 5 s server keep-alive
 #: (uvicorn, many proxies), so we rarely write to a connection the server is closing.
 KEEPALIVE_EXPIRY = 4.0
 
 
-class _Shards:
-    """The transports of one event loop and the calls each one carries."""
-
-    def __init__(self, pool_size: int) -> None:
-        count = max(1, -(-pool_size // SHARD_SIZE))
-        self.per_shard = -(-pool_size // count)
-        self.transports = [Transport(max_connections=self.per_shard, keepalive_expiry=KEEPALIVE_EXPIRY)
-                           for _ in range(count)]
-        self.in_flight = [0] * count
-
-    def lease(self) -> tuple[Transport, Callable[[], None]]:
-        """The first shard with a free slot (when every one is full, the least
-        busy: the call then waits in its pool) and the release of that slot,
-        which may be called more than once."""
-        counts = self.in_flight
-        index = next((i for i, count in enumerate(counts) if count < self.per_shard), None)
-        if index is None:
-            index = counts.index(min(counts))
-        counts[index] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                counts[index] -= 1
-
-        return self.transports[index], release
+def _nothing() -> None:
+    pass
 
 
 class AsyncPool:
-    """The async connection pool of one upstream: per event loop (connections
-    belong to the loop that opened them), sharded."""
+    """The async connection pool of one upstream, per event loop (connections
+    belong to the loop that opened them)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._closing: set[asyncio.Task] = set()
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shards] = \
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Transport] = \
             weakref.WeakKeyDictionary()
 
-    def lease(self) -> tuple[Transport, Callable[[], None]]:
+    def transport(self) -> Transport:
         loop = asyncio.get_running_loop()
-        shards = self._by_loop.get(loop)
-        if shards is None:
-            shards = self._by_loop[loop] = _Shards(self.policy.pool_size)
-        return shards.lease()
+        transport = self._by_loop.get(loop)
+        if transport is None:
+            transport = self._by_loop[loop] = Transport(max_connections=self.policy.pool_size,
+                                                        keepalive_expiry=KEEPALIVE_EXPIRY)
+        return transport
 
     def close(self) -> None:
         """Close the pool of the running loop, if any (others close with their loop)."""
@@ -105,8 +68,8 @@ class AsyncPool:
         except RuntimeError:
             self._by_loop.clear()
             return
-        shards = self._by_loop.pop(loop, None)
-        for transport in shards.transports if shards is not None else ():
+        transport = self._by_loop.pop(loop, None)
+        if transport is not None:
             task = loop.create_task(transport.aclose())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -160,9 +123,8 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
             read = timeout.read_timeout
             request.extensions["timeout"] = {"connect": timeout.connect_timeout, "read": read, "write": read,
                                              "pool": max(MIN_TIMEOUT, trace.remaining())}
-            transport, release = pool.lease()
             try:
-                response = await transport.send(request, release)  # the body's close releases the slot
+                response = await pool.transport().send(request, _nothing)
             except BaseException as err:
                 if isinstance(err, httpx2.PoolTimeout):
                     raise EmptyPoolError(None, "no pooled connection came free") from err  # type: ignore[arg-type]

@@ -1,6 +1,9 @@
-"""The async client's network layer (resilience.client.aionet) against real
-servers on loopback: plain and TLS connections, timeouts, refused and dropped
-connections, flow control, and the release each call's slot depends on."""
+"""The async client's network layer (resilience.client.aionet: httptools on
+an asyncio protocol per connection, a pool of our own) against real servers
+on loopback: plain and TLS connections, timeouts, refused and dropped
+connections, flow control, bodies by length, chunks and EOF, streams cut or
+stalled half-way, answers that are not HTTP, the pool's limit, and the
+release each call's slot depends on."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +15,7 @@ import trustme
 import uvloop
 
 from resilience.client.aionet import READ_HIGH_WATER, Transport
-from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.fake_upstream import CUT, FakeUpstream, Reply
 
 
 class Releases:
@@ -25,9 +28,9 @@ class Releases:
         self.count += 1
 
 
-def _request(url: str, *, read_timeout: float = 5.0) -> httpx2.Request:
+def _request(url: str, *, read_timeout: float = 5.0, pool_timeout: float = 5.0) -> httpx2.Request:
     request = httpx2.Request("GET", url)
-    request.extensions["timeout"] = {"connect": 5.0, "read": read_timeout, "write": 5.0, "pool": 5.0}
+    request.extensions["timeout"] = {"connect": 5.0, "read": read_timeout, "write": 5.0, "pool": pool_timeout}
     return request
 
 
@@ -242,4 +245,297 @@ def test_a_request_the_pool_cannot_send_is_httpx_error_and_releases(run_loop):
 
     with pytest.raises(httpx2.UnsupportedProtocol):
         run_loop(run())
+    assert releases.count == 1
+
+
+class RawServer:
+    """A server on 127.0.0.1 in the test's own loop that answers each
+    connection's requests with the bytes `answer(request_head)` gives, then
+    closes it if `close_after` (a provider that frames by hand)."""
+
+    def __init__(self, answer, *, close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.connections = 0
+        self.server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(self.answer(head))
+                await writer.drain()
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_chunked_and_eof_delimited_bodies_arrive_whole(run_loop):
+    """A chunked body is de-chunked; a body with neither length nor chunks ends
+    with the connection, which is then not reused."""
+    chunked = RawServer(lambda head: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    until_eof = RawServer(lambda head: b"HTTP/1.1 200 OK\r\n\r\nall of it", close_after=True)
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=2, keepalive_expiry=5.0)
+        try:
+            async with chunked as url:
+                by_chunks = [await _fetch(transport, url + "/c", releases) for _ in range(2)]
+            async with until_eof as url:
+                by_eof = [await _fetch(transport, url + "/e", releases) for _ in range(2)]
+            return by_chunks, by_eof
+        finally:
+            await transport.aclose()
+
+    by_chunks, by_eof = run_loop(run())
+    assert by_chunks == [(200, b"hello world")] * 2
+    assert chunked.connections == 1
+    assert by_eof == [(200, b"all of it")] * 2
+    assert until_eof.connections == 2
+    assert releases.count == 4
+
+
+def test_an_interim_answer_is_skipped_for_the_final_one(run_loop):
+    server = RawServer(lambda head: b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                                    b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\nX-Final: yes\r\n\r\ndone")
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            async with server as url:
+                response = await transport.send(_request(url + "/x"), releases)
+                body = await response.aread()
+                await response.aclose()
+                return response, body
+        finally:
+            await transport.aclose()
+
+    response, body = run_loop(run())
+    assert (response.status_code, response.reason_phrase, body) == (201, "Created", b"done")
+    assert response.headers["x-final"] == "yes"
+    assert "link" not in response.headers
+    assert releases.count == 1
+
+
+def test_a_stream_cut_half_way_is_a_protocol_error_and_the_next_call_reconnects(fake, run_loop):
+    fake.script("/cut", Reply(200, chunks=(b"data: 1\n\n", CUT)))
+    fake.script("/ok", Reply(200, body="fine"))
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            response = await transport.send(_request(fake.url + "/cut"), releases)
+            received = []
+            try:
+                async for chunk in response.aiter_raw():
+                    received.append(chunk)
+            except httpx2.RemoteProtocolError as err:
+                cut = err
+            finally:
+                await response.aclose()
+            return received, cut, await _fetch(transport, fake.url + "/ok", releases)
+        finally:
+            await transport.aclose()
+
+    received, cut, after = run_loop(run())
+    assert received == [b"data: 1\n\n"]
+    assert "without sending complete message body" in str(cut)
+    assert after == (200, b"fine")
+    assert fake.connections == 2
+    assert releases.count == 2
+
+
+def test_a_stream_stalled_after_its_first_chunk_times_out_between_bytes(fake, run_loop):
+    fake.script("/stall", Reply(200, chunks=(b"data: 1\n\n", 3.0, b"data: 2\n\n")))
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            response = await transport.send(_request(fake.url + "/stall", read_timeout=0.3), releases)
+            received = []
+            try:
+                with pytest.raises(httpx2.ReadTimeout):
+                    async for chunk in response.aiter_raw():
+                        received.append(chunk)
+            finally:
+                await response.aclose()
+            return received
+        finally:
+            await transport.aclose()
+
+    assert run_loop(run()) == [b"data: 1\n\n"]
+    assert releases.count == 1
+
+
+def test_an_answer_that_is_not_http_is_a_protocol_error(fake, run_loop):
+    fake.script("/junk", Reply(malformed=True))
+    releases = Releases()
+
+    with pytest.raises(httpx2.RemoteProtocolError, match="malformed"):
+        run_loop(_fetch_once(fake.url + "/junk", releases))
+    assert releases.count == 1
+
+
+def test_a_connection_reset_before_the_answer_is_a_protocol_error(fake, run_loop):
+    fake.script("/rst", Reply(reset=True))
+    releases = Releases()
+
+    with pytest.raises((httpx2.RemoteProtocolError, httpx2.ReadError)):
+        run_loop(_fetch_once(fake.url + "/rst", releases))
+    assert releases.count == 1
+
+
+def test_a_body_closed_before_its_end_closes_its_connection(fake, run_loop):
+    """Bytes left unread must not become the next call's answer."""
+    fake.script("/long", Reply(200, chunks=(b"first", 0.2, b"second")))
+    fake.script("/ok", Reply(200, body="fine"))
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            response = await transport.send(_request(fake.url + "/long"), releases)
+            async for _chunk in response.aiter_raw():
+                break
+            await response.aclose()
+            return await _fetch(transport, fake.url + "/ok", releases)
+        finally:
+            await transport.aclose()
+
+    assert run_loop(run()) == (200, b"fine")
+    assert fake.connections == 2
+    assert releases.count == 2
+
+
+def test_connection_close_and_idle_expiry_are_not_reused(fake, run_loop):
+    fake.script("/bye", Reply(200, body="bye", close=True))
+    fake.script("/r", Reply(200, body="ok"))
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=0.2)
+        try:
+            answers = [await _fetch(transport, fake.url + "/bye", releases),
+                       await _fetch(transport, fake.url + "/r", releases)]  # a new connection
+            answers.append(await _fetch(transport, fake.url + "/r", releases))  # reused
+            await asyncio.sleep(0.4)  # past the keep-alive expiry
+            answers.append(await _fetch(transport, fake.url + "/r", releases))  # a new one again
+            return answers
+        finally:
+            await transport.aclose()
+
+    assert run_loop(run()) == [(200, b"bye"), (200, b"ok"), (200, b"ok"), (200, b"ok")]
+    assert fake.connections == 3
+    assert releases.count == 4
+
+
+def test_a_head_answer_has_no_body_whatever_its_length_says(fake, run_loop):
+    fake.script("/h", Reply(200, body="a body HEAD must not read"), method="HEAD")
+    fake.script("/r", Reply(200, body="ok"))
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            request = _request(fake.url + "/h")
+            request.method = "HEAD"
+            response = await transport.send(request, releases)
+            body = await response.aread()
+            await response.aclose()
+            after = await _fetch(transport, fake.url + "/r", releases)
+            return response.headers["content-length"], body, after
+        finally:
+            await transport.aclose()
+
+    length, body, after = run_loop(run())
+    assert int(length) > 0
+    assert body == b""
+    assert after == (200, b"ok")
+    assert releases.count == 2
+
+
+def test_a_caller_past_the_pool_waits_its_pool_timeout_then_gets_pool_timeout(fake, run_loop):
+    fake.script("/slow", Reply(200, body="late", delay=1.0))
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            holder = asyncio.ensure_future(_fetch(transport, fake.url + "/slow", releases))
+            await asyncio.sleep(0.1)
+            request = _request(fake.url + "/slow")
+            request.extensions["timeout"] = {**request.extensions["timeout"], "pool": 0.2}
+            with pytest.raises(httpx2.PoolTimeout):
+                await transport.send(request, releases)
+            return await holder
+        finally:
+            await transport.aclose()
+
+    assert run_loop(run()) == (200, b"late")
+    assert fake.connections == 1
+    assert releases.count == 2
+
+
+def test_a_cancelled_waiter_passes_its_turn_on(fake, run_loop):
+    """A caller cancelled (its deadline) just after the pool woke it for a
+    freed connection does not take its turn with it: the next one in line
+    gets the connection, instead of waiting out its pool timeout."""
+    fake.script("/r", Reply(200, body="ok", delay=0.2))
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        waiting: list[asyncio.Future] = []
+
+        def release_then_cancel_the_woken() -> None:  # runs right after the pool wakes `doomed`
+            releases()
+            waiting[0].cancel()
+
+        try:
+            response = await transport.send(_request(fake.url + "/r"), release_then_cancel_the_woken)
+            doomed = asyncio.ensure_future(_fetch(transport, fake.url + "/r", releases))
+            patient = asyncio.ensure_future(_fetch(transport, fake.url + "/r", releases, pool_timeout=2.0))
+            waiting.append(doomed)
+            await asyncio.sleep(0.05)  # both wait for the one connection
+            first = await response.aread()
+            await response.aclose()
+            return first, await patient, doomed.cancelled()
+        finally:
+            await transport.aclose()
+
+    assert run_loop(run()) == (b"ok", (200, b"ok"), True)
+    assert releases.count == 3
+
+
+def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(fake, run_loop):
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            request = _request(fake.url + "/r")
+            request.headers["X-Smuggled"] = "a\r\nX-Other: b"
+            await transport.send(request, releases)
+        finally:
+            await transport.aclose()
+
+    with pytest.raises(httpx2.LocalProtocolError, match="line break"):
+        run_loop(run())
+    assert fake.count() == 0
     assert releases.count == 1
