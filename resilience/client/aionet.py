@@ -48,8 +48,8 @@ _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """One verifying context per process (httpx2's: the system's trust store):
-    loading the CA store takes tens of milliseconds, and a pool of many shards
-    built one each (1.5 s with the loop blocked, for a 1000-connection pool)."""
+    loading the CA store takes tens of milliseconds, with the loop blocked, and
+    every upstream's pool on every loop would load its own."""
     return httpcore2.default_ssl_context(_trust_env=False)
 
 
@@ -82,6 +82,9 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.skip_body = False
         self.until_eof = False  # no length, not chunked: the body ends with the connection
+        if self.reading_paused and self.transport is not None:  # the last answer's unread rest
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -539,3 +539,25 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(fake, run
         run_loop(run())
     assert fake.count() == 0
     assert releases.count == 1
+
+
+def test_a_connection_given_back_with_its_reading_paused_reads_again(fake, run_loop):
+    """A body just past READ_HIGH_WATER arrives whole with reading paused; closed
+    unread, its connection goes back to the pool and must read the next answer."""
+    body = b"x" * (READ_HIGH_WATER + 1000)
+    fake.script("/big", Reply(200, body=body))
+    fake.script("/r", Reply(200, body="ok"))
+    releases = Releases()
+
+    async def run():
+        transport = Transport(max_connections=1, keepalive_expiry=5.0)
+        try:
+            response = await transport.send(_request(fake.url + "/big"), releases)
+            await asyncio.sleep(0.3)  # the whole body arrives; reading pauses past the high water
+            await response.aclose()
+            return await _fetch(transport, fake.url + "/r", releases, read_timeout=2.0)
+        finally:
+            await transport.aclose()
+
+    assert run_loop(run()) == (200, b"ok")
+    assert releases.count == 2
