@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -125,3 +126,31 @@ def test_ramp_throughput_is_the_last_step_held_before_it_broke():
 def test_a_step_without_answers_has_no_percentiles():
     step = step_measure(50, [], 1.0, None)
     assert (step.sent, step.ok, step.added_p99_ms, step.within) == (0, 0, None, False)
+
+
+def test_a_server_that_never_comes_up_leaves_no_process_behind(tmp_path):
+    """A contender whose readiness wait fails has its whole process group
+    stopped (one left running loaded every later run of the tool)."""
+    import psutil
+    import pytest
+
+    from bench.loadtest.procs import Group, _up_or_stopped
+
+    group = Group([sys.executable, "-c", "import subprocess, sys, time; "
+                   "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"],
+                  env=dict(os.environ), log=tmp_path / "server.log").start()
+    leader = psutil.Process(group.proc.pid)
+    for _ in range(50):
+        if leader.children():
+            break
+        time.sleep(0.1)
+    spawned = [leader, *leader.children(recursive=True)]
+    assert len(spawned) == 2
+
+    def never_ready() -> None:
+        raise TimeoutError("did not answer")
+
+    with pytest.raises(TimeoutError):
+        _up_or_stopped(group, never_ready)
+    _, alive = psutil.wait_procs(spawned, timeout=10)
+    assert alive == []

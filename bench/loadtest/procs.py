@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,8 +190,8 @@ class ProviderProcess:
                            env=dict(os.environ), log=workdir / "provider.log")
 
     def start(self) -> ProviderProcess:
-        self.group.start()
-        wait_http(self.url + "/v1/models", timeout=30, proc=self.group.proc)
+        group = self.group.start()
+        _up_or_stopped(group, lambda: wait_http(self.url + "/v1/models", timeout=30, proc=group.proc))
         return self
 
     def stop(self) -> None:
@@ -273,8 +274,8 @@ class GatewayServer:
 
     def start(self) -> GatewayServer:
         self.prepare()
-        self.group = Group(self.make_argv(), env=self.env, log=self.workdir / "gateway.log").start()
-        wait_http(self.url + "/healthz", timeout=180, proc=self.group.proc)
+        group = self.group = Group(self.make_argv(), env=self.env, log=self.workdir / "gateway.log").start()
+        _up_or_stopped(group, lambda: wait_http(self.url + "/healthz", timeout=180, proc=group.proc))
         return self
 
     def stop(self) -> None:
@@ -331,14 +332,24 @@ class LiteLLMServer:
                "NO_DOCS": "True"}
         argv = [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
                 "--num_workers", str(self.workers)]
-        self.group = Group(argv, env=env, log=self.workdir / f"litellm-{self.workers}w.log").start()
-        wait_http(self.url + "/v1/models", timeout=240, proc=self.group.proc,
-                  headers={"Authorization": f"Bearer {self.token}"})
+        group = self.group = Group(argv, env=env, log=self.workdir / f"litellm-{self.workers}w.log").start()
+        _up_or_stopped(group, lambda: wait_http(self.url + "/v1/models", timeout=240, proc=group.proc,
+                                                headers={"Authorization": f"Bearer {self.token}"}))
         return self
 
     def stop(self) -> None:
         if self.group is not None:
             self.group.stop(grace=15)
+
+
+def _up_or_stopped(group: Group, wait: Callable[[], None]) -> None:
+    """`wait` for a server just started; if it never comes up, stop its whole
+    process group before raising (a server left running loads every later run)."""
+    try:
+        wait()
+    except BaseException:
+        group.stop(grace=5)
+        raise
 
 
 def make_workdir() -> Path:
