@@ -30,6 +30,7 @@ import json
 import statistics
 import time
 import urllib.request
+from typing import Any
 
 from bench.common import Nginx, async_paired, django_setup, fmt_time, table
 
@@ -47,9 +48,8 @@ async def _run(url: str) -> list[tuple[object, ...]]:
     from resilience.client.aionet import Transport
 
     library = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=CONCURRENT), trust_env=False)
-    ours = Transport(max_connections=CONCURRENT, keepalive_expiry=4.0)
-    over_httpcore = HttpcoreTransport(max_connections=CONCURRENT, keepalive_expiry=4.0)
-    over_aiohttp = AiohttpTransport(max_connections=CONCURRENT, keepalive_expiry=4.0)
+    ours, over_httpcore, over_aiohttp = (kind(max_connections=CONCURRENT, keepalive_expiry=4.0)
+                                         for kind in (Transport, HttpcoreTransport, AiohttpTransport))
     timeout = {"connect": 1.0, "read": 5.0, "write": 5.0, "pool": 5.0}
 
     def request() -> httpx2.Request:
@@ -57,43 +57,25 @@ async def _run(url: str) -> list[tuple[object, ...]]:
         made.extensions["timeout"] = timeout
         return made
 
-    async def via_library() -> object:
-        response = await library.handle_async_request(request())
-        try:
-            return await response.aread()
-        finally:
-            await response.aclose()
-
-    async def via_ours() -> object:
-        response = await ours.send(request(), lambda: None)
-        try:
-            return await response.aread()
-        finally:
-            await response.aclose()
-
-    async def via_httpcore() -> object:
-        response = await over_httpcore.send(request(), lambda: None)
-        try:
-            return await response.aread()
-        finally:
-            await response.aclose()
-
-    async def via_aiohttp() -> object:
-        response = await over_aiohttp.send(request(), lambda: None)
-        try:
-            return await response.aread()
-        finally:
-            await response.aclose()
+    def via(send: Any) -> Any:
+        """One GET through `send` (a transport's), its body read and closed."""
+        async def call() -> object:
+            response = await send(request())
+            try:
+                return await response.aread()
+            finally:
+                await response.aclose()
+        return call
 
     client = upstream("bench-aionet")
 
     async def via_client() -> object:
         return (await client.aget("/bench", cache=False)).content
 
-    contenders = {"httpx2's transport (httpcore2 over anyio)": via_library,
-                  "httpcore2 over asyncio (before issue 30)": via_httpcore,
-                  "aiohttp behind the same interface (llhttp)": via_aiohttp,
-                  "aionet.Transport (httptools)": via_ours,
+    contenders = {"httpx2's transport (httpcore2 over anyio)": via(library.handle_async_request),
+                  "httpcore2 over asyncio (before issue 30)": via(lambda r: over_httpcore.send(r, _nothing)),
+                  "aiohttp behind the same interface (llhttp)": via(lambda r: over_aiohttp.send(r, _nothing)),
+                  "aionet.Transport (httptools)": via(lambda r: ours.send(r, _nothing)),
                   "async client: aget (policy, breaker, record, metrics)": via_client}
     rows: list[tuple[object, ...]] = []
     baseline = next(iter(contenders))
@@ -103,11 +85,13 @@ async def _run(url: str) -> list[tuple[object, ...]]:
         for name, (seconds, ratio, _lag) in measured.items():
             rows.append((f"{name}, {concurrent} at once", fmt_time(seconds),
                          "1.00 (baseline)" if name == baseline else f"{ratio:.2f}"))
-    await library.aclose()
-    await ours.aclose()
-    await over_httpcore.aclose()
-    await over_aiohttp.aclose()
+    for transport in (library, ours, over_httpcore, over_aiohttp):
+        await transport.aclose()
     return rows
+
+
+def _nothing() -> None:
+    pass
 
 
 async def _cpu_rows(url: str) -> list[tuple[object, ...]]:
