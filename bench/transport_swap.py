@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -41,9 +42,26 @@ def _contender_under_asend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     transport = importlib.import_module(CONTENDERS[_contender()]).Transport
 
     class Counted(transport):  # type: ignore[misc, valid-type]
+        """The contender, counting the calls whose answer is not closed yet
+        (`in_use`, as `aionet.Transport` counts its connections held)."""
+
         def __init__(self, **kwargs: object) -> None:
             built.append(1)
             super().__init__(**kwargs)
+            self.in_use = 0
+
+        async def send(self, request: Any, on_close: Callable[[], None]) -> Any:
+            self.in_use += 1
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    self.in_use -= 1
+                on_close()
+
+            return await super().send(request, release)
 
     monkeypatch.setattr(asend, "Transport", Counted)
     yield
