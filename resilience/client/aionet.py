@@ -255,8 +255,7 @@ class Transport:
         self._expiry = keepalive_expiry
         self._ssl = ssl_context
         self._idle: dict[tuple[bytes, bytes, int], deque[_Connection]] = {}
-        self._open = 0  # open or being opened
-        self._all: set[_Connection] = set()
+        self._all: set[_Connection] = set()  # open or being opened: at most `max_connections`
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
 
@@ -273,8 +272,7 @@ class Transport:
             raise
         try:
             connection.skip_body = request.method == "HEAD"
-            await self._write(connection, head + body if len(body) < 65536 else None, head, body,
-                              timeouts.get("write"))
+            await self._write(connection, head, body, timeouts.get("write"))
             while not connection.headers_done:
                 if connection.error is not None:
                     raise connection.error
@@ -283,21 +281,20 @@ class Transport:
                 if not await connection.wait(read_timeout):
                     raise httpx2.ReadTimeout("timed out")
         except BaseException:
-            connection.close()
-            self._give_back(connection)
+            self._drop(connection)
             on_close()
             raise
         return httpx2.Response(status_code=connection.status, headers=connection.headers,
                                stream=_Body(connection, read_timeout, on_close),
                                extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason})
 
-    async def _write(self, connection: _Connection, whole: bytes | None, head: bytes, body: bytes,
-                     timeout: float | None) -> None:
+    @staticmethod
+    async def _write(connection: _Connection, head: bytes, body: bytes, timeout: float | None) -> None:
         transport = connection.transport
         if transport is None or connection.closed or transport.is_closing():
             raise httpx2.WriteError(str(connection.error or "connection closed"))
-        if whole is not None:
-            transport.write(whole)
+        if len(body) < 65536:  # one write (one system call) for what fits; no copy of a large body
+            transport.write(head + body)
         else:
             transport.write(head)
             transport.write(body)
@@ -316,7 +313,7 @@ class Transport:
             connection = self._idle_connection(key)
             if connection is not None:
                 return connection
-            if self._open < self._max:
+            if len(self._all) < self._max:  # open or being opened
                 return await self._connect(key, timeouts.get("connect"))
             if self._evict_idle():  # idle to another host: make room
                 continue
@@ -358,8 +355,7 @@ class Transport:
                     or connection.transport.is_closing():
                 connection.close()
                 continue
-            connection.in_use = True
-            connection._begin_response()
+            connection.in_use = True  # its answer's state was reset when it was given back
             return connection
         return None
 
@@ -373,7 +369,6 @@ class Transport:
     async def _connect(self, key: tuple[bytes, bytes, int], timeout: float | None) -> _Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
-        self._open += 1
         connection = _Connection(self, key)
         connection.in_use = True
         self._all.add(connection)
@@ -388,17 +383,19 @@ class Transport:
                 else:
                     await loop.create_connection(lambda: connection, hostname, port)
         except TimeoutError:
-            self._lost_before_use(connection)
+            self._drop(connection)
             raise httpx2.ConnectTimeout("connect timed out") from None
         except (OSError, ssl.SSLError) as err:
-            self._lost_before_use(connection)
+            self._drop(connection)
             raise httpx2.ConnectError(str(err) or type(err).__name__) from err
         except BaseException:
-            self._lost_before_use(connection)
+            self._drop(connection)
             raise
         return connection
 
-    def _lost_before_use(self, connection: _Connection) -> None:
+    @staticmethod
+    def _drop(connection: _Connection) -> None:
+        """A call gives `connection` up unusable (it failed on it): closed, its slot free."""
         connection.in_use = False
         connection.close()
 
@@ -420,7 +417,6 @@ class Transport:
         """`connection` closed: its slot comes free."""
         if connection in self._all:
             self._all.discard(connection)
-            self._open -= 1
             idle = self._idle.get(connection.key)
             if idle and connection in idle:
                 idle.remove(connection)
