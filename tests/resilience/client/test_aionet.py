@@ -7,7 +7,9 @@ release each call's slot depends on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
@@ -42,13 +44,20 @@ async def _fetch(transport: Transport, url: str, releases: Releases, **kwargs) -
         await response.aclose()
 
 
-async def _fetch_once(url: str, releases: Releases, **kwargs) -> tuple[int, bytes]:
-    """One GET through a fresh transport (closed afterwards)."""
-    transport = Transport(max_connections=2, keepalive_expiry=5.0)  # the system's trust store
+@contextlib.asynccontextmanager
+async def _opened(**settings) -> AsyncIterator[Transport]:
+    """A transport for one test, closed after it."""
+    transport = Transport(**settings)
     try:
-        return await _fetch(transport, url, releases, **kwargs)
+        yield transport
     finally:
         await transport.aclose()
+
+
+async def _fetch_once(url: str, releases: Releases, **kwargs) -> tuple[int, bytes]:
+    """One GET through a fresh transport (closed afterwards)."""
+    async with _opened(max_connections=2, keepalive_expiry=5.0) as transport:  # the system's trust store
+        return await _fetch(transport, url, releases, **kwargs)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -77,11 +86,8 @@ def test_plain_requests_reuse_one_connection(fake, run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=4, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=4, keepalive_expiry=5.0) as transport:
             return [await _fetch(transport, fake.url + "/r", releases) for _ in range(3)]
-        finally:
-            await transport.aclose()
 
     answers = run_loop(run())
     assert answers == [(200, b'{"ok": true}')] * 3
@@ -96,13 +102,10 @@ def test_tls_round_trip_verifies_and_reuses_the_connection(tls_fake, authority, 
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=2, keepalive_expiry=5.0, ssl_context=client_context)
-        try:
+        async with _opened(max_connections=2, keepalive_expiry=5.0, ssl_context=client_context) as transport:
             first = await _fetch(transport, tls_fake.url + "/secure", releases)
             second = await _fetch(transport, tls_fake.url + "/secure", releases)
             return first, second
-        finally:
-            await transport.aclose()
 
     first, second = run_loop(run())
     assert tls_fake.url.startswith("https://")
@@ -146,16 +149,13 @@ def test_a_connection_the_server_dropped_while_idle_is_not_reused(fake, run_loop
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=30.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=30.0) as transport:
             first = await _fetch(transport, fake.url + "/r", releases)
             fake.stop()  # drops the idle keep-alive connection
             fake.start()  # same port
             await asyncio.sleep(0.2)  # the loop reads the EOF
             second = await _fetch(transport, fake.url + "/r", releases)
             return first, second
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == ((200, b"ok"), (200, b"ok"))
     assert fake.count("/r") == 2
@@ -168,16 +168,13 @@ def test_a_body_larger_than_the_read_buffer_arrives_whole(fake, run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             response = await transport.send(_request(fake.url + "/big"), releases)
             await asyncio.sleep(0.3)  # let the whole body arrive before reading: the buffer fills up
             received = b"".join([chunk async for chunk in response.aiter_raw()])
             await response.aclose()
             again = await _fetch(transport, fake.url + "/big", releases)
             return received, again
-        finally:
-            await transport.aclose()
 
     received, again = run_loop(run())
     assert received == body
@@ -191,11 +188,8 @@ def test_more_concurrent_requests_than_connections_wait_and_all_succeed(fake, ru
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=3, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=3, keepalive_expiry=5.0) as transport:
             return await asyncio.gather(*(_fetch(transport, fake.url + "/r", releases) for _ in range(24)))
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == [(200, b"ok")] * 24
     assert fake.connections <= 3
@@ -221,11 +215,8 @@ def test_small_and_large_request_bodies_arrive_whole_over_one_connection(fake, r
             await response.aclose()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             return [await post(transport, body) for body in (small, large, small)]
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == [(200, b"got it")] * 3
     assert [recorded.body for recorded in fake.requests] == [small, large, small]
@@ -237,11 +228,8 @@ def test_a_request_the_pool_cannot_send_is_httpx_error_and_releases(run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             await transport.send(_request("ftp://127.0.0.1:1/file"), releases)
-        finally:
-            await transport.aclose()
 
     with pytest.raises(httpx2.UnsupportedProtocol):
         run_loop(run())
@@ -290,15 +278,12 @@ def test_chunked_and_eof_delimited_bodies_arrive_whole(run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=2, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=2, keepalive_expiry=5.0) as transport:
             async with chunked as url:
                 by_chunks = [await _fetch(transport, url + "/c", releases) for _ in range(2)]
             async with until_eof as url:
                 by_eof = [await _fetch(transport, url + "/e", releases) for _ in range(2)]
             return by_chunks, by_eof
-        finally:
-            await transport.aclose()
 
     by_chunks, by_eof = run_loop(run())
     assert by_chunks == [(200, b"hello world")] * 2
@@ -314,15 +299,11 @@ def test_an_interim_answer_is_skipped_for_the_final_one(run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
-            async with server as url:
-                response = await transport.send(_request(url + "/x"), releases)
-                body = await response.aread()
-                await response.aclose()
-                return response, body
-        finally:
-            await transport.aclose()
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport, server as url:
+            response = await transport.send(_request(url + "/x"), releases)
+            body = await response.aread()
+            await response.aclose()
+            return response, body
 
     response, body = run_loop(run())
     assert (response.status_code, response.reason_phrase, body) == (201, "Created", b"done")
@@ -337,8 +318,7 @@ def test_a_stream_cut_half_way_is_a_protocol_error_and_the_next_call_reconnects(
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             response = await transport.send(_request(fake.url + "/cut"), releases)
             received = []
             try:
@@ -349,8 +329,6 @@ def test_a_stream_cut_half_way_is_a_protocol_error_and_the_next_call_reconnects(
             finally:
                 await response.aclose()
             return received, cut, await _fetch(transport, fake.url + "/ok", releases)
-        finally:
-            await transport.aclose()
 
     received, cut, after = run_loop(run())
     assert received == [b"data: 1\n\n"]
@@ -365,8 +343,7 @@ def test_a_stream_stalled_after_its_first_chunk_times_out_between_bytes(fake, ru
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             response = await transport.send(_request(fake.url + "/stall", read_timeout=0.3), releases)
             received = []
             try:
@@ -376,8 +353,6 @@ def test_a_stream_stalled_after_its_first_chunk_times_out_between_bytes(fake, ru
             finally:
                 await response.aclose()
             return received
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == [b"data: 1\n\n"]
     assert releases.count == 1
@@ -408,15 +383,12 @@ def test_a_body_closed_before_its_end_closes_its_connection(fake, run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             response = await transport.send(_request(fake.url + "/long"), releases)
             async for _chunk in response.aiter_raw():
                 break
             await response.aclose()
             return await _fetch(transport, fake.url + "/ok", releases)
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == (200, b"fine")
     assert fake.connections == 2
@@ -429,16 +401,13 @@ def test_connection_close_and_idle_expiry_are_not_reused(fake, run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=0.2)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=0.2) as transport:
             answers = [await _fetch(transport, fake.url + "/bye", releases),
                        await _fetch(transport, fake.url + "/r", releases)]  # a new connection
             answers.append(await _fetch(transport, fake.url + "/r", releases))  # reused
             await asyncio.sleep(0.4)  # past the keep-alive expiry
             answers.append(await _fetch(transport, fake.url + "/r", releases))  # a new one again
             return answers
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == [(200, b"bye"), (200, b"ok"), (200, b"ok"), (200, b"ok")]
     assert fake.connections == 3
@@ -451,8 +420,7 @@ def test_a_head_answer_has_no_body_whatever_its_length_says(fake, run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             request = _request(fake.url + "/h")
             request.method = "HEAD"
             response = await transport.send(request, releases)
@@ -460,8 +428,6 @@ def test_a_head_answer_has_no_body_whatever_its_length_says(fake, run_loop):
             await response.aclose()
             after = await _fetch(transport, fake.url + "/r", releases)
             return response.headers["content-length"], body, after
-        finally:
-            await transport.aclose()
 
     length, body, after = run_loop(run())
     assert int(length) > 0
@@ -475,8 +441,7 @@ def test_a_caller_past_the_pool_waits_its_pool_timeout_then_gets_pool_timeout(fa
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             holder = asyncio.ensure_future(_fetch(transport, fake.url + "/slow", releases))
             await asyncio.sleep(0.1)
             request = _request(fake.url + "/slow")
@@ -484,8 +449,6 @@ def test_a_caller_past_the_pool_waits_its_pool_timeout_then_gets_pool_timeout(fa
             with pytest.raises(httpx2.PoolTimeout):
                 await transport.send(request, releases)
             return await holder
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == (200, b"late")
     assert fake.connections == 1
@@ -500,14 +463,13 @@ def test_a_cancelled_waiter_passes_its_turn_on(fake, run_loop):
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
         waiting: list[asyncio.Future] = []
 
         def release_then_cancel_the_woken() -> None:  # runs right after the pool wakes `doomed`
             releases()
             waiting[0].cancel()
 
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             response = await transport.send(_request(fake.url + "/r"), release_then_cancel_the_woken)
             doomed = asyncio.ensure_future(_fetch(transport, fake.url + "/r", releases))
             patient = asyncio.ensure_future(_fetch(transport, fake.url + "/r", releases, pool_timeout=2.0))
@@ -516,8 +478,6 @@ def test_a_cancelled_waiter_passes_its_turn_on(fake, run_loop):
             first = await response.aread()
             await response.aclose()
             return first, await patient, doomed.cancelled()
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == (b"ok", (200, b"ok"), True)
     assert releases.count == 3
@@ -527,13 +487,10 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(fake, run
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             request = _request(fake.url + "/r")
             request.headers["X-Smuggled"] = "a\r\nX-Other: b"
             await transport.send(request, releases)
-        finally:
-            await transport.aclose()
 
     with pytest.raises(httpx2.LocalProtocolError, match="line break"):
         run_loop(run())
@@ -550,14 +507,11 @@ def test_a_connection_given_back_with_its_reading_paused_reads_again(fake, run_l
     releases = Releases()
 
     async def run():
-        transport = Transport(max_connections=1, keepalive_expiry=5.0)
-        try:
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
             response = await transport.send(_request(fake.url + "/big"), releases)
             await asyncio.sleep(0.3)  # the whole body arrives; reading pauses past the high water
             await response.aclose()
             return await _fetch(transport, fake.url + "/r", releases, read_timeout=2.0)
-        finally:
-            await transport.aclose()
 
     assert run_loop(run()) == (200, b"ok")
     assert releases.count == 2
