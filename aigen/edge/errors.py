@@ -42,6 +42,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from aigen.generation import translate
@@ -183,7 +184,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpRespon
 def provider_json(response: Any) -> Any:
     """The provider's successful answer as JSON, or a 502 `provider_error`
     (a 200 that is not JSON is the provider's failure, not the caller's)."""
+    content = response.content
     try:
-        return json.loads(response.content)
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:  # what only the standard parser reads (NaN, a UTF-16 body) still is
+        pass
+    try:
+        return json.loads(content)
     except ValueError:
         raise Refusal("provider_error", "the provider's answer is not JSON", 502) from None

@@ -219,22 +219,60 @@ class _Body(httpx2.AsyncByteStream):
         self._timeout = read_timeout
         self._on_close: Callable[[], None] | None = on_close
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    @property
+    def arrived(self) -> bool:
+        """The whole body is here: reading it to its end waits for nothing."""
+        connection = self._connection
+        return connection is not None and connection.complete
+
+    def _ready(self) -> bytes | None:
+        """The next chunk if one is here, None if it is still to come; StopAsyncIteration
+        at the end, the connection's error when it broke."""
         connection = self._connection
         if connection is None:
             raise httpx2.StreamClosed()
+        if connection.body:
+            return connection.take()
+        if connection.complete:
+            raise StopAsyncIteration
+        if connection.error is not None:
+            raise connection.error
+        if connection.closed:
+            raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body")
+        return None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
-            if connection.body:
-                yield connection.take()
-            elif connection.complete:
+            try:
+                chunk = self._ready()
+            except StopAsyncIteration:
                 return
-            elif connection.error is not None:
-                raise connection.error
-            elif connection.closed:
-                raise httpx2.RemoteProtocolError(
-                    "peer closed connection without sending complete message body")
-            elif not await connection.wait(self._timeout):
+            if chunk is not None:
+                yield chunk
+            elif not await self._connection.wait(self._timeout):  # type: ignore[union-attr]
                 raise httpx2.ReadTimeout("timed out")
+
+    async def next_within(self, wait: float) -> bytes:
+        """The next chunk, waiting at most `wait` seconds (then TimeoutError) as well as
+        the read timeout (then ReadTimeout); StopAsyncIteration at the end. One timer,
+        armed only when the chunk is not here yet: what a stream's supervisor reads
+        with instead of a timer of its own around each chunk."""
+        chunk = self._ready()
+        if chunk is not None:
+            return chunk
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        until = now + max(wait, 0.0)
+        read_until = None if self._timeout is None else now + self._timeout
+        while True:
+            end = until if read_until is None else min(until, read_until)
+            if not await self._connection.wait(end - loop.time()):  # type: ignore[union-attr]
+                if end == until:
+                    raise TimeoutError()
+                raise httpx2.ReadTimeout("timed out")
+            chunk = self._ready()
+            if chunk is not None:
+                return chunk
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None

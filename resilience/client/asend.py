@@ -150,7 +150,10 @@ async def asend(pool: AsyncPool, policy: Policy, request: httpx2.Request, trace:
                                    extensions=response.extensions, request=request)
     if not stream or answer.status_code >= 400:
         try:
-            await asyncio.wait_for(answer.aread(), max(MIN_TIMEOUT, trace.remaining()))
+            if getattr(response.stream, "arrived", False):  # nothing to wait for: no deadline timer
+                await answer.aread()
+            else:
+                await asyncio.wait_for(answer.aread(), max(MIN_TIMEOUT, trace.remaining()))
         except TimeoutError:
             await answer.aclose()
             raise DeadlineExceeded(0.0, trace.remaining()) from None

@@ -11,10 +11,11 @@ caller streamed the body.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +176,22 @@ class AsyncUpstreamResponse(_CallResponse, httpx2.Response):
         if self.headers.get("content-encoding", "identity") == "identity":
             return aiter(self.stream)
         return self.aiter_bytes()
+
+    def chunk_reader(self) -> Callable[[float], Awaitable[bytes]]:
+        """`await read(wait)`: the next chunk of `aiter_body()`, waiting at most
+        `wait` seconds (TimeoutError past it); StopAsyncIteration at the end.
+        An unencoded body on the project's transport is read under the
+        connection's own timer (resilience.client.aionet: one timer per wait,
+        none when the chunk is here); any other body under a timer per read."""
+        within = getattr(self.stream, "next_within", None)
+        if within is not None and self.headers.get("content-encoding", "identity") == "identity":
+            return within
+        body = aiter(self.aiter_body())
+
+        async def read(wait: float) -> bytes:
+            async with asyncio.timeout(wait):
+                return await anext(body)
+        return read
 
     _held_by: set[Any] | None = None
 

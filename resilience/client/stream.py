@@ -83,7 +83,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -577,16 +577,16 @@ class _AttemptReader:
                 yield event
             return
         reader = SSEReader()
-        body = aiter(self.response.aiter_body())
+        read = self.response.chunk_reader()
         wants_usage = stream._wants_usage
         while True:
-            chunk = await self._next_chunk(body, *self._next_wait(wants_usage))
+            chunk = await self._next_chunk(read, *self._next_wait(wants_usage))
             if chunk is None:
                 return
             for event in self._parse(reader, chunk):
                 yield event
             if self.progress.done:
-                await _drain(body)
+                await _drain(read)
                 return
 
     def _next_wait(self, wants_usage: bool) -> tuple[float, str]:
@@ -607,13 +607,13 @@ class _AttemptReader:
             wait, kind = max(0.0, cap_at - now), "timeout_max"
         return wait, kind
 
-    async def _next_chunk(self, body: AsyncIterator[bytes], wait: float, kind: str) -> bytes | None:
-        """The next chunk of the body; None when the stream ended cleanly (after its final chunk);
-        `_Break` when it was cut or a timer ran out before that."""
+    async def _next_chunk(self, read: Callable[[float], Awaitable[bytes]], wait: float,
+                          kind: str) -> bytes | None:
+        """The next chunk of the body (`read`: the answer's `chunk_reader()`); None when the stream
+        ended cleanly (after its final chunk); `_Break` when it was cut or a timer ran out before that."""
         progress, name = self.progress, self.name
         try:
-            async with asyncio.timeout(wait):
-                return await anext(body)
+            return await read(wait)
         except TimeoutError:
             if progress.finished:
                 self.stream._count("no_done")
@@ -693,14 +693,15 @@ class _AttemptReader:
         return events
 
 
-async def _drain(body: AsyncIterator[bytes]) -> None:
-    """Read what follows `[DONE]` (the body's end), so the connection goes
-    back to the pool instead of being closed half-read."""
+async def _drain(read: Callable[[float], Awaitable[bytes]]) -> None:
+    """Read what follows `[DONE]` (the body's end) within `FINISH_GRACE`, so the
+    connection goes back to the pool instead of being closed half-read."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + FINISH_GRACE
     try:
-        async with asyncio.timeout(FINISH_GRACE):
-            async for _ in body:
-                pass
-    except (TimeoutError, httpx2.TransportError, OSError):
+        while True:
+            await read(until - loop.time())
+    except (StopAsyncIteration, TimeoutError, httpx2.TransportError, OSError):
         pass  # the close that follows drops the connection: nothing is lost
 
 

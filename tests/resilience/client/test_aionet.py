@@ -515,3 +515,70 @@ def test_a_connection_given_back_with_its_reading_paused_reads_again(fake, run_l
 
     assert run_loop(run()) == (200, b"ok")
     assert releases.count == 2
+
+
+def test_a_read_within_a_wait_names_which_timer_ran_out(fake, run_loop):
+    """`next_within` (what the stream supervisor reads with): a chunk already here comes at once,
+    the caller's wait running out first is TimeoutError, the read timeout first is ReadTimeout,
+    and the end is StopAsyncIteration."""
+    fake.script("/slow", Reply(200, chunks=(b"data: 1\n\n", b"data: 2\n\n", 1.0, b"data: 3\n\n")))
+    releases = Releases()
+
+    async def run():
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
+            outcomes = []
+            for wait, read_timeout in ((0.2, 5.0), (5.0, 0.2)):
+                request = _request(fake.url + "/slow", read_timeout=read_timeout)
+                response = await transport.send(request, releases)
+                try:
+                    body = response.stream
+                    received = b""
+                    while b"data: 2" not in received:  # both may come in one read
+                        received += await body.next_within(5.0)
+                    try:
+                        await body.next_within(wait)
+                    except (TimeoutError, httpx2.ReadTimeout) as err:
+                        outcomes.append(type(err))
+                finally:
+                    await response.aclose()
+            response = await transport.send(_request(fake.url + "/slow"), releases)
+            try:
+                chunks = []
+                with pytest.raises(StopAsyncIteration):
+                    while True:
+                        chunks.append(await response.stream.next_within(5.0))
+                outcomes.append(b"".join(chunks))
+                outcomes.append(response.stream.arrived)
+            finally:
+                await response.aclose()
+            return outcomes
+
+    assert run_loop(run()) == [TimeoutError, httpx2.ReadTimeout, b"data: 1\n\ndata: 2\n\ndata: 3\n\n", True]
+    assert releases.count == 3
+
+
+def test_a_body_that_arrived_whole_says_so_before_it_is_read(fake, run_loop):
+    """`arrived` (asend reads such a body without arming its deadline timer): true for an answer whose
+    body came with its headers, false for one still arriving."""
+    fake.script("/whole", Reply(200, body=b'{"ok": true}'))
+    fake.script("/later", Reply(200, chunks=(b"data: 1\n\n", 0.5, b"data: 2\n\n")))
+    releases = Releases()
+
+    async def run():
+        async with _opened(max_connections=1, keepalive_expiry=5.0) as transport:
+            seen = []
+            for path in ("/whole", "/later"):
+                response = await transport.send(_request(fake.url + path), releases)
+                try:
+                    if not response.stream.arrived:  # the head and the body may be two reads apart
+                        await asyncio.sleep(0.05)
+                    seen.append(response.stream.arrived)
+                    seen.append(await response.aread())
+                finally:
+                    await response.aclose()
+            return seen
+
+    whole_arrived, whole, later_arrived, later = run_loop(run())
+    assert (whole_arrived, whole) == (True, b'{"ok": true}')
+    assert (later_arrived, later) == (False, b"data: 1\n\ndata: 2\n\n")
+    assert releases.count == 2
