@@ -19,6 +19,11 @@ store work off the loop), in alternating rounds in the same process.
 completion against the same call on `/v1/messages`, translated to the same
 OpenAI-format provider, in alternating rounds.
 
+`--gc ROUNDS` measures the server's young-generation threshold
+(project.warm) against Python's default, with 32 concurrent callers and a
+provider taking 50 ms: CPU and collection time per call, collections per
+call and the longest one, in alternating rounds in the same process.
+
 `--profile PATH` writes a pyinstrument profile of the timed calls (HTML, and
 the same as text beside it); for a flame graph of every thread run the
 bench under `py-spy record --native -f flamegraph -o out.svg -- python -m
@@ -162,7 +167,69 @@ def parse_costs() -> list[tuple[str, float, float]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _gc_paired(application: Any, token: str, *, calls: int, rounds: int) -> dict[int, dict[str, float]]:
+    """The young-generation threshold before (Python's default) and now (project.warm), in
+    alternating rounds: `calls` calls from 32 concurrent callers each round, the provider taking
+    50 ms. Per threshold: median CPU ms per call, GC ms per call, collections per call, and the
+    longest collection (ms) seen."""
+    import gc
+    import statistics
+
+    from project.warm import GEN0_THRESHOLD, warm_worker
+
+    spent = {"seconds": 0.0, "count": 0, "longest": 0.0, "started": 0.0}
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            spent["started"] = time.perf_counter()
+            return
+        took = time.perf_counter() - spent["started"]
+        spent["seconds"] += took
+        spent["count"] += 1
+        spent["longest"] = max(spent["longest"], took)
+
+    async def callers(first: int, count: int) -> None:
+        per = max(1, count // 32)
+        await asyncio.gather(*(_callers_one(application, token, first + k * per, per) for k in range(32)))
+
+    async def run() -> dict[int, dict[str, list[float]]]:
+        await callers(-100_000, 320)  # warm
+        runs: dict[int, dict[str, list[float]]] = {t: {"cpu": [], "gc": [], "count": [], "longest": []}
+                                                   for t in (default[0], GEN0_THRESHOLD)}
+        for index in range(rounds):
+            order = list(runs) if index % 2 else list(reversed(runs))
+            for threshold in order:
+                gc.set_threshold(threshold, *default[1:])
+                spent.update(seconds=0.0, count=0, longest=0.0)
+                started = time.process_time()
+                await callers(index * 10 * calls + threshold, calls)
+                done = max(1, calls // 32) * 32
+                runs[threshold]["cpu"].append((time.process_time() - started) * 1000 / done)
+                runs[threshold]["gc"].append(spent["seconds"] * 1000 / done)
+                runs[threshold]["count"].append(spent["count"] / done)
+                runs[threshold]["longest"].append(spent["longest"] * 1000)
+        return runs
+
+    default = gc.get_threshold()
+    warm_worker()  # as a server worker starts: what is loaded is frozen out of the collections
+    gc.callbacks.append(timed)
+    try:
+        runs = asyncio.run(run())
+    finally:
+        gc.callbacks.remove(timed)
+        gc.set_threshold(*default)
+        gc.unfreeze()
+    return {threshold: {"cpu": statistics.median(values["cpu"]), "gc": statistics.median(values["gc"]),
+                        "count": statistics.median(values["count"]), "longest": max(values["longest"])}
+            for threshold, values in runs.items()}
+
+
+async def _callers_one(application: Any, token: str, first: int, count: int) -> None:
+    for seq in range(first, first + count):
+        await _call(application, token, seq, False)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_door", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
@@ -176,8 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doors", type=int, default=0, metavar="ROUNDS",
                         help="instead: /v1/chat/completions against /v1/messages (translated to the same "
                              "OpenAI-format provider), in ROUNDS alternating rounds of --calls calls")
+    parser.add_argument("--gc", type=int, default=0, metavar="ROUNDS",
+                        help="instead: Python's default young-generation threshold against the server's "
+                             "(project.warm), 32 callers, provider 50 ms, ROUNDS alternating rounds")
     parser.add_argument("--redis-url", default=os.environ.get("LOADTEST_REDIS_URL", "redis://127.0.0.1:6379/10"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> Any:
+    """The measure `args` ask for, against a fresh provider and database."""
     workdir = make_workdir()
     # At exit, after the call-log writer's last flush into the database kept there (LIFO).
     atexit.register(remove_workdir, workdir)
@@ -187,39 +261,51 @@ def main(argv: list[str] | None = None) -> int:
         server.prepare()
         os.environ.update(server.env)
         os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
-        config = json.dumps({"delay": 0.0, "chunks": 10}).encode()
+        config = json.dumps({"delay": 0.05 if args.gc else 0.0, "chunks": 10}).encode()
         urllib.request.urlopen(urllib.request.Request(provider.url + "/_config", data=config, headers={
             "Content-Type": "application/json"}), timeout=10).close()
         from project.asgi import application
 
+        if args.gc:
+            return _gc_paired(application, server.token, calls=args.calls, rounds=args.gc)
         if args.doors:
-            doors = asyncio.run(_doors_paired(application, server.token, calls=args.calls, rounds=args.doors,
-                                              stream=args.stream))
-        elif args.hops:
-            paired = asyncio.run(_hops_paired(application, server.token, calls=args.calls, rounds=args.hops))
-        else:
-            per_call = asyncio.run(_measure(application, server.token, calls=args.calls, stream=args.stream,
-                                            profile=args.profile, door=args.door))
+            return asyncio.run(_doors_paired(application, server.token, calls=args.calls, rounds=args.doors,
+                                             stream=args.stream))
+        if args.hops:
+            return asyncio.run(_hops_paired(application, server.token, calls=args.calls, rounds=args.hops))
+        return asyncio.run(_measure(application, server.token, calls=args.calls, stream=args.stream,
+                                    profile=args.profile, door=args.door))
     finally:
         provider.stop()
-    if args.doors:
-        kind = "stream of 10 chunks" if args.stream else "call"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    result = _run(args)
+    kind = "stream of 10 chunks" if args.stream else "call"
+    if args.gc:
+        print(f"/v1/chat/completions in process, 32 callers, provider 50 ms (median of {args.gc} alternating "
+              f"rounds of {args.calls} calls):")
+        base = next(iter(result.values()))["cpu"]
+        for threshold, row in result.items():
+            print(f"  young generation every {threshold}: {row['cpu']:.3f} ms CPU per call "
+                  f"({row['cpu'] / base:.2f}), collecting {row['gc']:.3f} ms per call, "
+                  f"{row['count']:.4f} collections per call, longest {row['longest']:.1f} ms")
+    elif args.doors:
         print(f"CPU per {kind} in process (median of {args.doors} alternating rounds of {args.calls}):")
-        for door, ms in doors.items():
-            print(f"  {DOORS[door][0]}: {ms:.3f} ms ({ms / doors['chat']:.2f})")
-        return 0
-    if args.hops:
-        base = next(iter(paired.values()))  # the first: the baseline (before)
+        for door, ms in result.items():
+            print(f"  {DOORS[door][0]}: {ms:.3f} ms ({ms / result['chat']:.2f})")
+    elif args.hops:
+        base = next(iter(result.values()))  # the first: the baseline (before)
         print(f"/v1/chat/completions in process, CPU per call (median of {args.hops} alternating rounds "
               f"of {args.calls}):")
-        for name, ms in paired.items():
+        for name, ms in result.items():
             print(f"  {name}: {ms:.3f} ms ({ms / base:.2f})")
-        return 0
-    kind = "stream of 10 chunks" if args.stream else "call"
-    print(f"{DOORS[args.door][0]} in process: {per_call:.3f} ms of CPU per {kind} ({args.calls} calls)")
-    print("\n| body | shared parser | orjson | ratio |\n|---|---|---|---|")
-    for label, shared, fast in parse_costs():
-        print(f"| {label} | {shared:.1f} us | {fast:.1f} us | {shared / fast:.0f}x |")
+    else:
+        print(f"{DOORS[args.door][0]} in process: {result:.3f} ms of CPU per {kind} ({args.calls} calls)")
+        print("\n| body | shared parser | orjson | ratio |\n|---|---|---|---|")
+        for label, shared, fast in parse_costs():
+            print(f"| {label} | {shared:.1f} us | {fast:.1f} us | {shared / fast:.0f}x |")
     return 0
 
 
