@@ -23,9 +23,16 @@ A second table prices what the /v1 front door pays: this process's CPU per
 call (`time.process_time`, the server out of it: the load test's provider in
 a process of its own), a completion answered at once and a stream of 10
 chunks, the three transports in alternating rounds.
+
+A third prices the stream supervisor's read on our transport (32 streams at
+once, chunks 20 ms apart, so that most reads wait): a timer of its own
+around each read of the body's iterator, as the supervisor read until
+issue 30's last change, against `next_within`, which waits under the
+connection's one read timer and arms none when the chunk is already here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -144,18 +151,78 @@ async def _cpu_rows(url: str) -> list[tuple[object, ...]]:
     return rows
 
 
-def _cpu_table() -> list[tuple[object, ...]]:
+async def _read_rows(url: str) -> list[tuple[object, ...]]:
+    """The stream supervisor's read on our transport: each chunk under a timer of its own around
+    the body's iterator (before) against the connection's `next_within` (one timer, the
+    connection's, none when the chunk is here): CPU per stream of 10 chunks 20 ms apart,
+    32 streams at once."""
+    import asyncio
+
+    import httpx2
+
+    from resilience.client.aionet import Transport
+
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                       "messages": [{"role": "user", "content": "bench"}]})
+    transport = Transport(max_connections=64, keepalive_expiry=4)
+
+    async def timer_per_read(response: Any) -> None:
+        chunks = aiter(response.stream)
+        with contextlib.suppress(StopAsyncIteration):
+            while True:
+                async with asyncio.timeout(5.0):
+                    await anext(chunks)
+
+    async def within(response: Any) -> None:
+        with contextlib.suppress(StopAsyncIteration):
+            while True:
+                await response.stream.next_within(5.0)
+
+    async def one(read: Any) -> None:
+        request = httpx2.Request("POST", url + "/v1/chat/completions", content=body.encode(),
+                                 headers={"Content-Type": "application/json"})
+        request.extensions["timeout"] = {"connect": 1.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+        response = await transport.send(request, _nothing)
+        try:
+            await read(response)
+        finally:
+            await response.aclose()
+
+    reads = {"a timer per read around the iterator (before)": timer_per_read, "next_within (now)": within}
+    cpu: dict[str, list[float]] = {name: [] for name in reads}
+    await asyncio.gather(*(one(read) for read in reads.values() for _ in range(32)))
+    for index in range(ROUNDS):
+        for name in (list(reads) if index % 2 else list(reversed(reads))):
+            started = time.process_time()
+            for _ in range(2):
+                await asyncio.gather(*(one(reads[name]) for _ in range(32)))
+            cpu[name].append((time.process_time() - started) / 64)
+    await transport.aclose()
+    baseline = next(iter(reads))
+    return [(name, fmt_time(statistics.median(cpu[name])),
+             "1.00 (baseline)" if name == baseline else
+             f"{statistics.median(a / b for a, b in zip(cpu[name], cpu[baseline], strict=True)):.2f}")
+            for name in reads]
+
+
+def _provider_tables() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The CPU table (a provider answering at once) and the read table (chunks 20 ms apart)."""
     import uvloop
 
     from bench.loadtest.procs import ProviderProcess, make_workdir, remove_workdir
 
+    def configure(delay: float) -> None:
+        config = json.dumps({"delay": delay, "chunks": 10}).encode()
+        urllib.request.urlopen(urllib.request.Request(provider.url + "/_config", data=config, headers={
+            "Content-Type": "application/json"}), timeout=10).close()
+
     workdir = make_workdir()
     provider = ProviderProcess(workdir).start()
     try:
-        config = json.dumps({"delay": 0.0, "chunks": 10}).encode()
-        urllib.request.urlopen(urllib.request.Request(provider.url + "/_config", data=config, headers={
-            "Content-Type": "application/json"}), timeout=10).close()
-        return uvloop.run(_cpu_rows(provider.url))
+        configure(0.0)
+        cpu = uvloop.run(_cpu_rows(provider.url))
+        configure(0.2)
+        return cpu, uvloop.run(_read_rows(provider.url))
     finally:
         provider.stop()
         remove_workdir(workdir)
@@ -186,8 +253,11 @@ def main() -> None:
     against = "nginx" if nginx is not None else "Python fake"
     table(f"Async network layer: per GET against {against} (median of {ROUNDS} alternating rounds)",
           ("path", "per GET", "ratio"), rows)
+    cpu, reads = _provider_tables()
     table(f"Client CPU per POST against the load test's provider in its own process "
-          f"(median of {ROUNDS} alternating rounds of {N})", ("path", "CPU per call", "ratio"), _cpu_table())
+          f"(median of {ROUNDS} alternating rounds of {N})", ("path", "CPU per call", "ratio"), cpu)
+    table(f"The stream supervisor's read: client CPU per stream of 10 chunks 20 ms apart, 32 at once "
+          f"(median of {ROUNDS} alternating rounds of 64)", ("read", "CPU per stream", "ratio"), reads)
 
 
 if __name__ == "__main__":
