@@ -188,9 +188,11 @@ def _gc_paired(application: Any, token: str, *, calls: int, rounds: int) -> dict
         spent["count"] += 1
         spent["longest"] = max(spent["longest"], took)
 
-    async def callers(first: int, count: int) -> None:
+    async def callers(first: int, count: int) -> int:
+        """`count` calls (rounded down to a multiple of 32) from 32 callers; returns how many."""
         per = max(1, count // 32)
         await asyncio.gather(*(_callers_one(application, token, first + k * per, per) for k in range(32)))
+        return per * 32
 
     async def run() -> dict[int, dict[str, list[float]]]:
         await callers(-100_000, 320)  # warm
@@ -202,8 +204,7 @@ def _gc_paired(application: Any, token: str, *, calls: int, rounds: int) -> dict
                 gc.set_threshold(threshold, *default[1:])
                 spent.update(seconds=0.0, count=0, longest=0.0)
                 started = time.process_time()
-                await callers(index * 10 * calls + threshold, calls)
-                done = max(1, calls // 32) * 32
+                done = await callers(index * 10 * calls + threshold, calls)
                 runs[threshold]["cpu"].append((time.process_time() - started) * 1000 / done)
                 runs[threshold]["gc"].append(spent["seconds"] * 1000 / done)
                 runs[threshold]["count"].append(spent["count"] / done)

@@ -21,7 +21,7 @@ counting soon after. With Python's default of 700, 32 callers through /v1
 triggered a collection every 12 calls, each walking those survivors and the
 calls in flight: 0.05-0.08 ms of a call's CPU (5-6%), with pauses up to 9 ms.
 At 10,000 the collector ran less than once in 7,000 calls and the call cost
-0.07 ms less (`bench/bench_door.py --gc`). Garbage in cycles, which only
+0.07 ms less (`python -m bench.bench_door --gc`). Garbage in cycles, which only
 the collector frees, waits longer before it is freed; there is none per call.
 """
 from __future__ import annotations

@@ -173,9 +173,14 @@ class AsyncUpstreamResponse(_CallResponse, httpx2.Response):
         the connection, without the response's own steps per chunk. Unlike
         `aiter_bytes()`, reaching the end does not close the response: close
         it (`aclose()`) when done."""
-        if self.headers.get("content-encoding", "identity") == "identity":
+        if self._unencoded:
             return aiter(self.stream)
         return self.aiter_bytes()
+
+    @property
+    def _unencoded(self) -> bool:
+        """The body's bytes are the content itself (no Content-Encoding to undo)."""
+        return self.headers.get("content-encoding", "identity") == "identity"
 
     def chunk_reader(self) -> Callable[[float], Awaitable[bytes]]:
         """`await read(wait)`: the next chunk of `aiter_body()`, waiting at most
@@ -184,7 +189,7 @@ class AsyncUpstreamResponse(_CallResponse, httpx2.Response):
         connection's own timer (resilience.client.aionet: one timer per wait,
         none when the chunk is here); any other body under a timer per read."""
         within = getattr(self.stream, "next_within", None)
-        if within is not None and self.headers.get("content-encoding", "identity") == "identity":
+        if within is not None and self._unencoded:
             return within
         body = aiter(self.aiter_body())
 
