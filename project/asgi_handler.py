@@ -25,6 +25,9 @@ and every upstream stream the request left open is closed when `handle` ends
 once, not whenever the garbage collector reaches the abandoned generators).
 The response is left unfinished on purpose: uvicorn then drops the connection
 (and logs "ASGI callable returned without completing response" once).
+A streamed response whose producer said its end follows
+(aigen.edge.streaming.EventStreamResponse.end_follows) has its last parts
+sent with the body's closing message: the server writes them once.
 
 Token calls at the AI doors (`DOOR_MIDDLEWARE`): a request to `/v1/` or
 `/api/ai/generate` that names an API token (`Authorization: Bearer`/`Token`,
@@ -54,6 +57,7 @@ from django.core.handlers.base import BaseHandler
 from django.urls import set_script_prefix
 
 from aigen.edge.auth import TOKEN_KEYWORDS
+from aigen.edge.streaming import EventStreamResponse
 from project import door
 from resilience.client.context import open_streams
 from resilience.conf import resilience_settings
@@ -101,6 +105,22 @@ async def send_too_large(send, scope) -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _ending_with_last(response: EventStreamResponse, send):
+    """`send` for an event stream: the parts its producer yields once it said the end
+    follows (`end_follows()`) are held and sent with the body's closing message, which
+    Django sends on its own after the last part: one write, not two."""
+    held: list[bytes] = []
+
+    async def send_ending(message):
+        if response.ending and message["type"] == "http.response.body":
+            if message.get("more_body"):
+                held.append(message["body"])
+                return
+            message = {**message, "body": b"".join(held) + message.get("body", b"")}
+        await send(message)
+    return send_ending
 
 
 class _SendWatch:
@@ -206,6 +226,8 @@ class GatewayASGIHandler(ASGIHandler):
         return body_file
 
     async def send_response(self, response, send):
+        if isinstance(response, EventStreamResponse):
+            send = _ending_with_last(response, send)
         timeout = float(resilience_settings.SEND_TIMEOUT or 0)
         if timeout <= 0:
             return await super().send_response(response, send)

@@ -346,3 +346,30 @@ def test_a_send_that_never_completes_times_out_and_closes_the_body(settings):
     with pytest.raises(SendTimedOut):
         asyncio.run(GatewayASGIHandler().send_response(response, stuck_send))
     assert closed  # the body's generator was closed on the way out
+
+
+@pytest.mark.parametrize("send_timeout", [0, 30])
+def test_the_parts_yielded_after_end_follows_go_with_the_end_of_the_body(settings, send_timeout):
+    from aigen.edge.streaming import EventStreamResponse
+
+    settings.RESILIENCE = {**settings.RESILIENCE, "SEND_TIMEOUT": send_timeout}
+
+    async def parts():
+        yield b"one"
+        yield b"two"
+        response.end_follows()
+        yield b"three"
+        yield b"four"
+
+    response = EventStreamResponse(parts())
+    sent = []
+
+    async def record(message):
+        sent.append(message)
+
+    asyncio.run(GatewayASGIHandler().send_response(response, record))
+    assert sent[0]["type"] == "http.response.start"
+    assert (b"Cache-Control", b"no-cache, no-transform") in sent[0]["headers"]
+    assert [(m.get("body", b""), m.get("more_body", False)) for m in sent[1:]] == [
+        (b"one", True), (b"two", True), (b"threefour", False)]
+

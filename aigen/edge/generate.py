@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework.renderers import JSONRenderer
@@ -39,6 +39,7 @@ from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OURS, Refusal, error_response, sse
 from aigen.edge.metering import caller_admit, caller_limited, spend_left_unread
 from aigen.edge.parsing import body_json
+from aigen.edge.streaming import EventStreamResponse
 from aigen.edge.throttling import GenerateThrottle
 from aigen.exceptions import CallerThrottled, GenerationError
 from aigen.generation.request import GenerationRequest
@@ -58,7 +59,7 @@ async def _settle(spend: Spend, result: GenerationResult | None) -> None:
     await spend.asettle(result.usage.as_dict())
 
 
-def _event_stream(stream: Any, spend: Spend) -> StreamingHttpResponse:
+def _event_stream(stream: Any, spend: Spend) -> EventStreamResponse:
     async def events() -> AsyncIterator[bytes]:
         try:
             yield sse("start", stream.meta)
@@ -66,19 +67,18 @@ def _event_stream(stream: Any, spend: Spend) -> StreamingHttpResponse:
                 yield sse("delta", {"content": chunk})
             done = stream.result.as_dict()
             done.pop("content")
-            yield sse("done", {"success": True, **done})
+            end = sse("done", {"success": True, **done})
         except GenerationError as err:
-            yield sse("error", {"success": False, "error": err.as_dict()})
+            end = sse("error", {"success": False, "error": err.as_dict()})
         finally:
             await stream.aclose()
             await _settle(spend, stream.result)
+        response.end_follows()  # settled: the last event goes with the body's end
+        yield end
 
     # The request's end settles it if the generator did not (never started, or closed later).
     spend_left_unread(lambda: _settle(spend, stream.result))
-    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
-    # no-transform: proxies (and our compression middleware) pass events through as they come.
-    response["Cache-Control"] = "no-cache, no-transform"
-    response["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come
+    response = EventStreamResponse(events())
     return response
 
 

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from aigen.conf import aigen_settings
@@ -49,6 +49,7 @@ from aigen.edge.errors import ANTHROPIC, ProviderAnswered, Refusal, error_event,
 from aigen.edge.metering import answer_settle, caller_admit, caller_limited, spend_left_unread, stream_settle
 from aigen.edge.openai import models
 from aigen.edge.parsing import body_json
+from aigen.edge.streaming import EventStreamResponse
 from aigen.edge.throttling import GenerateThrottle
 from aigen.edge.tokens import atoken_user
 from aigen.exceptions import CallerThrottled
@@ -194,7 +195,7 @@ async def _with_pings(events: AsyncIterator[Any], interval: float) -> AsyncItera
             await reader
 
 
-def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spend) -> StreamingHttpResponse:
+def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spend) -> EventStreamResponse:
     writer = translate.AnthropicStreamWriter(model=model)
 
     async def events() -> AsyncIterator[bytes]:
@@ -210,20 +211,20 @@ def _event_stream(call: _Call, stream: SupervisedStream, model: str, spend: Spen
                     frames = writer.feed(chunk)
                     if frames:  # one write per provider chunk, however many events it makes
                         yield b"".join(frames)
-            yield b"".join(writer.finish())
+            end = b"".join(writer.finish())
         except errors.UpstreamError as err:
-            yield error_event(err, shape=ANTHROPIC)
+            end = error_event(err, shape=ANTHROPIC)
         except Exception as err:  # whatever broke the stream, the caller must hear of it
-            yield error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=ANTHROPIC)
+            end = error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=ANTHROPIC)
         finally:
             await stream.aclose()
             await stream_settle(spend, stream)
+        answer.end_follows()  # settled: the last events go with the body's end
+        yield end
 
     # The request's end settles it if the generator did not (never started, or closed later).
     spend_left_unread(lambda: stream_settle(spend, stream))
-    answer = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
-    answer["Cache-Control"] = "no-cache, no-transform"
-    answer["X-Accel-Buffering"] = "no"
+    answer = EventStreamResponse(events())
     return call.answered(answer)
 
 

@@ -49,13 +49,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from aigen.edge.auth import request_authenticate
 from aigen.edge.errors import OPENAI, ProviderAnswered, Refusal, error_event, error_response, provider_json
 from aigen.edge.metering import answer_settle, caller_admit, caller_limited, spend_left_unread, stream_settle
 from aigen.edge.parsing import body_json
+from aigen.edge.streaming import EventStreamResponse
 from aigen.edge.throttling import GenerateThrottle
 from aigen.exceptions import CallerThrottled
 from aigen.generation.bridges import CHAT_PATH, CHAT_WIRE
@@ -167,43 +168,53 @@ def _usage_asked(payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 
 def _supervised(stream: SupervisedStream, model: str, spend: Spend, *,
-                relay_usage: bool = True) -> StreamingHttpResponse:
-    """The supervised stream as OpenAI chunks (see the module docstring).
-    An attempt on an Anthropic-format endpoint comes as parsed chunks (no
-    `raw`): rendered under the answer's one id, with the caller's model."""
+                relay_usage: bool = True) -> EventStreamResponse:
+    """The supervised stream as OpenAI chunks (see the module docstring), the
+    events of one provider read in one write. The last read's events, when
+    the stream ends with it, go out with `[DONE]` and the body's end, after
+    the stream is settled."""
+    head: dict[str, Any] = {}
+
+    def rendered(event: Any) -> bytes | None:
+        if not relay_usage and _usage_only(event):
+            return None  # asked for the ledger, not by the caller
+        data = event.data if isinstance(event.data, dict) else {}
+        if not head and (data.get("choices") or event.raw):
+            head.update(id=data.get("id") or "chatcmpl-gateway",
+                        created=data.get("created") or int(time.time()))
+        if event.raw and not event.attempt and not event.spliced:
+            return b"data: " + event.raw + b"\n\n"  # as the provider sent it
+        if not data.get("choices") and "usage" not in data:
+            return None  # a ping, a block's stop: nothing for an OpenAI caller
+        chunk = OPENAI_CHAT.with_text(data, event.text) if event.spliced else data
+        named = stream.model or model  # the model that produced it (a chunk may not say)
+        chunk = {"object": "chat.completion.chunk", "model": named, **chunk, **head}
+        return f"data: {json.dumps(chunk)}\n\n".encode()  # one id for the one answer
+
     async def chunks() -> AsyncIterator[bytes]:
-        head: dict[str, Any] = {}
+        last = b""
         try:
-            async for event in stream:
-                if not relay_usage and _usage_only(event):
-                    continue  # asked for the ledger, not by the caller
-                data = event.data if isinstance(event.data, dict) else {}
-                if not head and (data.get("choices") or event.raw):
-                    head = {"id": data.get("id") or "chatcmpl-gateway",
-                            "created": data.get("created") or int(time.time())}
-                if event.raw and not event.attempt and not event.spliced:
-                    yield b"data: " + event.raw + b"\n\n"  # as the provider sent it
-                    continue
-                if not data.get("choices") and "usage" not in data:
-                    continue  # a ping, a block's stop: nothing for an OpenAI caller
-                chunk = OPENAI_CHAT.with_text(data, event.text) if event.spliced else data
-                named = stream.model or model  # the model that produced it (a chunk may not say)
-                rendered = {"object": "chat.completion.chunk", "model": named, **chunk, **head}
-                yield f"data: {json.dumps(rendered)}\n\n".encode()  # one id for the one answer
-            yield _DONE
+            async for batch in stream.batches():
+                parts = (rendered(batch[0]) or b"" if len(batch) == 1
+                         else b"".join(part for part in map(rendered, batch) if part))
+                if stream.ending:
+                    last += parts  # nothing more comes: it goes with the end
+                elif parts:
+                    yield parts
+            end = _DONE
         except errors.UpstreamError as err:
-            yield error_event(err, shape=OPENAI)
+            end = error_event(err, shape=OPENAI)
         except Exception as err:  # whatever broke the stream, the caller must hear of it
-            yield error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=OPENAI)
+            end = error_event(AppError(f"the stream broke: {type(err).__name__}"), shape=OPENAI)
         finally:
             await stream.aclose()
             await stream_settle(spend, stream)  # billed, its usage when it sent one; unread: freed
+        answer.end_follows()
+        yield last + end
 
     # The request's end settles it if the generator did not (never started, or closed later).
     spend_left_unread(lambda: stream_settle(spend, stream))
-    answer = StreamingHttpResponse(chunks(), content_type="text/event-stream; charset=utf-8")
-    answer["Cache-Control"] = "no-cache, no-transform"
-    answer["X-Accel-Buffering"] = "no"
+    answer = EventStreamResponse(chunks())
     return answer
 
 

@@ -55,6 +55,12 @@ Only text is continued: once an event the codec marks `opaque` (OpenAI: a
 tool call, a second choice) has reached the caller, a break ends the stream
 with `StreamInterrupted`.
 
+`batches()` gives the same events grouped by the provider's reads: the
+events parsed from one read come as one list, so a front door writes them to
+its caller at once (one socket write, not one per event). `ending` tells
+that what has been handed over ends the answer: the attempt's end marker came
+and its body has arrived, so the stream ends without waiting on the network.
+
 Malformed events (not JSON, not SSE) are skipped and counted. A stream that
 ends at the HTTP level after its final chunk but without `[DONE]` is complete;
 one whose connection stays open after the final chunk (and usage, when asked
@@ -291,6 +297,7 @@ class SupervisedStream:
         stream = SupervisedStream(client, path="chat/completions", body=body, codec=OPENAI_CHAT)
         refused = await stream.start()   # the provider's error answer, or None
         async for event in stream: ...   # StreamEvent, the answer as one stream
+        # or: async for batch in stream.batches(): ...   # the events of each provider read
         await stream.aclose()
 
     After the iteration: `usage`, `finish_reason`, `model`, `endpoints` (one
@@ -324,6 +331,9 @@ class SupervisedStream:
         self.counts: dict[str, int] = {}
         self._policy: Any = None
         self._response: Any = None
+        #: What was handed over ends the answer: the open attempt's end marker came and its
+        #: body has arrived, so the iteration ends without reading the network again.
+        self.ending = False
         self._attempt_counts: dict[str, int] = {}
         self._attempt = -1
         self._sent: list[str] = []
@@ -383,6 +393,7 @@ class SupervisedStream:
         # before it, timed out on another endpoint, does not shorten it).
         self._sent_at = response.meta.sent_at or self._sent_at
         self._response = response
+        self.ending = False
         response.stream_read = 0  # counted by `_events`: 0 at its close, it was never read
         self._attempt += 1
         self._attempt_counts = {}
@@ -415,18 +426,28 @@ class SupervisedStream:
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._events()
 
+    def batches(self) -> AsyncIterator[list[StreamEvent]]:
+        """The answer's events, those of each provider read as one list (never empty)."""
+        return self._batches()
+
     async def _events(self) -> AsyncIterator[StreamEvent]:
+        async with contextlib.aclosing(self._batches()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def _batches(self) -> AsyncIterator[list[StreamEvent]]:
         breaks = 0
         try:
             while self._response is not None:
                 try:
-                    async with contextlib.aclosing(self._read()) as events:
-                        async for event in events:
-                            self._response.stream_read += 1
-                            self.events_read += 1
-                            delivered = self._deliver(event)
-                            if delivered is not None:
+                    async with contextlib.aclosing(self._read()) as reads:
+                        async for read in reads:
+                            delivered, failure = self._delivered(read)
+                            if delivered:
                                 yield delivered
+                            if failure is not None:
+                                raise failure
                     await self._settle(None)
                     return
                 except _Break as broken:
@@ -451,9 +472,25 @@ class SupervisedStream:
         return (policy.first_token_timeout or policy.read_timeout,
                 policy.stream_idle_timeout or policy.read_timeout, policy.stream_max_seconds)
 
-    def _read(self) -> AsyncIterator[StreamEvent]:
-        """The open attempt's events until it ends cleanly; `_Break` when it breaks."""
+    def _read(self) -> AsyncIterator[list[StreamEvent]]:
+        """The open attempt's events, a list per provider read, until it ends cleanly; `_Break`
+        when it breaks."""
         return _AttemptReader(self).events()
+
+    def _delivered(self, read: list[StreamEvent]) -> tuple[list[StreamEvent], errors.UpstreamError | None]:
+        """What of one read's events reaches the caller, and the failure that stopped them (what
+        came before it still reaches the caller first)."""
+        delivered: list[StreamEvent] = []
+        for event in read:
+            self._response.stream_read += 1
+            self.events_read += 1
+            try:
+                event = self._deliver(event)
+            except errors.UpstreamError as failure:
+                return delivered, failure
+            if event is not None:
+                delivered.append(event)
+        return delivered, None
 
     def _deliver(self, event: StreamEvent) -> StreamEvent | None:
         """What of `event` reaches the caller: all of it on the first attempt;
@@ -566,15 +603,17 @@ class _AttemptReader:
         self.first, self.idle, self.cap = stream._limits()
         self.progress = _Progress()
 
-    async def events(self) -> AsyncIterator[StreamEvent]:
+    async def events(self) -> AsyncIterator[list[StreamEvent]]:
+        """The events of each read (a read with none gives nothing)."""
         stream = self.stream
         if "json" in self.response.headers.get("content-type", ""):  # the provider ignored "stream": true
-            for event in await self._whole():
+            events = await self._whole()
+            for event in events:
                 if event.finish_reason is not None:
                     stream.finish_reason = event.finish_reason
                 if event.usage is not None:
                     stream.usage = event.usage
-                yield event
+            yield events
             return
         reader = SSEReader()
         read = self.response.chunk_reader()
@@ -583,8 +622,11 @@ class _AttemptReader:
             chunk = await self._next_chunk(read, *self._next_wait(wants_usage))
             if chunk is None:
                 return
-            for event in self._parse(reader, chunk):
-                yield event
+            parsed = self._parse(reader, chunk)
+            if self.progress.done:  # nothing after these but the body's end, here already or awaited
+                stream.ending = getattr(self.response.stream, "arrived", False)
+            if parsed:
+                yield parsed
             if self.progress.done:
                 await _drain(read)
                 return

@@ -61,7 +61,8 @@ class Reply:
         chunk per item, waiting `body_delay` before each; `body` is ignored.
         Server-sent event streams use it. A number among the items is a pause
         of that many seconds; `CUT` closes the connection there, without the
-        body's terminating chunk (a stream cut mid-way).
+        body's terminating chunk (a stream cut mid-way). The last item, when it
+        is a chunk, goes out in one write with the terminating chunk.
     """
 
     status: int = 200
@@ -225,16 +226,22 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         if reply.chunks is not None:
-            for chunk in reply.chunks:
+            last = len(reply.chunks) - 1
+            for i, chunk in enumerate(reply.chunks):
                 if isinstance(chunk, int | float):
                     fake._pause(chunk)
+                    if i == last:
+                        self.wfile.write(b"0\r\n\r\n")
                     continue
                 if chunk is CUT:
                     raise _Dropped
                 fake._pause(reply.body_delay)
-                if chunk:  # an empty chunk would end the body early
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            self.wfile.write(b"0\r\n\r\n")
+                # The last chunk goes in one write with the body's end, as a server that ends the
+                # body with its last event does; an empty chunk would end the body early.
+                framed = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunk else b""
+                self.wfile.write(framed + b"0\r\n\r\n" if i == last else framed)
+            if last < 0:
+                self.wfile.write(b"0\r\n\r\n")
         elif reply.body_delay > 0:
             step = -(-len(body) // 4)  # ceil, so 4 pieces cover the body
             for i in range(4):

@@ -334,3 +334,59 @@ def test_a_stream_that_broke_after_a_tool_call_ends_with_an_error_not_a_continua
             sdk_run(gateway, work)
     assert "a tool call or a second choice cannot be continued" in caught.value.message
     assert fallback.chat_calls == 0  # its arguments would have been sent twice
+
+
+def _frame(text: str, finish: str | None = None) -> bytes:
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+_USAGE = b'data: {"id": "c1", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 4}}\n\n'
+
+
+def body_messages(key: str, *frames: bytes | float) -> list[tuple[bytes, bool]]:
+    """One streamed call through the application (no usage asked) to a primary that sends `frames`
+    (Reply.chunks): the body messages the server was given to write, each (body, more_body)."""
+    from project.asgi import application
+
+    messages: list[tuple[bytes, bool]] = []
+
+    async def recording(scope, receive, send):
+        async def record(message):
+            if message["type"] == "http.response.body":
+                messages.append((message.get("body", b""), message.get("more_body", False)))
+            await send(message)
+        await application(scope, receive, record)
+
+    async def go():
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=recording),
+                                      base_url="http://testserver") as http:
+            answer = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                                     json={"model": MODEL, "stream": True,
+                                           "messages": [{"role": "user", "content": "q"}]})
+            assert answer.status_code == 200
+
+    with FakeUpstream() as primary:
+        primary.script("/v1/chat/completions", Reply(200, headers={"Content-Type": "text/event-stream"},
+                                                     chunks=frames))
+        Endpoint.objects.filter(name="primary").update(base_url=primary.url + "/v1")
+        reset_clients()
+        async_to_sync(go)()
+    return messages
+
+
+def test_a_providers_read_goes_out_in_one_write_and_the_last_one_with_the_end(gateway, providers):
+    """Events that came in one read of the provider are one body message; the read that ends the
+    stream (its [DONE] and the body's end with it) goes with [DONE] and the end of the body."""
+    a, b, c, last = _frame("a"), _frame("b"), _frame("c"), _frame("d", "stop")
+    sent = body_messages(gateway, a, 0.05, b + c, 0.05, last + _USAGE + b"data: [DONE]\n\n")
+    assert sent == [(a, True), (b + c, True), (last + b"data: [DONE]\n\n", False)]
+
+
+def test_a_last_read_whose_body_end_is_still_awaited_is_not_held_back(gateway, providers):
+    """The final chunk and [DONE] came, the body's end did not: the chunk goes out at once, and
+    [DONE] with the end once the body ended (the supervisor waits FINISH_GRACE for it)."""
+    a, last = _frame("a"), _frame("d", "stop")
+    sent = body_messages(gateway, a, 0.05, last + b"data: [DONE]\n\n", 0.1)
+    assert sent == [(a, True), (last, True), (b"data: [DONE]\n\n", False)]
