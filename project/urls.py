@@ -13,6 +13,13 @@ from resilience.ops.api import api_route_fallback
 from resilience.telemetry import metrics
 
 urlpatterns = [
+    # The front doors first: the resolver tries the patterns in order, and these carry the traffic.
+    # The OpenAI-compatible front door (aigen.edge.openai): base URL <host>/v1 for any OpenAI SDK.
+    path("v1/chat/completions", openai_views.chat_completions, name="openai-chat-completions"),
+    path("v1/models", openai_views.model_list, name="openai-models"),
+    # The Anthropic Messages front door (aigen.edge.messages): base URL <host> for the anthropic SDK.
+    path("v1/messages", anthropic_messages.messages, name="anthropic-messages"),
+    path("v1/messages/count_tokens", anthropic_messages.count_tokens, name="anthropic-count-tokens"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
@@ -20,12 +27,6 @@ urlpatterns = [
     path("dashboard/data", dashboard.dashboard_data, name="resilience-dashboard-data"),
     *upstream_dashboard.dashboard_urls(),  # the per-upstream pages
     path("api/ai/", include("aigen.urls")),
-    # The OpenAI-compatible front door (aigen.edge.openai): base URL <host>/v1 for any OpenAI SDK.
-    path("v1/chat/completions", openai_views.chat_completions, name="openai-chat-completions"),
-    path("v1/models", openai_views.model_list, name="openai-models"),
-    # The Anthropic Messages front door (aigen.edge.messages): base URL <host> for the anthropic SDK.
-    path("v1/messages", anthropic_messages.messages, name="anthropic-messages"),
-    path("v1/messages/count_tokens", anthropic_messages.count_tokens, name="anthropic-count-tokens"),
     path("api/resilience/", include("resilience.urls")),
     # Public: the schema and its docs describe the API, they expose no data.
     path("api/schema/", SchemaView.as_view(), name="schema"),

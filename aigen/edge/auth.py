@@ -99,7 +99,8 @@ async def request_authenticate(request: HttpRequest) -> Any:
     """The caller of an async view (also set as the call logs' caller), or a
     `Refusal`: 401, 429 past the failure throttle, 403 for a session POST
     without its CSRF token (as DRF requires)."""
-    header = request.headers.get("Authorization", "")
+    # From META: `request.headers` would parse every header of the request to read this one.
+    header = request.META.get("HTTP_AUTHORIZATION", "")
     if header:
         keyword, _, key = header.partition(" ")
         if keyword in TOKEN_KEYWORDS:

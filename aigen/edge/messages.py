@@ -72,7 +72,7 @@ class _Call:
 
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
-        self.version = request.headers.get(VERSION_HEADER, "")
+        self.version = request.META.get("HTTP_ANTHROPIC_VERSION", "")  # VERSION_HEADER
         self.body: dict[str, Any] = {}
         self.throttle = GenerateThrottle()
 
@@ -81,7 +81,7 @@ class _Call:
 
     async def admit(self) -> None:
         """Authenticate and throttle the caller (401/403/429)."""
-        key = self.request.headers.get("x-api-key", "").strip()
+        key = self.request.META.get("HTTP_X_API_KEY", "").strip()
         if key:
             user = await atoken_user(key)
             if user is None:
