@@ -157,3 +157,15 @@ def test_kept_users_stay_kept_while_the_generation_holds(alice, clock, settings,
         clock.now += 1.0  # a check each time
         with django_assert_num_queries(0):
             assert tokens.token_user(key).pk == alice.pk
+
+
+def test_each_call_gets_its_own_copy_of_the_kept_user(alice, clock):
+    key = token_issue(user=alice)
+    first, second = tokens.token_user(key), tokens.token_user(key)
+    assert first is not second and first == second == alice
+    assert first._state is not second._state and not first._state.adding
+    first._perm_cache = {"granted"}  # what a permission check caches on its user
+    first._state.fields_cache["probe"] = object()
+    assert not hasattr(second, "_perm_cache") and "probe" not in second._state.fields_cache
+    assert tokens.token_of(first) is not None and tokens.token_of(first) == tokens.token_of(second)
+    assert tokens.token_of(first).digest == token_digest(key)
