@@ -10,6 +10,7 @@ from django.core.cache import cache
 
 from resilience.cache import reset_engines
 from tests.support.redis_server import RedisProcess, ping, require
+from tests.support.xdist_scheduler import AcceptanceTogether
 
 if TYPE_CHECKING:
     from resilience.models import Upstream
@@ -19,6 +20,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "postgres: needs PostgreSQL as the default database "
                                        "(deselected, not skipped, in a run on SQLite)")
     config.addinivalue_line("markers", "sqlite: about the SQLite default (deselected on PostgreSQL)")
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: `-p no:xdist` still runs the suite
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` keeps tests/acceptance/ together on one worker (tests.support.xdist_scheduler)."""
+    return AcceptanceTogether(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(config, items):
