@@ -52,8 +52,12 @@ serve: setup
 	$(BIN)/python manage.py collectstatic --noinput -v 0 && \
 	exec $(BIN)/gunicorn project.asgi:application --config gunicorn.conf.py --bind $(HOST):$(PORT)
 
+# The suite on TEST_WORKERS pytest-xdist workers (0: in this process), the
+# acceptance suite together on one of them (tests/support/xdist_scheduler.py);
+# each worker has a Redis database of its own (tests/testenv.py, TEST_REDIS_DB).
+TEST_WORKERS ?= 2
 test: setup-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The acceptance suite alone (tests/acceptance/, also part of `make test`):
 # schema fuzzing, injected faults, clean shutdown under load, abuse.

@@ -3,13 +3,16 @@ clean cache for every test."""
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.core.cache import cache
 
+from project import asgi_signals
 from resilience.cache import reset_engines
 from tests.support.redis_server import RedisProcess, ping, require
+from tests.support.xdist_scheduler import AcceptanceTogether
 
 if TYPE_CHECKING:
     from resilience.models import Upstream
@@ -19,6 +22,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "postgres: needs PostgreSQL as the default database "
                                        "(deselected, not skipped, in a run on SQLite)")
     config.addinivalue_line("markers", "sqlite: about the SQLite default (deselected on PostgreSQL)")
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: `-p no:xdist` still runs the suite
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` keeps tests/acceptance/ together on one worker (tests.support.xdist_scheduler)."""
+    return AcceptanceTogether(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -66,6 +75,17 @@ def _call_context():
     yield
     current_priority.reset(tokens[1])
     current_caller.reset(tokens[0])
+
+
+@pytest.fixture(autouse=True)
+def _asgi_request_receivers():
+    """Once project.asgi is imported in this process, each test starts with the request signals'
+    receivers it installs. Django's test client connects `close_old_connections` back after every
+    request it makes; a later test's request to the ASGI application (its sync work on the test's
+    own thread, under async_to_sync) then closed the test's connection inside its transaction
+    ("the connection is closed"), or not, depending on which tests had run before it in the process."""
+    if "project.asgi" in sys.modules:
+        asgi_signals.install()
 
 
 @pytest.fixture(autouse=True)

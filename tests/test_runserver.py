@@ -198,10 +198,17 @@ def test_runserver_serves_accounts_that_refresh_themselves(dev_accounts):
     assert set(statuses) == {"200"}, [s for s in statuses if s != "200"][:3]
     assert all(2 <= count <= math.ceil(ran / REFRESH_EVERY) + 1 for count in refreshes.values()), refreshes
     assert tokens.reuses == 0
-    before = tokens.refreshes["acct-a"]
+    before, refused = tokens.refreshes["acct-a"], tokens.provider_401
     tokens.revoke_access("acct-a")  # the provider revokes a live token: one refresh, no caller error
-    for _ in range(6):
+    # Each call goes to either account (weighted random): six fixed calls all went to acct-b in one run
+    # of 64, acct-a's revoked token never met and no refresh to count. Calls until it is, then five more.
+    for _ in range(64):
         call()
+        if tokens.provider_401 > refused:
+            break
+    for _ in range(5):
+        call()
+    assert tokens.provider_401 > refused  # the revoked token was met
     assert set(statuses) == {"200"} and tokens.refreshes["acct-a"] == before + 1
     assert "development key" in server.output
     log = server.output

@@ -13,7 +13,11 @@ CI's PostgreSQL run covers them.
 Secrets: the session sets known test values for every kind of secret the
 service holds (`SECRETS`); tests add what they saw (responses, log lines,
 server output, call-log rows) to `exposure`, and test_zz_secrets.py, collected
-last, greps all of it.
+last, greps all of it. The corpus lives in one test process: under
+pytest-xdist, `--dist loadfile` (`make test`) runs the whole suite on one
+worker in collection order (tests.support.xdist_scheduler), and the secrets
+test checks that every other acceptance test of the run ran before it in its
+process.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ class Exposure:
 
     def __init__(self) -> None:
         self.texts: list[tuple[str, str]] = []
+        self.tests: set[str] = set()  # the node ids of the tests that ran with this corpus
 
     def add(self, source: str, text: str | bytes) -> None:
         if isinstance(text, bytes):
@@ -83,8 +88,9 @@ def exposure():
 
 
 @pytest.fixture(autouse=True)
-def _test_secrets(exposure, monkeypatch, settings):
+def _test_secrets(exposure, monkeypatch, settings, request):
     """The known secrets in this process's settings for every acceptance test."""
+    exposure.tests.add(request.node.nodeid)
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     settings.RESILIENCE = {**settings.RESILIENCE, "SECRETS": dict(SECRETS),

@@ -5,9 +5,11 @@ everything the suite saw: every response the outside-in tests recorded, the
 live server's whole output (at DEBUG), its call-log rows, schemathesis's
 output, and every log record of the in-process tests.
 
-Collected last (the file name), so the corpus holds the rest of the suite;
-run alone it still attacks the likeliest leaks itself first: an upstream that
-echoes its credential in a failure, the policy detail, /readyz, /metrics."""
+Collected last (the file name), so the corpus holds the rest of the suite
+(checked: every other acceptance test of the run ran in this process before
+this one, which under pytest-xdist takes `--dist loadfile`); run alone it
+still attacks the likeliest leaks itself first: an upstream that echoes its
+credential in a failure, the policy detail, /readyz, /metrics."""
 from __future__ import annotations
 
 import requests
@@ -16,7 +18,11 @@ from tests.acceptance.conftest import SECRETS
 from tests.support.fake_upstream import Reply
 
 
-def test_no_secret_anywhere_the_suite_looked(live, exposure):
+def test_no_secret_anywhere_the_suite_looked(live, exposure, request):
+    elsewhere = [item.nodeid for item in request.session.items if item.get_closest_marker("acceptance")
+                 and item is not request.node and item.nodeid not in exposure.tests]
+    assert not elsewhere, (f"{len(elsewhere)} acceptance tests ran in another process or after this one, "
+                           f"out of the corpus (pytest-xdist: --dist loadfile): {elsewhere[:5]}")
     key = SECRETS["UPSTREAM_ACCEPT_KEY"]
     # An upstream that echoes the credential it was sent in its error body and headers.
     live.upstream.script("/", Reply(500, body={"error": f"bad credential Bearer {key}"},

@@ -8,7 +8,8 @@ the running service from outside: schema fuzzing, abuse, clean shutdown.
 
 The database is a fresh SQLite file, or, when the run has PostgreSQL
 (`DATABASE_URL` names one), a scratch PostgreSQL database
-`<run database>_live_<port>` created here and dropped afterwards, so the
+`<run database>_live_<port>` (`<run database>_gw1_live_<port>` in an xdist
+worker: migrated.scratch_prefix) created here and dropped afterwards, so the
 server sees the same engine as the rest of the run. Either is a copy of the
 run's migrated template (tests.support.migrated); `migrate`, `seed_upstreams`
 and the `setup` code then run in one Django process before the server starts. Everything the server
@@ -87,7 +88,7 @@ class LiveServer:
         pg = postgres_url()
         if pg:
             parts = urlsplit(pg)
-            self._pg_db = f"{parts.path.lstrip('/') or 'postgres'}_live_{self.port}"
+            self._pg_db = f"{migrated.scratch_prefix(pg)}_live_{self.port}"
             env["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{self._pg_db}"))
         else:
             env["DATABASE_URL"] = f"sqlite:///{self.workdir / 'live.sqlite3'}"

@@ -9,6 +9,9 @@ each one running every migration from an empty database.
 SQLite: the template is a file in a temporary folder, copied byte for byte.
 PostgreSQL: the template is a database `<run database>_template`, and each
 copy is `CREATE DATABASE ... TEMPLATE` (a file-level copy on the server).
+Under pytest-xdist each worker is a test process of its own, with its own
+template (`<run database>_gw1_template`; `scratch_prefix`): one worker
+replacing a template left by an earlier run must not drop its sibling's.
 Both are made on first use, from the checkout's migrations as they are now,
 and removed when the test process exits. The copy is what `migrate` would have
 left (post-migrate receivers included, with the run's environment); servers
@@ -72,13 +75,21 @@ def _drop_postgres(url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def scratch_prefix(url: str) -> str:
+    """The start of the names of this test process's scratch databases next to the
+    database `url` names: that database's name, then the xdist worker's (`postgres_gw1`)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    name = urlsplit(url).path.lstrip("/") or "postgres"
+    return f"{name}_{worker}" if worker else name
+
+
 def postgres_template(url: str) -> str:
-    """The name of the run's migrated PostgreSQL template database (made on first
-    use, next to the database `url` names; one left by an earlier run is replaced)."""
+    """The name of the test process's migrated PostgreSQL template database (made on
+    first use, next to the database `url` names; one left by an earlier run is replaced)."""
     with _lock:
         if "postgres" not in _templates:
             parts = urlsplit(url)
-            name = f"{parts.path.lstrip('/') or 'postgres'}_template"
+            name = f"{scratch_prefix(url)}_template"
             _drop_postgres(url, name)
             with _admin_connect(url) as conn:
                 conn.execute(f'CREATE DATABASE "{name}"')
