@@ -72,7 +72,7 @@ class _Call:
 
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
-        self.version = request.META.get("HTTP_ANTHROPIC_VERSION", "")  # VERSION_HEADER
+        self.version = request.META.get("HTTP_ANTHROPIC_VERSION", "")  # VERSION_HEADER, as META keys it
         self.body: dict[str, Any] = {}
         self.throttle = GenerateThrottle()
 

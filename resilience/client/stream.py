@@ -394,7 +394,7 @@ class SupervisedStream:
         self._sent_at = response.meta.sent_at or self._sent_at
         self._response = response
         self.ending = False
-        response.stream_read = 0  # counted by `_events`: 0 at its close, it was never read
+        response.stream_read = 0  # counted by `_delivered`: 0 at its close, it was never read
         self._attempt += 1
         self._attempt_counts = {}
         if how:
