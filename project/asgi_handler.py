@@ -25,9 +25,13 @@ and every upstream stream the request left open is closed when `handle` ends
 once, not whenever the garbage collector reaches the abandoned generators).
 The response is left unfinished on purpose: uvicorn then drops the connection
 (and logs "ASGI callable returned without completing response" once).
-A streamed response whose producer said its end follows
-(aigen.edge.streaming.EventStreamResponse.end_follows) has its last parts
-sent with the body's closing message: the server writes them once.
+An event stream (aigen.edge.streaming.EventStreamResponse, what the AI doors
+answer streams with) is sent by a loop of its own: each part is one body
+message as it comes (Django's loop copies and splits every part through
+`chunk_bytes`, and the send timeout wrapped every send in a function of its
+own), and the parts yielded after its producer said its end follows
+(`end_follows()`) go with the body's closing message: the server writes them
+once.
 
 Token calls at the AI doors (`DOOR_MIDDLEWARE`): a request to `/v1/` or
 `/api/ai/generate` that names an API token (`Authorization: Bearer`/`Token`,
@@ -47,6 +51,7 @@ import asyncio
 import io
 import logging
 import tempfile
+from contextlib import aclosing
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -59,8 +64,9 @@ from django.urls import set_script_prefix
 from aigen.edge.auth import TOKEN_KEYWORDS
 from aigen.edge.streaming import EventStreamResponse
 from project import door
-from resilience.client.context import open_streams
+from resilience.client.context import current_request_id, open_streams
 from resilience.conf import resilience_settings
+from resilience.ops.middleware import BOUND_WHILE_SENT
 from resilience.telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -107,20 +113,38 @@ async def send_too_large(send, scope) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _ending_with_last(response: EventStreamResponse, send):
-    """`send` for an event stream: the parts its producer yields once it said the end
-    follows (`end_follows()`) are held and sent with the body's closing message, which
-    Django sends on its own after the last part: one write, not two."""
-    held: list[bytes] = []
+def _asgi_headers(response) -> list[tuple[bytes, bytes]]:
+    """The response's headers and cookies as ASGI wants them (as Django's `send_response`)."""
+    headers = [(header.encode("ascii") if isinstance(header, str) else bytes(header),
+                value.encode("latin1") if isinstance(value, str) else bytes(value))
+               for header, value in response.items()]
+    headers.extend((b"Set-Cookie", cookie.output(header="").encode("ascii").strip())
+                   for cookie in response.cookies.values())
+    return headers
 
-    async def send_ending(message):
-        if response.ending and message["type"] == "http.response.body":
-            if message.get("more_body"):
-                held.append(message["body"])
-                return
-            message = {**message, "body": b"".join(held) + message.get("body", b"")}
-        await send(message)
-    return send_ending
+
+async def _send_event_stream(response: EventStreamResponse, send, watch: _SendWatch | None) -> None:
+    """An event stream's send loop: one body message per part as it comes, no copy or split of
+    the part (Django's loop passes each through `chunk_bytes`). The parts its producer yields
+    once it said the end follows (`end_follows()`) are held and sent with the body's closing
+    message: one write, not two. While a message waits on the client, `watch` knows since when."""
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": _asgi_headers(response)})
+    held: list[bytes] = []
+    async with aclosing(aiter(response)) as parts:
+        async for part in parts:
+            if response.ending:
+                held.append(part)
+            elif part:
+                if watch is None:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                    continue
+                watch.sending_since = watch.loop.time()
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+                watch.sending_since = None
+    if watch is not None:
+        watch.sending_since = watch.loop.time()
+    await send({"type": "http.response.body", "body": b"".join(held)})
 
 
 class _SendWatch:
@@ -226,31 +250,32 @@ class GatewayASGIHandler(ASGIHandler):
         return body_file
 
     async def send_response(self, response, send):
-        if isinstance(response, EventStreamResponse):
-            send = _ending_with_last(response, send)
         timeout = float(resilience_settings.SEND_TIMEOUT or 0)
-        if timeout <= 0:
-            return await super().send_response(response, send)
-        watch = _SendWatch(timeout)
-
-        async def watched_send(message):
-            if message["type"] != "http.response.body":
-                return await send(message)
-            watch.sending_since = watch.loop.time()
-            try:
-                return await send(message)
-            finally:
-                watch.sending_since = None
-
+        watch = _SendWatch(timeout) if timeout > 0 else None
         try:
+            if isinstance(response, EventStreamResponse):
+                return await _send_event_stream(response, send, watch)
+            if watch is None:
+                return await super().send_response(response, send)
+
+            async def watched_send(message):
+                if message["type"] != "http.response.body":
+                    return await send(message)
+                watch.sending_since = watch.loop.time()
+                try:
+                    return await send(message)
+                finally:
+                    watch.sending_since = None
+
             return await super().send_response(response, watched_send)
         except asyncio.CancelledError:
-            if not watch.fired:
+            if watch is None or not watch.fired:
                 raise  # cancelled for another reason (the client went away)
             asyncio.current_task().uncancel()
             raise SendTimedOut() from None
         finally:
-            watch.stop()
+            if watch is not None:
+                watch.stop()
 
     async def handle(self, scope, receive, send):  # Django 5.2's, with the door and the two closes
         path = _path_info(scope)
@@ -329,8 +354,12 @@ class GatewayASGIHandler(ASGIHandler):
         return tasks
 
     async def _respond(self, request, send, path):
-        """Django's `process_request`: the view's response, sent; a send that timed out is counted."""
+        """Django's `process_request`: the view's response, sent with the request's id bound (this
+        task's own context: RequestIdMiddleware wraps no streaming body for it); a send that timed
+        out is counted."""
+        setattr(request, BOUND_WHILE_SENT, True)
         response = await self.run_get_response(request)
+        current_request_id.set(getattr(request, "request_id", None))
         try:
             await self.send_response(response, send)
         except asyncio.CancelledError:

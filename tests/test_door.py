@@ -305,8 +305,12 @@ def test_runserver_refuses_a_huge_body_without_reading_it(runserver):
 
 
 # -- the send watchdog, in process -------------------------------------------------------------------
-def _stream_response(chunks: int):
+def _stream_response(chunks: int, kind: str = "django"):
+    """A streamed response of `chunks` parts: Django's own, or an event stream (the AI doors'
+    kind, which the handler sends with a loop of its own)."""
     from django.http import StreamingHttpResponse
+
+    from aigen.edge.streaming import EventStreamResponse
 
     closed = []
 
@@ -316,12 +320,14 @@ def _stream_response(chunks: int):
                 yield b"chunk %d\n" % i
         finally:
             closed.append(True)
-    return StreamingHttpResponse(body()), closed
+    response = EventStreamResponse(body()) if kind == "events" else StreamingHttpResponse(body())
+    return response, closed
 
 
-def test_a_slow_but_steady_reader_is_not_cut_off(settings):
+@pytest.mark.parametrize("kind", ["django", "events"])
+def test_a_slow_but_steady_reader_is_not_cut_off(settings, kind):
     settings.RESILIENCE = {**settings.RESILIENCE, "SEND_TIMEOUT": 0.1}
-    response, closed = _stream_response(6)
+    response, closed = _stream_response(6, kind)
     sent = []
 
     async def slow_send(message):  # each chunk waits under the timeout; the whole stream over it
@@ -333,19 +339,48 @@ def test_a_slow_but_steady_reader_is_not_cut_off(settings):
     assert len([m for m in sent if m.get("body")]) == 6 and not sent[-1].get("more_body") and closed
 
 
-def test_a_send_that_never_completes_times_out_and_closes_the_body(settings):
+@pytest.mark.parametrize("kind", ["django", "events"])
+@pytest.mark.parametrize("stuck_on", [b"chunk 3\n", b""])  # a part, or the body's closing message
+def test_a_send_that_never_completes_times_out_and_closes_the_body(settings, kind, stuck_on):
     from project.asgi_handler import SendTimedOut
 
     settings.RESILIENCE = {**settings.RESILIENCE, "SEND_TIMEOUT": 0.05}
-    response, closed = _stream_response(1000)
+    response, closed = _stream_response(1000 if stuck_on else 5, kind)
 
     async def stuck_send(message):
-        if message["type"] == "http.response.body" and message.get("body") == b"chunk 3\n":
-            await asyncio.Event().wait()  # the client's window stays shut
+        if message["type"] == "http.response.body" and message.get("body", b"") == stuck_on:
+            await asyncio.sleep(10)  # the client's window stays shut (far past the timeout)
 
     with pytest.raises(SendTimedOut):
         asyncio.run(GatewayASGIHandler().send_response(response, stuck_send))
     assert closed  # the body's generator was closed on the way out
+
+
+def test_an_event_stream_is_sent_part_by_part_as_given(settings):
+    """Each part is one body message, however large (no split), an empty part none, and the
+    response's cookies go with its headers."""
+    from aigen.edge.streaming import EventStreamResponse
+
+    settings.RESILIENCE = {**settings.RESILIENCE, "SEND_TIMEOUT": 30}
+    large = b"x" * 200_000
+
+    async def parts():
+        yield b"one"
+        yield b""
+        yield large
+
+    response = EventStreamResponse(parts())
+    response.set_cookie("seen", "1")
+    sent = []
+
+    async def record(message):
+        sent.append(message)
+
+    asyncio.run(GatewayASGIHandler().send_response(response, record))
+    assert (b"Content-Type", b"text/event-stream; charset=utf-8") in sent[0]["headers"]
+    assert any(name == b"Set-Cookie" and value.startswith(b"seen=1") for name, value in sent[0]["headers"])
+    assert [(m.get("body", b""), m.get("more_body", False)) for m in sent[1:]] == [
+        (b"one", True), (large, True), (b"", False)]
 
 
 @pytest.mark.parametrize("send_timeout", [0, 30])

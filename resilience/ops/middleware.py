@@ -5,7 +5,8 @@ In `settings.MIDDLEWARE`, in this order and above everything else:
 - `RequestIdMiddleware`: takes the caller's `X-Request-ID` when it is sane
   (1-64 characters of `A-Za-z0-9._-`) or makes one; binds it to
   `resilience.client.context.current_request_id` while the view runs (and while a
-  streaming body is produced), so the call logs of upstream calls the request
+  streaming body is produced: around each part, or once around the whole send
+  by a server that says it does), so the call logs of upstream calls the request
   causes carry it; echoes it in the `X-Request-ID` response header.
 - `RequestTimingMiddleware`: request latency by view for /metrics; a request
   slower than `SLOW_REQUEST_SECONDS` is logged once, with its id and path.
@@ -67,6 +68,12 @@ def request_id_from(value: str | None) -> str:
     if value and SANE_REQUEST_ID.fullmatch(value):
         return value
     return uuid.uuid4().hex
+
+
+#: Set true on a request by a server that binds `request.request_id` to `current_request_id`
+#: while it sends the response (project.asgi_handler): its streaming body needs no wrapper
+#: that binds the id around every part.
+BOUND_WHILE_SENT = "request_id_bound_while_sent"
 
 
 def _bound_sync(content: Iterable[bytes], request_id: str) -> Iterator[bytes]:
@@ -156,9 +163,11 @@ class RequestIdMiddleware(_BothModes):
         request_id = state[0]
         response[REQUEST_ID_HEADER] = request_id
         # A streaming body is produced after we return: keep the id bound
-        # while it is (a streamed generation calls its upstream then). Files
-        # cause no upstream calls and keep their sendfile fast path.
-        if response.streaming and not isinstance(response, FileResponse):
+        # while it is (a streamed generation calls its upstream then), unless
+        # the server binds it while it sends the body (`BOUND_WHILE_SENT`).
+        # Files cause no upstream calls and keep their sendfile fast path.
+        if (response.streaming and not isinstance(response, FileResponse)
+                and not getattr(request, BOUND_WHILE_SENT, False)):
             if response.is_async:
                 response.streaming_content = _bound_async(response.streaming_content, request_id)
             else:

@@ -393,3 +393,21 @@ def test_a_last_read_whose_body_end_is_still_awaited_is_not_held_back(gateway, p
     sent = body_messages(gateway, a, 0.2, last + b"data: [DONE]\n\n", 1.0)
     assert sent[-1] == (b"data: [DONE]\n\n", False)
     assert sent[:-1] in ([(a, True), (last, True)], [(a + last, True)])  # the latter: a box that stalled
+
+
+def test_the_calls_a_stream_makes_while_it_is_sent_carry_the_callers_request_id(gateway, providers):
+    """The continuation after a cut is called while the body is being sent: the server binds the
+    request's id for the whole send (RequestIdMiddleware wraps no part for it), so both attempts'
+    call log rows carry the caller's X-Request-ID."""
+    primary, _ = providers
+    primary.misbehave(MODEL, Behaviour(pieces=60, cut_after=40))
+
+    async def work(client):
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": QUESTION}], stream=True,
+            extra_headers={"X-Request-ID": "stream-req.7"})
+        return "".join([choice.delta.content or "" async for chunk in stream for choice in chunk.choices])
+
+    assert sdk_run(gateway, work) == ANSWER
+    assert [(r.endpoint, r.request_id) for r in rows()] == [("primary", "stream-req.7"),
+                                                            ("fallback", "stream-req.7")]
