@@ -27,7 +27,8 @@ call and the longest one, in alternating rounds in the same process.
 `--profile PATH` writes a pyinstrument profile of the timed calls (HTML, and
 the same as text beside it); for a flame graph of every thread run the
 bench under `py-spy record --native -f flamegraph -o out.svg -- python -m
-bench.bench_door`. `--stream` measures streamed calls (10 chunks).
+bench.bench_door`. `--stream` measures streamed calls (10 chunks), `--cached`
+cache hits (64 prompts repeated, of the model whose upstream caches answers).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.loadtest.driver import CACHED_MODEL, MODEL
 from bench.loadtest.procs import GatewayServer, ProviderProcess, make_workdir, remove_workdir
 
 #: The two front doors: path and the headers that carry the token in each one's way.
@@ -61,9 +63,12 @@ def _scope(token: str, body: bytes, door: str = "chat") -> dict[str, Any]:
                         *credential(token), (b"content-length", str(len(body)).encode())]}
 
 
-async def _call(application: Any, token: str, seq: int, stream: bool, door: str = "chat") -> None:
-    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 200, "stream": stream,
-                       "messages": [{"role": "user", "content": f"bench {seq} {time.time()}"}]}).encode()
+async def _call(application: Any, token: str, seq: int, stream: bool, door: str = "chat",
+                cached: bool = False) -> None:
+    # Cached: one of 64 prompts of the model whose upstream caches answers (hits after the first).
+    prompt = f"bench cached {seq % 64}" if cached else f"bench {seq} {time.time()}"
+    body = json.dumps({"model": CACHED_MODEL if cached else MODEL, "max_tokens": 200, "stream": stream,
+                       "messages": [{"role": "user", "content": prompt}]}).encode()
     delivered = False
     sent: list[dict[str, Any]] = []
 
@@ -84,9 +89,9 @@ async def _call(application: Any, token: str, seq: int, stream: bool, door: str 
 
 
 async def _measure(application: Any, token: str, *, calls: int, stream: bool, profile: str | None,
-                   door: str = "chat") -> float:
-    for seq in range(50):  # warm: imports, connections, the token and policy caches
-        await _call(application, token, -seq - 1, stream, door)
+                   door: str = "chat", cached: bool = False) -> float:
+    for seq in range(50 if not cached else 128):  # warm: imports, connections, the token and policy caches
+        await _call(application, token, -seq - 1, stream, door, cached)
     profiler = None
     if profile:
         from pyinstrument import Profiler
@@ -95,7 +100,7 @@ async def _measure(application: Any, token: str, *, calls: int, stream: bool, pr
         profiler.start()
     started = time.process_time()
     for seq in range(calls):
-        await _call(application, token, seq, stream, door)
+        await _call(application, token, seq, stream, door, cached)
     cpu = time.process_time() - started
     if profiler is not None:
         profiler.stop()
@@ -235,6 +240,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--stream", action="store_true", help="streamed calls (10 chunks)")
+    parser.add_argument("--cached", action="store_true",
+                        help="cache hits: 64 prompts repeated, of a model whose upstream caches answers")
     parser.add_argument("--profile", help="write a pyinstrument profile of the timed calls here (HTML)")
     parser.add_argument("--hops", type=int, default=0, metavar="ROUNDS",
                         help="instead: the client's steps as before the hop policy (per-step hop) against "
@@ -275,7 +282,7 @@ def _run(args: argparse.Namespace) -> Any:
         if args.hops:
             return asyncio.run(_hops_paired(application, server.token, calls=args.calls, rounds=args.hops))
         return asyncio.run(_measure(application, server.token, calls=args.calls, stream=args.stream,
-                                    profile=args.profile, door=args.door))
+                                    profile=args.profile, door=args.door, cached=args.cached))
     finally:
         provider.stop()
 
@@ -283,7 +290,7 @@ def _run(args: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     result = _run(args)
-    kind = "stream of 10 chunks" if args.stream else "call"
+    kind = "stream of 10 chunks" if args.stream else "cache hit" if args.cached else "call"
     if args.gc:
         print(f"/v1/chat/completions in process, 32 callers, provider 50 ms (median of {args.gc} alternating "
               f"rounds of {args.calls} calls):")

@@ -22,6 +22,9 @@ And the cost figures (issue 30, bench/loadtest/ramp.py):
 - callers: 32 callers one request at a time for 15 s, provider 50 ms (CPU per
   call, added p50/p99);
 - callers-streams: the same with streams of 10 chunks over 0.5 s (CPU per stream);
+- callers-cached: 32 callers cycling through 64 distinct generations of a
+  model whose upstream caches answers (CPU per cache hit; this project's /v1
+  and direct, the provider answering at once, only);
 - the step ramp (after the scenarios, OpenAI-dialect contenders only; `--no-ramp`):
   the rate raised until added p99 passes 20 ms or a request fails.
 `--quick` shrinks all of them for a smoke run. Prints one markdown table with
@@ -44,7 +47,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.loadtest.driver import Driver, Sample, Target, at_once, paced, percentile
+from bench.loadtest.driver import CACHED_MODEL, Driver, Sample, Target, at_once, paced, percentile
 from bench.loadtest.procs import (
     GatewayServer,
     Group,
@@ -68,6 +71,9 @@ class Scenario:
     rate: float = 0.0  # paced: this many a second ...
     duration: float = 0.0  # ... for this long
     timeout: float = 90.0  # per request
+    #: Closed loop over this many distinct requests of a cached model: cache hits after the first
+    #: round (run against the contenders that cache it: this project's /v1, and direct).
+    repeat: int = 0
 
     @property
     def first_chunk_nominal(self) -> float:
@@ -79,6 +85,8 @@ class Scenario:
                  else f"{self.rate:g}/s for {self.duration:g} s")
         kind = f"streams of {self.chunks} chunks over {self.delay:g} s" if self.stream \
             else f"generations, provider {self.delay * 1000:g} ms"
+        if self.repeat:
+            kind = f"{self.repeat} distinct generations repeated: cache hits, provider at once"
         return f"{shape}, {kind}"
 
 
@@ -98,6 +106,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                             duration=3.0 if quick else 15.0, timeout=30),
         "callers-streams": Scenario("callers-streams", stream=True, delay=0.5, callers=32,
                                     duration=3.0 if quick else 15.0, timeout=30),
+        "callers-cached": Scenario("callers-cached", stream=False, delay=0.0, callers=32,
+                                   duration=3.0 if quick else 15.0, timeout=30, repeat=64),
     }
     return [table[name] for name in args.scenarios]
 
@@ -195,7 +205,8 @@ async def _scenario_run(driver: Driver, target: Target, scenario: Scenario,
                              timeout=scenario.timeout)
     if scenario.callers:
         return await closed(driver, target, callers=scenario.callers, duration=scenario.duration,
-                            stream=scenario.stream, nonce=nonce, timeout=scenario.timeout)
+                            stream=scenario.stream, nonce=nonce, timeout=scenario.timeout,
+                            repeat=scenario.repeat)
     return await paced(driver, target, rate=scenario.rate, duration=scenario.duration, stream=scenario.stream,
                        nonce=nonce, timeout=scenario.timeout)
 
@@ -212,6 +223,9 @@ async def run_target(target: Target, group: Group | None, provider: Provider, pl
         await at_once(driver, target, count=64, stream=False, nonce=warm, timeout=60)
         await at_once(driver, target, count=64, stream=True, nonce=warm + "s", timeout=60)
         for scenario in plan:
+            if scenario.repeat and not target.caches:
+                print(f"  {scenario.name}: not run (no response cache for {CACHED_MODEL})", flush=True)
+                continue
             await provider.settle()
             await provider.configure(delay=scenario.delay, chunks=scenario.chunks)
             await provider.reset()
@@ -327,9 +341,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a small smoke run of every scenario")
     # sustained runs last: a server that cannot carry it is left with a queue of
     # abandoned requests that would load whatever ran after it.
-    parser.add_argument("--scenarios", default="burst,streams,steady,callers,callers-streams,sustained",
+    parser.add_argument("--scenarios",
+                        default="burst,streams,steady,callers,callers-streams,callers-cached,sustained",
                         type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
-                        help="comma-separated subset, run in this order (default: all six)")
+                        help="comma-separated subset, run in this order (default: all seven)")
     parser.add_argument("--sustained-duration", type=float, default=0.0, help="seconds of arrivals (30)")
     parser.add_argument("--sustained-stream", type=float, default=0.0, help="seconds per stream (10)")
     parser.add_argument("--steady-duration", type=float, default=0.0, help="seconds (20)")
@@ -356,7 +371,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ramp-step", type=float, default=0.0, help="seconds per ramp step (8; --quick: 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with the logs")
     args = parser.parse_args(argv)
-    unknown = set(args.scenarios) - {"burst", "streams", "sustained", "steady", "callers", "callers-streams"}
+    unknown = set(args.scenarios) - {"burst", "streams", "sustained", "steady", "callers", "callers-streams",
+                                     "callers-cached"}
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     return args
@@ -385,10 +401,11 @@ class _Run:
         try:
             server = await asyncio.to_thread(starter)
             if server is None:
-                target, group = Target(name, self.provider_url, "openai"), None
+                target, group = Target(name, self.provider_url, "openai", caches=True), None
             else:
                 spoken = dialect or ("gateway" if isinstance(server, GatewayServer) else "openai")
-                target, group = Target(name, server.url, spoken, server.token), server.group
+                caches = isinstance(server, GatewayServer) and spoken == "openai"
+                target, group = Target(name, server.url, spoken, server.token, caches), server.group
             results, stepped = await run_target(target, group, self.provider, self.plan, self.pools,
                                                 ramp=self.ramp)
             self.results.extend(results)

@@ -29,6 +29,11 @@ from typing import Any
 
 import aiohttp
 
+#: The model every request names; CACHED_MODEL is served by an upstream with a response cache
+#: (bench.loadtest.procs.GatewayServer.prepare), the cached scenario's.
+MODEL = "gpt-4o-mini"
+CACHED_MODEL = "loadtest-cached"
+
 
 @dataclass(frozen=True)
 class Target:
@@ -36,6 +41,9 @@ class Target:
     base_url: str  # http://127.0.0.1:PORT, no trailing slash
     dialect: str  # "openai" | "anthropic" | "gateway"
     token: str = ""  # sent as Authorization: Bearer / Token, or x-api-key
+    #: Serves CACHED_MODEL from a response cache (this project's /v1; the provider itself, the
+    #: direct baseline, answers any model): the cached scenario runs against it.
+    caches: bool = False
 
     def url(self) -> str:
         return self.base_url + {"gateway": "/api/ai/generate", "anthropic": "/v1/messages"}.get(
@@ -50,7 +58,7 @@ class Target:
             headers["Authorization"] = f"{scheme} {self.token}"
         return headers
 
-    def body(self, *, nonce: str, seq: int, stream: bool) -> bytes:
+    def body(self, *, nonce: str, seq: int, stream: bool, model: str = MODEL) -> bytes:
         if self.dialect == "gateway":
             payload: dict[str, Any] = {
                 "template_id": "meeting_minutes", "section_id": "1", "stream": stream,
@@ -61,7 +69,7 @@ class Target:
             payload = {"model": "gpt-4o-mini", "stream": stream, "max_tokens": 200,
                        "messages": [{"role": "user", "content": f"Load run {nonce} request {seq}"}]}
         else:
-            payload = {"model": "gpt-4o-mini", "stream": stream, "max_tokens": 200,
+            payload = {"model": model, "stream": stream, "max_tokens": 200,
                        "messages": [{"role": "user", "content": f"Load run {nonce} request {seq}"}]}
             if stream:
                 payload["stream_options"] = {"include_usage": True}
@@ -101,9 +109,9 @@ class Driver:
         self.sessions.clear()
 
     async def fire(self, target: Target, *, nonce: str, seq: int, stream: bool,
-                   timeout: float) -> Sample:
+                   timeout: float, model: str = MODEL) -> Sample:
         session = next(self._next)
-        body = target.body(nonce=nonce, seq=seq, stream=stream)
+        body = target.body(nonce=nonce, seq=seq, stream=stream, model=model)
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):

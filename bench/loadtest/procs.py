@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.loadtest.driver import CACHED_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]
 LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", "/tmp/litellm-venv"))
 LITELLM_SPEC = os.environ.get("LITELLM_SPEC", "litellm[proxy]")
@@ -259,6 +261,11 @@ class GatewayServer:
             f"u.base_url = {self.provider_url + '/v1'!r}\n"
             "u.pool_size = 1000; u.connect_timeout = 10.0; u.read_timeout = 120.0; u.deadline = 300.0\n"
             "u.retry_total = 0\n"
+            "u.full_clean(validate_unique=False); u.save()\n"
+            # The cached scenario's model: the same provider through an upstream that caches answers.
+            "Upstream.objects.filter(name='openai-cached').delete()\n"
+            "u.pk = None; u.name = 'openai-cached'\n"
+            f"u.served_models = [{CACHED_MODEL!r}]; u.cache_ttl = 3600; u.cache_methods = ['POST']\n"
             "u.full_clean(validate_unique=False); u.save()\n"
             "User = get_user_model()\n"
             "User.objects.filter(username='loadtest').exists() or "

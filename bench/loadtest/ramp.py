@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.loadtest.driver import Driver, Sample, Target, paced, percentile
+from bench.loadtest.driver import CACHED_MODEL, MODEL, Driver, Sample, Target, paced, percentile
 
 RAMP_RATES = (50, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000)
 QUICK_RATES = (20, 40, 80)
@@ -35,17 +35,20 @@ PROVIDER_DELAY = 0.05
 
 
 async def closed(driver: Driver, target: Target, *, callers: int, duration: float, stream: bool,
-                 nonce: str, timeout: float) -> tuple[list[Sample], float]:
-    """`callers` callers, each one request at a time, for `duration` seconds."""
+                 nonce: str, timeout: float, repeat: int = 0) -> tuple[list[Sample], float]:
+    """`callers` callers, each one request at a time, for `duration` seconds; with `repeat`, the
+    requests cycle through that many distinct ones of CACHED_MODEL (cache hits after the first)."""
     samples: list[Sample] = []
     numbers = itertools.count()
     start = time.perf_counter()
     end = start + duration
+    model = CACHED_MODEL if repeat else MODEL
 
     async def caller() -> None:
         while time.perf_counter() < end:
-            samples.append(await driver.fire(target, nonce=nonce, seq=next(numbers), stream=stream,
-                                             timeout=timeout))
+            seq = next(numbers)
+            samples.append(await driver.fire(target, nonce=nonce, seq=seq % repeat if repeat else seq,
+                                             stream=stream, timeout=timeout, model=model))
 
     await asyncio.gather(*(caller() for _ in range(callers)))
     return samples, time.perf_counter() - start
