@@ -202,4 +202,4 @@ def sync_from_entry(entry: CacheEntry, spec: RequestSpec, meta: CallMeta) -> Ups
 
 
 def async_from_entry(entry: CacheEntry, spec: RequestSpec, meta: CallMeta) -> AsyncUpstreamResponse:
-    return AsyncUpstreamResponse.from_entry(entry, httpx2.Request(spec.method, spec.full_url()), meta)
+    return AsyncUpstreamResponse.from_entry(entry, lambda: httpx2.Request(spec.method, spec.full_url()), meta)

@@ -112,6 +112,39 @@ def test_cache_and_single_flight_across_tasks(fake, make_upstream):
     assert outcomes == ["cache_hit", "ok"] + ["shared"] * 19
 
 
+@pytest.mark.parametrize("encoded", [False, True])
+def test_a_cache_hit_reads_as_the_answer_it_copies(fake, make_upstream, encoded):
+    """The response a cache hit is made into (without reading its body through httpx2) reads as a
+    fresh httpx2 response of the same body would: content, text, JSON, headers with the body's
+    length and without the provider's encoding, closed, its request built when read."""
+    import httpx2
+
+    make_upstream(cache_ttl=60)
+    payload = {"v": "caché " * 50}
+    if encoded:
+        raw = gzip.compress(__import__("json").dumps(payload).encode())
+        fake.script("/hit", Reply(200, body=raw, headers={"Content-Type": "application/json",
+                                                          "Content-Encoding": "gzip", "X-Kind": "k"}))
+    else:
+        fake.script("/hit", Reply(200, body=payload, headers={"X-Kind": "k"}))
+
+    async def twice():
+        first = await upstream("api").aget("/hit", params={"q": "1"})
+        return first, await upstream("api").aget("/hit", params={"q": "1"})
+
+    first, hit = async_to_sync(twice)()
+    assert fake.count("/hit") == 1 and hit.from_cache and not first.from_cache
+    fresh = httpx2.Response(200, headers=[(k, v) for k, v in first.headers.multi_items()
+                                          if k not in ("content-encoding", "content-length")],
+                            content=first.content)
+    assert hit.headers.multi_items() == fresh.headers.multi_items()
+    assert hit.headers["content-length"] == str(len(first.content)) and "content-encoding" not in hit.headers
+    assert (hit.content, hit.text, hit.json()) == (first.content, first.text, payload)
+    assert hit.is_closed and hit.is_stream_consumed and hit.reason_phrase == first.reason_phrase
+    assert hit.request.method == "GET" and hit.request.url == first.request.url
+    assert hit.request is hit.request  # built once
+
+
 def test_a_streamed_async_call_reads_as_it_comes(fake, make_upstream):
     make_upstream()
     fake.script("/s", Reply(200, chunks=(b"one ", b"two ", b"three")))
