@@ -6,6 +6,7 @@ for a handful of short calls and streams.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.loadtest.driver import Driver, Target, at_once, paced, percentile
+from bench.loadtest.driver import CACHED_MODEL, Driver, Target, at_once, paced, percentile
 from bench.loadtest.procs import ROOT, GatewayServer
 from bench.loadtest.provider import ProviderConfig, provider_start
 from bench.loadtest.ramp import Ramp, Step, closed, ramp_plot, ramp_run, ramp_table, step_measure
@@ -101,6 +102,34 @@ def test_closed_callers_and_the_ramp_against_the_provider(tmp_path):
     svg = tmp_path / "ramp.svg"
     assert ramp_plot([ramp], svg)
     assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+
+
+def test_the_cached_scenarios_callers_cycle_through_its_distinct_requests_of_the_cached_model():
+    """`closed(..., repeat=3)`: every request names CACHED_MODEL, and there are three distinct ones
+    however many are sent (cache hits after the first three)."""
+    sent: list[bytes] = []
+
+    class Recording(Target):
+        def body(self, **kwargs) -> bytes:
+            sent.append(body := super().body(**kwargs))
+            return body
+
+    async def run() -> list:
+        runner, port = await provider_start(config=ProviderConfig(delay=0.0, chunks=2))
+        try:
+            async with Driver(pools=2) as driver:
+                target = Recording("direct", f"http://127.0.0.1:{port}", "openai")
+                samples, _ = await closed(driver, target, callers=2, duration=0.3, stream=False, nonce="c",
+                                          timeout=5, repeat=3)
+            return samples
+        finally:
+            await runner.cleanup()
+
+    samples = asyncio.run(run())
+    assert len(samples) > 6 and all(s.ok for s in samples)
+    bodies = [json.loads(body) for body in sent]
+    assert {body["model"] for body in bodies} == {CACHED_MODEL}
+    assert len({body["messages"][0]["content"] for body in bodies}) == 3
 
 
 def _step(rate: float, sent: int, ok: int, p99_ms: float) -> Step:
