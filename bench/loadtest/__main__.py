@@ -271,9 +271,9 @@ def _errors(result: Result) -> str:
 def _cpu(result: Result) -> str:
     if result.cpu_ms_per_request is None:
         return "-"
-    text = f"{result.cpu_ms_per_request:.1f} ms"
+    text = f"{result.cpu_ms_per_request:.2f} ms"
     if result.ok < result.requests:
-        per_ok = "no answers" if result.cpu_ms_per_ok is None else f"{result.cpu_ms_per_ok:.1f} ms"
+        per_ok = "no answers" if result.cpu_ms_per_ok is None else f"{result.cpu_ms_per_ok:.2f} ms"
         text += f" ({per_ok})"
     return text
 
