@@ -183,3 +183,21 @@ def test_a_server_that_never_comes_up_leaves_no_process_behind(tmp_path):
         _up_or_stopped(group, never_ready)
     _, alive = psutil.wait_procs(spawned, timeout=10)
     assert alive == []
+
+
+def test_the_table_gives_what_each_contender_adds_over_direct():
+    from bench.loadtest.__main__ import Result, Scenario, table
+
+    def result(target: str, p50: float, p99: float) -> Result:
+        return Result(target=target, scenario="steady", requests=10, ok=10, errors={}, wall_s=1.0,
+                      throughput=10.0, p50_s=p50, p99_s=p99, overhead_p50_ms=None, overhead_p99_ms=None,
+                      first_p50_s=None, first_p99_s=None, first_overhead_p99_ms=None, provider_requests=10,
+                      provider_peak=1, cpu_ms_per_request=0.456, cpu_ms_per_ok=0.456, pss_mb=None,
+                      driver_cpu_pct=1.0)
+
+    plan = [Scenario("steady", stream=False, delay=0.05, rate=10, duration=1)]
+    text = table(plan, [result("direct", 0.0510, 0.0530), result("this project /v1", 0.0518, 0.0551)],
+                 ["direct", "this project /v1"])
+    added = next(line for line in text.splitlines() if "added over direct" in line)
+    assert "| +0.8 ms / +2.1 ms |" in added
+    assert "| 0.46 ms |" in text  # CPU per request, two decimals

@@ -259,7 +259,7 @@ def _s(value: float | None) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.0f} ms"
+    return "-" if value is None else f"{value:+.1f} ms"
 
 
 def _errors(result: Result) -> str:
@@ -321,7 +321,21 @@ def table(plan: list[Scenario], results: list[Result], targets: list[str]) -> st
             for ours, o in pairs:
                 cells.append(_ratio(number, by.get((ours, scenario.name)), by.get((o, scenario.name))))
             lines.append("| " + " | ".join(cells) + " |")
+            if label.startswith("overhead over provider") and (direct := by.get(("direct", scenario.name))):
+                cells = ["", "added over direct p50 / p99 (issue 30)"]
+                for t in targets:
+                    r = by.get((t, scenario.name))
+                    cells.append("" if r is None or t == "direct" else _added(r, direct))
+                lines.append("| " + " | ".join(cells + [""] * len(pairs)) + " |")
     return "\n".join(lines)
+
+
+def _added(result: Result, direct: Result) -> str:
+    """What a contender adds to the driver's own latency straight to the provider, p50 / p99."""
+    if None in (result.p50_s, result.p99_s, direct.p50_s, direct.p99_s):
+        return "-"
+    return (f"{_ms((result.p50_s - direct.p50_s) * 1000)} / "  # type: ignore[operator]
+            f"{_ms((result.p99_s - direct.p99_s) * 1000)}")  # type: ignore[operator]
 
 
 def _ratio(number: Any, mine: Result | None, theirs: Result | None) -> str:
