@@ -63,6 +63,7 @@ from aigen.generation.bridges import CHAT_PATH, CHAT_WIRE
 from aigen.generation.spend import Spend
 from resilience import exceptions as errors
 from resilience.client import upstream_client
+from resilience.client.ahead import Ahead
 from resilience.client.db import given_back
 from resilience.client.openai_wire import INCLUDE_USAGE, OPENAI_CHAT
 from resilience.client.stream import SupervisedStream
@@ -79,13 +80,16 @@ class _ModelMap:
     re-read at most every `POLICY_CHECK_INTERVAL` seconds (one query). While
     one request re-reads it, the others use the map read a moment ago: a
     burst arriving as it expires makes one query, not one each (they would
-    queue on the one thread that runs the ORM)."""
+    queue on the one thread that runs the ORM). In the last quarter of its
+    interval it is re-read ahead (resilience.client.ahead): the request that
+    finds it so starts the query in a thread and goes on with the map."""
 
     def __init__(self) -> None:
         self._map: dict[str, str] = {}
         self._read_at = -math.inf
         self._loaded = False
         self._refreshing = False
+        self._ahead = Ahead("the /v1 model map")
 
     def clear(self) -> None:
         self._read_at = -math.inf
@@ -102,9 +106,16 @@ class _ModelMap:
                 found.setdefault(model, name)  # one upstream per model: the first by name
         return found
 
+    def _read(self) -> None:
+        """Re-read the map (in a thread: a query)."""
+        found = given_back(self._load)()
+        self._map, self._read_at, self._loaded = found, time.monotonic(), True
+
     async def get(self) -> dict[str, str]:
-        if time.monotonic() - self._read_at < resilience_settings.POLICY_CHECK_INTERVAL or (
-                self._refreshing and self._loaded):
+        age, interval = time.monotonic() - self._read_at, resilience_settings.POLICY_CHECK_INTERVAL
+        if age < interval or (self._refreshing and self._loaded):
+            if self._loaded and self._ahead.soon(age, interval):
+                self._ahead.start(self._read)
             return self._map
         self._refreshing = True
         try:

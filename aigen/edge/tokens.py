@@ -43,6 +43,7 @@ from aigen.conf import aigen_settings
 from aigen.exceptions import TokenExists
 from aigen.models import ApiToken
 from resilience.cache import default_cache
+from resilience.client.ahead import Ahead
 from resilience.client.db import given_back
 from resilience.client.flight import SingleFlight
 from resilience.client.live import cache_is_shared
@@ -109,6 +110,14 @@ class TokenUsers:
         self._generation: Any = _UNSHARED
         self._epoch = 0  # moves on every drop: a lookup begun before one is not kept
         self._checked_at = -math.inf
+        self._ahead = Ahead("API tokens' generation")
+
+    def read_ahead(self) -> None:
+        """Check the generation in a thread when the last check is in the last quarter of its
+        interval (resilience.client.ahead: on the event loop), so the loop's calls find it checked
+        instead of waiting for the check."""
+        if self._ahead.soon(self.clock() - self._checked_at, aigen_settings.TOKEN_CHECK_INTERVAL):
+            self._ahead.start(self.check)
 
     def due(self) -> bool:
         return self.clock() - self._checked_at >= aigen_settings.TOKEN_CHECK_INTERVAL
@@ -215,6 +224,8 @@ async def atoken_user(key: str) -> Any:
         return None
     if users.due():
         await sync_to_async(users.check, thread_sensitive=False)()  # a cache read: no thread of its own
+    else:
+        users.read_ahead()
     digest = token_digest(key)
     user, epoch = users.kept(digest)
     if user is None:

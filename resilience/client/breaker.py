@@ -62,6 +62,7 @@ from resilience.cache.breakers import (
     breaker_status_of,
     wait_after,
 )
+from resilience.client.ahead import Ahead
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class SharedBreaker:
         self.storage = CacheBreakerStorage(name, clock=lambda: type(self).clock())
         self._machine: pybreaker.CircuitBreaker | None = None
         self._snapshot: _Snapshot | None = None
+        self._ahead = Ahead(f"breaker {name}")
 
     @property
     def machine(self) -> pybreaker.CircuitBreaker:
@@ -172,12 +174,23 @@ class SharedBreaker:
         snapshot yet or one due for a re-read, an open breaker whose wait is
         over, or a half-open one (probe slots are shared)."""
         snap = self._snapshot
-        if snap is None or time.monotonic() - snap.read_at >= (
-                self.closed_recheck if snap.state == CLOSED else self.open_recheck):
+        if snap is None:
+            return True
+        age = time.monotonic() - snap.read_at
+        if age >= (self.closed_recheck if snap.state == CLOSED else self.open_recheck):
             return True
         if snap.state == CLOSED:
+            self._read_ahead(age)
             return False
         return snap.state != OPEN or snap.opened_at + self.wait(snap.reopens) <= self.clock()
+
+    def _read_ahead(self, age: float) -> None:
+        """Re-read a closed snapshot `age` seconds old in a thread when it is in the last quarter of
+        `closed_recheck` (resilience.client.ahead: on the event loop, while Redis serves), so the
+        loop's calls find it fresh instead of waiting for the read. An open or half-open one is
+        read when due (probe slots are shared)."""
+        if self._ahead.soon(age, self.closed_recheck) and getattr(default_cache(), "shared", False):
+            self._ahead.start(self._read)
 
     def reread_due(self) -> None:
         """Re-read the shared state when this process's snapshot is due for it
@@ -199,6 +212,8 @@ class SharedBreaker:
             if in_memory:
                 raise StoreNeeded(self.name)
             snap = self._read()
+        elif in_memory and snap.state == CLOSED:
+            self._read_ahead(time.monotonic() - snap.read_at)
         if snap.state == CLOSED:
             return Admission(probe=False, state=CLOSED, fails_seen=snap.fails)
         if snap.state == OPEN:

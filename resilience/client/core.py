@@ -269,10 +269,12 @@ class UpstreamClient:
         rows; returns an `AsyncUpstreamResponse` (an httpx2.Response; with
         `stream=True` iterate it with `aiter_bytes()` and `aclose()` it)."""
         started = time.perf_counter()
-        if self._live.due():
-            built = await sync_to_async(given_back(self._live.current))()
+        live = self._live
+        if live.due():
+            built = await sync_to_async(given_back(live.current))()
         else:
-            built = self._live.current()
+            built = live.loaded()
+            live.read_ahead()
         call = Call(method.upper(), path, params, headers, data, json, cache, stream, avoid, endpoint, wire)
         plan = self._plan(built, call, async_from_entry)
         answer = plan.refusal or await self._adrive(plan.steps)  # type: ignore[arg-type]

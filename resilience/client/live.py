@@ -24,10 +24,12 @@ import requests
 
 from resilience import exceptions as errors
 from resilience.cache import default_cache
+from resilience.client.ahead import Ahead
 from resilience.client.asend import AsyncPool
 from resilience.client.breaker import SharedBreaker, Transition, log_transition
 from resilience.client.bulkhead import Bulkhead
 from resilience.client.credentials import Credentials
+from resilience.client.db import given_back
 from resilience.client.endpoints import Pool, pool_specs
 from resilience.client.policy import Policy
 from resilience.conf import resilience_settings
@@ -122,6 +124,7 @@ class LivePolicy:
         self._lock = threading.Lock()
         self._built: Built | None = None
         self._checked_at = 0.0
+        self._ahead = Ahead(f"upstream {name}'s policy")
         self.on_reload: list[Any] = []
 
     def _load(self) -> Built:
@@ -137,6 +140,14 @@ class LivePolicy:
         return self._built is None or \
             time.monotonic() - self._checked_at >= resilience_settings.POLICY_CHECK_INTERVAL
 
+    def read_ahead(self) -> None:
+        """Check the loaded policy in a thread when it is in the last quarter of its interval
+        (resilience.client.ahead: on the event loop), so the loop's calls find it checked instead
+        of waiting for the check."""
+        if self._built is not None and self._ahead.soon(time.monotonic() - self._checked_at,
+                                                        resilience_settings.POLICY_CHECK_INTERVAL):
+            self._ahead.start(given_back(lambda: self._check(force=True)))
+
     def loaded(self) -> Built:
         """The policy as last loaded, without a check (no database or cache
         read once a call has loaded it: usable on the event loop)."""
@@ -147,6 +158,11 @@ class LivePolicy:
         built = self._built
         if built is not None and not self.due():
             return built
+        return self._check(force=False)
+
+    def _check(self, *, force: bool) -> Built:
+        """Load the policy, or compare its version and reload it when it moved (when due, or
+        `force`: a check ahead)."""
         with self._lock:
             built = self._built
             now = time.monotonic()
@@ -154,7 +170,7 @@ class LivePolicy:
                 built = self._built = self._load()
                 self._checked_at = now
                 return built
-            if now - self._checked_at < resilience_settings.POLICY_CHECK_INTERVAL:
+            if not force and now - self._checked_at < resilience_settings.POLICY_CHECK_INTERVAL:
                 return built
             self._checked_at = now
             store = default_cache()

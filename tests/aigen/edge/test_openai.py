@@ -171,3 +171,35 @@ def test_models_lists_what_the_upstreams_serve(gateway):
         return [model.id async for model in client.models.list()]
 
     assert sdk_run(gateway, work) == [MODEL]
+
+
+def test_the_model_map_is_reread_ahead_on_the_loop(transactional_db, settings):
+    """resilience.client.ahead: a request in the last quarter of POLICY_CHECK_INTERVAL starts the
+    /v1 model map's query in a thread and goes on with the map it has; the query brings a model
+    another worker's upstream began serving."""
+    import asyncio
+
+    from aigen.edge import openai as openai_views
+
+    settings.RESILIENCE = {**settings.RESILIENCE, "POLICY_CHECK_INTERVAL": 60}
+    Upstream.objects.create(name="first", base_url="https://first.example/v1", served_models=["m-one"])
+    openai_views.models.clear()
+
+    async def run() -> list[set[str]]:
+        seen = [set(await openai_views.models.get())]
+        await asyncio.to_thread(lambda: Upstream.objects.create(
+            name="second", base_url="https://second.example/v1", served_models=["m-two"]))
+        seen.append(set(await openai_views.models.get()))  # early in the interval: as it was
+        openai_views.models._read_at -= 50  # 50 of 60 s: in the last quarter
+        seen.append(set(await openai_views.models.get()))  # goes on with it; the query started
+        for _ in range(500):
+            if "m-two" in await openai_views.models.get():
+                break
+            await asyncio.sleep(0.01)
+        seen.append(set(await openai_views.models.get()))
+        return seen
+
+    try:
+        assert async_to_sync(run)() == [{"m-one"}, {"m-one"}, {"m-one"}, {"m-one", "m-two"}]
+    finally:
+        openai_views.models.clear()

@@ -111,30 +111,48 @@ def test_workers_sharing_a_window_allow_exactly_its_limit(on_redis, rate, limit)
     assert sum(allowed) == limit, allowed  # how they share it is the threads' scheduling
 
 
-def test_the_async_face_takes_from_the_block_on_the_loop(on_redis, rate):
-    """`aallow` leaves the loop only to count: 50 requests, five hops."""
+def test_the_async_face_takes_from_the_block_on_the_loop(on_redis, rate, monkeypatch):
+    """`aallow` leaves the loop only to count, and once a block is held its calls never wait for
+    one: the call that takes it down to a quarter starts the next count in a thread (topped up
+    ahead). 50 requests 5 ms apart: two counts waited for (the window's first, a single one, then
+    the first block), the rest counted ahead; every request allowed was counted first."""
     import asyncio
 
     trips = rate("100000/min")
     request = _request()
-    hops: list[object] = []
+    waited: list[int] = []
+    counted = GenerateThrottle._counted
+    monkeypatch.setattr(GenerateThrottle, "_counted",
+                        lambda self, window: waited.append(1) or counted(self, window))
 
     async def calls() -> list[bool]:
-        loop = asyncio.get_running_loop()
-        run = loop.run_in_executor
-
-        def counted(executor, func, *args):
-            hops.append(func)
-            return run(executor, func, *args)
-
-        loop.run_in_executor = counted
-        try:
-            return [await GenerateThrottle().aallow(request) for _ in range(50)]
-        finally:
-            del loop.run_in_executor
+        allowed = []
+        for _ in range(50):
+            allowed.append(await GenerateThrottle().aallow(request))
+            await asyncio.sleep(0.005)
+        return allowed
 
     assert all(asyncio.run(calls()))
-    assert len(hops) == len(trips) == 5
+    assert len(waited) == 2
+    assert trips[:2] == [1, 16] and set(trips[2:]) == {16} and len(trips) >= 4
+    assert _window_count(request) == sum(trips) >= 50
+
+
+def test_a_top_up_near_the_limit_adds_nothing_and_the_next_call_counts_alone(on_redis, rate):
+    """Topped up ahead only far from the limit: a block whose window has less than two blocks of
+    room left gets no top-up (near the limit every request is counted alone)."""
+    leases = WindowLeases()
+    far, near = "throttle:generate:9:1", "throttle:generate:10:1"
+    assert leases.granted(far, total=16, took=16, limit=1000)
+    assert leases.granted(near, total=90, took=16, limit=100)  # 10 of room left after this block
+    for key in (far, near):
+        while leases._held[key].left > 4:
+            assert leases.take(key)
+        assert leases.running_low(key) is True and leases.running_low(key) is False  # once
+    assert leases.top_up_size(far, limit=1000) == 16
+    assert leases.top_up_size(near, limit=100) == 0 and leases._held[near].topping is False
+    leases.topped_up(far, total=32, took=16, limit=1000)
+    assert leases._held[far].left == 4 + 16 and leases._held[far].topping is False
 
 
 def test_on_local_memory_blocks_count_the_same(db, rate):

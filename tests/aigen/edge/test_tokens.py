@@ -9,7 +9,7 @@ import hashlib
 import importlib
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -102,9 +102,9 @@ def test_a_token_revoked_elsewhere_stops_within_the_check_interval(alice, clock,
     with connection.cursor() as cursor:  # as another process would: no signal reaches this one
         cursor.execute("DELETE FROM aigen_apitoken WHERE user_id = %s", [alice.pk])
     default_cache().set(GENERATION_KEY, "moved elsewhere", timeout=None)
-    clock.now += 0.4
+    clock.now += 0.3  # before the interval's last quarter, where the async face checks ahead
     assert (drf(key), generate(key)) == (200, 400)  # not re-read yet: no cache read per request
-    clock.now += 0.1
+    clock.now += 0.2
     assert (drf(key), generate(key), models(key)) == (401, 401, 401)
 
 
@@ -169,3 +169,35 @@ def test_each_call_gets_its_own_copy_of_the_kept_user(alice, clock):
     assert not hasattr(second, "_perm_cache") and "probe" not in second._state.fields_cache
     assert tokens.token_of(first) is not None and tokens.token_of(first) == tokens.token_of(second)
     assert tokens.token_of(first).digest == token_digest(key)
+
+
+def test_on_the_loop_the_generation_is_checked_ahead_and_never_used_past_its_interval(alice, clock,
+                                                                                       settings):
+    """resilience.client.ahead: a call in the last quarter of the check interval starts the check in
+    a thread and is served with the kept user; the check drops it (moved elsewhere), so the next
+    call within the interval is refused. A call past the interval still checks first."""
+    import asyncio
+
+    settings.AIGEN = {**settings.AIGEN, "TOKEN_CHECK_INTERVAL": 0.5}
+    key = token_issue(user=alice)
+
+    def revoked_elsewhere() -> None:
+        with connection.cursor() as cursor:  # as another process would: no signal reaches this one
+            cursor.execute("DELETE FROM aigen_apitoken WHERE user_id = %s", [alice.pk])
+        default_cache().set(GENERATION_KEY, "moved elsewhere", timeout=None)
+
+    async def run() -> list:
+        seen = [await tokens.atoken_user(key) is not None]  # checked, looked up, kept
+        await sync_to_async(revoked_elsewhere)()
+        clock.now += 0.2
+        seen.append(await tokens.atoken_user(key) is not None)  # early in the interval: kept
+        clock.now += 0.2  # 0.4 of 0.5: checked ahead, in a thread
+        seen.append(await tokens.atoken_user(key) is not None)
+        for _ in range(500):
+            if tokens.users._checked_at == clock.now:
+                break
+            await asyncio.sleep(0.01)
+        seen.append(await tokens.atoken_user(key) is not None)
+        return seen
+
+    assert async_to_sync(run)() == [True, True, True, False]

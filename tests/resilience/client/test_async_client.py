@@ -219,3 +219,36 @@ def test_the_sync_client_loads_its_policy_lazily_on_an_event_loop(fake, make_ups
         return (await client.aget("/x")).json()
 
     assert async_to_sync(first_call)() == {"ok": True}
+
+
+def test_on_the_loop_the_policy_is_checked_ahead_and_a_change_made_elsewhere_is_loaded(
+        transactional_db, on_redis, fake, make_upstream, settings):
+    """resilience.client.ahead: a call in the last quarter of POLICY_CHECK_INTERVAL starts the
+    policy's check in a thread and goes on with the loaded policy; the check finds the version
+    another worker moved and loads the change, so the next call has it without waiting."""
+    from resilience.cache import default_cache
+    from resilience.client import upstream_client
+    from resilience.client.live import version_key
+
+    settings.RESILIENCE = {**settings.RESILIENCE, "POLICY_CHECK_INTERVAL": 60}
+    make_upstream(read_timeout=5.0)
+    fake.script("/p", Reply(200, body={"v": 1}))
+    live = upstream_client("api")._live
+
+    async def run() -> list[float]:
+        timeouts = [(await upstream("api").aget("/p")) and live.loaded().policy.read_timeout]
+        await asyncio.to_thread(lambda: Upstream.objects.filter(name="api").update(read_timeout=7.0))
+        default_cache().set(version_key("api"), "moved elsewhere", timeout=None)
+        await upstream("api").aget("/p")
+        timeouts.append(live.loaded().policy.read_timeout)  # early in the interval: not checked
+        live._checked_at -= 50  # 50 of 60 s: in the last quarter
+        await upstream("api").aget("/p")
+        timeouts.append(live.loaded().policy.read_timeout)  # that call went on with what it had
+        for _ in range(500):
+            if live.loaded().policy.read_timeout == 7.0:
+                break
+            await asyncio.sleep(0.01)
+        timeouts.append(live.loaded().policy.read_timeout)
+        return timeouts
+
+    assert async_to_sync(run)() == [5.0, 5.0, 5.0, 7.0]

@@ -80,3 +80,43 @@ def test_an_operator_reset_closes_and_tells(breaker, changes):
     assert changes[-1] == Transition("b", OPEN, CLOSED, "reset by operator")
     assert breaker.admit().state == CLOSED
     assert breaker.reset() is False  # already closed: nothing to tell
+
+
+def test_on_the_loop_a_closed_snapshot_is_reread_ahead_in_a_thread(on_redis):
+    """resilience.client.ahead: on the event loop, a call that finds a closed snapshot in the last
+    quarter of `closed_recheck` admits from memory and starts its re-read in a thread (here it
+    learns that another worker opened the breaker); a due one is read first (StoreNeeded: the
+    store step's hop), as before."""
+    import asyncio
+    import time
+    from dataclasses import replace
+
+    from resilience.client.breaker import StoreNeeded
+
+    breaker = SharedBreaker("ahead", fail_max=2, reset_timeout=10)
+
+    def aged(by: float) -> None:
+        breaker._snapshot = replace(breaker._snapshot, read_at=time.monotonic() - by * breaker.closed_recheck)
+
+    async def run() -> None:
+        breaker.admit()  # the first read
+        SharedBreaker("ahead").storage.state = OPEN  # as another worker would leave it
+        cache.set(breaker.storage.k_opened, SharedBreaker.clock(), None)
+        aged(0.5)
+        assert breaker.admit(in_memory=True).state == CLOSED and not breaker._ahead._running  # not yet
+        aged(0.9)
+        assert not breaker.store_due()  # not due: memory, and the re-read started
+        assert breaker.admit(in_memory=True).state == CLOSED
+        for _ in range(500):
+            if breaker._snapshot.state == OPEN:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(CircuitOpen):
+            breaker.admit(in_memory=True)
+        breaker._snapshot = replace(breaker._snapshot, state=CLOSED)
+        aged(1.0)
+        assert breaker.store_due()
+        with pytest.raises(StoreNeeded):
+            breaker.admit(in_memory=True)
+
+    asyncio.run(run())
