@@ -114,9 +114,10 @@ class _ModelMap:
     async def get(self) -> dict[str, str]:
         age, interval = time.monotonic() - self._read_at, resilience_settings.POLICY_CHECK_INTERVAL
         if age < interval or (self._refreshing and self._loaded):
+            held = self._map  # what this request goes on with (starting a thread may let it run first)
             if self._loaded and self._ahead.soon(age, interval):
                 self._ahead.start(self._read)
-            return self._map
+            return held
         self._refreshing = True
         try:
             self._map = await sync_to_async(given_back(self._load))()
