@@ -97,7 +97,10 @@ def test_the_breaker_opens_alike(fake, make_upstream):
 
 def test_cache_and_single_flight_across_tasks(fake, make_upstream):
     make_upstream(cache_ttl=60)
-    fake.script("/popular", Reply(200, body={"v": 1}, delay=0.2))
+    # A second: every task joins the flight before it ends, however slowly a busy box starts them
+    # (each first loads the policy, one thread-sensitive hop after another; in CI under four test
+    # processes 13 of 20 once came after 0.2 s and were cache hits).
+    fake.script("/popular", Reply(200, body={"v": 1}, delay=1.0))
 
     async def burst():
         return await asyncio.gather(*(upstream("api").aget("/popular") for _ in range(20)))
