@@ -42,11 +42,10 @@ from django.db import transaction
 from aigen.conf import aigen_settings
 from aigen.exceptions import TokenExists
 from aigen.models import ApiToken
-from resilience.cache import default_cache
+from resilience.cache import cache_is_shared, default_cache
 from resilience.client.ahead import Ahead
 from resilience.client.db import given_back
 from resilience.client.flight import SingleFlight
-from resilience.client.live import cache_is_shared
 
 logger = logging.getLogger(__name__)
 

@@ -52,9 +52,8 @@ from aigen.generation.providers import (
 from aigen.generation.records import generation_record, generation_row
 from aigen.generation.registry import Section, get_registry
 from aigen.models import Generation
-from resilience.cache import cache_key
+from resilience.cache import cache_is_shared, cache_key
 from resilience.client.flight import SingleFlight
-from resilience.client.live import cache_is_shared
 
 logger = logging.getLogger(__name__)
 

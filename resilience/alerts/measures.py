@@ -31,9 +31,8 @@ from django.db.models import Count, Min, Q
 from django.db.models.functions import Coalesce
 
 from resilience.alerts.models import ACCOUNT_METRICS, QUEUE_METRICS, AlertRule, Metric
-from resilience.cache import default_cache
+from resilience.cache import cache_is_shared, default_cache
 from resilience.client.endpoints import endpoint_states
-from resilience.client.live import cache_is_shared
 from resilience.jobs.models import Job, ProbeResult
 from resilience.jobs.runner import QUEUES
 from resilience.models import Account, BreakerEvent, Endpoint, MinuteRollup, Upstream

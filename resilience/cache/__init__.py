@@ -2,7 +2,8 @@
 
 The public face of the package; import from here, not from its modules:
 `FallbackCache` (the backend `CACHES` names as `resilience.cache.FallbackCache`),
-`default_cache()` (the shared instance for hot paths), `cache_key()` and
+`default_cache()` (the shared instance for hot paths), `cache_is_shared()`
+(whether a store is seen by every process now), `cache_key()` and
 `NAMESPACES` (namespaced keys), `reset_engines()` (tests). Cache services and
 selectors (`cache_clear`, `cache_stats`) are in `resilience.cache.ops`.
 
@@ -20,6 +21,7 @@ passed up to the client by a call.
 """
 from resilience.cache.backend import FallbackCache, FallbackLock
 from resilience.cache.keys import NAMESPACES, cache_key
-from resilience.cache.registry import default_cache, reset_engines
+from resilience.cache.registry import cache_is_shared, default_cache, reset_engines
 
-__all__ = ["NAMESPACES", "FallbackCache", "FallbackLock", "cache_key", "default_cache", "reset_engines"]
+__all__ = ["NAMESPACES", "FallbackCache", "FallbackLock", "cache_is_shared", "cache_key", "default_cache",
+           "reset_engines"]

@@ -22,6 +22,12 @@ from resilience.cache.engine import engines_all, engines_forget
 _shared_default: FallbackCache | None = None
 
 
+def cache_is_shared(store: Any) -> bool:
+    """Whether entries in `store` are seen by every process right now (the
+    project's FallbackCache says so; any other backend is taken as local)."""
+    return bool(getattr(store, "shared", False))
+
+
 def default_cache() -> BaseCache:
     """The default cache for hot paths: one shared instance when it is a
     FallbackCache (thread-safe: all its state is in the process-wide engine),

@@ -51,7 +51,7 @@ from typing import Any
 import pybreaker
 from redis.exceptions import LockError
 
-from resilience.cache import default_cache
+from resilience.cache import cache_is_shared, default_cache
 from resilience.cache.breakers import (
     CLOSED,
     HALF_OPEN,
@@ -189,7 +189,7 @@ class SharedBreaker:
         `closed_recheck` (resilience.client.ahead: on the event loop, while Redis serves), so the
         loop's calls find it fresh instead of waiting for the read. An open or half-open one is
         read when due (probe slots are shared)."""
-        if self._ahead.soon(age, self.closed_recheck) and getattr(default_cache(), "shared", False):
+        if self._ahead.soon(age, self.closed_recheck) and cache_is_shared(default_cache()):
             self._ahead.start(self._read)
 
     def reread_due(self) -> None:

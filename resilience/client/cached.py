@@ -15,11 +15,11 @@ from functools import partial
 from typing import Any
 
 from resilience import exceptions as errors
-from resilience.cache import default_cache
+from resilience.cache import cache_is_shared, default_cache
 from resilience.client import responses
 from resilience.client.attempt import Attempts
 from resilience.client.flight import SingleFlight, advance, copy_error, release_lock
-from resilience.client.live import Built, cache_is_shared
+from resilience.client.live import Built
 from resilience.client.record import Result
 from resilience.client.responses import CacheEntry, CallMeta, NearCache
 from resilience.client.spec import RequestSpec

@@ -48,7 +48,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from resilience import exceptions as errors
-from resilience.cache import default_cache
+from resilience.cache import cache_is_shared, default_cache
 from resilience.client.asend import asend, build_request
 from resilience.client.attempt import Attempts
 from resilience.client.breaker import SharedBreaker
@@ -56,7 +56,7 @@ from resilience.client.bulkhead import Bulkhead
 from resilience.client.cached import CachedSteps
 from resilience.client.db import given_back
 from resilience.client.flight import SingleFlight
-from resilience.client.live import Built, LivePolicy, cache_is_shared
+from resilience.client.live import Built, LivePolicy
 from resilience.client.openai_wire import OPENAI_CHAT
 from resilience.client.policy import Policy
 from resilience.client.record import Result

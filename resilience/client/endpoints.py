@@ -70,7 +70,7 @@ from typing import Any
 import requests
 from django.db import OperationalError, ProgrammingError, router, transaction
 
-from resilience.cache import default_cache
+from resilience.cache import cache_is_shared, default_cache
 from resilience.cache.engine import NOT_SERVED
 from resilience.client.accounts import AccountSpec, TokenManager, account_manager, account_state
 from resilience.client.asend import AsyncPool
@@ -281,7 +281,7 @@ class Window:
         store = default_cache()
         engine = getattr(store, "engine", None)
         read = None
-        if engine is not None and getattr(store, "shared", False):
+        if engine is not None and cache_is_shared(store):
             def on_redis(redis: Any) -> Any:
                 client = redis.client.get_client(write=True)
                 pipe = client.pipeline(transaction=False)

@@ -23,7 +23,7 @@ from typing import Any
 import requests
 
 from resilience import exceptions as errors
-from resilience.cache import default_cache
+from resilience.cache import cache_is_shared, default_cache
 from resilience.client.ahead import Ahead
 from resilience.client.asend import AsyncPool
 from resilience.client.breaker import SharedBreaker, Transition, log_transition
@@ -46,12 +46,6 @@ def version_key(name: str) -> str:
 def policy_changed(name: str) -> None:
     """Tell every worker that upstream `name`'s policy changed (post_save hook)."""
     default_cache().set(version_key(name), uuid.uuid4().hex, timeout=None)
-
-
-def cache_is_shared(store: Any) -> bool:
-    """Whether entries in `store` are seen by every process right now (the
-    project's FallbackCache says so; any other backend is taken as local)."""
-    return bool(getattr(store, "shared", False))
 
 
 def _announce(change: Transition) -> None:

@@ -97,8 +97,7 @@ import httpx2
 import orjson
 
 from resilience import exceptions as errors
-from resilience.cache import default_cache
-from resilience.client.live import cache_is_shared
+from resilience.cache import cache_is_shared, default_cache
 
 logger = logging.getLogger(__name__)
 
