@@ -136,12 +136,11 @@ async def _send_event_stream(response: EventStreamResponse, send, watch: _SendWa
             if response.ending:
                 held.append(part)
             elif part:
-                if watch is None:
-                    await send({"type": "http.response.body", "body": part, "more_body": True})
-                    continue
-                watch.sending_since = watch.loop.time()
+                if watch is not None:
+                    watch.sending_since = watch.loop.time()
                 await send({"type": "http.response.body", "body": part, "more_body": True})
-                watch.sending_since = None
+                if watch is not None:
+                    watch.sending_since = None
     if watch is not None:
         watch.sending_since = watch.loop.time()
     await send({"type": "http.response.body", "body": b"".join(held)})
