@@ -107,7 +107,7 @@ class _ModelMap:
         return found
 
     def _read(self) -> None:
-        """Re-read the map (in a thread: a query)."""
+        """Re-read the map (in a thread: a query), waited for or ahead."""
         found = given_back(self._load)()
         self._map, self._read_at, self._loaded = found, time.monotonic(), True
 
@@ -120,11 +120,9 @@ class _ModelMap:
             return held
         self._refreshing = True
         try:
-            self._map = await sync_to_async(given_back(self._load))()
+            await sync_to_async(self._read)()
         finally:
             self._refreshing = False
-        self._read_at = time.monotonic()
-        self._loaded = True
         return self._map
 
 
