@@ -36,6 +36,7 @@ def _call(name: str, path: str, seconds: float, interval: float) -> dict[str, An
     from resilience import exceptions, upstream
 
     client = upstream(name)  # built (DB read) before the synchronised start
+    fallbacks = _cache_fallbacks()
     print(json.dumps({"ready": True}), flush=True)
     start_at = float(sys.stdin.readline().split()[1])
     time.sleep(max(0.0, start_at - time.time()))
@@ -49,7 +50,21 @@ def _call(name: str, path: str, seconds: float, interval: float) -> dict[str, An
             outcome = err.code
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         time.sleep(interval)
-    return {"outcomes": outcomes}
+    return {"outcomes": outcomes, "cache_fallbacks": fallbacks}
+
+
+def _cache_fallbacks() -> list[str]:
+    """The cache's warnings as this process falls back to local memory (filled as they come)."""
+    import logging
+
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    logging.getLogger("resilience.cache").addHandler(Keep(logging.WARNING))
+    return said
 
 
 def main(argv: list[str]) -> None:
