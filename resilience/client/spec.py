@@ -65,7 +65,7 @@ class RequestSpec:
     def cache_key(self, upstream: str, vary: tuple[str, ...]) -> str:
         """Method, URL with sorted query, body and varying headers."""
         digest = hashlib.sha256()
-        for piece in (self.method, self.url_path, urlencode(sorted(self.query))):
+        for piece in (self.method, self.url_path, urlencode(sorted(self.query)) if self.query else ""):
             digest.update(piece.encode() + b"\0")
         digest.update(self.body_key or b"")
         if vary:
