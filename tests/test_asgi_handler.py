@@ -6,6 +6,7 @@ on loopback."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import httpx2
@@ -154,3 +155,32 @@ def test_a_session_caller_at_v1_runs_through_the_full_chain(gateway, served):
     assert chains == ["full"] and answer.status_code == 200, answer.text
     missing, chains = served("/v1/chat/completions", {}, cookies=cookies)  # no CSRF token: 403
     assert chains == ["full"] and missing.status_code == 403
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+def test_an_answered_door_call_leaves_nothing_for_the_garbage_collector(gateway, served, stream):
+    """A door call's objects go when it ends, by reference counting: none is left in a reference
+    cycle for the collector. httpx2's transport, as uvicorn, hands the disconnect listener a
+    disconnect once the answer is sent; re-raised in the handler's frame, that RequestAborted held
+    the frame, the frame its task, the task the exception: every request's objects in a cycle.
+    (The full chain keeps Django's own: AuthenticationMiddleware's `request.auser` partial and the
+    messages storage each hold the request that holds them.)"""
+    from django.core.handlers.asgi import ASGIRequest
+    from django.http import HttpResponseBase
+
+    bearer = {"Authorization": f"Bearer {gateway}"}
+    body = {**BODY, "stream": stream}
+    served("/v1/chat/completions", bearer, body=body)  # first-use work (imports, the client) first
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage, to be looked at
+    try:
+        answer, chains = served("/v1/chat/completions", bearer, body=body)
+        gc.collect()
+        left = sorted({type(thing).__qualname__ for thing in gc.garbage
+                       if isinstance(thing, ASGIRequest | HttpResponseBase | BaseException)})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert answer.status_code == 200 and chains == ["door"], answer.text
+    assert ("data: [DONE]" in answer.text) is stream
+    assert left == []
